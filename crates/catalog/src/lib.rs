@@ -1,0 +1,70 @@
+//! # popcosmos-catalog — catalogue input, results output, photo-z metrics
+//!
+//! One job: move galaxy tables in and out of popcosmos. Fluxes leave this crate in
+//! **nanomaggies** (1 nmgy = 3.631 µJy, m_AB = 22.5 − 2.5 log10 f).
+//!
+//! ## Input: [`CatalogueSpec`] → [`CatalogueReader`] → [`ObservedChunk`]
+//! * [`CatalogueSpec`] is the `catalogue:` section of the manifest (serde,
+//!   `deny_unknown_fields`): `path`, `format` (csv | fits | parquet, else from the
+//!   extension), `id_column`, `units` ([`FluxUnit`]), band columns as an explicit
+//!   `bands: [{band, flux, error}]` list or `flux_pattern`/`error_pattern` (`"flux_{band}"`),
+//!   `upper_limits` ([`UpperLimitConvention`]), `missing_values` (sentinels) and
+//!   `truth_columns`.
+//! * [`CatalogueReader::open`]`(&spec, &band_names)` checks every column exists, then
+//!   [`CatalogueReader::next_chunk`]`(max_rows)` streams validated rows: CSV row by row,
+//!   Parquet by record batches, FITS BINTABLE row by row (a small built-in reader).
+//!   Missing (NaN / empty / sentinel) and upper-limit entries are masked (flux 0, σ 1,
+//!   mask 0). Bad input is a [`CatalogError`] naming file, row (1-based data row) and
+//!   column: unparseable cells, NaN / negative / zero σ on a present flux (unless the
+//!   upper-limit convention covers it), duplicate or empty ids, an empty catalogue.
+//! * [`ObservedChunk::to_observations`] makes the `[galaxies, bands]` tensors of
+//!   [`popcosmos_api::Observations`].
+//! * [`read_column_f64`] / [`read_ids`] read single columns (truth tables).
+//!
+//! ## Output: [`ResultsWriter`]
+//! * [`ResultsWriter::create`]`(dir, schema, format, resume)`; each
+//!   [`ResultsWriter::write_chunk`] writes one `part-NNNNN.parquet|csv` atomically (temp
+//!   file, fsync, rename). [`ResultsWriter::completed_ids`] supports `--resume`;
+//!   [`read_results`] reads a directory (all parts, in order) or one file into a
+//!   [`ResultTable`]; [`merge_parts`] concatenates parts into one Parquet file.
+//! * [`ResultSchema::chains`] is the long-format thinned-chain table (id, step, walker,
+//!   16 parameters, log_prob), written with the same writer into e.g. `chains/`.
+//!
+//! ## Metrics (spec §8)
+//! [`photoz_metrics`] (bias, σ_NMAD, outlier fraction, n), [`match_by_id`], [`coverage`].
+//!
+//! ```no_run
+//! use popcosmos_catalog::*;
+//! let spec: CatalogueSpec = serde_json::from_str(r#"{"path": "cat.csv", "units": "mjy",
+//!     "flux_pattern": "flux_{band}", "error_pattern": "fluxerr_{band}",
+//!     "upper_limits": "negative_error"}"#).unwrap();
+//! let bands = vec!["hsc_g".to_string(), "hsc_r".to_string()];
+//! let mut reader = CatalogueReader::open(&spec, &bands)?;
+//! while let Some(chunk) = reader.next_chunk(1024)? {
+//!     assert_eq!(chunk.flux_nmgy.len(), chunk.len() * bands.len());
+//! }
+//! # Ok::<(), CatalogError>(())
+//! ```
+
+pub mod error;
+mod fits;
+pub mod metrics;
+pub mod reader;
+pub mod results;
+mod source;
+pub mod spec;
+
+pub use error::{CatalogError, Result};
+pub use metrics::{
+    OUTLIER_THRESHOLD, PhotozMetrics, coverage, match_by_id, median, photoz_metrics,
+};
+pub use reader::{CatalogueReader, ObservedChunk};
+pub use results::{
+    ID_COLUMN, ResultSchema, ResultTable, ResultsWriter, TableFormat, list_parts, merge_parts,
+    read_results,
+};
+pub use source::{read_column_f64, read_ids};
+pub use spec::{
+    BandColumns, CatalogueFormat, CatalogueSpec, FluxUnit, NMGY_IN_JY, UpperLimitConvention,
+    default_missing_values,
+};

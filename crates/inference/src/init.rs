@@ -1,0 +1,96 @@
+//! Walker initialisation from a library of prior draws (the reference starts each galaxy at
+//! its maximum-likelihood mock galaxy; spec §6).
+//!
+//! The library's model photometry is computed once per run; for each batch of galaxies the
+//! likelihood of every library draw is one broadcast `[draws, galaxies]` evaluation, and
+//! each galaxy's walkers start around its `top_k` best draws.
+
+use popcosmos_api::{
+    Likelihood, ModelPhotometry, Observations, Prior, RandomSource, Result, Shape, SpsModel, Tensor,
+    params::phi_to_theta,
+};
+
+use crate::posterior::Posterior;
+
+/// Prior draws with their model photometry.
+pub struct InitLibrary {
+    /// Latent draws `[draws, 16]`.
+    pub phi: Tensor,
+    /// Model photometry `[draws, bands]`.
+    pub model: ModelPhotometry,
+}
+
+impl InitLibrary {
+    /// Draw `n` points from the prior and evaluate the SPS model on them (in row chunks).
+    pub fn build(prior: &dyn Prior, sps: &dyn SpsModel, n: usize, max_rows: usize, rng: &mut dyn RandomSource) -> Result<Self> {
+        let device = sps.device().clone();
+        let phi = prior.sample(n, rng, &device)?;
+        let theta = phi_to_theta(&phi)?;
+        let mut fluxes = Vec::new();
+        let mut sigmas = Vec::new();
+        let mut start = 0;
+        while start < n {
+            let len = max_rows.min(n - start);
+            let m = sps.photometry(&theta.narrow(0, start, len)?)?;
+            fluxes.push(m.flux_nmgy);
+            if let Some(s) = m.line_sigma_nmgy {
+                sigmas.push(s);
+            }
+            start += len;
+        }
+        let flux_nmgy = Tensor::cat(&fluxes, 0)?;
+        let line_sigma_nmgy = if sigmas.len() == fluxes.len() { Some(Tensor::cat(&sigmas, 0)?) } else { None };
+        Ok(Self { phi, model: ModelPhotometry { flux_nmgy, line_sigma_nmgy } })
+    }
+
+    pub fn len(&self) -> usize {
+        self.phi.dim(0).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Indices `[galaxies, k]` of the `k` library draws with the highest likelihood.
+    pub fn best_draws(&self, likelihood: &dyn Likelihood, obs: &Observations, k: usize) -> Result<Tensor> {
+        let unsq = |t: &Tensor| t.unsqueeze(1);
+        let model = ModelPhotometry {
+            flux_nmgy: unsq(&self.model.flux_nmgy)?,
+            line_sigma_nmgy: self.model.line_sigma_nmgy.as_ref().map(unsq).transpose()?,
+        };
+        // [draws, galaxies]; non-finite values sort last.
+        let ll = likelihood.log_like(&model, obs)?;
+        let finite = ll.eq(&ll)?; // false for NaN
+        let ll = finite.where_cond(&ll, &ll.ones_like()?.affine(0.0, -1e30)?)?;
+        let order = ll.t()?.contiguous()?.arg_sort_last_dim(false)?;
+        Ok(order.narrow(1, 0, k.min(self.len()))?.contiguous()?)
+    }
+
+    /// Initial walkers `[walkers, galaxies, 16]`: walker w of galaxy g starts at its
+    /// (w mod k)-th best draw plus `jitter`·𝒩(0, I); jittered points that leave the
+    /// posterior's support fall back to the draw itself.
+    pub fn initial_walkers(
+        &self,
+        posterior: &Posterior<'_>,
+        walkers: usize,
+        top_k: usize,
+        jitter: f64,
+        rng: &mut dyn RandomSource,
+    ) -> Result<Tensor> {
+        let best = self.best_draws(posterior.likelihood, posterior.obs, top_k)?; // [G, k]
+        let (g, k) = best.dims2()?;
+        let device = self.phi.device();
+        // Walker w uses column w % k: build the [walkers, galaxies] index table on device.
+        let cols: Vec<u32> = (0..walkers).map(|w| (w % k) as u32).collect();
+        let cols = Tensor::from_vec(cols, walkers, device)?;
+        let idx = best.t()?.index_select(&cols, 0)?; // [walkers, G]
+        let flat = idx.flatten_all()?;
+        let start = self.phi.index_select(&flat, 0)?.reshape((walkers, g, popcosmos_api::N_PARAMS))?;
+        let noise = rng.normal(&Shape::from((walkers, g, popcosmos_api::N_PARAMS)), device)?;
+        let jittered = (&start + (noise * jitter)?)?;
+        let lp = popcosmos_api::LogDensity::log_density(posterior, &jittered)?;
+        let ok = lp.ge(&lp.ones_like()?.affine(0.0, -1e30)?)?; // finite (NaN compares false)
+        let ok = ok.unsqueeze(2)?.broadcast_as(start.shape())?.contiguous()?;
+        Ok(ok.where_cond(&jittered, &start)?)
+    }
+}

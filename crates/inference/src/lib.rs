@@ -1,0 +1,22 @@
+//! # popcosmos-inference — the data model and the run
+//!
+//! * [`likelihood`]: the Student-t / Gaussian photometric likelihood with zero points, error
+//!   floors and emission-line uncertainty (spec §4), masking missing bands.
+//! * [`posterior`]: ln P(φ) = ln L(θ(φ)) + ln p(φ) over `[walkers, galaxies, 16]`.
+//! * [`init`]: walker starts from a library of prior draws with precomputed photometry;
+//!   [`adam`]: optional gradient refinement of the start points.
+//! * [`manifest`]: the YAML run manifest (unknown keys rejected, errors with line/column).
+//! * [`pipeline`]: the batch loop — catalogue chunks → sampler → per-galaxy percentiles,
+//!   MAP, diagnostics and flags → atomic Parquet/CSV parts, a run record, `--resume`.
+
+pub mod adam;
+pub mod init;
+pub mod likelihood;
+pub mod manifest;
+pub mod pipeline;
+pub mod posterior;
+
+pub use likelihood::{LikelihoodSpec, PhotometricLikelihood};
+pub use manifest::Manifest;
+pub use pipeline::{Pipeline, Progress, RunOptions, RunSummary};
+pub use posterior::Posterior;

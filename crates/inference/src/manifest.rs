@@ -1,0 +1,373 @@
+//! The YAML run manifest (`popcosmos-cli run manifest.yaml`).
+//!
+//! Every section rejects unknown keys; parse errors carry the line and column
+//! (serde-saphyr). Relative paths are resolved against the manifest's folder.
+
+use std::path::{Path, PathBuf};
+
+use popcosmos_api::{Error, Result};
+use popcosmos_catalog::CatalogueSpec;
+use popcosmos_priors::PriorSpec;
+use popcosmos_surveys::SurveySpec;
+use serde::{Deserialize, Serialize};
+
+use crate::likelihood::LikelihoodSpec;
+
+/// A complete run description.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub survey: SurveySpec,
+    pub catalogue: CatalogueSpec,
+    #[serde(default)]
+    pub sps: SpsSpec,
+    pub prior: PriorSpec,
+    #[serde(default)]
+    pub likelihood: LikelihoodSpec,
+    #[serde(default)]
+    pub sampler: SamplerSpec,
+    #[serde(default)]
+    pub init: InitSpec,
+    #[serde(default)]
+    pub diagnostics: DiagnosticsSpec,
+    pub output: OutputSpec,
+    /// `cpu`, `cuda` or `cuda:N`.
+    #[serde(default = "default_device")]
+    pub device: String,
+    /// Master seed; every batch derives its own stream from it and its index.
+    #[serde(default)]
+    pub seed: u64,
+    /// Galaxies sampled together in one tensor batch.
+    #[serde(default = "default_batch")]
+    pub galaxies_per_batch: usize,
+}
+
+fn default_device() -> String {
+    "cpu".into()
+}
+fn default_batch() -> usize {
+    100
+}
+
+/// SPS model section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpsSpec {
+    /// `cosmos-photulator` (the 26-band pop-cosmos emulators).
+    #[serde(default = "default_sps_kind")]
+    pub kind: String,
+    /// Include the emission-line emulator terms (spec §3 steps 3–6).
+    #[serde(default = "yes")]
+    pub emission_lines: bool,
+    /// Photulator weights: `builtin` or a path to a safetensors file.
+    #[serde(default = "builtin")]
+    pub weights: String,
+    /// Largest number of parameter rows per emulator call.
+    #[serde(default = "default_rows")]
+    pub max_rows: usize,
+}
+
+fn default_sps_kind() -> String {
+    "cosmos-photulator".into()
+}
+fn yes() -> bool {
+    true
+}
+fn builtin() -> String {
+    "builtin".into()
+}
+fn default_rows() -> usize {
+    16384
+}
+
+impl Default for SpsSpec {
+    fn default() -> Self {
+        Self { kind: default_sps_kind(), emission_lines: true, weights: builtin(), max_rows: default_rows() }
+    }
+}
+
+/// Sampler kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum SamplerKind {
+    #[default]
+    Ensemble,
+    Hmc,
+}
+
+/// One weighted ensemble move.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum MoveSpec {
+    Stretch {
+        #[serde(default = "default_a")]
+        a: f64,
+        #[serde(default = "one")]
+        weight: f64,
+    },
+    DifferentialEvolution {
+        #[serde(default)]
+        gamma: Option<f64>,
+        #[serde(default = "one")]
+        weight: f64,
+    },
+}
+
+fn default_a() -> f64 {
+    2.0
+}
+fn one() -> f64 {
+    1.0
+}
+
+/// Sampler section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SamplerSpec {
+    #[serde(default)]
+    pub kind: SamplerKind,
+    /// Total walkers per galaxy (ensemble: split into two halves) or chains (HMC).
+    #[serde(default = "default_walkers")]
+    pub walkers: usize,
+    #[serde(default = "default_steps")]
+    pub steps: usize,
+    #[serde(default = "default_burn")]
+    pub burn_in: usize,
+    #[serde(default = "one_usize")]
+    pub thin: usize,
+    #[serde(default = "default_moves")]
+    pub moves: Vec<MoveSpec>,
+    /// HMC: leapfrog steps per iteration.
+    #[serde(default = "default_leapfrog")]
+    pub leapfrog_steps: usize,
+    /// HMC: target acceptance for step-size adaptation.
+    #[serde(default = "default_target_accept")]
+    pub target_accept: f64,
+}
+
+fn default_walkers() -> usize {
+    64
+}
+fn default_steps() -> usize {
+    400
+}
+fn default_burn() -> usize {
+    200
+}
+fn one_usize() -> usize {
+    1
+}
+fn default_moves() -> Vec<MoveSpec> {
+    vec![
+        MoveSpec::Stretch { a: 2.0, weight: 0.7 },
+        MoveSpec::DifferentialEvolution { gamma: None, weight: 0.3 },
+    ]
+}
+fn default_leapfrog() -> usize {
+    10
+}
+fn default_target_accept() -> f64 {
+    0.8
+}
+
+impl Default for SamplerSpec {
+    fn default() -> Self {
+        Self {
+            kind: SamplerKind::Ensemble,
+            walkers: default_walkers(),
+            steps: default_steps(),
+            burn_in: default_burn(),
+            thin: 1,
+            moves: default_moves(),
+            leapfrog_steps: default_leapfrog(),
+            target_accept: default_target_accept(),
+        }
+    }
+}
+
+/// Initialisation section: a library of prior draws with precomputed model fluxes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InitSpec {
+    /// Prior draws in the library (model fluxes computed once per run).
+    #[serde(default = "default_library")]
+    pub library_size: usize,
+    /// Walkers start around this many best-likelihood library draws per galaxy.
+    #[serde(default = "default_top_k")]
+    pub top_k: usize,
+    /// Gaussian jitter (latent units) around each start point.
+    #[serde(default = "default_jitter")]
+    pub jitter: f64,
+    /// Adam steps refining the best start point of each galaxy on −ln P (0 = off).
+    #[serde(default)]
+    pub adam_steps: usize,
+    #[serde(default = "default_lr")]
+    pub adam_learning_rate: f64,
+}
+
+fn default_library() -> usize {
+    20000
+}
+fn default_top_k() -> usize {
+    8
+}
+fn default_jitter() -> f64 {
+    0.05
+}
+fn default_lr() -> f64 {
+    0.01
+}
+
+impl Default for InitSpec {
+    fn default() -> Self {
+        Self { library_size: default_library(), top_k: default_top_k(), jitter: default_jitter(), adam_steps: 0, adam_learning_rate: default_lr() }
+    }
+}
+
+/// Convergence thresholds; failing galaxies are flagged in the output.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiagnosticsSpec {
+    #[serde(default = "default_rhat")]
+    pub max_rhat: f64,
+    #[serde(default = "default_ess")]
+    pub min_ess_bulk: f64,
+    #[serde(default = "default_min_acc")]
+    pub min_acceptance: f64,
+}
+
+fn default_rhat() -> f64 {
+    1.1
+}
+fn default_ess() -> f64 {
+    100.0
+}
+fn default_min_acc() -> f64 {
+    0.05
+}
+
+impl Default for DiagnosticsSpec {
+    fn default() -> Self {
+        Self { max_rhat: default_rhat(), min_ess_bulk: default_ess(), min_acceptance: default_min_acc() }
+    }
+}
+
+/// Output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum OutputFormat {
+    #[default]
+    Parquet,
+    Csv,
+}
+
+/// Output section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputSpec {
+    /// Output folder (parts, run record, chains).
+    pub dir: PathBuf,
+    #[serde(default)]
+    pub format: OutputFormat,
+    /// Also write thinned chains.
+    #[serde(default)]
+    pub chains: bool,
+    /// Keep every n-th stored draw in the chain files.
+    #[serde(default = "default_chain_thin")]
+    pub chain_thin: usize,
+}
+
+fn default_chain_thin() -> usize {
+    10
+}
+
+impl Manifest {
+    /// Parse YAML text; `source` names the file in errors.
+    pub fn from_yaml(text: &str, source: &str) -> Result<Self> {
+        let m: Manifest = serde_saphyr::from_str(text)
+            .map_err(|e| Error::Format { file: source.to_string(), message: e.to_string() })?;
+        m.validate()?;
+        Ok(m)
+    }
+
+    /// Read a manifest file and resolve relative paths against its folder.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let mut m = Self::from_yaml(&text, &path.display().to_string())?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        m.resolve_paths(base);
+        Ok(m)
+    }
+
+    pub fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut self.catalogue.path);
+        fix(&mut self.output.dir);
+        if self.sps.weights != "builtin" {
+            let mut p = PathBuf::from(&self.sps.weights);
+            fix(&mut p);
+            self.sps.weights = p.display().to_string();
+        }
+    }
+
+    /// Semantic checks that serde cannot express; errors name the manifest key.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |key: &str, msg: String| Err(Error::Invalid(format!("{key}: {msg}")));
+        let s = &self.sampler;
+        if s.walkers < 4 || s.walkers % 2 != 0 {
+            return bad("sampler.walkers", format!("must be an even number ≥ 4, got {}", s.walkers));
+        }
+        if s.kind == SamplerKind::Ensemble && s.walkers < 2 * 16 {
+            return bad("sampler.walkers", format!("the ensemble sampler needs at least 32 walkers (2 × 16 parameters), got {}", s.walkers));
+        }
+        if s.steps == 0 {
+            return bad("sampler.steps", "must be positive".into());
+        }
+        if s.burn_in >= s.steps {
+            return bad("sampler.burn_in", format!("must be smaller than sampler.steps ({}), got {}", s.steps, s.burn_in));
+        }
+        if s.thin == 0 {
+            return bad("sampler.thin", "must be ≥ 1".into());
+        }
+        if s.kind == SamplerKind::Ensemble && s.moves.is_empty() {
+            return bad("sampler.moves", "at least one move is needed".into());
+        }
+        for (i, m) in s.moves.iter().enumerate() {
+            let (w, extra) = match m {
+                MoveSpec::Stretch { a, weight } => (*weight, if *a <= 1.0 { Some(format!("a must be > 1, got {a}")) } else { None }),
+                MoveSpec::DifferentialEvolution { weight, .. } => (*weight, None),
+            };
+            if !(w.is_finite() && w > 0.0) {
+                return bad(&format!("sampler.moves[{i}].weight"), format!("must be positive, got {w}"));
+            }
+            if let Some(msg) = extra {
+                return bad(&format!("sampler.moves[{i}].a"), msg);
+            }
+        }
+        if !(s.target_accept > 0.0 && s.target_accept < 1.0) {
+            return bad("sampler.target_accept", format!("must be in (0, 1), got {}", s.target_accept));
+        }
+        if self.init.library_size < self.init.top_k.max(1) {
+            return bad("init.library_size", format!("must be at least init.top_k ({})", self.init.top_k));
+        }
+        if self.init.top_k == 0 {
+            return bad("init.top_k", "must be ≥ 1".into());
+        }
+        if self.galaxies_per_batch == 0 {
+            return bad("galaxies_per_batch", "must be ≥ 1".into());
+        }
+        if self.sps.kind != "cosmos-photulator" {
+            return bad("sps.kind", format!("unknown SPS model '{}' (known: cosmos-photulator)", self.sps.kind));
+        }
+        if self.output.chain_thin == 0 {
+            return bad("output.chain_thin", "must be ≥ 1".into());
+        }
+        self.likelihood.validate()?;
+        popcosmos_api::parse_device(&self.device).map_err(|e| Error::Invalid(format!("device: {e}")))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,510 @@
+//! The batch loop of `popcosmos-cli run`: catalogue chunks → posterior → sampler → summaries.
+//!
+//! Determinism and resume: the catalogue is cut into fixed batches of
+//! `galaxies_per_batch` rows (batch b = rows b·B … (b+1)·B − 1); batch b draws from its own
+//! random stream derived from `(seed, b)`, and its results are written as one atomic part
+//! file. A resumed run skips batches whose galaxies are all present and recomputes the
+//! rest, so its output equals that of an uninterrupted run with the same seed.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use popcosmos_api::{
+    params::phi_to_theta, Device, Error, HostRng, Likelihood, Prior, RandomSource, Result, SpsModel, Survey, Tensor,
+    N_PARAMS, PARAM_NAMES,
+};
+use popcosmos_catalog::{CatalogueReader, ObservedChunk, ResultSchema, ResultTable, ResultsWriter, TableFormat};
+use popcosmos_samplers::{
+    diagnostics::{diagnose_chain, Thresholds},
+    ensemble::{DifferentialEvolutionMove, EnsembleSampler, Move, StretchMove},
+    hmc::Hmc,
+    run::{sample, Chain, RunConfig},
+};
+use popcosmos_sps::{derived::derived_from_tensor, CosmosSps, StellarMassEmulator};
+use serde::Serialize;
+
+use crate::init::InitLibrary;
+use crate::likelihood::PhotometricLikelihood;
+use crate::manifest::{Manifest, MoveSpec, OutputFormat, SamplerKind};
+use crate::posterior::Posterior;
+
+/// Percentiles reported for every quantity.
+pub const PERCENTILES: [(f64, &str); 5] = [(2.5, "p2.5"), (16.0, "p16"), (50.0, "p50"), (84.0, "p84"), (97.5, "p97.5")];
+
+/// Derived quantities summarised besides the 16 parameters.
+pub const DERIVED_NAMES: [&str; 5] = ["log10M_formed", "log10M_remaining", "log10SFR", "log10sSFR", "mw_age_gyr"];
+
+/// Everything a run needs, built once from a manifest.
+pub struct Pipeline {
+    pub manifest: Manifest,
+    pub device: Device,
+    pub survey: Box<dyn Survey>,
+    pub sps: CosmosSps,
+    pub stellar_mass: StellarMassEmulator,
+    pub prior: Box<dyn Prior>,
+    pub likelihood: PhotometricLikelihood,
+}
+
+/// Options of one `run` invocation.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Continue a previous run in the same output folder.
+    pub resume: bool,
+    /// Stop after this many newly computed batches (used to test interruption).
+    pub max_batches: Option<usize>,
+}
+
+/// Progress events for a progress bar.
+#[derive(Debug, Clone, Copy)]
+pub enum Progress {
+    /// Total galaxies in the catalogue (sent once, before the first batch).
+    Total(usize),
+    /// `n` more galaxies are finished (computed or found complete on resume).
+    Done(usize),
+    /// A message (library built, batch skipped, …).
+    Stage(&'static str),
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunSummary {
+    pub galaxies_total: usize,
+    pub galaxies_computed: usize,
+    pub galaxies_skipped: usize,
+    pub galaxies_flagged: usize,
+    pub batches_computed: usize,
+    pub seconds_library: f64,
+    pub seconds_sampling: f64,
+    pub seconds_total: f64,
+    pub output_dir: PathBuf,
+}
+
+#[derive(Serialize)]
+struct RunRecord<'a> {
+    popcosmos_version: &'static str,
+    manifest: &'a Manifest,
+    seed: u64,
+    device: String,
+    started_unix: u64,
+    summary: &'a RunSummary,
+    batch_seconds: &'a [f64],
+    complete: bool,
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Seed of batch `b`'s random stream (SplitMix64 of seed and index).
+fn batch_seed(seed: u64, batch: u64) -> u64 {
+    let mut z = seed ^ batch.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Column names of the per-galaxy results table (besides `id` and `flags`).
+pub fn result_columns() -> Vec<String> {
+    let mut cols = Vec::new();
+    let mut quantities: Vec<&str> = vec!["z"];
+    quantities.extend(DERIVED_NAMES);
+    quantities.extend(PARAM_NAMES.iter().filter(|n| **n != "z"));
+    for q in quantities {
+        for (_, p) in PERCENTILES {
+            cols.push(format!("{q}_{p}"));
+        }
+    }
+    for n in PARAM_NAMES {
+        cols.push(format!("map_{n}"));
+    }
+    for c in ["map_log_prob", "acceptance", "rhat_max", "ess_bulk_min", "ess_tail_min", "autocorr_time_max", "n_bands_used"] {
+        cols.push(c.to_string());
+    }
+    cols
+}
+
+impl Pipeline {
+    pub fn new(manifest: Manifest) -> Result<Self> {
+        let device = popcosmos_api::parse_device(&manifest.device)?;
+        let survey = manifest.survey.build()?;
+        let calibration = survey.calibration().clone();
+        let mut sps = if manifest.sps.weights == "builtin" {
+            CosmosSps::builtin(&calibration, &device)?
+        } else {
+            let emlines = popcosmos_sps::EmLineEmulator::builtin(&device)?;
+            CosmosSps::new(popcosmos_sps::Photulator::load(&manifest.sps.weights, &device)?, Some(emlines), &calibration)?
+        };
+        if !manifest.sps.emission_lines {
+            sps = sps.without_emission_lines();
+        }
+        if sps.band_names() != survey.band_names().as_slice() {
+            return Err(Error::Invalid(format!(
+                "sps.weights: emulator bands {:?} do not match survey '{}' bands {:?}",
+                sps.band_names(),
+                survey.name(),
+                survey.band_names()
+            )));
+        }
+        let stellar_mass = StellarMassEmulator::builtin(&device)?;
+        let prior = manifest.prior.build();
+        let likelihood = PhotometricLikelihood::new(manifest.likelihood, &calibration, &device)?;
+        Ok(Self { manifest, device, survey, sps, stellar_mass, prior, likelihood })
+    }
+
+    fn open_reader(&self) -> Result<CatalogueReader> {
+        CatalogueReader::open(&self.manifest.catalogue, &self.survey.band_names()).map_err(|e| Error::Invalid(e.to_string()))
+    }
+
+    /// Count catalogue rows (one streaming pass) and check every value.
+    pub fn scan_catalogue(&self) -> Result<usize> {
+        let mut reader = self.open_reader()?;
+        let mut n = 0;
+        while let Some(c) = reader.next_chunk(65536).map_err(|e| Error::Invalid(e.to_string()))? {
+            n += c.len();
+        }
+        Ok(n)
+    }
+
+    /// Run the whole catalogue.
+    pub fn run(&self, options: &RunOptions, progress: &mut dyn FnMut(Progress)) -> Result<RunSummary> {
+        let t0 = Instant::now();
+        let m = &self.manifest;
+        let out_dir = m.output.dir.clone();
+        if !options.resume && out_dir.exists() && !popcosmos_catalog::list_parts(&out_dir).map_err(cat)?.is_empty() {
+            return Err(Error::Invalid(format!(
+                "output.dir: {} already holds results; use --resume to continue that run or choose another folder",
+                out_dir.display()
+            )));
+        }
+        std::fs::create_dir_all(&out_dir).map_err(|e| Error::io(&out_dir, e))?;
+        let format = match m.output.format {
+            OutputFormat::Parquet => TableFormat::Parquet,
+            OutputFormat::Csv => TableFormat::Csv,
+        };
+        let done = if options.resume { ResultsWriter::completed_ids(&out_dir).map_err(cat)? } else { Default::default() };
+        let mut writer = ResultsWriter::create(&out_dir, ResultSchema::new(result_columns()), format, options.resume).map_err(cat)?;
+        let mut chain_writer = if m.output.chains {
+            Some(ResultsWriter::create(out_dir.join("chains"), ResultSchema::chains(), format, options.resume).map_err(cat)?)
+        } else {
+            None
+        };
+
+        let total = self.scan_catalogue()?;
+        if total == 0 {
+            return Err(Error::Invalid(format!("catalogue.path: {} has no galaxies", m.catalogue.path.display())));
+        }
+        progress(Progress::Total(total));
+
+        let mut summary = RunSummary {
+            galaxies_total: total,
+            galaxies_computed: 0,
+            galaxies_skipped: 0,
+            galaxies_flagged: 0,
+            batches_computed: 0,
+            seconds_library: 0.0,
+            seconds_sampling: 0.0,
+            seconds_total: 0.0,
+            output_dir: out_dir.clone(),
+        };
+        let started = unix_now();
+        let mut batch_seconds = Vec::new();
+        let mut library: Option<InitLibrary> = None;
+        let mut reader = self.open_reader()?;
+        let mut batch_index = 0u64;
+        while let Some(chunk) = reader.next_chunk(m.galaxies_per_batch).map_err(cat)? {
+            let b = batch_index;
+            batch_index += 1;
+            if chunk.ids.iter().all(|id| done.contains(id)) {
+                summary.galaxies_skipped += chunk.len();
+                progress(Progress::Done(chunk.len()));
+                continue;
+            }
+            if options.max_batches.is_some_and(|k| summary.batches_computed >= k) {
+                break;
+            }
+            if library.is_none() {
+                progress(Progress::Stage("building the initialisation library"));
+                let t = Instant::now();
+                let mut rng = HostRng::seed_from_u64(batch_seed(m.seed, u64::MAX));
+                library = Some(InitLibrary::build(self.prior.as_ref(), &self.sps, m.init.library_size, m.sps.max_rows, &mut rng)?);
+                summary.seconds_library = t.elapsed().as_secs_f64();
+                progress(Progress::Stage("sampling"));
+            }
+            let t = Instant::now();
+            let (table, chains) = self.process_batch(&chunk, b, library.as_ref().expect("built above"))?;
+            summary.galaxies_flagged += table.strings["flags"].iter().filter(|f| !f.is_empty()).count();
+            writer.write_chunk(&table).map_err(cat)?;
+            if let (Some(w), Some(c)) = (chain_writer.as_mut(), chains) {
+                w.write_chunk(&c).map_err(cat)?;
+            }
+            let dt = t.elapsed().as_secs_f64();
+            batch_seconds.push(dt);
+            summary.seconds_sampling += dt;
+            summary.galaxies_computed += chunk.len();
+            summary.batches_computed += 1;
+            summary.seconds_total = t0.elapsed().as_secs_f64();
+            self.write_record(&out_dir, started, &summary, &batch_seconds, false)?;
+            progress(Progress::Done(chunk.len()));
+        }
+        summary.seconds_total = t0.elapsed().as_secs_f64();
+        let complete = summary.galaxies_computed + summary.galaxies_skipped == total;
+        self.write_record(&out_dir, started, &summary, &batch_seconds, complete)?;
+        Ok(summary)
+    }
+
+    fn write_record(&self, dir: &Path, started: u64, summary: &RunSummary, batch_seconds: &[f64], complete: bool) -> Result<()> {
+        let rec = RunRecord {
+            popcosmos_version: env!("CARGO_PKG_VERSION"),
+            manifest: &self.manifest,
+            seed: self.manifest.seed,
+            device: format!("{:?}", self.device),
+            started_unix: started,
+            summary,
+            batch_seconds,
+            complete,
+        };
+        let path = dir.join("run.json");
+        let tmp = dir.join(".run.json.tmp");
+        let text = serde_json::to_string_pretty(&rec).map_err(|e| Error::Invalid(e.to_string()))?;
+        std::fs::write(&tmp, text).map_err(|e| Error::io(&tmp, e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
+        Ok(())
+    }
+
+    /// Posterior for one batch of observations.
+    pub fn posterior<'a>(&'a self, obs: &'a popcosmos_api::Observations) -> Posterior<'a> {
+        Posterior {
+            sps: &self.sps,
+            likelihood: &self.likelihood as &dyn Likelihood,
+            prior: self.prior.as_ref(),
+            obs,
+            max_rows: self.manifest.sps.max_rows,
+        }
+    }
+
+    /// Sample one batch; returns the results rows and (optionally) thinned chain rows.
+    pub fn process_batch(&self, chunk: &ObservedChunk, batch: u64, library: &InitLibrary) -> Result<(ResultTable, Option<ResultTable>)> {
+        let m = &self.manifest;
+        let obs = chunk.to_observations(&self.device)?;
+        let posterior = self.posterior(&obs);
+        let mut rng = HostRng::seed_from_u64(batch_seed(m.seed, batch));
+        let init = library.initial_walkers(&posterior, m.sampler.walkers, m.init.top_k, m.init.jitter, &mut rng)?;
+        let init = if m.init.adam_steps > 0 {
+            crate::adam::refine_walkers(&posterior, &init, m.init.adam_steps, m.init.adam_learning_rate, m.init.jitter, &mut rng)?
+        } else {
+            init
+        };
+        let config = RunConfig { n_steps: m.sampler.steps, burn_in: m.sampler.burn_in, thin: m.sampler.thin };
+        let chain = match m.sampler.kind {
+            SamplerKind::Ensemble => {
+                let kernel = self.ensemble_kernel()?;
+                sample(&kernel, init, &posterior, &mut rng, &config, None)?
+            }
+            SamplerKind::Hmc => {
+                let kernel = Hmc::new(0.05, m.sampler.leapfrog_steps).with_adaptation(m.sampler.burn_in, m.sampler.target_accept);
+                sample(&kernel, init, &posterior, &mut rng, &config, None)?
+            }
+        };
+        let table = self.summarise(chunk, &chain)?;
+        let chains = if m.output.chains { Some(self.chain_rows(chunk, &chain)) } else { None };
+        Ok((table, chains))
+    }
+
+    fn ensemble_kernel(&self) -> Result<EnsembleSampler> {
+        let moves = self
+            .manifest
+            .sampler
+            .moves
+            .iter()
+            .map(|mv| -> (Box<dyn Move>, f64) {
+                match mv {
+                    MoveSpec::Stretch { a, weight } => (Box::new(StretchMove { a: *a }), *weight),
+                    MoveSpec::DifferentialEvolution { gamma, weight } => {
+                        (Box::new(DifferentialEvolutionMove { gamma: *gamma, sigma: 1e-5 }), *weight)
+                    }
+                }
+            })
+            .collect();
+        EnsembleSampler::new(moves)
+    }
+
+    /// Per-galaxy summaries: percentiles, MAP, diagnostics and flags.
+    pub fn summarise(&self, chunk: &ObservedChunk, chain: &Chain) -> Result<ResultTable> {
+        let (k, w, g, d) = (chain.kept, chain.walkers, chain.galaxies, chain.dim);
+        let phi = chain.samples_tensor(&self.device)?.reshape((k * w * g, d))?;
+        let theta = phi_to_theta(&phi)?;
+        let derived = derived_from_tensor(&theta, Some(&self.stellar_mass))?;
+        let theta = theta.to_dtype(popcosmos_api::DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+        let diagnostics = diagnose_chain(chain);
+        let thresholds = Thresholds {
+            max_rhat: self.manifest.diagnostics.max_rhat,
+            min_ess_bulk: self.manifest.diagnostics.min_ess_bulk,
+            min_ess_tail: self.manifest.diagnostics.min_ess_bulk * 0.5,
+            min_acceptance: self.manifest.diagnostics.min_acceptance,
+            ..Thresholds::default()
+        };
+        let columns = result_columns();
+        let mut out: Vec<Vec<f64>> = vec![Vec::with_capacity(g); columns.len()];
+        let mut flags = Vec::with_capacity(g);
+        let n_samples = k * w;
+        let mut buf = vec![0.0; n_samples];
+        for gal in 0..g {
+            // Sample s = (kept, walker) of galaxy gal sits at row (s·g + gal).
+            let row = |s: usize| s * g + gal;
+            let mut col = 0;
+            let mut push_quantity = |buf: &mut Vec<f64>, out: &mut Vec<Vec<f64>>| {
+                let q = percentiles(buf);
+                for v in q {
+                    out[col].push(v);
+                    col += 1;
+                }
+            };
+            for (s, b) in buf.iter_mut().enumerate() {
+                *b = theta[row(s) * N_PARAMS + popcosmos_api::params::IDX_Z];
+            }
+            push_quantity(&mut buf, &mut out);
+            type Getter = fn(&popcosmos_sps::derived::DerivedQuantities) -> f64;
+            let getters: [Getter; 5] = [
+                |q| q.log10_mass_formed,
+                |q| q.log10_mass_remaining,
+                |q| q.log10_sfr,
+                |q| q.log10_ssfr_formed,
+                |q| q.mass_weighted_age_gyr,
+            ];
+            for get in getters {
+                for (s, b) in buf.iter_mut().enumerate() {
+                    *b = get(&derived[row(s)]);
+                }
+                push_quantity(&mut buf, &mut out);
+            }
+            for p in (0..N_PARAMS).filter(|p| *p != popcosmos_api::params::IDX_Z) {
+                for (s, b) in buf.iter_mut().enumerate() {
+                    *b = theta[row(s) * N_PARAMS + p];
+                }
+                push_quantity(&mut buf, &mut out);
+            }
+            // MAP: the stored draw with the highest log posterior.
+            let (best, best_lp) = (0..n_samples)
+                .map(|s| (s, chain.log_prob[row(s)] as f64))
+                .fold((0, f64::NEG_INFINITY), |a, b| if b.1 > a.1 { b } else { a });
+            for p in 0..N_PARAMS {
+                out[col].push(theta[row(best) * N_PARAMS + p]);
+                col += 1;
+            }
+            let diag = &diagnostics[gal];
+            let n_used: f64 = chunk.mask[gal * chunk.n_bands..(gal + 1) * chunk.n_bands].iter().map(|v| *v as f64).sum();
+            for v in [best_lp, chain.acceptance[gal], diag.max_rhat(), diag.min_ess_bulk(), diag.min_ess_tail(), diag.max_autocorr_time(), n_used] {
+                out[col].push(v);
+                col += 1;
+            }
+            debug_assert_eq!(col, columns.len());
+            let mut f = thresholds.flags(diag);
+            if !best_lp.is_finite() {
+                f.push("no finite posterior draw".into());
+            }
+            flags.push(f.join("; "));
+        }
+        let mut table = ResultTable { ids: chunk.ids.clone(), ..Default::default() };
+        for (name, values) in columns.into_iter().zip(out) {
+            table.columns.insert(name, values);
+        }
+        table.strings.insert("flags".into(), flags);
+        Ok(table)
+    }
+
+    /// Thinned chains in long format (id, step, walker, 16 physical parameters, log_prob).
+    fn chain_rows(&self, chunk: &ObservedChunk, chain: &Chain) -> ResultTable {
+        let (k, w, g, d) = (chain.kept, chain.walkers, chain.galaxies, chain.dim);
+        let thin = self.manifest.output.chain_thin;
+        let mut t = ResultTable::default();
+        let mut params: Vec<Vec<f64>> = vec![Vec::new(); d];
+        let mut lp = Vec::new();
+        let mut step = Vec::new();
+        let mut walker = Vec::new();
+        let phi: Vec<f64> = chain.samples.iter().map(|v| *v as f64).collect();
+        for gal in 0..g {
+            for s in (0..k).step_by(thin) {
+                for j in 0..w {
+                    let r = (s * w + j) * g + gal;
+                    let th = popcosmos_api::params::phi_row_to_theta(&phi[r * d..(r + 1) * d]);
+                    for (p, v) in th.iter().enumerate() {
+                        params[p].push(*v);
+                    }
+                    lp.push(chain.log_prob[r] as f64);
+                    step.push(s as i64);
+                    walker.push(j as i64);
+                    t.ids.push(chunk.ids[gal].clone());
+                }
+            }
+        }
+        for (name, v) in PARAM_NAMES.iter().zip(params) {
+            t.columns.insert(name.to_string(), v);
+        }
+        t.columns.insert("log_prob".into(), lp);
+        t.ints.insert("step".into(), step);
+        t.ints.insert("walker".into(), walker);
+        t
+    }
+}
+
+fn cat(e: popcosmos_catalog::CatalogError) -> Error {
+    Error::Invalid(e.to_string())
+}
+
+/// Linear-interpolated percentiles [`PERCENTILES`] (numpy's default); NaNs are ignored.
+pub fn percentiles(values: &mut [f64]) -> [f64; 5] {
+    let mut v: Vec<f64> = values.iter().copied().filter(|x| !x.is_nan()).collect();
+    if v.is_empty() {
+        return [f64::NAN; 5];
+    }
+    v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+    PERCENTILES.map(|(p, _)| {
+        let pos = p / 100.0 * (v.len() - 1) as f64;
+        let lo = pos.floor() as usize;
+        let hi = pos.ceil() as usize;
+        v[lo] + (v[hi] - v[lo]) * (pos - lo as f64)
+    })
+}
+
+/// Convenience for tests and tools: draw random numbers from a seeded stream.
+pub fn seeded_rng(seed: u64) -> impl RandomSource {
+    HostRng::seed_from_u64(seed)
+}
+
+/// Read the results of a run folder or file.
+pub fn read_results(path: &Path) -> Result<ResultTable> {
+    popcosmos_catalog::read_results(path).map_err(cat)
+}
+
+#[allow(dead_code)]
+fn _assert_tensor_send(_: &Tensor) {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_match_numpy_linear() {
+        let mut v: Vec<f64> = (0..=100).map(|x| x as f64).collect();
+        assert_eq!(percentiles(&mut v), [2.5, 16.0, 50.0, 84.0, 97.5]);
+        let mut w = vec![3.0, 1.0, 2.0, f64::NAN];
+        let p = percentiles(&mut w);
+        assert_eq!(p[2], 2.0);
+        assert!((p[0] - 1.05).abs() < 1e-12);
+    }
+
+    #[test]
+    fn batch_seeds_differ_and_repeat() {
+        assert_eq!(batch_seed(1, 3), batch_seed(1, 3));
+        assert_ne!(batch_seed(1, 3), batch_seed(1, 4));
+        assert_ne!(batch_seed(1, 3), batch_seed(2, 3));
+    }
+
+    #[test]
+    fn result_columns_are_unique() {
+        let c = result_columns();
+        let set: std::collections::HashSet<_> = c.iter().collect();
+        assert_eq!(set.len(), c.len());
+        assert!(c.contains(&"z_p50".to_string()) && c.contains(&"log10M_formed_p16".to_string()));
+    }
+}

@@ -1,0 +1,229 @@
+//! # popcosmos-api — the spine every other popcosmos crate plugs into
+//!
+//! * [`params`]: the 16 stellar-population parameters (names, units, bounds) and the probit
+//!   map between the sampler's latent φ and physical θ, with its log-Jacobian.
+//! * The five core traits: [`SpsModel`] (θ → model photometry), [`Prior`] (log p(φ),
+//!   sampling), [`Likelihood`] (model photometry vs observations), [`Sampler`] (blackjax-style
+//!   `init` / `step` over a [`LogDensity`]) and [`Survey`] (bands and calibration).
+//! * [`RandomSource`]: where random numbers come from (a seeded host generator for
+//!   reproducible CPU runs; device generators can implement it too).
+//!
+//! ## Tensor conventions
+//! * Latent positions are `[walkers, galaxies, 16]` f32 tensors on a candle [`Device`];
+//!   log-densities are `[walkers, galaxies]`.
+//! * Physical parameters θ have the same layout; anything that only needs a flat batch
+//!   accepts `[n, 16]` and callers flatten `[walkers, galaxies]` into `n`.
+//! * Fluxes are **nanomaggies** (`flux_nmgy`; AB mag = 22.5 − 2.5 log10 f).
+//! * Observations are `[galaxies, bands]` and broadcast against `[walkers, galaxies, bands]`.
+//! * f32 on the device; reductions and diagnostics in f64 on the host.
+
+pub mod cosmology;
+pub mod params;
+pub mod random;
+
+pub use candle_core::{DType, Device, Shape, Tensor};
+pub use params::{N_PARAMS, PARAM_NAMES};
+pub use random::{HostRng, RandomSource};
+
+/// Errors crossing popcosmos library boundaries.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A tensor operation failed (shape mismatch, device error, …).
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A weights file lacks a tensor the model needs.
+    #[error("{file}: missing tensor '{tensor}'")]
+    MissingTensor { file: String, tensor: String },
+    /// A weights file has a tensor of the wrong shape (e.g. the wrong band count).
+    #[error("{file}: tensor '{tensor}' has shape {found:?}, expected {expected:?}")]
+    TensorShape { file: String, tensor: String, expected: Vec<usize>, found: Vec<usize> },
+    /// A model card / JSON sidecar is malformed.
+    #[error("{file}: {message}")]
+    Format { file: String, message: String },
+    /// Invalid user input (names the offending key, column or row).
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Error {
+    /// Wrap an I/O error with the path it concerns.
+    pub fn io(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Self {
+        Error::Io { path: path.as_ref().display().to_string(), source }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Model photometry for a batch of parameter vectors.
+#[derive(Debug, Clone)]
+pub struct ModelPhotometry {
+    /// Model flux *before* zero points, continuum plus emission-line offsets
+    /// (spec §3 step 4), `[..., bands]` nanomaggies.
+    pub flux_nmgy: Tensor,
+    /// Emission-line strength uncertainty per band σ^em (spec §3 step 6), same shape, if
+    /// the model has an emission-line component.
+    pub line_sigma_nmgy: Option<Tensor>,
+}
+
+/// A stellar-population-synthesis model: physical θ → photometry in the survey's bands.
+pub trait SpsModel: Send + Sync {
+    /// Band names, in the order of the last axis of the output.
+    fn band_names(&self) -> &[String];
+    /// Device the model's weights live on.
+    fn device(&self) -> &Device;
+    /// θ `[..., 16]` (physical, dust2 linear) → photometry `[..., bands]`.
+    fn photometry(&self, theta: &Tensor) -> Result<ModelPhotometry>;
+}
+
+/// A prior over the latent φ (spec §5).
+pub trait Prior: Send + Sync {
+    /// Short name for run records.
+    fn name(&self) -> &str;
+    /// ln p(φ) for φ `[..., 16]` → `[...]` (−∞ outside the support).
+    fn log_prob(&self, phi: &Tensor) -> Result<Tensor>;
+    /// Draw `n` latent vectors `[n, 16]`.
+    fn sample(&self, n: usize, rng: &mut dyn RandomSource, device: &Device) -> Result<Tensor>;
+}
+
+/// Observed photometry of a batch of galaxies.
+#[derive(Debug, Clone)]
+pub struct Observations {
+    /// Observed fluxes `[galaxies, bands]` nmgy (0 where masked).
+    pub flux_nmgy: Tensor,
+    /// 1σ uncertainties `[galaxies, bands]` nmgy (1 where masked).
+    pub flux_err_nmgy: Tensor,
+    /// 1 where the band enters the likelihood, 0 where it is missing or a non-detection
+    /// (`[galaxies, bands]`, f32).
+    pub mask: Tensor,
+}
+
+/// A per-galaxy likelihood ln L(θ) from model photometry and observations.
+pub trait Likelihood: Send + Sync {
+    /// `model` has shape `[walkers, galaxies, bands]`, `obs` `[galaxies, bands]`;
+    /// returns `[walkers, galaxies]`.
+    fn log_like(&self, model: &ModelPhotometry, obs: &Observations) -> Result<Tensor>;
+}
+
+/// A log-density over `[walkers, galaxies, dim]` positions → `[walkers, galaxies]`.
+pub trait LogDensity {
+    fn log_density(&self, position: &Tensor) -> Result<Tensor>;
+    /// Gradient of the log-density with respect to the position (same shape), for
+    /// gradient-based kernels. The default uses candle autograd through `log_density`.
+    fn grad_log_density(&self, position: &Tensor) -> Result<(Tensor, Tensor)> {
+        let var = candle_core::Var::from_tensor(position)?;
+        let lp = self.log_density(var.as_tensor())?;
+        let grads = lp.sum_all()?.backward()?;
+        let g = grads
+            .get(var.as_tensor())
+            .cloned()
+            .unwrap_or(position.zeros_like()?);
+        Ok((lp.detach(), g))
+    }
+}
+
+impl<F> LogDensity for F
+where
+    F: Fn(&Tensor) -> Result<Tensor>,
+{
+    fn log_density(&self, position: &Tensor) -> Result<Tensor> {
+        self(position)
+    }
+}
+
+/// An MCMC kernel in the blackjax style: `init` caches the log-density of the starting
+/// positions, `step` advances the whole `[walkers, galaxies, dim]` batch once.
+pub trait Sampler {
+    type State;
+    type Info;
+    fn init(&self, position: Tensor, target: &dyn LogDensity) -> Result<Self::State>;
+    fn step(
+        &self,
+        rng: &mut dyn RandomSource,
+        state: Self::State,
+        target: &dyn LogDensity,
+    ) -> Result<(Self::State, Self::Info)>;
+}
+
+/// One photometric band of a survey.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct Band {
+    /// Filter name (as in the emulator files, e.g. `hsc_g`).
+    pub name: String,
+    /// Short label for tables and plots (e.g. `g`).
+    pub label: String,
+    /// Asinh-magnitude softening b in nanomaggies (spec §2.3).
+    pub flux_softening_nmgy: f64,
+}
+
+/// Per-band and per-line calibration of the data model (spec §3.1).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct Calibration {
+    /// Multiplicative zero points Z_b (observed ≈ Z × model).
+    pub zero_points: Vec<f64>,
+    /// Fractional error floors ε_b (σ_floor = ε f).
+    pub error_floors: Vec<f64>,
+    /// Emission-line offsets α_l (one per selected line).
+    pub emline_offsets: Vec<f64>,
+    /// ln of emission-line scatters γ_l.
+    pub ln_emline_scatters: Vec<f64>,
+}
+
+/// A photometric survey: its bands and the calibration of its data model.
+pub trait Survey: Send + Sync {
+    fn name(&self) -> &str;
+    fn bands(&self) -> &[Band];
+    fn calibration(&self) -> &Calibration;
+    fn band_names(&self) -> Vec<String> {
+        self.bands().iter().map(|b| b.name.clone()).collect()
+    }
+}
+
+/// Set `RAYON_NUM_THREADS` to the number of available cores if the user did not set it.
+///
+/// candle's CPU matmul otherwise re-reads `/proc/cpuinfo` on every call (~28 µs per
+/// matmul; rust-stack-notes §3.3). Call first thing in `main`, before any thread exists.
+pub fn configure_cpu_threads() {
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        // SAFETY: called at program start before other threads are spawned.
+        unsafe { std::env::set_var("RAYON_NUM_THREADS", n.to_string()) };
+    }
+}
+
+/// Parse a device string from a manifest or the command line: `cpu`, `cuda`, `cuda:N`.
+pub fn parse_device(spec: &str) -> Result<Device> {
+    let s = spec.trim();
+    if s.eq_ignore_ascii_case("cpu") {
+        return Ok(Device::Cpu);
+    }
+    let ordinal = if s.eq_ignore_ascii_case("cuda") {
+        Some(0)
+    } else {
+        s.strip_prefix("cuda:").and_then(|n| n.parse::<usize>().ok())
+    };
+    match ordinal {
+        Some(i) => {
+            if !candle_core::utils::cuda_is_available() {
+                return Err(Error::Invalid(format!(
+                    "device '{s}': this binary was built without CUDA support; rebuild with \
+                     `scripts/build-cuda.sh` (cargo feature `cuda`) or use `device: cpu`"
+                )));
+            }
+            Device::new_cuda(i).map_err(|e| {
+                Error::Invalid(format!(
+                    "device '{s}': CUDA device could not be opened ({e}); check that the NVIDIA \
+                     driver (libcuda.so.1) and the CUDA 13 libraries (libcublas.so.13, \
+                     libnvrtc.so.13, libcurand.so.10) are on LD_LIBRARY_PATH"
+                ))
+            })
+        }
+        None => Err(Error::Invalid(format!("device '{s}': expected 'cpu', 'cuda' or 'cuda:N'"))),
+    }
+}

@@ -1,0 +1,96 @@
+//! # popcosmos-samplers — batched MCMC kernels, a run driver and convergence diagnostics
+//!
+//! This crate's one job: draw posterior samples for many independent galaxies at once from a
+//! [`LogDensity`] over `[walkers, galaxies, dim]` f32 tensors (spec §6), and say how well the
+//! chains converged. Every galaxy is its own target; all galaxies move together in one
+//! batched tensor step, so the kernels never loop over galaxies on the host.
+//!
+//! Kernels follow blackjax (`init(position) -> State`, `step(rng, state) -> (State, Info)`,
+//! the state caches the log-density) and implement [`popcosmos_api::Sampler`]:
+//!
+//! * [`ensemble`]: the affine-invariant ensemble sampler (Goodman & Weare 2010, parallel
+//!   red/blue halves of Foreman-Mackey+13) with pluggable, weighted moves in the emcee style:
+//!   - `pub trait Move: Send + Sync { fn name(&self) -> &str; fn propose(&self, rng: &mut dyn RandomSource, active: &Tensor, complement: &Tensor) -> Result<Proposal>; }`
+//!   - `pub struct Proposal { pub position: Tensor, pub log_factor: Tensor }`
+//!   - `pub struct StretchMove { pub a: f64 }` (default a = 2)
+//!   - `pub struct DifferentialEvolutionMove { pub gamma: Option<f64>, pub sigma: f64 }`
+//!     (default γ = 2.38/√(2d), σ = 1e-5)
+//!   - `pub struct EnsembleSampler { pub moves: Vec<(Box<dyn Move>, f64)> }` with
+//!     `EnsembleSampler::new(moves) -> Result<Self>`, `EnsembleSampler::stretch()`,
+//!     `Default` (= stretch, a = 2)
+//!   - `pub struct EnsembleState { pub position: Tensor, pub log_prob: Tensor }`
+//!   - `pub struct EnsembleInfo { pub accepted: Tensor, pub move_names: [String; 2] }`
+//! * [`hmc`]: Hamiltonian Monte Carlo with candle-autograd gradients
+//!   ([`LogDensity::grad_log_density`]), per-galaxy (or per-chain) step sizes, unit or
+//!   diagonal mass matrix, fixed leapfrog count and per-galaxy dual-averaging step-size
+//!   adaptation (Hoffman & Gelman 2014) during warm-up:
+//!   - `pub struct Hmc { pub step_size: f64, pub n_leapfrog: usize, pub inverse_mass: Option<Tensor>, pub adapt_steps: usize, pub target_accept: f64, pub step_size_per_chain: bool, pub step_size_jitter: f64 }`
+//!     (`Hmc::new(step_size, n_leapfrog)`, builder methods `with_adaptation`,
+//!     `with_inverse_mass`, `with_jitter`, `per_chain`)
+//!   - `Hmc::init_with_step_size(&self, position: Tensor, step_size: Tensor, target: &dyn LogDensity) -> Result<HmcState>`
+//!   - `pub struct HmcState { pub position, pub log_prob, pub grad, pub step_size, pub adaptation: DualAveraging, pub iteration: usize }`
+//!   - `pub struct HmcInfo { pub accepted: Tensor, pub accept_prob: Tensor, pub divergent: Tensor, pub step_size: Tensor }`
+//! * [`run`]: the driver,
+//!   `sample<K>(kernel: &K, init_position: Tensor, target: &dyn LogDensity, rng: &mut dyn RandomSource, config: &RunConfig, on_step: Option<&mut dyn FnMut(usize, &K::State, &K::Info)>) -> Result<Chain>`
+//!   (and `run_from_state`, which also returns the final state), with
+//!   `RunConfig { n_steps, burn_in, thin }` and a host [`Chain`] (`samples` f32
+//!   `[kept, walkers, galaxies, dim]`, `log_prob` `[kept, walkers, galaxies]`, `acceptance`
+//!   per galaxy).
+//! * [`diagnostics`]: host f64 diagnostics per galaxy and parameter — rank-normalised split-R̂
+//!   (max of bulk and folded/tail, Vehtari+21), bulk and tail ESS (Geyer initial monotone
+//!   sequence), emcee-style integrated autocorrelation time (window c = 5), acceptance —
+//!   with [`Thresholds`] that *flag* (never drop) galaxies:
+//!   - `diagnose_galaxy(samples: &[f64], draws: usize, chains: usize, dim: usize, acceptance: Option<f64>) -> Diagnostics`
+//!     (`samples` laid out `[draws][chains][dim]`)
+//!   - `diagnose_chain(chain: &Chain) -> Vec<Diagnostics>` (rayon over galaxies)
+//!   - `Thresholds::flags(&self, d: &Diagnostics) -> Vec<String>`,
+//!     `Diagnostics::flags(&self, t: &Thresholds) -> Vec<String>`
+//!   - single-series building blocks: `rhat`, `ess_bulk`, `ess_tail`, `autocorr_time`
+//!     (each on a `[chains][draws]` slice).
+//!
+//! All randomness comes from a [`popcosmos_api::RandomSource`], so a run with
+//! [`popcosmos_api::HostRng`] and a fixed seed is bitwise reproducible on the CPU.
+//!
+//! Log-probabilities that are NaN are treated as −∞: such proposals are never accepted, and a
+//! walker sitting at −∞ accepts any finite proposal.
+
+pub mod diagnostics;
+pub mod ensemble;
+pub mod hmc;
+pub mod run;
+
+pub use diagnostics::{Diagnostics, Thresholds, diagnose_chain, diagnose_galaxy};
+pub use ensemble::{
+    DifferentialEvolutionMove, EnsembleInfo, EnsembleSampler, EnsembleState, Move, Proposal,
+    StretchMove,
+};
+pub use hmc::{DualAveraging, Hmc, HmcInfo, HmcState};
+pub use run::{Chain, RunConfig, run_from_state, sample};
+
+use popcosmos_api::{LogDensity, Result, Tensor};
+
+/// A kernel state that exposes the current positions and their cached log-densities.
+pub trait ChainState {
+    /// Positions `[walkers, galaxies, dim]`.
+    fn position(&self) -> &Tensor;
+    /// Log-densities `[walkers, galaxies]` (NaN already mapped to −∞).
+    fn log_prob(&self) -> &Tensor;
+}
+
+/// Per-step information that says which chains moved.
+pub trait StepInfo {
+    /// `[walkers, galaxies]` f32, 1 where the proposal was accepted.
+    fn accepted(&self) -> &Tensor;
+}
+
+/// Map NaN log-densities to −∞ (spec §6: NaN → −∞, so they are never accepted).
+pub(crate) fn sanitize_log_prob(lp: &Tensor) -> Result<Tensor> {
+    let is_nan = lp.ne(lp)?;
+    let neg_inf = lp.ones_like()?.affine(0.0, f64::NEG_INFINITY)?;
+    Ok(is_nan.where_cond(&neg_inf, lp)?)
+}
+
+/// Evaluate a target and sanitize its output.
+pub(crate) fn eval_log_prob(target: &dyn LogDensity, position: &Tensor) -> Result<Tensor> {
+    sanitize_log_prob(&target.log_density(position)?)
+}

@@ -1,0 +1,27 @@
+//! `cargo bench -p popcosmos-sps`: photulator stack throughput (see `popcosmos_sps::bench`).
+//!
+//! Run with `RAYON_NUM_THREADS` exported (candle otherwise re-reads /proc/cpuinfo on every
+//! matmul; rust-stack-notes §3.3). Set `BENCH_SECONDS` to change the time per configuration.
+
+use std::time::Duration;
+
+fn main() -> popcosmos_api::Result<()> {
+    popcosmos_api::configure_cpu_threads();
+    let all = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let secs: f64 = std::env::var("BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(2.0);
+    let device = candle_core::Device::Cpu;
+    let phot = popcosmos_sps::photulator::Photulator::builtin(&device)?;
+    let mut threads = vec![1];
+    if all > 1 {
+        threads.push(all);
+    }
+    let table = popcosmos_sps::bench::bench_emulator(
+        &phot,
+        &[1, 64, 4096, 65536],
+        &threads,
+        Duration::from_secs_f64(secs),
+    )?;
+    println!("RAYON_NUM_THREADS={:?}", std::env::var("RAYON_NUM_THREADS").ok());
+    println!("{table}");
+    Ok(())
+}

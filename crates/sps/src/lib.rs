@@ -1,0 +1,53 @@
+//! # popcosmos-sps — neural SPS emulators for the COSMOS pop-cosmos model
+//!
+//! Turns physical stellar-population parameters θ into model photometry and derived
+//! quantities, reproducing the PyTorch reference (`pop_cosmos`, `speculator`) numerically.
+//!
+//! * [`photulator::Photulator`]: 26 per-band networks (spec §2.1), evaluated as batched
+//!   matmuls over stacked `[bands, in, out]` weights; θ₁₅ `[n, 15]` → absolute magnitudes
+//!   `[n, bands]` (AB, per M☉ formed, at 10 pc). Helpers give apparent magnitudes, fluxes and
+//!   asinh magnitudes.
+//! * [`emlines::EmLineEmulator`]: emission-line emulator and bandpass models (spec §3.2):
+//!   θ^power → line band contributions `F[n, bands, 44]` nmgy, or contracted sums
+//!   `Σ_l F_bl w_lk` via [`emlines::EmLineEmulator::contract`].
+//! * [`stellar_mass::StellarMassEmulator`]: surviving mass fraction (spec §1.5).
+//! * [`derived`]: log10 M_formed, mass-weighted age, SFR, sSFR, remaining mass (host f64,
+//!   astropy-Planck18 cosmology).
+//! * [`cosmos::CosmosSps`]: the [`popcosmos_api::SpsModel`] implementation combining them with
+//!   a [`popcosmos_api::Calibration`] (spec §3 steps 2–6; no zero points).
+//! * [`activation`]: the fused speculator activation (candle `CustomOp3`, fast CPU path).
+//! * [`bench`]: CPU throughput benchmark of the photulator stack.
+//!
+//! ## Input conventions (spec §1.3)
+//! * θ `[..., 16]`, physical, in the order of [`popcosmos_api::PARAM_NAMES`]: N first
+//!   (N = μ(z) − 2.5 log10 M_formed), dust2 **linear**, z last. This is what
+//!   [`cosmos::CosmosSps`] and the stellar-mass emulator take.
+//! * The photulator takes θ₁₅ = θ[1:] with dust2 → √dust2
+//!   ([`photulator::theta_to_photulator_input`]); N only adds to the magnitudes.
+//! * The emission-line emulator takes θ^power = θ with dust2 → √dust2, **N kept first**
+//!   ([`photulator::theta_to_power`]).
+//!
+//! ## The line-emulator input quirk (spec §3.2 [VERIFY])
+//! The line network's stored input standardisation matches a training set in *linear*
+//! τ₂ / f_AGN / τ_AGN with z ≤ 4.5, but the reference pipeline feeds it √τ₂ and ln f_AGN /
+//! ln τ_AGN. The published calibration (line offsets, scatters, zero points) was fitted through
+//! that code path, so this crate reproduces the reference input exactly rather than "fixing" it.
+//!
+//! All weights are bundled (`include_bytes!` of `assets/models/`), and can also be loaded from
+//! paths; every tensor's presence and shape is checked at load time
+//! ([`popcosmos_api::Error::MissingTensor`] / [`popcosmos_api::Error::TensorShape`]).
+
+pub mod activation;
+pub mod bench;
+pub mod cosmos;
+pub mod derived;
+pub mod emlines;
+pub mod fastmath;
+pub mod photulator;
+pub mod stellar_mass;
+pub mod weights;
+
+pub use cosmos::CosmosSps;
+pub use emlines::EmLineEmulator;
+pub use photulator::Photulator;
+pub use stellar_mass::StellarMassEmulator;

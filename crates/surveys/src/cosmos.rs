@@ -1,0 +1,103 @@
+//! The COSMOS2020 26-band survey of pop-cosmos (spec §2.1 band table, §3.1 calibration).
+
+use popcosmos_api::{Band, Calibration, Survey};
+use serde::Deserialize;
+
+use crate::CalibrationChoice;
+
+/// `pop_cosmos.constants` as shipped with the reference (MIT; see NOTICE).
+pub const CONSTANTS_JSON: &str = include_str!("../../../assets/models/pop_cosmos_constants.json");
+
+#[derive(Deserialize)]
+#[allow(non_snake_case)]
+struct Constants {
+    COSMOS_FILTERS: Vec<String>,
+    COSMOS_FLUX_SOFTENING_nanomaggies: Vec<f64>,
+    ZEROPOINTS_LEISTEDT23: Vec<f64>,
+    ERRORFLOOR_LEISTEDT23: Vec<f64>,
+    EMLINEOFFSETS_LEISTEDT23: Vec<f64>,
+    EMLINEERRORS_LEISTEDT23: Vec<f64>,
+}
+
+/// Short labels in `COSMOS_FILTERS` order.
+pub const COSMOS_LABELS: [&str; 26] = [
+    "u", "g", "r", "i", "z", "y", "Y", "J", "H", "Ks", "IB427", "IB464", "IA484", "IB505", "IA527",
+    "IB574", "IA624", "IA679", "IB709", "IA738", "IA767", "IB827", "NB711", "NB816", "Ch1", "Ch2",
+];
+
+/// The COSMOS survey.
+#[derive(Debug, Clone)]
+pub struct Cosmos {
+    pub bands: Vec<Band>,
+    pub calibration: Calibration,
+}
+
+impl Cosmos {
+    pub fn new(choice: CalibrationChoice) -> Self {
+        let c: Constants = serde_json::from_str(CONSTANTS_JSON).expect("bundled constants are valid JSON");
+        let bands = c
+            .COSMOS_FILTERS
+            .iter()
+            .zip(&c.COSMOS_FLUX_SOFTENING_nanomaggies)
+            .zip(COSMOS_LABELS)
+            .map(|((name, b), label)| Band { name: name.clone(), label: label.to_string(), flux_softening_nmgy: *b })
+            .collect::<Vec<_>>();
+        let n = bands.len();
+        // The constants store line *standard deviations*; the data model uses their logs.
+        let ln_emline_scatters = c.EMLINEERRORS_LEISTEDT23.iter().map(|s| s.ln()).collect();
+        let calibration = match choice {
+            CalibrationChoice::Leistedt23 => Calibration {
+                zero_points: c.ZEROPOINTS_LEISTEDT23,
+                error_floors: c.ERRORFLOOR_LEISTEDT23,
+                emline_offsets: c.EMLINEOFFSETS_LEISTEDT23,
+                ln_emline_scatters,
+            },
+            CalibrationChoice::Uncalibrated => Calibration {
+                zero_points: vec![1.0; n],
+                error_floors: vec![0.0; n],
+                emline_offsets: c.EMLINEOFFSETS_LEISTEDT23,
+                ln_emline_scatters,
+            },
+        };
+        Self { bands, calibration }
+    }
+}
+
+impl Survey for Cosmos {
+    fn name(&self) -> &str {
+        "cosmos"
+    }
+    fn bands(&self) -> &[Band] {
+        &self.bands
+    }
+    fn calibration(&self) -> &Calibration {
+        &self.calibration
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cosmos_matches_spec_tables() {
+        let s = Cosmos::new(CalibrationChoice::Leistedt23);
+        assert_eq!(s.bands.len(), 26);
+        assert_eq!(s.bands[0].name, "u_megaprime_sagem");
+        assert_eq!(s.bands[24].name, "irac1_cosmos");
+        assert_eq!(s.bands[24].label, "Ch1");
+        // Spec §3.1 table (to the printed precision).
+        assert!((s.calibration.zero_points[1] - 1.0830942).abs() < 1e-7);
+        assert!((s.calibration.zero_points[17] - 1.1472832).abs() < 1e-7);
+        assert!((s.calibration.error_floors[0] - 0.1).abs() < 1e-9);
+        assert!((s.bands[3].flux_softening_nmgy - 0.00087932684).abs() < 1e-12);
+        assert_eq!(s.calibration.emline_offsets.len(), 44);
+        // Appendix A: [O III] 5007 σ = 2.6403e−02 → ln σ.
+        assert!((s.calibration.ln_emline_scatters[43] - 2.6403e-2f64.ln()).abs() < 1e-3);
+        // Every band has a bundled filter curve.
+        for b in &s.bands {
+            let f = crate::filters::cosmos_filter(&b.name).unwrap();
+            assert!(f.wavelength_aa.len() > 10, "{}", b.name);
+        }
+    }
+}
