@@ -1,1 +1,192 @@
-fn main() {}
+//! `popcosmos-cli`: the thin binary over the popcosmos crates.
+
+mod bench;
+mod evaluate;
+mod plots;
+mod predict;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use popcosmos_inference::{Manifest, Pipeline, Progress, RunOptions};
+
+#[derive(Parser)]
+#[command(name = "popcosmos-cli", version, about = "Bayesian inference of galaxy properties from photometry (pop-cosmos in Rust)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Sample the posterior of every galaxy of a catalogue described by a manifest.
+    Run {
+        manifest: PathBuf,
+        /// Continue a killed run in the same output folder (finished galaxies are kept).
+        #[arg(long)]
+        resume: bool,
+        /// Stop after this many batches (testing interruption).
+        #[arg(long, hide = true)]
+        max_batches: Option<usize>,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Check a manifest, its weights and every catalogue value without sampling.
+    Validate { manifest: PathBuf },
+    /// Forward model: physical parameter rows → magnitudes and fluxes per band.
+    Predict {
+        params: PathBuf,
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Leave out the emission-line columns.
+        #[arg(long)]
+        no_lines: bool,
+    },
+    /// Photo-z metrics of a results table against spectroscopic redshifts.
+    Evaluate {
+        /// Results folder (run output) or a single results file.
+        results: PathBuf,
+        /// `CATALOGUE:COLUMN` holding the true redshift, rows matched by id.
+        #[arg(long)]
+        truth: String,
+        /// Id column of the truth catalogue.
+        #[arg(long, default_value = "id")]
+        id_column: String,
+        /// Write the metrics as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Write PNG plots into this folder (z_phot vs z_spec; corner and SED with --manifest).
+        #[arg(long)]
+        plots: Option<PathBuf>,
+        /// The run's manifest (enables the corner and SED plots of one galaxy).
+        #[arg(long)]
+        manifest: Option<PathBuf>,
+        /// Galaxy id for the corner/SED plots (default: the first one).
+        #[arg(long)]
+        galaxy: Option<String>,
+    },
+    /// Benchmarks that print a table.
+    Bench {
+        #[command(subcommand)]
+        what: bench::BenchCommand,
+    },
+    /// Run the bundled demo (100 real COSMOS2020 galaxies) and print photo-z metrics.
+    Demo {
+        /// Output folder (replaced).
+        #[arg(long, default_value = "out/cosmos-demo")]
+        output: PathBuf,
+    },
+}
+
+fn main() {
+    popcosmos_api::configure_cpu_threads();
+    let cli = Cli::parse();
+    if let Err(e) = dispatch(cli) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn dispatch(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Run { manifest, resume, max_batches, quiet } => {
+            let m = Manifest::load(&manifest)?;
+            run_manifest(m, &RunOptions { resume, max_batches }, quiet)?;
+            Ok(())
+        }
+        Command::Validate { manifest } => validate(&manifest),
+        Command::Predict { params, output, no_lines } => predict::predict(&params, &output, !no_lines),
+        Command::Evaluate { results, truth, id_column, json, plots, manifest, galaxy } => {
+            evaluate::evaluate(&evaluate::EvaluateArgs { results, truth, id_column, json, plots, manifest, galaxy })
+        }
+        Command::Bench { what } => bench::run(what),
+        Command::Demo { output } => demo(&output),
+    }
+}
+
+/// Run a manifest with a progress bar; returns the output folder.
+pub fn run_manifest(m: Manifest, options: &RunOptions, quiet: bool) -> Result<PathBuf> {
+    let pipeline = Pipeline::new(m)?;
+    let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::new(0) };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {msg:<12} [{bar:30}] {pos}/{len} galaxies  {per_sec}  ETA {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    let mut on_progress = |p: Progress| match p {
+        Progress::Total(n) => bar.set_length(n as u64),
+        Progress::Done(n) => bar.inc(n as u64),
+        Progress::Stage(s) => bar.set_message(s.split_whitespace().next().unwrap_or("").to_string()),
+    };
+    let summary = pipeline.run(options, &mut on_progress)?;
+    bar.finish_and_clear();
+    if !quiet {
+        eprintln!(
+            "{} galaxies computed ({} already done, {} flagged) in {:.1} s ({:.2} s/galaxy); results in {}",
+            summary.galaxies_computed,
+            summary.galaxies_skipped,
+            summary.galaxies_flagged,
+            summary.seconds_total,
+            summary.seconds_sampling / summary.galaxies_computed.max(1) as f64,
+            summary.output_dir.display()
+        );
+    }
+    Ok(summary.output_dir)
+}
+
+fn validate(path: &Path) -> Result<()> {
+    let m = Manifest::load(path)?;
+    let pipeline = Pipeline::new(m)?;
+    let n = pipeline.scan_catalogue()?;
+    if n == 0 {
+        anyhow::bail!("catalogue.path: {} has no galaxies", pipeline.manifest.catalogue.path.display());
+    }
+    println!(
+        "{}: OK — survey {} ({} bands), {} galaxies in {}, prior {}, sampler {:?} ({} walkers × {} steps)",
+        path.display(),
+        pipeline.survey.name(),
+        pipeline.survey.bands().len(),
+        n,
+        pipeline.manifest.catalogue.path.display(),
+        pipeline.prior.name(),
+        pipeline.manifest.sampler.kind,
+        pipeline.manifest.sampler.walkers,
+        pipeline.manifest.sampler.steps
+    );
+    Ok(())
+}
+
+/// Repository root (the demo manifest and data live there).
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn demo(output: &Path) -> Result<()> {
+    let root = repo_root();
+    let manifest_path = root.join("examples/cosmos-demo.yaml");
+    let mut m = Manifest::load(&manifest_path)?;
+    m.output.dir = output.to_path_buf();
+    if output.exists() {
+        std::fs::remove_dir_all(output).with_context(|| format!("removing old demo output {}", output.display()))?;
+    }
+    let catalogue = m.catalogue.path.clone();
+    eprintln!("popcosmos demo: {} galaxies of {} (COSMOS2020, 2.5 ≤ z_spec < 8.3)", count_lines(&catalogue)?, catalogue.display());
+    let out = run_manifest(m, &RunOptions::default(), false)?;
+    evaluate::evaluate(&evaluate::EvaluateArgs {
+        results: out.clone(),
+        truth: format!("{}:zspec", catalogue.display()),
+        id_column: "id".into(),
+        json: Some(out.join("metrics.json")),
+        plots: Some(out.join("plots")),
+        manifest: None,
+        galaxy: None,
+    })
+}
+
+fn count_lines(path: &Path) -> Result<usize> {
+    let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
+    Ok(text.lines().count().saturating_sub(1))
+}

@@ -68,11 +68,14 @@ fn quad_eval(c: [f64; 3], z: f64) -> f64 {
 
 /// The three quadratics (log10 φ₁, log10 φ₂, log10 M*) as coefficient triples.
 fn smf_coefficients() -> [[f64; 3]; 3] {
-    [
-        quadratic_through_anchors(SMF_LOG10_PHI1),
-        quadratic_through_anchors(SMF_LOG10_PHI2),
-        quadratic_through_anchors(SMF_LOG10_MSTAR),
-    ]
+    static C: OnceLock<[[f64; 3]; 3]> = OnceLock::new();
+    *C.get_or_init(|| {
+        [
+            quadratic_through_anchors(SMF_LOG10_PHI1),
+            quadratic_through_anchors(SMF_LOG10_PHI2),
+            quadratic_through_anchors(SMF_LOG10_MSTAR),
+        ]
+    })
 }
 
 /// (log10 φ₁, log10 φ₂, log10 M*) at redshift z.
@@ -181,8 +184,31 @@ pub(crate) struct MassRedshiftEnvelope {
     dm: f64,
     /// ln envelope per cell (index iz * nm + im), absolute.
     ln_env: Vec<f64>,
-    /// Cumulative cell weights exp(ln_env − ref_max).
-    cum: Vec<f64>,
+    /// Walker/Vose alias table over cells with weights exp(ln_env − max).
+    alias_prob: Vec<f64>,
+    alias: Vec<u32>,
+}
+
+/// Vose's alias table for the discrete distribution ∝ `w`.
+fn alias_table(w: &[f64]) -> (Vec<f64>, Vec<u32>) {
+    let k = w.len();
+    let tot: f64 = w.iter().sum();
+    let mut prob: Vec<f64> = w.iter().map(|v| v * k as f64 / tot).collect();
+    let mut alias: Vec<u32> = (0..k as u32).collect();
+    let (mut small, mut large): (Vec<usize>, Vec<usize>) = (0..k).partition(|&i| prob[i] < 1.0);
+    while let (Some(s), Some(&l)) = (small.pop(), large.last()) {
+        alias[s] = l as u32;
+        prob[l] -= 1.0 - prob[s];
+        if prob[l] < 1.0 {
+            large.pop();
+            small.push(l);
+        }
+    }
+    // Leftovers (round-off) keep probability one.
+    for i in small.into_iter().chain(large) {
+        prob[i] = 1.0;
+    }
+    (prob, alias)
 }
 
 /// ln h(z, m) = ln dV_c/dz + ln φ_SMF (the (z, m) factor of the prior).
@@ -203,7 +229,11 @@ impl MassRedshiftEnvelope {
         let mut grid = vec![0.0; pz * pm];
         for iz in 0..pz {
             let z = LOWER[15] + iz as f64 * dz / 2.0;
-            let ldv = if z > 0.0 { ln_dvdz(z) } else { f64::NEG_INFINITY };
+            let ldv = if z > 0.0 {
+                ln_dvdz(z)
+            } else {
+                f64::NEG_INFINITY
+            };
             let par = mass_function_params(z);
             for im in 0..pm {
                 let m = LOG10M_MIN + im as f64 * dm / 2.0;
@@ -237,13 +267,17 @@ impl MassRedshiftEnvelope {
             }
         }
         let ref_max = ln_env.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-        let mut cum = Vec::with_capacity(nz * nm);
-        let mut acc = 0.0;
-        for &l in &ln_env {
-            acc += (l - ref_max).exp();
-            cum.push(acc);
+        let w: Vec<f64> = ln_env.iter().map(|l| (l - ref_max).exp()).collect();
+        let (alias_prob, alias) = alias_table(&w);
+        Self {
+            nz,
+            nm,
+            dz,
+            dm,
+            ln_env,
+            alias_prob,
+            alias,
         }
-        Self { nz, nm, dz, dm, ln_env, cum }
     }
 
     /// ln(h/envelope) at a point (≤ 0 wherever the envelope is valid).
@@ -254,24 +288,22 @@ impl MassRedshiftEnvelope {
         ln_h(z, m) - self.ln_env[iz * self.nm + im]
     }
 
-    /// Propose (z, log10 M) from the envelope and accept with h/envelope.
-    fn draw(&self, rng: &mut HostRng) -> (f64, f64) {
-        let r = rng.inner();
-        let total = *self.cum.last().expect("non-empty envelope");
-        loop {
-            let u = r.random::<f64>() * total;
-            let idx = self.cum.partition_point(|&c| c <= u).min(self.cum.len() - 1);
-            let (iz, im) = (idx / self.nm, idx % self.nm);
-            let z = LOWER[15] + (iz as f64 + r.random::<f64>()) * self.dz;
-            let m = LOG10M_MIN + (im as f64 + r.random::<f64>()) * self.dm;
-            if z <= 0.0 || m <= LOG10M_MIN || m >= LOG10M_MAX {
-                continue;
-            }
-            let ln_u = (1.0 - r.random::<f64>()).ln();
-            if ln_u < ln_h(z, m) - self.ln_env[idx] {
-                return (z, m);
-            }
-        }
+    /// Propose (cell, z, log10 M) from the piecewise-constant envelope (no acceptance step:
+    /// the caller accepts with h/envelope, after cheaper tests).
+    #[inline]
+    fn propose(&self, r: &mut impl Rng) -> (usize, f64, f64) {
+        let k = self.alias_prob.len();
+        let u = r.random::<f64>() * k as f64;
+        let i = (u as usize).min(k - 1);
+        let idx = if u - (i as f64) < self.alias_prob[i] {
+            i
+        } else {
+            self.alias[i] as usize
+        };
+        let (iz, im) = (idx / self.nm, idx % self.nm);
+        let z = LOWER[15] + (iz as f64 + r.random::<f64>()) * self.dz;
+        let m = LOG10M_MIN + (im as f64 + r.random::<f64>()) * self.dm;
+        (idx, z, m)
     }
 }
 
@@ -298,7 +330,9 @@ impl Default for ProspectorAlphaPrior {
 impl ProspectorAlphaPrior {
     /// A new prior (the sampling envelope is built lazily on the first draw, ~10 ms).
     pub fn new() -> Self {
-        Self { envelope: OnceLock::new() }
+        Self {
+            envelope: OnceLock::new(),
+        }
     }
 
     pub(crate) fn envelope(&self) -> &MassRedshiftEnvelope {
@@ -325,23 +359,29 @@ impl ProspectorAlphaPrior {
         let env = self.envelope();
         let d_min = mzr_norm_lower_bound();
         let mut th = [0.0; N_PARAMS];
+        let r = rng.inner();
+        // The acceptance tests are independent, so they run cheapest-first.
         let (z, m, zstar, zgas) = loop {
-            let (z, m) = env.draw(rng);
-            let r = rng.inner();
+            let (idx, z, m) = env.propose(r);
+            if z <= 0.0 || m <= LOG10M_MIN || m >= LOG10M_MAX {
+                continue;
+            }
             let (mu, sigma) = mass_metallicity_params(m);
             let zs = mu + sigma * r.sample::<f64, _>(StandardNormal);
             if !(zs > LOWER[1] && zs < UPPER[1]) {
                 continue;
             }
+            let zg = LOWER[13] + params::range(13) * r.random::<f64>();
+            if zg <= zs {
+                continue;
+            }
             if r.random::<f64>() * mzr_erf_norm(zs, sigma) >= d_min {
                 continue;
             }
-            let zg = LOWER[13] + params::range(13) * r.random::<f64>();
-            if zg > zs {
+            if (1.0 - r.random::<f64>()).ln() < ln_h(z, m) - env.ln_env[idx] {
                 break (z, m, zs, zg);
             }
         };
-        let r = rng.inner();
         th[0] = pade::distmod(z) - 2.5 * m;
         th[1] = zstar;
         for t in th.iter_mut().take(8).skip(2) {
@@ -379,7 +419,8 @@ impl ProspectorAlphaPrior {
         use rayon::prelude::*;
         let mut out = vec![[0.0; N_PARAMS]; n];
         out.par_chunks_mut(4096).enumerate().for_each(|(k, chunk)| {
-            let mut r = HostRng::seed_from_u64(common::splitmix64(seed ^ common::splitmix64(k as u64)));
+            let mut r =
+                HostRng::seed_from_u64(common::splitmix64(seed ^ common::splitmix64(k as u64)));
             for row in chunk {
                 *row = self.sample_theta_row(&mut r);
             }
@@ -415,13 +456,21 @@ pub(crate) fn log_prob_tensor(phi: &Tensor) -> Result<Tensor> {
     // Dust.
     let t2 = col(8)?;
     let dust2 = ((&t2 - DUST2_MEAN)?.sqr()? * -0.5)?;
-    let dust1f = (col(10)?.affine(1.0 / DUST1F_SIGMA, -DUST1F_MEAN / DUST1F_SIGMA)?.sqr()? * -0.5)?;
+    let dust1f = (col(10)?
+        .affine(1.0 / DUST1F_SIGMA, -DUST1F_MEAN / DUST1F_SIGMA)?
+        .sqr()?
+        * -0.5)?;
     let mu_n = ((t2.sqr()? * -0.0066)? + t2.affine(0.111, -0.095)?)?;
     let dust_index = (((col(9)? - mu_n)? * (1.0 / DUST_INDEX_SIGMA))?.sqr()? * -0.5)?;
 
     // SFR ratios: Student-t ν = 2, scale 0.3.
     let r = theta.narrow(last, 2, 6)?;
-    let sfr = ((r * (1.0 / SFR_SCALE))?.sqr()?.affine(0.5, 1.0)?.log()?.sum(last)? * -1.5)?;
+    let sfr = ((r * (1.0 / SFR_SCALE))?
+        .sqr()?
+        .affine(0.5, 1.0)?
+        .log()?
+        .sum(last)?
+        * -1.5)?;
 
     // Leja+20 double Schechter with quadratic-in-z parameters (log-sum-exp in ln space).
     let quad = |c: [f64; 3]| -> Result<Tensor> { Ok((z.affine(c[0], c[1])?.mul(&z)? + c[2])?) };
@@ -440,7 +489,8 @@ pub(crate) fn log_prob_tensor(phi: &Tensor) -> Result<Tensor> {
     let k = (&sigma_z * SQRT_2)?.recip()?;
     let norm = (zstar.affine(-1.0, UPPER[1])?.mul(&k)?.erf()?
         + zstar.affine(1.0, -LOWER[1])?.mul(&k)?.erf()?)?;
-    let mzr = (((((&zstar - mu_z)? / &sigma_z)?.sqr()? * -0.5)? - sigma_z.log()?)? - norm.log()?)?;
+    let mzr =
+        (((((&zstar - mu_z)? / &sigma_z)?.sqr()? * -0.5)? - sigma_z.log()?)? - norm.log()?)?;
 
     // Uniform in comoving volume.
     let ldv = pade::ln_differential_comoving_volume_t(&z)?;
@@ -461,7 +511,10 @@ impl Prior for ProspectorAlphaPrior {
 
     fn sample(&self, n: usize, rng: &mut dyn RandomSource, device: &Device) -> Result<Tensor> {
         common::sample_rows(self, n, rng, device, |r| {
-            common::theta_to_phi_row(&self.sample_theta_row(r))
+            let th = self.sample_theta_row(r);
+            let log10m = -0.4 * (th[0] - pade::distmod(th[15]));
+            let ok = common::clearly_inside_support(log10m, th[1], th[13], th[15]);
+            (common::theta_to_phi_row_f32(&th), ok)
         })
     }
 }
@@ -497,7 +550,13 @@ mod tests {
         }
         for iz in 0..env.nz {
             for im in 0..env.nm {
-                for (fz, fm) in [(0.999, 0.999), (1e-3, 0.999), (0.999, 1e-3), (0.5, 0.999), (0.999, 0.5)] {
+                for (fz, fm) in [
+                    (0.999, 0.999),
+                    (1e-3, 0.999),
+                    (0.999, 1e-3),
+                    (0.5, 0.999),
+                    (0.999, 0.5),
+                ] {
                     let z = (iz as f64 + fz) * env.dz;
                     let m = LOG10M_MIN + (im as f64 + fm) * env.dm;
                     worst = worst.max(env.ln_ratio(z, m));

@@ -32,7 +32,11 @@ impl UniformPrior {
         if !(m > LOG10M_MIN && m < LOG10M_MAX) {
             return f64::NEG_INFINITY;
         }
-        phi[1..].iter().map(|p| -0.5 * p * p - LN_SQRT_2PI).sum::<f64>() + LN_P_N_GIVEN_Z
+        phi[1..]
+            .iter()
+            .map(|p| -0.5 * p * p - LN_SQRT_2PI)
+            .sum::<f64>()
+            + LN_P_N_GIVEN_Z
     }
 }
 
@@ -69,7 +73,7 @@ impl Prior for UniformPrior {
                 + (UPPER[IDX_Z] - LOWER[IDX_Z]) * common::normal_cdf(phi[IDX_Z] as f64);
             let m = LOG10M_MIN + (LOG10M_MAX - LOG10M_MIN) * r.random::<f64>();
             phi[0] = (pade::distmod(z) - 2.5 * m) as f32;
-            phi
+            (phi, common::clearly_inside_support(m, 0.0, 1.0, z))
         })
     }
 }

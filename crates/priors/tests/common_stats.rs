@@ -8,7 +8,9 @@ pub fn ks_test(sample: &mut [f64], cdf: impl Fn(f64) -> f64) -> (f64, f64) {
     let mut d: f64 = 0.0;
     for (i, &x) in sample.iter().enumerate() {
         let f = cdf(x);
-        d = d.max((f - i as f64 / n).abs()).max(((i + 1) as f64 / n - f).abs());
+        d = d
+            .max((f - i as f64 / n).abs())
+            .max(((i + 1) as f64 / n - f).abs());
     }
     (d, kolmogorov_p(d, n))
 }
@@ -22,7 +24,8 @@ pub fn kolmogorov_p(d: f64, n: f64) -> f64 {
     let mut s = 0.0;
     for k in 1..200 {
         let k = k as f64;
-        let t = 2.0 * (if k as i64 % 2 == 1 { 1.0 } else { -1.0 }) * (-2.0 * k * k * lam * lam).exp();
+        let t =
+            2.0 * (if k as i64 % 2 == 1 { 1.0 } else { -1.0 }) * (-2.0 * k * k * lam * lam).exp();
         s += t;
         if t.abs() < 1e-12 {
             break;

@@ -48,7 +48,10 @@ fn reproduces_reference_fixture() {
             max_rel = max_rel.max((g - e).abs() / e.abs());
             max_abs64 = max_abs64.max((host - e).abs());
         } else {
-            assert!(e == f64::NEG_INFINITY && g == f64::NEG_INFINITY, "row {i}: {e} vs {g}");
+            assert!(
+                e == f64::NEG_INFINITY && g == f64::NEG_INFINITY,
+                "row {i}: {e} vs {g}"
+            );
             assert_eq!(host, f64::NEG_INFINITY, "row {i} (host)");
         }
     }
@@ -78,13 +81,20 @@ fn tensor_matches_host_f64_on_random_points() {
         if host.is_finite() {
             // Off-boundary rows agree closely; rows within f32 rounding of a boundary may flip.
             if got[i].is_finite() {
-                assert!((got[i] as f64 - host).abs() < 2e-3, "row {i}: {} vs {host}", got[i]);
+                assert!(
+                    (got[i] as f64 - host).abs() < 2e-3,
+                    "row {i}: {} vs {host}",
+                    got[i]
+                );
             }
         } else {
             n_inf += 1;
         }
     }
-    assert!(n_inf > 0, "perturbation should push some rows off the support");
+    assert!(
+        n_inf > 0,
+        "perturbation should push some rows off the support"
+    );
 }
 
 #[test]
@@ -94,7 +104,10 @@ fn prior_spec_round_trips_and_builds() {
     assert_eq!(s.build().name(), "prospector-alpha");
     let u: PriorSpec = serde_json::from_str(r#"{"kind":"uniform"}"#).unwrap();
     assert_eq!(u.build().name(), "uniform");
-    assert_eq!(serde_json::to_string(&s).unwrap(), r#"{"kind":"prospector-alpha"}"#);
+    assert_eq!(
+        serde_json::to_string(&s).unwrap(),
+        r#"{"kind":"prospector-alpha"}"#
+    );
     assert!(serde_json::from_str::<PriorSpec>(r#"{"kind":"diffusion"}"#).is_err());
     assert!(serde_json::from_str::<PriorSpec>(r#"{"kind":"uniform","x":1}"#).is_err());
     let _ = UniformPrior::new();
@@ -108,10 +121,21 @@ fn draws(n: usize, seed: u64) -> (Vec<[f64; N_PARAMS]>, Vec<f64>) {
     assert_eq!(phi.dims(), &[n, 16]);
     // (c) every draw has a finite log-density.
     let lp = prior.log_prob(&phi).unwrap().to_vec1::<f32>().unwrap();
-    assert!(lp.iter().all(|v| v.is_finite()), "non-finite log_prob among draws");
-    let theta = phi_to_theta(&phi).unwrap().to_dtype(DType::F64).unwrap().to_vec2::<f64>().unwrap();
+    assert!(
+        lp.iter().all(|v| v.is_finite()),
+        "non-finite log_prob among draws"
+    );
+    let theta = phi_to_theta(&phi)
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_vec2::<f64>()
+        .unwrap();
     let theta: Vec<[f64; N_PARAMS]> = theta.into_iter().map(|r| r.try_into().unwrap()).collect();
-    let log10m = theta.iter().map(|t| -0.4 * (t[0] - pade::distmod(t[15]))).collect();
+    let log10m = theta
+        .iter()
+        .map(|t| -0.4 * (t[0] - pade::distmod(t[15])))
+        .collect();
     (theta, log10m)
 }
 
@@ -128,22 +152,39 @@ fn sampling_matches_numerically_integrated_density() {
     let n = 200_000;
     let t0 = std::time::Instant::now();
     let (theta, log10m) = draws(n, 2024);
-    eprintln!("200k draws (debug build incl. checks): {:.2?}", t0.elapsed());
+    eprintln!(
+        "200k draws (debug build incl. checks): {:.2?}",
+        t0.elapsed()
+    );
 
     // (a) 1-D marginals of z and log10 M against numerical integration of the density
     //     ∝ dV/dz(z) φ_SMF(m, z) g(m) over the other variable.
     let nm = 601;
-    let ms: Vec<f64> = (0..nm).map(|i| 7.0 + 6.0 * i as f64 / (nm - 1) as f64).collect();
+    let ms: Vec<f64> = (0..nm)
+        .map(|i| 7.0 + 6.0 * i as f64 / (nm - 1) as f64)
+        .collect();
     let gm: Vec<f64> = ms.iter().map(|&m| g_of_m(m)).collect();
     let nz = 601;
     let zs: Vec<f64> = (0..nz).map(|i| 6.0 * i as f64 / (nz - 1) as f64).collect();
     let h = |z: f64, m: f64| {
-        if z <= 0.0 { 0.0 } else { (ln_dvdz(z) + ln_mass_function(m, z)).exp() }
+        if z <= 0.0 {
+            0.0
+        } else {
+            (ln_dvdz(z) + ln_mass_function(m, z)).exp()
+        }
     };
     let trap = |v: &[f64], dx: f64| dx * (v.iter().sum::<f64>() - 0.5 * (v[0] + v[v.len() - 1]));
     let p_z: Vec<f64> = zs
         .iter()
-        .map(|&z| trap(&ms.iter().zip(&gm).map(|(&m, g)| h(z, m) * g).collect::<Vec<_>>(), 0.01))
+        .map(|&z| {
+            trap(
+                &ms.iter()
+                    .zip(&gm)
+                    .map(|(&m, g)| h(z, m) * g)
+                    .collect::<Vec<_>>(),
+                0.01,
+            )
+        })
         .collect();
     let p_m: Vec<f64> = ms
         .iter()
@@ -152,7 +193,9 @@ fn sampling_matches_numerically_integrated_density() {
         .collect();
     let cdf_z = GridCdf::new(0.0, 6.0, &p_z);
     let cdf_m = GridCdf::new(7.0, 13.0, &p_m);
-    let (dz, pz) = ks_test(&mut theta.iter().map(|t| t[15]).collect::<Vec<_>>(), |x| cdf_z.cdf(x));
+    let (dz, pz) = ks_test(&mut theta.iter().map(|t| t[15]).collect::<Vec<_>>(), |x| {
+        cdf_z.cdf(x)
+    });
     let (dm, pm) = ks_test(&mut log10m.clone(), |x| cdf_m.cdf(x));
     eprintln!("KS z: D = {dz:.2e}, p = {pz:.3}; KS log10M: D = {dm:.2e}, p = {pm:.3}");
     assert!(pz > 1e-3 && pm > 1e-3);
@@ -163,7 +206,13 @@ fn sampling_matches_numerically_integrated_density() {
             zs.powi(k) * ln_mass_metallicity(zs, m).exp() * (UPPER[13] - zs)
         })
     };
-    for (lo, hi) in [(7.0, 8.0), (8.0, 9.0), (9.0, 10.0), (10.0, 11.0), (11.0, 12.0)] {
+    for (lo, hi) in [
+        (7.0, 8.0),
+        (8.0, 9.0),
+        (9.0, 10.0),
+        (10.0, 11.0),
+        (11.0, 12.0),
+    ] {
         let sel: Vec<f64> = theta
             .iter()
             .zip(&log10m)
@@ -194,15 +243,19 @@ fn sampling_matches_numerically_integrated_density() {
 
     // (b2) dust_index | dust2 in dust2 bins, and the dust2 marginal (KS).
     let w = |t2: f64, n: f64| {
-        (-0.5 * (t2 - 0.3f64).powi(2)
-            - 0.5 * ((n - prospector::dust_index_mean(t2)) / 0.4).powi(2))
-        .exp()
+        (-0.5 * (t2 - 0.3f64).powi(2) - 0.5 * ((n - prospector::dust_index_mean(t2)) / 0.4).powi(2))
+            .exp()
     };
     for (lo, hi) in [(0.0, 0.3), (0.3, 0.7), (0.7, 1.2), (1.2, 2.0), (2.0, 4.0)] {
-        let sel: Vec<f64> =
-            theta.iter().filter(|t| t[8] >= lo && t[8] < hi).map(|t| t[9]).collect();
+        let sel: Vec<f64> = theta
+            .iter()
+            .filter(|t| t[8] >= lo && t[8] < hi)
+            .map(|t| t[9])
+            .collect();
         let mom = |k: i32| {
-            simpson(lo, hi, 60, |t2| simpson(-1.0, 0.4, 80, |n| n.powi(k) * w(t2, n)))
+            simpson(lo, hi, 60, |t2| {
+                simpson(-1.0, 0.4, 80, |n| n.powi(k) * w(t2, n))
+            })
         };
         let (m0, m1, m2) = (mom(0), mom(1), mom(2));
         let (mean_e, var_e) = (m1 / m0, m2 / m0 - (m1 / m0).powi(2));
@@ -224,13 +277,18 @@ fn sampling_matches_numerically_integrated_density() {
         })
         .collect();
     let cdf_t2 = GridCdf::new(0.0, 4.0, &p_t2);
-    let (d, p) = ks_test(&mut theta.iter().map(|t| t[8]).collect::<Vec<_>>(), |x| cdf_t2.cdf(x));
+    let (d, p) = ks_test(&mut theta.iter().map(|t| t[8]).collect::<Vec<_>>(), |x| {
+        cdf_t2.cdf(x)
+    });
     eprintln!("KS dust2 marginal (with the dust_index truncation weight): D = {d:.2e}, p = {p:.3}");
     assert!(p > 1e-3);
 
     // (b3) Z_gas | Z*: uniform on (Z*, 0.5).
     let (d, p) = ks_test(
-        &mut theta.iter().map(|t| (t[13] - t[1]) / (UPPER[13] - t[1])).collect::<Vec<_>>(),
+        &mut theta
+            .iter()
+            .map(|t| (t[13] - t[1]) / (UPPER[13] - t[1]))
+            .collect::<Vec<_>>(),
         |x| x.clamp(0.0, 1.0),
     );
     eprintln!("KS (Zgas − Z*)/(0.5 − Z*) ~ U(0,1): D = {d:.2e}, p = {p:.3}");
@@ -242,8 +300,9 @@ fn sampling_matches_numerically_integrated_density() {
         0.5 + t / (2.0 * (t * t + 2.0).sqrt())
     };
     let (flo, fhi) = (f(-5.0), f(5.0));
-    let (d, p) =
-        ks_test(&mut theta.iter().map(|t| t[4]).collect::<Vec<_>>(), |x| (f(x) - flo) / (fhi - flo));
+    let (d, p) = ks_test(&mut theta.iter().map(|t| t[4]).collect::<Vec<_>>(), |x| {
+        (f(x) - flo) / (fhi - flo)
+    });
     eprintln!("KS logsfr_ratio3 vs truncated t2: D = {d:.2e}, p = {p:.3}");
     assert!(p > 1e-3);
 
@@ -269,10 +328,20 @@ fn libm_erfc(x: f64) -> f64 {
 #[test]
 fn sampling_is_reproducible() {
     let prior = ProspectorAlphaPrior::new();
-    let a = prior.sample(5000, &mut HostRng::seed_from_u64(5), &Device::Cpu).unwrap();
-    let b = prior.sample(5000, &mut HostRng::seed_from_u64(5), &Device::Cpu).unwrap();
-    let c = prior.sample(5000, &mut HostRng::seed_from_u64(6), &Device::Cpu).unwrap();
-    let (a, b, c) = (a.to_vec2::<f32>().unwrap(), b.to_vec2::<f32>().unwrap(), c.to_vec2::<f32>().unwrap());
+    let a = prior
+        .sample(5000, &mut HostRng::seed_from_u64(5), &Device::Cpu)
+        .unwrap();
+    let b = prior
+        .sample(5000, &mut HostRng::seed_from_u64(5), &Device::Cpu)
+        .unwrap();
+    let c = prior
+        .sample(5000, &mut HostRng::seed_from_u64(6), &Device::Cpu)
+        .unwrap();
+    let (a, b, c) = (
+        a.to_vec2::<f32>().unwrap(),
+        b.to_vec2::<f32>().unwrap(),
+        c.to_vec2::<f32>().unwrap(),
+    );
     assert_eq!(a, b);
     assert_ne!(a, c);
 }
@@ -297,10 +366,16 @@ fn sampling_speed() {
         let t0 = std::time::Instant::now();
         let th = prior.sample_theta(n, 3);
         let dt2 = t0.elapsed().as_secs_f64();
-        eprintln!("  sample_theta only (no φ map / check): {:.3e} draws/s", th.len() as f64 / dt2);
+        eprintln!(
+            "  sample_theta only (no φ map / check): {:.3e} draws/s",
+            th.len() as f64 / dt2
+        );
         let t0 = std::time::Instant::now();
         let _ = prior.log_prob(&s).unwrap().to_vec1::<f32>().unwrap();
-        eprintln!("  log_prob of {n} rows on CPU: {:.3} s", t0.elapsed().as_secs_f64());
+        eprintln!(
+            "  log_prob of {n} rows on CPU: {:.3} s",
+            t0.elapsed().as_secs_f64()
+        );
     }
     let u = UniformPrior::new();
     let t0 = std::time::Instant::now();

@@ -15,7 +15,9 @@ fn log_prob_matches_closed_form() {
     let n = 3000;
     let mut rows = Vec::with_capacity(n);
     let mut rng = HostRng::seed_from_u64(3);
-    let normals = (popcosmos_api::RandomSource::normal(&mut rng, &(n, 16).into(), &Device::Cpu).unwrap() * 1.3)
+    let normals = (popcosmos_api::RandomSource::normal(&mut rng, &(n, 16).into(), &Device::Cpu)
+        .unwrap()
+        * 1.3)
         .unwrap()
         .to_vec2::<f32>()
         .unwrap();
@@ -37,7 +39,10 @@ fn log_prob_matches_closed_form() {
         let m = -0.4 * (r[0] - pade::distmod(z));
         // Closed form: Σ ln 𝒩(φ_i) + ln(0.4 / 6) inside 7 < log10 M < 13.
         let closed = if m > 7.0 && m < 13.0 {
-            r[1..].iter().map(|p| -0.5 * p * p - 0.5 * (2.0 * std::f64::consts::PI).ln()).sum::<f64>()
+            r[1..]
+                .iter()
+                .map(|p| -0.5 * p * p - 0.5 * (2.0 * std::f64::consts::PI).ln())
+                .sum::<f64>()
                 + (0.4f64 / 6.0).ln()
         } else {
             f64::NEG_INFINITY
@@ -51,7 +56,10 @@ fn log_prob_matches_closed_form() {
             n_out += 1;
             assert_eq!(got[i], f32::NEG_INFINITY);
         }
-        assert_eq!(UniformPrior::log_prob_row(&r.clone().try_into().unwrap()).is_finite(), closed.is_finite());
+        assert_eq!(
+            UniformPrior::log_prob_row(&r.clone().try_into().unwrap()).is_finite(),
+            closed.is_finite()
+        );
     }
     assert!(n_out > 100);
     assert!(max_err < 1e-4, "{max_err}");
@@ -61,10 +69,17 @@ fn log_prob_matches_closed_form() {
 fn samples_are_uniform_within_bounds() {
     let prior = UniformPrior::new();
     let n = 100_000;
-    let phi = prior.sample(n, &mut HostRng::seed_from_u64(9), &Device::Cpu).unwrap();
+    let phi = prior
+        .sample(n, &mut HostRng::seed_from_u64(9), &Device::Cpu)
+        .unwrap();
     let lp = prior.log_prob(&phi).unwrap().to_vec1::<f32>().unwrap();
     assert!(lp.iter().all(|v| v.is_finite()));
-    let theta = phi_to_theta(&phi).unwrap().to_dtype(DType::F64).unwrap().to_vec2::<f64>().unwrap();
+    let theta = phi_to_theta(&phi)
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_vec2::<f64>()
+        .unwrap();
     for t in &theta {
         for i in 1..N_PARAMS {
             assert!(t[i] >= LOWER[i] && t[i] <= UPPER[i], "param {i}: {}", t[i]);
@@ -77,7 +92,10 @@ fn samples_are_uniform_within_bounds() {
         eprintln!("uniform θ_{i}: KS D = {d:.2e}, p = {p:.3}");
         assert!(p > 1e-3);
     }
-    let mut m: Vec<f64> = theta.iter().map(|t| -0.4 * (t[0] - pade::distmod(t[15]))).collect();
+    let mut m: Vec<f64> = theta
+        .iter()
+        .map(|t| -0.4 * (t[0] - pade::distmod(t[15])))
+        .collect();
     assert!(m.iter().all(|&v| v > 7.0 && v < 13.0));
     let (d, p) = ks_test(&mut m, |x| ((x - 7.0) / 6.0).clamp(0.0, 1.0));
     eprintln!("uniform log10 M: KS D = {d:.2e}, p = {p:.3}");

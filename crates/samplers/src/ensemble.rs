@@ -71,12 +71,18 @@ impl Move for StretchMove {
         let partner = complement.index_select(&idx, 0)?;
         // z = ((a − 1) u + 1)² / a has density ∝ 1/√z on [1/a, a].
         let u = rng.uniform(&(n, g).into(), device)?;
-        let z = u.affine(self.a - 1.0, 1.0)?.sqr()?.affine(1.0 / self.a, 0.0)?;
+        let z = u
+            .affine(self.a - 1.0, 1.0)?
+            .sqr()?
+            .affine(1.0 / self.a, 0.0)?;
         let diff = (active - &partner)?;
         let position = partner.add(&diff.broadcast_mul(&z.unsqueeze(2)?)?)?;
         // Accept with z^(d−1) P(y)/P(x); kept in logs (no f32 overflow of z^(d−1), spec §6).
         let log_factor = z.log()?.affine((d as f64) - 1.0, 0.0)?;
-        Ok(Proposal { position, log_factor })
+        Ok(Proposal {
+            position,
+            log_factor,
+        })
     }
 }
 
@@ -92,7 +98,10 @@ pub struct DifferentialEvolutionMove {
 
 impl Default for DifferentialEvolutionMove {
     fn default() -> Self {
-        Self { gamma: None, sigma: 1e-5 }
+        Self {
+            gamma: None,
+            sigma: 1e-5,
+        }
     }
 }
 
@@ -131,7 +140,10 @@ impl Move for DifferentialEvolutionMove {
         let gamma = eps.affine(gamma0 * self.sigma, gamma0)?;
         let position = active.add(&diff.broadcast_mul(&gamma.unsqueeze(2)?)?)?;
         let log_factor = Tensor::zeros((n, g), active.dtype(), device)?;
-        Ok(Proposal { position, log_factor })
+        Ok(Proposal {
+            position,
+            log_factor,
+        })
     }
 }
 
@@ -184,17 +196,23 @@ impl EnsembleSampler {
     /// A sampler mixing `moves` by weight; weights must be finite and positive.
     pub fn new(moves: Vec<(Box<dyn Move>, f64)>) -> Result<Self> {
         if moves.is_empty() {
-            return Err(Error::Invalid("ensemble sampler needs at least one move".into()));
+            return Err(Error::Invalid(
+                "ensemble sampler needs at least one move".into(),
+            ));
         }
         if moves.iter().any(|(_, w)| !(w.is_finite() && *w > 0.0)) {
-            return Err(Error::Invalid("ensemble move weights must be finite and > 0".into()));
+            return Err(Error::Invalid(
+                "ensemble move weights must be finite and > 0".into(),
+            ));
         }
         Ok(Self { moves })
     }
 
     /// The spec §6 sampler: the stretch move with a = 2.
     pub fn stretch() -> Self {
-        Self { moves: vec![(Box::new(StretchMove::default()), 1.0)] }
+        Self {
+            moves: vec![(Box::new(StretchMove::default()), 1.0)],
+        }
     }
 
     fn pick(&self, rng: &mut dyn RandomSource) -> &dyn Move {
@@ -227,9 +245,8 @@ impl EnsembleSampler {
         let proposal = mv.propose(rng, active, complement)?;
         let proposed_lp = eval_log_prob(target, &proposal.position)?;
         let ln_u = rng.uniform(&(n, g).into(), active.device())?.log()?;
-        let log_ratio = sanitize_log_prob(
-            &((&proposal.log_factor + &proposed_lp)? - active_log_prob)?,
-        )?;
+        let log_ratio =
+            sanitize_log_prob(&((&proposal.log_factor + &proposed_lp)? - active_log_prob)?)?;
         // A −∞ proposal is never accepted, even from a −∞ walker (−∞ − −∞ is NaN → −∞ above);
         // a −∞ walker accepts any finite proposal (ratio +∞).
         let finite = proposed_lp.gt(f64::NEG_INFINITY)?;

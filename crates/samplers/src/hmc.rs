@@ -104,7 +104,14 @@ impl Hmc {
         let grad = grad.detach();
         let log_prob = sanitize_log_prob(&log_prob)?;
         let adaptation = DualAveraging::new(&step_size)?;
-        Ok(HmcState { position, log_prob, grad, step_size, adaptation, iteration: 0 })
+        Ok(HmcState {
+            position,
+            log_prob,
+            grad,
+            step_size,
+            adaptation,
+            iteration: 0,
+        })
     }
 
     fn inverse_mass(&self, like: &Tensor) -> Result<Option<Tensor>> {
@@ -217,10 +224,13 @@ impl Sampler for Hmc {
 
     fn init(&self, position: Tensor, target: &dyn LogDensity) -> Result<HmcState> {
         let (walkers, galaxies, _) = position.dims3()?;
-        let shape: Vec<usize> =
-            if self.step_size_per_chain { vec![walkers, galaxies] } else { vec![galaxies] };
-        let step_size =
-            Tensor::full(self.step_size as f32, shape, position.device())?.to_dtype(position.dtype())?;
+        let shape: Vec<usize> = if self.step_size_per_chain {
+            vec![walkers, galaxies]
+        } else {
+            vec![galaxies]
+        };
+        let step_size = Tensor::full(self.step_size as f32, shape, position.device())?
+            .to_dtype(position.dtype())?;
         self.init_with_step_size(position, step_size, target)
     }
 
@@ -230,7 +240,14 @@ impl Sampler for Hmc {
         state: HmcState,
         target: &dyn LogDensity,
     ) -> Result<(HmcState, HmcInfo)> {
-        let HmcState { position, log_prob, grad, step_size, mut adaptation, iteration } = state;
+        let HmcState {
+            position,
+            log_prob,
+            grad,
+            step_size,
+            mut adaptation,
+            iteration,
+        } = state;
         let (walkers, galaxies, dim) = position.dims3()?;
         let device = position.device();
         let dtype = position.dtype();
@@ -247,7 +264,9 @@ impl Sampler for Hmc {
         let half_eps = eps.affine(0.5, 0.0)?;
 
         // p ~ 𝒩(0, M), M = 1 / M⁻¹.
-        let xi = rng.normal(&(walkers, galaxies, dim).into(), device)?.to_dtype(dtype)?;
+        let xi = rng
+            .normal(&(walkers, galaxies, dim).into(), device)?
+            .to_dtype(dtype)?;
         let momentum0 = match &inverse_mass {
             Some(m) => (xi / m.sqrt()?)?,
             None => xi,
@@ -268,7 +287,11 @@ impl Sampler for Hmc {
             let (new_lp, new_g) = target.grad_log_density(&x)?;
             lp = new_lp;
             g = new_g.detach();
-            let kick = if i + 1 == self.n_leapfrog { &half_eps } else { &eps };
+            let kick = if i + 1 == self.n_leapfrog {
+                &half_eps
+            } else {
+                &eps
+            };
             p = p.add(&g.broadcast_mul(kick)?)?;
         }
         let lp = sanitize_log_prob(&lp)?;
@@ -282,7 +305,9 @@ impl Sampler for Hmc {
 
         let ln_u = rng.uniform(&(walkers, galaxies).into(), device)?.log()?;
         let accept = ln_u.lt(&log_alpha)?;
-        let accept3 = accept.unsqueeze(2)?.broadcast_as((walkers, galaxies, dim))?;
+        let accept3 = accept
+            .unsqueeze(2)?
+            .broadcast_as((walkers, galaxies, dim))?;
         let position = accept3.where_cond(&x, &position)?;
         let grad = accept3.where_cond(&g, &grad)?;
         let log_prob = accept.where_cond(&lp, &log_prob)?;
@@ -291,9 +316,17 @@ impl Sampler for Hmc {
         let iteration = iteration + 1;
         let used_step = step_size.clone();
         let step_size = if iteration <= self.adapt_steps {
-            let stat = if step_size.rank() == 1 { accept_prob.mean(0)? } else { accept_prob.clone() };
+            let stat = if step_size.rank() == 1 {
+                accept_prob.mean(0)?
+            } else {
+                accept_prob.clone()
+            };
             let next = adaptation.update(iteration, &stat, self.target_accept)?;
-            if iteration == self.adapt_steps { adaptation.log_step_avg.exp()? } else { next }
+            if iteration == self.adapt_steps {
+                adaptation.log_step_avg.exp()?
+            } else {
+                next
+            }
         } else {
             step_size
         };
@@ -304,6 +337,16 @@ impl Sampler for Hmc {
             divergent,
             step_size: used_step,
         };
-        Ok((HmcState { position, log_prob, grad, step_size, adaptation, iteration }, info))
+        Ok((
+            HmcState {
+                position,
+                log_prob,
+                grad,
+                step_size,
+                adaptation,
+                iteration,
+            },
+            info,
+        ))
     }
 }

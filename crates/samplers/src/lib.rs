@@ -31,8 +31,10 @@
 //!   - `pub struct HmcState { pub position, pub log_prob, pub grad, pub step_size, pub adaptation: DualAveraging, pub iteration: usize }`
 //!   - `pub struct HmcInfo { pub accepted: Tensor, pub accept_prob: Tensor, pub divergent: Tensor, pub step_size: Tensor }`
 //! * [`run`]: the driver,
-//!   `sample<K>(kernel: &K, init_position: Tensor, target: &dyn LogDensity, rng: &mut dyn RandomSource, config: &RunConfig, on_step: Option<&mut dyn FnMut(usize, &K::State, &K::Info)>) -> Result<Chain>`
-//!   (and `run_from_state`, which also returns the final state), with
+//!   `sample<K>(kernel: &K, init_position: Tensor, target: &dyn LogDensity, rng: &mut dyn RandomSource, config: &RunConfig, on_step: Option<OnStep<'_, K>>) -> Result<Chain>`
+//!   where `OnStep<'a, K> = &'a mut dyn FnMut(usize, &K::State, &K::Info)`
+//!   (and `run_from_state(kernel, state, target, rng, config, on_step) -> Result<(Chain, K::State)>`,
+//!   which continues from a state and returns the final one), with
 //!   `RunConfig { n_steps, burn_in, thin }` and a host [`Chain`] (`samples` f32
 //!   `[kept, walkers, galaxies, dim]`, `log_prob` `[kept, walkers, galaxies]`, `acceptance`
 //!   per galaxy).
@@ -65,7 +67,7 @@ pub use ensemble::{
     StretchMove,
 };
 pub use hmc::{DualAveraging, Hmc, HmcInfo, HmcState};
-pub use run::{Chain, RunConfig, run_from_state, sample};
+pub use run::{Chain, OnStep, RunConfig, run_from_state, sample};
 
 use popcosmos_api::{LogDensity, Result, Tensor};
 

@@ -93,6 +93,9 @@ impl Chain {
     }
 }
 
+/// Per-step callback: `(step, &state, &info)`, steps counted from 1.
+pub type OnStep<'a, K> = &'a mut dyn FnMut(usize, &<K as Sampler>::State, &<K as Sampler>::Info);
+
 /// Initialise `kernel` at `init_position` and run it (see [`run_from_state`]).
 pub fn sample<K>(
     kernel: &K,
@@ -100,7 +103,7 @@ pub fn sample<K>(
     target: &dyn LogDensity,
     rng: &mut dyn RandomSource,
     config: &RunConfig,
-    on_step: Option<&mut dyn FnMut(usize, &K::State, &K::Info)>,
+    on_step: Option<OnStep<'_, K>>,
 ) -> Result<Chain>
 where
     K: Sampler,
@@ -120,7 +123,7 @@ pub fn run_from_state<K>(
     target: &dyn LogDensity,
     rng: &mut dyn RandomSource,
     config: &RunConfig,
-    mut on_step: Option<&mut dyn FnMut(usize, &K::State, &K::Info)>,
+    mut on_step: Option<OnStep<'_, K>>,
 ) -> Result<(Chain, K::State)>
 where
     K: Sampler,
@@ -166,7 +169,15 @@ where
             .to_vec1::<f64>()?,
         None => vec![f64::NAN; galaxies],
     };
-    let chain =
-        Chain { samples, log_prob, kept, walkers, galaxies, dim, acceptance, config: *config };
+    let chain = Chain {
+        samples,
+        log_prob,
+        kept,
+        walkers,
+        galaxies,
+        dim,
+        acceptance,
+        config: *config,
+    };
     Ok((chain, state))
 }

@@ -197,7 +197,7 @@ impl CustomOp3 for SpeculatorActivation {
 }
 
 /// Rows of `x` (each `alpha.len()` long) → `out`, choosing the widest SIMD available.
-fn act_rows(x: &[f32], alpha: &[f32], beta: &[f32], bias: &[f32], out: &mut [f32]) {
+pub(crate) fn act_rows(x: &[f32], alpha: &[f32], beta: &[f32], bias: &[f32], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")

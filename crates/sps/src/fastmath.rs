@@ -32,7 +32,7 @@ pub fn fast_exp(x: f32) -> f32 {
     let p = p * (r * r) + r + 1.0;
     // 2^n by writing n + 127 into the exponent field (n is in the low bits of t).
     let n_int = (t.to_bits() as i32).wrapping_sub(ROUND_MAGIC.to_bits() as i32);
-    let scale = f32::from_bits(((n_int + 127) as u32) << 23);
+    let scale = f32::from_bits((n_int.wrapping_add(127) as u32) << 23);
     // Below −87 return 0 (the true value is < 1.7e-38, a denormal at best).
     if underflow { 0.0 } else { p * scale }
 }
@@ -45,11 +45,11 @@ pub fn fast_ln(x: f32) -> f32 {
     let x = x.max(1e-37);
     let bits = x.to_bits();
     // x = m · 2^e with m in [0.5, 1).
-    let mut e = ((bits >> 23) & 0xff) as i32 - 126;
+    let mut e = (((bits >> 23) & 0xff) as i32).wrapping_sub(126);
     let m = f32::from_bits((bits & 0x807f_ffff) | 0x3f00_0000);
     // Shift m into [√½, √2) so the polynomial argument stays small.
     let small = m < std::f32::consts::FRAC_1_SQRT_2;
-    e -= small as i32;
+    e = e.wrapping_sub(small as i32);
     let m = if small { m + m - 1.0 } else { m - 1.0 };
     let e = e as f32;
     let z = m * m;

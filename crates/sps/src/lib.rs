@@ -16,6 +16,7 @@
 //! * [`cosmos::CosmosSps`]: the [`popcosmos_api::SpsModel`] implementation combining them with
 //!   a [`popcosmos_api::Calibration`] (spec §3 steps 2–6; no zero points).
 //! * [`activation`]: the fused speculator activation (candle `CustomOp3`, fast CPU path).
+//! * [`fused_cpu`]: whole-network CPU kernel for the photulator (AVX2/FMA micro-kernel).
 //! * [`bench`]: CPU throughput benchmark of the photulator stack.
 //!
 //! ## Input conventions (spec §1.3)
@@ -43,6 +44,7 @@ pub mod cosmos;
 pub mod derived;
 pub mod emlines;
 pub mod fastmath;
+pub mod fused_cpu;
 pub mod photulator;
 pub mod stellar_mass;
 pub mod weights;

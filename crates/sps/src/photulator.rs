@@ -17,11 +17,13 @@
 //! ```
 
 use std::path::Path;
+use std::sync::Arc;
 
 use candle_core::{D, DType, Device, Tensor};
 use serde::Deserialize;
 
 use crate::activation::speculator_activation;
+use crate::fused_cpu::{FusedPhotulatorOp, HostLayer, PackedPhotulator};
 use crate::weights::{WeightFile, parse_card, read_sidecar};
 use popcosmos_api::params::IDX_DUST2;
 use popcosmos_api::{Error, Result};
@@ -94,6 +96,9 @@ pub struct Photulator {
     output_scale: Tensor,
     flux_softening_nmgy: Vec<f32>,
     max_rows_per_pass: Option<usize>,
+    /// Weights packed for the fused CPU kernel (x86-64 AVX2+FMA CPUs only).
+    packed: Option<Arc<PackedPhotulator>>,
+    use_fused: bool,
 }
 
 impl Photulator {
@@ -159,6 +164,7 @@ impl Photulator {
         };
 
         let mut layers = Vec::with_capacity(arch.len() - 1);
+        let mut host_layers = Vec::with_capacity(arch.len() - 1);
         for k in 0..arch.len() - 1 {
             let (n_in, n_out) = (arch[k], arch[k + 1]);
             let mut w = Vec::with_capacity(nb);
@@ -173,15 +179,40 @@ impl Photulator {
                 alpha.push(file.get(&format!("{p}.alpha"), &[n_out])?);
                 beta.push(file.get(&format!("{p}.beta"), &[n_out])?);
             }
-            layers.push(StackedLayer {
+            let layer = StackedLayer {
                 weight: Tensor::stack(&w, 0)?.contiguous()?,
                 bias: Tensor::stack(&bias, 0)?,
                 alpha: Tensor::stack(&alpha, 0)?,
                 beta: Tensor::stack(&beta, 0)?,
-            });
+            };
+            if device.is_cpu() && all_shared {
+                let host = |t: &Tensor| -> Result<Vec<f32>> { Ok(t.flatten_all()?.to_vec1::<f32>()?) };
+                host_layers.push(HostLayer {
+                    n_in,
+                    n_out,
+                    weight: host(&layer.weight)?,
+                    bias: host(&layer.bias)?,
+                    alpha: host(&layer.alpha)?,
+                    beta: host(&layer.beta)?,
+                });
+            }
+            layers.push(layer);
         }
-        // Keeping each pass's [bands, rows, 128] activations (~13 MB at 1024 rows) inside the
-        // last-level cache roughly halves the cost per galaxy at large batches on CPU.
+        let packed = if host_layers.len() == layers.len() {
+            PackedPhotulator::new(
+                nb,
+                shared_shift_host.clone(),
+                shared_scale_host.clone(),
+                &host_layers,
+                output_shift.to_vec1::<f32>()?,
+                output_scale.to_vec1::<f32>()?,
+            )
+            .map(Arc::new)
+        } else {
+            None
+        };
+        // Tensor path on CPU: keeping each pass's [bands, rows, 128] activations (~13 MB at
+        // 1024 rows) inside the last-level cache avoids a memory round trip per layer.
         let max_rows_per_pass = device.is_cpu().then_some(1024);
         Ok(Self {
             config,
@@ -193,6 +224,8 @@ impl Photulator {
             output_scale,
             flux_softening_nmgy: f_b,
             max_rows_per_pass,
+            packed,
+            use_fused: true,
         })
     }
 
@@ -229,6 +262,18 @@ impl Photulator {
         self.max_rows_per_pass = rows.filter(|&r| r > 0);
     }
 
+    /// Whether forward passes on this device can use the fused CPU kernel
+    /// ([`crate::fused_cpu`]; x86-64 with AVX2 and FMA).
+    pub fn has_fused_kernel(&self) -> bool {
+        self.packed.is_some()
+    }
+
+    /// Enable or disable the fused CPU kernel (on by default where available). Disabled,
+    /// every pass goes through the batched candle tensor path.
+    pub fn set_fused_kernel(&mut self, enabled: bool) {
+        self.use_fused = enabled;
+    }
+
     fn check_input(&self, theta15: &Tensor) -> Result<usize> {
         match theta15.dims() {
             [n, N_INPUTS] => Ok(*n),
@@ -248,8 +293,20 @@ impl Photulator {
     }
 
     /// Absolute AB magnitudes per 1 M☉ formed at 10 pc, θ₁₅ `[n, 15]` → `[n, bands]`.
+    ///
+    /// On an AVX2 CPU without autograd tracking this runs the fused kernel; otherwise (CUDA,
+    /// gradients, other CPUs) the batched tensor path: one `[bands, n, in] @ [bands, in, out]`
+    /// matmul plus the fused activation op per layer.
     pub fn absolute_magnitudes(&self, theta15: &Tensor) -> Result<Tensor> {
         let n = self.check_input(theta15)?;
+        if let Some(packed) = &self.packed
+            && self.use_fused
+            && theta15.device().is_cpu()
+            && !theta15.track_op()
+        {
+            let x = theta15.to_dtype(DType::F32)?.contiguous()?;
+            return Ok(x.apply_op1_no_bwd(&FusedPhotulatorOp(packed))?);
+        }
         match self.max_rows_per_pass {
             Some(rows) if n > rows => {
                 let parts = (0..n)

@@ -42,9 +42,48 @@ fn max_err(a: &[f64], b: &[f64], floor: f64, keep: impl Fn(usize) -> bool) -> f6
 
 #[test]
 fn photulator_fixture() {
+    let mut phot = Photulator::builtin(&Device::Cpu).unwrap();
+    if phot.has_fused_kernel() {
+        eprintln!("[fused CPU kernel]");
+        check_photulator(&phot);
+    }
+    eprintln!("[batched tensor path]");
+    phot.set_fused_kernel(false);
+    check_photulator(&phot);
+    // Chunked passes give the same numbers as one pass.
+    let mut one_pass = phot.clone();
+    one_pass.set_max_rows_per_pass(None);
+    phot.set_max_rows_per_pass(Some(7));
+    if let Some(fx) = fixture("photulator_fixture.safetensors") {
+        let a = phot.absolute_magnitudes(&fx["theta15"]).unwrap();
+        let b = one_pass.absolute_magnitudes(&fx["theta15"]).unwrap();
+        assert_eq!(f64s(&a), f64s(&b));
+    }
+}
+
+#[test]
+fn fused_kernel_matches_tensor_path() {
+    let mut phot = Photulator::builtin(&Device::Cpu).unwrap();
+    if !phot.has_fused_kernel() {
+        eprintln!("no AVX2/FMA: fused kernel not available, nothing to compare");
+        return;
+    }
+    for n in [1usize, 5, 6, 47, 49, 300] {
+        let x = popcosmos_sps::bench::uniform_inputs(n, &Device::Cpu).unwrap();
+        // Stay in the populated region so magnitudes are O(10), not O(100).
+        let x = x.affine(0.2, 0.0).unwrap();
+        phot.set_fused_kernel(true);
+        let a = f64s(&phot.absolute_magnitudes(&x).unwrap());
+        phot.set_fused_kernel(false);
+        let b = f64s(&phot.absolute_magnitudes(&x).unwrap());
+        let e = max_err(&a, &b, 1.0, |_| true);
+        assert!(e < 2e-5, "n={n}: {e}");
+    }
+}
+
+fn check_photulator(phot: &Photulator) {
     let Some(fx) = fixture("photulator_fixture.safetensors") else { return };
     let dev = Device::Cpu;
-    let phot = Photulator::builtin(&dev).unwrap();
     let theta = &fx["theta"];
     // Our θ → θ₁₅ helper reproduces the stored input.
     let theta15 = theta_to_photulator_input(theta).unwrap();

@@ -46,11 +46,15 @@ impl GaussianBatch {
         let mut means_flat = Vec::new();
         let mut prec_flat = Vec::new();
         for _ in 0..galaxies {
-            let mu: Vec<f64> = normals(&mut rng, dim).into_iter().map(|v| 3.0 * v).collect();
+            let mu: Vec<f64> = normals(&mut rng, dim)
+                .into_iter()
+                .map(|v| 3.0 * v)
+                .collect();
             let q = orthogonal(&mut rng, dim);
             // Eigenvalues log-spaced from 0.1 to 10: condition number 100.
-            let lambda: Vec<f64> =
-                (0..dim).map(|i| 0.1 * 100f64.powf(i as f64 / (dim - 1) as f64)).collect();
+            let lambda: Vec<f64> = (0..dim)
+                .map(|i| 0.1 * 100f64.powf(i as f64 / (dim - 1) as f64))
+                .collect();
             let mut c = vec![vec![0.0; dim]; dim];
             let mut p = vec![vec![0.0; dim]; dim];
             for i in 0..dim {
@@ -67,9 +71,15 @@ impl GaussianBatch {
             cov.push(c);
         }
         let mean_t = Tensor::from_vec(means_flat, (galaxies, dim), &Device::Cpu).unwrap();
-        let precision_t =
-            Tensor::from_vec(prec_flat, (galaxies, dim, dim), &Device::Cpu).unwrap();
-        Self { dim, galaxies, mean, cov, mean_t, precision_t }
+        let precision_t = Tensor::from_vec(prec_flat, (galaxies, dim, dim), &Device::Cpu).unwrap();
+        Self {
+            dim,
+            galaxies,
+            mean,
+            cov,
+            mean_t,
+            precision_t,
+        }
     }
 
     /// ln p for positions `[walkers, galaxies, dim]` → `[walkers, galaxies]`; each galaxy

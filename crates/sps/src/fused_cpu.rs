@@ -1,0 +1,314 @@
+//! Whole-network fused CPU kernel for the photulator stack (x86-64 AVX2 + FMA).
+//!
+//! Why: candle's CPU path runs each layer as 26 separate `gemm` calls over `[rows, 128]`
+//! activations that round-trip through memory between layers. Here one task evaluates *all*
+//! layers of one band for a block of [`ROW_BLOCK`] rows, so activations live in L1/L2 and the
+//! band's ~200 kB of weights stay in L2; the matmuls use a 6×16 register-tiled FMA
+//! micro-kernel over weights pre-packed into 16-column panels at load time, with the fused
+//! bias + activation of [`crate::activation`] applied per block. Same maths as the batched
+//! tensor path (differences are f32 rounding, FMA contraction included); tasks run on the
+//! current rayon pool.
+//!
+//! Only used for forward passes on the CPU without autograd tracking; everything else goes
+//! through the candle tensor path.
+
+use candle_core::{CpuStorage, CustomOp1, Layout, Shape};
+use rayon::prelude::*;
+
+/// Rows per task (a multiple of the micro-kernel height 6).
+pub const ROW_BLOCK: usize = 48;
+const MR: usize = 6;
+const NR: usize = 16;
+
+/// One hidden layer of every band, packed for the micro-kernel.
+#[derive(Debug, Clone)]
+struct PackedLayer {
+    k: usize,
+    u: usize,
+    /// `[bands][u / 16][k][16]`.
+    panels: Vec<f32>,
+    bias: Vec<f32>,
+    alpha: Vec<f32>,
+    beta: Vec<f32>,
+}
+
+/// The photulator weights in the kernel's layout.
+#[derive(Debug, Clone)]
+pub struct PackedPhotulator {
+    bands: usize,
+    n_in: usize,
+    input_shift: Vec<f32>,
+    input_scale: Vec<f32>,
+    hidden: Vec<PackedLayer>,
+    /// Output layer (1 unit): weights `[bands][k]`, bias/alpha/beta `[bands]`.
+    out_w: Vec<f32>,
+    out_b: Vec<f32>,
+    out_alpha: Vec<f32>,
+    out_beta: Vec<f32>,
+    output_shift: Vec<f32>,
+    output_scale: Vec<f32>,
+}
+
+/// Host copies of one layer: weight `[bands][in][out]`, bias/alpha/beta `[bands][out]`.
+pub struct HostLayer {
+    pub n_in: usize,
+    pub n_out: usize,
+    pub weight: Vec<f32>,
+    pub bias: Vec<f32>,
+    pub alpha: Vec<f32>,
+    pub beta: Vec<f32>,
+}
+
+impl PackedPhotulator {
+    /// Pack the layers, or `None` if this CPU or architecture cannot use the kernel.
+    pub fn new(
+        bands: usize,
+        input_shift: Vec<f32>,
+        input_scale: Vec<f32>,
+        layers: &[HostLayer],
+        output_shift: Vec<f32>,
+        output_scale: Vec<f32>,
+    ) -> Option<Self> {
+        if !cpu_supported() || layers.len() < 2 {
+            return None;
+        }
+        let (last, hidden) = layers.split_last()?;
+        if last.n_out != 1 || hidden.iter().any(|l| l.n_out % NR != 0) {
+            return None;
+        }
+        let hidden = hidden
+            .iter()
+            .map(|l| {
+                let (k, u) = (l.n_in, l.n_out);
+                let mut panels = Vec::with_capacity(bands * k * u);
+                for g in 0..bands {
+                    let w = &l.weight[g * k * u..(g + 1) * k * u];
+                    for p in 0..u / NR {
+                        for kk in 0..k {
+                            panels.extend_from_slice(&w[kk * u + p * NR..kk * u + (p + 1) * NR]);
+                        }
+                    }
+                }
+                PackedLayer {
+                    k,
+                    u,
+                    panels,
+                    bias: l.bias.clone(),
+                    alpha: l.alpha.clone(),
+                    beta: l.beta.clone(),
+                }
+            })
+            .collect::<Vec<_>>();
+        Some(Self {
+            bands,
+            n_in: layers[0].n_in,
+            input_shift,
+            input_scale,
+            hidden,
+            out_w: last.weight.clone(),
+            out_b: last.bias.clone(),
+            out_alpha: last.alpha.clone(),
+            out_beta: last.beta.clone(),
+            output_shift,
+            output_scale,
+        })
+    }
+
+    /// θ₁₅ rows (row-major `[n, n_in]`) → absolute magnitudes `[n, bands]`.
+    pub fn absolute_magnitudes(&self, x: &[f32]) -> Vec<f32> {
+        let n = x.len() / self.n_in;
+        // Standardise once for all bands (spec §2.1).
+        let xs: Vec<f32> = x
+            .chunks_exact(self.n_in)
+            .flat_map(|row| {
+                row.iter()
+                    .zip(&self.input_shift)
+                    .zip(&self.input_scale)
+                    .map(|((v, s), c)| (v - s) / c)
+            })
+            .collect();
+        let mut by_band = vec![0f32; self.bands * n];
+        let width = self.hidden.iter().map(|l| l.u).max().unwrap_or(0);
+        let scratch = || Scratch {
+            pre: vec![0f32; ROW_BLOCK * width],
+            h: [vec![0f32; ROW_BLOCK * width], vec![0f32; ROW_BLOCK * width]],
+        };
+        if n * self.bands >= 16 * 26 {
+            by_band.par_chunks_mut(n).enumerate().for_each(|(g, band_out)| {
+                band_out
+                    .par_chunks_mut(ROW_BLOCK)
+                    .enumerate()
+                    .for_each_init(scratch, |buf, (b, out)| {
+                        self.block(g, &xs[b * ROW_BLOCK * self.n_in..], out, buf)
+                    });
+            });
+        } else {
+            let mut buf = scratch();
+            for (g, band_out) in by_band.chunks_mut(n).enumerate() {
+                for (b, out) in band_out.chunks_mut(ROW_BLOCK).enumerate() {
+                    self.block(g, &xs[b * ROW_BLOCK * self.n_in..], out, &mut buf);
+                }
+            }
+        }
+        // [bands, n] → [n, bands] with the output de-standardisation.
+        let mut out = vec![0f32; n * self.bands];
+        for (r, row) in out.chunks_exact_mut(self.bands).enumerate() {
+            for (g, o) in row.iter_mut().enumerate() {
+                *o = by_band[g * n + r] * self.output_scale[g] + self.output_shift[g];
+            }
+        }
+        out
+    }
+
+    /// All layers of band `g` for `out.len()` rows starting at `xs`.
+    fn block(&self, g: usize, xs: &[f32], out: &mut [f32], buf: &mut Scratch) {
+        let rows = out.len();
+        let mut lda = self.n_in;
+        for (i, l) in self.hidden.iter().enumerate() {
+            let (k, u) = (l.k, l.u);
+            let panels = &l.panels[g * k * u..(g + 1) * k * u];
+            let (h0, h1) = buf.h.split_at_mut(1);
+            let (src, dst) = if i % 2 == 0 { (&h1[0], &mut h0[0]) } else { (&h0[0], &mut h1[0]) };
+            let input: &[f32] = if i == 0 { xs } else { src };
+            let pre = &mut buf.pre[..rows * u];
+            // SAFETY: `new` only builds this struct when AVX2 and FMA are available; the slices
+            // hold `rows` rows of `lda` (input) and `u` (output) floats.
+            unsafe { gemm_block(&input[..(rows - 1) * lda + k], lda, rows, k, u, panels, pre) };
+            let p = g * u..(g + 1) * u;
+            crate::activation::act_rows(pre, &l.alpha[p.clone()], &l.beta[p.clone()], &l.bias[p], &mut dst[..rows * u]);
+            lda = u;
+        }
+        let input = &buf.h[(self.hidden.len() - 1) % 2];
+        let k = lda;
+        let w = &self.out_w[g * k..(g + 1) * k];
+        let (b, a, be) = (self.out_b[g], self.out_alpha[g], self.out_beta[g]);
+        for (r, o) in out.iter_mut().enumerate() {
+            // SAFETY: as above.
+            let y = unsafe { dot_avx2(&input[r * k..(r + 1) * k], w) } + b;
+            let s = 1.0 / (1.0 + crate::fastmath::fast_exp(-(a * y)));
+            *o = (be + (1.0 - be) * s) * y;
+        }
+    }
+}
+
+/// Per-thread buffers of one row block: pre-activation and two ping-pong activations.
+struct Scratch {
+    pre: Vec<f32>,
+    h: [Vec<f32>; 2],
+}
+
+fn cpu_supported() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn gemm_block(_: &[f32], _: usize, _: usize, _: usize, _: usize, _: &[f32], _: &mut [f32]) {
+    unreachable!("the fused kernel is only built on x86-64")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn dot_avx2(_: &[f32], _: &[f32]) -> f32 {
+    unreachable!("the fused kernel is only built on x86-64")
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
+    // 8 partial sums so the loop vectorises without reassociation.
+    let mut acc = [0f32; 8];
+    let chunks = a.len() / 8;
+    for c in 0..chunks {
+        for i in 0..8 {
+            acc[i] = a[c * 8 + i].mul_add(b[c * 8 + i], acc[i]);
+        }
+    }
+    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for i in chunks * 8..a.len() {
+        s = a[i].mul_add(b[i], s);
+    }
+    s
+}
+
+/// `c[rows, u] = a[rows, k] (row stride lda) @ W` with W packed as `[u/16][k][16]`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn gemm_block(a: &[f32], lda: usize, rows: usize, k: usize, u: usize, panels: &[f32], c: &mut [f32]) {
+    for p in 0..u / NR {
+        let panel = &panels[p * k * NR..(p + 1) * k * NR];
+        let mut r = 0;
+        while r + MR <= rows {
+            unsafe { tile::<MR>(a.as_ptr().add(r * lda), lda, k, panel.as_ptr(), c.as_mut_ptr().add(r * u + p * NR), u) };
+            r += MR;
+        }
+        let left = rows - r;
+        if left > 0 {
+            let (ap, cp) = unsafe { (a.as_ptr().add(r * lda), c.as_mut_ptr().add(r * u + p * NR)) };
+            unsafe {
+                match left {
+                    1 => tile::<1>(ap, lda, k, panel.as_ptr(), cp, u),
+                    2 => tile::<2>(ap, lda, k, panel.as_ptr(), cp, u),
+                    3 => tile::<3>(ap, lda, k, panel.as_ptr(), cp, u),
+                    4 => tile::<4>(ap, lda, k, panel.as_ptr(), cp, u),
+                    _ => tile::<5>(ap, lda, k, panel.as_ptr(), cp, u),
+                }
+            }
+        }
+    }
+}
+
+/// The register-tiled micro-kernel: `M` rows × 16 columns, `2M` ymm accumulators.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn tile<const M: usize>(a: *const f32, lda: usize, k: usize, panel: *const f32, c: *mut f32, ldc: usize) {
+    use std::arch::x86_64::*;
+    let mut acc0 = [_mm256_setzero_ps(); M];
+    let mut acc1 = [_mm256_setzero_ps(); M];
+    for kk in 0..k {
+        unsafe {
+            let b0 = _mm256_loadu_ps(panel.add(kk * NR));
+            let b1 = _mm256_loadu_ps(panel.add(kk * NR + 8));
+            for i in 0..M {
+                let av = _mm256_broadcast_ss(&*a.add(i * lda + kk));
+                acc0[i] = _mm256_fmadd_ps(av, b0, acc0[i]);
+                acc1[i] = _mm256_fmadd_ps(av, b1, acc1[i]);
+            }
+        }
+    }
+    for i in 0..M {
+        unsafe {
+            _mm256_storeu_ps(c.add(i * ldc), acc0[i]);
+            _mm256_storeu_ps(c.add(i * ldc + 8), acc1[i]);
+        }
+    }
+}
+
+/// candle wrapper: θ₁₅ `[n, n_in]` f32 (CPU) → absolute magnitudes `[n, bands]`.
+#[derive(Debug, Clone)]
+pub struct FusedPhotulatorOp<'a>(pub &'a PackedPhotulator);
+
+impl CustomOp1 for FusedPhotulatorOp<'_> {
+    fn name(&self) -> &'static str {
+        "photulator-fused-cpu"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = match (s, l.contiguous_offsets()) {
+            (CpuStorage::F32(v), Some((a, b))) => &v[a..b],
+            _ => candle_core::bail!("fused photulator: expected contiguous f32 input"),
+        };
+        let (n, d) = l.shape().dims2()?;
+        if d != self.0.n_in {
+            candle_core::bail!("fused photulator: input has {d} columns, expected {}", self.0.n_in);
+        }
+        let out = self.0.absolute_magnitudes(x);
+        Ok((CpuStorage::F32(out), Shape::from((n, self.0.bands))))
+    }
+}
