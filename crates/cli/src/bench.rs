@@ -5,8 +5,12 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use clap::Subcommand;
 use popcosmos_api::Device;
-use popcosmos_inference::{manifest::SamplerSpec, Manifest, Pipeline};
-use popcosmos_samplers::{diagnostics::diagnose_chain, ensemble::EnsembleSampler, run::{sample, RunConfig}};
+use popcosmos_inference::{Manifest, Pipeline, manifest::SamplerSpec};
+use popcosmos_samplers::{
+    diagnostics::diagnose_chain,
+    ensemble::EnsembleSampler,
+    run::{RunConfig, sample},
+};
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
@@ -37,17 +41,34 @@ pub enum BenchCommand {
 
 pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
-        BenchCommand::Emulator { batches, mut threads, seconds, device } => {
+        BenchCommand::Emulator {
+            batches,
+            mut threads,
+            seconds,
+            device,
+        } => {
             let dev = popcosmos_api::parse_device(&device)?;
             if threads.is_empty() {
-                let all = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+                let all = std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(1);
                 threads = if all > 1 { vec![1, all] } else { vec![1] };
             }
             let p = popcosmos_sps::Photulator::builtin(&dev)?;
-            let table = popcosmos_sps::bench::bench_emulator(&p, &batches, &threads, Duration::from_secs_f64(seconds))?;
-            println!("COSMOS 26-band photulator stack, device {device}, RAYON_NUM_THREADS={}", std::env::var("RAYON_NUM_THREADS").unwrap_or_default());
+            let table = popcosmos_sps::bench::bench_emulator(
+                &p,
+                &batches,
+                &threads,
+                Duration::from_secs_f64(seconds),
+            )?;
+            println!(
+                "COSMOS 26-band photulator stack, device {device}, RAYON_NUM_THREADS={}",
+                std::env::var("RAYON_NUM_THREADS").unwrap_or_default()
+            );
             println!("{table}");
-            println!("reference (PyTorch, this 2-core CPU, research/reference-cpu-speed.md): 29.8k galaxy-evals/s at batch 4096");
+            println!(
+                "reference (PyTorch, this 2-core CPU, research/reference-cpu-speed.md): 29.8k galaxy-evals/s at batch 4096"
+            );
             Ok(())
         }
         BenchCommand::Inference { galaxies, device } => bench_inference(galaxies, &device),
@@ -60,38 +81,91 @@ fn bench_inference(galaxies: usize, device: &str) -> Result<()> {
     m.device = device.to_string();
     m.galaxies_per_batch = galaxies;
     let configs = [
-        ("reference (512 walkers × 100 steps, stretch)", 512usize, 100usize, 50usize, true),
-        ("recommended (demo manifest)", m.sampler.walkers, m.sampler.steps, m.sampler.burn_in, false),
+        (
+            "reference (512 walkers × 100 steps, stretch)",
+            512usize,
+            100usize,
+            50usize,
+            true,
+        ),
+        (
+            "recommended (demo manifest)",
+            m.sampler.walkers,
+            m.sampler.steps,
+            m.sampler.burn_in,
+            false,
+        ),
     ];
-    println!("| configuration | galaxies | walker-evals/s | s per galaxy | median bulk ESS (z) | ESS/s per galaxy (z) | acceptance |");
+    println!(
+        "| configuration | galaxies | walker-evals/s | s per galaxy | median bulk ESS (z) | ESS/s per galaxy (z) | acceptance |"
+    );
     println!("|---|---:|---:|---:|---:|---:|---:|");
     for (name, walkers, steps, burn, stretch_only) in configs {
         let mut mm = m.clone();
-        mm.sampler = SamplerSpec { walkers, steps, burn_in: burn, ..m.sampler.clone() };
+        mm.sampler = SamplerSpec {
+            walkers,
+            steps,
+            burn_in: burn,
+            ..m.sampler.clone()
+        };
         let pipeline = Pipeline::new(mm)?;
-        let mut reader = popcosmos_catalog::CatalogueReader::open(&pipeline.manifest.catalogue, &pipeline.survey.band_names())?;
-        let chunk = reader.next_chunk(galaxies)?.expect("demo catalogue has galaxies");
+        let mut reader = popcosmos_catalog::CatalogueReader::open(
+            &pipeline.manifest.catalogue,
+            &pipeline.survey.band_names(),
+        )?;
+        let chunk = reader
+            .next_chunk(galaxies)?
+            .expect("demo catalogue has galaxies");
         let obs = chunk.to_observations(&pipeline.device)?;
         let post = pipeline.posterior(&obs);
         let mut rng = popcosmos_api::HostRng::seed_from_u64(1);
-        let lib = popcosmos_inference::init::InitLibrary::build(pipeline.prior.as_ref(), &pipeline.sps, 20000, 16384, &mut rng)?;
+        let lib = popcosmos_inference::init::InitLibrary::build(
+            pipeline.prior.as_ref(),
+            &pipeline.sps,
+            20000,
+            16384,
+            &mut rng,
+        )?;
         let init = lib.initial_walkers(&post, walkers, 8, 0.05, &mut rng)?;
         let kernel = if stretch_only {
             EnsembleSampler::stretch()
         } else {
             EnsembleSampler::new(vec![
-                (Box::new(popcosmos_samplers::ensemble::StretchMove { a: 2.0 }), 0.7),
-                (Box::new(popcosmos_samplers::ensemble::DifferentialEvolutionMove { gamma: None, sigma: 1e-5 }), 0.3),
+                (
+                    Box::new(popcosmos_samplers::ensemble::StretchMove { a: 2.0 }),
+                    0.7,
+                ),
+                (
+                    Box::new(popcosmos_samplers::ensemble::DifferentialEvolutionMove {
+                        gamma: None,
+                        sigma: 1e-5,
+                    }),
+                    0.3,
+                ),
             ])?
         };
         let t = Instant::now();
-        let chain = sample(&kernel, init, &post, &mut rng, &RunConfig { n_steps: steps, burn_in: burn, thin: 1 }, None)?;
+        let chain = sample(
+            &kernel,
+            init,
+            &post,
+            &mut rng,
+            &RunConfig {
+                n_steps: steps,
+                burn_in: burn,
+                thin: 1,
+            },
+            None,
+        )?;
         if let Device::Cuda(_) = pipeline.device {
             pipeline.device.synchronize()?;
         }
         let secs = t.elapsed().as_secs_f64();
         let diags = diagnose_chain(&chain);
-        let mut ess: Vec<f64> = diags.iter().map(|d| d.ess_bulk[popcosmos_api::params::IDX_Z]).collect();
+        let mut ess: Vec<f64> = diags
+            .iter()
+            .map(|d| d.ess_bulk[popcosmos_api::params::IDX_Z])
+            .collect();
         ess.sort_by(f64::total_cmp);
         let ess_med = ess[ess.len() / 2];
         let acc = chain.acceptance.iter().sum::<f64>() / chain.acceptance.len() as f64;

@@ -2,9 +2,11 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
-use popcosmos_api::{params, Device, SpsModel, Survey, Tensor, N_PARAMS, PARAM_NAMES};
-use popcosmos_catalog::{match_by_id, photoz_metrics, read_column_f64, read_ids, read_results, CatalogueReader};
+use anyhow::{Context, Result, bail};
+use popcosmos_api::{Device, N_PARAMS, PARAM_NAMES, SpsModel, Tensor, params};
+use popcosmos_catalog::{
+    CatalogueReader, match_by_id, photoz_metrics, read_column_f64, read_ids, read_results,
+};
 use popcosmos_inference::Manifest;
 
 pub struct EvaluateArgs {
@@ -22,7 +24,8 @@ pub fn evaluate(a: &EvaluateArgs) -> Result<()> {
         .truth
         .rsplit_once(':')
         .with_context(|| format!("--truth '{}': expected CATALOGUE:COLUMN", a.truth))?;
-    let results = read_results(&a.results).with_context(|| format!("reading results {}", a.results.display()))?;
+    let results = read_results(&a.results)
+        .with_context(|| format!("reading results {}", a.results.display()))?;
     if results.is_empty() {
         bail!("{}: no results", a.results.display());
     }
@@ -30,9 +33,16 @@ pub fn evaluate(a: &EvaluateArgs) -> Result<()> {
     let z_true = read_column_f64(cat, col)?;
     let pairs = match_by_id(&results.ids, &ids);
     if pairs.is_empty() {
-        bail!("no result id matches an id in {cat} (column '{}')", a.id_column);
+        bail!(
+            "no result id matches an id in {cat} (column '{}')",
+            a.id_column
+        );
     }
-    let get = |name: &str| results.column(name).with_context(|| format!("{}: no column '{name}'", a.results.display()));
+    let get = |name: &str| {
+        results
+            .column(name)
+            .with_context(|| format!("{}: no column '{name}'", a.results.display()))
+    };
     let (p50, p16, p84) = (get("z_p50")?, get("z_p16")?, get("z_p84")?);
     let (p2, p97) = (get("z_p2.5")?, get("z_p97.5")?);
     let mut zs = Vec::new();
@@ -52,23 +62,47 @@ pub fn evaluate(a: &EvaluateArgs) -> Result<()> {
         in95 += usize::from(p2[r] <= z_true[t] && z_true[t] <= p97[r]);
     }
     let m = photoz_metrics(&zp, &zs);
-    let flagged = results.strings.get("flags").map(|f| f.iter().filter(|s| !s.is_empty()).count()).unwrap_or(0);
+    let flagged = results
+        .strings
+        .get("flags")
+        .map(|f| f.iter().filter(|s| !s.is_empty()).count())
+        .unwrap_or(0);
     println!("| metric | value |");
     println!("|---|---|");
     println!("| galaxies matched | {} |", m.n);
     println!("| bias (median Δz/(1+z)) | {:+.4} |", m.bias);
     println!("| σ_NMAD | {:.4} |", m.sigma_nmad);
-    println!("| outlier fraction (|Δz|/(1+z) > 0.15) | {:.1}% |", 100.0 * m.outlier_fraction);
-    println!("| z_spec inside 68% interval | {:.1}% |", 100.0 * in68 as f64 / m.n.max(1) as f64);
-    println!("| z_spec inside 95% interval | {:.1}% |", 100.0 * in95 as f64 / m.n.max(1) as f64);
-    println!("| galaxies flagged by diagnostics | {flagged} of {} |", results.len());
+    println!(
+        "| outlier fraction (|Δz|/(1+z) > 0.15) | {:.1}% |",
+        100.0 * m.outlier_fraction
+    );
+    println!(
+        "| z_spec inside 68% interval | {:.1}% |",
+        100.0 * in68 as f64 / m.n.max(1) as f64
+    );
+    println!(
+        "| z_spec inside 95% interval | {:.1}% |",
+        100.0 * in95 as f64 / m.n.max(1) as f64
+    );
+    println!(
+        "| galaxies flagged by diagnostics | {flagged} of {} |",
+        results.len()
+    );
     if let Some(j) = &a.json {
-        std::fs::write(j, serde_json::to_string_pretty(&m)?).with_context(|| j.display().to_string())?;
+        std::fs::write(j, serde_json::to_string_pretty(&m)?)
+            .with_context(|| j.display().to_string())?;
     }
     if let Some(dir) = &a.plots {
         std::fs::create_dir_all(dir)?;
         let p = dir.join("photoz.png");
-        crate::plots::photoz_plot(&p, &zs, &zp, &lo, &hi, "popcosmos: posterior median z vs spectroscopic z")?;
+        crate::plots::photoz_plot(
+            &p,
+            &zs,
+            &zp,
+            &lo,
+            &hi,
+            "popcosmos: posterior median z vs spectroscopic z",
+        )?;
         eprintln!("plots: {}", p.display());
         if let Some(mp) = &a.manifest {
             galaxy_plots(mp, &a.results, a.galaxy.as_deref(), dir)?;
@@ -82,10 +116,16 @@ pub fn evaluate(a: &EvaluateArgs) -> Result<()> {
     Ok(())
 }
 
-fn galaxy_plots_from_record(record: &Path, results: &Path, galaxy: Option<&str>, dir: &Path) -> Result<()> {
+fn galaxy_plots_from_record(
+    record: &Path,
+    results: &Path,
+    galaxy: Option<&str>,
+    dir: &Path,
+) -> Result<()> {
     let text = std::fs::read_to_string(record)?;
     let v: serde_json::Value = serde_json::from_str(&text)?;
-    let m: Manifest = serde_json::from_value(v["manifest"].clone()).context("run.json: manifest")?;
+    let m: Manifest =
+        serde_json::from_value(v["manifest"].clone()).context("run.json: manifest")?;
     galaxy_plots_with(m, results, galaxy, dir)
 }
 
@@ -97,39 +137,84 @@ fn galaxy_plots(manifest: &Path, results: &Path, galaxy: Option<&str>, dir: &Pat
 fn galaxy_plots_with(m: Manifest, results: &Path, galaxy: Option<&str>, dir: &Path) -> Result<()> {
     let chains_dir = results.join("chains");
     if !chains_dir.is_dir() {
-        bail!("{}: no chains/ folder; set output.chains: true in the manifest to get corner and SED plots", results.display());
+        bail!(
+            "{}: no chains/ folder; set output.chains: true in the manifest to get corner and SED plots",
+            results.display()
+        );
     }
     let chains = read_results(&chains_dir)?;
-    let id = galaxy.map(str::to_string).unwrap_or_else(|| chains.ids[0].clone());
+    let id = galaxy
+        .map(str::to_string)
+        .unwrap_or_else(|| chains.ids[0].clone());
     let rows: Vec<usize> = (0..chains.len()).filter(|&i| chains.ids[i] == id).collect();
     if rows.is_empty() {
-        bail!("galaxy '{id}' has no chain rows in {}", chains_dir.display());
+        bail!(
+            "galaxy '{id}' has no chain rows in {}",
+            chains_dir.display()
+        );
     }
     let col = |n: &str| -> Result<Vec<f64>> {
-        let c = chains.column(n).with_context(|| format!("chains: no column '{n}'"))?;
+        let c = chains
+            .column(n)
+            .with_context(|| format!("chains: no column '{n}'"))?;
         Ok(rows.iter().map(|&i| c[i]).collect())
     };
     let z = col("z")?;
     let n_param = col("N")?;
-    let logm: Vec<f64> = n_param.iter().zip(&z).map(|(n, z)| popcosmos_sps::derived::log10_mass_formed(*n, *z)).collect();
-    let names = ["z", "log10M_formed", "log10Z", "dust2", "logsfr_ratio1", "gaslog10U"].map(String::from).to_vec();
-    let samples = vec![z.clone(), logm, col("log10Z")?, col("dust2")?, col("logsfr_ratio1")?, col("gaslog10U")?];
-    let safe: String = id.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+    let logm: Vec<f64> = n_param
+        .iter()
+        .zip(&z)
+        .map(|(n, z)| popcosmos_sps::derived::log10_mass_formed(*n, *z))
+        .collect();
+    let names = [
+        "z",
+        "log10M_formed",
+        "log10Z",
+        "dust2",
+        "logsfr_ratio1",
+        "gaslog10U",
+    ]
+    .map(String::from)
+    .to_vec();
+    let samples = vec![
+        z.clone(),
+        logm,
+        col("log10Z")?,
+        col("dust2")?,
+        col("logsfr_ratio1")?,
+        col("gaslog10U")?,
+    ];
+    let safe: String = id
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
     let corner = dir.join(format!("corner_{safe}.png"));
-    crate::plots::corner_plot(&corner, &names, &samples, None, &format!("galaxy {id}: posterior"))?;
+    crate::plots::corner_plot(
+        &corner,
+        &names,
+        &samples,
+        None,
+        &format!("galaxy {id}: posterior"),
+    )?;
 
     // SED: observed fluxes vs model fluxes (with zero points) from the chain draws.
     let pipeline = popcosmos_inference::Pipeline::new(m)?;
-    let mut reader = CatalogueReader::open(&pipeline.manifest.catalogue, &pipeline.survey.band_names())?;
+    let mut reader =
+        CatalogueReader::open(&pipeline.manifest.catalogue, &pipeline.survey.band_names())?;
     let mut obs = None;
     while let Some(chunk) = reader.next_chunk(4096)? {
         if let Some(i) = chunk.ids.iter().position(|x| *x == id) {
             let b = chunk.n_bands;
-            obs = Some((chunk.flux_nmgy[i * b..(i + 1) * b].to_vec(), chunk.flux_err_nmgy[i * b..(i + 1) * b].to_vec(), chunk.mask[i * b..(i + 1) * b].to_vec()));
+            obs = Some((
+                chunk.flux_nmgy[i * b..(i + 1) * b].to_vec(),
+                chunk.flux_err_nmgy[i * b..(i + 1) * b].to_vec(),
+                chunk.mask[i * b..(i + 1) * b].to_vec(),
+            ));
             break;
         }
     }
-    let (flux, err, mask) = obs.with_context(|| format!("galaxy '{id}' not found in the catalogue"))?;
+    let (flux, err, mask) =
+        obs.with_context(|| format!("galaxy '{id}' not found in the catalogue"))?;
     let mut theta = Vec::with_capacity(rows.len() * N_PARAMS);
     let cols: Vec<Vec<f64>> = PARAM_NAMES.iter().map(|n| col(n)).collect::<Result<_>>()?;
     for r in 0..rows.len() {
@@ -138,7 +223,11 @@ fn galaxy_plots_with(m: Manifest, results: &Path, galaxy: Option<&str>, dir: &Pa
         }
     }
     let theta = Tensor::from_vec(theta, (rows.len(), N_PARAMS), &Device::Cpu)?;
-    let model = pipeline.sps.photometry(&theta)?.flux_nmgy.to_vec2::<f32>()?;
+    let model = pipeline
+        .sps
+        .photometry(&theta)?
+        .flux_nmgy
+        .to_vec2::<f32>()?;
     let zp = &pipeline.survey.calibration().zero_points;
     let nb = zp.len();
     let ujy = 3.631; // µJy per nmgy
@@ -153,7 +242,11 @@ fn galaxy_plots_with(m: Manifest, results: &Path, galaxy: Option<&str>, dir: &Pa
     let bands = pipeline.survey.bands();
     let lambda: Vec<f64> = bands
         .iter()
-        .map(|b| popcosmos_surveys::filters::cosmos_filter(&b.name).map(|f| f.pivot_wavelength_aa() / 1e4).unwrap_or(f64::NAN))
+        .map(|b| {
+            popcosmos_surveys::filters::cosmos_filter(&b.name)
+                .map(|f| f.pivot_wavelength_aa() / 1e4)
+                .unwrap_or(f64::NAN)
+        })
         .collect();
     let labels: Vec<String> = bands.iter().map(|b| b.label.clone()).collect();
     let of: Vec<f64> = flux.iter().map(|v| *v as f64 * ujy).collect();
@@ -164,7 +257,18 @@ fn galaxy_plots_with(m: Manifest, results: &Path, galaxy: Option<&str>, dir: &Pa
         popcosmos_inference::pipeline::percentiles(&mut zz)[2]
     };
     let sed = dir.join(format!("sed_{safe}.png"));
-    crate::plots::sed_plot(&sed, &labels, &lambda, &of, &oe, &used, &med, &lo, &hi, &format!("galaxy {id}: observed vs model (z_phot = {zmed:.2})"))?;
+    crate::plots::sed_plot(
+        &sed,
+        &labels,
+        &lambda,
+        &of,
+        &oe,
+        &used,
+        &med,
+        &lo,
+        &hi,
+        &format!("galaxy {id}: observed vs model (z_phot = {zmed:.2})"),
+    )?;
     let _ = params::IDX_Z;
     eprintln!("plots: {}, {}", corner.display(), sed.display());
     Ok(())

@@ -13,7 +13,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 use popcosmos_inference::{Manifest, Pipeline, Progress, RunOptions};
 
 #[derive(Parser)]
-#[command(name = "popcosmos-cli", version, about = "Bayesian inference of galaxy properties from photometry (pop-cosmos in Rust)")]
+#[command(
+    name = "popcosmos-cli",
+    version,
+    about = "Bayesian inference of galaxy properties from photometry (pop-cosmos in Rust)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -92,16 +96,46 @@ fn main() {
 
 fn dispatch(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Run { manifest, resume, max_batches, quiet } => {
+        Command::Run {
+            manifest,
+            resume,
+            max_batches,
+            quiet,
+        } => {
             let m = Manifest::load(&manifest)?;
-            run_manifest(m, &RunOptions { resume, max_batches }, quiet)?;
+            run_manifest(
+                m,
+                &RunOptions {
+                    resume,
+                    max_batches,
+                },
+                quiet,
+            )?;
             Ok(())
         }
         Command::Validate { manifest } => validate(&manifest),
-        Command::Predict { params, output, no_lines } => predict::predict(&params, &output, !no_lines),
-        Command::Evaluate { results, truth, id_column, json, plots, manifest, galaxy } => {
-            evaluate::evaluate(&evaluate::EvaluateArgs { results, truth, id_column, json, plots, manifest, galaxy })
-        }
+        Command::Predict {
+            params,
+            output,
+            no_lines,
+        } => predict::predict(&params, &output, !no_lines),
+        Command::Evaluate {
+            results,
+            truth,
+            id_column,
+            json,
+            plots,
+            manifest,
+            galaxy,
+        } => evaluate::evaluate(&evaluate::EvaluateArgs {
+            results,
+            truth,
+            id_column,
+            json,
+            plots,
+            manifest,
+            galaxy,
+        }),
         Command::Bench { what } => bench::run(what),
         Command::Demo { output } => demo(&output),
     }
@@ -110,16 +144,24 @@ fn dispatch(cli: Cli) -> Result<()> {
 /// Run a manifest with a progress bar; returns the output folder.
 pub fn run_manifest(m: Manifest, options: &RunOptions, quiet: bool) -> Result<PathBuf> {
     let pipeline = Pipeline::new(m)?;
-    let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::new(0) };
+    let bar = if quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(0)
+    };
     bar.set_style(
-        ProgressStyle::with_template("{spinner} {msg:<12} [{bar:30}] {pos}/{len} galaxies  {per_sec}  ETA {eta}")
-            .expect("valid template")
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{spinner} {msg:<12} [{bar:30}] {pos}/{len} galaxies  {per_sec}  ETA {eta}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
     );
     let mut on_progress = |p: Progress| match p {
         Progress::Total(n) => bar.set_length(n as u64),
         Progress::Done(n) => bar.inc(n as u64),
-        Progress::Stage(s) => bar.set_message(s.split_whitespace().next().unwrap_or("").to_string()),
+        Progress::Stage(s) => {
+            bar.set_message(s.split_whitespace().next().unwrap_or("").to_string())
+        }
     };
     let summary = pipeline.run(options, &mut on_progress)?;
     bar.finish_and_clear();
@@ -142,7 +184,10 @@ fn validate(path: &Path) -> Result<()> {
     let pipeline = Pipeline::new(m)?;
     let n = pipeline.scan_catalogue()?;
     if n == 0 {
-        anyhow::bail!("catalogue.path: {} has no galaxies", pipeline.manifest.catalogue.path.display());
+        anyhow::bail!(
+            "catalogue.path: {} has no galaxies",
+            pipeline.manifest.catalogue.path.display()
+        );
     }
     println!(
         "{}: OK — survey {} ({} bands), {} galaxies in {}, prior {}, sampler {:?} ({} walkers × {} steps)",
@@ -170,10 +215,15 @@ fn demo(output: &Path) -> Result<()> {
     let mut m = Manifest::load(&manifest_path)?;
     m.output.dir = output.to_path_buf();
     if output.exists() {
-        std::fs::remove_dir_all(output).with_context(|| format!("removing old demo output {}", output.display()))?;
+        std::fs::remove_dir_all(output)
+            .with_context(|| format!("removing old demo output {}", output.display()))?;
     }
     let catalogue = m.catalogue.path.clone();
-    eprintln!("popcosmos demo: {} galaxies of {} (COSMOS2020, 2.5 ≤ z_spec < 8.3)", count_lines(&catalogue)?, catalogue.display());
+    eprintln!(
+        "popcosmos demo: {} galaxies of {} (COSMOS2020, 2.5 ≤ z_spec < 8.3)",
+        count_lines(&catalogue)?,
+        catalogue.display()
+    );
     let out = run_manifest(m, &RunOptions::default(), false)?;
     evaluate::evaluate(&evaluate::EvaluateArgs {
         results: out.clone(),

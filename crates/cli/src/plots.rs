@@ -43,7 +43,10 @@ const C_GRID_BOLD: RGBColor = RGBColor(222, 222, 222);
 fn ensure_font() -> Result<()> {
     static REGISTERED: OnceLock<bool> = OnceLock::new();
     let ok = *REGISTERED.get_or_init(|| register_font(FONT, FontStyle::Normal, FONT_BYTES).is_ok());
-    ensure!(ok, "embedded font assets/fonts/DejaVuSans.ttf could not be parsed");
+    ensure!(
+        ok,
+        "embedded font assets/fonts/DejaVuSans.ttf could not be parsed"
+    );
     Ok(())
 }
 
@@ -61,7 +64,8 @@ where
     }
     let root = BitMapBackend::new(path, size).into_drawing_area();
     draw(&root).with_context(|| format!("drawing plot {}", path.display()))?;
-    root.present().with_context(|| format!("writing plot {}", path.display()))?;
+    root.present()
+        .with_context(|| format!("writing plot {}", path.display()))?;
     Ok(())
 }
 
@@ -102,10 +106,12 @@ fn fmt_with_scale(v: f64, scale: f64) -> String {
 }
 
 fn finite_min_max<I: IntoIterator<Item = f64>>(it: I) -> Option<(f64, f64)> {
-    it.into_iter().filter(|v| v.is_finite()).fold(None, |acc, v| match acc {
-        None => Some((v, v)),
-        Some((lo, hi)) => Some((lo.min(v), hi.max(v))),
-    })
+    it.into_iter()
+        .filter(|v| v.is_finite())
+        .fold(None, |acc, v| match acc {
+            None => Some((v, v)),
+            Some((lo, hi)) => Some((lo.min(v), hi.max(v))),
+        })
 }
 
 /// Pads `[lo, hi]` by `frac` of its span; degenerate ranges get a fixed width.
@@ -256,7 +262,11 @@ where
         .iter()
         .map(|&i| z_spec[i].max(z_phot[i]))
         .fold(0.0_f64, f64::max);
-    let zmax = if zmax_data > 0.0 { zmax_data * 1.05 } else { 1.0 };
+    let zmax = if zmax_data > 0.0 {
+        zmax_data * 1.05
+    } else {
+        1.0
+    };
 
     let mut chart = ChartBuilder::on(&area)
         .margin(15)
@@ -315,24 +325,32 @@ where
         if !(lo.is_finite() && hi.is_finite()) {
             continue;
         }
-        let (x, y0, y1) = (z_spec[i], clamp(lo.min(z_phot[i])), clamp(hi.max(z_phot[i])));
+        let (x, y0, y1) = (
+            z_spec[i],
+            clamp(lo.min(z_phot[i])),
+            clamp(hi.max(z_phot[i])),
+        );
         let style = colour(i).mix(0.45).stroke_width(1);
         bars.push(PathElement::new(vec![(x, y0), (x, y1)], style));
         if cap > 0.0 {
             for y in [y0, y1] {
-                bars.push(PathElement::new(vec![(clamp(x - cap), y), (clamp(x + cap), y)], style));
+                bars.push(PathElement::new(
+                    vec![(clamp(x - cap), y), (clamp(x + cap), y)],
+                    style,
+                ));
             }
         }
     }
     chart.draw_series(bars)?;
     let radius = if good.len() > 2000 { 2 } else { 3 };
-    chart.draw_series(
-        good.iter()
-            .filter(|&&i| !is_outlier(i))
-            .map(|&i| Circle::new((z_spec[i], z_phot[i]), radius, C_BLUE.filled())),
-    )?
-    .label("galaxies")
-    .legend(|(x, y)| Circle::new((x + 10, y), 4, C_BLUE.filled()));
+    chart
+        .draw_series(
+            good.iter()
+                .filter(|&&i| !is_outlier(i))
+                .map(|&i| Circle::new((z_spec[i], z_phot[i]), radius, C_BLUE.filled())),
+        )?
+        .label("galaxies")
+        .legend(|(x, y)| Circle::new((x + 10, y), 4, C_BLUE.filled()));
     let n_out = good.iter().filter(|&&i| is_outlier(i)).count();
     let anno = chart.draw_series(
         good.iter()
@@ -365,8 +383,14 @@ where
     let (w, h) = plot.dim_in_pixel();
     let (bw, bh) = (210_i32, 24 * lines.len() as i32 + 14);
     let (x0, y0) = (w as i32 - bw - 12, h as i32 - bh - 12);
-    plot.draw(&Rectangle::new([(x0, y0), (x0 + bw, y0 + bh)], WHITE.mix(0.7).filled()))?;
-    plot.draw(&Rectangle::new([(x0, y0), (x0 + bw, y0 + bh)], C_GREY.stroke_width(1)))?;
+    plot.draw(&Rectangle::new(
+        [(x0, y0), (x0 + bw, y0 + bh)],
+        WHITE.mix(0.7).filled(),
+    ))?;
+    plot.draw(&Rectangle::new(
+        [(x0, y0), (x0 + bw, y0 + bh)],
+        C_GREY.stroke_width(1),
+    ))?;
     for (k, line) in lines.iter().enumerate() {
         plot.draw(&Text::new(
             line.clone(),
@@ -393,10 +417,16 @@ pub fn corner_plot(
     title: &str,
 ) -> Result<()> {
     check_corner_inputs(names, samples, truths)?;
-    render_png(path, CORNER_SIZE, |root| draw_corner(root, names, samples, truths, title))
+    render_png(path, CORNER_SIZE, |root| {
+        draw_corner(root, names, samples, truths, title)
+    })
 }
 
-fn check_corner_inputs(names: &[String], samples: &[Vec<f64>], truths: Option<&[f64]>) -> Result<()> {
+fn check_corner_inputs(
+    names: &[String],
+    samples: &[Vec<f64>],
+    truths: Option<&[f64]>,
+) -> Result<()> {
     let p = names.len();
     ensure!(p > 0, "corner_plot: no parameters");
     ensure!(
@@ -416,7 +446,12 @@ fn check_corner_inputs(names: &[String], samples: &[Vec<f64>], truths: Option<&[
         );
     }
     if let Some(t) = truths {
-        ensure!(t.len() == p, "corner_plot: {} truths for {} parameters", t.len(), p);
+        ensure!(
+            t.len() == p,
+            "corner_plot: {} truths for {} parameters",
+            t.len(),
+            p
+        );
     }
     Ok(())
 }
@@ -440,8 +475,8 @@ where
 
     let ranges: Vec<(f64, f64)> = (0..np)
         .map(|p| {
-            let (lo, hi) = finite_min_max(samples[p].iter().copied().chain(truth(p)))
-                .unwrap_or((0.0, 1.0));
+            let (lo, hi) =
+                finite_min_max(samples[p].iter().copied().chain(truth(p))).unwrap_or((0.0, 1.0));
             pad_range(lo, hi, 0.04)
         })
         .collect();
@@ -476,9 +511,10 @@ where
         // top-right corner (upper triangle is empty); may reach into the
         // neighbouring empty cell when there are >= 3 parameters
         let shift = if np >= 3 { side / 2 } else { 0 };
-        let info = area
-            .clone()
-            .shrink(((x_of(np - 1) - shift) as i32, y_of(0) as i32), (side + shift + right, side));
+        let info = area.clone().shrink(
+            ((x_of(np - 1) - shift) as i32, y_of(0) as i32),
+            (side + shift + right, side),
+        );
         draw_corner_info(&info, n, truths.is_some(), fs_head)?;
     }
 
@@ -488,7 +524,10 @@ where
             let left = j == 0;
             let (xlo, xhi) = ranges[j];
             let x_fmt = |v: &f64| fmt_tick(*v);
-            let (lx, bx) = (if left { y_area } else { 0 }, if bottom { x_area } else { 0 });
+            let (lx, bx) = (
+                if left { y_area } else { 0 },
+                if bottom { x_area } else { 0 },
+            );
             let cell = area.clone().shrink(
                 (x_of(j) as i32 - lx as i32, y_of(i) as i32),
                 (side + lx, side + bx),
@@ -533,8 +572,10 @@ where
                 step.push((xhi, 0.0));
                 chart.draw_series(LineSeries::new(step, C_DARK_BLUE.stroke_width(1)))?;
                 if !vals.is_empty() {
-                    let q: Vec<f64> =
-                        [0.16, 0.5, 0.84].iter().map(|&q| quantile_sorted(&vals, q)).collect();
+                    let q: Vec<f64> = [0.16, 0.5, 0.84]
+                        .iter()
+                        .map(|&q| quantile_sorted(&vals, q))
+                        .collect();
                     for &x in &q {
                         chart.draw_series(DashedLineSeries::new(
                             [(x, 0.0), (x, ytop)],
@@ -570,7 +611,10 @@ where
                     }
                 }
                 if let Some(t) = truth(i) {
-                    chart.draw_series(LineSeries::new([(t, 0.0), (t, ytop)], C_RED.stroke_width(2)))?;
+                    chart.draw_series(LineSeries::new(
+                        [(t, 0.0), (t, ytop)],
+                        C_RED.stroke_width(2),
+                    ))?;
                 }
                 chart
                     .plotting_area()
@@ -760,9 +804,16 @@ impl SedData<'_> {
             ("model_hi", self.model_hi.len()),
         ];
         for (name, len) in lens {
-            ensure!(len == n, "sed_plot: {name} has {len} entries, wavelength_um has {n}");
+            ensure!(
+                len == n,
+                "sed_plot: {name} has {len} entries, wavelength_um has {n}"
+            );
         }
-        if let Some(k) = self.wavelength_um.iter().position(|w| !(w.is_finite() && *w > 0.0)) {
+        if let Some(k) = self
+            .wavelength_um
+            .iter()
+            .position(|w| !(w.is_finite() && *w > 0.0))
+        {
             bail!(
                 "sed_plot: wavelength of band {} is {} (must be finite and > 0)",
                 self.band_labels[k],
@@ -806,17 +857,35 @@ where
         .all(|v| *v > 0.0);
     let lows = (0..nb).flat_map(|i| {
         let f = d.observed_flux[i];
-        [f, f - d.err(i).unwrap_or(0.0), d.model_lo[i], d.model_median[i]]
+        [
+            f,
+            f - d.err(i).unwrap_or(0.0),
+            d.model_lo[i],
+            d.model_median[i],
+        ]
     });
     let highs = (0..nb).flat_map(|i| {
         let f = d.observed_flux[i];
-        [f, f + d.err(i).unwrap_or(0.0), d.model_hi[i], d.model_median[i]]
+        [
+            f,
+            f + d.err(i).unwrap_or(0.0),
+            d.model_hi[i],
+            d.model_median[i],
+        ]
     });
 
     if all_positive {
-        let lo = lows.filter(|v| v.is_finite() && *v > 0.0).fold(f64::INFINITY, f64::min);
-        let hi = highs.filter(|v| v.is_finite() && *v > 0.0).fold(f64::NEG_INFINITY, f64::max);
-        let (lo, hi) = if lo.is_finite() && hi.is_finite() { (lo, hi) } else { (0.1, 10.0) };
+        let lo = lows
+            .filter(|v| v.is_finite() && *v > 0.0)
+            .fold(f64::INFINITY, f64::min);
+        let hi = highs
+            .filter(|v| v.is_finite() && *v > 0.0)
+            .fold(f64::NEG_INFINITY, f64::max);
+        let (lo, hi) = if lo.is_finite() && hi.is_finite() {
+            (lo, hi)
+        } else {
+            (0.1, 10.0)
+        };
         let (llo, lhi) = pad_range(lo.log10(), hi.log10(), 0.08);
         let (ylo, yhi) = (10f64.powf(llo), 10f64.powf(lhi));
         sed_chart(&area, d, (ylo..yhi).log_scale(), ylo, yhi, true, (xlo, xhi))
@@ -879,7 +948,10 @@ where
     let label_w = d
         .band_labels
         .iter()
-        .map(|l| area.estimate_text_size(&short_label(l), &label_style).map(|s| s.0))
+        .map(|l| {
+            area.estimate_text_size(&short_label(l), &label_style)
+                .map(|s| s.0)
+        })
         .collect::<Result<Vec<_>, _>>()?
         .into_iter()
         .max()
@@ -896,24 +968,37 @@ where
         for &i in &order {
             let (_, th) = area.estimate_text_size(&short_label(&d.band_labels[i]), &label_style)?;
             let px = (d.wavelength_um[i] / xlo).ln() / (xhi / xlo).ln() * plot_w;
-            let l = (0..LEVELS).find(|&l| px - last[l] > th as f64).unwrap_or(LEVELS - 1);
+            let l = (0..LEVELS)
+                .find(|&l| px - last[l] > th as f64)
+                .unwrap_or(LEVELS - 1);
             last[l] = px;
             used = used.max(l + 1);
         }
         used
     };
-    let top = if nb > 0 { levels as u32 * (label_w + 6) + 12 } else { 10 };
+    let top = if nb > 0 {
+        levels as u32 * (label_w + 6) + 12
+    } else {
+        10
+    };
     let mut chart = ChartBuilder::on(area)
         .margin(15)
         .margin_right(30)
         .margin_top(top)
         .x_label_area_size(60)
         .y_label_area_size(85)
-        .build_cartesian_2d((xlo..xhi).log_scale().with_key_points(log_ticks(xlo, xhi)), y_spec)?;
+        .build_cartesian_2d(
+            (xlo..xhi).log_scale().with_key_points(log_ticks(xlo, xhi)),
+            y_spec,
+        )?;
     chart
         .configure_mesh()
         .x_desc("observed-frame wavelength  λ [µm]")
-        .y_desc(if ylog { "flux density  F_ν [µJy]  (log scale)" } else { "flux density  F_ν [µJy]" })
+        .y_desc(if ylog {
+            "flux density  F_ν [µJy]  (log scale)"
+        } else {
+            "flux density  F_ν [µJy]"
+        })
         .axis_desc_style((FONT, 19))
         .label_style((FONT, 15))
         .x_label_formatter(&|v| fmt_tick(*v))
@@ -944,7 +1029,12 @@ where
         band_idx
             .iter()
             .map(|&i| (d.wavelength_um[i], clamp(d.model_hi[i])))
-            .chain(band_idx.iter().rev().map(|&i| (d.wavelength_um[i], clamp(d.model_lo[i]))))
+            .chain(
+                band_idx
+                    .iter()
+                    .rev()
+                    .map(|&i| (d.wavelength_um[i], clamp(d.model_lo[i]))),
+            )
             .collect::<Vec<_>>(),
         band_style,
     )))?;
@@ -957,33 +1047,44 @@ where
         .filter(|&&i| d.model_median[i].is_finite())
         .map(|&i| (d.wavelength_um[i], clamp(d.model_median[i])))
         .collect();
-    chart.draw_series(LineSeries::new(med_pts.clone(), C_ORANGE.mix(0.5).stroke_width(1)))?;
+    chart.draw_series(LineSeries::new(
+        med_pts.clone(),
+        C_ORANGE.mix(0.5).stroke_width(1),
+    ))?;
     let sq = |(x, y): (f64, f64)| {
         EmptyElement::at((x, y)) + Rectangle::new([(-5, -5), (5, 5)], C_ORANGE.filled())
     };
     let anno = chart.draw_series(med_pts.iter().copied().map(sq))?;
     if !med_pts.is_empty() {
-        anno.label("model median").legend(|(x, y)| {
-            Rectangle::new([(x + 5, y - 5), (x + 15, y + 5)], C_ORANGE.filled())
-        });
+        anno.label("model median")
+            .legend(|(x, y)| Rectangle::new([(x + 5, y - 5), (x + 15, y + 5)], C_ORANGE.filled()));
     }
 
     // Observed photometry.
-    let obs: Vec<usize> = (0..nb).filter(|&i| d.observed_flux[i].is_finite()).collect();
+    let obs: Vec<usize> = (0..nb)
+        .filter(|&i| d.observed_flux[i].is_finite())
+        .collect();
     let mut bars = Vec::new();
     for &i in &obs {
         if let Some(e) = d.err(i) {
             let (x, f) = (d.wavelength_um[i], d.observed_flux[i]);
             let col = if d.used[i] { BLACK } else { C_GREY };
             let style = col.stroke_width(if d.used[i] { 2 } else { 1 });
-            bars.push(PathElement::new(vec![(x, clamp(f - e)), (x, clamp(f + e))], style));
+            bars.push(PathElement::new(
+                vec![(x, clamp(f - e)), (x, clamp(f + e))],
+                style,
+            ));
         }
     }
     chart.draw_series(bars)?;
     let pt = |i: usize| (d.wavelength_um[i], clamp(d.observed_flux[i]));
     let used_idx: Vec<usize> = obs.iter().copied().filter(|&i| d.used[i]).collect();
     let unused_idx: Vec<usize> = obs.iter().copied().filter(|&i| !d.used[i]).collect();
-    let anno = chart.draw_series(used_idx.iter().map(|&i| Circle::new(pt(i), 5, BLACK.filled())))?;
+    let anno = chart.draw_series(
+        used_idx
+            .iter()
+            .map(|&i| Circle::new(pt(i), 5, BLACK.filled())),
+    )?;
     if !used_idx.is_empty() {
         anno.label("observed (used in fit)")
             .legend(|(x, y)| Circle::new((x + 10, y), 5, BLACK.filled()));
@@ -1011,14 +1112,20 @@ where
         let (px, py) = (px - bx, py - by);
         let (_, th) = area.estimate_text_size(&label, &label_style)?;
         let th = th as i32;
-        let level = (0..levels).find(|&l| px - last_px[l] > th).unwrap_or(levels - 1);
+        let level = (0..levels)
+            .find(|&l| px - last_px[l] > th)
+            .unwrap_or(levels - 1);
         last_px[level] = px;
         let lift = level as i32 * (label_w as i32 + 6);
         area.draw(&Text::new(label, (px - th / 2, py - 6 - lift), rot.clone()))?;
     }
 
     // Legend in the corner with the fewest points.
-    let (lylo, lyhi) = if ylog { (ylo.log10(), yhi.log10()) } else { (ylo, yhi) };
+    let (lylo, lyhi) = if ylog {
+        (ylo.log10(), yhi.log10())
+    } else {
+        (ylo, yhi)
+    };
     let norm = |(x, y): (f64, f64)| {
         let ny = if ylog { y.max(ylo).log10() } else { y };
         (
@@ -1090,7 +1197,15 @@ mod tests {
     }
 
     pub(super) fn corner_data(np: usize, n: usize) -> (Vec<String>, Vec<Vec<f64>>, Vec<f64>) {
-        let all = ["z", "log M* [M☉]", "log SFR [M☉/yr]", "τ_V", "log Z/Z☉", "n_dust", "p7"];
+        let all = [
+            "z",
+            "log M* [M☉]",
+            "log SFR [M☉/yr]",
+            "τ_V",
+            "log Z/Z☉",
+            "n_dust",
+            "p7",
+        ];
         let mut r = Rng(12345);
         let names: Vec<String> = (0..np).map(|p| all[p % all.len()].to_string()).collect();
         let mut s = vec![Vec::with_capacity(n); np];
@@ -1118,18 +1233,42 @@ mod tests {
 
     pub(super) fn sed_data(with_negative: bool) -> Sed {
         let bands = [
-            ("u", 0.38), ("g", 0.48), ("r", 0.62), ("i", 0.77), ("z", 0.89), ("y", 0.98),
-            ("IB427", 0.427), ("IB505", 0.505), ("IB574", 0.574), ("IB709", 0.709),
-            ("IB827", 0.827), ("NB711", 0.711), ("Y", 1.02), ("J", 1.25), ("H", 1.65),
-            ("Ks", 2.15), ("irac_ch1", 3.6), ("irac_ch2", 4.5),
+            ("u", 0.38),
+            ("g", 0.48),
+            ("r", 0.62),
+            ("i", 0.77),
+            ("z", 0.89),
+            ("y", 0.98),
+            ("IB427", 0.427),
+            ("IB505", 0.505),
+            ("IB574", 0.574),
+            ("IB709", 0.709),
+            ("IB827", 0.827),
+            ("NB711", 0.711),
+            ("Y", 1.02),
+            ("J", 1.25),
+            ("H", 1.65),
+            ("Ks", 2.15),
+            ("irac_ch1", 3.6),
+            ("irac_ch2", 4.5),
         ];
         let mut r = Rng(777);
         let mut s = Sed {
-            labels: vec![], wl: vec![], f: vec![], e: vec![], used: vec![],
-            med: vec![], lo: vec![], hi: vec![],
+            labels: vec![],
+            wl: vec![],
+            f: vec![],
+            e: vec![],
+            used: vec![],
+            med: vec![],
+            lo: vec![],
+            hi: vec![],
         };
         for (k, (name, w)) in bands.iter().enumerate() {
-            let model = if *w < 0.45 { 0.05 } else { 2.0 * (w / 0.5_f64).powf(1.2) };
+            let model = if *w < 0.45 {
+                0.05
+            } else {
+                2.0 * (w / 0.5_f64).powf(1.2)
+            };
             let err = 0.08 + 0.05 * model;
             let mut flux = model + err * r.normal();
             if !with_negative {
@@ -1175,11 +1314,16 @@ mod tests {
     }
 
     fn non_white(buf: &[u8]) -> usize {
-        buf.chunks_exact(3).filter(|p| p != &[255, 255, 255]).count()
+        buf.chunks_exact(3)
+            .filter(|p| p != &[255, 255, 255])
+            .count()
     }
 
     fn distinct_colours(buf: &[u8]) -> usize {
-        buf.chunks_exact(3).map(|p| [p[0], p[1], p[2]]).collect::<HashSet<_>>().len()
+        buf.chunks_exact(3)
+            .map(|p| [p[0], p[1], p[2]])
+            .collect::<HashSet<_>>()
+            .len()
     }
 
     /// Non-white pixels in rows `y0..y1` (to check that e.g. the title was rendered).
@@ -1192,11 +1336,17 @@ mod tests {
         let total = (size.0 * size.1) as usize;
         let nw = non_white(buf);
         assert!(nw > total / 50, "only {nw} non-white pixels of {total}");
-        assert!(nw < total * 9 / 10, "image is almost entirely filled ({nw} of {total})");
+        assert!(
+            nw < total * 9 / 10,
+            "image is almost entirely filled ({nw} of {total})"
+        );
         let dc = distinct_colours(buf);
         assert!(dc > 20, "only {dc} distinct colours");
         // title text (anti-aliased glyphs) in the top strip
-        assert!(non_white_rows(buf, size.0, 0, 35) > 200, "title not rendered");
+        assert!(
+            non_white_rows(buf, size.0, 0, 35) > 200,
+            "title not rendered"
+        );
     }
 
     fn temp_png(name: &str) -> PathBuf {
@@ -1215,8 +1365,15 @@ mod tests {
     fn check_png_file(path: &Path, size: (u32, u32)) {
         let bytes = std::fs::read(path).expect("plot file written");
         let _ = std::fs::remove_file(path);
-        assert!(bytes.len() > 5_000, "PNG suspiciously small ({} bytes)", bytes.len());
-        assert_eq!(&bytes[..8], &[0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A]);
+        assert!(
+            bytes.len() > 5_000,
+            "PNG suspiciously small ({} bytes)",
+            bytes.len()
+        );
+        assert_eq!(
+            &bytes[..8],
+            &[0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A]
+        );
         assert_eq!(&bytes[12..16], b"IHDR");
         let w = u32::from_be_bytes(bytes[16..20].try_into().unwrap());
         let h = u32::from_be_bytes(bytes[20..24].try_into().unwrap());
@@ -1252,7 +1409,9 @@ mod tests {
     #[test]
     fn plots_photoz_in_memory() {
         let d = photoz_data(300);
-        let buf = render(PHOTOZ_SIZE, |a| draw_photoz(a, &d.zs, &d.zp, &d.lo, &d.hi, "photo-z test"));
+        let buf = render(PHOTOZ_SIZE, |a| {
+            draw_photoz(a, &d.zs, &d.zp, &d.lo, &d.hi, "photo-z test")
+        });
         assert_rich(&buf, PHOTOZ_SIZE);
         // both point colours present
         let px: HashSet<[u8; 3]> = buf.chunks_exact(3).map(|p| [p[0], p[1], p[2]]).collect();
@@ -1269,7 +1428,14 @@ mod tests {
         // empty input and NaNs still render; mismatched lengths are errors
         render(PHOTOZ_SIZE, |a| draw_photoz(a, &[], &[], &[], &[], "empty"));
         render(PHOTOZ_SIZE, |a| {
-            draw_photoz(a, &[0.5, f64::NAN, 2.0], &[0.6, 1.0, f64::NAN], &[0.4, 0.5, f64::NAN], &[f64::NAN, 1.5, 2.0], "")
+            draw_photoz(
+                a,
+                &[0.5, f64::NAN, 2.0],
+                &[0.6, 1.0, f64::NAN],
+                &[0.4, 0.5, f64::NAN],
+                &[f64::NAN, 1.5, 2.0],
+                "",
+            )
         });
         assert!(photoz_plot(&temp_png("bad"), &[1.0], &[1.0, 2.0], &[1.0], &[1.0], "x").is_err());
     }
@@ -1278,13 +1444,22 @@ mod tests {
     fn plots_corner_in_memory() {
         for (np, n) in [(1, 50), (2, 5000), (4, 200), (6, 3000)] {
             let (names, s, truths) = corner_data(np, n);
-            let buf = render(CORNER_SIZE, |a| draw_corner(a, &names, &s, Some(&truths), "corner test"));
+            let buf = render(CORNER_SIZE, |a| {
+                draw_corner(a, &names, &s, Some(&truths), "corner test")
+            });
             assert_rich(&buf, CORNER_SIZE);
         }
         // constant column and NaNs, no truths
         let names = vec!["a".to_string(), "b".to_string()];
-        let s = vec![vec![1.0; 100], (0..100).map(|k| if k % 10 == 0 { f64::NAN } else { k as f64 }).collect()];
-        let buf = render(CORNER_SIZE, |a| draw_corner(a, &names, &s, None, "degenerate"));
+        let s = vec![
+            vec![1.0; 100],
+            (0..100)
+                .map(|k| if k % 10 == 0 { f64::NAN } else { k as f64 })
+                .collect(),
+        ];
+        let buf = render(CORNER_SIZE, |a| {
+            draw_corner(a, &names, &s, None, "degenerate")
+        });
         assert!(non_white(&buf) > 5_000);
     }
 
@@ -1312,35 +1487,96 @@ mod tests {
     fn plots_sed_file_and_errors() {
         let s = sed_data(true);
         let path = temp_png("sed");
-        sed_plot(&path, &s.labels, &s.wl, &s.f, &s.e, &s.used, &s.med, &s.lo, &s.hi, "SED").unwrap();
+        sed_plot(
+            &path, &s.labels, &s.wl, &s.f, &s.e, &s.used, &s.med, &s.lo, &s.hi, "SED",
+        )
+        .unwrap();
         check_png_file(&path, SED_SIZE);
         // non-positive wavelength and length mismatch are errors
         let mut bad = s.wl.clone();
         bad[0] = 0.0;
         let p = temp_png("bad");
-        assert!(sed_plot(&p, &s.labels, &bad, &s.f, &s.e, &s.used, &s.med, &s.lo, &s.hi, "").is_err());
-        assert!(sed_plot(&p, &s.labels, &s.wl, &s.f[1..], &s.e, &s.used, &s.med, &s.lo, &s.hi, "").is_err());
+        assert!(
+            sed_plot(
+                &p, &s.labels, &bad, &s.f, &s.e, &s.used, &s.med, &s.lo, &s.hi, ""
+            )
+            .is_err()
+        );
+        assert!(
+            sed_plot(
+                &p,
+                &s.labels,
+                &s.wl,
+                &s.f[1..],
+                &s.e,
+                &s.used,
+                &s.med,
+                &s.lo,
+                &s.hi,
+                ""
+            )
+            .is_err()
+        );
         // NaN model / errors still render
         let nan = vec![f64::NAN; s.wl.len()];
         render(SED_SIZE, |a| {
-            draw_sed(a, &SedData { model_median: &nan, model_lo: &nan, model_hi: &nan, observed_err: &nan, ..sed_view(&s) }, "")
+            draw_sed(
+                a,
+                &SedData {
+                    model_median: &nan,
+                    model_lo: &nan,
+                    model_hi: &nan,
+                    observed_err: &nan,
+                    ..sed_view(&s)
+                },
+                "",
+            )
         });
     }
 
     /// Writes one PNG of each kind to $POPCOSMOS_PLOT_DIR for visual inspection.
     #[test]
     fn plots_write_examples_if_requested() {
-        let Some(dir) = std::env::var_os("POPCOSMOS_PLOT_DIR") else { return };
+        let Some(dir) = std::env::var_os("POPCOSMOS_PLOT_DIR") else {
+            return;
+        };
         let dir = PathBuf::from(dir);
         let d = photoz_data(300);
-        photoz_plot(&dir.join("photoz.png"), &d.zs, &d.zp, &d.lo, &d.hi, "Photo-z: synthetic test").unwrap();
+        photoz_plot(
+            &dir.join("photoz.png"),
+            &d.zs,
+            &d.zp,
+            &d.lo,
+            &d.hi,
+            "Photo-z: synthetic test",
+        )
+        .unwrap();
         for np in [3, 6] {
             let (names, s, truths) = corner_data(np, 4000);
-            corner_plot(&dir.join(format!("corner{np}.png")), &names, &s, Some(&truths), "Posterior: synthetic galaxy").unwrap();
+            corner_plot(
+                &dir.join(format!("corner{np}.png")),
+                &names,
+                &s,
+                Some(&truths),
+                "Posterior: synthetic galaxy",
+            )
+            .unwrap();
         }
         for (neg, name) in [(false, "sed_log.png"), (true, "sed_lin.png")] {
             let s = sed_data(neg);
-            sed_plot(&dir.join(name), &s.labels, &s.wl, &s.f, &s.e, &s.used, &s.med, &s.lo, &s.hi, "SED: synthetic galaxy at z = 1.2").unwrap();
+            sed_plot(
+                &dir.join(name),
+                &s.labels,
+                &s.wl,
+                &s.f,
+                &s.e,
+                &s.used,
+                &s.med,
+                &s.lo,
+                &s.hi,
+                "SED: synthetic galaxy at z = 1.2",
+            )
+            .unwrap();
         }
     }
 }

@@ -11,14 +11,18 @@
 
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
-use popcosmos_api::{params, Device, SpsModel, Survey, Tensor, N_PARAMS, PARAM_NAMES};
-use popcosmos_sps::{photulator, CosmosSps};
+use anyhow::{Context, Result, bail};
+use popcosmos_api::{Device, N_PARAMS, PARAM_NAMES, SpsModel, Survey, Tensor, params};
+use popcosmos_sps::{CosmosSps, photulator};
 use popcosmos_surveys::{CalibrationChoice, Cosmos};
 
 pub fn predict(input: &Path, output: &Path, lines: bool) -> Result<()> {
-    let mut rdr = csv::Reader::from_path(input).with_context(|| format!("{}: cannot open", input.display()))?;
-    let headers = rdr.headers().with_context(|| format!("{}: cannot read the header", input.display()))?.clone();
+    let mut rdr = csv::Reader::from_path(input)
+        .with_context(|| format!("{}: cannot open", input.display()))?;
+    let headers = rdr
+        .headers()
+        .with_context(|| format!("{}: cannot read the header", input.display()))?
+        .clone();
     let find = |name: &str| headers.iter().position(|h| h.trim() == name);
     let mass_col = match (find("N"), find("log10M")) {
         (Some(i), _) => (i, false),
@@ -42,12 +46,24 @@ pub fn predict(input: &Path, output: &Path, lines: bool) -> Result<()> {
         let mut row = [0.0f64; N_PARAMS];
         for (p, &c) in cols.iter().enumerate() {
             let cell = rec.get(c).unwrap_or("").trim();
-            let name = if p == 0 { headers.get(c).unwrap_or("N") } else { PARAM_NAMES[p] };
-            let v: f64 = cell
-                .parse()
-                .map_err(|_| anyhow::anyhow!("{}: row {}, column '{name}': not a number: '{cell}'", input.display(), r + 1))?;
+            let name = if p == 0 {
+                headers.get(c).unwrap_or("N")
+            } else {
+                PARAM_NAMES[p]
+            };
+            let v: f64 = cell.parse().map_err(|_| {
+                anyhow::anyhow!(
+                    "{}: row {}, column '{name}': not a number: '{cell}'",
+                    input.display(),
+                    r + 1
+                )
+            })?;
             if !v.is_finite() {
-                bail!("{}: row {}, column '{name}': value must be finite", input.display(), r + 1);
+                bail!(
+                    "{}: row {}, column '{name}': value must be finite",
+                    input.display(),
+                    r + 1
+                );
             }
             if p > 0 && !(params::LOWER[p]..=params::UPPER[p]).contains(&v) {
                 bail!(
@@ -77,10 +93,18 @@ pub fn predict(input: &Path, output: &Path, lines: bool) -> Result<()> {
     let n_param = theta.narrow(1, 0, 1)?.contiguous()?;
     let mag = sps.photulator().magnitudes(&x, &n_param)?;
     let flux = photulator::mag_to_flux_nmgy(&mag)?;
-    let soft: Vec<f32> = survey.bands().iter().map(|b| b.flux_softening_nmgy as f32).collect();
+    let soft: Vec<f32> = survey
+        .bands()
+        .iter()
+        .map(|b| b.flux_softening_nmgy as f32)
+        .collect();
     let soft = Tensor::from_vec(soft, survey.bands().len(), &device)?;
     let asinh = photulator::flux_to_asinh_mag(&flux, &soft)?;
-    let mut blocks = vec![("mag_", mag.to_vec2::<f32>()?), ("flux_nmgy_", flux.to_vec2::<f32>()?), ("asinh_mag_", asinh.to_vec2::<f32>()?)];
+    let mut blocks = vec![
+        ("mag_", mag.to_vec2::<f32>()?),
+        ("flux_nmgy_", flux.to_vec2::<f32>()?),
+        ("asinh_mag_", asinh.to_vec2::<f32>()?),
+    ];
     if lines {
         let m = sps.photometry(&theta)?;
         blocks.push(("flux_lines_nmgy_", m.flux_nmgy.to_vec2::<f32>()?));
@@ -88,7 +112,8 @@ pub fn predict(input: &Path, output: &Path, lines: bool) -> Result<()> {
             blocks.push(("line_sigma_nmgy_", s.to_vec2::<f32>()?));
         }
     }
-    let mut w = csv::Writer::from_path(output).with_context(|| format!("{}: cannot create", output.display()))?;
+    let mut w = csv::Writer::from_path(output)
+        .with_context(|| format!("{}: cannot create", output.display()))?;
     let mut header = Vec::new();
     for (prefix, _) in &blocks {
         for b in survey.bands() {

@@ -16,7 +16,9 @@ pub fn refine_walkers(
 ) -> Result<Tensor> {
     let (w, g, d) = walkers.dims3()?;
     let lp = target.log_density(walkers)?;
-    let lp = lp.eq(&lp)?.where_cond(&lp, &lp.ones_like()?.affine(0.0, -1e30)?)?;
+    let lp = lp
+        .eq(&lp)?
+        .where_cond(&lp, &lp.ones_like()?.affine(0.0, -1e30)?)?;
     // Best walker per galaxy → [1, g, d].
     let best = lp.argmax_keepdim(0)?; // [1, g]
     let idx = best.unsqueeze(2)?.broadcast_as((1, g, d))?.contiguous()?;
@@ -45,12 +47,20 @@ pub fn refine_walkers(
         x = (&x + (step * learning_rate)?)?;
     }
     let lp_x = target.log_density(&x)?;
-    let better = lp_x.gt(&best_lp)?.unsqueeze(2)?.broadcast_as(x.shape())?.contiguous()?;
+    let better = lp_x
+        .gt(&best_lp)?
+        .unsqueeze(2)?
+        .broadcast_as(x.shape())?
+        .contiguous()?;
     let best_x = better.where_cond(&x, &best_x)?;
     let centre = best_x.broadcast_as((w, g, d))?.contiguous()?;
     let noise = rng.normal(&Shape::from((w, g, d)), walkers.device())?;
     let proposal = (&centre + (noise * jitter)?)?;
     let lp_new = target.log_density(&proposal)?;
-    let ok = lp_new.ge(&lp_new.ones_like()?.affine(0.0, -1e30)?)?.unsqueeze(2)?.broadcast_as((w, g, d))?.contiguous()?;
+    let ok = lp_new
+        .ge(&lp_new.ones_like()?.affine(0.0, -1e30)?)?
+        .unsqueeze(2)?
+        .broadcast_as((w, g, d))?
+        .contiguous()?;
     Ok(ok.where_cond(&proposal, walkers)?)
 }

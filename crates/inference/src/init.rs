@@ -6,8 +6,8 @@
 //! each galaxy's walkers start around its `top_k` best draws.
 
 use popcosmos_api::{
-    Likelihood, ModelPhotometry, Observations, Prior, RandomSource, Result, Shape, SpsModel, Tensor,
-    params::phi_to_theta,
+    Likelihood, ModelPhotometry, Observations, Prior, RandomSource, Result, Shape, SpsModel,
+    Tensor, params::phi_to_theta,
 };
 
 use crate::posterior::Posterior;
@@ -22,7 +22,13 @@ pub struct InitLibrary {
 
 impl InitLibrary {
     /// Draw `n` points from the prior and evaluate the SPS model on them (in row chunks).
-    pub fn build(prior: &dyn Prior, sps: &dyn SpsModel, n: usize, max_rows: usize, rng: &mut dyn RandomSource) -> Result<Self> {
+    pub fn build(
+        prior: &dyn Prior,
+        sps: &dyn SpsModel,
+        n: usize,
+        max_rows: usize,
+        rng: &mut dyn RandomSource,
+    ) -> Result<Self> {
         let device = sps.device().clone();
         let phi = prior.sample(n, rng, &device)?;
         let theta = phi_to_theta(&phi)?;
@@ -39,8 +45,18 @@ impl InitLibrary {
             start += len;
         }
         let flux_nmgy = Tensor::cat(&fluxes, 0)?;
-        let line_sigma_nmgy = if sigmas.len() == fluxes.len() { Some(Tensor::cat(&sigmas, 0)?) } else { None };
-        Ok(Self { phi, model: ModelPhotometry { flux_nmgy, line_sigma_nmgy } })
+        let line_sigma_nmgy = if sigmas.len() == fluxes.len() {
+            Some(Tensor::cat(&sigmas, 0)?)
+        } else {
+            None
+        };
+        Ok(Self {
+            phi,
+            model: ModelPhotometry {
+                flux_nmgy,
+                line_sigma_nmgy,
+            },
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -52,7 +68,12 @@ impl InitLibrary {
     }
 
     /// Indices `[galaxies, k]` of the `k` library draws with the highest likelihood.
-    pub fn best_draws(&self, likelihood: &dyn Likelihood, obs: &Observations, k: usize) -> Result<Tensor> {
+    pub fn best_draws(
+        &self,
+        likelihood: &dyn Likelihood,
+        obs: &Observations,
+        k: usize,
+    ) -> Result<Tensor> {
         let unsq = |t: &Tensor| t.unsqueeze(1);
         let model = ModelPhotometry {
             flux_nmgy: unsq(&self.model.flux_nmgy)?,
@@ -83,9 +104,12 @@ impl InitLibrary {
         // Walker w uses column w % k: build the [walkers, galaxies] index table on device.
         let cols: Vec<u32> = (0..walkers).map(|w| (w % k) as u32).collect();
         let cols = Tensor::from_vec(cols, walkers, device)?;
-        let idx = best.t()?.index_select(&cols, 0)?; // [walkers, G]
+        let idx = best.t()?.contiguous()?.index_select(&cols, 0)?; // [walkers, G]
         let flat = idx.flatten_all()?;
-        let start = self.phi.index_select(&flat, 0)?.reshape((walkers, g, popcosmos_api::N_PARAMS))?;
+        let start =
+            self.phi
+                .index_select(&flat, 0)?
+                .reshape((walkers, g, popcosmos_api::N_PARAMS))?;
         let noise = rng.normal(&Shape::from((walkers, g, popcosmos_api::N_PARAMS)), device)?;
         let jittered = (&start + (noise * jitter)?)?;
         let lp = popcosmos_api::LogDensity::log_density(posterior, &jittered)?;

@@ -13,6 +13,7 @@ pub mod adam;
 pub mod init;
 pub mod likelihood;
 pub mod manifest;
+pub mod mock;
 pub mod pipeline;
 pub mod posterior;
 

@@ -14,7 +14,9 @@
 //! (no upper-limit likelihood term). Normalising constants are included per used band so
 //! log-likelihoods of galaxies with different numbers of bands stay comparable.
 
-use popcosmos_api::{Calibration, Device, Likelihood, ModelPhotometry, Observations, Result, Tensor};
+use popcosmos_api::{
+    Calibration, Device, Likelihood, ModelPhotometry, Observations, Result, Tensor,
+};
 use serde::{Deserialize, Serialize};
 
 /// Noise distribution per band.
@@ -76,7 +78,9 @@ fn ln_gamma(x: f64) -> f64 {
         1.505_632_735_149_311_6e-7,
     ];
     if x < 0.5 {
-        return std::f64::consts::PI.ln() - (std::f64::consts::PI * x).sin().ln() - ln_gamma(1.0 - x);
+        return std::f64::consts::PI.ln()
+            - (std::f64::consts::PI * x).sin().ln()
+            - ln_gamma(1.0 - x);
     }
     let x = x - 1.0;
     let mut a = G[0];
@@ -94,7 +98,9 @@ impl PhotometricLikelihood {
         let n = calibration.zero_points.len();
         let ln_norm = match spec {
             LikelihoodSpec::StudentT { nu } => {
-                ln_gamma((nu + 1.0) / 2.0) - ln_gamma(nu / 2.0) - 0.5 * (nu * std::f64::consts::PI).ln()
+                ln_gamma((nu + 1.0) / 2.0)
+                    - ln_gamma(nu / 2.0)
+                    - 0.5 * (nu * std::f64::consts::PI).ln()
             }
             LikelihoodSpec::Gaussian {} => -0.5 * (2.0 * std::f64::consts::PI).ln(),
         };
@@ -141,7 +147,12 @@ mod tests {
     use super::*;
 
     fn calib(n: usize, zp: f64, floor: f64) -> Calibration {
-        Calibration { zero_points: vec![zp; n], error_floors: vec![floor; n], emline_offsets: vec![], ln_emline_scatters: vec![] }
+        Calibration {
+            zero_points: vec![zp; n],
+            error_floors: vec![floor; n],
+            emline_offsets: vec![],
+            ln_emline_scatters: vec![],
+        }
     }
 
     fn t(v: &[f32], shape: &[usize]) -> Tensor {
@@ -149,7 +160,16 @@ mod tests {
     }
 
     /// Direct scalar evaluation of spec §4 for one galaxy.
-    fn reference(f: &[f64], em: &[f64], obs: &[f64], err: &[f64], mask: &[f64], zp: f64, floor: f64, nu: Option<f64>) -> f64 {
+    fn reference(
+        f: &[f64],
+        em: &[f64],
+        obs: &[f64],
+        err: &[f64],
+        mask: &[f64],
+        zp: f64,
+        floor: f64,
+        nu: Option<f64>,
+    ) -> f64 {
         let mut s = 0.0;
         for b in 0..f.len() {
             if mask[b] == 0.0 {
@@ -159,7 +179,9 @@ mod tests {
             let r2 = (obs[b] - zp * f[b]).powi(2) / var;
             s += match nu {
                 Some(nu) => {
-                    ln_gamma((nu + 1.0) / 2.0) - ln_gamma(nu / 2.0) - 0.5 * (nu * std::f64::consts::PI).ln()
+                    ln_gamma((nu + 1.0) / 2.0)
+                        - ln_gamma(nu / 2.0)
+                        - 0.5 * (nu * std::f64::consts::PI).ln()
                         - (nu + 1.0) / 2.0 * (1.0 + r2 / nu).ln()
                 }
                 None => -0.5 * (2.0 * std::f64::consts::PI).ln() - 0.5 * r2,
@@ -175,12 +197,20 @@ mod tests {
         let obs = [1.1, 1.7, 0.9];
         let err = [0.1, 0.3, 0.2];
         let mask = [1.0, 1.0, 0.0];
-        for (spec, nu) in [(LikelihoodSpec::StudentT { nu: 2.0 }, Some(2.0)), (LikelihoodSpec::StudentT { nu: 5.0 }, Some(5.0)), (LikelihoodSpec::Gaussian {}, None)] {
-            let lik = PhotometricLikelihood::new(spec, &calib(3, 1.05, 0.03), &Device::Cpu).unwrap();
+        for (spec, nu) in [
+            (LikelihoodSpec::StudentT { nu: 2.0 }, Some(2.0)),
+            (LikelihoodSpec::StudentT { nu: 5.0 }, Some(5.0)),
+            (LikelihoodSpec::Gaussian {}, None),
+        ] {
+            let lik =
+                PhotometricLikelihood::new(spec, &calib(3, 1.05, 0.03), &Device::Cpu).unwrap();
             // model [walkers=2, galaxies=1, bands=3]: both walkers identical.
             let fm: Vec<f32> = f.iter().chain(f.iter()).map(|v| *v as f32).collect();
             let emm: Vec<f32> = em.iter().chain(em.iter()).map(|v| *v as f32).collect();
-            let model = ModelPhotometry { flux_nmgy: t(&fm, &[2, 1, 3]), line_sigma_nmgy: Some(t(&emm, &[2, 1, 3])) };
+            let model = ModelPhotometry {
+                flux_nmgy: t(&fm, &[2, 1, 3]),
+                line_sigma_nmgy: Some(t(&emm, &[2, 1, 3])),
+            };
             let o = Observations {
                 flux_nmgy: t(&obs.map(|v| v as f32), &[1, 3]),
                 flux_err_nmgy: t(&err.map(|v| v as f32), &[1, 3]),
@@ -188,7 +218,11 @@ mod tests {
             };
             let ll = lik.log_like(&model, &o).unwrap().to_vec2::<f32>().unwrap();
             let expect = reference(&f, &em, &obs, &err, &mask, 1.05, 0.03, nu);
-            assert!((ll[0][0] as f64 - expect).abs() < 1e-5, "{spec:?}: {} vs {expect}", ll[0][0]);
+            assert!(
+                (ll[0][0] as f64 - expect).abs() < 1e-5,
+                "{spec:?}: {} vs {expect}",
+                ll[0][0]
+            );
             assert_eq!(ll[0][0], ll[1][0]);
         }
     }
@@ -196,17 +230,33 @@ mod tests {
     #[test]
     fn student_t_normalises_to_one() {
         // ∫ exp(ln t_ν(r) − ln s) df over f̂ must be 1 (one band, ν = 2, s = 0.5).
-        let lik = PhotometricLikelihood::new(LikelihoodSpec::StudentT { nu: 2.0 }, &calib(1, 1.0, 0.0), &Device::Cpu).unwrap();
+        let lik = PhotometricLikelihood::new(
+            LikelihoodSpec::StudentT { nu: 2.0 },
+            &calib(1, 1.0, 0.0),
+            &Device::Cpu,
+        )
+        .unwrap();
         let n = 400_001;
         let (lo, hi) = (-2000.0f64, 2000.0f64);
-        let grid: Vec<f32> = (0..n).map(|i| (lo + (hi - lo) * i as f64 / (n - 1) as f64) as f32).collect();
-        let model = ModelPhotometry { flux_nmgy: t(&vec![0.0; 1], &[1, 1, 1]), line_sigma_nmgy: None };
+        let grid: Vec<f32> = (0..n)
+            .map(|i| (lo + (hi - lo) * i as f64 / (n - 1) as f64) as f32)
+            .collect();
+        let model = ModelPhotometry {
+            flux_nmgy: t(&vec![0.0; 1], &[1, 1, 1]),
+            line_sigma_nmgy: None,
+        };
         let o = Observations {
             flux_nmgy: t(&grid, &[n, 1]),
             flux_err_nmgy: t(&vec![0.5; n], &[n, 1]),
             mask: t(&vec![1.0; n], &[n, 1]),
         };
-        let ll = lik.log_like(&model, &o).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let ll = lik
+            .log_like(&model, &o)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         let h = (hi - lo) / (n - 1) as f64;
         let integral: f64 = ll.iter().map(|v| (*v as f64).exp() * h).sum();
         // Tail mass beyond ±2000 for s = 0.5, ν = 2: ≈ s²/ (2·2000²)·2 ≈ 6e-8.

@@ -82,7 +82,12 @@ fn default_rows() -> usize {
 
 impl Default for SpsSpec {
     fn default() -> Self {
-        Self { kind: default_sps_kind(), emission_lines: true, weights: builtin(), max_rows: default_rows() }
+        Self {
+            kind: default_sps_kind(),
+            emission_lines: true,
+            weights: builtin(),
+            max_rows: default_rows(),
+        }
     }
 }
 
@@ -159,8 +164,14 @@ fn one_usize() -> usize {
 }
 fn default_moves() -> Vec<MoveSpec> {
     vec![
-        MoveSpec::Stretch { a: 2.0, weight: 0.7 },
-        MoveSpec::DifferentialEvolution { gamma: None, weight: 0.3 },
+        MoveSpec::Stretch {
+            a: 2.0,
+            weight: 0.7,
+        },
+        MoveSpec::DifferentialEvolution {
+            gamma: None,
+            weight: 0.3,
+        },
     ]
 }
 fn default_leapfrog() -> usize {
@@ -209,10 +220,10 @@ fn default_library() -> usize {
     20000
 }
 fn default_top_k() -> usize {
-    8
+    1
 }
 fn default_jitter() -> f64 {
-    0.05
+    0.1
 }
 fn default_lr() -> f64 {
     0.01
@@ -220,7 +231,13 @@ fn default_lr() -> f64 {
 
 impl Default for InitSpec {
     fn default() -> Self {
-        Self { library_size: default_library(), top_k: default_top_k(), jitter: default_jitter(), adam_steps: 0, adam_learning_rate: default_lr() }
+        Self {
+            library_size: default_library(),
+            top_k: default_top_k(),
+            jitter: default_jitter(),
+            adam_steps: 0,
+            adam_learning_rate: default_lr(),
+        }
     }
 }
 
@@ -248,7 +265,11 @@ fn default_min_acc() -> f64 {
 
 impl Default for DiagnosticsSpec {
     fn default() -> Self {
-        Self { max_rhat: default_rhat(), min_ess_bulk: default_ess(), min_acceptance: default_min_acc() }
+        Self {
+            max_rhat: default_rhat(),
+            min_ess_bulk: default_ess(),
+            min_acceptance: default_min_acc(),
+        }
     }
 }
 
@@ -284,8 +305,10 @@ fn default_chain_thin() -> usize {
 impl Manifest {
     /// Parse YAML text; `source` names the file in errors.
     pub fn from_yaml(text: &str, source: &str) -> Result<Self> {
-        let m: Manifest = serde_saphyr::from_str(text)
-            .map_err(|e| Error::Format { file: source.to_string(), message: e.to_string() })?;
+        let m: Manifest = serde_saphyr::from_str(text).map_err(|e| Error::Format {
+            file: source.to_string(),
+            message: e.to_string(),
+        })?;
         m.validate()?;
         Ok(m)
     }
@@ -319,16 +342,31 @@ impl Manifest {
         let bad = |key: &str, msg: String| Err(Error::Invalid(format!("{key}: {msg}")));
         let s = &self.sampler;
         if s.walkers < 4 || s.walkers % 2 != 0 {
-            return bad("sampler.walkers", format!("must be an even number ≥ 4, got {}", s.walkers));
+            return bad(
+                "sampler.walkers",
+                format!("must be an even number ≥ 4, got {}", s.walkers),
+            );
         }
         if s.kind == SamplerKind::Ensemble && s.walkers < 2 * 16 {
-            return bad("sampler.walkers", format!("the ensemble sampler needs at least 32 walkers (2 × 16 parameters), got {}", s.walkers));
+            return bad(
+                "sampler.walkers",
+                format!(
+                    "the ensemble sampler needs at least 32 walkers (2 × 16 parameters), got {}",
+                    s.walkers
+                ),
+            );
         }
         if s.steps == 0 {
             return bad("sampler.steps", "must be positive".into());
         }
         if s.burn_in >= s.steps {
-            return bad("sampler.burn_in", format!("must be smaller than sampler.steps ({}), got {}", s.steps, s.burn_in));
+            return bad(
+                "sampler.burn_in",
+                format!(
+                    "must be smaller than sampler.steps ({}), got {}",
+                    s.steps, s.burn_in
+                ),
+            );
         }
         if s.thin == 0 {
             return bad("sampler.thin", "must be ≥ 1".into());
@@ -338,21 +376,37 @@ impl Manifest {
         }
         for (i, m) in s.moves.iter().enumerate() {
             let (w, extra) = match m {
-                MoveSpec::Stretch { a, weight } => (*weight, if *a <= 1.0 { Some(format!("a must be > 1, got {a}")) } else { None }),
+                MoveSpec::Stretch { a, weight } => (
+                    *weight,
+                    if *a <= 1.0 {
+                        Some(format!("a must be > 1, got {a}"))
+                    } else {
+                        None
+                    },
+                ),
                 MoveSpec::DifferentialEvolution { weight, .. } => (*weight, None),
             };
             if !(w.is_finite() && w > 0.0) {
-                return bad(&format!("sampler.moves[{i}].weight"), format!("must be positive, got {w}"));
+                return bad(
+                    &format!("sampler.moves[{i}].weight"),
+                    format!("must be positive, got {w}"),
+                );
             }
             if let Some(msg) = extra {
                 return bad(&format!("sampler.moves[{i}].a"), msg);
             }
         }
         if !(s.target_accept > 0.0 && s.target_accept < 1.0) {
-            return bad("sampler.target_accept", format!("must be in (0, 1), got {}", s.target_accept));
+            return bad(
+                "sampler.target_accept",
+                format!("must be in (0, 1), got {}", s.target_accept),
+            );
         }
         if self.init.library_size < self.init.top_k.max(1) {
-            return bad("init.library_size", format!("must be at least init.top_k ({})", self.init.top_k));
+            return bad(
+                "init.library_size",
+                format!("must be at least init.top_k ({})", self.init.top_k),
+            );
         }
         if self.init.top_k == 0 {
             return bad("init.top_k", "must be ≥ 1".into());
@@ -361,13 +415,20 @@ impl Manifest {
             return bad("galaxies_per_batch", "must be ≥ 1".into());
         }
         if self.sps.kind != "cosmos-photulator" {
-            return bad("sps.kind", format!("unknown SPS model '{}' (known: cosmos-photulator)", self.sps.kind));
+            return bad(
+                "sps.kind",
+                format!(
+                    "unknown SPS model '{}' (known: cosmos-photulator)",
+                    self.sps.kind
+                ),
+            );
         }
         if self.output.chain_thin == 0 {
             return bad("output.chain_thin", "must be ≥ 1".into());
         }
         self.likelihood.validate()?;
-        popcosmos_api::parse_device(&self.device).map_err(|e| Error::Invalid(format!("device: {e}")))?;
+        popcosmos_api::parse_device(&self.device)
+            .map_err(|e| Error::Invalid(format!("device: {e}")))?;
         Ok(())
     }
 }

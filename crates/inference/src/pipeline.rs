@@ -10,17 +10,19 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use popcosmos_api::{
-    params::phi_to_theta, Device, Error, HostRng, Likelihood, Prior, RandomSource, Result, SpsModel, Survey, Tensor,
-    N_PARAMS, PARAM_NAMES,
+    Device, Error, HostRng, Likelihood, N_PARAMS, PARAM_NAMES, Prior, RandomSource, Result,
+    SpsModel, Survey, Tensor, params::phi_to_theta,
 };
-use popcosmos_catalog::{CatalogueReader, ObservedChunk, ResultSchema, ResultTable, ResultsWriter, TableFormat};
+use popcosmos_catalog::{
+    CatalogueReader, ObservedChunk, ResultSchema, ResultTable, ResultsWriter, TableFormat,
+};
 use popcosmos_samplers::{
-    diagnostics::{diagnose_chain, Thresholds},
+    diagnostics::{Thresholds, diagnose_chain},
     ensemble::{DifferentialEvolutionMove, EnsembleSampler, Move, StretchMove},
     hmc::Hmc,
-    run::{sample, Chain, RunConfig},
+    run::{Chain, RunConfig, sample},
 };
-use popcosmos_sps::{derived::derived_from_tensor, CosmosSps, StellarMassEmulator};
+use popcosmos_sps::{CosmosSps, StellarMassEmulator, derived::derived_from_tensor};
 use serde::Serialize;
 
 use crate::init::InitLibrary;
@@ -29,10 +31,22 @@ use crate::manifest::{Manifest, MoveSpec, OutputFormat, SamplerKind};
 use crate::posterior::Posterior;
 
 /// Percentiles reported for every quantity.
-pub const PERCENTILES: [(f64, &str); 5] = [(2.5, "p2.5"), (16.0, "p16"), (50.0, "p50"), (84.0, "p84"), (97.5, "p97.5")];
+pub const PERCENTILES: [(f64, &str); 5] = [
+    (2.5, "p2.5"),
+    (16.0, "p16"),
+    (50.0, "p50"),
+    (84.0, "p84"),
+    (97.5, "p97.5"),
+];
 
 /// Derived quantities summarised besides the 16 parameters.
-pub const DERIVED_NAMES: [&str; 5] = ["log10M_formed", "log10M_remaining", "log10SFR", "log10sSFR", "mw_age_gyr"];
+pub const DERIVED_NAMES: [&str; 5] = [
+    "log10M_formed",
+    "log10M_remaining",
+    "log10SFR",
+    "log10sSFR",
+    "mw_age_gyr",
+];
 
 /// Everything a run needs, built once from a manifest.
 pub struct Pipeline {
@@ -92,7 +106,10 @@ struct RunRecord<'a> {
 }
 
 fn unix_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// Seed of batch `b`'s random stream (SplitMix64 of seed and index).
@@ -117,7 +134,15 @@ pub fn result_columns() -> Vec<String> {
     for n in PARAM_NAMES {
         cols.push(format!("map_{n}"));
     }
-    for c in ["map_log_prob", "acceptance", "rhat_max", "ess_bulk_min", "ess_tail_min", "autocorr_time_max", "n_bands_used"] {
+    for c in [
+        "map_log_prob",
+        "acceptance",
+        "rhat_max",
+        "ess_bulk_min",
+        "ess_tail_min",
+        "autocorr_time_max",
+        "n_bands_used",
+    ] {
         cols.push(c.to_string());
     }
     cols
@@ -132,7 +157,11 @@ impl Pipeline {
             CosmosSps::builtin(&calibration, &device)?
         } else {
             let emlines = popcosmos_sps::EmLineEmulator::builtin(&device)?;
-            CosmosSps::new(popcosmos_sps::Photulator::load(&manifest.sps.weights, &device)?, Some(emlines), &calibration)?
+            CosmosSps::new(
+                popcosmos_sps::Photulator::load(&manifest.sps.weights, &device)?,
+                Some(emlines),
+                &calibration,
+            )?
         };
         if !manifest.sps.emission_lines {
             sps = sps.without_emission_lines();
@@ -148,29 +177,50 @@ impl Pipeline {
         let stellar_mass = StellarMassEmulator::builtin(&device)?;
         let prior = manifest.prior.build();
         let likelihood = PhotometricLikelihood::new(manifest.likelihood, &calibration, &device)?;
-        Ok(Self { manifest, device, survey, sps, stellar_mass, prior, likelihood })
+        Ok(Self {
+            manifest,
+            device,
+            survey,
+            sps,
+            stellar_mass,
+            prior,
+            likelihood,
+        })
     }
 
     fn open_reader(&self) -> Result<CatalogueReader> {
-        CatalogueReader::open(&self.manifest.catalogue, &self.survey.band_names()).map_err(|e| Error::Invalid(e.to_string()))
+        CatalogueReader::open(&self.manifest.catalogue, &self.survey.band_names())
+            .map_err(|e| Error::Invalid(e.to_string()))
     }
 
     /// Count catalogue rows (one streaming pass) and check every value.
     pub fn scan_catalogue(&self) -> Result<usize> {
         let mut reader = self.open_reader()?;
         let mut n = 0;
-        while let Some(c) = reader.next_chunk(65536).map_err(|e| Error::Invalid(e.to_string()))? {
+        while let Some(c) = reader
+            .next_chunk(65536)
+            .map_err(|e| Error::Invalid(e.to_string()))?
+        {
             n += c.len();
         }
         Ok(n)
     }
 
     /// Run the whole catalogue.
-    pub fn run(&self, options: &RunOptions, progress: &mut dyn FnMut(Progress)) -> Result<RunSummary> {
+    pub fn run(
+        &self,
+        options: &RunOptions,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<RunSummary> {
         let t0 = Instant::now();
         let m = &self.manifest;
         let out_dir = m.output.dir.clone();
-        if !options.resume && out_dir.exists() && !popcosmos_catalog::list_parts(&out_dir).map_err(cat)?.is_empty() {
+        if !options.resume
+            && out_dir.exists()
+            && !popcosmos_catalog::list_parts(&out_dir)
+                .map_err(cat)?
+                .is_empty()
+        {
             return Err(Error::Invalid(format!(
                 "output.dir: {} already holds results; use --resume to continue that run or choose another folder",
                 out_dir.display()
@@ -181,17 +231,38 @@ impl Pipeline {
             OutputFormat::Parquet => TableFormat::Parquet,
             OutputFormat::Csv => TableFormat::Csv,
         };
-        let done = if options.resume { ResultsWriter::completed_ids(&out_dir).map_err(cat)? } else { Default::default() };
-        let mut writer = ResultsWriter::create(&out_dir, ResultSchema::new(result_columns()), format, options.resume).map_err(cat)?;
+        let done = if options.resume {
+            ResultsWriter::completed_ids(&out_dir).map_err(cat)?
+        } else {
+            Default::default()
+        };
+        let mut writer = ResultsWriter::create(
+            &out_dir,
+            ResultSchema::new(result_columns()),
+            format,
+            options.resume,
+        )
+        .map_err(cat)?;
         let mut chain_writer = if m.output.chains {
-            Some(ResultsWriter::create(out_dir.join("chains"), ResultSchema::chains(), format, options.resume).map_err(cat)?)
+            Some(
+                ResultsWriter::create(
+                    out_dir.join("chains"),
+                    ResultSchema::chains(),
+                    format,
+                    options.resume,
+                )
+                .map_err(cat)?,
+            )
         } else {
             None
         };
 
         let total = self.scan_catalogue()?;
         if total == 0 {
-            return Err(Error::Invalid(format!("catalogue.path: {} has no galaxies", m.catalogue.path.display())));
+            return Err(Error::Invalid(format!(
+                "catalogue.path: {} has no galaxies",
+                m.catalogue.path.display()
+            )));
         }
         progress(Progress::Total(total));
 
@@ -219,20 +290,33 @@ impl Pipeline {
                 progress(Progress::Done(chunk.len()));
                 continue;
             }
-            if options.max_batches.is_some_and(|k| summary.batches_computed >= k) {
+            if options
+                .max_batches
+                .is_some_and(|k| summary.batches_computed >= k)
+            {
                 break;
             }
             if library.is_none() {
                 progress(Progress::Stage("building the initialisation library"));
                 let t = Instant::now();
                 let mut rng = HostRng::seed_from_u64(batch_seed(m.seed, u64::MAX));
-                library = Some(InitLibrary::build(self.prior.as_ref(), &self.sps, m.init.library_size, m.sps.max_rows, &mut rng)?);
+                library = Some(InitLibrary::build(
+                    self.prior.as_ref(),
+                    &self.sps,
+                    m.init.library_size,
+                    m.sps.max_rows,
+                    &mut rng,
+                )?);
                 summary.seconds_library = t.elapsed().as_secs_f64();
                 progress(Progress::Stage("sampling"));
             }
             let t = Instant::now();
-            let (table, chains) = self.process_batch(&chunk, b, library.as_ref().expect("built above"))?;
-            summary.galaxies_flagged += table.strings["flags"].iter().filter(|f| !f.is_empty()).count();
+            let (table, chains) =
+                self.process_batch(&chunk, b, library.as_ref().expect("built above"))?;
+            summary.galaxies_flagged += table.strings["flags"]
+                .iter()
+                .filter(|f| !f.is_empty())
+                .count();
             writer.write_chunk(&table).map_err(cat)?;
             if let (Some(w), Some(c)) = (chain_writer.as_mut(), chains) {
                 w.write_chunk(&c).map_err(cat)?;
@@ -252,7 +336,14 @@ impl Pipeline {
         Ok(summary)
     }
 
-    fn write_record(&self, dir: &Path, started: u64, summary: &RunSummary, batch_seconds: &[f64], complete: bool) -> Result<()> {
+    fn write_record(
+        &self,
+        dir: &Path,
+        started: u64,
+        summary: &RunSummary,
+        batch_seconds: &[f64],
+        complete: bool,
+    ) -> Result<()> {
         let rec = RunRecord {
             popcosmos_version: env!("CARGO_PKG_VERSION"),
             manifest: &self.manifest,
@@ -283,30 +374,57 @@ impl Pipeline {
     }
 
     /// Sample one batch; returns the results rows and (optionally) thinned chain rows.
-    pub fn process_batch(&self, chunk: &ObservedChunk, batch: u64, library: &InitLibrary) -> Result<(ResultTable, Option<ResultTable>)> {
+    pub fn process_batch(
+        &self,
+        chunk: &ObservedChunk,
+        batch: u64,
+        library: &InitLibrary,
+    ) -> Result<(ResultTable, Option<ResultTable>)> {
         let m = &self.manifest;
         let obs = chunk.to_observations(&self.device)?;
         let posterior = self.posterior(&obs);
         let mut rng = HostRng::seed_from_u64(batch_seed(m.seed, batch));
-        let init = library.initial_walkers(&posterior, m.sampler.walkers, m.init.top_k, m.init.jitter, &mut rng)?;
+        let init = library.initial_walkers(
+            &posterior,
+            m.sampler.walkers,
+            m.init.top_k,
+            m.init.jitter,
+            &mut rng,
+        )?;
         let init = if m.init.adam_steps > 0 {
-            crate::adam::refine_walkers(&posterior, &init, m.init.adam_steps, m.init.adam_learning_rate, m.init.jitter, &mut rng)?
+            crate::adam::refine_walkers(
+                &posterior,
+                &init,
+                m.init.adam_steps,
+                m.init.adam_learning_rate,
+                m.init.jitter,
+                &mut rng,
+            )?
         } else {
             init
         };
-        let config = RunConfig { n_steps: m.sampler.steps, burn_in: m.sampler.burn_in, thin: m.sampler.thin };
+        let config = RunConfig {
+            n_steps: m.sampler.steps,
+            burn_in: m.sampler.burn_in,
+            thin: m.sampler.thin,
+        };
         let chain = match m.sampler.kind {
             SamplerKind::Ensemble => {
                 let kernel = self.ensemble_kernel()?;
                 sample(&kernel, init, &posterior, &mut rng, &config, None)?
             }
             SamplerKind::Hmc => {
-                let kernel = Hmc::new(0.05, m.sampler.leapfrog_steps).with_adaptation(m.sampler.burn_in, m.sampler.target_accept);
+                let kernel = Hmc::new(0.05, m.sampler.leapfrog_steps)
+                    .with_adaptation(m.sampler.burn_in, m.sampler.target_accept);
                 sample(&kernel, init, &posterior, &mut rng, &config, None)?
             }
         };
         let table = self.summarise(chunk, &chain)?;
-        let chains = if m.output.chains { Some(self.chain_rows(chunk, &chain)) } else { None };
+        let chains = if m.output.chains {
+            Some(self.chain_rows(chunk, &chain))
+        } else {
+            None
+        };
         Ok((table, chains))
     }
 
@@ -319,9 +437,13 @@ impl Pipeline {
             .map(|mv| -> (Box<dyn Move>, f64) {
                 match mv {
                     MoveSpec::Stretch { a, weight } => (Box::new(StretchMove { a: *a }), *weight),
-                    MoveSpec::DifferentialEvolution { gamma, weight } => {
-                        (Box::new(DifferentialEvolutionMove { gamma: *gamma, sigma: 1e-5 }), *weight)
-                    }
+                    MoveSpec::DifferentialEvolution { gamma, weight } => (
+                        Box::new(DifferentialEvolutionMove {
+                            gamma: *gamma,
+                            sigma: 1e-5,
+                        }),
+                        *weight,
+                    ),
                 }
             })
             .collect();
@@ -331,10 +453,15 @@ impl Pipeline {
     /// Per-galaxy summaries: percentiles, MAP, diagnostics and flags.
     pub fn summarise(&self, chunk: &ObservedChunk, chain: &Chain) -> Result<ResultTable> {
         let (k, w, g, d) = (chain.kept, chain.walkers, chain.galaxies, chain.dim);
-        let phi = chain.samples_tensor(&self.device)?.reshape((k * w * g, d))?;
+        let phi = chain
+            .samples_tensor(&self.device)?
+            .reshape((k * w * g, d))?;
         let theta = phi_to_theta(&phi)?;
         let derived = derived_from_tensor(&theta, Some(&self.stellar_mass))?;
-        let theta = theta.to_dtype(popcosmos_api::DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+        let theta = theta
+            .to_dtype(popcosmos_api::DType::F64)?
+            .flatten_all()?
+            .to_vec1::<f64>()?;
         let diagnostics = diagnose_chain(chain);
         let thresholds = Thresholds {
             max_rhat: self.manifest.diagnostics.max_rhat,
@@ -392,8 +519,19 @@ impl Pipeline {
                 col += 1;
             }
             let diag = &diagnostics[gal];
-            let n_used: f64 = chunk.mask[gal * chunk.n_bands..(gal + 1) * chunk.n_bands].iter().map(|v| *v as f64).sum();
-            for v in [best_lp, chain.acceptance[gal], diag.max_rhat(), diag.min_ess_bulk(), diag.min_ess_tail(), diag.max_autocorr_time(), n_used] {
+            let n_used: f64 = chunk.mask[gal * chunk.n_bands..(gal + 1) * chunk.n_bands]
+                .iter()
+                .map(|v| *v as f64)
+                .sum();
+            for v in [
+                best_lp,
+                chain.acceptance[gal],
+                diag.max_rhat(),
+                diag.min_ess_bulk(),
+                diag.min_ess_tail(),
+                diag.max_autocorr_time(),
+                n_used,
+            ] {
                 out[col].push(v);
                 col += 1;
             }
@@ -404,7 +542,10 @@ impl Pipeline {
             }
             flags.push(f.join("; "));
         }
-        let mut table = ResultTable { ids: chunk.ids.clone(), ..Default::default() };
+        let mut table = ResultTable {
+            ids: chunk.ids.clone(),
+            ..Default::default()
+        };
         for (name, values) in columns.into_iter().zip(out) {
             table.columns.insert(name, values);
         }

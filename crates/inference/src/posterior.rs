@@ -2,7 +2,8 @@
 //! ln P(φ) = ln L(θ(φ)) + ln p(φ), evaluated for a whole `[walkers, galaxies, 16]` batch.
 
 use popcosmos_api::{
-    params::phi_to_theta, Likelihood, LogDensity, ModelPhotometry, Observations, Prior, Result, SpsModel, Tensor,
+    Likelihood, LogDensity, ModelPhotometry, Observations, Prior, Result, SpsModel, Tensor,
+    params::phi_to_theta,
 };
 
 /// Posterior over φ for a batch of galaxies sharing one SPS model, likelihood and prior.
@@ -38,8 +39,15 @@ impl Posterior<'_> {
             start += len;
         }
         let flux_nmgy = Tensor::cat(&fluxes, 0)?;
-        let line_sigma_nmgy = if sigmas.len() == fluxes.len() { Some(Tensor::cat(&sigmas, 0)?) } else { None };
-        Ok(ModelPhotometry { flux_nmgy, line_sigma_nmgy })
+        let line_sigma_nmgy = if sigmas.len() == fluxes.len() {
+            Some(Tensor::cat(&sigmas, 0)?)
+        } else {
+            None
+        };
+        Ok(ModelPhotometry {
+            flux_nmgy,
+            line_sigma_nmgy,
+        })
     }
 
     /// ln L only, `[walkers, galaxies]`.

@@ -75,7 +75,11 @@ impl Planck18 {
             nu_y,
             n_massless: 2.0,
             neff_per_nu: neff / 3.0,
-            table: DistanceTable { dz: Z_TABLE_STEP, comoving_mpc: vec![], age_gyr: vec![] },
+            table: DistanceTable {
+                dz: Z_TABLE_STEP,
+                comoving_mpc: vec![],
+                age_gyr: vec![],
+            },
         };
         let onu0 = ogamma0 * p.nu_relative_density(0.0);
         p.ode0 = 1.0 - om0 - ogamma0 - onu0;
@@ -142,14 +146,20 @@ impl Planck18 {
         // Age varies smoothly: evaluate exactly on a coarse grid then interpolate onto the table.
         let coarse_step = 0.05;
         let nc = (Z_TABLE_MAX / coarse_step).round() as usize;
-        let coarse: Vec<f64> = (0..=nc).map(|k| age_at(k as f64 * coarse_step) * th).collect();
+        let coarse: Vec<f64> = (0..=nc)
+            .map(|k| age_at(k as f64 * coarse_step) * th)
+            .collect();
         let age_gyr = (0..=n)
             .map(|k| {
                 let z = k as f64 * dz;
                 cubic_interp(&coarse, coarse_step, z)
             })
             .collect();
-        DistanceTable { dz, comoving_mpc, age_gyr }
+        DistanceTable {
+            dz,
+            comoving_mpc,
+            age_gyr,
+        }
     }
 
     /// Line-of-sight comoving distance in Mpc.
@@ -280,10 +290,18 @@ mod tests {
             (4.828919410705566, 48.302940368652344),
         ];
         for (z, mu) in cases {
-            assert!((c.distmod(z) - mu).abs() < 2e-4, "z={z}: {} vs {mu}", c.distmod(z));
+            assert!(
+                (c.distmod(z) - mu).abs() < 2e-4,
+                "z={z}: {} vs {mu}",
+                c.distmod(z)
+            );
         }
         // astropy Planck18.age(0) = 13.787 Gyr.
-        assert!((c.age_gyr(0.0) - 13.787).abs() < 0.002, "{}", c.age_gyr(0.0));
+        assert!(
+            (c.age_gyr(0.0) - 13.787).abs() < 0.002,
+            "{}",
+            c.age_gyr(0.0)
+        );
         assert!((c.efunc(0.0) - 1.0).abs() < 1e-12);
     }
 
@@ -309,10 +327,15 @@ mod tests {
         let zs = [0.01f32, 0.3, 1.0, 2.5, 5.9];
         let t = Tensor::new(&zs, &candle_core::Device::Cpu).unwrap();
         let mu = pade::distmod_t(&t).unwrap().to_vec1::<f32>().unwrap();
-        let lv = pade::ln_differential_comoving_volume_t(&t).unwrap().to_vec1::<f32>().unwrap();
+        let lv = pade::ln_differential_comoving_volume_t(&t)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         for (i, &z) in zs.iter().enumerate() {
             assert!((mu[i] as f64 - pade::distmod(z as f64)).abs() < 1e-4);
-            assert!((lv[i] as f64 - pade::differential_comoving_volume(z as f64).ln()).abs() < 1e-4);
+            assert!(
+                (lv[i] as f64 - pade::differential_comoving_volume(z as f64).ln()).abs() < 1e-4
+            );
         }
     }
 }

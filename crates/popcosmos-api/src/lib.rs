@@ -43,7 +43,12 @@ pub enum Error {
     MissingTensor { file: String, tensor: String },
     /// A weights file has a tensor of the wrong shape (e.g. the wrong band count).
     #[error("{file}: tensor '{tensor}' has shape {found:?}, expected {expected:?}")]
-    TensorShape { file: String, tensor: String, expected: Vec<usize>, found: Vec<usize> },
+    TensorShape {
+        file: String,
+        tensor: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
     /// A model card / JSON sidecar is malformed.
     #[error("{file}: {message}")]
     Format { file: String, message: String },
@@ -55,7 +60,10 @@ pub enum Error {
 impl Error {
     /// Wrap an I/O error with the path it concerns.
     pub fn io(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Self {
-        Error::Io { path: path.as_ref().display().to_string(), source }
+        Error::Io {
+            path: path.as_ref().display().to_string(),
+            source,
+        }
     }
 }
 
@@ -191,7 +199,9 @@ pub trait Survey: Send + Sync {
 /// matmul; rust-stack-notes §3.3). Call first thing in `main`, before any thread exists.
 pub fn configure_cpu_threads() {
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {
-        let n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let n = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
         // SAFETY: called at program start before other threads are spawned.
         unsafe { std::env::set_var("RAYON_NUM_THREADS", n.to_string()) };
     }
@@ -206,7 +216,8 @@ pub fn parse_device(spec: &str) -> Result<Device> {
     let ordinal = if s.eq_ignore_ascii_case("cuda") {
         Some(0)
     } else {
-        s.strip_prefix("cuda:").and_then(|n| n.parse::<usize>().ok())
+        s.strip_prefix("cuda:")
+            .and_then(|n| n.parse::<usize>().ok())
     };
     match ordinal {
         Some(i) => {
@@ -224,6 +235,8 @@ pub fn parse_device(spec: &str) -> Result<Device> {
                 ))
             })
         }
-        None => Err(Error::Invalid(format!("device '{s}': expected 'cpu', 'cuda' or 'cuda:N'"))),
+        None => Err(Error::Invalid(format!(
+            "device '{s}': expected 'cpu', 'cuda' or 'cuda:N'"
+        ))),
     }
 }

@@ -29,7 +29,9 @@ pub struct HostRng {
 
 impl HostRng {
     pub fn seed_from_u64(seed: u64) -> Self {
-        Self { rng: rand_chacha::ChaCha8Rng::seed_from_u64(seed) }
+        Self {
+            rng: rand_chacha::ChaCha8Rng::seed_from_u64(seed),
+        }
     }
 
     /// Access the underlying generator (for `rand_distr` samplers).
@@ -40,7 +42,9 @@ impl HostRng {
 
 impl RandomSource for HostRng {
     fn uniform(&mut self, shape: &Shape, device: &Device) -> Result<Tensor> {
-        let v: Vec<f32> = (0..shape.elem_count()).map(|_| self.rng.random::<f32>()).collect();
+        let v: Vec<f32> = (0..shape.elem_count())
+            .map(|_| self.rng.random::<f32>())
+            .collect();
         Ok(Tensor::from_vec(v, shape, device)?)
     }
 
@@ -61,7 +65,9 @@ impl RandomSource for HostRng {
     }
 
     fn indices(&mut self, count: usize, n: usize) -> Vec<u32> {
-        (0..count).map(|_| self.rng.random_range(0..n as u32)).collect()
+        (0..count)
+            .map(|_| self.rng.random_range(0..n as u32))
+            .collect()
     }
 
     fn next_f64(&mut self) -> f64 {
@@ -78,8 +84,16 @@ mod tests {
         let mut a = HostRng::seed_from_u64(7);
         let mut b = HostRng::seed_from_u64(7);
         let s = Shape::from((20000,));
-        let x = a.normal(&s, &Device::Cpu).unwrap().to_vec1::<f32>().unwrap();
-        let y = b.normal(&s, &Device::Cpu).unwrap().to_vec1::<f32>().unwrap();
+        let x = a
+            .normal(&s, &Device::Cpu)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let y = b
+            .normal(&s, &Device::Cpu)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         assert_eq!(x, y);
         let n = x.len() as f64;
         let mean = x.iter().map(|&v| v as f64).sum::<f64>() / n;
@@ -87,7 +101,11 @@ mod tests {
         // 5σ Monte Carlo bounds: σ(mean) = 1/√n, σ(var) ≈ √(2/n).
         assert!(mean.abs() < 5.0 / n.sqrt());
         assert!((var - 1.0).abs() < 5.0 * (2.0 / n).sqrt());
-        let u = a.uniform(&s, &Device::Cpu).unwrap().to_vec1::<f32>().unwrap();
+        let u = a
+            .uniform(&s, &Device::Cpu)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         let mu = u.iter().map(|&v| v as f64).sum::<f64>() / n;
         assert!((mu - 0.5).abs() < 5.0 * (1.0 / 12.0 / n).sqrt());
     }

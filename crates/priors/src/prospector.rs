@@ -135,7 +135,8 @@ pub fn ln_dvdz(z: f64) -> f64 {
 pub fn log_density_theta(theta: &[f64; N_PARAMS]) -> f64 {
     let z = theta[15];
     let log10m = -0.4 * (theta[0] - pade::distmod(z));
-    if !(log10m > LOG10M_MIN && log10m < LOG10M_MAX) || !(theta[13] > theta[1]) {
+    let inside = log10m > LOG10M_MIN && log10m < LOG10M_MAX && theta[13] > theta[1];
+    if !inside {
         return f64::NEG_INFINITY;
     }
     let (t2, n, f) = (theta[8], theta[9], theta[10]);
@@ -389,11 +390,11 @@ impl ProspectorAlphaPrior {
         }
         let (t2, n) = loop {
             let t2 = DUST2_MEAN + r.sample::<f64, _>(StandardNormal);
-            if !(t2 >= LOWER[8] && t2 <= UPPER[8]) {
+            if !(LOWER[8]..=UPPER[8]).contains(&t2) {
                 continue;
             }
             let n = dust_index_mean(t2) + DUST_INDEX_SIGMA * r.sample::<f64, _>(StandardNormal);
-            if n >= LOWER[9] && n <= UPPER[9] {
+            if (LOWER[9]..=UPPER[9]).contains(&n) {
                 break (t2, n);
             }
         };

@@ -13,7 +13,7 @@ use crate::prospector::{LOG10M_MAX, LOG10M_MIN};
 
 /// ln of the density of N given z: log10 M = −0.4(N − μ(z)) uniform on (7, 13) ⇒
 /// p(N | z) = 0.4 / 6 = 1/15.
-const LN_P_N_GIVEN_Z: f64 = -2.708_050_201_102_210; // −ln 15
+const LN_P_N_GIVEN_Z: f64 = -2.708_050_201_102_21; // −ln 15
 
 /// Uniform-in-θ prior, normalised: ln p(φ) = Σ_{i=1..15} ln 𝒩(φ_i; 0, 1) − ln 15 for
 /// 7 < log10 M_formed < 13, −∞ otherwise.

@@ -81,7 +81,9 @@ pub fn composed(
     let beta = per_unit(beta, x)?;
     let s = candle_nn::ops::sigmoid(&y.broadcast_mul(&alpha)?)?;
     let one_minus_beta = beta.affine(-1.0, 1.0)?;
-    s.broadcast_mul(&one_minus_beta)?.broadcast_add(&beta)?.mul(&y)
+    s.broadcast_mul(&one_minus_beta)?
+        .broadcast_add(&beta)?
+        .mul(&y)
 }
 
 fn cpu_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
@@ -152,7 +154,13 @@ impl CustomOp3 for SpeculatorActivation {
                     let rows = ((g + 1) * rows_per_group - row).min((xi.len() - off) / units);
                     let (p, len) = (g * units..(g + 1) * units, rows * units);
                     let span = off..off + len;
-                    act_rows(&xi[span.clone()], &alpha[p.clone()], &beta[p.clone()], &bias[p], &mut o[span]);
+                    act_rows(
+                        &xi[span.clone()],
+                        &alpha[p.clone()],
+                        &beta[p.clone()],
+                        &bias[p],
+                        &mut o[span],
+                    );
                     row += rows;
                     off += len;
                 }
@@ -191,7 +199,9 @@ impl CustomOp3 for SpeculatorActivation {
         let s = candle_nn::ops::sigmoid(&ay)?;
         let one_minus_beta = beta.affine(-1.0, 1.0)?;
         let ds = (&s * s.affine(-1.0, 1.0)?)?.mul(&ay)?;
-        let d = (s + ds)?.broadcast_mul(&one_minus_beta)?.broadcast_add(&beta)?;
+        let d = (s + ds)?
+            .broadcast_mul(&one_minus_beta)?
+            .broadcast_add(&beta)?;
         Ok((Some(grad_res.mul(&d)?), None, None))
     }
 }
@@ -220,9 +230,7 @@ fn act_rows_avx2(x: &[f32], alpha: &[f32], beta: &[f32], bias: &[f32], out: &mut
 fn act_rows_generic(x: &[f32], alpha: &[f32], beta: &[f32], bias: &[f32], out: &mut [f32]) {
     let units = alpha.len();
     for (o, xi) in out.chunks_exact_mut(units).zip(x.chunks_exact(units)) {
-        for ((((o, &x), &a), &b), &c) in
-            o.iter_mut().zip(xi).zip(alpha).zip(beta).zip(bias)
-        {
+        for ((((o, &x), &a), &b), &c) in o.iter_mut().zip(xi).zip(alpha).zip(beta).zip(bias) {
             let y = x + c;
             let s = 1.0 / (1.0 + fast_exp(-(a * y)));
             *o = (b + (1.0 - b) * s) * y;

@@ -42,7 +42,10 @@ pub struct BenchTable {
 
 impl fmt::Display for BenchTable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "| batch | threads | µs/call | galaxy-evals/s | GFLOP/s | cpu/wall | calls |")?;
+        writeln!(
+            f,
+            "| batch | threads | µs/call | galaxy-evals/s | GFLOP/s | cpu/wall | calls |"
+        )?;
         writeln!(f, "|---:|---:|---:|---:|---:|---:|---:|")?;
         for r in &self.rows {
             writeln!(
@@ -57,7 +60,11 @@ impl fmt::Display for BenchTable {
                 r.calls
             )?;
         }
-        write!(f, "(one galaxy-evaluation = {:.3} MFLOP)", self.flop_per_galaxy / 1e6)
+        write!(
+            f,
+            "(one galaxy-evaluation = {:.3} MFLOP)",
+            self.flop_per_galaxy / 1e6
+        )
     }
 }
 
@@ -83,7 +90,11 @@ pub fn uniform_inputs(n: usize, device: &Device) -> Result<Tensor> {
     let mut v = Vec::with_capacity(n * 15);
     for _ in 0..n {
         for i in 1..16 {
-            let (lo, hi) = if i == 8 { (0.0, 2.0) } else { (LOWER[i], UPPER[i]) };
+            let (lo, hi) = if i == 8 {
+                (0.0, 2.0)
+            } else {
+                (LOWER[i], UPPER[i])
+            };
             v.push((lo + (hi - lo) * next()) as f32);
         }
     }
@@ -150,5 +161,8 @@ pub fn bench_emulator(
             rows.push(row);
         }
     }
-    Ok(BenchTable { rows, flop_per_galaxy: flop })
+    Ok(BenchTable {
+        rows,
+        flop_per_galaxy: flop,
+    })
 }

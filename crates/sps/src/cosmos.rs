@@ -30,7 +30,11 @@ struct LineModel {
 impl CosmosSps {
     /// Bundled weights with emission lines.
     pub fn builtin(calibration: &Calibration, device: &Device) -> Result<Self> {
-        Self::new(Photulator::builtin(device)?, Some(EmLineEmulator::builtin(device)?), calibration)
+        Self::new(
+            Photulator::builtin(device)?,
+            Some(EmLineEmulator::builtin(device)?),
+            calibration,
+        )
     }
 
     /// Weights from files; `emline_path = None` disables emission lines.
@@ -40,13 +44,23 @@ impl CosmosSps {
         calibration: &Calibration,
         device: &Device,
     ) -> Result<Self> {
-        let lines = emline_path.map(|p| EmLineEmulator::load(p, device)).transpose()?;
-        Self::new(Photulator::load(photulator_path, device)?, lines, calibration)
+        let lines = emline_path
+            .map(|p| EmLineEmulator::load(p, device))
+            .transpose()?;
+        Self::new(
+            Photulator::load(photulator_path, device)?,
+            lines,
+            calibration,
+        )
     }
 
     /// Assemble from loaded emulators. With `emlines = None` the model is continuum-only
     /// (`line_sigma_nmgy = None`) and the calibration's line terms are ignored.
-    pub fn new(photulator: Photulator, emlines: Option<EmLineEmulator>, calibration: &Calibration) -> Result<Self> {
+    pub fn new(
+        photulator: Photulator,
+        emlines: Option<EmLineEmulator>,
+        calibration: &Calibration,
+    ) -> Result<Self> {
         let device = photulator.device().clone();
         let lines = match emlines {
             None => None,
@@ -77,7 +91,11 @@ impl CosmosSps {
                 Some(LineModel { emulator, weights })
             }
         };
-        Ok(Self { photulator, lines, device })
+        Ok(Self {
+            photulator,
+            lines,
+            device,
+        })
     }
 
     /// Drop the emission-line component (continuum-only model).
@@ -102,7 +120,9 @@ impl CosmosSps {
     fn flatten(theta: &Tensor) -> Result<(Tensor, Vec<usize>)> {
         let dims = theta.dims();
         if dims.last() != Some(&N_PARAMS) {
-            return Err(Error::Invalid(format!("theta must have shape [..., {N_PARAMS}], got {dims:?}")));
+            return Err(Error::Invalid(format!(
+                "theta must have shape [..., {N_PARAMS}], got {dims:?}"
+            )));
         }
         let lead = dims[..dims.len() - 1].to_vec();
         let n = lead.iter().product::<usize>();
@@ -116,14 +136,20 @@ impl CosmosSps {
     }
 
     fn continuum_flat(&self, theta: &Tensor) -> Result<Tensor> {
-        let absmag = self.photulator.absolute_magnitudes(&theta_to_photulator_input(theta)?)?;
+        let absmag = self
+            .photulator
+            .absolute_magnitudes(&theta_to_photulator_input(theta)?)?;
         mag_to_flux_nmgy(&absmag.broadcast_add(&theta.narrow(D::Minus1, 0, 1)?)?)
     }
 
     /// Photulator fluxes only (no emission-line offsets), θ `[..., 16]` → `[..., bands]` nmgy.
     pub fn continuum_flux_nmgy(&self, theta: &Tensor) -> Result<Tensor> {
         let (flat, lead) = Self::flatten(theta)?;
-        Self::unflatten(self.continuum_flat(&flat)?, &lead, self.photulator.n_bands())
+        Self::unflatten(
+            self.continuum_flat(&flat)?,
+            &lead,
+            self.photulator.n_bands(),
+        )
     }
 }
 
@@ -147,7 +173,9 @@ impl SpsModel for CosmosSps {
             });
         };
         // [n, bands, 2]: Σ_l α_l F_bl and Σ_l e^{γ_l}(1+α_l) F_bl (spec §3 steps 4 and 6).
-        let sums = lines.emulator.contract(&theta_to_power(&flat)?, &lines.weights)?;
+        let sums = lines
+            .emulator
+            .contract(&theta_to_power(&flat)?, &lines.weights)?;
         let flux = (continuum + sums.narrow(2, 0, 1)?.squeeze(2)?)?;
         let sigma = sums.narrow(2, 1, 1)?.squeeze(2)?;
         Ok(ModelPhotometry {

@@ -108,15 +108,24 @@ pub fn derived_quantities(theta: &[f64], mass_fraction: Option<f64>) -> DerivedQ
 }
 
 /// [`derived_quantities`] over a flat row-major `[n, 16]` slice (parallel over rows).
-pub fn derived_quantities_batch(theta: &[f64], mass_fraction: Option<&[f64]>) -> Result<Vec<DerivedQuantities>> {
-    if theta.len() % N_PARAMS != 0 {
-        return Err(Error::Invalid(format!("theta has {} values, not a multiple of 16", theta.len())));
+pub fn derived_quantities_batch(
+    theta: &[f64],
+    mass_fraction: Option<&[f64]>,
+) -> Result<Vec<DerivedQuantities>> {
+    if !theta.len().is_multiple_of(N_PARAMS) {
+        return Err(Error::Invalid(format!(
+            "theta has {} values, not a multiple of 16",
+            theta.len()
+        )));
     }
     let n = theta.len() / N_PARAMS;
     if let Some(m) = mass_fraction
         && m.len() != n
     {
-        return Err(Error::Invalid(format!("{} mass fractions for {n} rows", m.len())));
+        return Err(Error::Invalid(format!(
+            "{} mass fractions for {n} rows",
+            m.len()
+        )));
     }
     planck18(); // build the table once, outside the parallel loop
     Ok(theta
@@ -128,13 +137,23 @@ pub fn derived_quantities_batch(theta: &[f64], mass_fraction: Option<&[f64]>) ->
 
 /// Derived quantities of θ `[n, 16]` on any device, running the stellar-mass emulator when
 /// given (batched) and the rest on the host.
-pub fn derived_from_tensor(theta: &Tensor, stellar_mass: Option<&StellarMassEmulator>) -> Result<Vec<DerivedQuantities>> {
+pub fn derived_from_tensor(
+    theta: &Tensor,
+    stellar_mass: Option<&StellarMassEmulator>,
+) -> Result<Vec<DerivedQuantities>> {
     let theta = theta.to_dtype(DType::F32)?;
     let mfrac = match stellar_mass {
-        Some(emu) => Some(emu.mass_fraction(&theta)?.to_dtype(DType::F64)?.to_vec1::<f64>()?),
+        Some(emu) => Some(
+            emu.mass_fraction(&theta)?
+                .to_dtype(DType::F64)?
+                .to_vec1::<f64>()?,
+        ),
         None => None,
     };
-    let host = theta.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+    let host = theta
+        .to_dtype(DType::F64)?
+        .flatten_all()?
+        .to_vec1::<f64>()?;
     derived_quantities_batch(&host, mfrac.as_deref())
 }
 

@@ -30,7 +30,8 @@ use crate::weights::WeightFile;
 use popcosmos_api::{Error, Result};
 
 /// Bundled weights (`assets/models/emline_emulator.safetensors`).
-pub const BUILTIN_WEIGHTS: &[u8] = include_bytes!("../../../assets/models/emline_emulator.safetensors");
+pub const BUILTIN_WEIGHTS: &[u8] =
+    include_bytes!("../../../assets/models/emline_emulator.safetensors");
 const BUILTIN_NAME: &str = "emline_emulator.safetensors";
 
 /// L☉ / (4π (10 pc)²) in erg s⁻¹ cm⁻² (spec §3.2).
@@ -89,7 +90,10 @@ pub struct EmLineEmulator {
 impl EmLineEmulator {
     /// Load the bundled emulator.
     pub fn builtin(device: &Device) -> Result<Self> {
-        Self::from_weights(&WeightFile::from_bytes(BUILTIN_WEIGHTS, BUILTIN_NAME, device)?, device)
+        Self::from_weights(
+            &WeightFile::from_bytes(BUILTIN_WEIGHTS, BUILTIN_NAME, device)?,
+            device,
+        )
     }
 
     /// Load from a safetensors file.
@@ -122,8 +126,16 @@ impl EmLineEmulator {
                 (a * b / (2.0 * s * gamma(1.0 / b))) as f32
             })
             .collect::<Vec<_>>();
-        let bandpass = Bandpass { n_bands: nb, n_comp: nc, coef, loc, sigma, beta };
-        let param = |v: &[f32]| -> Result<Tensor> { Ok(Tensor::from_slice(v, (1, nb, nc, 1), device)?) };
+        let bandpass = Bandpass {
+            n_bands: nb,
+            n_comp: nc,
+            coef,
+            loc,
+            sigma,
+            beta,
+        };
+        let param =
+            |v: &[f32]| -> Result<Tensor> { Ok(Tensor::from_slice(v, (1, nb, nc, 1), device)?) };
         let bandpass_t = [
             param(&bandpass.coef)?,
             param(&bandpass.loc)?,
@@ -137,12 +149,18 @@ impl EmLineEmulator {
             let p = format!("layer.{k}");
             let (n_in, n_out) = (widths[k], widths[k + 1]);
             let act = if k < 3 {
-                Some((file.get(&format!("{p}.alpha"), &[n_out])?, file.get(&format!("{p}.beta"), &[n_out])?))
+                Some((
+                    file.get(&format!("{p}.alpha"), &[n_out])?,
+                    file.get(&format!("{p}.beta"), &[n_out])?,
+                ))
             } else {
                 None
             };
             layers.push(Dense {
-                weight: file.get(&format!("{p}.weight"), &[n_out, n_in])?.t()?.contiguous()?,
+                weight: file
+                    .get(&format!("{p}.weight"), &[n_out, n_in])?
+                    .t()?
+                    .contiguous()?,
                 bias: file.get(&format!("{p}.bias"), &[n_out])?,
                 act,
             });
@@ -157,15 +175,25 @@ impl EmLineEmulator {
                 found: idx_t.dims().to_vec(),
             });
         }
-        let line_idx: Vec<usize> =
-            idx_t.to_dtype(DType::I64)?.to_vec1::<i64>()?.into_iter().map(|i| i as usize).collect();
+        let line_idx: Vec<usize> = idx_t
+            .to_dtype(DType::I64)?
+            .to_vec1::<i64>()?
+            .into_iter()
+            .map(|i| i as usize)
+            .collect();
         if let Some(&bad) = line_idx.iter().find(|&&i| i >= N_LINES_GRID) {
             return Err(Error::Format {
                 file: file.name().into(),
-                message: format!("line_idx_selected contains {bad}, outside the {N_LINES_GRID}-line grid"),
+                message: format!(
+                    "line_idx_selected contains {bad}, outside the {N_LINES_GRID}-line grid"
+                ),
             });
         }
-        let idx = Tensor::from_vec(line_idx.iter().map(|&i| i as u32).collect::<Vec<_>>(), n_lines, device)?;
+        let idx = Tensor::from_vec(
+            line_idx.iter().map(|&i| i as u32).collect::<Vec<_>>(),
+            n_lines,
+            device,
+        )?;
         let pca_basis = file.get("pca_transform_matrix", &[N_PCA, N_LINES_GRID])?;
         let log_spectrum_shift = file.get("log_spectrum_shift", &[N_LINES_GRID])?;
         let log_spectrum_scale = file.get("log_spectrum_scale", &[N_LINES_GRID])?;
@@ -212,7 +240,11 @@ impl EmLineEmulator {
     fn pca_coefficients(&self, theta16t: &Tensor) -> Result<Tensor> {
         match theta16t.dims() {
             [_, N_IN] => {}
-            d => return Err(Error::Invalid(format!("line emulator input must be [n, {N_IN}], got {d:?}"))),
+            d => {
+                return Err(Error::Invalid(format!(
+                    "line emulator input must be [n, {N_IN}], got {d:?}"
+                )));
+            }
         }
         let mut h = theta16t
             .to_dtype(DType::F32)?
@@ -225,7 +257,8 @@ impl EmLineEmulator {
                 None => pre.broadcast_add(&layer.bias)?,
             };
         }
-        Ok(h.broadcast_mul(&self.pca_scale)?.broadcast_add(&self.pca_shift)?)
+        Ok(h.broadcast_mul(&self.pca_scale)?
+            .broadcast_add(&self.pca_shift)?)
     }
 
     /// Line "absolute magnitudes" −2.5 log10(L/(L☉ per M☉ formed)) on the full 128-line grid,
@@ -241,7 +274,10 @@ impl EmLineEmulator {
     /// Luminosities of the 44 selected lines in L☉ per M☉ formed, `[n, 44]`.
     pub fn line_luminosities(&self, theta16t: &Tensor) -> Result<Tensor> {
         let pca = self.pca_coefficients(theta16t)?;
-        let mags = pca.matmul(&self.basis_sel)?.broadcast_mul(&self.scale_sel)?.broadcast_add(&self.shift_sel)?;
+        let mags = pca
+            .matmul(&self.basis_sel)?
+            .broadcast_mul(&self.scale_sel)?
+            .broadcast_add(&self.shift_sel)?;
         Ok((mags * (-0.4 * std::f64::consts::LN_10))?.exp()?)
     }
 
@@ -264,7 +300,9 @@ impl EmLineEmulator {
     /// (before any offsets).
     pub fn contributions(&self, theta16t: &Tensor) -> Result<Tensor> {
         let (lam, factor) = self.line_terms(theta16t)?;
-        Ok(self.bandpass_values(&lam)?.broadcast_mul(&factor.unsqueeze(1)?)?)
+        Ok(self
+            .bandpass_values(&lam)?
+            .broadcast_mul(&factor.unsqueeze(1)?)?)
     }
 
     /// Contracted contributions `Σ_l F[n, b, l] · weights[l, k]`, θ^power `[n, 16]`,
@@ -275,15 +313,29 @@ impl EmLineEmulator {
         let w = weights.to_dtype(DType::F32)?.to_device(&self.device)?;
         let k = match w.dims() {
             [l, k] if *l == nl => *k,
-            d => return Err(Error::Invalid(format!("line weights must be [{nl}, k], got {d:?}"))),
+            d => {
+                return Err(Error::Invalid(format!(
+                    "line weights must be [{nl}, k], got {d:?}"
+                )));
+            }
         };
         if self.device.is_cpu() {
-            let op = BandpassContract { bp: self.bandpass.clone() };
-            return Ok(lam.contiguous()?.apply_op3_no_bwd(&factor.contiguous()?, &w.t()?.contiguous()?, &op)?);
+            let op = BandpassContract {
+                bp: self.bandpass.clone(),
+            };
+            return Ok(lam.contiguous()?.apply_op3_no_bwd(
+                &factor.contiguous()?,
+                &w.t()?.contiguous()?,
+                &op,
+            )?);
         }
         let n = lam.dim(0)?;
-        let f = self.bandpass_values(&lam)?.broadcast_mul(&factor.unsqueeze(1)?)?;
-        Ok(f.reshape((n * self.n_bands(), nl))?.matmul(&w)?.reshape((n, self.n_bands(), k))?)
+        let f = self
+            .bandpass_values(&lam)?
+            .broadcast_mul(&factor.unsqueeze(1)?)?;
+        Ok(f.reshape((n * self.n_bands(), nl))?
+            .matmul(&w)?
+            .reshape((n, self.n_bands(), k))?)
     }
 
     /// Bandpass model B_b(λ) at observed wavelengths `[n, L]` → `[n, bands, L]` (composed ops).
@@ -339,11 +391,19 @@ impl CustomOp3 for BandpassContract {
         }
         let run = |(lam, factor, out): (&[f32], &[f32], &mut [f32])| {
             let mut row = vec![0f32; nl];
-            for ((lam, factor), out) in lam.chunks_exact(nl).zip(factor.chunks_exact(nl)).zip(out.chunks_exact_mut(nb * k)) {
+            for ((lam, factor), out) in lam
+                .chunks_exact(nl)
+                .zip(factor.chunks_exact(nl))
+                .zip(out.chunks_exact_mut(nb * k))
+            {
                 for b in 0..nb {
                     bandpass_row(&self.bp, b, lam, factor, &mut row);
                     for (kk, o) in out[b * k..(b + 1) * k].iter_mut().enumerate() {
-                        *o = row.iter().zip(&wt[kk * nl..(kk + 1) * nl]).map(|(a, w)| a * w).sum();
+                        *o = row
+                            .iter()
+                            .zip(&wt[kk * nl..(kk + 1) * nl])
+                            .map(|(a, w)| a * w)
+                            .sum();
                     }
                 }
             }
@@ -451,9 +511,28 @@ mod tests {
         let w = Tensor::randn(0f32, 1.0, (em.n_lines(), 3), &dev).unwrap();
         let fused = em.contract(&theta, &w).unwrap();
         let f = em.contributions(&theta).unwrap();
-        let composed = f.reshape((n * 26, em.n_lines())).unwrap().matmul(&w).unwrap().reshape((n, 26, 3)).unwrap();
-        let scale = f.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-        let diff = (fused - composed).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let composed = f
+            .reshape((n * 26, em.n_lines()))
+            .unwrap()
+            .matmul(&w)
+            .unwrap()
+            .reshape((n, 26, 3))
+            .unwrap();
+        let scale = f
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let diff = (fused - composed)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!(diff <= 1e-5 * scale, "{diff} vs scale {scale}");
     }
 }

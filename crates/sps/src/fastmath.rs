@@ -28,7 +28,7 @@ pub fn fast_exp(x: f32) -> f32 {
     let p = p * r + 8.333_452e-3;
     let p = p * r + 4.166_579_6e-2;
     let p = p * r + 1.666_666_5e-1;
-    let p = p * r + 5.000_000_1e-1;
+    let p = p * r + 0.5; // 5.0000001201e-1 rounds to 0.5 in f32
     let p = p * (r * r) + r + 1.0;
     // 2^n by writing n + 127 into the exponent field (n is in the low bits of t).
     let n_int = (t.to_bits() as i32).wrapping_sub(ROUND_MAGIC.to_bits() as i32);
@@ -36,7 +36,6 @@ pub fn fast_exp(x: f32) -> f32 {
     // Below −87 return 0 (the true value is < 1.7e-38, a denormal at best).
     if underflow { 0.0 } else { p * scale }
 }
-
 
 /// ln x in f32 to ≈1e-7 relative for normal positive x (Cephes `logf`). Inputs below
 /// 1e-37 are treated as 1e-37 (ln = −85.2); callers only use it where that is harmless.
@@ -61,7 +60,7 @@ pub fn fast_ln(x: f32) -> f32 {
     y = y * m - 1.666_805_8e-1;
     y = y * m + 2.000_071_5e-1;
     y = y * m - 2.499_999_4e-1;
-    y = y * m + 3.333_333_1e-1;
+    y = y * m + 3.333_333e-1;
     let mut y = y * m * z;
     y += e * -2.121_944_4e-4;
     y += -0.5 * z;

@@ -129,19 +129,24 @@ impl PackedPhotulator {
             .collect();
         let mut by_band = vec![0f32; self.bands * n];
         let width = self.hidden.iter().map(|l| l.u).max().unwrap_or(0);
+        let max_k = self.hidden.iter().map(|l| l.k).max().unwrap_or(0);
         let scratch = || Scratch {
+            packed_a: vec![0f32; ROW_BLOCK * max_k],
             pre: vec![0f32; ROW_BLOCK * width],
             h: [vec![0f32; ROW_BLOCK * width], vec![0f32; ROW_BLOCK * width]],
         };
         if n * self.bands >= 16 * 26 {
-            by_band.par_chunks_mut(n).enumerate().for_each(|(g, band_out)| {
-                band_out
-                    .par_chunks_mut(ROW_BLOCK)
-                    .enumerate()
-                    .for_each_init(scratch, |buf, (b, out)| {
-                        self.block(g, &xs[b * ROW_BLOCK * self.n_in..], out, buf)
-                    });
-            });
+            by_band
+                .par_chunks_mut(n)
+                .enumerate()
+                .for_each(|(g, band_out)| {
+                    band_out
+                        .par_chunks_mut(ROW_BLOCK)
+                        .enumerate()
+                        .for_each_init(scratch, |buf, (b, out)| {
+                            self.block(g, &xs[b * ROW_BLOCK * self.n_in..], out, buf)
+                        });
+                });
         } else {
             let mut buf = scratch();
             for (g, band_out) in by_band.chunks_mut(n).enumerate() {
@@ -168,14 +173,36 @@ impl PackedPhotulator {
             let (k, u) = (l.k, l.u);
             let panels = &l.panels[g * k * u..(g + 1) * k * u];
             let (h0, h1) = buf.h.split_at_mut(1);
-            let (src, dst) = if i % 2 == 0 { (&h1[0], &mut h0[0]) } else { (&h0[0], &mut h1[0]) };
+            let (src, dst) = if i % 2 == 0 {
+                (&h1[0], &mut h0[0])
+            } else {
+                (&h0[0], &mut h1[0])
+            };
             let input: &[f32] = if i == 0 { xs } else { src };
             let pre = &mut buf.pre[..rows * u];
             // SAFETY: `new` only builds this struct when AVX2 and FMA are available; the slices
             // hold `rows` rows of `lda` (input) and `u` (output) floats.
-            unsafe { gemm_block(&input[..(rows - 1) * lda + k], lda, rows, k, u, panels, pre) };
+            unsafe {
+                let a = &input[..(rows - 1) * lda + k];
+                gemm_block(
+                    a,
+                    lda,
+                    rows,
+                    k,
+                    u,
+                    panels,
+                    pre,
+                    &mut buf.packed_a[..rows * k],
+                )
+            };
             let p = g * u..(g + 1) * u;
-            crate::activation::act_rows(pre, &l.alpha[p.clone()], &l.beta[p.clone()], &l.bias[p], &mut dst[..rows * u]);
+            crate::activation::act_rows(
+                pre,
+                &l.alpha[p.clone()],
+                &l.beta[p.clone()],
+                &l.bias[p],
+                &mut dst[..rows * u],
+            );
             lda = u;
         }
         let input = &buf.h[(self.hidden.len() - 1) % 2];
@@ -193,6 +220,8 @@ impl PackedPhotulator {
 
 /// Per-thread buffers of one row block: pre-activation and two ping-pong activations.
 struct Scratch {
+    /// Row block of the layer input repacked into micro-panels.
+    packed_a: Vec<f32>,
     pre: Vec<f32>,
     h: [Vec<f32>; 2],
 }
@@ -209,7 +238,17 @@ fn cpu_supported() -> bool {
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn gemm_block(_: &[f32], _: usize, _: usize, _: usize, _: usize, _: &[f32], _: &mut [f32]) {
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_block(
+    _: &[f32],
+    _: usize,
+    _: usize,
+    _: usize,
+    _: usize,
+    _: &[f32],
+    _: &mut [f32],
+    _: &mut [f32],
+) {
     unreachable!("the fused kernel is only built on x86-64")
 }
 
@@ -237,37 +276,68 @@ fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// `c[rows, u] = a[rows, k] (row stride lda) @ W` with W packed as `[u/16][k][16]`.
+///
+/// A is first repacked into 6-row micro-panels `[tile][k][6]` so the micro-kernel's
+/// broadcasts walk one contiguous stream (no per-row address arithmetic in the inner loop).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn gemm_block(a: &[f32], lda: usize, rows: usize, k: usize, u: usize, panels: &[f32], c: &mut [f32]) {
-    for p in 0..u / NR {
-        let panel = &panels[p * k * NR..(p + 1) * k * NR];
-        let mut r = 0;
-        while r + MR <= rows {
-            unsafe { tile::<MR>(a.as_ptr().add(r * lda), lda, k, panel.as_ptr(), c.as_mut_ptr().add(r * u + p * NR), u) };
-            r += MR;
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_block(
+    a: &[f32],
+    lda: usize,
+    rows: usize,
+    k: usize,
+    u: usize,
+    panels: &[f32],
+    c: &mut [f32],
+    ap: &mut [f32],
+) {
+    let mut off = 0;
+    let mut r = 0;
+    while r < rows {
+        let m = MR.min(rows - r);
+        for kk in 0..k {
+            for i in 0..m {
+                ap[off + kk * m + i] = a[(r + i) * lda + kk];
+            }
         }
-        let left = rows - r;
-        if left > 0 {
-            let (ap, cp) = unsafe { (a.as_ptr().add(r * lda), c.as_mut_ptr().add(r * u + p * NR)) };
+        off += m * k;
+        r += m;
+    }
+    for p in 0..u / NR {
+        let panel = panels[p * k * NR..(p + 1) * k * NR].as_ptr();
+        let mut r = 0;
+        while r < rows {
+            let m = MR.min(rows - r);
+            // SAFETY: tile r's packed rows start at r·k; c has `rows` rows of `u` floats.
             unsafe {
-                match left {
-                    1 => tile::<1>(ap, lda, k, panel.as_ptr(), cp, u),
-                    2 => tile::<2>(ap, lda, k, panel.as_ptr(), cp, u),
-                    3 => tile::<3>(ap, lda, k, panel.as_ptr(), cp, u),
-                    4 => tile::<4>(ap, lda, k, panel.as_ptr(), cp, u),
-                    _ => tile::<5>(ap, lda, k, panel.as_ptr(), cp, u),
+                let (a_t, c_t) = (ap.as_ptr().add(r * k), c.as_mut_ptr().add(r * u + p * NR));
+                match m {
+                    6 => tile::<6>(a_t, k, panel, c_t, u),
+                    5 => tile::<5>(a_t, k, panel, c_t, u),
+                    4 => tile::<4>(a_t, k, panel, c_t, u),
+                    3 => tile::<3>(a_t, k, panel, c_t, u),
+                    2 => tile::<2>(a_t, k, panel, c_t, u),
+                    _ => tile::<1>(a_t, k, panel, c_t, u),
                 }
             }
+            r += m;
         }
     }
 }
 
-/// The register-tiled micro-kernel: `M` rows × 16 columns, `2M` ymm accumulators.
+/// The register-tiled micro-kernel: `M` rows × 16 columns, `2M` ymm accumulators; `a` is a
+/// packed micro-panel `[k][M]`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[inline]
-unsafe fn tile<const M: usize>(a: *const f32, lda: usize, k: usize, panel: *const f32, c: *mut f32, ldc: usize) {
+unsafe fn tile<const M: usize>(
+    a: *const f32,
+    k: usize,
+    panel: *const f32,
+    c: *mut f32,
+    ldc: usize,
+) {
     use std::arch::x86_64::*;
     let mut acc0 = [_mm256_setzero_ps(); M];
     let mut acc1 = [_mm256_setzero_ps(); M];
@@ -275,8 +345,9 @@ unsafe fn tile<const M: usize>(a: *const f32, lda: usize, k: usize, panel: *cons
         unsafe {
             let b0 = _mm256_loadu_ps(panel.add(kk * NR));
             let b1 = _mm256_loadu_ps(panel.add(kk * NR + 8));
+            let ak = a.add(kk * M);
             for i in 0..M {
-                let av = _mm256_broadcast_ss(&*a.add(i * lda + kk));
+                let av = _mm256_broadcast_ss(&*ak.add(i));
                 acc0[i] = _mm256_fmadd_ps(av, b0, acc0[i]);
                 acc1[i] = _mm256_fmadd_ps(av, b1, acc1[i]);
             }
@@ -306,7 +377,10 @@ impl CustomOp1 for FusedPhotulatorOp<'_> {
         };
         let (n, d) = l.shape().dims2()?;
         if d != self.0.n_in {
-            candle_core::bail!("fused photulator: input has {d} columns, expected {}", self.0.n_in);
+            candle_core::bail!(
+                "fused photulator: input has {d} columns, expected {}",
+                self.0.n_in
+            );
         }
         let out = self.0.absolute_magnitudes(x);
         Ok((CpuStorage::F32(out), Shape::from((n, self.0.bands))))

@@ -121,13 +121,19 @@ impl Photulator {
     }
 
     /// Build from parsed tensors, validating every tensor's presence and shape.
-    pub fn from_weights(file: &WeightFile, config: PhotulatorConfig, device: &Device) -> Result<Self> {
+    pub fn from_weights(
+        file: &WeightFile,
+        config: PhotulatorConfig,
+        device: &Device,
+    ) -> Result<Self> {
         let nb = config.bands.len();
         let arch = &config.architecture;
         if arch.len() < 2 || arch[0] != N_INPUTS || arch[arch.len() - 1] != 1 {
             return Err(Error::Format {
                 file: file.name().to_string(),
-                message: format!("photulator architecture {arch:?} must map {N_INPUTS} inputs to 1 output"),
+                message: format!(
+                    "photulator architecture {arch:?} must map {N_INPUTS} inputs to 1 output"
+                ),
             });
         }
         // Stacked per-band scalars (a wrong band count shows up here first).
@@ -186,7 +192,8 @@ impl Photulator {
                 beta: Tensor::stack(&beta, 0)?,
             };
             if device.is_cpu() && all_shared {
-                let host = |t: &Tensor| -> Result<Vec<f32>> { Ok(t.flatten_all()?.to_vec1::<f32>()?) };
+                let host =
+                    |t: &Tensor| -> Result<Vec<f32>> { Ok(t.flatten_all()?.to_vec1::<f32>()?) };
                 host_layers.push(HostLayer {
                     n_in,
                     n_out,
@@ -277,16 +284,21 @@ impl Photulator {
     fn check_input(&self, theta15: &Tensor) -> Result<usize> {
         match theta15.dims() {
             [n, N_INPUTS] => Ok(*n),
-            d => Err(Error::Invalid(format!("photulator input must be [n, {N_INPUTS}], got {d:?}"))),
+            d => Err(Error::Invalid(format!(
+                "photulator input must be [n, {N_INPUTS}], got {d:?}"
+            ))),
         }
     }
 
     /// Standardised input `[bands, n, 15]` (broadcast view when the bands share it).
     fn standardise(&self, theta15: &Tensor, n: usize) -> Result<Tensor> {
         let x = theta15.to_dtype(DType::F32)?;
-        let h = x.broadcast_sub(&self.input_shift)?.broadcast_div(&self.input_scale)?;
+        let h = x
+            .broadcast_sub(&self.input_shift)?
+            .broadcast_div(&self.input_scale)?;
         Ok(if h.rank() == 2 {
-            h.unsqueeze(0)?.broadcast_as((self.n_bands(), n, N_INPUTS))?
+            h.unsqueeze(0)?
+                .broadcast_as((self.n_bands(), n, N_INPUTS))?
         } else {
             h
         })
@@ -311,7 +323,9 @@ impl Photulator {
             Some(rows) if n > rows => {
                 let parts = (0..n)
                     .step_by(rows)
-                    .map(|start| self.absmag_pass(&theta15.narrow(0, start, rows.min(n - start))?))
+                    .map(|start| {
+                        self.absmag_pass(&theta15.narrow(0, start, rows.min(n - start))?)
+                    })
                     .collect::<Result<Vec<_>>>()?;
                 Ok(Tensor::cat(&parts, 0)?)
             }
@@ -328,7 +342,10 @@ impl Photulator {
         }
         // [bands, n, 1] → [n, bands], then de-standardise (spec §2.1).
         let out = h.squeeze(2)?.t()?;
-        Ok(out.broadcast_mul(&self.output_scale)?.broadcast_add(&self.output_shift)?.contiguous()?)
+        Ok(out
+            .broadcast_mul(&self.output_scale)?
+            .broadcast_add(&self.output_shift)?
+            .contiguous()?)
     }
 
     /// Every intermediate of the forward pass (slow; for tests and debugging).
@@ -338,7 +355,9 @@ impl Photulator {
         let (mut pre, mut post) = (Vec::new(), Vec::new());
         let mut h = h_in.clone();
         for layer in &self.layers {
-            let p = h.matmul(&layer.weight)?.broadcast_add(&layer.bias.unsqueeze(1)?)?;
+            let p = h
+                .matmul(&layer.weight)?
+                .broadcast_add(&layer.bias.unsqueeze(1)?)?;
             h = speculator_activation(&p, &layer.alpha, &layer.beta, None)?;
             pre.push(p);
             post.push(h.clone());
@@ -371,7 +390,9 @@ pub fn theta_to_photulator_input(theta: &Tensor) -> Result<Tensor> {
     let theta = theta.to_dtype(DType::F32)?;
     let d = theta.dim(D::Minus1)?;
     if d != popcosmos_api::N_PARAMS {
-        return Err(Error::Invalid(format!("theta must have 16 columns, got {d}")));
+        return Err(Error::Invalid(format!(
+            "theta must have 16 columns, got {d}"
+        )));
     }
     Ok(Tensor::cat(
         &[
@@ -411,7 +432,11 @@ pub fn flux_to_asinh_mag(flux_nmgy: &Tensor, softening_nmgy: &Tensor) -> Result<
     let x = flux_nmgy.broadcast_div(&b.affine(2.0, 0.0)?)?;
     // asinh(x) = sign(x) ln(|x| + √(x² + 1)), the odd form avoids cancellation for x ≪ 0.
     let ax = x.abs()?;
-    let asinh = (ax.sqr()? + 1.0)?.sqrt()?.add(&ax)?.log()?.mul(&x.sign()?)?;
+    let asinh = (ax.sqr()? + 1.0)?
+        .sqrt()?
+        .add(&ax)?
+        .log()?
+        .mul(&x.sign()?)?;
     let ln_ratio = b.recip()?.affine(1e9, 0.0)?.log()?;
     Ok(asinh.broadcast_sub(&ln_ratio)?.affine(-POGSON, 0.0)?)
 }

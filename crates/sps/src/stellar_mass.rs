@@ -27,7 +27,11 @@ pub struct StellarMassEmulator {
 
 impl StellarMassEmulator {
     pub fn builtin(device: &Device) -> Result<Self> {
-        Self::from_weights(&WeightFile::from_bytes(BUILTIN_WEIGHTS, BUILTIN_NAME, device)?)
+        Self::from_weights(&WeightFile::from_bytes(
+            BUILTIN_WEIGHTS,
+            BUILTIN_NAME,
+            device,
+        )?)
     }
 
     pub fn load(path: impl AsRef<Path>, device: &Device) -> Result<Self> {
@@ -54,7 +58,11 @@ impl StellarMassEmulator {
     pub fn mass_fraction(&self, theta: &Tensor) -> Result<Tensor> {
         let n = match theta.dims() {
             [n, N_PARAMS] => *n,
-            d => return Err(Error::Invalid(format!("theta must be [n, {N_PARAMS}], got {d:?}"))),
+            d => {
+                return Err(Error::Invalid(format!(
+                    "theta must be [n, {N_PARAMS}], got {d:?}"
+                )));
+            }
         };
         let mut h = theta
             .to_dtype(DType::F32)?

@@ -30,9 +30,11 @@ impl WeightFile {
     /// file name reported in errors.
     pub fn from_bytes(bytes: &[u8], name: impl Into<String>, device: &Device) -> Result<Self> {
         let name = name.into();
-        let tensors = candle_core::safetensors::load_buffer(bytes, device).map_err(|e| {
-            Error::Format { file: name.clone(), message: format!("not a valid safetensors file: {e}") }
-        })?;
+        let tensors =
+            candle_core::safetensors::load_buffer(bytes, device).map_err(|e| Error::Format {
+                file: name.clone(),
+                message: format!("not a valid safetensors file: {e}"),
+            })?;
         Ok(Self { name, tensors })
     }
 
@@ -62,10 +64,13 @@ impl WeightFile {
 
     /// A tensor of any shape and its original dtype.
     pub fn get_any(&self, tensor: &str) -> Result<Tensor> {
-        self.tensors.get(tensor).cloned().ok_or_else(|| Error::MissingTensor {
-            file: self.name.clone(),
-            tensor: tensor.to_string(),
-        })
+        self.tensors
+            .get(tensor)
+            .cloned()
+            .ok_or_else(|| Error::MissingTensor {
+                file: self.name.clone(),
+                tensor: tensor.to_string(),
+            })
     }
 
     /// A tensor of `shape` copied to the host as f32 values (for constants used in host code).
@@ -76,8 +81,10 @@ impl WeightFile {
 
 /// Parse a JSON model card ("sidecar") into a config type, naming the file on failure.
 pub(crate) fn parse_card<T: serde::de::DeserializeOwned>(text: &str, file: &str) -> Result<T> {
-    serde_json::from_str(text)
-        .map_err(|e| Error::Format { file: file.to_string(), message: format!("bad model card: {e}") })
+    serde_json::from_str(text).map_err(|e| Error::Format {
+        file: file.to_string(),
+        message: format!("bad model card: {e}"),
+    })
 }
 
 /// Read the JSON sidecar next to a weights file (`x.safetensors` → `x.json`), if present.

@@ -9,20 +9,32 @@ use std::path::PathBuf;
 use candle_core::{DType, Device, IndexOp, Tensor};
 use popcosmos_api::{Calibration, SpsModel};
 use popcosmos_sps::derived::derived_quantities_batch;
-use popcosmos_sps::photulator::{flux_to_asinh_mag, mag_to_flux_nmgy, theta_to_photulator_input, theta_to_power};
+use popcosmos_sps::photulator::{
+    flux_to_asinh_mag, mag_to_flux_nmgy, theta_to_photulator_input, theta_to_power,
+};
 use popcosmos_sps::{CosmosSps, EmLineEmulator, Photulator, StellarMassEmulator};
 
 fn fixture(name: &str) -> Option<HashMap<String, Tensor>> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(name);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures")
+        .join(name);
     if !path.exists() {
-        eprintln!("\n!!!!!!!! FIXTURE MISSING: {} — test skipped !!!!!!!!\n", path.display());
+        eprintln!(
+            "\n!!!!!!!! FIXTURE MISSING: {} — test skipped !!!!!!!!\n",
+            path.display()
+        );
         return None;
     }
     Some(candle_core::safetensors::load(&path, &Device::Cpu).expect("readable fixture"))
 }
 
 fn f64s(t: &Tensor) -> Vec<f64> {
-    t.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap()
+    t.to_dtype(DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap()
 }
 
 /// Max |a − b| / max(|b|, floor) over pairs where `keep` holds; non-finite references must be
@@ -82,7 +94,9 @@ fn fused_kernel_matches_tensor_path() {
 }
 
 fn check_photulator(phot: &Photulator) {
-    let Some(fx) = fixture("photulator_fixture.safetensors") else { return };
+    let Some(fx) = fixture("photulator_fixture.safetensors") else {
+        return;
+    };
     let dev = Device::Cpu;
     let theta = &fx["theta"];
     // Our θ → θ₁₅ helper reproduces the stored input.
@@ -104,7 +118,10 @@ fn check_photulator(phot: &Photulator) {
     let extreme = |i: usize| realistic[i / 26] == 0;
     let d = |a: &Tensor, b: &str, keep: &dyn Fn(usize) -> bool| {
         let (x, y) = (f64s(a), f64s(&fx[b]));
-        (0..x.len()).filter(|&i| keep(i) && y[i].is_finite()).map(|i| (x[i] - y[i]).abs()).fold(0.0, f64::max)
+        (0..x.len())
+            .filter(|&i| keep(i) && y[i].is_finite())
+            .map(|i| (x[i] - y[i]).abs())
+            .fold(0.0, f64::max)
     };
     let abs_err = d(&absmag, "absmag", &real);
     let mag_err = d(&mag, "mag", &real);
@@ -116,9 +133,15 @@ fn check_photulator(phot: &Photulator) {
         "photulator realistic rows: absmag {abs_err:.2e} mag {mag_err:.2e} asinh {asinh_err:.2e} mag, \
          flux {flux_rel:.2e} rel; extreme rows: absmag {abs_err_extreme:.2e} mag {mag_err_extreme:.2e} mag"
     );
-    assert!(abs_err < 1e-4 && mag_err < 1e-4 && asinh_err < 1e-4, "realistic magnitudes");
+    assert!(
+        abs_err < 1e-4 && mag_err < 1e-4 && asinh_err < 1e-4,
+        "realistic magnitudes"
+    );
     assert!(flux_rel < 1e-4, "realistic fluxes");
-    assert!(abs_err_extreme < 1e-3 && mag_err_extreme < 1e-3, "extreme rows");
+    assert!(
+        abs_err_extreme < 1e-3 && mag_err_extreme < 1e-3,
+        "extreme rows"
+    );
     // Infinite reference fluxes (float32 overflow at the box corners) are infinite here too.
     let (ours, refs) = (f64s(&flux), f64s(&fx["flux_nmgy"]));
     for i in 0..refs.len() {
@@ -130,7 +153,9 @@ fn check_photulator(phot: &Photulator) {
 
 #[test]
 fn photulator_debug_intermediates() {
-    let Some(fx) = fixture("photulator_fixture.safetensors") else { return };
+    let Some(fx) = fixture("photulator_fixture.safetensors") else {
+        return;
+    };
     let phot = Photulator::builtin(&Device::Cpu).unwrap();
     let trace = phot.trace(&fx["theta15"].i(0..8).unwrap()).unwrap();
     let check = |ours: &Tensor, name: &str| {
@@ -140,15 +165,25 @@ fn photulator_debug_intermediates() {
     };
     check(&trace.h_in.i(0).unwrap(), "debug.band0.h_in");
     for k in 0..5 {
-        check(&trace.pre[k].i(0).unwrap(), &format!("debug.band0.layer{k}.pre"));
-        check(&trace.post[k].i(0).unwrap(), &format!("debug.band0.layer{k}.post"));
+        check(
+            &trace.pre[k].i(0).unwrap(),
+            &format!("debug.band0.layer{k}.pre"),
+        );
+        check(
+            &trace.post[k].i(0).unwrap(),
+            &format!("debug.band0.layer{k}.post"),
+        );
     }
 }
 
 #[test]
 fn emline_fixture() {
-    let Some(fx) = fixture("emline_fixture.safetensors") else { return };
-    let Some(ph) = fixture("photulator_fixture.safetensors") else { return };
+    let Some(fx) = fixture("emline_fixture.safetensors") else {
+        return;
+    };
+    let Some(ph) = fixture("photulator_fixture.safetensors") else {
+        return;
+    };
     let em = EmLineEmulator::builtin(&Device::Cpu).unwrap();
     let theta16t = &fx["theta16t"];
     // The reference input is θ^power of the photulator-fixture rows.
@@ -162,7 +197,10 @@ fn emline_fixture() {
     // Relative error, with a floor at 1e-6 of the galaxy's largest contribution so that
     // contributions many decades below the ones that matter do not dominate.
     let per_gal = 26 * 44;
-    let scale: Vec<f64> = r.chunks(per_gal).map(|g| g.iter().fold(0.0f64, |m, v| m.max(v.abs()))).collect();
+    let scale: Vec<f64> = r
+        .chunks(per_gal)
+        .map(|g| g.iter().fold(0.0f64, |m, v| m.max(v.abs())))
+        .collect();
     let mut e_c: f64 = 0.0;
     let mut e_c_plain: f64 = 0.0;
     for i in 0..r.len() {
@@ -175,7 +213,9 @@ fn emline_fixture() {
     // The fused contraction with identity weights equals the full F as well.
     let eye = Tensor::eye(44, DType::F32, &Device::Cpu).unwrap();
     let contracted = em.contract(theta16t, &eye).unwrap();
-    let e_k = max_err(&f64s(&contracted), &r, 0.0, |i| r[i].abs() > 1e-6 * scale[i / per_gal]);
+    let e_k = max_err(&f64s(&contracted), &r, 0.0, |i| {
+        r[i].abs() > 1e-6 * scale[i / per_gal]
+    });
     eprintln!(
         "emline: log_spectrum {e_ls:.2e} (rel above 1), contrib {e_c:.2e} rel (floor 1e-6 of galaxy max; \
          {e_c_plain:.2e} rel over all |ref| > 1e-30), fused contraction {e_k:.2e} rel"
@@ -185,17 +225,24 @@ fn emline_fixture() {
     assert!(e_k < 1e-4, "contract {e_k}");
 }
 
+type Getter = fn(&popcosmos_sps::derived::DerivedQuantities) -> f64;
+
 #[test]
 fn stellar_mass_fixture() {
-    let Some(fx) = fixture("stellar_mass_fixture.safetensors") else { return };
+    let Some(fx) = fixture("stellar_mass_fixture.safetensors") else {
+        return;
+    };
     let emu = StellarMassEmulator::builtin(&Device::Cpu).unwrap();
     let theta = &fx["theta"];
     let mfrac = f64s(&emu.mass_fraction(theta).unwrap());
     let e_m = mfrac
-        .iter().zip(f64s(&fx["Mfrac"])).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        .iter()
+        .zip(f64s(&fx["Mfrac"]))
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
     // Derived quantities use the reference's float32 Mfrac so that only our maths is tested.
     let d = derived_quantities_batch(&f64s(theta), Some(&f64s(&fx["Mfrac"]))).unwrap();
-    let cols: [(&str, fn(&popcosmos_sps::derived::DerivedQuantities) -> f64, f64); 6] = [
+    let cols: [(&str, Getter, f64); 6] = [
         ("log10M_formed", |q| q.log10_mass_formed, 1e-4),
         ("mw_age_gyr", |q| q.mass_weighted_age_gyr, 1e-4),
         ("log10SFR", |q| q.log10_sfr, 1e-4),
@@ -207,7 +254,11 @@ fn stellar_mass_fixture() {
     for (name, get, tol) in cols {
         let ours: Vec<f64> = d.iter().map(get).collect();
         let refs = f64s(&fx[name]);
-        let e = ours.iter().zip(&refs).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        let e = ours
+            .iter()
+            .zip(&refs)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
         report += &format!(", {name} {e:.2e}");
         assert!(e < tol, "{name}: {e}");
     }
@@ -226,7 +277,9 @@ fn stellar_mass_fixture() {
 
 #[test]
 fn mock_catalogue_noiseless_fluxes() {
-    let Some(fx) = fixture("mock_catalogue.safetensors") else { return };
+    let Some(fx) = fixture("mock_catalogue.safetensors") else {
+        return;
+    };
     let v = |k: &str| f64s(&fx[k]);
     let calibration = Calibration {
         zero_points: v("zero_points"),
@@ -244,7 +297,9 @@ fn mock_catalogue_noiseless_fluxes() {
     let absmag_ref = v("absmag");
     let continuum = f64s(&sps.continuum_flux_nmgy(theta).unwrap());
     // "Not extreme": the photulator output is in the realistic range and the flux is finite.
-    let ok = |i: usize| absmag_ref[i].abs() < 60.0 && model_ref[i].is_finite() && model_ref[i].abs() < 1e8;
+    let ok = |i: usize| {
+        absmag_ref[i].abs() < 60.0 && model_ref[i].is_finite() && model_ref[i].abs() < 1e8
+    };
     let mut e_flux: f64 = 0.0;
     let mut n_checked = 0;
     for i in 0..flux.len() {
@@ -259,8 +314,15 @@ fn mock_catalogue_noiseless_fluxes() {
         e_flux = e_flux.max((ours - model_ref[i]).abs() / denom);
     }
     // Intermediates captured from the reference.
-    let absmag = f64s(&sps.photulator().absolute_magnitudes(&theta_to_photulator_input(theta).unwrap()).unwrap());
-    let e_absmag = (0..absmag.len()).filter(|&i| ok(i)).map(|i| (absmag[i] - absmag_ref[i]).abs()).fold(0.0, f64::max);
+    let absmag = f64s(
+        &sps.photulator()
+            .absolute_magnitudes(&theta_to_photulator_input(theta).unwrap())
+            .unwrap(),
+    );
+    let e_absmag = (0..absmag.len())
+        .filter(|&i| ok(i))
+        .map(|i| (absmag[i] - absmag_ref[i]).abs())
+        .fold(0.0, f64::max);
 
     // Line-error term: σ̂ = Z sqrt((σ_nm/Z)² + σ_em²), error floor 0 (spec §3 step 8).
     let ln_sig = v("ln_sigma_maggies");
@@ -295,7 +357,9 @@ fn mock_catalogue_noiseless_fluxes() {
 
 #[test]
 fn cosmos_sps_shapes_and_options() {
-    let Some(fx) = fixture("mock_catalogue.safetensors") else { return };
+    let Some(fx) = fixture("mock_catalogue.safetensors") else {
+        return;
+    };
     let v = |k: &str| f64s(&fx[k]);
     let calibration = Calibration {
         zero_points: v("zero_points"),
@@ -310,16 +374,31 @@ fn cosmos_sps_shapes_and_options() {
     assert_eq!(nested.flux_nmgy.dims(), &[2, 3, 26]);
     assert_eq!(nested.line_sigma_nmgy.as_ref().unwrap().dims(), &[2, 3, 26]);
     let diff = (nested.flux_nmgy.reshape((6, 26)).unwrap() - &flat.flux_nmgy).unwrap();
-    assert_eq!(diff.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
+    assert_eq!(
+        diff.abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap(),
+        0.0
+    );
     let continuum = sps.clone().without_emission_lines();
     let c = continuum.photometry(&theta).unwrap();
     assert!(c.line_sigma_nmgy.is_none());
     let expect = sps.continuum_flux_nmgy(&theta).unwrap();
-    let diff = (c.flux_nmgy - expect).unwrap().abs().unwrap().max_all().unwrap();
+    let diff = (c.flux_nmgy - expect)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap();
     assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0);
     // Wrong calibration length is reported.
     let mut bad = calibration.clone();
     bad.emline_offsets.pop();
-    let err = CosmosSps::builtin(&bad, &Device::Cpu).unwrap_err().to_string();
+    let err = CosmosSps::builtin(&bad, &Device::Cpu)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("43 emission-line offsets"), "{err}");
 }

@@ -56,7 +56,12 @@ fn wrong_shape_is_named() {
     });
     let err = Photulator::load(&path, &Device::Cpu).unwrap_err();
     match &err {
-        Error::TensorShape { file, tensor, expected, found } => {
+        Error::TensorShape {
+            file,
+            tensor,
+            expected,
+            found,
+        } => {
             assert!(file.ends_with("phot_shape.safetensors"));
             assert_eq!(tensor, "band.7.layer.1.weight");
             assert_eq!(expected, &vec![128, 128]);
@@ -81,7 +86,12 @@ fn wrong_band_count_is_reported() {
         }
     });
     match Photulator::load(&path, &Device::Cpu) {
-        Err(Error::TensorShape { file, tensor, expected, found }) => {
+        Err(Error::TensorShape {
+            file,
+            tensor,
+            expected,
+            found,
+        }) => {
             assert!(file.ends_with("phot_25.safetensors"));
             assert_eq!(tensor, "output_shift");
             assert_eq!((expected, found), (vec![26], vec![25]));
@@ -90,9 +100,13 @@ fn wrong_band_count_is_reported() {
     }
     // Keeping the stacked vectors at 26 still catches the missing band.
     let path = dir.path().join("phot_25b.safetensors");
-    write_modified(photulator::BUILTIN_WEIGHTS, &path, |m| m.retain(|k, _| !k.starts_with("band.25.")));
+    write_modified(photulator::BUILTIN_WEIGHTS, &path, |m| {
+        m.retain(|k, _| !k.starts_with("band.25."))
+    });
     match Photulator::load(&path, &Device::Cpu) {
-        Err(Error::MissingTensor { tensor, .. }) => assert!(tensor.starts_with("band.25."), "{tensor}"),
+        Err(Error::MissingTensor { tensor, .. }) => {
+            assert!(tensor.starts_with("band.25."), "{tensor}")
+        }
         other => panic!("expected MissingTensor, got {other:?}"),
     }
 }

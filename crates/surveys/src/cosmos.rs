@@ -34,13 +34,18 @@ pub struct Cosmos {
 
 impl Cosmos {
     pub fn new(choice: CalibrationChoice) -> Self {
-        let c: Constants = serde_json::from_str(CONSTANTS_JSON).expect("bundled constants are valid JSON");
+        let c: Constants =
+            serde_json::from_str(CONSTANTS_JSON).expect("bundled constants are valid JSON");
         let bands = c
             .COSMOS_FILTERS
             .iter()
             .zip(&c.COSMOS_FLUX_SOFTENING_nanomaggies)
             .zip(COSMOS_LABELS)
-            .map(|((name, b), label)| Band { name: name.clone(), label: label.to_string(), flux_softening_nmgy: *b })
+            .map(|((name, b), label)| Band {
+                name: name.clone(),
+                label: label.to_string(),
+                flux_softening_nmgy: *b,
+            })
             .collect::<Vec<_>>();
         let n = bands.len();
         // The constants store line *standard deviations*; the data model uses their logs.

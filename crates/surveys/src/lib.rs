@@ -84,7 +84,10 @@ impl SurveySpec {
 
 fn check_len(key: &str, v: &[f64], n: usize) -> Result<()> {
     if v.len() != n {
-        return Err(Error::Invalid(format!("{key}: expected {n} values (one per band), got {}", v.len())));
+        return Err(Error::Invalid(format!(
+            "{key}: expected {n} values (one per band), got {}",
+            v.len()
+        )));
     }
     Ok(())
 }
@@ -100,18 +103,35 @@ mod tests {
 
     #[test]
     fn unknown_survey_names_the_key() {
-        let spec = SurveySpec { name: "sdss".into(), calibration: Default::default(), zero_points: None, error_floors: None };
+        let spec = SurveySpec {
+            name: "sdss".into(),
+            calibration: Default::default(),
+            zero_points: None,
+            error_floors: None,
+        };
         let err = spec.build().err().unwrap().to_string();
         assert!(err.contains("survey.name") && err.contains("sdss"), "{err}");
     }
 
     #[test]
     fn overrides_are_validated() {
-        let mut spec = SurveySpec { name: "cosmos".into(), calibration: Default::default(), zero_points: Some(vec![1.0; 3]), error_floors: None };
+        let mut spec = SurveySpec {
+            name: "cosmos".into(),
+            calibration: Default::default(),
+            zero_points: Some(vec![1.0; 3]),
+            error_floors: None,
+        };
         let err = spec.build().err().unwrap().to_string();
-        assert!(err.contains("survey.zero_points") && err.contains("26"), "{err}");
+        assert!(
+            err.contains("survey.zero_points") && err.contains("26"),
+            "{err}"
+        );
         spec.zero_points = Some(vec![1.0; 26]);
-        spec.error_floors = Some({ let mut v = vec![0.0; 26]; v[5] = -1.0; v });
+        spec.error_floors = Some({
+            let mut v = vec![0.0; 26];
+            v[5] = -1.0;
+            v
+        });
         let err = spec.build().err().unwrap().to_string();
         assert!(err.contains("survey.error_floors[5]"), "{err}");
         spec.error_floors = None;

@@ -1,0 +1,192 @@
+//! End-to-end runs of the CLI: results schema, determinism, kill-and-resume.
+
+mod common;
+use common::*;
+
+use std::time::{Duration, Instant};
+
+fn read(dir: &std::path::Path) -> popcosmos_catalog::ResultTable {
+    popcosmos_catalog::read_results(dir).unwrap()
+}
+
+#[test]
+fn run_writes_summaries_and_resume_after_kill_matches_uninterrupted_run() {
+    let dir = tempdir("resume");
+    let cat = repo().join("tests/data/cosmos_tiny.csv"); // 6 real galaxies → 3 batches of 2
+    // Uninterrupted reference run.
+    let full_out = dir.join("full");
+    let m_full = dir.join("full.yaml");
+    std::fs::write(&m_full, tiny_manifest(&cat, &full_out, "")).unwrap();
+    let o = run(&["run", m_full.to_str().unwrap(), "--quiet"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let full = read(&full_out);
+    assert_eq!(full.len(), 6);
+    // Percentiles are ordered and z lies in the prior range.
+    for i in 0..full.len() {
+        let q: Vec<f64> = ["z_p2.5", "z_p16", "z_p50", "z_p84", "z_p97.5"]
+            .iter()
+            .map(|c| full.column(c).unwrap()[i])
+            .collect();
+        assert!(q.windows(2).all(|w| w[0] <= w[1]), "{q:?}");
+        assert!(q[0] >= 0.0 && q[4] <= 6.0);
+        let m = full.column("log10M_formed_p50").unwrap()[i];
+        assert!((7.0..13.0).contains(&m), "log M {m}");
+        assert!(full.column("acceptance").unwrap()[i] > 0.0);
+    }
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(full_out.join("run.json")).unwrap()).unwrap();
+    assert_eq!(record["complete"], true);
+    assert_eq!(record["seed"], 7);
+
+    // Interrupted run: kill the process as soon as the first part is on disk.
+    let out = dir.join("killed");
+    let m = dir.join("killed.yaml");
+    std::fs::write(&m, tiny_manifest(&cat, &out, "")).unwrap();
+    let mut child = cli()
+        .args(["run", m.to_str().unwrap(), "--quiet"])
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    loop {
+        let parts = popcosmos_catalog::list_parts(&out).unwrap_or_default();
+        if !parts.is_empty() || t0.elapsed() > Duration::from_secs(300) {
+            break;
+        }
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let partial = read(&out);
+    assert!(
+        partial.len() < 6 || partial.len() == 6,
+        "partial results readable"
+    );
+    // Without --resume the folder is refused, naming the key.
+    let o = run(&["run", m.to_str().unwrap(), "--quiet"]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("output.dir") && stderr(&o).contains("--resume"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(&["run", m.to_str().unwrap(), "--resume", "--quiet"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let resumed = read(&out);
+    // Every galaxy exactly once, identical to the uninterrupted run.
+    let mut ids = resumed.ids.clone();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 6);
+    assert_eq!(resumed.len(), 6);
+    for (i, id) in resumed.ids.iter().enumerate() {
+        let j = full.ids.iter().position(|x| x == id).unwrap();
+        for (name, col) in &resumed.columns {
+            let (a, b) = (col[i], full.columns[name][j]);
+            assert!(
+                a == b || (a.is_nan() && b.is_nan()),
+                "{id} {name}: {a} vs {b}"
+            );
+        }
+    }
+}
+
+#[test]
+fn evaluate_reports_metrics_as_json() {
+    let dir = tempdir("evaluate");
+    let cat = repo().join("tests/data/cosmos_tiny.csv");
+    let out = dir.join("out");
+    let m = dir.join("m.yaml");
+    std::fs::write(&m, tiny_manifest(&cat, &out, "")).unwrap();
+    assert!(
+        run(&["run", m.to_str().unwrap(), "--quiet"])
+            .status
+            .success()
+    );
+    let json = dir.join("metrics.json");
+    let truth = format!("{}:zspec", cat.display());
+    let o = run(&[
+        "evaluate",
+        out.to_str().unwrap(),
+        "--truth",
+        &truth,
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    // Recompute the metrics from the results and the truth column (spec §8).
+    let res = read(&out);
+    let ids = popcosmos_catalog::read_ids(&cat, "id").unwrap();
+    let zs = popcosmos_catalog::read_column_f64(&cat, "zspec").unwrap();
+    let mut dz: Vec<f64> = res
+        .ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let j = ids.iter().position(|x| x == id).unwrap();
+            (res.column("z_p50").unwrap()[i] - zs[j]) / (1.0 + zs[j])
+        })
+        .collect();
+    dz.sort_by(f64::total_cmp);
+    let median = (dz[2] + dz[3]) / 2.0;
+    assert_eq!(v["n"], 6);
+    assert!((v["bias"].as_f64().unwrap() - median).abs() < 1e-12);
+    let outliers = dz.iter().filter(|d| d.abs() > 0.15).count() as f64 / 6.0;
+    assert!((v["outlier_fraction"].as_f64().unwrap() - outliers).abs() < 1e-12);
+}
+
+#[test]
+fn predict_reproduces_photulator_fixture_rows() {
+    use popcosmos_api::PARAM_NAMES;
+    let fx = candle_core::safetensors::load(
+        repo().join("tests/fixtures/photulator_fixture.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let theta = fx["theta"].to_vec2::<f32>().unwrap();
+    let mag = fx["mag"].to_vec2::<f32>().unwrap();
+    let realistic = fx["realistic"].to_vec1::<u8>().unwrap();
+    let dir = tempdir("predict");
+    let input = dir.join("params.csv");
+    let mut text = PARAM_NAMES.join(",") + "\n";
+    let rows: Vec<usize> = (3..200).filter(|&r| realistic[r] == 1).take(20).collect();
+    for &r in &rows {
+        text += &theta[r]
+            .iter()
+            .map(|v| format!("{v:.9e}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        text += "\n";
+    }
+    std::fs::write(&input, text).unwrap();
+    let output = dir.join("fluxes.csv");
+    let o = run(&[
+        "predict",
+        input.to_str().unwrap(),
+        "-o",
+        output.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut rdr = csv::Reader::from_path(&output).unwrap();
+    let header = rdr.headers().unwrap().clone();
+    assert_eq!(header.get(0), Some("mag_u_megaprime_sagem"));
+    assert!(header.iter().any(|h| h == "flux_lines_nmgy_irac2_cosmos"));
+    for (k, rec) in rdr.records().enumerate() {
+        let rec = rec.unwrap();
+        for b in 0..26 {
+            let m: f64 = rec[b].parse().unwrap();
+            assert!(
+                (m - mag[rows[k]][b] as f64).abs() < 1e-3,
+                "row {} band {b}: {m} vs {}",
+                rows[k],
+                mag[rows[k]][b]
+            );
+            let f: f64 = rec[26 + b].parse().unwrap();
+            assert!((f / 10f64.powf((22.5 - m) / 2.5) - 1.0).abs() < 1e-5);
+        }
+    }
+}
