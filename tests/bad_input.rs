@@ -53,7 +53,7 @@ fn unknown_key_is_rejected_with_its_name_and_position() {
     let cat = repo().join("tests/data/cosmos_tiny.csv");
     let text = tiny_manifest(&cat, std::path::Path::new("/tmp/x"), "walkrs: 10\n");
     let err = validate_text("unknown-key", &text);
-    assert!(err.contains("walkrs") && err.contains("line 16"), "{err}");
+    assert!(err.contains("walkrs") && err.contains("line 15"), "{err}");
     insta::assert_snapshot!(
         "unknown_key_first_line",
         err.lines()
