@@ -121,6 +121,7 @@ fn bench_inference(galaxies: usize, device: &str) -> Result<()> {
         let mut rng = popcosmos_api::HostRng::seed_from_u64(1);
         let lib = popcosmos_inference::init::InitLibrary::build(
             pipeline.prior.as_ref(),
+            &popcosmos_priors::UniformPrior::new(),
             &pipeline.sps,
             20000,
             16384,

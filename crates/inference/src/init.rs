@@ -16,21 +16,37 @@ use crate::posterior::Posterior;
 pub struct InitLibrary {
     /// Latent draws `[draws, 16]`.
     pub phi: Tensor,
+    /// ln p(φ) of each draw under the run's prior `[draws]` (−∞ outside its support).
+    pub log_prior: Tensor,
     /// Model photometry `[draws, bands]`.
     pub model: ModelPhotometry,
 }
 
 impl InitLibrary {
-    /// Draw `n` points from the prior and evaluate the SPS model on them (in row chunks).
+    /// Draw `n` points and evaluate the SPS model on them (in row chunks).
+    ///
+    /// Half the draws come from the run's prior and half from `broad` (uniform in the
+    /// parameter box and in log mass): a library drawn from the prior alone is densest where
+    /// the prior is (low-mass, low-z galaxies), so its best-likelihood draw is biased towards
+    /// those; the broad half covers the rest, and start points are ranked by posterior.
     pub fn build(
         prior: &dyn Prior,
+        broad: &dyn Prior,
         sps: &dyn SpsModel,
         n: usize,
         max_rows: usize,
         rng: &mut dyn RandomSource,
     ) -> Result<Self> {
         let device = sps.device().clone();
-        let phi = prior.sample(n, rng, &device)?;
+        let n_prior = n.div_ceil(2);
+        let phi = Tensor::cat(
+            &[
+                prior.sample(n_prior, rng, &device)?,
+                broad.sample(n - n_prior, rng, &device)?,
+            ],
+            0,
+        )?;
+        let log_prior = prior.log_prob(&phi)?;
         let theta = phi_to_theta(&phi)?;
         let mut fluxes = Vec::new();
         let mut sigmas = Vec::new();
@@ -52,6 +68,7 @@ impl InitLibrary {
         };
         Ok(Self {
             phi,
+            log_prior,
             model: ModelPhotometry {
                 flux_nmgy,
                 line_sigma_nmgy,
@@ -67,7 +84,7 @@ impl InitLibrary {
         self.len() == 0
     }
 
-    /// Indices `[galaxies, k]` of the `k` library draws with the highest likelihood.
+    /// Indices `[galaxies, k]` of the `k` library draws with the highest posterior density.
     pub fn best_draws(
         &self,
         likelihood: &dyn Likelihood,
@@ -80,7 +97,9 @@ impl InitLibrary {
             line_sigma_nmgy: self.model.line_sigma_nmgy.as_ref().map(unsq).transpose()?,
         };
         // [draws, galaxies]; non-finite values sort last.
-        let ll = likelihood.log_like(&model, obs)?;
+        let ll = likelihood
+            .log_like(&model, obs)?
+            .broadcast_add(&self.log_prior.unsqueeze(1)?)?;
         let finite = ll.eq(&ll)?; // false for NaN
         let ll = finite.where_cond(&ll, &ll.ones_like()?.affine(0.0, -1e30)?)?;
         let order = ll.t()?.contiguous()?.arg_sort_last_dim(false)?;

@@ -302,6 +302,7 @@ impl Pipeline {
                 let mut rng = HostRng::seed_from_u64(batch_seed(m.seed, u64::MAX));
                 library = Some(InitLibrary::build(
                     self.prior.as_ref(),
+                    &popcosmos_priors::UniformPrior::new(),
                     &self.sps,
                     m.init.library_size,
                     m.sps.max_rows,
