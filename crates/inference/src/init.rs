@@ -47,32 +47,11 @@ impl InitLibrary {
             0,
         )?;
         let log_prior = prior.log_prob(&phi)?;
-        let theta = phi_to_theta(&phi)?;
-        let mut fluxes = Vec::new();
-        let mut sigmas = Vec::new();
-        let mut start = 0;
-        while start < n {
-            let len = max_rows.min(n - start);
-            let m = sps.photometry(&theta.narrow(0, start, len)?)?;
-            fluxes.push(m.flux_nmgy);
-            if let Some(s) = m.line_sigma_nmgy {
-                sigmas.push(s);
-            }
-            start += len;
-        }
-        let flux_nmgy = Tensor::cat(&fluxes, 0)?;
-        let line_sigma_nmgy = if sigmas.len() == fluxes.len() {
-            Some(Tensor::cat(&sigmas, 0)?)
-        } else {
-            None
-        };
+        let model = crate::posterior::photometry_in_chunks(sps, &phi_to_theta(&phi)?, max_rows)?;
         Ok(Self {
             phi,
             log_prior,
-            model: ModelPhotometry {
-                flux_nmgy,
-                line_sigma_nmgy,
-            },
+            model,
         })
     }
 

@@ -22,31 +22,15 @@ impl Posterior<'_> {
     /// Model photometry for φ `[walkers, galaxies, 16]` → fields `[walkers, galaxies, bands]`.
     pub fn model_photometry(&self, phi: &Tensor) -> Result<ModelPhotometry> {
         let (w, g, d) = phi.dims3()?;
-        let theta = phi_to_theta(phi)?;
-        let per_chunk = (self.max_rows / g.max(1)).max(1);
-        let mut fluxes = Vec::new();
-        let mut sigmas = Vec::new();
-        let mut start = 0;
-        while start < w {
-            let len = per_chunk.min(w - start);
-            let rows = theta.narrow(0, start, len)?.reshape((len * g, d))?;
-            let m = self.sps.photometry(&rows)?;
-            let b = m.flux_nmgy.dim(1)?;
-            fluxes.push(m.flux_nmgy.reshape((len, g, b))?);
-            if let Some(s) = m.line_sigma_nmgy {
-                sigmas.push(s.reshape((len, g, b))?);
-            }
-            start += len;
-        }
-        let flux_nmgy = Tensor::cat(&fluxes, 0)?;
-        let line_sigma_nmgy = if sigmas.len() == fluxes.len() {
-            Some(Tensor::cat(&sigmas, 0)?)
-        } else {
-            None
-        };
+        let theta = phi_to_theta(phi)?.reshape((w * g, d))?;
+        let m = photometry_in_chunks(self.sps, &theta, self.max_rows)?;
+        let b = m.flux_nmgy.dim(1)?;
         Ok(ModelPhotometry {
-            flux_nmgy,
-            line_sigma_nmgy,
+            flux_nmgy: m.flux_nmgy.reshape((w, g, b))?,
+            line_sigma_nmgy: m
+                .line_sigma_nmgy
+                .map(|s| s.reshape((w, g, b)))
+                .transpose()?,
         })
     }
 
@@ -63,4 +47,32 @@ impl LogDensity for Posterior<'_> {
         let lp = self.prior.log_prob(phi)?;
         Ok((ll + lp)?)
     }
+}
+
+/// Evaluate `sps` on θ `[n, 16]` in chunks of at most `max_rows` rows → fields `[n, bands]`.
+pub fn photometry_in_chunks(
+    sps: &dyn SpsModel,
+    theta: &Tensor,
+    max_rows: usize,
+) -> Result<ModelPhotometry> {
+    let n = theta.dim(0)?;
+    let mut fluxes = Vec::new();
+    let mut sigmas = Vec::new();
+    let mut start = 0;
+    while start < n {
+        let len = max_rows.max(1).min(n - start);
+        let m = sps.photometry(&theta.narrow(0, start, len)?)?;
+        fluxes.push(m.flux_nmgy);
+        sigmas.extend(m.line_sigma_nmgy);
+        start += len;
+    }
+    let line_sigma_nmgy = if sigmas.len() == fluxes.len() {
+        Some(Tensor::cat(&sigmas, 0)?)
+    } else {
+        None
+    };
+    Ok(ModelPhotometry {
+        flux_nmgy: Tensor::cat(&fluxes, 0)?,
+        line_sigma_nmgy,
+    })
 }
