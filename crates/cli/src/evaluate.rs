@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use popcosmos_api::{Device, N_PARAMS, PARAM_NAMES, SpsModel, Tensor, params};
+use popcosmos_api::{Device, N_PARAMS, PARAM_NAMES, SpsModel, Tensor};
 use popcosmos_catalog::{
     CatalogueReader, match_by_id, photoz_metrics, read_column_f64, read_ids, read_results,
 };
@@ -269,7 +269,6 @@ fn galaxy_plots_with(m: Manifest, results: &Path, galaxy: Option<&str>, dir: &Pa
         &hi,
         &format!("galaxy {id}: observed vs model (z_phot = {zmed:.2})"),
     )?;
-    let _ = params::IDX_Z;
     eprintln!("plots: {}, {}", corner.display(), sed.display());
     Ok(())
 }

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use popcosmos_api::{
-    Device, Error, HostRng, Likelihood, N_PARAMS, PARAM_NAMES, Prior, RandomSource, Result,
-    SpsModel, Survey, Tensor, params::phi_to_theta,
+    Device, Error, HostRng, Likelihood, N_PARAMS, PARAM_NAMES, Prior, Result, SpsModel, Survey,
+    params::phi_to_theta,
 };
 use popcosmos_catalog::{
     CatalogueReader, ObservedChunk, ResultSchema, ResultTable, ResultsWriter, TableFormat,
@@ -607,19 +607,6 @@ pub fn percentiles(values: &mut [f64]) -> [f64; 5] {
         v[lo] + (v[hi] - v[lo]) * (pos - lo as f64)
     })
 }
-
-/// Convenience for tests and tools: draw random numbers from a seeded stream.
-pub fn seeded_rng(seed: u64) -> impl RandomSource {
-    HostRng::seed_from_u64(seed)
-}
-
-/// Read the results of a run folder or file.
-pub fn read_results(path: &Path) -> Result<ResultTable> {
-    popcosmos_catalog::read_results(path).map_err(cat)
-}
-
-#[allow(dead_code)]
-fn _assert_tensor_send(_: &Tensor) {}
 
 #[cfg(test)]
 mod tests {

@@ -15,7 +15,7 @@ pub mod filters;
 pub use cosmos::Cosmos;
 pub use filters::FilterCurve;
 
-use popcosmos_api::{Calibration, Error, Result, Survey};
+use popcosmos_api::{Error, Result, Survey};
 use serde::{Deserialize, Serialize};
 
 /// Which calibration to use for a built-in survey.
@@ -90,11 +90,6 @@ fn check_len(key: &str, v: &[f64], n: usize) -> Result<()> {
         )));
     }
     Ok(())
-}
-
-/// Convenience: the calibration of a survey as plain vectors.
-pub fn calibration_of(s: &dyn Survey) -> Calibration {
-    s.calibration().clone()
 }
 
 #[cfg(test)]
