@@ -44,12 +44,12 @@ impl Default for LikelihoodSpec {
 
 impl LikelihoodSpec {
     pub fn validate(&self) -> popcosmos_api::Result<()> {
-        if let LikelihoodSpec::StudentT { nu } = self {
-            if !(nu.is_finite() && *nu > 0.0) {
-                return Err(popcosmos_api::Error::Invalid(format!(
-                    "likelihood.nu: degrees of freedom must be positive and finite, got {nu}"
-                )));
-            }
+        if let LikelihoodSpec::StudentT { nu } = self
+            && !(nu.is_finite() && *nu > 0.0)
+        {
+            return Err(popcosmos_api::Error::Invalid(format!(
+                "likelihood.nu: degrees of freedom must be positive and finite, got {nu}"
+            )));
         }
         Ok(())
     }
@@ -219,7 +219,7 @@ mod tests {
             .map(|i| (lo + (hi - lo) * i as f64 / (n - 1) as f64) as f32)
             .collect();
         let model = ModelPhotometry {
-            flux_nmgy: t(&vec![0.0; 1], &[1, 1, 1]),
+            flux_nmgy: t(&[0.0; 1], &[1, 1, 1]),
             line_sigma_nmgy: None,
         };
         let o = Observations {

@@ -341,7 +341,7 @@ impl Manifest {
     pub fn validate(&self) -> Result<()> {
         let bad = |key: &str, msg: String| Err(Error::Invalid(format!("{key}: {msg}")));
         let s = &self.sampler;
-        if s.walkers < 4 || s.walkers % 2 != 0 {
+        if s.walkers < 4 || !s.walkers.is_multiple_of(2) {
             return bad(
                 "sampler.walkers",
                 format!("must be an even number ≥ 4, got {}", s.walkers),

@@ -35,16 +35,16 @@ impl FilterCurve {
                     })
             };
             let (w, t) = (parse(it.next())?, parse(it.next())?);
-            if let Some(&last) = wavelength_aa.last() {
-                if w <= last {
-                    return Err(Error::Format {
-                        file: source.to_string(),
-                        message: format!(
-                            "line {}: wavelengths must increase ({w} after {last})",
-                            i + 1
-                        ),
-                    });
-                }
+            if let Some(&last) = wavelength_aa.last()
+                && w <= last
+            {
+                return Err(Error::Format {
+                    file: source.to_string(),
+                    message: format!(
+                        "line {}: wavelengths must increase ({w} after {last})",
+                        i + 1
+                    ),
+                });
             }
             wavelength_aa.push(w);
             transmission.push(t);
