@@ -132,7 +132,6 @@ impl PackedPhotulator {
         let max_k = self.hidden.iter().map(|l| l.k).max().unwrap_or(0);
         let scratch = || Scratch {
             packed_a: vec![0f32; ROW_BLOCK * max_k],
-            pre: vec![0f32; ROW_BLOCK * width],
             h: [vec![0f32; ROW_BLOCK * width], vec![0f32; ROW_BLOCK * width]],
         };
         if n * self.bands >= 16 * 26 {
@@ -179,7 +178,12 @@ impl PackedPhotulator {
                 (&h0[0], &mut h1[0])
             };
             let input: &[f32] = if i == 0 { xs } else { src };
-            let pre = &mut buf.pre[..rows * u];
+            let p = g * u..(g + 1) * u;
+            let act = Epilogue {
+                bias: &l.bias[p.clone()],
+                alpha: &l.alpha[p.clone()],
+                beta: &l.beta[p],
+            };
             // SAFETY: `new` only builds this struct when AVX2 and FMA are available; the slices
             // hold `rows` rows of `lda` (input) and `u` (output) floats.
             unsafe {
@@ -191,18 +195,11 @@ impl PackedPhotulator {
                     k,
                     u,
                     panels,
-                    pre,
+                    &act,
+                    &mut dst[..rows * u],
                     &mut buf.packed_a[..rows * k],
                 )
             };
-            let p = g * u..(g + 1) * u;
-            crate::activation::act_rows(
-                pre,
-                &l.alpha[p.clone()],
-                &l.beta[p.clone()],
-                &l.bias[p],
-                &mut dst[..rows * u],
-            );
             lda = u;
         }
         let input = &buf.h[(self.hidden.len() - 1) % 2];
@@ -218,11 +215,10 @@ impl PackedPhotulator {
     }
 }
 
-/// Per-thread buffers of one row block: pre-activation and two ping-pong activations.
+/// Per-thread buffers of one row block: the packed layer input and two ping-pong activations.
 struct Scratch {
     /// Row block of the layer input repacked into micro-panels.
     packed_a: Vec<f32>,
-    pre: Vec<f32>,
     h: [Vec<f32>; 2],
 }
 
@@ -246,6 +242,7 @@ unsafe fn gemm_block(
     _: usize,
     _: usize,
     _: &[f32],
+    _: &Epilogue,
     _: &mut [f32],
     _: &mut [f32],
 ) {
@@ -275,7 +272,15 @@ fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
-/// `c[rows, u] = a[rows, k] (row stride lda) @ W` with W packed as `[u/16][k][16]`.
+/// Per-unit bias and activation parameters of one layer of one band, applied in registers
+/// as each output tile leaves the micro-kernel (the pre-activations are never stored).
+struct Epilogue<'a> {
+    bias: &'a [f32],
+    alpha: &'a [f32],
+    beta: &'a [f32],
+}
+
+/// `c[rows, u] = act(a[rows, k] (row stride lda) @ W + bias)` with W packed as `[u/16][k][16]`.
 ///
 /// A is first repacked into 6-row micro-panels `[tile][k][6]` so the micro-kernel's
 /// broadcasts walk one contiguous stream (no per-row address arithmetic in the inner loop).
@@ -289,6 +294,7 @@ unsafe fn gemm_block(
     k: usize,
     u: usize,
     panels: &[f32],
+    act: &Epilogue,
     c: &mut [f32],
     ap: &mut [f32],
 ) {
@@ -306,6 +312,12 @@ unsafe fn gemm_block(
     }
     for p in 0..u / NR {
         let panel = panels[p * k * NR..(p + 1) * k * NR].as_ptr();
+        let cols = p * NR..(p + 1) * NR;
+        let e = [
+            act.bias[cols.clone()].as_ptr(),
+            act.alpha[cols.clone()].as_ptr(),
+            act.beta[cols].as_ptr(),
+        ];
         let mut r = 0;
         while r < rows {
             let m = MR.min(rows - r);
@@ -313,12 +325,12 @@ unsafe fn gemm_block(
             unsafe {
                 let (a_t, c_t) = (ap.as_ptr().add(r * k), c.as_mut_ptr().add(r * u + p * NR));
                 match m {
-                    6 => tile::<6>(a_t, k, panel, c_t, u),
-                    5 => tile::<5>(a_t, k, panel, c_t, u),
-                    4 => tile::<4>(a_t, k, panel, c_t, u),
-                    3 => tile::<3>(a_t, k, panel, c_t, u),
-                    2 => tile::<2>(a_t, k, panel, c_t, u),
-                    _ => tile::<1>(a_t, k, panel, c_t, u),
+                    6 => tile::<6>(a_t, k, panel, e, c_t, u),
+                    5 => tile::<5>(a_t, k, panel, e, c_t, u),
+                    4 => tile::<4>(a_t, k, panel, e, c_t, u),
+                    3 => tile::<3>(a_t, k, panel, e, c_t, u),
+                    2 => tile::<2>(a_t, k, panel, e, c_t, u),
+                    _ => tile::<1>(a_t, k, panel, e, c_t, u),
                 }
             }
             r += m;
@@ -327,7 +339,7 @@ unsafe fn gemm_block(
 }
 
 /// The register-tiled micro-kernel: `M` rows × 16 columns, `2M` ymm accumulators; `a` is a
-/// packed micro-panel `[k][M]`.
+/// packed micro-panel `[k][M]`; `e` points at the tile's 16 bias, alpha and beta values.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[inline]
@@ -335,6 +347,7 @@ unsafe fn tile<const M: usize>(
     a: *const f32,
     k: usize,
     panel: *const f32,
+    e: [*const f32; 3],
     c: *mut f32,
     ldc: usize,
 ) {
@@ -353,12 +366,64 @@ unsafe fn tile<const M: usize>(
             }
         }
     }
-    for i in 0..M {
-        unsafe {
-            _mm256_storeu_ps(c.add(i * ldc), acc0[i]);
-            _mm256_storeu_ps(c.add(i * ldc + 8), acc1[i]);
+    unsafe {
+        for (h, acc) in [acc0, acc1].iter().enumerate() {
+            let bias = _mm256_loadu_ps(e[0].add(8 * h));
+            let alpha = _mm256_loadu_ps(e[1].add(8 * h));
+            let beta = _mm256_loadu_ps(e[2].add(8 * h));
+            let one_minus_beta = _mm256_sub_ps(_mm256_set1_ps(1.0), beta);
+            for (i, &v) in acc.iter().enumerate() {
+                let y = _mm256_add_ps(v, bias);
+                let out = speculator_act8(y, alpha, beta, one_minus_beta);
+                _mm256_storeu_ps(c.add(i * ldc + 8 * h), out);
+            }
         }
     }
+}
+
+/// `(β + (1−β)·σ(α·y))·y` on 8 lanes, with the `exp` of [`crate::fastmath::fast_exp`]
+/// (same polynomial) written in intrinsics so it runs on the accumulators in registers.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn speculator_act8(
+    y: std::arch::x86_64::__m256,
+    alpha: std::arch::x86_64::__m256,
+    beta: std::arch::x86_64::__m256,
+    one_minus_beta: std::arch::x86_64::__m256,
+) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    const ROUND_MAGIC: f32 = 12_582_912.0;
+    // x = −α·y clamped so e^x stays finite and normal; beyond the clamp σ is 0 or 1 in f32.
+    let x = _mm256_mul_ps(alpha, y);
+    let x = _mm256_sub_ps(_mm256_setzero_ps(), x);
+    let x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0)), _mm256_set1_ps(88.0));
+    let magic = _mm256_set1_ps(ROUND_MAGIC);
+    let t = _mm256_fmadd_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E), magic);
+    let n = _mm256_sub_ps(t, magic);
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
+    let mut p = _mm256_set1_ps(1.987_569_1e-4);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.398_199_9e-3));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.333_452e-3));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.166_579_6e-2));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.666_666_5e-1));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5));
+    let rr = _mm256_mul_ps(r, r);
+    let p = _mm256_add_ps(_mm256_fmadd_ps(p, rr, r), _mm256_set1_ps(1.0));
+    // 2^n from the integer sitting in the low mantissa bits of t.
+    let n_int = _mm256_sub_epi32(_mm256_castps_si256(t), _mm256_castps_si256(magic));
+    let scale = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(
+        n_int,
+        _mm256_set1_epi32(127),
+    )));
+    let ex = _mm256_mul_ps(p, scale);
+    // σ = 1 / (1 + e^x) by a true division, and the last line deliberately not an FMA: an
+    // `rcp` + Newton reciprocal or a fused `β + (1−β)·σ` is as accurate against f64 but rounds
+    // differently from the PyTorch reference, which doubles our error against its fixtures.
+    let d = _mm256_add_ps(_mm256_set1_ps(1.0), ex);
+    let s = _mm256_div_ps(_mm256_set1_ps(1.0), d);
+    _mm256_mul_ps(_mm256_add_ps(beta, _mm256_mul_ps(one_minus_beta, s)), y)
 }
 
 /// candle wrapper: θ₁₅ `[n, n_in]` f32 (CPU) → absolute magnitudes `[n, bands]`.
@@ -384,5 +449,51 @@ impl CustomOp1 for FusedPhotulatorOp<'_> {
         }
         let out = self.0.absolute_magnitudes(x);
         Ok((CpuStorage::F32(out), Shape::from((n, self.0.bands))))
+    }
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use super::*;
+
+    /// The in-register activation against the f64 formula: ~f32 rounding over the range of
+    /// pre-activations the photulators produce, exact limits far out.
+    #[test]
+    fn register_activation_is_accurate() {
+        if !cpu_supported() {
+            return;
+        }
+        use std::arch::x86_64::*;
+        let (mut worst, mut worst_old) = (0f64, 0f64);
+        let (alpha, beta) = (0.7f32, 0.3f32);
+        let mut y = -300.0f32;
+        while y < 300.0 {
+            let ys: [f32; 8] = std::array::from_fn(|i| y + 0.001 * i as f32);
+            let mut out = [0f32; 8];
+            // SAFETY: AVX2+FMA checked above.
+            unsafe {
+                let v = speculator_act8(
+                    _mm256_loadu_ps(ys.as_ptr()),
+                    _mm256_set1_ps(alpha),
+                    _mm256_set1_ps(beta),
+                    _mm256_set1_ps(1.0 - beta),
+                );
+                _mm256_storeu_ps(out.as_mut_ptr(), v);
+            }
+            for (&yi, &o) in ys.iter().zip(&out) {
+                let (a, b, x) = (alpha as f64, beta as f64, yi as f64);
+                let exact = (b + (1.0 - b) / (1.0 + (-a * x).exp())) * x;
+                let old = {
+                    let s = 1.0 / (1.0 + crate::fastmath::fast_exp(-(alpha * yi)));
+                    (beta + (1.0 - beta) * s) * yi
+                };
+                let scale = exact.abs().max(1e-30);
+                worst = worst.max((o as f64 - exact).abs() / scale);
+                worst_old = worst_old.max((old as f64 - exact).abs() / scale);
+            }
+            y += 0.0173;
+        }
+        eprintln!("activation: register {worst:.2e}, scalar {worst_old:.2e} relative");
+        assert!(worst < 4e-7, "relative error {worst}");
     }
 }
