@@ -54,3 +54,24 @@ galaxies_per_batch: 2
         out = out.display()
     )
 }
+
+/// Assert two results tables hold the same galaxies in the same order with bit-identical
+/// values (NaN equals NaN) in every f64 and string column; extra int columns (e.g. `shard`)
+/// are ignored.
+pub fn assert_identical(a: &popcosmos_catalog::ResultTable, b: &popcosmos_catalog::ResultTable) {
+    assert_eq!(a.ids, b.ids, "same galaxies in the same order");
+    assert_eq!(
+        a.columns.keys().collect::<Vec<_>>(),
+        b.columns.keys().collect::<Vec<_>>()
+    );
+    for (name, col) in &a.columns {
+        for (i, (x, y)) in col.iter().zip(&b.columns[name]).enumerate() {
+            assert!(
+                x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan()),
+                "{} {name}: {x} vs {y}",
+                a.ids[i]
+            );
+        }
+    }
+    assert_eq!(a.strings, b.strings, "flags");
+}

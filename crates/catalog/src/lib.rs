@@ -26,7 +26,9 @@
 //!   [`ResultsWriter::write_chunk`] writes one `part-NNNNN.parquet|csv` atomically (temp
 //!   file, fsync, rename). [`ResultsWriter::completed_ids`] supports `--resume`;
 //!   [`read_results`] reads a directory (all parts, in order) or one file into a
-//!   [`ResultTable`]; [`merge_parts`] concatenates parts into one Parquet file.
+//!   [`ResultTable`]; [`merge_parts`] concatenates parts into one Parquet file
+//!   ([`merge_parts_tagged`] adds a constant column such as the shard index);
+//!   [`part_ids`] reads the ids of one part (duplicate/gap checks of sharded runs).
 //! * [`ResultSchema::chains`] is the long-format thinned-chain table (id, step, walker,
 //!   16 parameters, log_prob), written with the same writer into e.g. `chains/`.
 //!
@@ -61,7 +63,7 @@ pub use metrics::{
 pub use reader::{CatalogueReader, ObservedChunk};
 pub use results::{
     ID_COLUMN, ResultSchema, ResultTable, ResultsWriter, TableFormat, list_parts, merge_parts,
-    read_results,
+    merge_parts_tagged, part_ids, read_results,
 };
 pub use source::{read_column_f64, read_ids};
 pub use spec::{

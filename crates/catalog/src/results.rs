@@ -548,6 +548,26 @@ pub fn read_results(path: impl AsRef<Path>) -> Result<ResultTable> {
 /// streamed one at a time. Every part must have the first part's columns and types.
 /// Returns the number of rows.
 pub fn merge_parts(dir: impl AsRef<Path>, out_file: impl AsRef<Path>) -> Result<usize> {
+    merge_parts_tagged(dir, out_file, None)
+}
+
+/// The ids of one part file (or any single results file), in row order, duplicates kept.
+pub fn part_ids(path: impl AsRef<Path>) -> Result<Vec<String>> {
+    let path = path.as_ref();
+    let mut t = ResultTable::default();
+    for batch in read_part(path, true)? {
+        t.append_batch(&batch, path)?;
+    }
+    Ok(t.ids)
+}
+
+/// [`merge_parts`], optionally inserting a constant Int64 column `tag = (name, value)` right
+/// after `id` (sharded runs tag every row with its shard index this way).
+pub fn merge_parts_tagged(
+    dir: impl AsRef<Path>,
+    out_file: impl AsRef<Path>,
+    tag: Option<(&str, i64)>,
+) -> Result<usize> {
     let (dir, out) = (dir.as_ref(), out_file.as_ref());
     let parts = list_parts(dir)?;
     if parts.is_empty() {
@@ -558,18 +578,37 @@ pub fn merge_parts(dir: impl AsRef<Path>, out_file: impl AsRef<Path>) -> Result<
     let props = WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
         .build();
-    let mut writer: Option<(ArrowWriter<File>, SchemaRef)> = None;
+    // (writer, schema of the parts, schema written with the tag column)
+    let mut writer: Option<(ArrowWriter<File>, SchemaRef, SchemaRef)> = None;
     let mut rows = 0;
     for part in &parts {
         for batch in read_part(part, false)? {
             if writer.is_none() {
                 let schema = batch.schema();
+                let out_schema = match tag {
+                    None => schema.clone(),
+                    Some((tag_name, _)) => {
+                        if schema.fields().iter().any(|f| f.name() == tag_name) {
+                            return Err(CatalogError::format(
+                                part,
+                                format!("already has a column '{tag_name}'"),
+                            ));
+                        }
+                        let mut fields: Vec<Field> =
+                            schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+                        fields.insert(
+                            1.min(fields.len()),
+                            Field::new(tag_name, DataType::Int64, false),
+                        );
+                        Arc::new(Schema::new(fields))
+                    }
+                };
                 let file = File::create(&tmp).map_err(|e| CatalogError::io(&tmp, e))?;
-                let w = ArrowWriter::try_new(file, schema.clone(), Some(props.clone()))
+                let w = ArrowWriter::try_new(file, out_schema.clone(), Some(props.clone()))
                     .map_err(|e| CatalogError::format(out, e))?;
-                writer = Some((w, schema));
+                writer = Some((w, schema, out_schema));
             }
-            let (w, schema) = writer.as_mut().expect("writer initialised");
+            let (w, schema, out_schema) = writer.as_mut().expect("writer initialised");
             let same = schema.fields().len() == batch.num_columns()
                 && schema
                     .fields()
@@ -582,13 +621,18 @@ pub fn merge_parts(dir: impl AsRef<Path>, out_file: impl AsRef<Path>) -> Result<
                     "columns differ from the first part; cannot merge",
                 ));
             }
-            let batch = RecordBatch::try_new(schema.clone(), batch.columns().to_vec())
+            let mut columns = batch.columns().to_vec();
+            if let Some((_, value)) = tag {
+                let constant: ArrayRef = Arc::new(Int64Array::from(vec![value; batch.num_rows()]));
+                columns.insert(1.min(columns.len()), constant);
+            }
+            let batch = RecordBatch::try_new(out_schema.clone(), columns)
                 .map_err(|e| CatalogError::format(part, e))?;
             rows += batch.num_rows();
             w.write(&batch).map_err(|e| CatalogError::format(out, e))?;
         }
     }
-    let (w, _) = writer.ok_or_else(|| CatalogError::format(dir, "result parts hold no rows"))?;
+    let (w, _, _) = writer.ok_or_else(|| CatalogError::format(dir, "result parts hold no rows"))?;
     // into_inner writes the footer and hands the file back for the fsync.
     let file = w.into_inner().map_err(|e| CatalogError::format(out, e))?;
     file.sync_all().map_err(|e| CatalogError::io(&tmp, e))?;

@@ -88,6 +88,20 @@ pub fn evaluate(a: &EvaluateArgs) -> Result<()> {
         "| galaxies flagged by diagnostics | {flagged} of {} |",
         results.len()
     );
+    // Sampler health across galaxies: medians of the per-galaxy diagnostics.
+    for (name, label) in [
+        ("rhat_max", "median of per-galaxy max R̂"),
+        ("ess_bulk_min", "median of per-galaxy min bulk ESS"),
+        ("acceptance", "median acceptance"),
+    ] {
+        if let Some(v) = results.column(name) {
+            let mut v: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+            if !v.is_empty() {
+                let p = median(&mut v);
+                println!("| {label} | {p:.3} |");
+            }
+        }
+    }
     if let Some(j) = &a.json {
         std::fs::write(j, serde_json::to_string_pretty(&m)?)
             .with_context(|| j.display().to_string())?;
@@ -271,4 +285,15 @@ fn galaxy_plots_with(m: Manifest, results: &Path, galaxy: Option<&str>, dir: &Pa
     )?;
     eprintln!("plots: {}, {}", corner.display(), sed.display());
     Ok(())
+}
+
+/// Median of finite values (sorts in place).
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        0.5 * (v[n / 2 - 1] + v[n / 2])
+    }
 }

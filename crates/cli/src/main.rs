@@ -2,8 +2,12 @@
 
 mod bench;
 mod evaluate;
+mod merge;
+mod mock;
+mod models;
 mod plots;
 mod predict;
+mod slurm;
 
 use std::path::{Path, PathBuf};
 
@@ -37,7 +41,21 @@ enum Command {
         /// No progress bar.
         #[arg(long)]
         quiet: bool,
+        /// Run only shard I of N (0 ≤ I < N): contiguous whole batches, written to
+        /// output.dir/shard-IIIII-of-NNNNN (see `merge`, docs/scale-out.md).
+        #[arg(long, value_name = "I/N")]
+        shard: Option<popcosmos_inference::Shard>,
     },
+    /// Check and combine the shard folders of a sharded run into one Parquet dataset.
+    Merge {
+        /// The manifest's output.dir (holding shard-IIIII-of-NNNNN folders).
+        dir: PathBuf,
+    },
+    /// Write (and with --submit, submit) a Slurm job array running every shard.
+    Slurm(slurm::SlurmArgs),
+    /// Write a mock catalogue (prior draws through the data model).
+    #[command(hide = true)]
+    Mock(mock::MockArgs),
     /// Check a manifest, its weights and every catalogue value without sampling.
     Validate { manifest: PathBuf },
     /// Forward model: physical parameter rows → magnitudes and fluxes per band.
@@ -77,6 +95,11 @@ enum Command {
         #[command(subcommand)]
         what: bench::BenchCommand,
     },
+    /// Model weights: list, show cards, fetch from a Hugging Face hub, verify checksums.
+    Models {
+        #[command(subcommand)]
+        what: models::ModelsCommand,
+    },
     /// Run the bundled demo (100 real COSMOS2020 galaxies) and print photo-z metrics.
     Demo {
         /// Output folder (replaced).
@@ -101,6 +124,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             resume,
             max_batches,
             quiet,
+            shard,
         } => {
             let m = Manifest::load(&manifest)?;
             run_manifest(
@@ -108,11 +132,15 @@ fn dispatch(cli: Cli) -> Result<()> {
                 &RunOptions {
                     resume,
                     max_batches,
+                    shard,
                 },
                 quiet,
             )?;
             Ok(())
         }
+        Command::Merge { dir } => merge::merge(&dir),
+        Command::Slurm(args) => slurm::run(&args),
+        Command::Mock(args) => mock::mock(&args),
         Command::Validate { manifest } => validate(&manifest),
         Command::Predict {
             params,
@@ -137,6 +165,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             galaxy,
         }),
         Command::Bench { what } => bench::run(what),
+        Command::Models { what } => models::run(what),
         Command::Demo { output } => demo(&output),
     }
 }

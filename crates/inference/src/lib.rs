@@ -8,6 +8,8 @@
 //! * [`manifest`]: the YAML run manifest (unknown keys rejected, errors with line/column).
 //! * [`pipeline`]: the batch loop — catalogue chunks → sampler → per-galaxy percentiles,
 //!   MAP, diagnostics and flags → atomic Parquet/CSV parts, a run record, `--resume`.
+//! * [`shard`]: `run --shard I/N` (contiguous, batch-aligned row ranges whose results are
+//!   bit-identical to an unsharded run) and [`shard::merge_shards`] for `merge OUTDIR`.
 
 pub mod adam;
 pub mod init;
@@ -16,8 +18,10 @@ pub mod manifest;
 pub mod mock;
 pub mod pipeline;
 pub mod posterior;
+pub mod shard;
 
 pub use likelihood::{LikelihoodSpec, PhotometricLikelihood};
 pub use manifest::Manifest;
 pub use pipeline::{Pipeline, Progress, RunOptions, RunSummary};
 pub use posterior::Posterior;
+pub use shard::{Shard, ShardError};

@@ -8,6 +8,9 @@ use std::path::{Path, PathBuf};
 use popcosmos_api::{Error, Result};
 use popcosmos_catalog::CatalogueSpec;
 use popcosmos_priors::PriorSpec;
+use popcosmos_sps::Photulator;
+use popcosmos_sps::photulator::PhotulatorConfig;
+use popcosmos_sps::weights::WeightFile;
 use popcosmos_surveys::SurveySpec;
 use serde::{Deserialize, Serialize};
 
@@ -59,7 +62,9 @@ pub struct SpsSpec {
     /// Include the emission-line emulator terms (spec §3 steps 3–6).
     #[serde(default = "yes")]
     pub emission_lines: bool,
-    /// Photulator weights: `builtin` or a path to a safetensors file.
+    /// Photulator weights: `builtin` (bundled default), `builtin:NAME`,
+    /// `hf://ORG/REPO[@REVISION]/FILE` or a path to a safetensors file with a model card next
+    /// to it (docs/models.md). Every form except `builtin` is checked against its card's sha256.
     #[serde(default = "builtin")]
     pub weights: String,
     /// Largest number of parameter rows per emulator call.
@@ -78,6 +83,41 @@ fn builtin() -> String {
 }
 fn default_rows() -> usize {
     16384
+}
+
+impl SpsSpec {
+    /// The parsed `weights` reference (`builtin` means `builtin:photulator_cosmos26`).
+    pub fn weight_ref(&self) -> Result<popcosmos_models::WeightRef> {
+        if self.weights == "builtin" {
+            return Ok(popcosmos_models::WeightRef::Builtin(
+                "photulator_cosmos26".into(),
+            ));
+        }
+        self.weights
+            .parse()
+            .map_err(|e| Error::Invalid(format!("sps.weights: {e}")))
+    }
+
+    /// Resolve (downloading `hf://` files unless `HF_HUB_OFFLINE=1`), verify against the
+    /// model card, and build the photulator with the card's band list and layer widths.
+    pub fn load_photulator(&self, device: &candle_core::Device) -> Result<Photulator> {
+        let hub = popcosmos_models::HubConfig::from_env();
+        let model = popcosmos_models::load(&self.weight_ref()?, &hub)
+            .map_err(|e| Error::Invalid(format!("sps.weights: {e}")))?;
+        let kind = &model.card.architecture.kind;
+        if kind != "photulator" {
+            return Err(Error::Invalid(format!(
+                "sps.weights: {} is a '{kind}' model, not a photulator",
+                model.source
+            )));
+        }
+        let config = PhotulatorConfig {
+            bands: model.card.bands.clone(),
+            architecture: model.card.architecture.layers.clone(),
+        };
+        let file = WeightFile::from_bytes(&model.bytes, model.source.clone(), device)?;
+        Photulator::from_weights(&file, config, device)
+    }
 }
 
 impl Default for SpsSpec {
@@ -148,6 +188,14 @@ pub struct SamplerSpec {
     /// HMC: target acceptance for step-size adaptation.
     #[serde(default = "default_target_accept")]
     pub target_accept: f64,
+    /// Ensemble: half-way through burn-in, walkers more than this many nats below their
+    /// galaxy's median log-posterior are re-seeded from the best half (`null` disables).
+    #[serde(default = "default_prune_deficit")]
+    pub prune_deficit: Option<f64>,
+}
+
+fn default_prune_deficit() -> Option<f64> {
+    Some(20.0)
 }
 
 fn default_walkers() -> usize {
@@ -192,6 +240,7 @@ impl Default for SamplerSpec {
             moves: default_moves(),
             leapfrog_steps: default_leapfrog(),
             target_accept: default_target_accept(),
+            prune_deficit: default_prune_deficit(),
         }
     }
 }
@@ -330,8 +379,7 @@ impl Manifest {
         };
         fix(&mut self.catalogue.path);
         fix(&mut self.output.dir);
-        if self.sps.weights != "builtin" {
-            let mut p = PathBuf::from(&self.sps.weights);
+        if let Ok(popcosmos_models::WeightRef::Path(mut p)) = self.sps.weight_ref() {
             fix(&mut p);
             self.sps.weights = p.display().to_string();
         }
@@ -396,6 +444,14 @@ impl Manifest {
                 return bad(&format!("sampler.moves[{i}].a"), msg);
             }
         }
+        if let Some(p) = s.prune_deficit
+            && !(p.is_finite() && p > 0.0)
+        {
+            return bad(
+                "sampler.prune_deficit",
+                format!("must be a positive number of nats (or null), got {p}"),
+            );
+        }
         if !(s.target_accept > 0.0 && s.target_accept < 1.0) {
             return bad(
                 "sampler.target_accept",
@@ -423,6 +479,7 @@ impl Manifest {
                 ),
             );
         }
+        self.sps.weight_ref()?;
         if self.output.chain_thin == 0 {
             return bad("output.chain_thin", "must be ≥ 1".into());
         }

@@ -4,7 +4,9 @@
 //! `galaxies_per_batch` rows (batch b = rows b·B … (b+1)·B − 1); batch b draws from its own
 //! random stream derived from `(seed, b)`, and its results are written as one atomic part
 //! file. A resumed run skips batches whose galaxies are all present and recomputes the
-//! rest, so its output equals that of an uninterrupted run with the same seed.
+//! rest, so its output equals that of an uninterrupted run with the same seed. A sharded
+//! run (`RunOptions::shard`) takes a contiguous range of these batches with their global
+//! indices, so its galaxies equal the unsharded run's too (see [`crate::shard`]).
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -20,7 +22,8 @@ use popcosmos_samplers::{
     diagnostics::{Thresholds, diagnose_chain},
     ensemble::{DifferentialEvolutionMove, EnsembleSampler, Move, StretchMove},
     hmc::Hmc,
-    run::{Chain, RunConfig, sample},
+    prune_stuck_walkers,
+    run::{Chain, RunConfig, run_from_state, sample},
 };
 use popcosmos_sps::{CosmosSps, StellarMassEmulator, derived::derived_from_tensor};
 use serde::Serialize;
@@ -66,6 +69,9 @@ pub struct RunOptions {
     pub resume: bool,
     /// Stop after this many newly computed batches (used to test interruption).
     pub max_batches: Option<usize>,
+    /// Process only this shard's batches, into `output.dir/shard-IIIII-of-NNNNN`
+    /// (see [`crate::shard`]).
+    pub shard: Option<crate::shard::Shard>,
 }
 
 /// Progress events for a progress bar.
@@ -91,6 +97,10 @@ pub struct RunSummary {
     pub seconds_sampling: f64,
     pub seconds_total: f64,
     pub output_dir: PathBuf,
+    /// The shard's place in the catalogue (sharded runs only); `galaxies_total` is then
+    /// the shard's row count.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shard: Option<crate::shard::ShardRecord>,
 }
 
 #[derive(Serialize)]
@@ -158,7 +168,7 @@ impl Pipeline {
         } else {
             let emlines = popcosmos_sps::EmLineEmulator::builtin(&device)?;
             CosmosSps::new(
-                popcosmos_sps::Photulator::load(&manifest.sps.weights, &device)?,
+                manifest.sps.load_photulator(&device)?,
                 Some(emlines),
                 &calibration,
             )?
@@ -214,7 +224,10 @@ impl Pipeline {
     ) -> Result<RunSummary> {
         let t0 = Instant::now();
         let m = &self.manifest;
-        let out_dir = m.output.dir.clone();
+        let out_dir = match options.shard {
+            Some(s) => m.output.dir.join(s.dir_name()),
+            None => m.output.dir.clone(),
+        };
         if !options.resume
             && out_dir.exists()
             && !popcosmos_catalog::list_parts(&out_dir)
@@ -264,9 +277,20 @@ impl Pipeline {
                 m.catalogue.path.display()
             )));
         }
+        // Batches (global indices, so seeds match an unsharded run) and rows of this run.
+        let batch_size = m.galaxies_per_batch as u64;
+        let shard_record = options.shard.map(|s| s.record(total as u64, batch_size));
+        let (batches, total) = match &shard_record {
+            Some(r) => (
+                r.first_batch..r.end_batch,
+                (r.end_row - r.first_row) as usize,
+            ),
+            None => (0..(total as u64).div_ceil(batch_size), total),
+        };
         progress(Progress::Total(total));
 
         let mut summary = RunSummary {
+            shard: shard_record,
             galaxies_total: total,
             galaxies_computed: 0,
             galaxies_skipped: 0,
@@ -285,6 +309,12 @@ impl Pipeline {
         while let Some(chunk) = reader.next_chunk(m.galaxies_per_batch).map_err(cat)? {
             let b = batch_index;
             batch_index += 1;
+            if b >= batches.end {
+                break;
+            }
+            if b < batches.start {
+                continue;
+            }
             if chunk.ids.iter().all(|id| done.contains(id)) {
                 summary.galaxies_skipped += chunk.len();
                 progress(Progress::Done(chunk.len()));
@@ -412,7 +442,34 @@ impl Pipeline {
         let chain = match m.sampler.kind {
             SamplerKind::Ensemble => {
                 let kernel = self.ensemble_kernel()?;
-                sample(&kernel, init, &posterior, &mut rng, &config, None)?
+                let first = config.burn_in / 2;
+                match m.sampler.prune_deficit {
+                    Some(deficit) if first > 0 => {
+                        // Burn in half-way, re-seed stuck walkers, then run the rest.
+                        let head = RunConfig {
+                            n_steps: first,
+                            burn_in: first,
+                            thin: 1,
+                        };
+                        let state = popcosmos_api::Sampler::init(&kernel, init, &posterior)?;
+                        let (_, state) =
+                            run_from_state(&kernel, state, &posterior, &mut rng, &head, None)?;
+                        let (pos, _) = prune_stuck_walkers(
+                            &state.position,
+                            &state.log_prob,
+                            deficit,
+                            1e-3,
+                            &mut rng,
+                        )?;
+                        let tail = RunConfig {
+                            n_steps: config.n_steps - first,
+                            burn_in: config.burn_in - first,
+                            thin: config.thin,
+                        };
+                        sample(&kernel, pos, &posterior, &mut rng, &tail, None)?
+                    }
+                    _ => sample(&kernel, init, &posterior, &mut rng, &config, None)?,
+                }
             }
             SamplerKind::Hmc => {
                 let kernel = Hmc::new(0.05, m.sampler.leapfrog_steps)

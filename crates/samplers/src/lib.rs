@@ -38,6 +38,10 @@
 //!   `RunConfig { n_steps, burn_in, thin }` and a host [`Chain`] (`samples` f32
 //!   `[kept, walkers, galaxies, dim]`, `log_prob` `[kept, walkers, galaxies]`, `acceptance`
 //!   per galaxy).
+//! * [`prune`]: burn-in repair,
+//!   `prune_stuck_walkers(position, log_prob, max_deficit, jitter, rng) -> Result<(Tensor, Vec<u32>)>`
+//!   re-seeds walkers stuck more than `max_deficit` nats below the ensemble median from the
+//!   best half (per galaxy, batched).
 //! * [`diagnostics`]: host f64 diagnostics per galaxy and parameter — rank-normalised split-R̂
 //!   (max of bulk and folded/tail, Vehtari+21), bulk and tail ESS (Geyer initial monotone
 //!   sequence), emcee-style integrated autocorrelation time (window c = 5), acceptance —
@@ -59,6 +63,7 @@
 pub mod diagnostics;
 pub mod ensemble;
 pub mod hmc;
+pub mod prune;
 pub mod run;
 
 pub use diagnostics::{Diagnostics, Thresholds, diagnose_chain, diagnose_galaxy};
@@ -67,6 +72,7 @@ pub use ensemble::{
     StretchMove,
 };
 pub use hmc::{DualAveraging, Hmc, HmcInfo, HmcState};
+pub use prune::prune_stuck_walkers;
 pub use run::{Chain, OnStep, RunConfig, run_from_state, sample};
 
 use popcosmos_api::{LogDensity, Result, Tensor};

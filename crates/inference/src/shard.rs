@@ -1,0 +1,522 @@
+//! Sharded runs (`run --shard I/N`) and their merge (`merge OUTDIR`).
+//!
+//! ## Partition
+//! The catalogue is cut into the run's fixed batches of `galaxies_per_batch` rows (batch b =
+//! rows b·B … (b+1)·B − 1, see [`crate::pipeline`]). With `n_b` batches, shard I of N
+//! (0-based, `0 ≤ I < N`, the numbering of `$SLURM_ARRAY_TASK_ID` in `--array=0-(N-1)`) takes
+//! the contiguous batch range `⌊I·n_b/N⌋ … ⌊(I+1)·n_b/N⌋ − 1`. Shards therefore differ by at
+//! most one batch, never split a batch, and together cover every row exactly once.
+//!
+//! Why whole batches: a galaxy's chain depends on the random stream of its batch (seeded by
+//! the *global* batch index) and on its batch-mates (the sampler draws `[walkers, galaxies]`
+//! tensors), so keeping batches intact makes every galaxy's result bit-identical to an
+//! unsharded run with the same seed, whatever N is.
+//!
+//! ## Layout
+//! Shard I of N writes into `<output.dir>/shard-IIIII-of-NNNNN/` (its own part files,
+//! `chains/` and `run.json`, whose `summary.shard` holds a [`ShardRecord`]), so tasks never
+//! touch each other's files and each can be resumed on its own.
+//!
+//! ## Merge
+//! [`merge_shards`] checks the shards (all N present and complete, one partition, one seed,
+//! every id once, counts equal to the row ranges and, where the catalogue is readable, the
+//! ids of every shard's rows) before writing anything, then writes one Parquet part per
+//! shard, `<output.dir>/part-IIIII.parquet` with an Int64 `shard` column after `id` (rows in
+//! catalogue order), merged chains under `chains/`, and a merged `run.json`. The merged
+//! folder reads like an unsharded run's (`read_results`, `evaluate`). The id check keeps
+//! every id in memory (≈ 60 bytes per galaxy).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use popcosmos_catalog::{CatalogError, list_parts, merge_parts_tagged, part_ids, read_ids};
+use serde::{Deserialize, Serialize};
+
+/// One shard of a run: `index` of `count` (0-based).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shard {
+    pub index: u64,
+    pub count: u64,
+}
+
+/// Errors of shard parsing and merging; every message names the shard or galaxy id.
+#[derive(Debug, thiserror::Error)]
+pub enum ShardError {
+    #[error("--shard {0}: expected I/N with 0 ≤ I < N (e.g. 0/4 … 3/4)")]
+    Parse(String),
+    #[error("{dir}: no shard folders (shard-IIIII-of-NNNNN) to merge")]
+    NoShards { dir: String },
+    #[error(
+        "{dir}: shard folders of different partitions ({first} and {other} shards); remove the stale ones"
+    )]
+    MixedCounts { dir: String, first: u64, other: u64 },
+    #[error(
+        "gap: shard {shard} ({dir}) is missing; run it with `run MANIFEST --shard {shard} --resume`"
+    )]
+    MissingShard { shard: String, dir: String },
+    #[error(
+        "gap: shard {shard} ({dir}) is incomplete: {message}; rerun it with `run MANIFEST --shard {shard} --resume`"
+    )]
+    Incomplete {
+        shard: String,
+        dir: String,
+        message: String,
+    },
+    #[error("shard {shard}: {message}")]
+    Mismatch { shard: String, message: String },
+    #[error("duplicate galaxy id '{id}': in shard {first} and in shard {second}")]
+    Duplicate {
+        id: String,
+        first: String,
+        second: String,
+    },
+    #[error("gap: shard {shard}: {message}")]
+    Gap { shard: String, message: String },
+    #[error("{dir}: holds results that are not a merge of shards; merge into a fresh output.dir")]
+    NotMergeOutput { dir: String },
+    #[error("{file}: {message}")]
+    Record { file: String, message: String },
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io(path: &Path, source: std::io::Error) -> ShardError {
+    ShardError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+impl fmt::Display for Shard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
+}
+
+impl FromStr for Shard {
+    type Err = ShardError;
+
+    fn from_str(s: &str) -> Result<Self, ShardError> {
+        let bad = || ShardError::Parse(s.to_string());
+        let (i, n) = s.split_once('/').ok_or_else(bad)?;
+        let index = i.trim().parse().map_err(|_| bad())?;
+        let count = n.trim().parse().map_err(|_| bad())?;
+        Shard::new(index, count).ok_or_else(bad)
+    }
+}
+
+impl Shard {
+    /// `None` unless `index < count`.
+    pub fn new(index: u64, count: u64) -> Option<Self> {
+        (index < count).then_some(Self { index, count })
+    }
+
+    /// Batch indices of this shard when the catalogue has `n_batches` batches.
+    pub fn batches(&self, n_batches: u64) -> Range<u64> {
+        // u128: I·n_b overflows u64 for absurd but representable inputs.
+        let at = |i: u64| (i as u128 * n_batches as u128 / self.count as u128) as u64;
+        at(self.index)..at(self.index + 1)
+    }
+
+    /// Catalogue rows of this shard (0-based, end exclusive).
+    pub fn rows(&self, total_rows: u64, batch_size: u64) -> Range<u64> {
+        let b = self.batches(total_rows.div_ceil(batch_size));
+        (b.start * batch_size).min(total_rows)..(b.end * batch_size).min(total_rows)
+    }
+
+    /// Folder of this shard inside `output.dir`: `shard-00001-of-00004`.
+    pub fn dir_name(&self) -> String {
+        format!("shard-{:05}-of-{:05}", self.index, self.count)
+    }
+
+    /// Inverse of [`Shard::dir_name`].
+    pub fn from_dir_name(name: &str) -> Option<Self> {
+        let rest = name.strip_prefix("shard-")?;
+        let (i, n) = rest.split_once("-of-")?;
+        let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        if !digits(i) || !digits(n) {
+            return None;
+        }
+        Shard::new(i.parse().ok()?, n.parse().ok()?)
+    }
+
+    /// The record stored in the shard's `run.json`.
+    pub fn record(&self, total_rows: u64, batch_size: u64) -> ShardRecord {
+        let rows = self.rows(total_rows, batch_size);
+        let batches = self.batches(total_rows.div_ceil(batch_size));
+        ShardRecord {
+            index: self.index,
+            count: self.count,
+            catalogue_rows: total_rows,
+            galaxies_per_batch: batch_size,
+            first_row: rows.start,
+            end_row: rows.end,
+            first_batch: batches.start,
+            end_batch: batches.end,
+        }
+    }
+}
+
+/// Where a shard sits in the catalogue (`run.json` → `summary.shard`; ends exclusive).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardRecord {
+    pub index: u64,
+    pub count: u64,
+    pub catalogue_rows: u64,
+    pub galaxies_per_batch: u64,
+    pub first_row: u64,
+    pub end_row: u64,
+    pub first_batch: u64,
+    pub end_batch: u64,
+}
+
+/// What [`merge_shards`] wrote.
+#[derive(Debug, Clone, Serialize)]
+pub struct MergeSummary {
+    pub shards: u64,
+    pub galaxies: u64,
+    pub galaxies_flagged: u64,
+    /// Whether the catalogue ids were compared too (false when it could not be read).
+    pub checked_against_catalogue: bool,
+    pub parts: Vec<PathBuf>,
+    pub record: PathBuf,
+}
+
+/// One shard folder with its parsed run record.
+struct ShardRun {
+    shard: Shard,
+    dir: PathBuf,
+    record: serde_json::Value,
+    info: ShardRecord,
+}
+
+fn read_record(path: &Path) -> Result<serde_json::Value, ShardError> {
+    let text = std::fs::read_to_string(path).map_err(|e| io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| ShardError::Record {
+        file: path.display().to_string(),
+        message: e.to_string(),
+    })
+}
+
+/// Check and merge the shard folders of `dir` (see the module docs). Nothing is written
+/// unless every check passes.
+pub fn merge_shards(dir: &Path) -> Result<MergeSummary, ShardError> {
+    let shown = || dir.display().to_string();
+    let mut found: Vec<(Shard, PathBuf)> = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| io(dir, e))? {
+        let path = entry.map_err(|e| io(dir, e))?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if let Some(s) = Shard::from_dir_name(name).filter(|_| path.is_dir()) {
+            found.push((s, path));
+        }
+    }
+    found.sort_by_key(|(s, _)| (s.count, s.index));
+    let Some(count) = found.first().map(|(s, _)| s.count) else {
+        return Err(ShardError::NoShards { dir: shown() });
+    };
+    if let Some((other, _)) = found.iter().find(|(s, _)| s.count != count) {
+        return Err(ShardError::MixedCounts {
+            dir: shown(),
+            first: count,
+            other: other.count,
+        });
+    }
+    let mut runs = Vec::new();
+    for index in 0..count {
+        let shard = Shard { index, count };
+        let Some((_, sdir)) = found.iter().find(|(s, _)| s.index == index) else {
+            return Err(ShardError::MissingShard {
+                shard: shard.to_string(),
+                dir: dir.join(shard.dir_name()).display().to_string(),
+            });
+        };
+        let incomplete = |message: String| ShardError::Incomplete {
+            shard: shard.to_string(),
+            dir: sdir.display().to_string(),
+            message,
+        };
+        let rec_path = sdir.join("run.json");
+        if !rec_path.exists() {
+            return Err(incomplete("no run.json".into()));
+        }
+        let record = read_record(&rec_path)?;
+        let info: ShardRecord = serde_json::from_value(record["summary"]["shard"].clone())
+            .map_err(|e| ShardError::Record {
+                file: rec_path.display().to_string(),
+                message: format!("summary.shard: {e}"),
+            })?;
+        if record["complete"] != serde_json::Value::Bool(true) {
+            let s = &record["summary"];
+            return Err(incomplete(format!(
+                "{} of {} galaxies done",
+                s["galaxies_computed"].as_u64().unwrap_or(0)
+                    + s["galaxies_skipped"].as_u64().unwrap_or(0),
+                info.end_row - info.first_row
+            )));
+        }
+        if (info.index, info.count) != (index, count) {
+            return Err(ShardError::Mismatch {
+                shard: shard.to_string(),
+                message: format!(
+                    "{} records shard {}/{}",
+                    rec_path.display(),
+                    info.index,
+                    info.count
+                ),
+            });
+        }
+        runs.push(ShardRun {
+            shard,
+            dir: sdir.clone(),
+            record,
+            info,
+        });
+    }
+
+    // One run split N ways: same seed, catalogue and batching, contiguous row ranges.
+    let first = &runs[0];
+    let key = |r: &serde_json::Value| {
+        (
+            r["seed"].clone(),
+            r["manifest"]["catalogue"]["path"].clone(),
+            r["manifest"]["galaxies_per_batch"].clone(),
+        )
+    };
+    let mut next_row = 0;
+    for r in &runs {
+        let mismatch = |message: String| ShardError::Mismatch {
+            shard: r.shard.to_string(),
+            message,
+        };
+        if key(&r.record) != key(&first.record)
+            || r.info.catalogue_rows != first.info.catalogue_rows
+        {
+            return Err(mismatch(format!(
+                "seed, catalogue or batching differ from shard {} (run.json); all shards must come from one manifest",
+                first.shard
+            )));
+        }
+        let expected = r
+            .shard
+            .record(r.info.catalogue_rows, r.info.galaxies_per_batch);
+        if r.info != expected || r.info.first_row != next_row {
+            return Err(mismatch(format!(
+                "rows {}..{} do not follow the partition (expected {}..{})",
+                r.info.first_row, r.info.end_row, expected.first_row, expected.end_row
+            )));
+        }
+        next_row = r.info.end_row;
+    }
+
+    // Every id exactly once, shard by shard.
+    let mut seen: HashMap<String, (u64, String)> = HashMap::new();
+    let mut counts = vec![0u64; runs.len()];
+    for (k, r) in runs.iter().enumerate() {
+        for part in list_parts(&r.dir)? {
+            let pname = part
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_default();
+            for id in part_ids(&part)? {
+                let here = format!("{} ({})", r.shard, pname);
+                if let Some((_, there)) = seen.get(&id) {
+                    return Err(ShardError::Duplicate {
+                        id,
+                        first: there.clone(),
+                        second: here,
+                    });
+                }
+                seen.insert(id, (r.shard.index, here));
+                counts[k] += 1;
+            }
+        }
+    }
+    // With the catalogue at hand, name the missing galaxies; otherwise compare counts.
+    let catalogue = first.record["manifest"]["catalogue"]["path"]
+        .as_str()
+        .map(PathBuf::from);
+    let id_column = first.record["manifest"]["catalogue"]["id_column"]
+        .as_str()
+        .unwrap_or("id")
+        .to_string();
+    let catalogue_ids = catalogue
+        .as_ref()
+        .and_then(|p| read_ids(p, &id_column).ok())
+        .filter(|ids| ids.len() as u64 == first.info.catalogue_rows);
+    if let Some(ids) = &catalogue_ids {
+        for r in &runs {
+            for row in r.info.first_row..r.info.end_row {
+                let id = &ids[row as usize];
+                match seen.get(id) {
+                    Some((s, _)) if *s == r.shard.index => {}
+                    Some((_, there)) => {
+                        return Err(ShardError::Mismatch {
+                            shard: r.shard.to_string(),
+                            message: format!(
+                                "galaxy '{id}' (catalogue row {row}) belongs to this shard but was found in shard {there}"
+                            ),
+                        });
+                    }
+                    None => {
+                        return Err(ShardError::Gap {
+                            shard: r.shard.to_string(),
+                            message: format!(
+                                "galaxy '{id}' (catalogue row {row}) has no result in {}",
+                                r.dir.display()
+                            ),
+                        });
+                    }
+                }
+            }
+        }
+    }
+    for (r, n) in runs.iter().zip(&counts) {
+        let expected = r.info.end_row - r.info.first_row;
+        if *n != expected {
+            // Only reachable without the catalogue, or with ids foreign to it.
+            return Err(ShardError::Gap {
+                shard: r.shard.to_string(),
+                message: format!(
+                    "{} holds {n} galaxies but its catalogue rows {}..{} are {expected}",
+                    r.dir.display(),
+                    r.info.first_row,
+                    r.info.end_row
+                ),
+            });
+        }
+    }
+
+    // Write: refuse to mix with an unsharded run's parts; replace an earlier merge.
+    let merged_record = dir.join("run.json");
+    let old_parts = list_parts(dir)?;
+    if !old_parts.is_empty() {
+        let earlier_merge = merged_record.exists()
+            && read_record(&merged_record)?["merged"] == serde_json::Value::Bool(true);
+        if !earlier_merge {
+            return Err(ShardError::NotMergeOutput { dir: shown() });
+        }
+        for p in old_parts {
+            std::fs::remove_file(&p).map_err(|e| io(&p, e))?;
+        }
+    }
+    let chains_out = dir.join("chains");
+    for p in list_parts(&chains_out)? {
+        std::fs::remove_file(&p).map_err(|e| io(&p, e))?;
+    }
+    let mut parts = Vec::new();
+    for r in runs.iter().filter(|r| r.info.end_row > r.info.first_row) {
+        let out = dir.join(format!("part-{:05}.parquet", r.shard.index));
+        merge_parts_tagged(&r.dir, &out, Some(("shard", r.shard.index as i64)))?;
+        parts.push(out);
+        let chains = r.dir.join("chains");
+        if !list_parts(&chains)?.is_empty() {
+            std::fs::create_dir_all(&chains_out).map_err(|e| io(&chains_out, e))?;
+            let out = chains_out.join(format!("part-{:05}.parquet", r.shard.index));
+            merge_parts_tagged(&chains, &out, Some(("shard", r.shard.index as i64)))?;
+        }
+    }
+    let sum = |key: &str| -> f64 {
+        runs.iter()
+            .map(|r| r.record["summary"][key].as_f64().unwrap_or(0.0))
+            .sum()
+    };
+    let flagged = sum("galaxies_flagged") as u64;
+    let galaxies: u64 = counts.iter().sum();
+    let record = serde_json::json!({
+        "popcosmos_version": env!("CARGO_PKG_VERSION"),
+        "merged": true,
+        "merged_unix": std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        "manifest": first.record["manifest"],
+        "seed": first.record["seed"],
+        "shard_count": count,
+        "checked_against_catalogue": catalogue_ids.is_some(),
+        "summary": {
+            "galaxies_total": galaxies,
+            "galaxies_flagged": flagged,
+            // Across all attempts of every shard's last run (resumed runs count only their own work).
+            "seconds_sampling": sum("seconds_sampling"),
+            "seconds_library": sum("seconds_library"),
+        },
+        "shards": runs.iter().map(|r| serde_json::json!({
+            "shard": r.info,
+            "dir": r.dir,
+            "device": r.record["device"],
+            "started_unix": r.record["started_unix"],
+            "summary": r.record["summary"],
+        })).collect::<Vec<_>>(),
+        "complete": true,
+    });
+    let tmp = dir.join(".run.json.tmp");
+    let text = serde_json::to_string_pretty(&record).map_err(|e| ShardError::Record {
+        file: merged_record.display().to_string(),
+        message: e.to_string(),
+    })?;
+    std::fs::write(&tmp, text).map_err(|e| io(&tmp, e))?;
+    std::fs::rename(&tmp, &merged_record).map_err(|e| io(&merged_record, e))?;
+    Ok(MergeSummary {
+        shards: count,
+        galaxies,
+        galaxies_flagged: flagged,
+        checked_against_catalogue: catalogue_ids.is_some(),
+        parts,
+        record: merged_record,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_rejects_shard_specs() {
+        assert_eq!(
+            "2/4".parse::<Shard>().unwrap(),
+            Shard { index: 2, count: 4 }
+        );
+        for bad in ["4/4", "1", "a/2", "1/0", "-1/3", ""] {
+            assert!(bad.parse::<Shard>().is_err(), "{bad}");
+        }
+        let s = Shard {
+            index: 3,
+            count: 12,
+        };
+        assert_eq!(s.dir_name(), "shard-00003-of-00012");
+        assert_eq!(Shard::from_dir_name(&s.dir_name()), Some(s));
+        assert_eq!(Shard::from_dir_name("shard-3-of-3"), None);
+        assert_eq!(Shard::from_dir_name("shard-x-of-3"), None);
+    }
+
+    #[test]
+    fn shards_cover_every_row_once_in_whole_batches() {
+        for total in [1u64, 7, 10, 100, 2000, 2001] {
+            for batch in [1u64, 3, 50] {
+                for count in [1u64, 2, 3, 4, 7, 64] {
+                    let mut next = 0;
+                    let mut sizes = Vec::new();
+                    for index in 0..count {
+                        let r = Shard { index, count }.rows(total, batch);
+                        assert_eq!(r.start, next, "{total} {batch} {count}");
+                        assert!(r.start.is_multiple_of(batch), "starts on a batch boundary");
+                        next = r.end;
+                        sizes.push(r.end.div_ceil(batch) - r.start / batch);
+                    }
+                    assert_eq!(next, total);
+                    let (lo, hi) = (sizes.iter().min().unwrap(), sizes.iter().max().unwrap());
+                    assert!(hi - lo <= 1, "balanced to one batch: {sizes:?}");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,46 @@
+//! Models bundled in the binary (`assets/models/`), addressed as `builtin:NAME`.
+
+use crate::error::{ModelError, Result};
+
+/// One bundled model: its card and its weights, both compiled in.
+#[derive(Debug)]
+pub struct BuiltinModel {
+    pub name: &'static str,
+    /// Card file name under `assets/models/` (used in error messages).
+    pub card_file: &'static str,
+    pub card_text: &'static str,
+    pub bytes: &'static [u8],
+}
+
+macro_rules! bundled {
+    ($name:literal) => {
+        BuiltinModel {
+            name: $name,
+            card_file: concat!("assets/models/", $name, ".card.yaml"),
+            card_text: include_str!(concat!("../../../assets/models/", $name, ".card.yaml")),
+            bytes: include_bytes!(concat!("../../../assets/models/", $name, ".safetensors")),
+        }
+    };
+}
+
+/// Every bundled model, the default photulator first.
+pub static BUILTIN: &[BuiltinModel] = &[
+    bundled!("photulator_cosmos26"),
+    bundled!("emline_emulator"),
+    bundled!("stellar_mass_emulator"),
+];
+
+/// The bundled model called `name`.
+pub fn builtin(name: &str) -> Result<&'static BuiltinModel> {
+    BUILTIN
+        .iter()
+        .find(|m| m.name == name)
+        .ok_or_else(|| ModelError::UnknownBuiltin {
+            name: name.to_string(),
+            available: BUILTIN
+                .iter()
+                .map(|m| m.name)
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+}

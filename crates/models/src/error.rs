@@ -1,0 +1,81 @@
+//! The typed errors of this crate. Every variant that concerns a file names it, so a user can
+//! tell a truncated download from a typo in a card from an offline cache miss.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong while resolving, fetching, verifying or parsing a model.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// A weight reference string that is neither a path, `builtin:NAME` nor `hf://ORG/REPO[@REV]/FILE`.
+    #[error("bad weight reference '{reference}': {reason}")]
+    BadReference { reference: String, reason: String },
+    /// `builtin:NAME` with a name that is not bundled.
+    #[error("no bundled model '{name}' (bundled: {available})")]
+    UnknownBuiltin { name: String, available: String },
+    /// A file could not be read, written or renamed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A weights file without its model card next to it.
+    #[error(
+        "{}: no model card; expected {} (a card records the file's sha256, see docs/models.md)",
+        file.display(),
+        card.display()
+    )]
+    MissingCard { file: PathBuf, card: PathBuf },
+    /// A model card that does not parse or violates the schema.
+    #[error("{file}: bad model card: {message}")]
+    Card { file: String, message: String },
+    /// The file has a different length than its card says: truncated or corrupted.
+    #[error(
+        "{file}: size {found} bytes, but the model card says {expected} bytes (truncated or corrupted file)"
+    )]
+    SizeMismatch {
+        file: String,
+        expected: u64,
+        found: u64,
+    },
+    /// The file's sha256 differs from its card's: corrupted or a different model.
+    #[error("{file}: sha256 {found} does not match the model card's {expected} (corrupted file)")]
+    ChecksumMismatch {
+        file: String,
+        expected: String,
+        found: String,
+    },
+    /// The bytes are not a readable safetensors file.
+    #[error("{file}: not a valid safetensors file: {message}")]
+    Safetensors { file: String, message: String },
+    /// `HF_HUB_OFFLINE=1` and the reference is not in the cache.
+    #[error(
+        "{reference}: not in the Hugging Face cache {} and HF_HUB_OFFLINE is set; \
+         run `popcosmos-cli models fetch {reference}` while online",
+        cache_dir.display()
+    )]
+    OfflineCacheMiss {
+        reference: String,
+        cache_dir: PathBuf,
+    },
+    /// The hub could not be reached or refused the request.
+    #[error("{reference}: download from {endpoint} failed: {source}")]
+    Download {
+        reference: String,
+        endpoint: String,
+        #[source]
+        source: Box<hf_hub::api::sync::ApiError>,
+    },
+}
+
+impl ModelError {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        ModelError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+/// Result alias of this crate.
+pub type Result<T, E = ModelError> = std::result::Result<T, E>;
