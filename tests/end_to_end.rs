@@ -190,3 +190,31 @@ fn predict_reproduces_photulator_fixture_rows() {
         }
     }
 }
+
+#[test]
+fn hmc_sampler_runs_from_the_manifest_and_adapts_its_step_size() {
+    // The HMC kernel through the whole pipeline (autograd through emulators, lines,
+    // likelihood and prior). Dual averaging targets 0.8 acceptance during burn-in; the
+    // post-burn-in acceptance must land near it for every galaxy.
+    let dir = tempdir("hmc");
+    let cat = repo().join("tests/data/cosmos_tiny.csv");
+    let out = dir.join("out");
+    let m = dir.join("m.yaml");
+    let manifest = tiny_manifest(&cat, &out, "").replace(
+        "sampler: {walkers: 32, steps: 16, burn_in: 8}",
+        "sampler: {kind: hmc, walkers: 4, steps: 60, burn_in: 40, leapfrog_steps: 4, target_accept: 0.8}",
+    );
+    assert!(manifest.contains("kind: hmc"));
+    std::fs::write(&m, manifest).unwrap();
+    let o = run(&["run", m.to_str().unwrap(), "--quiet"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let res = read(&out);
+    let acc = res.column("acceptance").unwrap();
+    let z = res.column("z_p50").unwrap();
+    eprintln!("HMC acceptance per galaxy: {acc:?}, z medians {z:?}");
+    assert_eq!(acc.len(), res.len());
+    for (&a, &zm) in acc.iter().zip(z) {
+        assert!((0.5..=1.0).contains(&a), "acceptance {a}");
+        assert!(zm.is_finite() && (0.0..=6.0).contains(&zm));
+    }
+}
