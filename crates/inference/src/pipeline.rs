@@ -533,7 +533,7 @@ impl Pipeline {
         let mut flags = Vec::with_capacity(g);
         let n_samples = k * w;
         let mut buf = vec![0.0; n_samples];
-        for gal in 0..g {
+        for (gal, diag) in diagnostics.iter().enumerate().take(g) {
             // Sample s = (kept, walker) of galaxy gal sits at row (s·g + gal).
             let row = |s: usize| s * g + gal;
             let mut col = 0;
@@ -576,7 +576,6 @@ impl Pipeline {
                 out[col].push(theta[row(best) * N_PARAMS + p]);
                 col += 1;
             }
-            let diag = &diagnostics[gal];
             let n_used: f64 = chunk.mask[gal * chunk.n_bands..(gal + 1) * chunk.n_bands]
                 .iter()
                 .map(|v| *v as f64)
