@@ -397,7 +397,10 @@ fn speculator_act8(
     // x = −α·y clamped so e^x stays finite and normal; beyond the clamp σ is 0 or 1 in f32.
     let x = _mm256_mul_ps(alpha, y);
     let x = _mm256_sub_ps(_mm256_setzero_ps(), x);
-    let x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0)), _mm256_set1_ps(88.0));
+    let x = _mm256_min_ps(
+        _mm256_max_ps(x, _mm256_set1_ps(-87.0)),
+        _mm256_set1_ps(88.0),
+    );
     let magic = _mm256_set1_ps(ROUND_MAGIC);
     let t = _mm256_fmadd_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E), magic);
     let n = _mm256_sub_ps(t, magic);
