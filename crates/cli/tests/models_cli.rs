@@ -13,13 +13,7 @@ const REF: &str = "hf://popcosmos-test/photulators/cosmos26/photulator_cosmos26.
 
 fn serve() -> MockHub {
     let m = builtin("photulator_cosmos26").unwrap();
-    let file = |path: &str, bytes: &[u8]| MockFile {
-        repo: REPO.into(),
-        branch: "main".into(),
-        commit: COMMIT.into(),
-        path: path.into(),
-        bytes: bytes.to_vec(),
-    };
+    let file = |path: &str, bytes: &[u8]| MockFile::on_main(REPO, COMMIT, path, bytes);
     MockHub::start(vec![
         file("cosmos26/photulator_cosmos26.safetensors", m.bytes),
         file(

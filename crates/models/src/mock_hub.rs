@@ -29,6 +29,19 @@ pub struct MockFile {
     pub bytes: Vec<u8>,
 }
 
+impl MockFile {
+    /// `path` of `repo` on branch `main` at `commit`.
+    pub fn on_main(repo: &str, commit: &str, path: &str, bytes: &[u8]) -> Self {
+        Self {
+            repo: repo.into(),
+            branch: "main".into(),
+            commit: commit.into(),
+            path: path.into(),
+            bytes: bytes.to_vec(),
+        }
+    }
+}
+
 #[derive(Default)]
 struct State {
     files: Vec<MockFile>,

@@ -19,13 +19,7 @@ fn weights() -> &'static [u8] {
 
 fn serve() -> MockHub {
     let m = builtin("stellar_mass_emulator").unwrap();
-    let file = |path: &str, bytes: &[u8]| MockFile {
-        repo: REPO.into(),
-        branch: "main".into(),
-        commit: COMMIT.into(),
-        path: path.into(),
-        bytes: bytes.to_vec(),
-    };
+    let file = |path: &str, bytes: &[u8]| MockFile::on_main(REPO, COMMIT, path, bytes);
     MockHub::start(vec![
         file(FILE, m.bytes),
         file(CARD, m.card_text.as_bytes()),
