@@ -544,6 +544,38 @@ pub fn read_results(path: impl AsRef<Path>) -> Result<ResultTable> {
     Ok(table)
 }
 
+/// Write one table as a single `.parquet` or `.csv` file (format from the extension),
+/// atomically (temporary file + rename).
+pub fn write_table(
+    path: impl AsRef<Path>,
+    schema: &ResultSchema,
+    table: &ResultTable,
+) -> Result<()> {
+    let path = path.as_ref();
+    let format = match path.extension().and_then(|e| e.to_str()) {
+        Some("parquet") => TableFormat::Parquet,
+        Some("csv") => TableFormat::Csv,
+        _ => {
+            return Err(CatalogError::format(
+                path,
+                "output must end in .parquet or .csv",
+            ));
+        }
+    };
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("table");
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    let batch = table.to_batch(schema, path)?;
+    let mut file = File::create(&tmp).map_err(|e| CatalogError::io(&tmp, e))?;
+    match format {
+        TableFormat::Parquet => write_parquet(&mut file, &[batch], &tmp)?,
+        TableFormat::Csv => write_csv(&mut file, &batch, &tmp)?,
+    }
+    file.sync_all().map_err(|e| CatalogError::io(&tmp, e))?;
+    drop(file);
+    fs::rename(&tmp, path).map_err(|e| CatalogError::io(path, e))?;
+    Ok(())
+}
+
 /// Concatenate all parts of `dir` into one Parquet file (written atomically); parts are
 /// streamed one at a time. Every part must have the first part's columns and types.
 /// Returns the number of rows.

@@ -7,6 +7,7 @@ mod mock;
 mod models;
 mod plots;
 mod predict;
+mod prior_train;
 mod slurm;
 
 use std::path::{Path, PathBuf};
@@ -56,6 +57,10 @@ enum Command {
     /// Write a mock catalogue (prior draws through the data model).
     #[command(hide = true)]
     Mock(mock::MockArgs),
+    /// Draw from a prior into a Parquet/CSV table (physical and latent columns).
+    SamplePrior(prior_train::SamplePriorArgs),
+    /// Train a diffusion prior by denoising score matching on a table of samples.
+    TrainPrior(prior_train::TrainPriorArgs),
     /// Check a manifest, its weights and every catalogue value without sampling.
     Validate { manifest: PathBuf },
     /// Forward model: physical parameter rows → magnitudes and fluxes per band.
@@ -141,6 +146,8 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Merge { dir } => merge::merge(&dir),
         Command::Slurm(args) => slurm::run(&args),
         Command::Mock(args) => mock::mock(&args),
+        Command::SamplePrior(args) => prior_train::sample_prior(&args),
+        Command::TrainPrior(args) => prior_train::train_prior(&args),
         Command::Validate { manifest } => validate(&manifest),
         Command::Predict {
             params,

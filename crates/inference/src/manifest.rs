@@ -383,11 +383,23 @@ impl Manifest {
             fix(&mut p);
             self.sps.weights = p.display().to_string();
         }
+        if let PriorSpec::Diffusion { weights, .. } = &mut self.prior
+            && let Ok(popcosmos_models::WeightRef::Path(mut p)) = weights.parse()
+        {
+            fix(&mut p);
+            *weights = p.display().to_string();
+        }
     }
 
     /// Semantic checks that serde cannot express; errors name the manifest key.
     pub fn validate(&self) -> Result<()> {
         let bad = |key: &str, msg: String| Err(Error::Invalid(format!("{key}: {msg}")));
+        self.prior.validate()?;
+        if let PriorSpec::Diffusion { weights, .. } = &self.prior
+            && let Err(e) = weights.parse::<popcosmos_models::WeightRef>()
+        {
+            return bad("prior.weights", e.to_string());
+        }
         let s = &self.sampler;
         if s.walkers < 4 || !s.walkers.is_multiple_of(2) {
             return bad(
@@ -488,4 +500,29 @@ impl Manifest {
             .map_err(|e| Error::Invalid(format!("device: {e}")))?;
         Ok(())
     }
+}
+
+/// Build the manifest's prior; `weights` references of learned priors are resolved through
+/// the model zoo (`builtin:`, card-checked paths, `hf://`) and must be `diffusion` models.
+pub fn build_prior(spec: &PriorSpec, device: &candle_core::Device) -> Result<Box<dyn popcosmos_api::Prior>> {
+    spec.build_with(device, &|w: &str| {
+        let r: popcosmos_models::WeightRef = w
+            .parse()
+            .map_err(|e| Error::Invalid(format!("prior.weights: {e}")))?;
+        let hub = popcosmos_models::HubConfig::from_env();
+        let model = popcosmos_models::load(&r, &hub)
+            .map_err(|e| Error::Invalid(format!("prior.weights: {e}")))?;
+        let kind = &model.card.architecture.kind;
+        if kind != "diffusion" {
+            return Err(Error::Invalid(format!(
+                "prior.weights: {} is a '{kind}' model, not a diffusion prior",
+                model.source
+            )));
+        }
+        Ok((model.bytes.into_owned(), model.source))
+    })
+    .map_err(|e| match e {
+        Error::Invalid(m) if !m.starts_with("prior.") => Error::Invalid(format!("prior.weights: {m}")),
+        other => other,
+    })
 }

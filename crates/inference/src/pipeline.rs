@@ -185,7 +185,7 @@ impl Pipeline {
             )));
         }
         let stellar_mass = StellarMassEmulator::builtin(&device)?;
-        let prior = manifest.prior.build();
+        let prior = crate::manifest::build_prior(&manifest.prior, &device)?;
         let likelihood = PhotometricLikelihood::new(manifest.likelihood, &calibration, &device)?;
         Ok(Self {
             manifest,

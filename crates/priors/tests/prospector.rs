@@ -101,9 +101,9 @@ fn tensor_matches_host_f64_on_random_points() {
 fn prior_spec_round_trips_and_builds() {
     let s: PriorSpec = serde_json::from_str(r#"{"kind":"prospector-alpha"}"#).unwrap();
     assert_eq!(s, PriorSpec::ProspectorAlpha {});
-    assert_eq!(s.build().name(), "prospector-alpha");
+    assert_eq!(s.build().unwrap().name(), "prospector-alpha");
     let u: PriorSpec = serde_json::from_str(r#"{"kind":"uniform"}"#).unwrap();
-    assert_eq!(u.build().name(), "uniform");
+    assert_eq!(u.build().unwrap().name(), "uniform");
     assert_eq!(
         serde_json::to_string(&s).unwrap(),
         r#"{"kind":"prospector-alpha"}"#

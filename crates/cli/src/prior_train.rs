@@ -1,0 +1,333 @@
+//! `sample-prior` (draws from a prior to Parquet) and `train-prior` (denoising score matching
+//! of a diffusion model on such draws, written with its model card).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use candle_core::{DType, Device, Tensor};
+use indicatif::{ProgressBar, ProgressStyle};
+use popcosmos_api::{HostRng, N_PARAMS, PARAM_NAMES, params::phi_row_to_theta};
+use popcosmos_catalog::results::{ResultSchema, ResultTable, write_table};
+use popcosmos_priors::PriorSpec;
+use popcosmos_priors::diffusion::{Activation, DiffusionModel, SdeConfig, TrainOptions, Trainer};
+
+/// Latent-φ column name of parameter `name` in sample tables.
+pub fn phi_column(name: &str) -> String {
+    format!("phi_{name}")
+}
+
+#[derive(clap::Args)]
+pub struct SamplePriorArgs {
+    /// Prior as a kind (`prospector-alpha`, `uniform`) or an inline YAML spec such as
+    /// `{kind: diffusion, weights: prior.safetensors}`.
+    #[arg(long, default_value = "prospector-alpha")]
+    pub prior: String,
+    /// Number of draws.
+    #[arg(short = 'n', long)]
+    pub draws: usize,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// `.parquet` or `.csv`: id, the 16 physical parameters, log10M_formed and the 16
+    /// latent coordinates `phi_<name>`.
+    #[arg(short, long)]
+    pub output: PathBuf,
+}
+
+fn parse_prior(s: &str) -> Result<PriorSpec> {
+    let yaml = if s.trim_start().starts_with('{') {
+        s.to_string()
+    } else {
+        format!("{{kind: {s}}}")
+    };
+    serde_saphyr::from_str(&yaml).with_context(|| format!("--prior '{s}'"))
+}
+
+pub fn sample_prior(args: &SamplePriorArgs) -> Result<()> {
+    let spec = parse_prior(&args.prior)?;
+    let device = Device::Cpu;
+    let prior = popcosmos_inference::manifest::build_prior(&spec, &device)?;
+    let mut rng = HostRng::seed_from_u64(args.seed);
+    let phi = prior.sample(args.draws, &mut rng, &device)?;
+    let phi = phi.to_dtype(DType::F64)?.to_vec2::<f64>()?;
+    let mut table = ResultTable::default();
+    let mut cols: Vec<String> = PARAM_NAMES.iter().map(|s| s.to_string()).collect();
+    cols.push("log10M_formed".into());
+    cols.extend(PARAM_NAMES.iter().map(|n| phi_column(n)));
+    let mut data: Vec<Vec<f64>> = vec![Vec::with_capacity(phi.len()); cols.len()];
+    for (i, row) in phi.iter().enumerate() {
+        table.ids.push(format!("draw{i:08}"));
+        let theta = phi_row_to_theta(row);
+        for k in 0..N_PARAMS {
+            data[k].push(theta[k]);
+            data[N_PARAMS + 1 + k].push(row[k]);
+        }
+        let mu = popcosmos_api::cosmology::pade::distmod(theta[popcosmos_api::params::IDX_Z]);
+        data[N_PARAMS].push(-0.4 * (theta[0] - mu));
+    }
+    for (c, v) in cols.iter().zip(data) {
+        table.columns.insert(c.clone(), v);
+    }
+    let mut schema = ResultSchema::new(cols);
+    schema.string_columns.clear();
+    write_table(&args.output, &schema, &table)?;
+    println!(
+        "wrote {} draws of the {} prior to {}",
+        args.draws,
+        prior.name(),
+        args.output.display()
+    );
+    Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct TrainPriorArgs {
+    /// Training samples (Parquet, CSV or FITS), e.g. from `sample-prior`.
+    #[arg(long)]
+    pub samples: PathBuf,
+    /// Columns to model, comma-separated (default: the 16 latent columns `phi_<name>`).
+    #[arg(long, value_delimiter = ',')]
+    pub columns: Vec<String>,
+    /// Conditioning columns, comma-separated (a conditional model p(x | c)).
+    #[arg(long, value_delimiter = ',')]
+    pub conditional: Vec<String>,
+    /// Weights to write (safetensors; its model card is written next to it).
+    #[arg(short, long)]
+    pub output: PathBuf,
+    #[arg(long, default_value_t = 20_000)]
+    pub steps: usize,
+    #[arg(long, default_value_t = 1024)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 2e-3)]
+    pub learning_rate: f64,
+    /// Hidden layer widths, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "256,256,256")]
+    pub hidden: Vec<usize>,
+    /// `silu` or `tanh`.
+    #[arg(long, default_value = "silu")]
+    pub activation: String,
+    #[arg(long, default_value_t = 16)]
+    pub embedding_dim: usize,
+    #[arg(long, default_value_t = 0.999)]
+    pub ema_decay: f64,
+    /// Fraction of rows held out to measure the loss on unseen draws.
+    #[arg(long, default_value_t = 0.02)]
+    pub holdout: f64,
+    /// Write a resumable checkpoint (`OUTPUT.checkpoint.safetensors`) every this many steps.
+    #[arg(long, default_value_t = 1000)]
+    pub checkpoint_every: usize,
+    /// Continue from `OUTPUT.checkpoint.safetensors`.
+    #[arg(long)]
+    pub resume: bool,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Model-card description.
+    #[arg(long, default_value = "Diffusion model trained with popcosmos-cli train-prior")]
+    pub description: String,
+}
+
+fn read_columns(path: &Path, cols: &[String]) -> Result<(Vec<f32>, usize)> {
+    let mut data: Vec<Vec<f64>> = Vec::with_capacity(cols.len());
+    for c in cols {
+        let v = popcosmos_catalog::read_column_f64(path, c)
+            .with_context(|| format!("reading column '{c}'"))?;
+        if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+            bail!("{}: column '{c}' row {i} is not a finite number", path.display());
+        }
+        data.push(v);
+    }
+    let n = data.first().map_or(0, Vec::len);
+    let mut flat = Vec::with_capacity(n * cols.len());
+    for i in 0..n {
+        for col in &data {
+            flat.push(col[i] as f32);
+        }
+    }
+    Ok((flat, n))
+}
+
+fn checkpoint_path(output: &Path) -> PathBuf {
+    output.with_extension("checkpoint.safetensors")
+}
+
+pub fn train_prior(args: &TrainPriorArgs) -> Result<()> {
+    let columns: Vec<String> = if args.columns.is_empty() {
+        PARAM_NAMES.iter().map(|n| phi_column(n)).collect()
+    } else {
+        args.columns.clone()
+    };
+    let device = Device::Cpu;
+    let (x, n) = read_columns(&args.samples, &columns)?;
+    let d = columns.len();
+    let c = if args.conditional.is_empty() {
+        None
+    } else {
+        Some(read_columns(&args.samples, &args.conditional)?.0)
+    };
+    if n < 100 {
+        bail!("{}: only {n} rows; need at least 100 samples", args.samples.display());
+    }
+    // Deterministic hold-out split: a seeded permutation.
+    let mut order: Vec<usize> = (0..n).collect();
+    {
+        use rand::seq::SliceRandom;
+        order.shuffle(HostRng::seed_from_u64(args.seed ^ 0x401d).inner());
+    }
+    let n_hold = ((n as f64 * args.holdout).round() as usize).clamp(1, n / 2);
+    let split = |idx: &[usize], src: &[f32], w: usize| -> Vec<f32> {
+        idx.iter().flat_map(|&i| src[i * w..(i + 1) * w].iter().copied()).collect()
+    };
+    let (hold_idx, train_idx) = order.split_at(n_hold);
+    let to_t = |v: Vec<f32>, rows: usize, w: usize| Tensor::from_vec(v, (rows, w), &device);
+    let train_x = to_t(split(train_idx, &x, d), train_idx.len(), d)?;
+    let hold_x = to_t(split(hold_idx, &x, d), n_hold, d)?;
+    let (train_c, hold_c) = match &c {
+        Some(c) => {
+            let w = args.conditional.len();
+            (
+                Some(to_t(split(train_idx, c, w), train_idx.len(), w)?),
+                Some(to_t(split(hold_idx, c, w), n_hold, w)?),
+            )
+        }
+        None => (None, None),
+    };
+    let activation = match args.activation.as_str() {
+        "silu" => Activation::Silu,
+        "tanh" => Activation::Tanh,
+        other => bail!("--activation: '{other}' is not silu or tanh"),
+    };
+    let opts = TrainOptions {
+        hidden: args.hidden.clone(),
+        activation,
+        embedding_dim: args.embedding_dim,
+        steps: args.steps,
+        batch_size: args.batch_size,
+        learning_rate: args.learning_rate,
+        ema_decay: args.ema_decay,
+        seed: args.seed,
+        sde: SdeConfig::vp_default(),
+        ..TrainOptions::default()
+    };
+    let mut trainer = Trainer::new(
+        &train_x,
+        train_c.as_ref(),
+        columns.clone(),
+        args.conditional.clone(),
+        opts,
+        &device,
+    )?;
+    let ckpt = checkpoint_path(&args.output);
+    if args.resume {
+        trainer
+            .resume(&ckpt)
+            .with_context(|| format!("resuming from {}", ckpt.display()))?;
+        eprintln!("resumed at step {}", trainer.step_count());
+    }
+    let mut meta = HashMap::new();
+    meta.insert("samples".to_string(), args.samples.display().to_string());
+    meta.insert("train_rows".to_string(), train_idx.len().to_string());
+    let bar = ProgressBar::new(args.steps as u64).with_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} steps  loss {msg}  [{elapsed}<{eta}]")
+            .expect("template"),
+    );
+    bar.set_position(trainer.step_count() as u64);
+    // A different stream after a resume, so resumed runs do not replay the same batches.
+    let mut rng = HostRng::seed_from_u64(args.seed.wrapping_add(trainer.step_count() as u64));
+    let mut smooth = f64::NAN;
+    let t0 = std::time::Instant::now();
+    while trainer.step_count() < args.steps {
+        let loss = trainer.step(&mut rng)?;
+        smooth = if smooth.is_nan() { loss } else { 0.99 * smooth + 0.01 * loss };
+        bar.set_position(trainer.step_count() as u64);
+        if trainer.step_count() % 50 == 0 {
+            bar.set_message(format!("{smooth:.3}"));
+        }
+        if args.checkpoint_every > 0 && trainer.step_count() % args.checkpoint_every == 0 {
+            trainer.save(&ckpt, &meta)?;
+        }
+    }
+    bar.finish();
+    let secs = t0.elapsed().as_secs_f64();
+    let mut eval_rng = HostRng::seed_from_u64(7);
+    let hold_loss = trainer.evaluate(&hold_x, hold_c.as_ref(), 20, &mut eval_rng)?;
+    let train_loss = trainer.evaluate(&train_x, train_c.as_ref(), 20, &mut eval_rng)?;
+    meta.insert("train_step".into(), trainer.step_count().to_string());
+    meta.insert("heldout_dsm_loss".into(), format!("{hold_loss:.5}"));
+    meta.insert("train_dsm_loss".into(), format!("{train_loss:.5}"));
+    let model = trainer.model()?;
+    let tensors = popcosmos_priors::diffusion::train::model_tensors(&model)?;
+    meta.remove("train_options");
+    meta.insert(
+        "train_options".into(),
+        serde_json::to_string(trainer.options())?,
+    );
+    popcosmos_priors::diffusion::train::write_model(&model, tensors, meta, &args.output)?;
+    let card = write_card(&model, &args.output, &args.description, &args.samples)?;
+    println!(
+        "trained {} steps in {secs:.0} s; EMA model DSM loss: held-out {hold_loss:.4}, train {train_loss:.4}",
+        trainer.step_count()
+    );
+    println!("wrote {} and {}", args.output.display(), card.display());
+    Ok(())
+}
+
+/// Write the model card next to `weights` (kind `diffusion`, sha256 of the file).
+pub fn write_card(
+    model: &DiffusionModel,
+    weights: &Path,
+    description: &str,
+    samples: &Path,
+) -> Result<PathBuf> {
+    let bytes = std::fs::read(weights).with_context(|| weights.display().to_string())?;
+    let cfg = model.config();
+    let mut layers = vec![cfg.embedding_dim + cfg.dim + cfg.conditional_dim];
+    layers.extend(&cfg.hidden);
+    layers.push(cfg.dim);
+    let parameters = cfg
+        .names
+        .iter()
+        .map(|n| popcosmos_models::card::Parameter {
+            name: n.clone(),
+            unit: "as in the training samples".into(),
+            min: None,
+            max: None,
+        })
+        .collect();
+    let file = weights
+        .file_name()
+        .and_then(|f| f.to_str())
+        .context("output file name")?
+        .to_string();
+    let card = popcosmos_models::ModelCard {
+        schema: popcosmos_models::card::CARD_SCHEMA,
+        name: file.trim_end_matches(".safetensors").to_string(),
+        description: description.to_string(),
+        file,
+        format: popcosmos_models::card::WeightFormat::Safetensors,
+        size_bytes: bytes.len() as u64,
+        sha256: popcosmos_models::verify::sha256_hex(&bytes),
+        architecture: popcosmos_models::card::Architecture {
+            kind: "diffusion".into(),
+            layers,
+            activation: format!("{:?} (score network; config in the safetensors metadata)", cfg.activation).to_lowercase(),
+        },
+        parameters,
+        bands: Vec::new(),
+        units: popcosmos_models::card::Units {
+            input: "the modelled columns (config.names), physical units of the samples".into(),
+            output: "score of the standardised variable; log-density via the probability-flow ODE".into(),
+        },
+        provenance: popcosmos_models::card::Provenance {
+            source: "popcosmos-cli train-prior".into(),
+            commit: None,
+            code: Some("crates/priors/src/diffusion".into()),
+            converted_from: None,
+            notes: Some(format!("trained on {}", samples.display())),
+        },
+        citations: Vec::new(),
+        license: "MIT".into(),
+    };
+    let path = popcosmos_models::card::card_path_for(weights);
+    std::fs::write(&path, card.to_yaml()).with_context(|| path.display().to_string())?;
+    Ok(path)
+}

@@ -1,0 +1,404 @@
+//! Denoising score-matching training of a [`DiffusionModel`] (spec §5.1): Adam with cosine
+//! learning-rate decay, an exponential moving average (EMA) of the weights, held-out loss,
+//! and checkpoints that a later run resumes from.
+//!
+//! Loss: t ~ U(ε, T), z ~ 𝒩(0, I), x_t = μ(t) x₀ + σ(t) z,
+//! ℓ = mean_batch Σ_dims (z + σ(t) s_θ(x_t, t))², x₀ standardised by the data's mean and std.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{Optimizer, ParamsAdamW, VarBuilder, VarMap};
+use popcosmos_api::{Error, RandomSource, Result, Shape};
+use serde::{Deserialize, Serialize};
+
+use super::config::{Activation, DiffusionConfig, SdeConfig};
+use super::model::{DiffusionModel, FORMAT};
+use super::score_net::ScoreNet;
+
+/// Architecture and optimiser settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainOptions {
+    pub hidden: Vec<usize>,
+    pub activation: Activation,
+    pub embedding_dim: usize,
+    /// Standard deviation of the fixed Fourier frequencies (flowfusion: 16).
+    pub fourier_scale: f64,
+    pub no_sigma: bool,
+    pub sde: SdeConfig,
+    pub steps: usize,
+    pub batch_size: usize,
+    pub learning_rate: f64,
+    /// Final learning rate as a fraction of the initial one (cosine decay).
+    pub final_lr_fraction: f64,
+    pub ema_decay: f64,
+    pub seed: u64,
+}
+
+impl Default for TrainOptions {
+    fn default() -> Self {
+        Self {
+            hidden: vec![256, 256, 256],
+            activation: Activation::Silu,
+            embedding_dim: 16,
+            fourier_scale: 16.0,
+            no_sigma: false,
+            sde: SdeConfig::vp_default(),
+            steps: 20_000,
+            batch_size: 1024,
+            learning_rate: 2e-3,
+            final_lr_fraction: 0.02,
+            ema_decay: 0.999,
+            seed: 1,
+        }
+    }
+}
+
+/// A training run in progress.
+pub struct Trainer {
+    opts: TrainOptions,
+    config: DiffusionConfig,
+    varmap: VarMap,
+    net: ScoreNet,
+    optimizer: candle_nn::AdamW,
+    ema: Vec<(String, Tensor)>,
+    /// Standardised training data `[n, D]` and conditions `[n, C]`.
+    data: Tensor,
+    cond: Option<Tensor>,
+    x_shift: Tensor,
+    x_scale: Tensor,
+    cond_norm: Option<(Tensor, Tensor)>,
+    step: usize,
+    device: Device,
+}
+
+fn mean_std(x: &Tensor, what: &str) -> Result<(Tensor, Tensor)> {
+    let mean = x.mean(0)?;
+    let std = x.broadcast_sub(&mean)?.sqr()?.mean(0)?.sqrt()?;
+    let s: Vec<f32> = std.to_vec1()?;
+    if let Some(i) = s.iter().position(|v| !(v.is_finite() && *v > 0.0)) {
+        return Err(Error::Invalid(format!(
+            "{what} column {i} has zero or non-finite spread; drop it or fix the samples"
+        )));
+    }
+    Ok((mean, std))
+}
+
+impl Trainer {
+    /// Prepare training on `samples` `[n, D]` (physical units) with optional conditions
+    /// `[n, C]`; `names`/`conditional_names` are stored in the model's config.
+    pub fn new(
+        samples: &Tensor,
+        conditions: Option<&Tensor>,
+        names: Vec<String>,
+        conditional_names: Vec<String>,
+        opts: TrainOptions,
+        device: &Device,
+    ) -> Result<Self> {
+        opts.sde.validate().map_err(Error::Invalid)?;
+        if opts.embedding_dim == 0 || opts.embedding_dim % 2 != 0 {
+            return Err(Error::Invalid("embedding_dim must be even and > 0".into()));
+        }
+        let samples = samples.to_dtype(DType::F32)?.to_device(device)?;
+        let (n, d) = samples.dims2()?;
+        if n < 2 {
+            return Err(Error::Invalid("need at least 2 training samples".into()));
+        }
+        let (x_shift, x_scale) = mean_std(&samples, "sample")?;
+        let data = samples.broadcast_sub(&x_shift)?.broadcast_div(&x_scale)?;
+        let (cond, cond_norm, c) = match conditions {
+            Some(c) => {
+                let c = c.to_dtype(DType::F32)?.to_device(device)?;
+                if c.dim(0)? != n {
+                    return Err(Error::Invalid(format!(
+                        "{} condition rows for {n} samples",
+                        c.dim(0)?
+                    )));
+                }
+                let (s, k) = mean_std(&c, "conditional")?;
+                let cs = c.broadcast_sub(&s)?.broadcast_div(&k)?;
+                let width = c.dim(1)?;
+                (Some(cs), Some((s, k)), width)
+            }
+            None => (None, None, 0),
+        };
+        let config = DiffusionConfig {
+            dim: d,
+            conditional_dim: c,
+            embedding_dim: opts.embedding_dim,
+            hidden: opts.hidden.clone(),
+            activation: opts.activation,
+            no_sigma: opts.no_sigma,
+            sde: opts.sde,
+            names,
+            conditional_names,
+        };
+        let mut rng = popcosmos_api::HostRng::seed_from_u64(opts.seed);
+        let freqs = (rng.normal(&Shape::from(opts.embedding_dim / 2), device)?
+            * opts.fourier_scale)?;
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
+        let net = ScoreNet::with_frequencies(&config, freqs, vb)?;
+        let optimizer = candle_nn::AdamW::new(
+            varmap.all_vars(),
+            ParamsAdamW {
+                lr: opts.learning_rate,
+                weight_decay: 0.0,
+                ..Default::default()
+            },
+        )?;
+        let ema = snapshot(&varmap)?;
+        Ok(Self {
+            opts,
+            config,
+            varmap,
+            net,
+            optimizer,
+            ema,
+            data,
+            cond,
+            x_shift,
+            x_scale,
+            cond_norm,
+            step: 0,
+            device: device.clone(),
+        })
+    }
+
+    pub fn step_count(&self) -> usize {
+        self.step
+    }
+    pub fn options(&self) -> &TrainOptions {
+        &self.opts
+    }
+
+    /// Denoising score-matching loss on rows `idx` of the standardised data.
+    fn loss(&self, rows: &[u32], rng: &mut dyn RandomSource) -> Result<Tensor> {
+        let b = rows.len();
+        let d = self.config.dim;
+        let idx = Tensor::from_vec(rows.to_vec(), b, &self.device)?;
+        let x0 = self.data.index_select(&idx, 0)?;
+        let c = self.cond.as_ref().map(|c| c.index_select(&idx, 0)).transpose()?;
+        let sde = self.config.sde;
+        let (eps, t_max) = (sde.epsilon(), sde.t_max());
+        let t: Vec<f64> = (0..b)
+            .map(|_| eps + (t_max - eps) * rng.next_f64())
+            .collect();
+        let (mean, std): (Vec<f32>, Vec<f32>) = t
+            .iter()
+            .map(|&t| {
+                let (m, s) = sde.marginal(t);
+                (m as f32, s as f32)
+            })
+            .unzip();
+        let col = |v: Vec<f32>| Tensor::from_vec(v, (b, 1), &self.device);
+        let (mean, std) = (col(mean)?, col(std)?);
+        let tt = Tensor::from_vec(t.iter().map(|&t| t as f32).collect::<Vec<_>>(), b, &self.device)?;
+        let z = rng.normal(&Shape::from((b, d)), &self.device)?;
+        let xt = (x0.broadcast_mul(&mean)? + z.broadcast_mul(&std)?)?;
+        let out = self.net.forward(&tt, &xt, c.as_ref())?;
+        // σ s_θ = σ · out (no_sigma) or out (score = out / σ).
+        let sigma_score = if self.config.no_sigma {
+            out.broadcast_mul(&std)?
+        } else {
+            out
+        };
+        Ok((sigma_score + z)?.sqr()?.sum(1)?.mean(0)?)
+    }
+
+    /// One optimiser step on a random batch; returns the batch loss.
+    pub fn step(&mut self, rng: &mut dyn RandomSource) -> Result<f64> {
+        let n = self.data.dim(0)?;
+        let rows = rng.indices(self.opts.batch_size, n);
+        let frac = self.step as f64 / self.opts.steps.max(1) as f64;
+        let cosine = 0.5 * (1.0 + (std::f64::consts::PI * frac.min(1.0)).cos());
+        let f = self.opts.final_lr_fraction;
+        self.optimizer
+            .set_learning_rate(self.opts.learning_rate * (f + (1.0 - f) * cosine));
+        let loss = self.loss(&rows, rng)?;
+        self.optimizer.backward_step(&loss)?;
+        let d = self.opts.ema_decay;
+        let vars = self.varmap.data().lock().expect("varmap lock");
+        for (name, e) in self.ema.iter_mut() {
+            let v = vars[name.as_str()].as_tensor();
+            *e = ((&*e * d)? + (v * (1.0 - d))?)?;
+        }
+        drop(vars);
+        self.step += 1;
+        Ok(loss.to_dtype(DType::F64)?.to_scalar::<f64>()?)
+    }
+
+    /// Mean loss of the EMA model over `batches` random batches drawn from `samples`
+    /// (physical units, e.g. held-out draws), standardised with the training statistics.
+    pub fn evaluate(
+        &self,
+        samples: &Tensor,
+        conditions: Option<&Tensor>,
+        batches: usize,
+        rng: &mut dyn RandomSource,
+    ) -> Result<f64> {
+        let model = self.model()?;
+        let probe = Self {
+            opts: self.opts.clone(),
+            config: self.config.clone(),
+            varmap: VarMap::new(),
+            net: model.score_net().clone(),
+            optimizer: candle_nn::AdamW::new(vec![], ParamsAdamW::default())?,
+            ema: vec![],
+            data: model.standardise(&samples.to_dtype(DType::F32)?.to_device(&self.device)?)?,
+            cond: conditions
+                .map(|c| -> Result<Tensor> {
+                    let (s, k) = self.cond_norm.as_ref().expect("conditional model");
+                    Ok(c.to_dtype(DType::F32)?
+                        .to_device(&self.device)?
+                        .broadcast_sub(s)?
+                        .broadcast_div(k)?)
+                })
+                .transpose()?,
+            x_shift: self.x_shift.clone(),
+            x_scale: self.x_scale.clone(),
+            cond_norm: self.cond_norm.clone(),
+            step: 0,
+            device: self.device.clone(),
+        };
+        let n = probe.data.dim(0)?;
+        let mut total = 0.0;
+        for _ in 0..batches {
+            let rows = rng.indices(self.opts.batch_size.min(n), n);
+            total += probe.loss(&rows, rng)?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        }
+        Ok(total / batches as f64)
+    }
+
+    /// The model with the EMA weights.
+    pub fn model(&self) -> Result<DiffusionModel> {
+        let ema: HashMap<String, Tensor> = self.ema.iter().cloned().collect();
+        let vb = VarBuilder::from_tensors(ema, DType::F32, &self.device);
+        let net = ScoreNet::with_frequencies(&self.config, self.net.frequencies().clone(), vb)?;
+        Ok(DiffusionModel::from_parts(
+            self.config.clone(),
+            net,
+            self.x_shift.clone(),
+            self.x_scale.clone(),
+            self.cond_norm.clone(),
+        ))
+    }
+
+    /// Write the EMA model (format `popcosmos/diffusion/v1`) plus, under `train.*`, the raw
+    /// weights and the step count so that [`Trainer::resume`] can continue. `extra_metadata`
+    /// (e.g. the training data's description) is stored alongside.
+    pub fn save(&self, path: &Path, extra_metadata: &HashMap<String, String>) -> Result<()> {
+        let model = self.model()?;
+        let mut tensors = model_tensors(&model)?;
+        for (name, v) in snapshot(&self.varmap)? {
+            tensors.insert(format!("train.raw.{name}"), v);
+        }
+        let mut meta = extra_metadata.clone();
+        meta.insert("train_step".into(), self.step.to_string());
+        meta.insert(
+            "train_options".into(),
+            serde_json::to_string(&self.opts).expect("serialisable"),
+        );
+        write_model(&model, tensors, meta, path)
+    }
+
+    /// Continue from a checkpoint written by [`Trainer::save`] (weights, EMA and step; the
+    /// Adam moments restart, a short transient).
+    pub fn resume(&mut self, path: &Path) -> Result<()> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| Error::Format {
+            file: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        let meta = meta.metadata().clone().unwrap_or_default();
+        let step: usize = meta
+            .get("train_step")
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| Error::Format {
+                file: path.display().to_string(),
+                message: "not a training checkpoint (no `train_step` metadata)".into(),
+            })?;
+        let tensors = candle_core::safetensors::load_buffer(&bytes, &self.device)?;
+        let missing = |k: &str| Error::MissingTensor {
+            file: path.display().to_string(),
+            tensor: k.to_string(),
+        };
+        {
+            let vars = self.varmap.data().lock().expect("varmap lock");
+            for (name, var) in vars.iter() {
+                let key = format!("train.raw.{name}");
+                let t = tensors.get(&key).ok_or_else(|| missing(&key))?;
+                var.set(t)?;
+            }
+        }
+        for (name, e) in self.ema.iter_mut() {
+            let key = format!("score_net.{name}");
+            *e = tensors.get(&key).ok_or_else(|| missing(&key))?.clone();
+        }
+        let w = tensors
+            .get("score_net.time_embedding.W")
+            .ok_or_else(|| missing("score_net.time_embedding.W"))?;
+        let vb = VarBuilder::from_varmap(&self.varmap, DType::F32, &self.device);
+        self.net = ScoreNet::with_frequencies(&self.config, w.clone(), vb)?;
+        self.step = step;
+        Ok(())
+    }
+}
+
+fn snapshot(varmap: &VarMap) -> Result<Vec<(String, Tensor)>> {
+    let vars = varmap.data().lock().expect("varmap lock");
+    let mut out: Vec<(String, Tensor)> = vars
+        .iter()
+        .map(|(k, v): (&String, &Var)| Ok((k.clone(), v.as_tensor().copy()?)))
+        .collect::<Result<_>>()?;
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+/// The tensors of a model in the `popcosmos/diffusion/v1` layout.
+pub fn model_tensors(model: &DiffusionModel) -> Result<HashMap<String, Tensor>> {
+    let mut t = HashMap::new();
+    let f32 = |x: &Tensor| x.to_dtype(DType::F32);
+    t.insert(
+        "score_net.time_embedding.W".to_string(),
+        f32(model.score_net().frequencies())?,
+    );
+    for (i, (w, b)) in model.score_net().layers().enumerate() {
+        t.insert(format!("score_net.layer.{i}.weight"), f32(w)?);
+        if let Some(b) = b {
+            t.insert(format!("score_net.layer.{i}.bias"), f32(b)?);
+        }
+    }
+    t.insert("x_shift".into(), f32(model.x_shift())?);
+    t.insert("x_scale".into(), f32(model.x_scale())?);
+    if let Some((s, k)) = model.conditional_norm() {
+        t.insert("conditional_shift".into(), f32(s)?);
+        t.insert("conditional_scale".into(), f32(k)?);
+    }
+    Ok(t)
+}
+
+/// Write `tensors` with the model's config as `popcosmos/diffusion/v1`, atomically.
+pub fn write_model(
+    model: &DiffusionModel,
+    tensors: HashMap<String, Tensor>,
+    mut meta: HashMap<String, String>,
+    path: &Path,
+) -> Result<()> {
+    meta.insert("format".into(), FORMAT.into());
+    meta.insert(
+        "config".into(),
+        serde_json::to_string(model.config()).expect("serialisable"),
+    );
+    let tmp = path.with_extension("safetensors.partial");
+    let mut sorted: Vec<(String, Tensor)> = tensors.into_iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    safetensors::serialize_to_file(sorted, Some(meta), &tmp).map_err(|e| Error::Format {
+        file: tmp.display().to_string(),
+        message: format!("cannot write safetensors: {e}"),
+    })?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
+    Ok(())
+}
