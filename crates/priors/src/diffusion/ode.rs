@@ -453,7 +453,7 @@ mod tests {
             },
             1e-8,
         );
-        check(OdeSolver::Rk4 { steps: 400 }, 1e-7);
+        check(OdeSolver::Rk4 { steps: 400 }, 1e-6);
         check(OdeSolver::Heun { steps: 4000 }, 1e-4);
     }
 
