@@ -112,7 +112,7 @@ sinfo -h -N -o '%N %T' | grep -qE ' (idle|mixed|allocated)' || {
 
 # 2. Mock catalogue and a tiny inference config (2,000 galaxies in a few minutes on 2 cores).
 log "writing $GALAXIES mock galaxies"
-"$CLI" mock -n "$GALAXIES" --seed 9 -o "$WORK/mock.csv"
+"$CLI" mock -n "$GALAXIES" --seed 9 --errors templates -o "$WORK/mock.csv"
 manifest() {
     cat <<EOF
 survey: {name: cosmos}

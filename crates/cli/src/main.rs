@@ -2,6 +2,7 @@
 
 mod bench;
 mod evaluate;
+mod import_torch;
 mod merge;
 mod mock;
 mod models;
@@ -54,9 +55,12 @@ enum Command {
     },
     /// Write (and with --submit, submit) a Slurm job array running every shard.
     Slurm(slurm::SlurmArgs),
-    /// Write a mock catalogue (prior draws through the data model).
-    #[command(hide = true)]
+    /// Write a mock catalogue: prior draws through the full data model, uncertainties from
+    /// the diffusion noise model, Student-t noise, a magnitude selection.
     Mock(mock::MockArgs),
+    /// Convert whole-module PyTorch .pt checkpoints (flowfusion diffusion models, Photulators)
+    /// to safetensors.
+    ImportTorch(import_torch::ImportTorchArgs),
     /// Draw from a prior into a Parquet/CSV table (physical and latent columns).
     SamplePrior(prior_train::SamplePriorArgs),
     /// Train a diffusion prior by denoising score matching on a table of samples.
@@ -146,6 +150,7 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Merge { dir } => merge::merge(&dir),
         Command::Slurm(args) => slurm::run(&args),
         Command::Mock(args) => mock::mock(&args),
+        Command::ImportTorch(args) => import_torch::run(&args),
         Command::SamplePrior(args) => prior_train::sample_prior(&args),
         Command::TrainPrior(args) => prior_train::train_prior(&args),
         Command::Validate { manifest } => validate(&manifest),

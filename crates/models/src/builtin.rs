@@ -28,6 +28,7 @@ pub static BUILTIN: &[BuiltinModel] = &[
     bundled!("photulator_cosmos26"),
     bundled!("emline_emulator"),
     bundled!("stellar_mass_emulator"),
+    bundled!("noise_model"),
 ];
 
 /// The bundled model called `name`.
