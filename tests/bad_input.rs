@@ -89,6 +89,26 @@ fn semantic_errors_name_the_key() {
     assert!(err.contains("furlongs") && err.contains("units"), "{err}");
     let err = validate_text("device", &(base.clone() + "device: tpu\n"));
     assert!(err.contains("device") && err.contains("tpu"), "{err}");
+    let diffusion = |spec: &str| base.replace("prior: {kind: prospector-alpha}", spec);
+    let err = validate_text(
+        "prior-weights",
+        &diffusion("prior: {kind: diffusion, weights: /nonexistent/prior.safetensors}"),
+    );
+    assert!(
+        err.contains("prior.weights") && err.contains("/nonexistent/prior"),
+        "{err}"
+    );
+    let err = validate_text(
+        "prior-solver",
+        &diffusion("prior: {kind: diffusion, log_prob: {solver: {method: rk4, steps: 0}}}"),
+    );
+    assert!(err.contains("prior.log_prob.solver"), "{err}");
+    // A weights file of the wrong kind (the photulator) is refused by its card's kind.
+    let err = validate_text(
+        "prior-kind",
+        &diffusion("prior: {kind: diffusion, weights: \"builtin:photulator_cosmos26\"}"),
+    );
+    assert!(err.contains("prior.weights") && err.contains("not a diffusion prior"), "{err}");
 }
 
 #[test]

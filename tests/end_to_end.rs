@@ -218,3 +218,31 @@ fn hmc_sampler_runs_from_the_manifest_and_adapts_its_step_size() {
         assert!(zm.is_finite() && (0.0..=6.0).contains(&zm));
     }
 }
+
+#[test]
+fn diffusion_prior_runs_from_the_manifest() {
+    // `prior: {kind: diffusion}` with the bundled population prior, cheap fixed-step solvers.
+    let dir = tempdir("diffusion");
+    let cat = repo().join("tests/data/cosmos_tiny.csv");
+    let out = dir.join("out");
+    let m = dir.join("m.yaml");
+    let manifest = tiny_manifest(&cat, &out, "")
+        .replace(
+            "prior: {kind: prospector-alpha}",
+            "prior: {kind: diffusion, log_prob: {solver: {method: rk4, steps: 4}}, sample_solver: {method: rk4, steps: 8}}",
+        )
+        .replace("sampler: {walkers: 32, steps: 16, burn_in: 8}", "sampler: {walkers: 32, steps: 6, burn_in: 3}")
+        .replace("library_size: 1500", "library_size: 200");
+    assert!(manifest.contains("kind: diffusion") && manifest.contains("library_size: 200"));
+    std::fs::write(&m, manifest).unwrap();
+    let o = run(&["run", m.to_str().unwrap(), "--quiet"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let res = read(&out);
+    assert_eq!(res.len(), 6);
+    for &zm in res.column("z_p50").unwrap() {
+        assert!(zm.is_finite() && (0.0..=6.0).contains(&zm), "z median {zm}");
+    }
+    let record = std::fs::read_to_string(out.join("run.json")).unwrap_or_default()
+        + &std::fs::read_to_string(out.join("run_record.json")).unwrap_or_default();
+    assert!(record.contains("diffusion"), "run record names the prior");
+}

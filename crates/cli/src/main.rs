@@ -8,6 +8,7 @@ mod mock;
 mod models;
 mod plots;
 mod predict;
+mod prior_check;
 mod prior_train;
 mod slurm;
 
@@ -65,6 +66,8 @@ enum Command {
     SamplePrior(prior_train::SamplePriorArgs),
     /// Train a diffusion prior by denoising score matching on a table of samples.
     TrainPrior(prior_train::TrainPriorArgs),
+    /// Compare a learned prior with a reference prior: forward KL, KS per parameter, cost.
+    ComparePriors(prior_check::ComparePriorsArgs),
     /// Check a manifest, its weights and every catalogue value without sampling.
     Validate { manifest: PathBuf },
     /// Forward model: physical parameter rows → magnitudes and fluxes per band.
@@ -153,6 +156,7 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::ImportTorch(args) => import_torch::run(&args),
         Command::SamplePrior(args) => prior_train::sample_prior(&args),
         Command::TrainPrior(args) => prior_train::train_prior(&args),
+        Command::ComparePriors(args) => prior_check::run(&args),
         Command::Validate { manifest } => validate(&manifest),
         Command::Predict {
             params,

@@ -34,7 +34,7 @@ pub struct SamplePriorArgs {
     pub output: PathBuf,
 }
 
-fn parse_prior(s: &str) -> Result<PriorSpec> {
+pub fn parse_prior(s: &str) -> Result<PriorSpec> {
     let yaml = if s.trim_start().starts_with('{') {
         s.to_string()
     } else {

@@ -22,6 +22,10 @@
 //!   divergence in one batched forward-mode sweep, per-row adaptive dopri5 / fixed-step
 //!   RK4/Heun/Euler, ODE and predictor–corrector SDE sampling, denoising score-matching
 //!   training ([`diffusion::Trainer`]) and the [`diffusion::DiffusionPrior`] wrapper.
+//! * [`flow`]: discrete normalizing flows ("fast priors") — rational-quadratic spline
+//!   couplings with an exact log-density in one batched pass, maximum-likelihood training
+//!   ([`flow::Trainer`]), distillation from a diffusion model ([`flow::distill()`]) and the
+//!   [`flow::FlowPrior`] wrapper.
 //! * [`PriorSpec`]: the manifest enum (`#[serde(tag = "kind")]`, kebab-case) with
 //!   [`PriorSpec::build`].
 //!
@@ -33,6 +37,7 @@
 //! finite log-density.
 
 pub mod diffusion;
+pub mod flow;
 pub mod prospector;
 pub mod uniform;
 
@@ -61,6 +66,9 @@ pub enum PriorSpec {
         /// ODE solver and divergence estimator of the log-density.
         #[serde(default)]
         log_prob: diffusion::LogProbOptions,
+        /// ODE solver for draws (initialisation library, mocks); default dopri5 1e−5.
+        #[serde(default)]
+        sample_solver: diffusion::OdeSolver,
     },
 }
 
@@ -91,21 +99,37 @@ impl PriorSpec {
         Ok(match self {
             PriorSpec::Uniform {} => Box::new(UniformPrior::new()),
             PriorSpec::ProspectorAlpha {} => Box::new(ProspectorAlphaPrior::new()),
-            PriorSpec::Diffusion { weights, log_prob } => {
+            PriorSpec::Diffusion {
+                weights,
+                log_prob,
+                sample_solver,
+            } => {
                 let (bytes, source) = load(weights)?;
                 let model = diffusion::DiffusionModel::from_bytes(&bytes, &source, device)?;
-                Box::new(diffusion::DiffusionPrior::new(model, *log_prob, &source)?)
+                Box::new(
+                    diffusion::DiffusionPrior::new(model, *log_prob, &source)?
+                        .with_sample_solver(*sample_solver),
+                )
             }
         })
     }
 
     /// Check settings that need no file access (names the manifest key).
     pub fn validate(&self) -> Result<()> {
-        if let PriorSpec::Diffusion { log_prob, .. } = self {
+        if let PriorSpec::Diffusion {
+            log_prob,
+            sample_solver,
+            ..
+        } = self
+        {
+            let bad = |key: &str, e: String| popcosmos_api::Error::Invalid(format!("{key}: {e}"));
             log_prob
                 .solver
                 .validate()
-                .map_err(|e| popcosmos_api::Error::Invalid(format!("prior.log_prob.solver: {e}")))?;
+                .map_err(|e| bad("prior.log_prob.solver", e))?;
+            sample_solver
+                .validate()
+                .map_err(|e| bad("prior.sample_solver", e))?;
         }
         Ok(())
     }
