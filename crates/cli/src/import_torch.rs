@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+
 use anyhow::{Context, Result, bail};
 use popcosmos_torch_import::{
     ImportedFile, ModelKind, detect_kind, import_diffusion, import_photulators,
@@ -67,5 +68,61 @@ pub fn run(args: &ImportTorchArgs) -> Result<()> {
             println!("  {key}: {v}");
         }
     }
+    let sources: Vec<String> = args.inputs.iter().map(|p| p.display().to_string()).collect();
+    let card = match kind {
+        ModelKind::Diffusion => {
+            let model = popcosmos_priors::diffusion::DiffusionModel::load(
+                &args.output,
+                &candle_core::Device::Cpu,
+            )?;
+            crate::prior_train::write_card(
+                &model,
+                &args.output,
+                &format!(
+                    "Diffusion model imported from {} ({})",
+                    sources[0],
+                    imported.metadata.get("source_class").map_or("?", |s| s.as_str())
+                ),
+                &format!("popcosmos-cli import-torch {}", sources.join(" ")),
+            )?
+        }
+        ModelKind::Photulator => photulator_card(&imported, &args.output, &sources)?,
+    };
+    println!("wrote {} (manifests can now refer to the weights by path)", card.display());
     Ok(())
+}
+
+/// A card for an imported photulator stack: the bundled COSMOS card as template (parameter
+/// names and bounds, activation), with this file's bands, size and checksum.
+fn photulator_card(
+    imported: &ImportedFile,
+    weights: &std::path::Path,
+    sources: &[String],
+) -> Result<PathBuf> {
+    let template = popcosmos_models::builtin::builtin("photulator_cosmos26")?;
+    let mut card =
+        popcosmos_models::ModelCard::from_bytes(template.card_text.as_bytes(), template.card_file)?;
+    let bytes = std::fs::read(weights).with_context(|| weights.display().to_string())?;
+    let bands: Vec<String> = serde_json::from_str(
+        imported
+            .metadata
+            .get("bands")
+            .context("imported photulators carry no `bands` metadata")?,
+    )?;
+    let file = weights
+        .file_name()
+        .and_then(|f| f.to_str())
+        .context("output file name")?
+        .to_string();
+    card.name = file.trim_end_matches(".safetensors").to_string();
+    card.description = format!("Photulator stack ({} bands) imported from .pt files", bands.len());
+    card.file = file;
+    card.size_bytes = bytes.len() as u64;
+    card.sha256 = popcosmos_models::verify::sha256_hex(&bytes);
+    card.bands = bands;
+    card.provenance.converted_from = Some(sources.join(", "));
+    card.provenance.notes = Some("popcosmos-cli import-torch".into());
+    let path = popcosmos_models::card::card_path_for(weights);
+    std::fs::write(&path, card.to_yaml()).with_context(|| path.display().to_string())?;
+    Ok(path)
 }

@@ -262,7 +262,12 @@ pub fn train_prior(args: &TrainPriorArgs) -> Result<()> {
         serde_json::to_string(trainer.options())?,
     );
     popcosmos_priors::diffusion::train::write_model(&model, tensors, meta, &args.output)?;
-    let card = write_card(&model, &args.output, &args.description, &args.samples)?;
+    let card = write_card(
+        &model,
+        &args.output,
+        &args.description,
+        &format!("trained on {}", args.samples.display()),
+    )?;
     println!(
         "trained {} steps in {secs:.0} s; EMA model DSM loss: held-out {hold_loss:.4}, train {train_loss:.4}",
         trainer.step_count()
@@ -276,7 +281,7 @@ pub fn write_card(
     model: &DiffusionModel,
     weights: &Path,
     description: &str,
-    samples: &Path,
+    notes: &str,
 ) -> Result<PathBuf> {
     let bytes = std::fs::read(weights).with_context(|| weights.display().to_string())?;
     let cfg = model.config();
@@ -322,7 +327,7 @@ pub fn write_card(
             commit: None,
             code: Some("crates/priors/src/diffusion".into()),
             converted_from: None,
-            notes: Some(format!("trained on {}", samples.display())),
+            notes: Some(notes.to_string()),
         },
         citations: Vec::new(),
         license: "MIT".into(),
