@@ -28,6 +28,9 @@ pub enum BenchCommand {
         #[arg(long, default_value = "cpu")]
         device: String,
     },
+    /// Device benchmark: correctness vs CPU, emulator throughput, device-seconds per galaxy
+    /// per prior (issue #8; `--device cpu` is a smoke test).
+    Gpu(crate::bench_gpu::GpuBenchArgs),
     /// Seconds per galaxy and ESS/s per galaxy for end-to-end sampling of demo galaxies.
     Inference {
         /// Galaxies per batch.
@@ -72,6 +75,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
             Ok(())
         }
         BenchCommand::Inference { galaxies, device } => bench_inference(galaxies, &device),
+        BenchCommand::Gpu(args) => crate::bench_gpu::run(&args),
     }
 }
 

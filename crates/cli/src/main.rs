@@ -1,6 +1,7 @@
 //! `popcosmos-cli`: the thin binary over the popcosmos crates.
 
 mod bench;
+mod bench_gpu;
 mod evaluate;
 mod import_torch;
 mod merge;
