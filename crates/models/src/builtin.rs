@@ -29,6 +29,7 @@ pub static BUILTIN: &[BuiltinModel] = &[
     bundled!("emline_emulator"),
     bundled!("stellar_mass_emulator"),
     bundled!("noise_model"),
+    bundled!("popcosmos_prior_diffusion"),
 ];
 
 /// The bundled model called `name`.

@@ -102,7 +102,7 @@ mod tests {
 
     #[test]
     fn default_masks_separate_every_pair() {
-        for dim in 2..=20 {
+        for dim in 2usize..=20 {
             let bits = (usize::BITS - (dim - 1).leading_zeros()) as usize;
             let masks = default_masks(dim, 2 * bits);
             let cfg = FlowConfig {

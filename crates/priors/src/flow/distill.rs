@@ -137,7 +137,10 @@ pub fn distill(
         let x = held.narrow(0, start, len)?;
         let out = teacher.log_prob(&x, None, &opts.teacher_log_prob, Some(&mut *rng))?;
         let p: Vec<f64> = (out.log_prob - ln_scale)?.to_dtype(DType::F64)?.to_vec1()?;
-        let q: Vec<f64> = flow.log_prob(&x.to_device(device)?)?.to_dtype(DType::F64)?.to_vec1()?;
+        let q: Vec<f64> = flow
+            .log_prob(&x.to_device(device)?)?
+            .to_dtype(DType::F64)?
+            .to_vec1()?;
         ln_p.extend(p);
         ln_q.extend(q);
         start += len;
@@ -170,7 +173,11 @@ pub fn distill(
     let report = DistillReport {
         n_train,
         steps,
-        final_train_nll: if steps == 0 { f64::NAN } else { tail_sum / tail as f64 },
+        final_train_nll: if steps == 0 {
+            f64::NAN
+        } else {
+            tail_sum / tail as f64
+        },
         heldout_nll,
         teacher_nll,
         kl,

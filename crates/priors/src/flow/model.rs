@@ -116,7 +116,12 @@ impl FlowModel {
     /// `[D]`. With a `VarMap`-backed builder the variables are created: hidden layers with
     /// candle's default initialisation, the last conditioner layer and the affine maps at
     /// zero, so a fresh flow is exactly the identity map (ln q = ln 𝒩 of the standardised x).
-    pub fn new(config: FlowConfig, vb: VarBuilder, x_shift: Tensor, x_scale: Tensor) -> Result<Self> {
+    pub fn new(
+        config: FlowConfig,
+        vb: VarBuilder,
+        x_shift: Tensor,
+        x_scale: Tensor,
+    ) -> Result<Self> {
         config.validate().map_err(Error::Invalid)?;
         let d = config.dim;
         let device = vb.device().clone();
@@ -355,11 +360,13 @@ impl FlowModel {
 
     /// Physical → standardised x.
     pub fn standardise(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(x.broadcast_sub(&self.x_shift)?.broadcast_div(&self.x_scale)?)
+        Ok(x.broadcast_sub(&self.x_shift)?
+            .broadcast_div(&self.x_scale)?)
     }
     /// Standardised → physical x.
     pub fn unstandardise(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(x.broadcast_mul(&self.x_scale)?.broadcast_add(&self.x_shift)?)
+        Ok(x.broadcast_mul(&self.x_scale)?
+            .broadcast_add(&self.x_shift)?)
     }
 
     fn check_input(&self, x: &Tensor) -> Result<Tensor> {
@@ -473,16 +480,24 @@ pub fn init_tensors(
             } else {
                 let bound = 1.0 / (fan_in as f64).sqrt();
                 (
-                    (rng.normal(&Shape::from((out, fan_in)), device)? * (2.0 / fan_in as f64).sqrt())?,
-                    rng.uniform(&Shape::from(out), device)?.affine(2.0 * bound, -bound)?,
+                    (rng.normal(&Shape::from((out, fan_in)), device)?
+                        * (2.0 / fan_in as f64).sqrt())?,
+                    rng.uniform(&Shape::from(out), device)?
+                        .affine(2.0 * bound, -bound)?,
                 )
             };
             t.insert(format!("layers.{l}.net.{i}.weight"), weight);
             t.insert(format!("layers.{l}.net.{i}.bias"), bias);
         }
         if config.actnorm {
-            t.insert(format!("layers.{l}.actnorm.log_scale"), Tensor::zeros(d, DType::F32, device)?);
-            t.insert(format!("layers.{l}.actnorm.shift"), Tensor::zeros(d, DType::F32, device)?);
+            t.insert(
+                format!("layers.{l}.actnorm.log_scale"),
+                Tensor::zeros(d, DType::F32, device)?,
+            );
+            t.insert(
+                format!("layers.{l}.actnorm.shift"),
+                Tensor::zeros(d, DType::F32, device)?,
+            );
         }
     }
     Ok(t)

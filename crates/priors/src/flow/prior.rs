@@ -59,15 +59,23 @@ impl Prior for FlowPrior {
             .to_device(self.model.device())?
             .to_dtype(self.model.dtype())?;
         // Rows with a non-finite coordinate are evaluated at 0 and masked to −∞.
-        let finite = flat.abs()?.lt(f64::INFINITY)?.to_dtype(DType::U32)?.min(D::Minus1)?;
+        let finite = flat
+            .abs()?
+            .lt(f64::INFINITY)?
+            .to_dtype(DType::U32)?
+            .min(D::Minus1)?;
         let safe = finite
             .unsqueeze(1)?
             .broadcast_as(flat.shape())?
             .where_cond(&flat, &flat.zeros_like()?)?;
         let lp = self.model.log_prob(&safe)?;
-        let neg_inf = Tensor::full(f64::NEG_INFINITY, n, self.model.device())?.to_dtype(lp.dtype())?;
+        let neg_inf =
+            Tensor::full(f64::NEG_INFINITY, n, self.model.device())?.to_dtype(lp.dtype())?;
         let lp = finite.where_cond(&lp, &neg_inf)?;
-        Ok(lp.to_dtype(DType::F32)?.reshape(lead)?.to_device(&out_device)?)
+        Ok(lp
+            .to_dtype(DType::F32)?
+            .reshape(lead)?
+            .to_device(&out_device)?)
     }
 
     fn sample(&self, n: usize, rng: &mut dyn RandomSource, device: &Device) -> Result<Tensor> {
@@ -76,9 +84,17 @@ impl Prior for FlowPrior {
         }
         let z = rng.normal(&Shape::from((n, N_PARAMS)), self.model.device())?;
         let x = self.model.sample_from_base(&z)?.to_dtype(DType::F32)?;
-        let all_finite = x.abs()?.lt(f64::INFINITY)?.to_dtype(DType::F32)?.min_all()?.to_scalar::<f32>()?;
+        let all_finite = x
+            .abs()?
+            .lt(f64::INFINITY)?
+            .to_dtype(DType::F32)?
+            .min_all()?
+            .to_scalar::<f32>()?;
         if all_finite < 1.0 {
-            return Err(Error::Invalid(format!("{}: the flow produced non-finite draws", self.name)));
+            return Err(Error::Invalid(format!(
+                "{}: the flow produced non-finite draws",
+                self.name
+            )));
         }
         Ok(x.to_device(device)?)
     }

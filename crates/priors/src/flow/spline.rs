@@ -58,10 +58,16 @@ impl SplineConfig {
     pub fn validate(&self) -> std::result::Result<(), String> {
         let k = self.bins as f64;
         if !(2..=255).contains(&self.bins) {
-            return Err(format!("spline.bins must be in 2..=255 (got {})", self.bins));
+            return Err(format!(
+                "spline.bins must be in 2..=255 (got {})",
+                self.bins
+            ));
         }
         if !(self.tail_bound.is_finite() && self.tail_bound > 0.0) {
-            return Err(format!("spline.tail_bound must be > 0 (got {})", self.tail_bound));
+            return Err(format!(
+                "spline.tail_bound must be > 0 (got {})",
+                self.tail_bound
+            ));
         }
         for (key, v) in [
             ("min_bin_width", self.min_bin_width),
@@ -116,7 +122,10 @@ fn bin_index(v: &Tensor, pos: &Tensor) -> Result<(Tensor, Tensor)> {
         .broadcast_ge(&interior)?
         .to_dtype(DType::F32)?
         .sum_keepdim(2)?;
-    Ok((count.to_dtype(DType::U32)?, (count + 1.0)?.to_dtype(DType::U32)?))
+    Ok((
+        count.to_dtype(DType::U32)?,
+        (count + 1.0)?.to_dtype(DType::U32)?,
+    ))
 }
 
 /// Apply the spline (or its inverse) elementwise.

@@ -86,7 +86,10 @@ impl TrainOptions {
             return Err("batch_size must be >= 1".into());
         }
         if !(self.learning_rate > 0.0 && self.learning_rate.is_finite()) {
-            return Err(format!("learning_rate must be > 0 (got {})", self.learning_rate));
+            return Err(format!(
+                "learning_rate must be > 0 (got {})",
+                self.learning_rate
+            ));
         }
         if !(0.0..=1.0).contains(&self.final_lr_fraction) {
             return Err("final_lr_fraction must be in [0, 1]".into());
@@ -94,7 +97,11 @@ impl TrainOptions {
         if !(0.0..1.0).contains(&self.ema_decay) {
             return Err("ema_decay must be in [0, 1)".into());
         }
-        if !(self.max_grad_norm >= 0.0) || !(self.weight_decay >= 0.0) {
+        if self.max_grad_norm.is_nan()
+            || self.max_grad_norm < 0.0
+            || self.weight_decay.is_nan()
+            || self.weight_decay < 0.0
+        {
             return Err("max_grad_norm and weight_decay must be >= 0".into());
         }
         Ok(())
@@ -106,6 +113,8 @@ pub struct Trainer {
     opts: TrainOptions,
     config: FlowConfig,
     varmap: VarMap,
+    /// The variables sorted by name (a fixed order keeps the gradient norm reproducible).
+    vars: Vec<Var>,
     /// The flow whose weights are the trainable variables.
     flow: FlowModel,
     optimizer: candle_nn::AdamW,
@@ -130,6 +139,13 @@ fn mean_std(x: &Tensor) -> Result<(Tensor, Tensor)> {
     Ok((mean, std))
 }
 
+fn sorted_vars(varmap: &VarMap) -> Vec<Var> {
+    let vars = varmap.data().lock().expect("varmap lock");
+    let mut named: Vec<(&String, &Var)> = vars.iter().collect();
+    named.sort_by(|a, b| a.0.cmp(b.0));
+    named.into_iter().map(|(_, v)| v.clone()).collect()
+}
+
 fn snapshot(varmap: &VarMap) -> Result<Vec<(String, Tensor)>> {
     let vars = varmap.data().lock().expect("varmap lock");
     let mut out: Vec<(String, Tensor)> = vars
@@ -143,7 +159,12 @@ fn snapshot(varmap: &VarMap) -> Result<Vec<(String, Tensor)>> {
 impl Trainer {
     /// Prepare training on `samples` `[n, D]` (physical units); `names` are stored in the
     /// model's config.
-    pub fn new(samples: &Tensor, names: Vec<String>, opts: TrainOptions, device: &Device) -> Result<Self> {
+    pub fn new(
+        samples: &Tensor,
+        names: Vec<String>,
+        opts: TrainOptions,
+        device: &Device,
+    ) -> Result<Self> {
         opts.validate().map_err(Error::Invalid)?;
         let samples = samples.to_dtype(DType::F32)?.to_device(device)?;
         let (n, d) = samples.dims2()?;
@@ -165,7 +186,7 @@ impl Trainer {
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
         let flow = FlowModel::new(config.clone(), vb, x_shift.clone(), x_scale.clone())?;
         let optimizer = candle_nn::AdamW::new(
-            varmap.all_vars(),
+            sorted_vars(&varmap),
             ParamsAdamW {
                 lr: opts.learning_rate,
                 weight_decay: opts.weight_decay,
@@ -173,10 +194,12 @@ impl Trainer {
             },
         )?;
         let ema = snapshot(&varmap)?;
+        let vars = sorted_vars(&varmap);
         Ok(Self {
             opts,
             config,
             varmap,
+            vars,
             flow,
             optimizer,
             ema,
@@ -223,9 +246,8 @@ impl Trainer {
         }
         let mut grads = loss.backward()?;
         if self.opts.max_grad_norm > 0.0 {
-            let vars = self.varmap.all_vars();
-            let mut sq = Vec::with_capacity(vars.len());
-            for v in &vars {
+            let mut sq = Vec::with_capacity(self.vars.len());
+            for v in &self.vars {
                 if let Some(g) = grads.get(v.as_tensor()) {
                     sq.push(g.sqr()?.sum_all()?);
                 }
@@ -237,7 +259,7 @@ impl Trainer {
                 .sqrt();
             if total > self.opts.max_grad_norm {
                 let scale = self.opts.max_grad_norm / total;
-                for v in &vars {
+                for v in &self.vars {
                     if let Some(g) = grads.remove(v.as_tensor()) {
                         grads.insert(v.as_tensor(), (g * scale)?);
                     }
@@ -300,10 +322,11 @@ impl Trainer {
     pub fn resume(&mut self, path: &Path) -> Result<()> {
         let file = path.display().to_string();
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| Error::Format {
-            file: file.clone(),
-            message: e.to_string(),
-        })?;
+        let (_, meta) =
+            safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| Error::Format {
+                file: file.clone(),
+                message: e.to_string(),
+            })?;
         let meta = meta.metadata().clone().unwrap_or_default();
         let step: usize = meta
             .get("train_step")
@@ -328,19 +351,35 @@ impl Trainer {
             let vars = self.varmap.data().lock().expect("varmap lock");
             for (name, var) in vars.iter() {
                 let key = format!("train.raw.{name}");
-                var.set(&tensors.get(&key).ok_or_else(|| missing(&key))?.to_dtype(DType::F32)?)?;
+                var.set(
+                    &tensors
+                        .get(&key)
+                        .ok_or_else(|| missing(&key))?
+                        .to_dtype(DType::F32)?,
+                )?;
             }
         }
         for (name, e) in self.ema.iter_mut() {
-            *e = tensors.get(name).ok_or_else(|| missing(name))?.to_dtype(DType::F32)?;
+            *e = tensors
+                .get(name)
+                .ok_or_else(|| missing(name))?
+                .to_dtype(DType::F32)?;
         }
         // Re-standardise the data with the checkpoint's statistics.
-        let physical = self.data.broadcast_mul(&self.x_scale)?.broadcast_add(&self.x_shift)?;
+        let physical = self
+            .data
+            .broadcast_mul(&self.x_scale)?
+            .broadcast_add(&self.x_shift)?;
         self.x_shift = saved.x_shift().clone();
         self.x_scale = saved.x_scale().clone();
         self.data = saved.standardise(&physical)?;
         let vb = VarBuilder::from_varmap(&self.varmap, DType::F32, &self.device);
-        self.flow = FlowModel::new(self.config.clone(), vb, self.x_shift.clone(), self.x_scale.clone())?;
+        self.flow = FlowModel::new(
+            self.config.clone(),
+            vb,
+            self.x_shift.clone(),
+            self.x_scale.clone(),
+        )?;
         self.step = step;
         Ok(())
     }
