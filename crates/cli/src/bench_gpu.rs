@@ -32,7 +32,7 @@ pub struct GpuBenchArgs {
     /// Priors to time, as kinds or inline YAML specs separated by `;`.
     #[arg(
         long,
-        default_value = "prospector-alpha;{kind: diffusion, log_prob: {solver: {method: rk4, steps: 16}}}"
+        default_value = "prospector-alpha;{kind: flow};{kind: diffusion, log_prob: {solver: {method: rk4, steps: 16}}}"
     )]
     pub priors: String,
     /// Seconds per emulator configuration.

@@ -67,6 +67,8 @@ enum Command {
     SamplePrior(prior_train::SamplePriorArgs),
     /// Train a diffusion prior by denoising score matching on a table of samples.
     TrainPrior(prior_train::TrainPriorArgs),
+    /// Distil a diffusion prior into a normalizing flow (fast exact log-density).
+    Distill(prior_train::DistillArgs),
     /// Compare a learned prior with a reference prior: forward KL, KS per parameter, cost.
     ComparePriors(prior_check::ComparePriorsArgs),
     /// Check a manifest, its weights and every catalogue value without sampling.
@@ -158,6 +160,7 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::SamplePrior(args) => prior_train::sample_prior(&args),
         Command::TrainPrior(args) => prior_train::train_prior(&args),
         Command::ComparePriors(args) => prior_check::run(&args),
+        Command::Distill(args) => prior_train::distill(&args),
         Command::Validate { manifest } => validate(&manifest),
         Command::Predict {
             params,

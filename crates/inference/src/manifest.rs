@@ -383,7 +383,7 @@ impl Manifest {
             fix(&mut p);
             self.sps.weights = p.display().to_string();
         }
-        if let PriorSpec::Diffusion { weights, .. } = &mut self.prior
+        if let PriorSpec::Diffusion { weights, .. } | PriorSpec::Flow { weights } = &mut self.prior
             && let Ok(popcosmos_models::WeightRef::Path(mut p)) = weights.parse()
         {
             fix(&mut p);
@@ -395,7 +395,7 @@ impl Manifest {
     pub fn validate(&self) -> Result<()> {
         let bad = |key: &str, msg: String| Err(Error::Invalid(format!("{key}: {msg}")));
         self.prior.validate()?;
-        if let PriorSpec::Diffusion { weights, .. } = &self.prior
+        if let PriorSpec::Diffusion { weights, .. } | PriorSpec::Flow { weights } = &self.prior
             && let Err(e) = weights.parse::<popcosmos_models::WeightRef>()
         {
             return bad("prior.weights", e.to_string());
@@ -503,26 +503,35 @@ impl Manifest {
 }
 
 /// Build the manifest's prior; `weights` references of learned priors are resolved through
-/// the model zoo (`builtin:`, card-checked paths, `hf://`) and must be `diffusion` models.
-pub fn build_prior(spec: &PriorSpec, device: &candle_core::Device) -> Result<Box<dyn popcosmos_api::Prior>> {
-    spec.build_with(device, &|w: &str| {
-        let r: popcosmos_models::WeightRef = w
-            .parse()
-            .map_err(|e| Error::Invalid(format!("prior.weights: {e}")))?;
-        let hub = popcosmos_models::HubConfig::from_env();
-        let model = popcosmos_models::load(&r, &hub)
-            .map_err(|e| Error::Invalid(format!("prior.weights: {e}")))?;
-        let kind = &model.card.architecture.kind;
-        if kind != "diffusion" {
-            return Err(Error::Invalid(format!(
-                "prior.weights: {} is a '{kind}' model, not a diffusion prior",
-                model.source
-            )));
-        }
-        Ok((model.bytes.into_owned(), model.source))
-    })
-    .map_err(|e| match e {
-        Error::Invalid(m) if !m.starts_with("prior.") => Error::Invalid(format!("prior.weights: {m}")),
-        other => other,
-    })
+/// the model zoo (`builtin:`, card-checked paths, `hf://`) and their card's kind is checked.
+pub fn build_prior(
+    spec: &PriorSpec,
+    device: &candle_core::Device,
+) -> Result<Box<dyn popcosmos_api::Prior>> {
+    spec.build_with(device, &|w: &str, kind: &str| load_weights("prior.weights", w, kind))
+        .map_err(|e| match e {
+            Error::Invalid(m) if !m.starts_with("prior.") => {
+                Error::Invalid(format!("prior.weights: {m}"))
+            }
+            other => other,
+        })
+}
+
+/// Resolve and verify a weights reference whose model card must be of `kind`; errors start
+/// with `key` (the manifest key or command-line option).
+pub fn load_weights(key: &str, reference: &str, kind: &str) -> Result<(Vec<u8>, String)> {
+    let r: popcosmos_models::WeightRef = reference
+        .parse()
+        .map_err(|e| Error::Invalid(format!("{key}: {e}")))?;
+    let hub = popcosmos_models::HubConfig::from_env();
+    let model =
+        popcosmos_models::load(&r, &hub).map_err(|e| Error::Invalid(format!("{key}: {e}")))?;
+    let found = &model.card.architecture.kind;
+    if found != kind {
+        return Err(Error::Invalid(format!(
+            "{key}: {} is a '{found}' model, not a {kind} prior",
+            model.source
+        )));
+    }
+    Ok((model.bytes.into_owned(), model.source))
 }

@@ -26,6 +26,10 @@
 //!   couplings with an exact log-density in one batched pass, maximum-likelihood training
 //!   ([`flow::Trainer`]), distillation from a diffusion model ([`flow::distill()`]) and the
 //!   [`flow::FlowPrior`] wrapper.
+//! * [`consistency`]: consistency models distilled from a diffusion model (Song et al.
+//!   2023) — 1-, 2- and 4-step samplers of the teacher's PF-ODE distribution
+//!   ([`consistency::Trainer`], [`consistency::ConsistencyModel`]) and their evaluation
+//!   against the teacher ([`consistency::compare_to_teacher`]: KS, classifier AUC, time).
 //! * [`PriorSpec`]: the manifest enum (`#[serde(tag = "kind")]`, kebab-case) with
 //!   [`PriorSpec::build`].
 //!
@@ -36,6 +40,7 @@
 //! hard boundary (log10 M = 7 or 13, Z_gas = Z*) is redrawn, so every returned draw has a
 //! finite log-density.
 
+pub mod consistency;
 pub mod diffusion;
 pub mod flow;
 pub mod prospector;
@@ -70,6 +75,19 @@ pub enum PriorSpec {
         #[serde(default)]
         sample_solver: diffusion::OdeSolver,
     },
+    /// [`flow::FlowPrior`]: a normalizing flow over φ (e.g. distilled from a diffusion prior).
+    Flow {
+        /// Weights reference; default the bundled distilled prior.
+        #[serde(default = "default_flow_weights")]
+        weights: String,
+    },
+}
+
+/// The bundled flow prior distilled from [`DEFAULT_DIFFUSION_PRIOR`].
+pub const DEFAULT_FLOW_PRIOR: &str = "builtin:popcosmos_prior_flow";
+
+fn default_flow_weights() -> String {
+    DEFAULT_FLOW_PRIOR.into()
 }
 
 /// The bundled diffusion population prior.
@@ -80,14 +98,15 @@ fn default_diffusion_weights() -> String {
 }
 
 /// Resolves a weights reference to `(bytes, source name)`; supplied by the caller (the
-/// inference crate resolves `builtin:`/`hf://` references and checks model cards).
-pub type WeightLoader<'a> = dyn Fn(&str) -> Result<(Vec<u8>, String)> + 'a;
+/// inference crate resolves `builtin:`/`hf://` references and checks model cards). The second
+/// argument is the model-card kind the prior needs (`diffusion`, `flow`).
+pub type WeightLoader<'a> = dyn Fn(&str, &str) -> Result<(Vec<u8>, String)> + 'a;
 
 impl PriorSpec {
     /// Construct an analytic prior (`uniform`, `prospector-alpha`); learned priors need
     /// [`PriorSpec::build_with`].
     pub fn build(&self) -> Result<Box<dyn Prior>> {
-        self.build_with(&Device::Cpu, &|w: &str| {
+        self.build_with(&Device::Cpu, &|w: &str, _kind: &str| {
             Err(popcosmos_api::Error::Invalid(format!(
                 "prior.weights: no loader for '{w}' (use PriorSpec::build_with)"
             )))
@@ -104,12 +123,17 @@ impl PriorSpec {
                 log_prob,
                 sample_solver,
             } => {
-                let (bytes, source) = load(weights)?;
+                let (bytes, source) = load(weights, "diffusion")?;
                 let model = diffusion::DiffusionModel::from_bytes(&bytes, &source, device)?;
                 Box::new(
                     diffusion::DiffusionPrior::new(model, *log_prob, &source)?
                         .with_sample_solver(*sample_solver),
                 )
+            }
+            PriorSpec::Flow { weights } => {
+                let (bytes, source) = load(weights, "flow")?;
+                let model = flow::FlowModel::from_bytes(&bytes, &source, device)?;
+                Box::new(flow::FlowPrior::new(model, &source)?)
             }
         })
     }
