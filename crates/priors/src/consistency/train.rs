@@ -1,0 +1,519 @@
+//! Consistency distillation (Song et al. 2023, Algorithm 2) of a [`DiffusionModel`] teacher.
+//!
+//! Discretisation: N times t_0 = ε < t_1 < … < t_{N−1} = T equally spaced in s^{1/ρ} (the
+//! Karras et al. schedule in the EDM noise level s = σ/μ, ρ = 7). Each step draws data points
+//! x₀ (standardised teacher samples), n ~ U{0, …, N−2}, z ~ 𝒩(0, I), sets
+//! x_{t_{n+1}} = μ(t_{n+1}) x₀ + σ(t_{n+1}) z, takes one teacher probability-flow step
+//! (Heun or Euler with `teacher.ode_drift`) to x̂_{t_n}, and minimises
+//! mean_batch ‖f_θ(x_{t_{n+1}}, t_{n+1}) − f_{θ⁻}(x̂_{t_n}, t_n)‖² with AdamW (cosine learning
+//! rate). The target θ⁻ is an EMA of θ (decay `target_decay`, Song et al.'s μ); a second,
+//! slower EMA (`ema_decay`) is the model that is returned and saved.
+//!
+//! Initial weights are drawn from the seeded stream of `seed` (candle's `VarMap` initialiser
+//! is unseeded), so a run is reproducible given its options, teacher and random source.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{Optimizer, ParamsAdamW, VarBuilder, VarMap};
+use popcosmos_api::{Error, HostRng, RandomSource, Result, Shape};
+use serde::{Deserialize, Serialize};
+
+use super::model::{
+    ConsistencyConfig, ConsistencyModel, consistency_fn, default_multistep_noise, noise_level,
+    time_of_noise_level, write_model,
+};
+use crate::diffusion::{Activation, DiffusionModel, OdeSolver, ScoreNet, SdeConfig};
+
+/// One probability-flow step of the teacher between adjacent discretisation times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TeacherStep {
+    Euler,
+    /// Explicit trapezoid (two teacher evaluations), as in Song et al.
+    #[default]
+    Heun,
+}
+
+/// Architecture, discretisation and optimiser settings of consistency distillation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainOptions {
+    /// Hidden widths of F_θ (the Fourier embedding is the teacher's).
+    pub hidden: Vec<usize>,
+    pub activation: Activation,
+    /// σ_d of the boundary parametrisation (1: the teacher's variable is standardised).
+    pub sigma_data: f64,
+    /// N, the number of discretisation times (N − 1 teacher steps from T to ε).
+    pub n_points: usize,
+    /// ρ of the Karras schedule.
+    pub rho: f64,
+    pub teacher_step: TeacherStep,
+    /// Optimiser steps.
+    pub steps: usize,
+    pub batch_size: usize,
+    pub learning_rate: f64,
+    /// Final learning rate as a fraction of the initial one (cosine decay).
+    pub final_lr_fraction: f64,
+    /// EMA decay μ of the target network θ⁻.
+    pub target_decay: f64,
+    /// EMA decay of the returned / saved model.
+    pub ema_decay: f64,
+    /// Teacher samples x₀ drawn by [`Trainer::new`].
+    pub n_data: usize,
+    /// Rows per teacher ODE solve.
+    pub chunk_size: usize,
+    /// Solver of the teacher samples.
+    pub data_solver: OdeSolver,
+    /// Re-noising levels of the multistep sampler (stored in the model's config).
+    pub multistep_noise: [f64; 2],
+    /// Seed of the initial weights.
+    pub seed: u64,
+}
+
+impl Default for TrainOptions {
+    fn default() -> Self {
+        Self {
+            hidden: vec![256, 256, 256],
+            activation: Activation::Silu,
+            sigma_data: 1.0,
+            n_points: 18,
+            rho: 7.0,
+            teacher_step: TeacherStep::Heun,
+            steps: 10_000,
+            batch_size: 512,
+            learning_rate: 1e-3,
+            final_lr_fraction: 0.05,
+            target_decay: 0.95,
+            ema_decay: 0.999,
+            n_data: 50_000,
+            chunk_size: 4096,
+            data_solver: OdeSolver::Rk4 { steps: 40 },
+            multistep_noise: default_multistep_noise(),
+            seed: 1,
+        }
+    }
+}
+
+impl TrainOptions {
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.n_points < 2 {
+            return Err("n_points must be >= 2".into());
+        }
+        if !(self.rho > 0.0) {
+            return Err("rho must be > 0".into());
+        }
+        if self.batch_size == 0 || self.chunk_size == 0 {
+            return Err("batch_size and chunk_size must be >= 1".into());
+        }
+        if !(0.0..1.0).contains(&self.target_decay) || !(0.0..1.0).contains(&self.ema_decay) {
+            return Err("target_decay and ema_decay must be in [0, 1)".into());
+        }
+        if !(self.learning_rate > 0.0) {
+            return Err("learning_rate must be > 0".into());
+        }
+        self.data_solver
+            .validate()
+            .map_err(|e| format!("data_solver: {e}"))
+    }
+}
+
+/// The N discretisation times t_0 = ε < … < t_{N−1} = T, uniform in s^{1/ρ} (Karras et al.)
+/// with s = σ(t)/μ(t) the EDM noise level.
+pub fn karras_schedule(sde: &SdeConfig, n_points: usize, rho: f64) -> Vec<f64> {
+    let (eps, t_max) = (sde.epsilon(), sde.t_max());
+    let n = n_points.max(2);
+    let (a, b) = (
+        noise_level(sde, eps).powf(1.0 / rho),
+        noise_level(sde, t_max).powf(1.0 / rho),
+    );
+    (0..n)
+        .map(|i| {
+            if i == 0 {
+                eps
+            } else if i == n - 1 {
+                t_max
+            } else {
+                let s = (a + (b - a) * i as f64 / (n - 1) as f64).powf(rho);
+                time_of_noise_level(sde, s)
+            }
+        })
+        .collect()
+}
+
+/// `n` teacher samples `[n', D]` (physical; n' ≤ n after dropping non-finite rows) drawn by
+/// the probability-flow ODE in chunks of `chunk_size` rows, on the teacher's device.
+pub fn teacher_samples(
+    teacher: &DiffusionModel,
+    n: usize,
+    chunk_size: usize,
+    solver: &OdeSolver,
+    rng: &mut dyn RandomSource,
+) -> Result<Tensor> {
+    let d = teacher.config().dim;
+    let mut rows: Vec<f32> = Vec::with_capacity(n * d);
+    let mut kept = 0usize;
+    let mut done = 0usize;
+    while done < n {
+        let len = chunk_size.max(1).min(n - done);
+        let base = rng.normal(&Shape::from((len, d)), teacher.device())?;
+        let (x, _) = teacher.sample_ode(&base, None, solver)?;
+        let x: Vec<f32> = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+        for r in x.chunks_exact(d) {
+            if r.iter().all(|v| v.is_finite()) {
+                rows.extend_from_slice(r);
+                kept += 1;
+            }
+        }
+        done += len;
+    }
+    Ok(Tensor::from_vec(rows, (kept, d), teacher.device())?)
+}
+
+/// A consistency-distillation run in progress.
+pub struct Trainer {
+    opts: TrainOptions,
+    config: ConsistencyConfig,
+    teacher: DiffusionModel,
+    varmap: VarMap,
+    net: ScoreNet,
+    optimizer: candle_nn::AdamW,
+    /// θ⁻ (target network) and the slow EMA, sorted by name.
+    target: Vec<(String, Tensor)>,
+    ema: Vec<(String, Tensor)>,
+    /// Standardised teacher samples `[n, D]`.
+    data: Tensor,
+    times: Vec<f64>,
+    step: usize,
+}
+
+impl Trainer {
+    /// Draw `opts.n_data` teacher samples with `opts.data_solver` (from `rng`) and prepare
+    /// distillation. The teacher must be unconditional.
+    pub fn new(teacher: &DiffusionModel, opts: TrainOptions, rng: &mut dyn RandomSource) -> Result<Self> {
+        opts.validate().map_err(Error::Invalid)?;
+        let x0 = teacher_samples(teacher, opts.n_data, opts.chunk_size, &opts.data_solver, rng)?;
+        Self::with_samples(teacher, &x0, opts)
+    }
+
+    /// Prepare distillation with given data points x₀ `[n, D]` (physical units, e.g. teacher
+    /// samples drawn earlier); `opts.n_data`, `chunk_size` and `data_solver` are unused.
+    pub fn with_samples(teacher: &DiffusionModel, samples: &Tensor, opts: TrainOptions) -> Result<Self> {
+        opts.validate().map_err(Error::Invalid)?;
+        let tcfg = teacher.config();
+        if tcfg.conditional_dim != 0 {
+            return Err(Error::Invalid(
+                "consistency distillation: the teacher must be unconditional".into(),
+            ));
+        }
+        let device = teacher.device().clone();
+        let (n, d) = samples.dims2()?;
+        if d != tcfg.dim || n < 1 {
+            return Err(Error::Invalid(format!(
+                "consistency distillation: need [n >= 1, {}] samples, got [{n}, {d}]",
+                tcfg.dim
+            )));
+        }
+        let data = teacher
+            .standardise(&samples.to_device(&device)?.to_dtype(teacher.dtype())?)?
+            .to_dtype(DType::F32)?;
+        let config = ConsistencyConfig {
+            dim: d,
+            embedding_dim: tcfg.embedding_dim,
+            hidden: opts.hidden.clone(),
+            activation: opts.activation,
+            sde: tcfg.sde,
+            sigma_data: opts.sigma_data,
+            multistep_noise: opts.multistep_noise,
+            names: tcfg.names.clone(),
+        };
+        config.validate().map_err(Error::Invalid)?;
+        let freqs = teacher.score_net().frequencies().to_dtype(DType::F32)?;
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
+        let net = ScoreNet::with_frequencies(&config.net_config(), freqs, vb)?;
+        seed_weights(&varmap, &mut HostRng::seed_from_u64(opts.seed))?;
+        let optimizer = candle_nn::AdamW::new(
+            sorted_vars(&varmap),
+            ParamsAdamW {
+                lr: opts.learning_rate,
+                weight_decay: 0.0,
+                ..Default::default()
+            },
+        )?;
+        let target = snapshot(&varmap)?;
+        let ema = target.clone();
+        let times = karras_schedule(&config.sde, opts.n_points, opts.rho);
+        let teacher = teacher.to_dtype(DType::F32)?;
+        Ok(Self {
+            opts,
+            config,
+            teacher,
+            varmap,
+            net,
+            optimizer,
+            target,
+            ema,
+            data,
+            times,
+            step: 0,
+        })
+    }
+
+    pub fn step_count(&self) -> usize {
+        self.step
+    }
+    pub fn options(&self) -> &TrainOptions {
+        &self.opts
+    }
+    pub fn config(&self) -> &ConsistencyConfig {
+        &self.config
+    }
+    /// The discretisation times t_0 = ε < … < t_{N−1} = T.
+    pub fn schedule(&self) -> &[f64] {
+        &self.times
+    }
+    /// Standardised data points x₀ `[n, D]`.
+    pub fn data(&self) -> &Tensor {
+        &self.data
+    }
+
+    fn learning_rate(&self) -> f64 {
+        let frac = self.step as f64 / self.opts.steps.max(1) as f64;
+        let cosine = 0.5 * (1.0 + (std::f64::consts::PI * frac.min(1.0)).cos());
+        let f = self.opts.final_lr_fraction;
+        self.opts.learning_rate * (f + (1.0 - f) * cosine)
+    }
+
+    /// The consistency-distillation loss on a random batch (module docs), differentiable
+    /// in the online weights.
+    fn loss(&self, rng: &mut dyn RandomSource) -> Result<Tensor> {
+        let b = self.opts.batch_size;
+        let d = self.config.dim;
+        let device = self.data.device();
+        let rows = rng.indices(b, self.data.dim(0)?);
+        let x0 = self
+            .data
+            .index_select(&Tensor::from_vec(rows, b, device)?, 0)?;
+        let k = rng.indices(b, self.times.len() - 1);
+        let t_hi: Vec<f64> = k.iter().map(|&i| self.times[i as usize + 1]).collect();
+        let t_lo: Vec<f64> = k.iter().map(|&i| self.times[i as usize]).collect();
+        let sde = self.config.sde;
+        let col = |v: Vec<f64>| -> Result<Tensor> {
+            Ok(Tensor::from_vec(v, (b, 1), device)?.to_dtype(DType::F32)?)
+        };
+        let (mean, std): (Vec<f64>, Vec<f64>) = t_hi.iter().map(|&t| sde.marginal(t)).unzip();
+        let z = rng.normal(&Shape::from((b, d)), device)?;
+        let x_hi = (x0.broadcast_mul(&col(mean)?)? + z.broadcast_mul(&col(std)?)?)?;
+        // One teacher PF-ODE step t_{n+1} → t_n.
+        let h = col(t_lo.iter().zip(&t_hi).map(|(lo, hi)| lo - hi).collect())?;
+        let d1 = self.teacher.ode_drift(&t_hi, &x_hi, None)?;
+        let x_euler = (&x_hi + d1.broadcast_mul(&h)?)?;
+        let x_lo = match self.opts.teacher_step {
+            TeacherStep::Euler => x_euler,
+            TeacherStep::Heun => {
+                let d2 = self.teacher.ode_drift(&t_lo, &x_euler, None)?;
+                (&x_hi + (d1 + d2)?.broadcast_mul(&(h * 0.5)?)?)?
+            }
+        };
+        let target_net = self.net_from(&self.target)?;
+        let y_target = consistency_fn(&target_net, &self.config, &x_lo.detach(), &t_lo)?.detach();
+        let y = consistency_fn(&self.net, &self.config, &x_hi, &t_hi)?;
+        Ok((y - y_target)?.sqr()?.sum(1)?.mean(0)?)
+    }
+
+    /// One optimiser step; returns the batch loss (mean over rows of ‖f_θ − f_θ⁻‖²).
+    pub fn step(&mut self, rng: &mut dyn RandomSource) -> Result<f64> {
+        self.optimizer.set_learning_rate(self.learning_rate());
+        let loss = self.loss(rng)?;
+        self.optimizer.backward_step(&loss)?;
+        {
+            let vars = self.varmap.data().lock().expect("varmap lock");
+            for (list, decay) in [
+                (&mut self.target, self.opts.target_decay),
+                (&mut self.ema, self.opts.ema_decay),
+            ] {
+                for (name, e) in list.iter_mut() {
+                    // detach: an EMA of a variable must not grow an autograd graph.
+                    let v = vars[name.as_str()].as_tensor().detach();
+                    *e = ((&*e * decay)? + (v * (1.0 - decay))?)?.detach();
+                }
+            }
+        }
+        self.step += 1;
+        Ok(loss.to_dtype(DType::F64)?.to_scalar::<f64>()?)
+    }
+
+    /// Mean loss of the current EMA model over `batches` random batches (a noisy
+    /// progress measure; the target network is the EMA model too).
+    pub fn evaluate(&self, batches: usize, rng: &mut dyn RandomSource) -> Result<f64> {
+        let probe = Self {
+            opts: self.opts.clone(),
+            config: self.config.clone(),
+            teacher: self.teacher.clone(),
+            varmap: VarMap::new(),
+            net: self.net_from(&self.ema)?,
+            optimizer: candle_nn::AdamW::new(vec![], ParamsAdamW::default())?,
+            target: self.ema.clone(),
+            ema: vec![],
+            data: self.data.clone(),
+            times: self.times.clone(),
+            step: self.step,
+        };
+        let mut total = 0.0;
+        for _ in 0..batches.max(1) {
+            total += probe.loss(rng)?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        }
+        Ok(total / batches.max(1) as f64)
+    }
+
+    fn net_from(&self, weights: &[(String, Tensor)]) -> Result<ScoreNet> {
+        let map: HashMap<String, Tensor> = weights.iter().cloned().collect();
+        let vb = VarBuilder::from_tensors(map, DType::F32, self.data.device());
+        ScoreNet::with_frequencies(&self.config.net_config(), self.net.frequencies().clone(), vb)
+    }
+
+    /// The model with the slow-EMA weights.
+    pub fn model(&self) -> Result<ConsistencyModel> {
+        Ok(ConsistencyModel::from_parts(
+            self.config.clone(),
+            self.net_from(&self.ema)?,
+            self.teacher.x_shift().to_dtype(DType::F32)?,
+            self.teacher.x_scale().to_dtype(DType::F32)?,
+        ))
+    }
+
+    /// Write the EMA model (a loadable `popcosmos/consistency/v1` file) plus, under
+    /// `train.raw.*` / `train.target.*`, the online and target weights and the step count, so
+    /// that [`Trainer::resume`] can continue.
+    pub fn save(&self, path: &Path, extra_metadata: &HashMap<String, String>) -> Result<()> {
+        let model = self.model()?;
+        let mut tensors = model.tensors()?;
+        for (name, v) in snapshot(&self.varmap)? {
+            tensors.insert(format!("train.raw.{name}"), v);
+        }
+        for (name, v) in &self.target {
+            tensors.insert(format!("train.target.{name}"), v.clone());
+        }
+        let mut meta = extra_metadata.clone();
+        meta.insert("train_step".into(), self.step.to_string());
+        meta.insert(
+            "train_options".into(),
+            serde_json::to_string(&self.opts).expect("serialisable"),
+        );
+        write_model(&model, tensors, meta, path)
+    }
+
+    /// Continue from a checkpoint written by [`Trainer::save`] (online, target and EMA weights
+    /// and the step; the AdamW moments restart). Build the trainer with the same teacher and
+    /// options first.
+    pub fn resume(&mut self, path: &Path) -> Result<()> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let file = path.display().to_string();
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| Error::Format {
+            file: file.clone(),
+            message: e.to_string(),
+        })?;
+        let meta = meta.metadata().clone().unwrap_or_default();
+        let step: usize = meta
+            .get("train_step")
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| Error::Format {
+                file: file.clone(),
+                message: "not a training checkpoint (no `train_step` metadata)".into(),
+            })?;
+        let tensors = candle_core::safetensors::load_buffer(&bytes, self.data.device())?;
+        let get = |k: String| -> Result<Tensor> {
+            tensors.get(&k).cloned().ok_or_else(|| Error::MissingTensor {
+                file: file.clone(),
+                tensor: k,
+            })
+        };
+        {
+            let vars = self.varmap.data().lock().expect("varmap lock");
+            for (name, var) in vars.iter() {
+                var.set(&get(format!("train.raw.{name}"))?)?;
+            }
+        }
+        for (name, e) in self.target.iter_mut() {
+            *e = get(format!("train.target.{name}"))?;
+        }
+        for (name, e) in self.ema.iter_mut() {
+            *e = get(format!("net.{name}"))?;
+        }
+        self.step = step;
+        Ok(())
+    }
+}
+
+/// Draw teacher samples and distil: `opts.steps` optimiser steps, `progress(step, loss)`
+/// after each. Returns the EMA model.
+pub fn distill(
+    teacher: &DiffusionModel,
+    opts: &TrainOptions,
+    rng: &mut dyn RandomSource,
+    progress: &mut dyn FnMut(usize, f64),
+) -> Result<ConsistencyModel> {
+    let mut trainer = Trainer::new(teacher, opts.clone(), rng)?;
+    for s in 0..opts.steps {
+        let loss = trainer.step(rng)?;
+        progress(s + 1, loss);
+    }
+    trainer.model()
+}
+
+/// Initial weights from the seeded stream (names sorted): 𝒩(0, 2/fan_in) weights (Kaiming),
+/// U(±1/√fan_in) biases.
+fn seed_weights(varmap: &VarMap, rng: &mut HostRng) -> Result<()> {
+    let vars = varmap.data().lock().expect("varmap lock");
+    let mut names: Vec<&String> = vars.keys().collect();
+    names.sort();
+    for name in names {
+        let var = &vars[name.as_str()];
+        let shape = var.as_tensor().shape().clone();
+        let dev = var.as_tensor().device().clone();
+        let fresh = if name.ends_with("weight") {
+            let fan_in = shape.dims()[1] as f64;
+            (rng.normal(&shape, &dev)? * (2.0 / fan_in).sqrt())?
+        } else {
+            let w = name.trim_end_matches("bias").to_string() + "weight";
+            let fan_in = vars[w.as_str()].as_tensor().dim(1)? as f64;
+            (rng.uniform(&shape, &dev)?.affine(2.0, -1.0)? / fan_in.sqrt())?
+        };
+        var.set(&fresh)?;
+    }
+    Ok(())
+}
+
+fn sorted_vars(varmap: &VarMap) -> Vec<Var> {
+    let vars = varmap.data().lock().expect("varmap lock");
+    let mut v: Vec<(&String, &Var)> = vars.iter().collect();
+    v.sort_by(|a, b| a.0.cmp(b.0));
+    v.into_iter().map(|(_, v)| v.clone()).collect()
+}
+
+fn snapshot(varmap: &VarMap) -> Result<Vec<(String, Tensor)>> {
+    let vars = varmap.data().lock().expect("varmap lock");
+    let mut out: Vec<(String, Tensor)> = vars
+        .iter()
+        .map(|(k, v)| Ok((k.clone(), v.as_tensor().detach().copy()?)))
+        .collect::<Result<_>>()?;
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule_spans_the_interval() {
+        let sde = SdeConfig::vp_default();
+        let t = karras_schedule(&sde, 18, 7.0);
+        assert_eq!(t.len(), 18);
+        assert_eq!(t[0], sde.epsilon());
+        assert_eq!(t[17], sde.t_max());
+        assert!(t.windows(2).all(|w| w[1] > w[0]), "{t:?}");
+    }
+}
