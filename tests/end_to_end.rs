@@ -246,3 +246,28 @@ fn diffusion_prior_runs_from_the_manifest() {
         + &std::fs::read_to_string(out.join("run_record.json")).unwrap_or_default();
     assert!(record.contains("diffusion"), "run record names the prior");
 }
+
+#[test]
+fn flow_prior_runs_from_the_manifest_with_hmc() {
+    // `prior: {kind: flow}` (the bundled distilled prior) under HMC: the flow's log-density is
+    // differentiable, so the prior's gradient enters the leapfrog steps.
+    let dir = tempdir("flow");
+    let cat = repo().join("tests/data/cosmos_tiny.csv");
+    let out = dir.join("out");
+    let m = dir.join("m.yaml");
+    let manifest = tiny_manifest(&cat, &out, "")
+        .replace("prior: {kind: prospector-alpha}", "prior: {kind: flow}")
+        .replace(
+            "sampler: {walkers: 32, steps: 16, burn_in: 8}",
+            "sampler: {kind: hmc, walkers: 4, steps: 30, burn_in: 20, leapfrog_steps: 4, target_accept: 0.8}",
+        );
+    assert!(manifest.contains("kind: flow") && manifest.contains("kind: hmc"));
+    std::fs::write(&m, manifest).unwrap();
+    let o = run(&["run", m.to_str().unwrap(), "--quiet"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let res = read(&out);
+    assert_eq!(res.len(), 6);
+    for (&a, &zm) in res.column("acceptance").unwrap().iter().zip(res.column("z_p50").unwrap()) {
+        assert!(a > 0.3 && zm.is_finite() && (0.0..=6.0).contains(&zm), "acc {a} z {zm}");
+    }
+}

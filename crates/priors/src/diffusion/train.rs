@@ -98,7 +98,7 @@ impl Trainer {
         device: &Device,
     ) -> Result<Self> {
         opts.sde.validate().map_err(Error::Invalid)?;
-        if opts.embedding_dim == 0 || opts.embedding_dim % 2 != 0 {
+        if opts.embedding_dim == 0 || !opts.embedding_dim.is_multiple_of(2) {
             return Err(Error::Invalid("embedding_dim must be even and > 0".into()));
         }
         let samples = samples.to_dtype(DType::F32)?.to_device(device)?;
