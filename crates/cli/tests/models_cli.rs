@@ -116,8 +116,8 @@ fn fetch_list_info_verify_and_offline_use() {
     assert!(o.status.success(), "{out}");
     assert_eq!(
         out.matches("ok      ").count(),
-        4,
-        "3 bundled + 1 cached: {out}"
+        popcosmos_models::builtin::BUILTIN.len() + 1,
+        "every bundled model + 1 cached: {out}"
     );
 
     // The manifest path: validate builds the pipeline from the cached hub weights, offline.
