@@ -193,3 +193,38 @@ fn prior_wrapper_shapes_and_guards() {
     let s = prior.sample(5, &mut rng, &Device::Cpu).unwrap();
     assert_eq!(s.dims(), &[5, 16]);
 }
+
+/// Conditional training p(x | c): x = (c + 0.5 z₁, −c + 0.5 z₂) with c ~ U(−2, 2); ODE samples
+/// at fixed c must centre on (c, −c) with sd 0.5.
+#[test]
+fn learns_a_conditional_density() {
+    let n = 20_000;
+    let mut rng = HostRng::seed_from_u64(21);
+    let c: Vec<f32> = (0..n).map(|_| (rng.next_f64() * 4.0 - 2.0) as f32).collect();
+    let z: Vec<f32> = rng.normal(&Shape::from((n, 2)), &Device::Cpu).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    let x: Vec<f32> = (0..n).flat_map(|i| [c[i] + 0.5 * z[2 * i], -c[i] + 0.5 * z[2 * i + 1]]).collect();
+    let x = Tensor::from_vec(x, (n, 2), &Device::Cpu).unwrap();
+    let ct = Tensor::from_vec(c, (n, 1), &Device::Cpu).unwrap();
+    let mut t = Trainer::new(&x, Some(&ct), vec![], vec!["c".into()], options(1200), &Device::Cpu).unwrap();
+    for _ in 0..1200 {
+        t.step(&mut rng).unwrap();
+    }
+    let model = t.model().unwrap();
+    assert_eq!(model.config().conditional_dim, 1);
+    for cv in [-1.5f32, 1.0] {
+        let m = 2000;
+        let cond = Tensor::full(cv, (m, 1), &Device::Cpu).unwrap();
+        let base = rng.normal(&Shape::from((m, 2)), &Device::Cpu).unwrap();
+        let (s, _) = model.sample_ode(&base, Some(&cond), &OdeSolver::Rk4 { steps: 40 }).unwrap();
+        let s: Vec<Vec<f64>> = s.to_dtype(DType::F64).unwrap().to_vec2().unwrap();
+        for (k, want) in [(0usize, cv as f64), (1, -(cv as f64))] {
+            let mean = s.iter().map(|r| r[k]).sum::<f64>() / m as f64;
+            let sd = (s.iter().map(|r| (r[k] - mean).powi(2)).sum::<f64>() / m as f64).sqrt();
+            eprintln!("c = {cv}: x{k} mean {mean:.3} (want {want}), sd {sd:.3} (want 0.5)");
+            assert!((mean - want).abs() < 0.08 && (sd - 0.5).abs() < 0.08, "c {cv} x{k}: {mean} {sd}");
+        }
+    }
+    // Missing conditions are an error naming the need.
+    let e = model.sample_ode(&Tensor::zeros((2, 2), DType::F32, &Device::Cpu).unwrap(), None, &OdeSolver::Rk4 { steps: 2 });
+    assert!(e.err().unwrap().to_string().contains("conditioning"));
+}
