@@ -45,6 +45,7 @@ pub mod diffusion;
 pub mod flow;
 pub mod prospector;
 pub mod uniform;
+pub mod weights_io;
 
 mod common;
 

@@ -74,33 +74,18 @@ impl DiffusionModel {
 
     /// Parse safetensors bytes; `name` is used in error messages.
     pub fn from_bytes(bytes: &[u8], name: &str, device: &Device) -> Result<Self> {
+        use crate::weights_io;
+        let meta = weights_io::read_metadata(bytes, name)?;
+        let tensors = weights_io::read_tensors(bytes, name, device)?;
         let fmt_err = |message: String| Error::Format {
             file: name.to_string(),
             message,
         };
-        let (_, meta) = safetensors::SafeTensors::read_metadata(bytes)
-            .map_err(|e| fmt_err(format!("not a valid safetensors file: {e}")))?;
-        let meta = meta.metadata().clone().unwrap_or_default();
-        let tensors = candle_core::safetensors::load_buffer(bytes, device)
-            .map_err(|e| fmt_err(format!("not a valid safetensors file: {e}")))?;
-        let tensors: HashMap<String, Tensor> = tensors
-            .into_iter()
-            .map(|(k, v)| Ok((k, v.to_dtype(DType::F32)?)))
-            .collect::<Result<_>>()?;
-        let config = match meta.get("format").map(String::as_str) {
-            Some(FORMAT) => {
-                let json = meta
-                    .get("config")
-                    .ok_or_else(|| fmt_err("metadata has no `config` entry".into()))?;
-                serde_json::from_str::<DiffusionConfig>(json)
-                    .map_err(|e| fmt_err(format!("metadata `config`: {e}")))?
-            }
-            Some(NOISE_MODEL_FORMAT) => noise_model_config(&tensors).map_err(fmt_err)?,
-            other => {
-                return Err(fmt_err(format!(
-                    "unknown format {other:?} (expected `{FORMAT}`)"
-                )));
-            }
+        let config = if meta.get("format").map(String::as_str) == Some(NOISE_MODEL_FORMAT) {
+            noise_model_config(&tensors).map_err(fmt_err)?
+        } else {
+            weights_io::check_format(&meta, FORMAT, name)?;
+            weights_io::read_config::<DiffusionConfig>(&meta, name)?
         };
         config.sde.validate().map_err(fmt_err)?;
         Self::from_tensors(config, tensors, name, device)

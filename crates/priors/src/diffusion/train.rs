@@ -309,18 +309,9 @@ impl Trainer {
     /// Adam moments restart, a short transient).
     pub fn resume(&mut self, path: &Path) -> Result<()> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| Error::Format {
-            file: path.display().to_string(),
-            message: e.to_string(),
-        })?;
-        let meta = meta.metadata().clone().unwrap_or_default();
-        let step: usize = meta
-            .get("train_step")
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| Error::Format {
-                file: path.display().to_string(),
-                message: "not a training checkpoint (no `train_step` metadata)".into(),
-            })?;
+        let file = path.display().to_string();
+        let meta = crate::weights_io::read_metadata(&bytes, &file)?;
+        let step = crate::weights_io::checkpoint_step(&meta, &file)?;
         let tensors = candle_core::safetensors::load_buffer(&bytes, &self.device)?;
         let missing = |k: &str| Error::MissingTensor {
             file: path.display().to_string(),
@@ -407,21 +398,8 @@ pub fn model_tensors(model: &DiffusionModel) -> Result<HashMap<String, Tensor>> 
 pub fn write_model(
     model: &DiffusionModel,
     tensors: HashMap<String, Tensor>,
-    mut meta: HashMap<String, String>,
+    meta: HashMap<String, String>,
     path: &Path,
 ) -> Result<()> {
-    meta.insert("format".into(), FORMAT.into());
-    meta.insert(
-        "config".into(),
-        serde_json::to_string(model.config()).expect("serialisable"),
-    );
-    let tmp = path.with_extension("safetensors.partial");
-    let mut sorted: Vec<(String, Tensor)> = tensors.into_iter().collect();
-    sorted.sort_by(|a, b| a.0.cmp(&b.0));
-    safetensors::serialize_to_file(sorted, Some(meta), &tmp).map_err(|e| Error::Format {
-        file: tmp.display().to_string(),
-        message: format!("cannot write safetensors: {e}"),
-    })?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
-    Ok(())
+    crate::weights_io::write_model_file(tensors, meta, FORMAT, model.config(), path)
 }

@@ -231,31 +231,15 @@ impl FlowModel {
 
     /// Parse safetensors bytes; `name` is used in error messages.
     pub fn from_bytes(bytes: &[u8], name: &str, device: &Device) -> Result<Self> {
-        let fmt_err = |message: String| Error::Format {
+        use crate::weights_io;
+        let meta = weights_io::read_metadata(bytes, name)?;
+        weights_io::check_format(&meta, FORMAT, name)?;
+        let config: FlowConfig = weights_io::read_config(&meta, name)?;
+        config.validate().map_err(|e| Error::Format {
             file: name.to_string(),
-            message,
-        };
-        let (_, meta) = safetensors::SafeTensors::read_metadata(bytes)
-            .map_err(|e| fmt_err(format!("not a valid safetensors file: {e}")))?;
-        let meta = meta.metadata().clone().unwrap_or_default();
-        match meta.get("format").map(String::as_str) {
-            Some(FORMAT) => {}
-            other => {
-                return Err(fmt_err(format!(
-                    "unknown format {other:?} (expected `{FORMAT}`)"
-                )));
-            }
-        }
-        let json = meta
-            .get("config")
-            .ok_or_else(|| fmt_err("metadata has no `config` entry".into()))?;
-        let config = serde_json::from_str::<FlowConfig>(json)
-            .map_err(|e| fmt_err(format!("metadata `config`: {e}")))?;
-        config
-            .validate()
-            .map_err(|e| fmt_err(format!("metadata `config`: {e}")))?;
-        let tensors = candle_core::safetensors::load_buffer(bytes, device)
-            .map_err(|e| fmt_err(format!("not a valid safetensors file: {e}")))?;
+            message: format!("metadata `config`: {e}"),
+        })?;
+        let tensors = weights_io::read_tensors(bytes, name, device)?;
         Self::from_tensors(config, tensors, name, device)
     }
 
@@ -508,24 +492,8 @@ pub fn init_tensors(
 pub fn write_model(
     model: &FlowModel,
     tensors: HashMap<String, Tensor>,
-    mut meta: HashMap<String, String>,
+    meta: HashMap<String, String>,
     path: &Path,
 ) -> Result<()> {
-    meta.insert("format".into(), FORMAT.into());
-    meta.insert(
-        "config".into(),
-        serde_json::to_string(model.config()).expect("serialisable"),
-    );
-    let tmp = path.with_extension("safetensors.partial");
-    let mut sorted: Vec<(String, Tensor)> = tensors
-        .into_iter()
-        .map(|(k, v)| Ok((k, v.to_dtype(DType::F32)?.to_device(&Device::Cpu)?)))
-        .collect::<Result<_>>()?;
-    sorted.sort_by(|a, b| a.0.cmp(&b.0));
-    safetensors::serialize_to_file(sorted, Some(meta), &tmp).map_err(|e| Error::Format {
-        file: tmp.display().to_string(),
-        message: format!("cannot write safetensors: {e}"),
-    })?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
-    Ok(())
+    crate::weights_io::write_model_file(tensors, meta, FORMAT, model.config(), path)
 }

@@ -322,19 +322,8 @@ impl Trainer {
     pub fn resume(&mut self, path: &Path) -> Result<()> {
         let file = path.display().to_string();
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let (_, meta) =
-            safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| Error::Format {
-                file: file.clone(),
-                message: e.to_string(),
-            })?;
-        let meta = meta.metadata().clone().unwrap_or_default();
-        let step: usize = meta
-            .get("train_step")
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| Error::Format {
-                file: file.clone(),
-                message: "not a training checkpoint (no `train_step` metadata)".into(),
-            })?;
+        let meta = crate::weights_io::read_metadata(&bytes, &file)?;
+        let step = crate::weights_io::checkpoint_step(&meta, &file)?;
         let saved = FlowModel::from_bytes(&bytes, &file, &self.device)?;
         if saved.config() != &self.config {
             return Err(Error::Format {

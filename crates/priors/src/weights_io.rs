@@ -1,0 +1,91 @@
+//! Shared safetensors I/O of the learned priors: every model file carries its `format` and a
+//! JSON `config` in the safetensors metadata, and is written atomically.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use popcosmos_api::{Error, Result};
+use serde::{Serialize, de::DeserializeOwned};
+
+fn format_error(file: &str, message: String) -> Error {
+    Error::Format {
+        file: file.to_string(),
+        message,
+    }
+}
+
+/// The metadata map of a safetensors buffer (empty if it has none).
+pub fn read_metadata(bytes: &[u8], file: &str) -> Result<HashMap<String, String>> {
+    let (_, meta) = safetensors::SafeTensors::read_metadata(bytes)
+        .map_err(|e| format_error(file, format!("not a valid safetensors file: {e}")))?;
+    Ok(meta.metadata().clone().unwrap_or_default())
+}
+
+/// The JSON `config` entry of `meta`, parsed.
+pub fn read_config<C: DeserializeOwned>(meta: &HashMap<String, String>, file: &str) -> Result<C> {
+    let json = meta
+        .get("config")
+        .ok_or_else(|| format_error(file, "metadata has no `config` entry".into()))?;
+    serde_json::from_str::<C>(json)
+        .map_err(|e| format_error(file, format!("metadata `config`: {e}")))
+}
+
+/// Check the `format` entry is `expected`.
+pub fn check_format(meta: &HashMap<String, String>, expected: &str, file: &str) -> Result<()> {
+    match meta.get("format").map(String::as_str) {
+        Some(f) if f == expected => Ok(()),
+        other => Err(format_error(
+            file,
+            format!("unknown format {other:?} (expected `{expected}`)"),
+        )),
+    }
+}
+
+/// Every tensor of a safetensors buffer on `device`, as f32.
+pub fn read_tensors(bytes: &[u8], file: &str, device: &Device) -> Result<HashMap<String, Tensor>> {
+    candle_core::safetensors::load_buffer(bytes, device)
+        .map_err(|e| format_error(file, format!("not a valid safetensors file: {e}")))?
+        .into_iter()
+        .map(|(k, v)| Ok((k, v.to_dtype(DType::F32)?)))
+        .collect()
+}
+
+/// The training step stored by a trainer's checkpoint (`train_step` metadata).
+pub fn checkpoint_step(meta: &HashMap<String, String>, file: &str) -> Result<usize> {
+    meta.get("train_step")
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| {
+            format_error(
+                file,
+                "not a training checkpoint (no `train_step` metadata)".into(),
+            )
+        })
+}
+
+/// Write `tensors` (as f32, sorted by name, so the bytes are reproducible) with `format` and
+/// `config` added to `meta`; a temporary file is renamed into place.
+pub fn write_model_file<C: Serialize>(
+    tensors: HashMap<String, Tensor>,
+    mut meta: HashMap<String, String>,
+    format: &str,
+    config: &C,
+    path: &Path,
+) -> Result<()> {
+    meta.insert("format".into(), format.into());
+    meta.insert(
+        "config".into(),
+        serde_json::to_string(config).expect("serialisable config"),
+    );
+    let tmp = path.with_extension("safetensors.partial");
+    let mut sorted: Vec<(String, Tensor)> = tensors
+        .into_iter()
+        .map(|(k, v)| Ok((k, v.to_dtype(DType::F32)?.to_device(&Device::Cpu)?)))
+        .collect::<Result<_>>()?;
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    safetensors::serialize_to_file(sorted, Some(meta), &tmp).map_err(|e| {
+        format_error(&tmp.display().to_string(), format!("cannot write safetensors: {e}"))
+    })?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
+    Ok(())
+}
