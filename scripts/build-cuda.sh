@@ -26,6 +26,9 @@ CUDARC=$(ls -d ~/.cargo/registry/src/*/cudarc-0.19.* | tail -1)
 grep -ohE "pub unsafe fn cu[A-Za-z0-9_]+" "$CUDARC/src/driver/sys/mod.rs" \
   | awk '{print "int " $4 "(void){return 100;}"}' | sort -u > "$S/libcuda_stub.c"
 gcc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$S/cuda-root/lib/libcuda.so" "$S/libcuda_stub.c"
+# (With LD_LIBRARY_PATH=$C/lib:$S/cuda-root/lib the binary also starts here: every driver call
+# answers CUDA_ERROR_NO_DEVICE, which checks the error path of `device: cuda:0`.)
+ln -sf libcuda.so "$S/cuda-root/lib/libcuda.so.1"
 export PATH="$C/bin:$PATH" CUDA_ROOT="$S/cuda-root" CUDA_COMPUTE_CAP="$CAP" \
   NVCC_APPEND_FLAGS="--compress-mode=size" CARGO_TARGET_DIR="$ROOT/target-cuda"
 cargo build --release -p popcosmos-cli --features cuda
