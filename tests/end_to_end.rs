@@ -249,14 +249,41 @@ fn diffusion_prior_runs_from_the_manifest() {
 
 #[test]
 fn flow_prior_runs_from_the_manifest_with_hmc() {
-    // `prior: {kind: flow}` (the bundled distilled prior) under HMC: the flow's log-density is
-    // differentiable, so the prior's gradient enters the leapfrog steps.
+    // `prior: {kind: flow, weights: PATH}` under HMC: the flow's log-density is differentiable,
+    // so the prior's gradient enters the leapfrog steps. The flow here is a small seeded one
+    // centred on Prospector-α draws (with its model card), written by the test.
+    use popcosmos_api::{HostRng, Prior};
     let dir = tempdir("flow");
+    let mut rng = HostRng::seed_from_u64(4);
+    let dev = candle_core::Device::Cpu;
+    let draws = popcosmos_priors::ProspectorAlphaPrior::new().sample(4000, &mut rng, &dev).unwrap();
+    let mean = draws.mean(0).unwrap();
+    let sd = draws.broadcast_sub(&mean).unwrap().sqr().unwrap().mean(0).unwrap().sqrt().unwrap();
+    let cfg = popcosmos_priors::flow::FlowConfig::new(16, 4, vec![32], Default::default());
+    let flow = popcosmos_priors::flow::FlowModel::random(cfg, mean, sd, 0.05, &mut rng, &dev).unwrap();
+    let weights = dir.join("flow.safetensors");
+    flow.save(&weights, &Default::default()).unwrap();
+    let bytes = std::fs::read(&weights).unwrap();
+    let mut card = popcosmos_models::ModelCard::from_bytes(
+        popcosmos_models::builtin::builtin("popcosmos_prior_diffusion").unwrap().card_text.as_bytes(),
+        "template",
+    )
+    .unwrap();
+    card.name = "flow".into();
+    card.file = "flow.safetensors".into();
+    card.architecture.kind = "flow".into();
+    card.size_bytes = bytes.len() as u64;
+    card.sha256 = popcosmos_models::verify::sha256_hex(&bytes);
+    std::fs::write(dir.join("flow.card.yaml"), card.to_yaml()).unwrap();
+
     let cat = repo().join("tests/data/cosmos_tiny.csv");
     let out = dir.join("out");
     let m = dir.join("m.yaml");
     let manifest = tiny_manifest(&cat, &out, "")
-        .replace("prior: {kind: prospector-alpha}", "prior: {kind: flow}")
+        .replace(
+            "prior: {kind: prospector-alpha}",
+            &format!("prior: {{kind: flow, weights: {}}}", weights.display()),
+        )
         .replace(
             "sampler: {walkers: 32, steps: 16, burn_in: 8}",
             "sampler: {kind: hmc, walkers: 4, steps: 30, burn_in: 20, leapfrog_steps: 4, target_accept: 0.8}",
@@ -270,4 +297,9 @@ fn flow_prior_runs_from_the_manifest_with_hmc() {
     for (&a, &zm) in res.column("acceptance").unwrap().iter().zip(res.column("z_p50").unwrap()) {
         assert!(a > 0.3 && zm.is_finite() && (0.0..=6.0).contains(&zm), "acc {a} z {zm}");
     }
+    // The same weights under the wrong kind are refused by their card.
+    let text = std::fs::read_to_string(&m).unwrap().replace("kind: flow", "kind: diffusion");
+    std::fs::write(&m, text).unwrap();
+    let o = run(&["validate", m.to_str().unwrap()]);
+    assert!(!o.status.success() && stderr(&o).contains("not a diffusion prior"), "{}", stderr(&o));
 }
