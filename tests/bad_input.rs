@@ -108,7 +108,10 @@ fn semantic_errors_name_the_key() {
         "prior-kind",
         &diffusion("prior: {kind: diffusion, weights: \"builtin:photulator_cosmos26\"}"),
     );
-    assert!(err.contains("prior.weights") && err.contains("not a diffusion prior"), "{err}");
+    assert!(
+        err.contains("prior.weights") && err.contains("not a diffusion prior"),
+        "{err}"
+    );
 }
 
 #[test]

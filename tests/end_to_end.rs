@@ -256,16 +256,30 @@ fn flow_prior_runs_from_the_manifest_with_hmc() {
     let dir = tempdir("flow");
     let mut rng = HostRng::seed_from_u64(4);
     let dev = candle_core::Device::Cpu;
-    let draws = popcosmos_priors::ProspectorAlphaPrior::new().sample(4000, &mut rng, &dev).unwrap();
+    let draws = popcosmos_priors::ProspectorAlphaPrior::new()
+        .sample(4000, &mut rng, &dev)
+        .unwrap();
     let mean = draws.mean(0).unwrap();
-    let sd = draws.broadcast_sub(&mean).unwrap().sqr().unwrap().mean(0).unwrap().sqrt().unwrap();
+    let sd = draws
+        .broadcast_sub(&mean)
+        .unwrap()
+        .sqr()
+        .unwrap()
+        .mean(0)
+        .unwrap()
+        .sqrt()
+        .unwrap();
     let cfg = popcosmos_priors::flow::FlowConfig::new(16, 4, vec![32], Default::default());
-    let flow = popcosmos_priors::flow::FlowModel::random(cfg, mean, sd, 0.05, &mut rng, &dev).unwrap();
+    let flow =
+        popcosmos_priors::flow::FlowModel::random(cfg, mean, sd, 0.05, &mut rng, &dev).unwrap();
     let weights = dir.join("flow.safetensors");
     flow.save(&weights, &Default::default()).unwrap();
     let bytes = std::fs::read(&weights).unwrap();
     let mut card = popcosmos_models::ModelCard::from_bytes(
-        popcosmos_models::builtin::builtin("popcosmos_prior_diffusion").unwrap().card_text.as_bytes(),
+        popcosmos_models::builtin::builtin("popcosmos_prior_diffusion")
+            .unwrap()
+            .card_text
+            .as_bytes(),
         "template",
     )
     .unwrap();
@@ -294,12 +308,26 @@ fn flow_prior_runs_from_the_manifest_with_hmc() {
     assert!(o.status.success(), "{}", stderr(&o));
     let res = read(&out);
     assert_eq!(res.len(), 6);
-    for (&a, &zm) in res.column("acceptance").unwrap().iter().zip(res.column("z_p50").unwrap()) {
-        assert!(a > 0.3 && zm.is_finite() && (0.0..=6.0).contains(&zm), "acc {a} z {zm}");
+    for (&a, &zm) in res
+        .column("acceptance")
+        .unwrap()
+        .iter()
+        .zip(res.column("z_p50").unwrap())
+    {
+        assert!(
+            a > 0.3 && zm.is_finite() && (0.0..=6.0).contains(&zm),
+            "acc {a} z {zm}"
+        );
     }
     // The same weights under the wrong kind are refused by their card.
-    let text = std::fs::read_to_string(&m).unwrap().replace("kind: flow", "kind: diffusion");
+    let text = std::fs::read_to_string(&m)
+        .unwrap()
+        .replace("kind: flow", "kind: diffusion");
     std::fs::write(&m, text).unwrap();
     let o = run(&["validate", m.to_str().unwrap()]);
-    assert!(!o.status.success() && stderr(&o).contains("not a diffusion prior"), "{}", stderr(&o));
+    assert!(
+        !o.status.success() && stderr(&o).contains("not a diffusion prior"),
+        "{}",
+        stderr(&o)
+    );
 }

@@ -9,9 +9,9 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
+use popcosmos_api::LogDensity;
 use popcosmos_api::{HostRng, Observations, SpsModel, params::phi_to_theta};
 use popcosmos_inference::{Manifest, Pipeline};
-use popcosmos_api::LogDensity;
 use popcosmos_samplers::{EnsembleSampler, RunConfig, sample};
 
 #[derive(clap::Args)]
@@ -20,7 +20,11 @@ pub struct GpuBenchArgs {
     #[arg(long, default_value = "cuda:0")]
     pub device: String,
     /// Emulator batch sizes.
-    #[arg(long, value_delimiter = ',', default_value = "4096,65536,262144,1048576")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "4096,65536,262144,1048576"
+    )]
     pub batches: Vec<usize>,
     /// Galaxies per sampling batch.
     #[arg(long, value_delimiter = ',', default_value = "100,1000")]
@@ -41,8 +45,16 @@ pub struct GpuBenchArgs {
 }
 
 fn max_rel(a: &Tensor, b: &Tensor) -> Result<f64> {
-    let a = a.to_device(&Device::Cpu)?.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
-    let b = b.to_device(&Device::Cpu)?.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+    let a = a
+        .to_device(&Device::Cpu)?
+        .to_dtype(DType::F64)?
+        .flatten_all()?
+        .to_vec1::<f64>()?;
+    let b = b
+        .to_device(&Device::Cpu)?
+        .to_dtype(DType::F64)?
+        .flatten_all()?
+        .to_vec1::<f64>()?;
     Ok(a.iter()
         .zip(&b)
         .filter(|(x, y)| x.is_finite() && y.is_finite())
@@ -51,8 +63,16 @@ fn max_rel(a: &Tensor, b: &Tensor) -> Result<f64> {
 }
 
 fn max_abs(a: &Tensor, b: &Tensor) -> Result<f64> {
-    let a = a.to_device(&Device::Cpu)?.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
-    let b = b.to_device(&Device::Cpu)?.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+    let a = a
+        .to_device(&Device::Cpu)?
+        .to_dtype(DType::F64)?
+        .flatten_all()?
+        .to_vec1::<f64>()?;
+    let b = b
+        .to_device(&Device::Cpu)?
+        .to_dtype(DType::F64)?
+        .flatten_all()?
+        .to_vec1::<f64>()?;
     Ok(a.iter()
         .zip(&b)
         .filter(|(x, y)| x.is_finite() && y.is_finite())
@@ -86,8 +106,16 @@ fn tiled_observations(p: &Pipeline, n: usize) -> Result<Observations> {
 
 pub fn run(args: &GpuBenchArgs) -> Result<()> {
     let dev = popcosmos_api::parse_device(&args.device)?;
-    let priors: Vec<&str> = args.priors.split(';').map(str::trim).filter(|s| !s.is_empty()).collect();
-    println!("device {} ({:?}), {} walkers × {} steps", args.device, dev, args.walkers, args.steps);
+    let priors: Vec<&str> = args
+        .priors
+        .split(';')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    println!(
+        "device {} ({:?}), {} walkers × {} steps",
+        args.device, dev, args.walkers, args.steps
+    );
 
     // 1. Correctness against the CPU on 2048 prior draws.
     let cpu = Pipeline::new(demo_manifest("cpu", "prospector-alpha")?)?;
@@ -103,7 +131,9 @@ pub fn run(args: &GpuBenchArgs) -> Result<()> {
     let obs_gpu = tiled_observations(&gpu, 16)?;
     let phi_wg = phi.narrow(0, 0, 2048)?.reshape((128, 16, 16))?;
     let lp_cpu = cpu.posterior(&obs_cpu).log_density(&phi_wg)?;
-    let lp_gpu = gpu.posterior(&obs_gpu).log_density(&phi_wg.to_device(&dev)?)?;
+    let lp_gpu = gpu
+        .posterior(&obs_gpu)
+        .log_density(&phi_wg.to_device(&dev)?)?;
     println!("\n| check (2048 prior draws) | max error |\n|---|---:|");
     println!(
         "| model flux, relative | {:.2e} |",

@@ -3,7 +3,6 @@
 
 use std::path::PathBuf;
 
-
 use anyhow::{Context, Result, bail};
 use popcosmos_torch_import::{
     ImportedFile, ModelKind, detect_kind, import_diffusion, import_photulators,
@@ -68,7 +67,11 @@ pub fn run(args: &ImportTorchArgs) -> Result<()> {
             println!("  {key}: {v}");
         }
     }
-    let sources: Vec<String> = args.inputs.iter().map(|p| p.display().to_string()).collect();
+    let sources: Vec<String> = args
+        .inputs
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
     let card = match kind {
         ModelKind::Diffusion => {
             let model = popcosmos_priors::diffusion::DiffusionModel::load(
@@ -81,14 +84,20 @@ pub fn run(args: &ImportTorchArgs) -> Result<()> {
                 &format!(
                     "Diffusion model imported from {} ({})",
                     sources[0],
-                    imported.metadata.get("source_class").map_or("?", |s| s.as_str())
+                    imported
+                        .metadata
+                        .get("source_class")
+                        .map_or("?", |s| s.as_str())
                 ),
                 &format!("popcosmos-cli import-torch {}", sources.join(" ")),
             )?
         }
         ModelKind::Photulator => photulator_card(&imported, &args.output, &sources)?,
     };
-    println!("wrote {} (manifests can now refer to the weights by path)", card.display());
+    println!(
+        "wrote {} (manifests can now refer to the weights by path)",
+        card.display()
+    );
     Ok(())
 }
 
@@ -115,7 +124,10 @@ fn photulator_card(
         .context("output file name")?
         .to_string();
     card.name = file.trim_end_matches(".safetensors").to_string();
-    card.description = format!("Photulator stack ({} bands) imported from .pt files", bands.len());
+    card.description = format!(
+        "Photulator stack ({} bands) imported from .pt files",
+        bands.len()
+    );
     card.file = file;
     card.size_bytes = bytes.len() as u64;
     card.sha256 = popcosmos_models::verify::sha256_hex(&bytes);

@@ -50,10 +50,12 @@ fn parse_selection(s: &str, bands: &[String]) -> Result<Option<Selection>> {
         .split_once('<')
         .with_context(|| format!("--select '{s}': expected BAND<MAG or none"))?;
     let band = band.trim();
-    let idx = bands
-        .iter()
-        .position(|b| b == band)
-        .with_context(|| format!("--select: no band '{band}' in the survey ({})", bands.join(", ")))?;
+    let idx = bands.iter().position(|b| b == band).with_context(|| {
+        format!(
+            "--select: no band '{band}' in the survey ({})",
+            bands.join(", ")
+        )
+    })?;
     let max_mag: f64 = mag
         .trim()
         .parse()
@@ -63,23 +65,23 @@ fn parse_selection(s: &str, bands: &[String]) -> Result<Option<Selection>> {
 
 pub fn mock(args: &MockArgs) -> Result<()> {
     let device = candle_core::Device::Cpu;
-    let (survey, sps, prior): (Box<dyn Survey>, Box<dyn popcosmos_api::SpsModel>, _) =
-        match &args.manifest {
-            Some(path) => {
-                let m = popcosmos_inference::Manifest::load(path)?;
-                let p = popcosmos_inference::Pipeline::new(m)?;
-                (p.survey, Box::new(p.sps), p.prior)
-            }
-            None => {
-                let survey = popcosmos_surveys::Cosmos::new(
-                    popcosmos_surveys::CalibrationChoice::Leistedt23,
-                );
-                let sps = popcosmos_sps::CosmosSps::builtin(survey.calibration(), &device)?;
-                let prior: Box<dyn popcosmos_api::Prior> =
-                    Box::new(popcosmos_priors::ProspectorAlphaPrior::new());
-                (Box::new(survey), Box::new(sps), prior)
-            }
-        };
+    let (survey, sps, prior): (Box<dyn Survey>, Box<dyn popcosmos_api::SpsModel>, _) = match &args
+        .manifest
+    {
+        Some(path) => {
+            let m = popcosmos_inference::Manifest::load(path)?;
+            let p = popcosmos_inference::Pipeline::new(m)?;
+            (p.survey, Box::new(p.sps), p.prior)
+        }
+        None => {
+            let survey =
+                popcosmos_surveys::Cosmos::new(popcosmos_surveys::CalibrationChoice::Leistedt23);
+            let sps = popcosmos_sps::CosmosSps::builtin(survey.calibration(), &device)?;
+            let prior: Box<dyn popcosmos_api::Prior> =
+                Box::new(popcosmos_priors::ProspectorAlphaPrior::new());
+            (Box::new(survey), Box::new(sps), prior)
+        }
+    };
     let bands = survey.band_names();
     let default_select = match args.errors {
         ErrorSource::NoiseModel if bands.iter().any(|b| b == "irac1_cosmos") => "irac1_cosmos<26",

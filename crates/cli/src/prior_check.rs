@@ -77,7 +77,10 @@ pub fn ks_statistic(a: &[f64], b: &[f64]) -> f64 {
 
 fn timed_log_prob(prior: &dyn Prior, phi: &Tensor) -> Result<(Vec<f64>, f64)> {
     let t = Instant::now();
-    let lp = prior.log_prob(phi)?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+    let lp = prior
+        .log_prob(phi)?
+        .to_dtype(DType::F64)?
+        .to_vec1::<f64>()?;
     Ok((lp, t.elapsed().as_secs_f64() / phi.dim(0)? as f64))
 }
 
@@ -111,7 +114,13 @@ pub fn compare(args: &ComparePriorsArgs) -> Result<PriorComparison> {
     let log_w: Vec<f64> = lp_q
         .iter()
         .zip(&lq_q)
-        .map(|(a, b)| if b.is_finite() { a - b } else { f64::NEG_INFINITY })
+        .map(|(a, b)| {
+            if b.is_finite() {
+                a - b
+            } else {
+                f64::NEG_INFINITY
+            }
+        })
         .collect();
     let w_max = log_w.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     let w: Vec<f64> = log_w.iter().map(|l| (l - w_max).exp()).collect();
@@ -156,7 +165,10 @@ pub fn compare(args: &ComparePriorsArgs) -> Result<PriorComparison> {
 
 pub fn run(args: &ComparePriorsArgs) -> Result<()> {
     let c = compare(args)?;
-    println!("model     {}\nreference {}\ndraws     {}", c.model, c.reference, c.n);
+    println!(
+        "model     {}\nreference {}\ndraws     {}",
+        c.model, c.reference, c.n
+    );
     println!(
         "forward KL E_p[ln p − ln q] = {:.4} ± {:.4} (± {:.4} from ln Z_p = {:.4}) nats   (sd {:.3}; q non-finite on {:.2}% of p's draws)",
         c.kl_forward_nats,
@@ -171,7 +183,10 @@ pub fn run(args: &ComparePriorsArgs) -> Result<()> {
         println!("{name:<16} {d:>8.4}");
     }
     let ks_crit = 1.36 * (2.0 / c.n as f64).sqrt();
-    println!("(KS 95% critical value for two samples of {}: {ks_crit:.4})", c.n);
+    println!(
+        "(KS 95% critical value for two samples of {}: {ks_crit:.4})",
+        c.n
+    );
     println!(
         "log-density cost: model {:.3e} s/row, reference {:.3e} s/row (×{:.0}); model sampling {:.3e} s/row",
         c.model_log_prob_s_per_row,

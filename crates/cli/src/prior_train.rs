@@ -122,7 +122,10 @@ pub struct TrainPriorArgs {
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
     /// Model-card description.
-    #[arg(long, default_value = "Diffusion model trained with popcosmos-cli train-prior")]
+    #[arg(
+        long,
+        default_value = "Diffusion model trained with popcosmos-cli train-prior"
+    )]
     pub description: String,
 }
 
@@ -132,7 +135,10 @@ fn read_columns(path: &Path, cols: &[String]) -> Result<(Vec<f32>, usize)> {
         let v = popcosmos_catalog::read_column_f64(path, c)
             .with_context(|| format!("reading column '{c}'"))?;
         if let Some(i) = v.iter().position(|x| !x.is_finite()) {
-            bail!("{}: column '{c}' row {i} is not a finite number", path.display());
+            bail!(
+                "{}: column '{c}' row {i} is not a finite number",
+                path.display()
+            );
         }
         data.push(v);
     }
@@ -165,7 +171,10 @@ pub fn train_prior(args: &TrainPriorArgs) -> Result<()> {
         Some(read_columns(&args.samples, &args.conditional)?.0)
     };
     if n < 100 {
-        bail!("{}: only {n} rows; need at least 100 samples", args.samples.display());
+        bail!(
+            "{}: only {n} rows; need at least 100 samples",
+            args.samples.display()
+        );
     }
     // Deterministic hold-out split: a seeded permutation.
     let mut order: Vec<usize> = (0..n).collect();
@@ -175,7 +184,9 @@ pub fn train_prior(args: &TrainPriorArgs) -> Result<()> {
     }
     let n_hold = ((n as f64 * args.holdout).round() as usize).clamp(1, n / 2);
     let split = |idx: &[usize], src: &[f32], w: usize| -> Vec<f32> {
-        idx.iter().flat_map(|&i| src[i * w..(i + 1) * w].iter().copied()).collect()
+        idx.iter()
+            .flat_map(|&i| src[i * w..(i + 1) * w].iter().copied())
+            .collect()
     };
     let (hold_idx, train_idx) = order.split_at(n_hold);
     let to_t = |v: Vec<f32>, rows: usize, w: usize| Tensor::from_vec(v, (rows, w), &device);
@@ -237,7 +248,11 @@ pub fn train_prior(args: &TrainPriorArgs) -> Result<()> {
     let t0 = std::time::Instant::now();
     while trainer.step_count() < args.steps {
         let loss = trainer.step(&mut rng)?;
-        smooth = if smooth.is_nan() { loss } else { 0.99 * smooth + 0.01 * loss };
+        smooth = if smooth.is_nan() {
+            loss
+        } else {
+            0.99 * smooth + 0.01 * loss
+        };
         bar.set_position(trainer.step_count() as u64);
         if trainer.step_count() % 50 == 0 {
             bar.set_message(format!("{smooth:.3}"));
@@ -292,7 +307,15 @@ pub fn write_card(
         cfg.activation
     )
     .to_lowercase();
-    write_card_for(weights, "diffusion", layers, &activation, &cfg.names, description, notes)
+    write_card_for(
+        weights,
+        "diffusion",
+        layers,
+        &activation,
+        &cfg.names,
+        description,
+        notes,
+    )
 }
 
 /// Write `weights`' model card of `kind` (architecture summary, parameter names, checksum).
@@ -425,22 +448,33 @@ pub fn distill(args: &DistillArgs) -> Result<()> {
     );
     let mut rng = HostRng::seed_from_u64(args.seed);
     let t0 = std::time::Instant::now();
-    let (model, report) = flow::distill::distill(&teacher, &opts, &mut rng, &device, &mut |step, nll| {
-        bar.set_position(step as u64);
-        if step % 50 == 0 {
-            bar.set_message(format!("{nll:.3}"));
-        }
-    })?;
+    let (model, report) =
+        flow::distill::distill(&teacher, &opts, &mut rng, &device, &mut |step, nll| {
+            bar.set_position(step as u64);
+            if step % 50 == 0 {
+                bar.set_message(format!("{nll:.3}"));
+            }
+        })?;
     bar.finish();
     let mut meta = HashMap::new();
     meta.insert("teacher".to_string(), source.clone());
-    meta.insert("distill_report".to_string(), serde_json::to_string(&report)?);
+    meta.insert(
+        "distill_report".to_string(),
+        serde_json::to_string(&report)?,
+    );
     model.save(&args.output, &meta)?;
     let cfg = model.config();
     let ks_max = report.ks.iter().copied().fold(0.0, f64::max);
     let notes = format!(
         "popcosmos-cli distill --teacher {} --samples {} --steps {} --seed {}; forward KL E_p[ln p_teacher - ln q] = {:.4} +- {:.4} nats on {} held-out teacher draws; max per-parameter KS {:.4}",
-        args.teacher, args.samples, args.steps, args.seed, report.kl, report.kl_stderr, report.kl_rows, ks_max
+        args.teacher,
+        args.samples,
+        args.steps,
+        args.seed,
+        report.kl,
+        report.kl_stderr,
+        report.kl_rows,
+        ks_max
     );
     let card = write_card_for(
         &args.output,

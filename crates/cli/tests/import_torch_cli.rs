@@ -33,11 +33,11 @@ fn photulators_import_verify_and_load_in_a_manifest() {
     assert_eq!(bands.len(), 26);
     let out = dir.path().join("cosmos_imported.safetensors");
     let mut args: Vec<String> = vec!["import-torch".into()];
-    args.extend(
-        bands
-            .iter()
-            .map(|b| data.join(format!("model_4x128_alsing20_{b}_cpu.pt")).display().to_string()),
-    );
+    args.extend(bands.iter().map(|b| {
+        data.join(format!("model_4x128_alsing20_{b}_cpu.pt"))
+            .display()
+            .to_string()
+    }));
     args.extend(["-o".into(), out.display().to_string()]);
     let o = cli(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -73,11 +73,19 @@ fn noise_model_imports_as_a_diffusion_model() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("noise.safetensors");
     let pt = repo().join("crates/torch-import/tests/data/noiseModel.pt");
-    let o = cli(&["import-torch", pt.to_str().unwrap(), "-o", out.to_str().unwrap()]);
+    let o = cli(&[
+        "import-torch",
+        pt.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let o = cli(&["models", "info", out.to_str().unwrap()]);
     let text = String::from_utf8_lossy(&o.stdout);
-    assert!(o.status.success() && text.contains("diffusion [60, 256, 256, 256, 256, 256, 26]"), "{text}");
+    assert!(
+        o.status.success() && text.contains("diffusion [60, 256, 256, 256, 256, 256, 26]"),
+        "{text}"
+    );
     // A 26-D conditional model is not a population prior: the manifest says why.
     let err = cli(&[
         "compare-priors",
@@ -87,11 +95,19 @@ fn noise_model_imports_as_a_diffusion_model() {
         "10",
     ]);
     let e = String::from_utf8_lossy(&err.stderr);
-    assert!(!err.status.success() && e.contains("16 latent parameters"), "{e}");
+    assert!(
+        !err.status.success() && e.contains("16 latent parameters"),
+        "{e}"
+    );
     // Not a .pt at all: the error names the file.
     let bad = dir.path().join("bad.pt");
     std::fs::write(&bad, b"not a zip").unwrap();
-    let o = cli(&["import-torch", bad.to_str().unwrap(), "-o", out.to_str().unwrap()]);
+    let o = cli(&[
+        "import-torch",
+        bad.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && e.contains("bad.pt"), "{e}");
 }

@@ -508,13 +508,15 @@ pub fn build_prior(
     spec: &PriorSpec,
     device: &candle_core::Device,
 ) -> Result<Box<dyn popcosmos_api::Prior>> {
-    spec.build_with(device, &|w: &str, kind: &str| load_weights("prior.weights", w, kind))
-        .map_err(|e| match e {
-            Error::Invalid(m) if !m.starts_with("prior.") => {
-                Error::Invalid(format!("prior.weights: {m}"))
-            }
-            other => other,
-        })
+    spec.build_with(device, &|w: &str, kind: &str| {
+        load_weights("prior.weights", w, kind)
+    })
+    .map_err(|e| match e {
+        Error::Invalid(m) if !m.starts_with("prior.") => {
+            Error::Invalid(format!("prior.weights: {m}"))
+        }
+        other => other,
+    })
 }
 
 /// Resolve and verify a weights reference whose model card must be of `kind`; errors start

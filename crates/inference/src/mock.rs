@@ -153,10 +153,13 @@ impl NoiseModel {
     /// Wrap a conditional model whose file carries `f_b`, `log_error_min`, `log_error_max`.
     pub fn new(model: popcosmos_priors::diffusion::DiffusionModel) -> Result<Self> {
         let scalar = |k: &str| -> Result<f64> {
-            let t = model.extra(k).ok_or_else(|| {
-                Error::Invalid(format!("noise model: tensor `{k}` is missing"))
-            })?;
-            Ok(t.flatten_all()?.get(0)?.to_dtype(DType::F64)?.to_scalar::<f64>()?)
+            let t = model
+                .extra(k)
+                .ok_or_else(|| Error::Invalid(format!("noise model: tensor `{k}` is missing")))?;
+            Ok(t.flatten_all()?
+                .get(0)?
+                .to_dtype(DType::F64)?
+                .to_scalar::<f64>()?)
         };
         let softening_nmgy = model
             .extra("f_b")
@@ -192,7 +195,10 @@ impl NoiseModel {
     /// ln(σ / maggies) `[n, bands]` (unclamped) from conditioning magnitudes and base draws
     /// `[n, bands]` ~ 𝒩(0, I), by the probability-flow ODE from T to ε.
     pub fn ln_sigma_maggies(&self, cond_asinh_mag: &Tensor, base: &Tensor) -> Result<Tensor> {
-        Ok(self.model.sample_ode(base, Some(cond_asinh_mag), &self.solver)?.0)
+        Ok(self
+            .model
+            .sample_ode(base, Some(cond_asinh_mag), &self.solver)?
+            .0)
     }
 
     /// σ^nm in nmgy (zero-point-corrected units): exp(9 ln 10 + clamp(ln σ, min, max)).
@@ -255,10 +261,16 @@ pub fn simulate_selected(
             break;
         }
         // Over-draw by the selection efficiency seen so far.
-        let eff = if drawn == 0 { 1.0 } else { (out.theta.len().max(1) as f64) / drawn as f64 };
+        let eff = if drawn == 0 {
+            1.0
+        } else {
+            (out.theta.len().max(1) as f64) / drawn as f64
+        };
         let batch = ((need as f64 / eff) * 1.2).ceil().clamp(16.0, 50_000.0) as usize;
         let cat = match errors {
-            MockErrors::Templates(t) => simulate(prior, sps, calibration, t, batch, student_t_nu, rng)?,
+            MockErrors::Templates(t) => {
+                simulate(prior, sps, calibration, t, batch, student_t_nu, rng)?
+            }
             MockErrors::NoiseModel(nm) => {
                 simulate_noise_model(prior, sps, calibration, nm, batch, student_t_nu, rng)?
             }
@@ -276,7 +288,8 @@ pub fn simulate_selected(
             }
             out.theta.push(cat.theta[i]);
             out.flux_nmgy.extend_from_slice(&cat.flux_nmgy[row.clone()]);
-            out.flux_err_nmgy.extend_from_slice(&cat.flux_err_nmgy[row.clone()]);
+            out.flux_err_nmgy
+                .extend_from_slice(&cat.flux_err_nmgy[row.clone()]);
             out.present.extend_from_slice(&cat.present[row]);
         }
     }
@@ -311,7 +324,11 @@ pub fn simulate_noise_model(
     let theta_t = phi_to_theta(&phi)?;
     let m = sps.photometry(&theta_t)?;
     let zp = Tensor::from_vec(
-        calibration.zero_points.iter().map(|&z| z as f32).collect::<Vec<_>>(),
+        calibration
+            .zero_points
+            .iter()
+            .map(|&z| z as f32)
+            .collect::<Vec<_>>(),
         nb,
         &device,
     )?;
@@ -392,10 +409,19 @@ impl MockCatalogue {
         let mut t = ResultTable::default();
         let mut cols = Vec::new();
         for (b, name) in band_names.iter().enumerate() {
-            for (prefix, src) in [("flux_", &self.flux_nmgy), ("fluxerr_", &self.flux_err_nmgy)] {
+            for (prefix, src) in [
+                ("flux_", &self.flux_nmgy),
+                ("fluxerr_", &self.flux_err_nmgy),
+            ] {
                 let c = format!("{prefix}{name}");
                 let v = (0..self.theta.len())
-                    .map(|i| if self.present[i * nb + b] { src[i * nb + b] } else { f64::NAN })
+                    .map(|i| {
+                        if self.present[i * nb + b] {
+                            src[i * nb + b]
+                        } else {
+                            f64::NAN
+                        }
+                    })
                     .collect();
                 t.columns.insert(c.clone(), v);
                 cols.push(c);
@@ -403,20 +429,30 @@ impl MockCatalogue {
         }
         for (k, name) in popcosmos_api::PARAM_NAMES.iter().enumerate() {
             let c = format!("true_{name}");
-            t.columns.insert(c.clone(), self.theta.iter().map(|r| r[k]).collect());
+            t.columns
+                .insert(c.clone(), self.theta.iter().map(|r| r[k]).collect());
             cols.push(c);
         }
-        let z: Vec<f64> = self.theta.iter().map(|r| r[popcosmos_api::params::IDX_Z]).collect();
+        let z: Vec<f64> = self
+            .theta
+            .iter()
+            .map(|r| r[popcosmos_api::params::IDX_Z])
+            .collect();
         let log_m: Vec<f64> = self
             .theta
             .iter()
-            .map(|r| -0.4 * (r[0] - popcosmos_api::cosmology::pade::distmod(r[popcosmos_api::params::IDX_Z])))
+            .map(|r| {
+                -0.4 * (r[0]
+                    - popcosmos_api::cosmology::pade::distmod(r[popcosmos_api::params::IDX_Z]))
+            })
             .collect();
         t.columns.insert("z_true".into(), z);
         t.columns.insert("log10M_true".into(), log_m);
         cols.push("z_true".into());
         cols.push("log10M_true".into());
-        t.ids = (0..self.theta.len()).map(|i| format!("mock{i:05}")).collect();
+        t.ids = (0..self.theta.len())
+            .map(|i| format!("mock{i:05}"))
+            .collect();
         let mut schema = ResultSchema::new(cols);
         schema.string_columns.clear();
         write_table(path, &schema, &t).map_err(|e| Error::Invalid(e.to_string()))

@@ -9,7 +9,8 @@ use popcosmos_api::{HostRng, Survey};
 use popcosmos_inference::mock::{MockErrors, NoiseModel, Selection, simulate_selected};
 
 fn fixture() -> HashMap<String, Tensor> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/mock_catalogue.safetensors");
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/mock_catalogue.safetensors");
     candle_core::safetensors::load(p, &Device::Cpu).unwrap()
 }
 
@@ -42,7 +43,9 @@ fn noise_model_reproduces_reference_uncertainties() {
     // σ from the reference's own conditioning and base draws (96 ordinary rows).
     let idx = Tensor::new(ok_rows.as_slice(), &Device::Cpu).unwrap();
     let pick = |k: &str| f[k].index_select(&idx, 0).unwrap();
-    let ln_sigma = nm.ln_sigma_maggies(&pick("cond_asinh_mag"), &pick("base_sigma")).unwrap();
+    let ln_sigma = nm
+        .ln_sigma_maggies(&pick("cond_asinh_mag"), &pick("base_sigma"))
+        .unwrap();
     let ours = rows(&ln_sigma);
     let want = rows(&pick("ln_sigma_maggies"));
     let err = ours
@@ -57,7 +60,9 @@ fn noise_model_reproduces_reference_uncertainties() {
     // (measured 3.5e−4). Check both against a converged f64 solve of 16 rows.
     assert!(err < 0.05, "max |Δ ln σ| = {err}");
     let model = popcosmos_priors::diffusion::DiffusionModel::from_bytes(
-        popcosmos_models::builtin::builtin("noise_model").unwrap().bytes,
+        popcosmos_models::builtin::builtin("noise_model")
+            .unwrap()
+            .bytes,
         "noise_model",
         &Device::Cpu,
     )
@@ -70,15 +75,31 @@ fn noise_model_reproduces_reference_uncertainties() {
         min_step: 0.0,
         max_steps: 100_000,
     };
-    let sub = |k: &str| pick(k).narrow(0, 0, 16).unwrap().to_dtype(DType::F64).unwrap();
-    let (conv, _) = model.sample_ode(&sub("base_sigma"), Some(&sub("cond_asinh_mag")), &tight).unwrap();
+    let sub = |k: &str| {
+        pick(k)
+            .narrow(0, 0, 16)
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap()
+    };
+    let (conv, _) = model
+        .sample_ode(&sub("base_sigma"), Some(&sub("cond_asinh_mag")), &tight)
+        .unwrap();
     let conv = rows(&conv);
     let max_dev = |a: &[Vec<f64>]| {
-        a.iter().take(16).flatten().zip(conv.iter().flatten()).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
+        a.iter()
+            .take(16)
+            .flatten()
+            .zip(conv.iter().flatten())
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f64::max)
     };
     let (ours_err, ref_err) = (max_dev(&ours), max_dev(&want));
     eprintln!("vs converged (16 rows): ours {ours_err:e}, reference {ref_err:e}");
-    assert!(ours_err < 2e-3 && ours_err < ref_err, "ours {ours_err} reference {ref_err}");
+    assert!(
+        ours_err < 2e-3 && ours_err < ref_err,
+        "ours {ours_err} reference {ref_err}"
+    );
     // Clamp and units: σ_nmgy = exp(9 ln 10 + clamp(ln σ, −28, −19.5)).
     let s = rows(&nm.sigma_nmgy(&pick("ln_sigma_maggies")).unwrap());
     for (r, w) in s.iter().zip(&want) {
@@ -95,8 +116,15 @@ fn selected_mock_obeys_the_cut_and_its_noise_law() {
     let sps = popcosmos_sps::CosmosSps::builtin(survey.calibration(), &Device::Cpu).unwrap();
     let prior = popcosmos_priors::ProspectorAlphaPrior::new();
     let nm = NoiseModel::builtin(&Device::Cpu).unwrap();
-    let ch1 = survey.band_names().iter().position(|b| b == "irac1_cosmos").unwrap();
-    let sel = Selection { band: ch1, max_mag: 25.0 };
+    let ch1 = survey
+        .band_names()
+        .iter()
+        .position(|b| b == "irac1_cosmos")
+        .unwrap();
+    let sel = Selection {
+        band: ch1,
+        max_mag: 25.0,
+    };
     let mut rng = HostRng::seed_from_u64(5);
     let (cat, drawn) = simulate_selected(
         &prior,
@@ -119,7 +147,10 @@ fn selected_mock_obeys_the_cut_and_its_noise_law() {
             let e = cat.flux_err_nmgy[i * nb + b];
             // Every band has an uncertainty inside the model's clamp range (times Z, plus the
             // line term), so at least the clamp floor 6.9e−4 nmgy × Z.
-            assert!(e.is_finite() && e > 6.9e-4 * 0.8, "row {i} band {b}: σ = {e}");
+            assert!(
+                e.is_finite() && e > 6.9e-4 * 0.8,
+                "row {i} band {b}: σ = {e}"
+            );
         }
     }
 }

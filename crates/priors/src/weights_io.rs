@@ -84,7 +84,10 @@ pub fn write_model_file<C: Serialize>(
         .collect::<Result<_>>()?;
     sorted.sort_by(|a, b| a.0.cmp(&b.0));
     safetensors::serialize_to_file(sorted, Some(meta), &tmp).map_err(|e| {
-        format_error(&tmp.display().to_string(), format!("cannot write safetensors: {e}"))
+        format_error(
+            &tmp.display().to_string(),
+            format!("cannot write safetensors: {e}"),
+        )
     })?;
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
     Ok(())

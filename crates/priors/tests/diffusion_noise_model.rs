@@ -12,12 +12,19 @@ fn root() -> PathBuf {
 }
 
 fn fixture() -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(root().join("tests/fixtures/noise_model_fixture.safetensors"), &Device::Cpu)
-        .unwrap()
+    candle_core::safetensors::load(
+        root().join("tests/fixtures/noise_model_fixture.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap()
 }
 
 fn model() -> DiffusionModel {
-    DiffusionModel::load(root().join("assets/models/noise_model.safetensors"), &Device::Cpu).unwrap()
+    DiffusionModel::load(
+        root().join("assets/models/noise_model.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap()
 }
 
 fn rows(t: &Tensor) -> Vec<Vec<f64>> {
@@ -69,9 +76,21 @@ fn jacobian_trace_matches_finite_differences() {
     let (m, f) = (model(), fixture());
     let m = m.to_dtype(DType::F64).unwrap();
     let n = 4;
-    let t = f["score_net.t"].narrow(0, 0, n).unwrap().to_dtype(DType::F64).unwrap();
-    let x = f["score_net.x_std"].narrow(0, 0, n).unwrap().to_dtype(DType::F64).unwrap();
-    let c = f["score_net.c_std"].narrow(0, 0, n).unwrap().to_dtype(DType::F64).unwrap();
+    let t = f["score_net.t"]
+        .narrow(0, 0, n)
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap();
+    let x = f["score_net.x_std"]
+        .narrow(0, 0, n)
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap();
+    let c = f["score_net.c_std"]
+        .narrow(0, 0, n)
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap();
     let (out, trace) = m.score_net().forward_with_trace(&t, &x, Some(&c)).unwrap();
     let plain = m.score_net().forward(&t, &x, Some(&c)).unwrap();
     assert!(max_abs_diff(&out, &plain) < 1e-12);
@@ -82,15 +101,26 @@ fn jacobian_trace_matches_finite_differences() {
         let mut e = vec![0.0f64; 26];
         e[j] = h;
         let e = Tensor::new(e.as_slice(), &Device::Cpu).unwrap();
-        let up = m.score_net().forward(&t, &x.broadcast_add(&e).unwrap(), Some(&c)).unwrap();
-        let dn = m.score_net().forward(&t, &x.broadcast_sub(&e).unwrap(), Some(&c)).unwrap();
+        let up = m
+            .score_net()
+            .forward(&t, &x.broadcast_add(&e).unwrap(), Some(&c))
+            .unwrap();
+        let dn = m
+            .score_net()
+            .forward(&t, &x.broadcast_sub(&e).unwrap(), Some(&c))
+            .unwrap();
         let d = rows(&((up - dn).unwrap() / (2.0 * h)).unwrap());
         for (i, r) in d.iter().enumerate() {
             fd[i] += r[j];
         }
     }
     for i in 0..n {
-        assert!((trace[i] - fd[i]).abs() < 1e-5 * (1.0 + fd[i].abs()), "{} vs {}", trace[i], fd[i]);
+        assert!(
+            (trace[i] - fd[i]).abs() < 1e-5 * (1.0 + fd[i].abs()),
+            "{} vs {}",
+            trace[i],
+            fd[i]
+        );
     }
 }
 
@@ -99,11 +129,22 @@ fn jacobian_trace_matches_finite_differences() {
 fn rk4_100_sampling_matches_reference() {
     let (m, f) = (model(), fixture());
     let grid: Vec<f64> = (0..=100)
-        .map(|k| if k == 100 { 1e-3f32 as f64 } else { (1.0f32 - k as f32 * 0.00999f32) as f64 })
+        .map(|k| {
+            if k == 100 {
+                1e-3f32 as f64
+            } else {
+                (1.0f32 - k as f32 * 0.00999f32) as f64
+            }
+        })
         .collect();
     let c = conditional(&m, &f["cond_asinh_mag"]);
     let (x0, _) = m
-        .solve_standardised(&f["base_sigma"], Some(&c), &OdeSolver::Rk4 { steps: 100 }, Some(&grid))
+        .solve_standardised(
+            &f["base_sigma"],
+            Some(&c),
+            &OdeSolver::Rk4 { steps: 100 },
+            Some(&grid),
+        )
         .unwrap();
     let ln_sigma = m.unstandardise(&x0).unwrap();
     let err = max_abs_diff(&ln_sigma, &f["rk4_100.ln_sigma_maggies"]);
@@ -127,14 +168,31 @@ fn adaptive_sampling_matches_converged_solution() {
     assert!(err < 0.015, "dopri5 1e-5 vs converged: {err:e}");
     // The reference's own batched solve is off by 0.021 (fixtures README).
     let ref_err = max_abs_diff(&f["ln_sigma_maggies"], converged);
-    assert!(err < ref_err, "ours {err:e} should beat the reference's shared step {ref_err:e}");
+    assert!(
+        err < ref_err,
+        "ours {err:e} should beat the reference's shared step {ref_err:e}"
+    );
 
     let m64 = m.to_dtype(DType::F64).unwrap();
-    let tight = OdeSolver::Dopri5 { atol: 1e-8, rtol: 1e-8, min_step: 0.0, max_steps: 100_000 };
-    let base = f["base_sigma"].narrow(0, 0, 8).unwrap().to_dtype(DType::F64).unwrap();
+    let tight = OdeSolver::Dopri5 {
+        atol: 1e-8,
+        rtol: 1e-8,
+        min_step: 0.0,
+        max_steps: 100_000,
+    };
+    let base = f["base_sigma"]
+        .narrow(0, 0, 8)
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap();
     let c64 = c.narrow(0, 0, 8).unwrap().to_dtype(DType::F64).unwrap();
-    let (x0, _) = m64.solve_standardised(&base, Some(&c64), &tight, None).unwrap();
-    let err = max_abs_diff(&m64.unstandardise(&x0).unwrap(), &converged.narrow(0, 0, 8).unwrap());
+    let (x0, _) = m64
+        .solve_standardised(&base, Some(&c64), &tight, None)
+        .unwrap();
+    let err = max_abs_diff(
+        &m64.unstandardise(&x0).unwrap(),
+        &converged.narrow(0, 0, 8).unwrap(),
+    );
     eprintln!("dopri5 1e-8 (f64): max |Δ ln σ| = {err:e}");
     assert!(err < 1e-6, "tight f64 dopri5 vs converged: {err:e}");
 }
@@ -148,24 +206,53 @@ fn log_prob_matches_reference() {
     let (m, f) = (model(), fixture());
     let x = &f["log_prob.x"];
     let c = &f["log_prob.cond"];
-    let out = m.log_prob(x, Some(c), &LogProbOptions::default(), None).unwrap();
-    let lp: Vec<f64> = out.log_prob.to_dtype(DType::F64).unwrap().to_vec1().unwrap();
-    let want: Vec<f64> = f["log_prob.lp"].to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1().unwrap();
-    let err = lp.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+    let out = m
+        .log_prob(x, Some(c), &LogProbOptions::default(), None)
+        .unwrap();
+    let lp: Vec<f64> = out
+        .log_prob
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let want: Vec<f64> = f["log_prob.lp"]
+        .to_dtype(DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let err = lp
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
     let err_xt = max_abs_diff(&out.x_t, &f["log_prob.xT"]);
-    eprintln!("log_prob: max |Δ lp| = {err:e} nats, max |Δ x_T| = {err_xt:e}, {:?}", out.stats);
+    eprintln!(
+        "log_prob: max |Δ lp| = {err:e} nats, max |Δ x_T| = {err_xt:e}, {:?}",
+        out.stats
+    );
     assert!(err < 0.05, "log_prob max |Δ| = {err}");
     assert!(err_xt < 0.05);
 
     let m64 = m.to_dtype(DType::F64).unwrap();
     let tight = LogProbOptions {
-        solver: OdeSolver::Dopri5 { atol: 1e-8, rtol: 1e-8, min_step: 0.0, max_steps: 100_000 },
+        solver: OdeSolver::Dopri5 {
+            atol: 1e-8,
+            rtol: 1e-8,
+            min_step: 0.0,
+            max_steps: 100_000,
+        },
         ..Default::default()
     };
     let (x4, c4) = (x.narrow(0, 0, 4).unwrap(), c.narrow(0, 0, 4).unwrap());
     let conv = m64.log_prob(&x4, Some(&c4), &tight, None).unwrap();
     let conv: Vec<f64> = conv.log_prob.to_vec1().unwrap();
-    let err = lp.iter().zip(&conv).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+    let err = lp
+        .iter()
+        .zip(&conv)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
     eprintln!("log_prob f32 dopri5 1e-5 vs converged f64: {err:e} nats");
     assert!(err < 0.03, "log_prob vs converged: {err}");
 }

@@ -19,7 +19,10 @@ fn draws(n: usize, seed: u64) -> Tensor {
         .iter()
         .flat_map(|r| {
             let (a, b) = (r[0] as f64, r[1] as f64);
-            [(MU[0] + L[0][0] * a) as f32, (MU[1] + L[1][0] * a + L[1][1] * b) as f32]
+            [
+                (MU[0] + L[0][0] * a) as f32,
+                (MU[1] + L[1][0] * a + L[1][1] * b) as f32,
+            ]
         })
         .collect();
     Tensor::from_vec(x, (n, 2), &Device::Cpu).unwrap()
@@ -50,8 +53,15 @@ fn options(steps: usize) -> TrainOptions {
 }
 
 fn train(steps: usize) -> (Trainer, DiffusionModel) {
-    let mut t = Trainer::new(&draws(20_000, 1), None, vec![], vec![], options(steps), &Device::Cpu)
-        .unwrap();
+    let mut t = Trainer::new(
+        &draws(20_000, 1),
+        None,
+        vec![],
+        vec![],
+        options(steps),
+        &Device::Cpu,
+    )
+    .unwrap();
     let mut rng = HostRng::seed_from_u64(3);
     for _ in 0..steps {
         t.step(&mut rng).unwrap();
@@ -66,11 +76,26 @@ fn train(steps: usize) -> (Trainer, DiffusionModel) {
 fn learns_a_correlated_gaussian() {
     let (_, model) = train(1500);
     let x = draws(200, 99);
-    let lp = model.log_prob(&x, None, &LogProbOptions::default(), None).unwrap();
-    let ln_scale: f64 = model.x_scale().to_dtype(DType::F64).unwrap().log().unwrap().sum_all().unwrap().to_scalar().unwrap();
+    let lp = model
+        .log_prob(&x, None, &LogProbOptions::default(), None)
+        .unwrap();
+    let ln_scale: f64 = model
+        .x_scale()
+        .to_dtype(DType::F64)
+        .unwrap()
+        .log()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar()
+        .unwrap();
     let lq: Vec<f64> = lp.log_prob.to_dtype(DType::F64).unwrap().to_vec1().unwrap();
     let xs: Vec<Vec<f64>> = x.to_dtype(DType::F64).unwrap().to_vec2().unwrap();
-    let diffs: Vec<f64> = xs.iter().zip(&lq).map(|(x, q)| (q - ln_scale) - log_density(x)).collect();
+    let diffs: Vec<f64> = xs
+        .iter()
+        .zip(&lq)
+        .map(|(x, q)| (q - ln_scale) - log_density(x))
+        .collect();
     let mean = diffs.iter().sum::<f64>() / diffs.len() as f64;
     let mad = diffs.iter().map(|d| d.abs()).sum::<f64>() / diffs.len() as f64;
     eprintln!("ln q − ln p: mean {mean:.4}, mean |·| {mad:.4}");
@@ -80,7 +105,9 @@ fn learns_a_correlated_gaussian() {
     let mut rng = HostRng::seed_from_u64(4);
     let n = 4000;
     let base = rng.normal(&Shape::from((n, 2)), &Device::Cpu).unwrap();
-    let (s, _) = model.sample_ode(&base, None, &OdeSolver::Rk4 { steps: 60 }).unwrap();
+    let (s, _) = model
+        .sample_ode(&base, None, &OdeSolver::Rk4 { steps: 60 })
+        .unwrap();
     let s: Vec<Vec<f64>> = s.to_dtype(DType::F64).unwrap().to_vec2().unwrap();
     let m0 = s.iter().map(|r| r[0]).sum::<f64>() / n as f64;
     let m1 = s.iter().map(|r| r[1]).sum::<f64>() / n as f64;
@@ -88,7 +115,11 @@ fn learns_a_correlated_gaussian() {
     let v1 = s.iter().map(|r| (r[1] - m1).powi(2)).sum::<f64>() / n as f64;
     let c01 = s.iter().map(|r| (r[0] - m0) * (r[1] - m1)).sum::<f64>() / n as f64;
     let rho = c01 / (v0 * v1).sqrt();
-    eprintln!("sample mean ({m0:.3}, {m1:.3}) sd ({:.3}, {:.3}) rho {rho:.3}", v0.sqrt(), v1.sqrt());
+    eprintln!(
+        "sample mean ({m0:.3}, {m1:.3}) sd ({:.3}, {:.3}) rho {rho:.3}",
+        v0.sqrt(),
+        v1.sqrt()
+    );
     // Standard errors with n = 4000: mean 0.03 / 0.02, sd ~1%, ρ ~0.003; allow ~3σ + fit error.
     assert!((m0 - 1.0).abs() < 0.1 && (m1 + 2.0).abs() < 0.07);
     // (The fit itself is ~5% wide in sd after 1500 steps; runs vary at the 1e−3 level.)
@@ -104,15 +135,31 @@ fn learns_a_correlated_gaussian() {
     let v1 = s.iter().map(|r| (r[1] - m1).powi(2)).sum::<f64>() / n as f64;
     let c01 = s.iter().map(|r| (r[0] - m0) * (r[1] - m1)).sum::<f64>() / n as f64;
     let rho = c01 / (v0 * v1).sqrt();
-    eprintln!("SDE sample mean ({m0:.3}, {m1:.3}) sd ({:.3}, {:.3}) rho {rho:.3}", v0.sqrt(), v1.sqrt());
+    eprintln!(
+        "SDE sample mean ({m0:.3}, {m1:.3}) sd ({:.3}, {:.3}) rho {rho:.3}",
+        v0.sqrt(),
+        v1.sqrt()
+    );
     assert!((m0 - 1.0).abs() < 0.12 && (m1 + 2.0).abs() < 0.09);
     assert!((v0.sqrt() / 2.0 - 1.0).abs() < 0.08 && (v1.sqrt() / 1.3 - 1.0).abs() < 0.08);
     assert!((rho - 1.2 / 1.3).abs() < 0.03, "rho {rho}");
 
     // Hutchinson: unbiased for the exact log-density; average 400 probes at one point.
     let x1 = x.narrow(0, 0, 1).unwrap().repeat((400, 1)).unwrap();
-    let exact = model.log_prob(&x1.narrow(0, 0, 1).unwrap(), None, &LogProbOptions::default(), None).unwrap();
-    let exact: f64 = exact.log_prob.to_dtype(DType::F64).unwrap().to_vec1::<f64>().unwrap()[0];
+    let exact = model
+        .log_prob(
+            &x1.narrow(0, 0, 1).unwrap(),
+            None,
+            &LogProbOptions::default(),
+            None,
+        )
+        .unwrap();
+    let exact: f64 = exact
+        .log_prob
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap()[0];
     let opts = LogProbOptions {
         divergence: popcosmos_priors::diffusion::Divergence::Hutchinson,
         ..Default::default()
@@ -120,9 +167,15 @@ fn learns_a_correlated_gaussian() {
     let h = model.log_prob(&x1, None, &opts, Some(&mut rng)).unwrap();
     let h: Vec<f64> = h.log_prob.to_dtype(DType::F64).unwrap().to_vec1().unwrap();
     let mean = h.iter().sum::<f64>() / h.len() as f64;
-    let se = (h.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (h.len() as f64 - 1.0) / h.len() as f64).sqrt();
+    let se = (h.iter().map(|v| (v - mean).powi(2)).sum::<f64>()
+        / (h.len() as f64 - 1.0)
+        / h.len() as f64)
+        .sqrt();
     eprintln!("Hutchinson {mean:.4} ± {se:.4} vs exact {exact:.4}");
-    assert!(se > 0.0 && (mean - exact).abs() < 4.0 * se + 0.01, "{mean} ± {se} vs {exact}");
+    assert!(
+        se > 0.0 && (mean - exact).abs() < 4.0 * se + 0.01,
+        "{mean} ± {se} vs {exact}"
+    );
 }
 
 /// A checkpoint written at step k and resumed gives the same EMA model, and the saved file
@@ -134,28 +187,60 @@ fn checkpoint_round_trip() {
     let path = dir.path().join("ck.safetensors");
     t.save(&path, &Default::default()).unwrap();
     let loaded = DiffusionModel::load(&path, &Device::Cpu).unwrap();
-    let mut resumed = Trainer::new(&draws(20_000, 1), None, vec![], vec![], options(50), &Device::Cpu).unwrap();
+    let mut resumed = Trainer::new(
+        &draws(20_000, 1),
+        None,
+        vec![],
+        vec![],
+        options(50),
+        &Device::Cpu,
+    )
+    .unwrap();
     resumed.resume(&path).unwrap();
     assert_eq!(resumed.step_count(), 50);
     let x = draws(8, 5);
     let tv = vec![0.3; 8];
     for m in [loaded, resumed.model().unwrap()] {
         let d = (m.ode_drift(&tv, &x, None).unwrap() - model.ode_drift(&tv, &x, None).unwrap())
-            .unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert_eq!(d, 0.0);
     }
-    let err = popcosmos_priors::diffusion::DiffusionPrior::new(model, LogProbOptions::default(), "toy")
-        .err()
-        .unwrap()
-        .to_string();
+    let err =
+        popcosmos_priors::diffusion::DiffusionPrior::new(model, LogProbOptions::default(), "toy")
+            .err()
+            .unwrap()
+            .to_string();
     assert!(err.contains("16 latent parameters"), "{err}");
     // A file without training metadata is refused by resume, naming the file.
     let plain = dir.path().join("plain.safetensors");
     let tensors = popcosmos_priors::diffusion::train::model_tensors(&t.model().unwrap()).unwrap();
-    popcosmos_priors::diffusion::train::write_model(&t.model().unwrap(), tensors, Default::default(), &plain).unwrap();
-    let mut again = Trainer::new(&draws(1000, 1), None, vec![], vec![], options(5), &Device::Cpu).unwrap();
+    popcosmos_priors::diffusion::train::write_model(
+        &t.model().unwrap(),
+        tensors,
+        Default::default(),
+        &plain,
+    )
+    .unwrap();
+    let mut again = Trainer::new(
+        &draws(1000, 1),
+        None,
+        vec![],
+        vec![],
+        options(5),
+        &Device::Cpu,
+    )
+    .unwrap();
     let e = again.resume(&plain).err().unwrap().to_string();
-    assert!(e.contains("plain.safetensors") && e.contains("checkpoint"), "{e}");
+    assert!(
+        e.contains("plain.safetensors") && e.contains("checkpoint"),
+        "{e}"
+    );
 }
 
 /// The 16-D prior wrapper: shapes `[walkers, galaxies, 16]`, −∞ for non-finite rows, and
@@ -172,7 +257,10 @@ fn prior_wrapper_shapes_and_guards() {
     }
     let prior = popcosmos_priors::diffusion::DiffusionPrior::new(
         t.model().unwrap(),
-        LogProbOptions { solver: OdeSolver::Rk4 { steps: 20 }, ..Default::default() },
+        LogProbOptions {
+            solver: OdeSolver::Rk4 { steps: 20 },
+            ..Default::default()
+        },
         "toy16",
     )
     .unwrap();
@@ -181,12 +269,16 @@ fn prior_wrapper_shapes_and_guards() {
     assert_eq!(lp.dims(), &[3, 2]);
     let flat: Vec<f32> = lp.flatten_all().unwrap().to_vec1().unwrap();
     assert!(flat.iter().all(|v| v.is_finite()));
-    let one = prior.log_prob(&phi.get(1).unwrap().get(0).unwrap().unsqueeze(0).unwrap()).unwrap();
+    let one = prior
+        .log_prob(&phi.get(1).unwrap().get(0).unwrap().unsqueeze(0).unwrap())
+        .unwrap();
     let one: Vec<f32> = one.to_vec1().unwrap();
     assert!((one[0] - flat[2]).abs() < 1e-4, "{} vs {}", one[0], flat[2]);
     let mut v: Vec<f32> = phi.flatten_all().unwrap().to_vec1().unwrap();
     v[16 * 3 + 5] = f32::NAN;
-    let bad = prior.log_prob(&Tensor::from_vec(v, (3, 2, 16), &Device::Cpu).unwrap()).unwrap();
+    let bad = prior
+        .log_prob(&Tensor::from_vec(v, (3, 2, 16), &Device::Cpu).unwrap())
+        .unwrap();
     let bad: Vec<f32> = bad.flatten_all().unwrap().to_vec1().unwrap();
     assert_eq!(bad[3], f32::NEG_INFINITY);
     assert!(bad.iter().enumerate().all(|(i, x)| i == 3 || x.is_finite()));
@@ -200,12 +292,30 @@ fn prior_wrapper_shapes_and_guards() {
 fn learns_a_conditional_density() {
     let n = 20_000;
     let mut rng = HostRng::seed_from_u64(21);
-    let c: Vec<f32> = (0..n).map(|_| (rng.next_f64() * 4.0 - 2.0) as f32).collect();
-    let z: Vec<f32> = rng.normal(&Shape::from((n, 2)), &Device::Cpu).unwrap().flatten_all().unwrap().to_vec1().unwrap();
-    let x: Vec<f32> = (0..n).flat_map(|i| [c[i] + 0.5 * z[2 * i], -c[i] + 0.5 * z[2 * i + 1]]).collect();
+    let c: Vec<f32> = (0..n)
+        .map(|_| (rng.next_f64() * 4.0 - 2.0) as f32)
+        .collect();
+    let z: Vec<f32> = rng
+        .normal(&Shape::from((n, 2)), &Device::Cpu)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let x: Vec<f32> = (0..n)
+        .flat_map(|i| [c[i] + 0.5 * z[2 * i], -c[i] + 0.5 * z[2 * i + 1]])
+        .collect();
     let x = Tensor::from_vec(x, (n, 2), &Device::Cpu).unwrap();
     let ct = Tensor::from_vec(c, (n, 1), &Device::Cpu).unwrap();
-    let mut t = Trainer::new(&x, Some(&ct), vec![], vec!["c".into()], options(1200), &Device::Cpu).unwrap();
+    let mut t = Trainer::new(
+        &x,
+        Some(&ct),
+        vec![],
+        vec!["c".into()],
+        options(1200),
+        &Device::Cpu,
+    )
+    .unwrap();
     for _ in 0..1200 {
         t.step(&mut rng).unwrap();
     }
@@ -215,16 +325,25 @@ fn learns_a_conditional_density() {
         let m = 2000;
         let cond = Tensor::full(cv, (m, 1), &Device::Cpu).unwrap();
         let base = rng.normal(&Shape::from((m, 2)), &Device::Cpu).unwrap();
-        let (s, _) = model.sample_ode(&base, Some(&cond), &OdeSolver::Rk4 { steps: 40 }).unwrap();
+        let (s, _) = model
+            .sample_ode(&base, Some(&cond), &OdeSolver::Rk4 { steps: 40 })
+            .unwrap();
         let s: Vec<Vec<f64>> = s.to_dtype(DType::F64).unwrap().to_vec2().unwrap();
         for (k, want) in [(0usize, cv as f64), (1, -(cv as f64))] {
             let mean = s.iter().map(|r| r[k]).sum::<f64>() / m as f64;
             let sd = (s.iter().map(|r| (r[k] - mean).powi(2)).sum::<f64>() / m as f64).sqrt();
             eprintln!("c = {cv}: x{k} mean {mean:.3} (want {want}), sd {sd:.3} (want 0.5)");
-            assert!((mean - want).abs() < 0.08 && (sd - 0.5).abs() < 0.08, "c {cv} x{k}: {mean} {sd}");
+            assert!(
+                (mean - want).abs() < 0.08 && (sd - 0.5).abs() < 0.08,
+                "c {cv} x{k}: {mean} {sd}"
+            );
         }
     }
     // Missing conditions are an error naming the need.
-    let e = model.sample_ode(&Tensor::zeros((2, 2), DType::F32, &Device::Cpu).unwrap(), None, &OdeSolver::Rk4 { steps: 2 });
+    let e = model.sample_ode(
+        &Tensor::zeros((2, 2), DType::F32, &Device::Cpu).unwrap(),
+        None,
+        &OdeSolver::Rk4 { steps: 2 },
+    );
     assert!(e.err().unwrap().to_string().contains("conditioning"));
 }

@@ -110,10 +110,20 @@ fn prior_spec_round_trips_and_builds() {
     );
     // Learned priors parse with their defaults but need a weights loader to build.
     let d: PriorSpec = serde_json::from_str(r#"{"kind":"diffusion"}"#).unwrap();
-    assert!(matches!(&d, PriorSpec::Diffusion { weights, .. } if weights == popcosmos_priors::DEFAULT_DIFFUSION_PRIOR));
-    assert!(d.build().err().unwrap().to_string().contains("prior.weights"));
+    assert!(
+        matches!(&d, PriorSpec::Diffusion { weights, .. } if weights == popcosmos_priors::DEFAULT_DIFFUSION_PRIOR)
+    );
+    assert!(
+        d.build()
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("prior.weights")
+    );
     let f: PriorSpec = serde_json::from_str(r#"{"kind":"flow"}"#).unwrap();
-    assert!(matches!(&f, PriorSpec::Flow { weights } if weights == popcosmos_priors::DEFAULT_FLOW_PRIOR));
+    assert!(
+        matches!(&f, PriorSpec::Flow { weights } if weights == popcosmos_priors::DEFAULT_FLOW_PRIOR)
+    );
     assert!(serde_json::from_str::<PriorSpec>(r#"{"kind":"difusion"}"#).is_err());
     assert!(serde_json::from_str::<PriorSpec>(r#"{"kind":"uniform","x":1}"#).is_err());
     let _ = UniformPrior::new();

@@ -439,7 +439,11 @@ fn imported_noise_model_runs_like_the_reference() {
         &dev,
     )
     .unwrap();
-    let t: Vec<f64> = fx["score_net.t"].to_dtype(DType::F64).unwrap().to_vec1().unwrap();
+    let t: Vec<f64> = fx["score_net.t"]
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_vec1()
+        .unwrap();
     let drift = model
         .ode_drift(&t, &fx["score_net.x_std"], Some(&fx["score_net.c_std"]))
         .unwrap();

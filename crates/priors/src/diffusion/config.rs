@@ -244,7 +244,10 @@ mod tests {
                 // VE's marginal is the variance *added* since t = 0 (σ_min² offset), still
                 // obeying the same ODE.
                 let want = 2.0 * sde.drift_coeff(t) * s * s + sde.g2(t);
-                assert!((dv - want).abs() < 1e-4 * (1.0 + want.abs()), "{sde:?} t={t}");
+                assert!(
+                    (dv - want).abs() < 1e-4 * (1.0 + want.abs()),
+                    "{sde:?} t={t}"
+                );
             }
         }
     }

@@ -12,6 +12,6 @@ pub mod train;
 pub use config::{Activation, DiffusionConfig, SdeConfig};
 pub use model::{DiffusionModel, Divergence, LogProbOptions, LogProbOutput};
 pub use ode::{OdeSolver, OdeStats};
+pub use prior::DiffusionPrior;
 pub use score_net::ScoreNet;
 pub use train::{TrainOptions, Trainer};
-pub use prior::DiffusionPrior;

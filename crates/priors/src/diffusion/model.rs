@@ -210,19 +210,19 @@ impl DiffusionModel {
 
     /// Physical → standardised x.
     pub fn standardise(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(x.broadcast_sub(&self.x_shift)?.broadcast_div(&self.x_scale)?)
+        Ok(x.broadcast_sub(&self.x_shift)?
+            .broadcast_div(&self.x_scale)?)
     }
     /// Standardised → physical x.
     pub fn unstandardise(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(x.broadcast_mul(&self.x_scale)?.broadcast_add(&self.x_shift)?)
+        Ok(x.broadcast_mul(&self.x_scale)?
+            .broadcast_add(&self.x_shift)?)
     }
     /// Physical conditioning → standardised (None for unconditional models).
     pub fn standardise_conditional(&self, c: Option<&Tensor>) -> Result<Option<Tensor>> {
         match (c, &self.cond_shift, &self.cond_scale) {
             (None, None, _) => Ok(None),
-            (Some(c), Some(s), Some(k)) => {
-                Ok(Some(c.broadcast_sub(s)?.broadcast_div(k)?))
-            }
+            (Some(c), Some(s), Some(k)) => Ok(Some(c.broadcast_sub(s)?.broadcast_div(k)?)),
             (None, Some(_), _) => Err(Error::Invalid(format!(
                 "this diffusion model needs {} conditioning inputs",
                 self.config.conditional_dim
@@ -272,7 +272,8 @@ impl DiffusionModel {
         rng: Option<&mut dyn RandomSource>,
     ) -> Result<LogProbOutput> {
         let x_std = self.standardise(&x.to_dtype(self.dtype())?)?;
-        let c_std = self.standardise_conditional(c.map(|c| c.to_dtype(self.dtype())).transpose()?.as_ref())?;
+        let c_std = self
+            .standardise_conditional(c.map(|c| c.to_dtype(self.dtype())).transpose()?.as_ref())?;
         self.log_prob_standardised(&x_std, c_std.as_ref(), opts, rng)
     }
 
@@ -302,7 +303,10 @@ impl DiffusionModel {
             probe: probe.as_ref(),
         };
         let y0 = Tensor::cat(
-            &[x_std.clone(), Tensor::zeros((n, 1), self.dtype(), self.device())?],
+            &[
+                x_std.clone(),
+                Tensor::zeros((n, 1), self.dtype(), self.device())?,
+            ],
             1,
         )?;
         let sde = &self.config.sde;
@@ -328,7 +332,8 @@ impl DiffusionModel {
         c: Option<&Tensor>,
         solver: &OdeSolver,
     ) -> Result<(Tensor, OdeStats)> {
-        let c_std = self.standardise_conditional(c.map(|c| c.to_dtype(self.dtype())).transpose()?.as_ref())?;
+        let c_std = self
+            .standardise_conditional(c.map(|c| c.to_dtype(self.dtype())).transpose()?.as_ref())?;
         let x_t = (base.to_dtype(self.dtype())? * self.config.sde.prior_std())?;
         let (x0, stats) = self.solve_standardised(&x_t, c_std.as_ref(), solver, None)?;
         Ok((self.unstandardise(&x0)?, stats))
@@ -369,7 +374,8 @@ impl DiffusionModel {
         if steps == 0 {
             return Err(Error::Invalid("sample_sde: steps must be >= 1".into()));
         }
-        let c_std = self.standardise_conditional(c.map(|c| c.to_dtype(self.dtype())).transpose()?.as_ref())?;
+        let c_std = self
+            .standardise_conditional(c.map(|c| c.to_dtype(self.dtype())).transpose()?.as_ref())?;
         let c_std = c_std.as_ref();
         let sde = self.config.sde;
         let d = self.config.dim;

@@ -232,7 +232,11 @@ fn group_rms(v: &Tensor, groups: &[(usize, usize)]) -> Result<Vec<f64>> {
             .to_vec1::<f64>()?;
         out = Some(match out {
             None => ms.into_iter().map(f64::sqrt).collect(),
-            Some(o) => o.into_iter().zip(ms).map(|(a, b)| a.max(b.sqrt())).collect(),
+            Some(o) => o
+                .into_iter()
+                .zip(ms)
+                .map(|(a, b)| a.max(b.sqrt()))
+                .collect(),
         });
     }
     Ok(out.unwrap_or_default())
@@ -286,7 +290,11 @@ fn dopri5(
             }
         })
         .collect();
-    let h0_col = column(&h0.iter().map(|h| h * dir).collect::<Vec<_>>(), dtype, &device)?;
+    let h0_col = column(
+        &h0.iter().map(|h| h * dir).collect::<Vec<_>>(),
+        dtype,
+        &device,
+    )?;
     let y1 = (y0 + f0.broadcast_mul(&h0_col)?)?;
     let t_probe: Vec<f64> = h0.iter().map(|h| t0 + dir * h).collect();
     let f1 = call(&t_probe, &y1, &all_rows, &mut stats)?;
@@ -332,7 +340,11 @@ fn dopri5(
             .map(|&i| h[i].min(span - elapsed[i]))
             .collect();
         let ta: Vec<f64> = active.iter().map(|&i| t0 + dir * elapsed[i]).collect();
-        let h_col = column(&hs.iter().map(|h| h * dir).collect::<Vec<_>>(), dtype, &device)?;
+        let h_col = column(
+            &hs.iter().map(|h| h * dir).collect::<Vec<_>>(),
+            dtype,
+            &device,
+        )?;
         let mut ks = vec![k1];
         for stage in 0..6 {
             let ts: Vec<f64> = ta

@@ -81,7 +81,11 @@ impl Prior for DiffusionPrior {
             .to_device(self.model.device())?
             .to_dtype(self.model.dtype())?;
         // Rows with a non-finite coordinate get −∞ without entering the ODE.
-        let finite = flat.abs()?.lt(f64::INFINITY)?.to_dtype(DType::U32)?.min(D::Minus1)?;
+        let finite = flat
+            .abs()?
+            .lt(f64::INFINITY)?
+            .to_dtype(DType::U32)?
+            .min(D::Minus1)?;
         let safe = finite
             .unsqueeze(1)?
             .broadcast_as(flat.shape())?
@@ -96,8 +100,8 @@ impl Prior for DiffusionPrior {
         };
         let out = self.model.log_prob(&safe, None, &self.options, rng)?;
         let lp = (out.log_prob - self.log_scale_sum)?;
-        let neg_inf = Tensor::full(f64::NEG_INFINITY, n, self.model.device())?
-            .to_dtype(lp.dtype())?;
+        let neg_inf =
+            Tensor::full(f64::NEG_INFINITY, n, self.model.device())?.to_dtype(lp.dtype())?;
         let lp = finite.where_cond(&lp, &neg_inf)?;
         Ok(lp
             .to_dtype(DType::F32)?

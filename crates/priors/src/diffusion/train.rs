@@ -136,8 +136,8 @@ impl Trainer {
             conditional_names,
         };
         let mut rng = popcosmos_api::HostRng::seed_from_u64(opts.seed);
-        let freqs = (rng.normal(&Shape::from(opts.embedding_dim / 2), device)?
-            * opts.fourier_scale)?;
+        let freqs =
+            (rng.normal(&Shape::from(opts.embedding_dim / 2), device)? * opts.fourier_scale)?;
         let varmap = VarMap::new();
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
         let net = ScoreNet::with_frequencies(&config, freqs, vb)?;
@@ -181,7 +181,11 @@ impl Trainer {
         let d = self.config.dim;
         let idx = Tensor::from_vec(rows.to_vec(), b, &self.device)?;
         let x0 = self.data.index_select(&idx, 0)?;
-        let c = self.cond.as_ref().map(|c| c.index_select(&idx, 0)).transpose()?;
+        let c = self
+            .cond
+            .as_ref()
+            .map(|c| c.index_select(&idx, 0))
+            .transpose()?;
         let sde = self.config.sde;
         let (eps, t_max) = (sde.epsilon(), sde.t_max());
         let t: Vec<f64> = (0..b)
@@ -196,7 +200,11 @@ impl Trainer {
             .unzip();
         let col = |v: Vec<f32>| Tensor::from_vec(v, (b, 1), &self.device);
         let (mean, std) = (col(mean)?, col(std)?);
-        let tt = Tensor::from_vec(t.iter().map(|&t| t as f32).collect::<Vec<_>>(), b, &self.device)?;
+        let tt = Tensor::from_vec(
+            t.iter().map(|&t| t as f32).collect::<Vec<_>>(),
+            b,
+            &self.device,
+        )?;
         let z = rng.normal(&Shape::from((b, d)), &self.device)?;
         let xt = (x0.broadcast_mul(&mean)? + z.broadcast_mul(&std)?)?;
         let out = self.net.forward(&tt, &xt, c.as_ref())?;
@@ -268,7 +276,10 @@ impl Trainer {
         let mut total = 0.0;
         for _ in 0..batches {
             let rows = rng.indices(self.opts.batch_size.min(n), n);
-            total += probe.loss(&rows, rng)?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            total += probe
+                .loss(&rows, rng)?
+                .to_dtype(DType::F64)?
+                .to_scalar::<f64>()?;
         }
         Ok(total / batches as f64)
     }
@@ -353,7 +364,9 @@ fn seed_weights(varmap: &VarMap, rng: &mut popcosmos_api::HostRng) -> Result<()>
             let fan_in = shape.dims()[1] as f64;
             (rng.normal(&shape, &dev)? * (2.0 / fan_in).sqrt())?
         } else {
-            let fan_in = vars[name.replace("bias", "weight").as_str()].as_tensor().dim(1)? as f64;
+            let fan_in = vars[name.replace("bias", "weight").as_str()]
+                .as_tensor()
+                .dim(1)? as f64;
             (rng.uniform(&shape, &dev)?.affine(2.0, -1.0)? / fan_in.sqrt())?
         };
         var.set(&fresh)?;
