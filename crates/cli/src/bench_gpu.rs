@@ -33,10 +33,11 @@ pub struct GpuBenchArgs {
     pub walkers: usize,
     #[arg(long, default_value_t = 100)]
     pub steps: usize,
-    /// Priors to time, as kinds or inline YAML specs separated by `;`.
+    /// Priors to time, as kinds or inline YAML specs separated by `;` (add
+    /// `{kind: flow, weights: FLOW.safetensors}` for a distilled flow).
     #[arg(
         long,
-        default_value = "prospector-alpha;{kind: flow};{kind: diffusion, log_prob: {solver: {method: rk4, steps: 16}}}"
+        default_value = "prospector-alpha;{kind: diffusion, log_prob: {solver: {method: rk4, steps: 16}}}"
     )]
     pub priors: String,
     /// Seconds per emulator configuration.

@@ -78,17 +78,10 @@ pub enum PriorSpec {
     },
     /// [`flow::FlowPrior`]: a normalizing flow over φ (e.g. distilled from a diffusion prior).
     Flow {
-        /// Weights reference; default the bundled distilled prior.
-        #[serde(default = "default_flow_weights")]
+        /// Weights reference (a path with a model card, or `hf://…`), e.g. the output of
+        /// `popcosmos-cli distill`. No distilled flow is bundled yet.
         weights: String,
     },
-}
-
-/// The bundled flow prior distilled from [`DEFAULT_DIFFUSION_PRIOR`].
-pub const DEFAULT_FLOW_PRIOR: &str = "builtin:popcosmos_prior_flow";
-
-fn default_flow_weights() -> String {
-    DEFAULT_FLOW_PRIOR.into()
 }
 
 /// The bundled diffusion population prior.
