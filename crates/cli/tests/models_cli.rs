@@ -153,7 +153,11 @@ fn fetch_list_info_verify_and_offline_use() {
         out.contains("FAILED") && out.contains(&path.display().to_string()),
         "{out}"
     );
-    assert!(out.contains("1 of 4 models failed"), "{out}");
+    let n_models = popcosmos_models::builtin::BUILTIN.len() + 1;
+    assert!(
+        out.contains(&format!("1 of {n_models} models failed")),
+        "{out}"
+    );
     let o = cli(&home, &ep, true, &["validate", manifest.to_str().unwrap()]);
     let out = text(&o);
     assert!(

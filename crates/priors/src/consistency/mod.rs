@@ -21,7 +21,10 @@ pub use model::{
     Coefficients, ConsistencyConfig, ConsistencyModel, FORMAT, coefficients, noise_level,
     time_of_noise_level, write_model,
 };
-pub use train::{TeacherStep, TrainOptions, Trainer, distill, karras_schedule, teacher_samples};
+pub use train::{
+    CdLoss, TeacherStep, TrainOptions, Trainer, distill, karras_schedule, karras_time,
+    teacher_samples,
+};
 
 use std::time::Instant;
 
@@ -49,8 +52,8 @@ impl Default for ClassifierOptions {
     fn default() -> Self {
         Self {
             hidden: 64,
-            steps: 300,
-            learning_rate: 1e-2,
+            steps: 200,
+            learning_rate: 2e-2,
             weight_decay: 1e-4,
         }
     }
@@ -89,7 +92,8 @@ pub fn roc_auc(scores: &[f64], labels: &[bool]) -> f64 {
 
 /// Classifier two-sample test: pool `a` `[n_a, D]` (label 0) and `b` `[n_b, D]` (label 1),
 /// shuffle, train a 1-hidden-layer MLP (or logistic regression) by full-batch AdamW on the
-/// binary cross-entropy of one half (features standardised by that half's mean and sd),
+/// binary cross-entropy of one half (features robustly standardised by that half's median
+/// and IQR and clamped to ±10),
 /// and return the ROC AUC of its logits on the other half: ≈ 0.5 when the samples come
 /// from the same distribution, → 1 as they separate. Weights and split come from `rng`.
 pub fn classifier_auc(
@@ -99,8 +103,9 @@ pub fn classifier_auc(
     rng: &mut dyn RandomSource,
 ) -> Result<f64> {
     let dev = Device::Cpu;
-    let a = a.to_dtype(DType::F32)?.to_device(&dev)?;
-    let b = b.to_dtype(DType::F32)?.to_device(&dev)?;
+    // detach: inputs computed from trainable weights must not drag their graph along.
+    let a = a.detach().to_dtype(DType::F32)?.to_device(&dev)?;
+    let b = b.detach().to_dtype(DType::F32)?.to_device(&dev)?;
     let (na, d) = a.dims2()?;
     let (nb, db) = b.dims2()?;
     if d != db || na < 2 || nb < 2 {
@@ -122,9 +127,14 @@ pub fn classifier_auc(
         Ok(x.index_select(&Tensor::from_vec(rows.to_vec(), rows.len(), &dev)?, 0)?)
     };
     let (x_train, x_test) = (select(&perm[..half])?, select(&perm[half..])?);
-    let mean = x_train.mean(0)?;
-    let sd = (x_train.broadcast_sub(&mean)?.sqr()?.mean(0)?.sqrt()? + 1e-12)?;
-    let norm = |x: &Tensor| -> Result<Tensor> { Ok(x.broadcast_sub(&mean)?.broadcast_div(&sd)?) };
+    // Robust standardisation (median, IQR/1.349 of the training half) clamped to ±10: far
+    // outliers (heavy-tailed teacher draws) neither set the scale nor saturate the network.
+    let (center, scale) = robust_center_scale(&x_train)?;
+    let norm = |x: &Tensor| -> Result<Tensor> {
+        Ok(x.broadcast_sub(&center)?
+            .broadcast_div(&scale)?
+            .clamp(-10f32, 10f32)?)
+    };
     let (x_train, x_test) = (norm(&x_train)?, norm(&x_test)?);
     let y_train: Vec<f32> = labels[..half].iter().map(|&l| l as u8 as f32).collect();
     let y_train = Tensor::from_vec(y_train, (half, 1), &dev)?;
@@ -182,6 +192,32 @@ pub fn classifier_auc(
         .to_dtype(DType::F64)?
         .to_vec1()?;
     Ok(roc_auc(&scores, &labels[half..]))
+}
+
+/// Per-column median and IQR/1.349 (a robust σ) `[D]` of `x` `[n, D]` (f32, host); columns
+/// with zero IQR fall back to their standard deviation, then to 1.
+fn robust_center_scale(x: &Tensor) -> Result<(Tensor, Tensor)> {
+    let (n, d) = x.dims2()?;
+    let flat: Vec<f32> = x.flatten_all()?.to_vec1()?;
+    let mut center = Vec::with_capacity(d);
+    let mut scale = Vec::with_capacity(d);
+    for j in 0..d {
+        let mut c: Vec<f32> = flat.iter().skip(j).step_by(d).copied().collect();
+        c.sort_by(|a, b| a.total_cmp(b));
+        let q = |p: f64| c[((p * (n - 1) as f64).round() as usize).min(n - 1)];
+        let med = q(0.5);
+        let mut s = (q(0.75) - q(0.25)) / 1.349;
+        if !(s > 0.0 && s.is_finite()) {
+            let m = c.iter().sum::<f32>() / n as f32;
+            s = (c.iter().map(|v| (v - m) * (v - m)).sum::<f32>() / n as f32).sqrt();
+        }
+        center.push(med);
+        scale.push(if s > 0.0 && s.is_finite() { s } else { 1.0 });
+    }
+    Ok((
+        Tensor::from_vec(center, d, x.device())?,
+        Tensor::from_vec(scale, d, x.device())?,
+    ))
 }
 
 /// Settings of [`compare_to_teacher_with`].
@@ -262,7 +298,14 @@ impl Report {
         let _ = writeln!(s, "\nper-parameter KS (n = {} per sample):", self.n);
         let _ = write!(s, "{:<20}", "parameter");
         for r in &self.rows {
-            let short: String = r.method.split(" (").next().unwrap_or("").chars().take(14).collect();
+            let short: String = r
+                .method
+                .split(" (")
+                .next()
+                .unwrap_or("")
+                .chars()
+                .take(14)
+                .collect();
             let _ = write!(s, " {short:>14}");
         }
         let _ = writeln!(s);
@@ -304,7 +347,12 @@ fn timed_chunks(
     let mut done = 0;
     while done < n {
         let len = chunk.max(1).min(n - done);
-        parts.push(f(len)?.to_dtype(DType::F32)?.to_device(&Device::Cpu)?);
+        parts.push(
+            f(len)?
+                .detach()
+                .to_dtype(DType::F32)?
+                .to_device(&Device::Cpu)?,
+        );
         done += len;
     }
     let x = Tensor::cat(&parts, 0)?;
@@ -407,11 +455,23 @@ mod tests {
 
     #[test]
     fn roc_auc_known_values() {
-        assert_eq!(roc_auc(&[0.1, 0.2, 0.8, 0.9], &[false, false, true, true]), 1.0);
-        assert_eq!(roc_auc(&[0.1, 0.2, 0.8, 0.9], &[true, true, false, false]), 0.0);
+        assert_eq!(
+            roc_auc(&[0.1, 0.2, 0.8, 0.9], &[false, false, true, true]),
+            1.0
+        );
+        assert_eq!(
+            roc_auc(&[0.1, 0.2, 0.8, 0.9], &[true, true, false, false]),
+            0.0
+        );
         // all tied → 0.5
-        assert_eq!(roc_auc(&[1.0; 6], &[true, false, true, false, true, false]), 0.5);
+        assert_eq!(
+            roc_auc(&[1.0; 6], &[true, false, true, false, true, false]),
+            0.5
+        );
         // pos {0.35, 0.8}, neg {0.1, 0.4}: pairs (0.35>0.1), (0.35<0.4), (0.8>both) → 3/4.
-        assert_eq!(roc_auc(&[0.1, 0.35, 0.4, 0.8], &[false, true, false, true]), 0.75);
+        assert_eq!(
+            roc_auc(&[0.1, 0.35, 0.4, 0.8], &[false, true, false, true]),
+            0.75
+        );
     }
 }

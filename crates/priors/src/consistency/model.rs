@@ -50,6 +50,11 @@ pub struct ConsistencyConfig {
     /// s_hi alone). See [`ConsistencyModel::multistep_times`].
     #[serde(default = "default_multistep_noise")]
     pub multistep_noise: [f64; 2],
+    /// The times f_θ was trained at, for discrete-time distillation (ascending, ε … T); the
+    /// default multistep sampler snaps its re-noising times to them. Empty for
+    /// continuous-time training (f_θ is trained at every t ∈ [ε, T]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trained_times: Vec<f64>,
     /// Names of the D columns (optional, copied from the teacher).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub names: Vec<String>,
@@ -75,7 +80,16 @@ impl ConsistencyConfig {
         }
         let [hi, lo] = self.multistep_noise;
         if !(hi > 0.0 && lo > 0.0 && lo <= hi && hi.is_finite()) {
-            return Err(format!("multistep_noise needs 0 < s_lo <= s_hi (got [{hi}, {lo}])"));
+            return Err(format!(
+                "multistep_noise needs 0 < s_lo <= s_hi (got [{hi}, {lo}])"
+            ));
+        }
+        let (eps, t_max) = (self.sde.epsilon(), self.sde.t_max());
+        let g = &self.trained_times;
+        if !g.is_empty()
+            && !(g.windows(2).all(|w| w[1] > w[0]) && g[0] >= eps && g[g.len() - 1] <= t_max)
+        {
+            return Err("trained_times must increase strictly within [epsilon, T]".into());
         }
         Ok(())
     }
@@ -176,9 +190,8 @@ pub(crate) fn consistency_fn(
         out.push(c.out);
         input.push(c.input);
     }
-    let col = |v: Vec<f64>| -> Result<Tensor> {
-        Ok(Tensor::from_vec(v, (n, 1), dev)?.to_dtype(dtype)?)
-    };
+    let col =
+        |v: Vec<f64>| -> Result<Tensor> { Ok(Tensor::from_vec(v, (n, 1), dev)?.to_dtype(dtype)?) };
     let (skip, out, input) = (col(skip)?, col(out)?, col(input)?);
     let tt = Tensor::from_vec(t.to_vec(), n, dev)?.to_dtype(dtype)?;
     let f = net.forward(&tt, &x_t.broadcast_mul(&input)?, None)?;
@@ -222,8 +235,8 @@ impl ConsistencyModel {
         let json = meta
             .get("config")
             .ok_or_else(|| fmt_err("metadata has no `config` entry".into()))?;
-        let config: ConsistencyConfig = serde_json::from_str(json)
-            .map_err(|e| fmt_err(format!("metadata `config`: {e}")))?;
+        let config: ConsistencyConfig =
+            serde_json::from_str(json).map_err(|e| fmt_err(format!("metadata `config`: {e}")))?;
         config.validate().map_err(fmt_err)?;
         let tensors = candle_core::safetensors::load_buffer(bytes, device)
             .map_err(|e| fmt_err(format!("not a valid safetensors file: {e}")))?;
@@ -290,7 +303,10 @@ impl ConsistencyModel {
     pub fn tensors(&self) -> Result<HashMap<String, Tensor>> {
         let f32 = |x: &Tensor| x.to_dtype(DType::F32);
         let mut t = HashMap::new();
-        t.insert("net.time_embedding.W".to_string(), f32(self.net.frequencies())?);
+        t.insert(
+            "net.time_embedding.W".to_string(),
+            f32(self.net.frequencies())?,
+        );
         for (i, (w, b)) in self.net.layers().enumerate() {
             t.insert(format!("net.layer.{i}.weight"), f32(w)?);
             if let Some(b) = b {
@@ -304,7 +320,11 @@ impl ConsistencyModel {
 
     /// Write the model (format `popcosmos/consistency/v1`, `config` JSON, plus
     /// `extra_metadata`) atomically (temporary file, then rename).
-    pub fn save(&self, path: impl AsRef<Path>, extra_metadata: &HashMap<String, String>) -> Result<()> {
+    pub fn save(
+        &self,
+        path: impl AsRef<Path>,
+        extra_metadata: &HashMap<String, String>,
+    ) -> Result<()> {
         write_model(self, self.tensors()?, extra_metadata.clone(), path.as_ref())
     }
 
@@ -335,11 +355,13 @@ impl ConsistencyModel {
 
     /// Physical → standardised x.
     pub fn standardise(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(x.broadcast_sub(&self.x_shift)?.broadcast_div(&self.x_scale)?)
+        Ok(x.broadcast_sub(&self.x_shift)?
+            .broadcast_div(&self.x_scale)?)
     }
     /// Standardised → physical x.
     pub fn unstandardise(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(x.broadcast_mul(&self.x_scale)?.broadcast_add(&self.x_shift)?)
+        Ok(x.broadcast_mul(&self.x_scale)?
+            .broadcast_add(&self.x_shift)?)
     }
 
     /// The coefficients of f_θ at time `t`.
@@ -354,20 +376,41 @@ impl ConsistencyModel {
     }
 
     /// The k − 1 re-noising times of the default k-step sampler (decreasing, in (ε, T)):
-    /// noise levels s geometrically spaced from `multistep_noise[0]` to `[1]` (× σ_d).
+    /// noise levels s geometrically spaced from `multistep_noise[0]` to `[1]` (× σ_d); for a
+    /// discrete-time model each is snapped to the nearest interior trained time (in ln s),
+    /// duplicates dropped.
     pub fn multistep_times(&self, steps: usize) -> Vec<f64> {
         if steps <= 1 {
             return Vec::new();
         }
         let [hi, lo] = self.config.multistep_noise;
+        let sde = &self.config.sde;
         let k = steps - 1;
-        (0..k)
-            .map(|j| {
-                let frac = if k == 1 { 0.0 } else { j as f64 / (k - 1) as f64 };
-                let s = self.config.sigma_data * hi * (lo / hi).powf(frac);
-                time_of_noise_level(&self.config.sde, s)
-            })
-            .collect()
+        let grid: Vec<f64> = match self.config.trained_times.as_slice() {
+            [] | [_] | [_, _] => Vec::new(),
+            g => g[1..g.len() - 1].to_vec(),
+        };
+        let mut out: Vec<f64> = Vec::with_capacity(k);
+        for j in 0..k {
+            let frac = if k == 1 {
+                0.0
+            } else {
+                j as f64 / (k - 1) as f64
+            };
+            let s = self.config.sigma_data * hi * (lo / hi).powf(frac);
+            let t = if grid.is_empty() {
+                time_of_noise_level(sde, s)
+            } else {
+                let dist = |t: f64| (noise_level(sde, t).ln() - s.ln()).abs();
+                grid.iter()
+                    .copied()
+                    .fold(grid[0], |b, t| if dist(t) < dist(b) { t } else { b })
+            };
+            if out.last().is_none_or(|&p| t < p) {
+                out.push(t);
+            }
+        }
+        out
     }
 
     /// `n` draws `[n, D]` (physical) with `steps` ≥ 1 evaluations of f_θ: one step is
@@ -375,7 +418,9 @@ impl ConsistencyModel {
     /// denoising (Song et al. 2023, Algorithm 1).
     pub fn sample(&self, n: usize, steps: usize, rng: &mut dyn RandomSource) -> Result<Tensor> {
         if steps == 0 {
-            return Err(Error::Invalid("consistency sample: steps must be >= 1".into()));
+            return Err(Error::Invalid(
+                "consistency sample: steps must be >= 1".into(),
+            ));
         }
         self.sample_at(n, &self.multistep_times(steps), rng)
     }
@@ -480,7 +525,7 @@ mod tests {
                 let c = coefficients(&sde, sd, sde.epsilon());
                 assert_eq!((c.skip, c.out), (1.0, 0.0), "{sde:?}");
                 let c = coefficients(&sde, sd, sde.t_max());
-                assert!(c.skip < 0.1 && c.out > 0.9, "{sde:?} {c:?}");
+                assert!(c.skip < 0.1 && c.out > 0.9 * sd, "{sde:?} {c:?}");
             }
         }
         // VP with σ_d = 1: the network input is x_t itself (μ² + σ² = 1).

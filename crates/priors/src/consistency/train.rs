@@ -2,12 +2,14 @@
 //!
 //! Discretisation: N times t_0 = ε < t_1 < … < t_{N−1} = T equally spaced in s^{1/ρ} (the
 //! Karras et al. schedule in the EDM noise level s = σ/μ, ρ = 7). Each step draws data points
-//! x₀ (standardised teacher samples), n ~ U{0, …, N−2}, z ~ 𝒩(0, I), sets
+//! x₀ (standardised teacher samples), an index n (by default continuous, n ~ U(0, N − 2),
+//! t_n = t(n); Song et al.'s integer n with `continuous_times: false`), z ~ 𝒩(0, I), sets
 //! x_{t_{n+1}} = μ(t_{n+1}) x₀ + σ(t_{n+1}) z, takes one teacher probability-flow step
 //! (Heun or Euler with `teacher.ode_drift`) to x̂_{t_n}, and minimises
-//! mean_batch ‖f_θ(x_{t_{n+1}}, t_{n+1}) − f_{θ⁻}(x̂_{t_n}, t_n)‖² with AdamW (cosine learning
-//! rate). The target θ⁻ is an EMA of θ (decay `target_decay`, Song et al.'s μ); a second,
-//! slower EMA (`ema_decay`) is the model that is returned and saved.
+//! mean_batch d(f_θ(x_{t_{n+1}}, t_{n+1}), f_{θ⁻}(x̂_{t_n}, t_n)) with AdamW (cosine learning
+//! rate); d is ‖·‖² or the pseudo-Huber distance (default, [`CdLoss`]). The target θ⁻ is an
+//! EMA of θ (decay `target_decay`, Song et al.'s μ); a second, slower EMA (`ema_decay`, with
+//! warm-up) is the model that is returned and saved.
 //!
 //! Initial weights are drawn from the seeded stream of `seed` (candle's `VarMap` initialiser
 //! is unseeded), so a run is reproducible given its options, teacher and random source.
@@ -15,7 +17,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Tensor, Var};
 use candle_nn::{Optimizer, ParamsAdamW, VarBuilder, VarMap};
 use popcosmos_api::{Error, HostRng, RandomSource, Result, Shape};
 use serde::{Deserialize, Serialize};
@@ -36,6 +38,24 @@ pub enum TeacherStep {
     Heun,
 }
 
+/// The distance d(f_θ, f_θ⁻) between online and target outputs (per row, standardised units).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum CdLoss {
+    /// ‖Δ‖² (Song et al. 2023).
+    L2,
+    /// √(‖Δ‖² + c²) − c (Song & Dhariwal 2023): quadratic below c, linear above, so rare
+    /// far-out teacher samples (the bundled prior's ODE draws reach 100+ standard deviations
+    /// in a few logsfr_ratio rows) do not dominate the gradient.
+    PseudoHuber { c: f64 },
+}
+
+impl Default for CdLoss {
+    fn default() -> Self {
+        CdLoss::PseudoHuber { c: 0.3 }
+    }
+}
+
 /// Architecture, discretisation and optimiser settings of consistency distillation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -49,7 +69,14 @@ pub struct TrainOptions {
     pub n_points: usize,
     /// ρ of the Karras schedule.
     pub rho: f64,
+    /// Draw the pair (t_{n+1}, t_n) at a continuous index n ~ U(0, N − 2) of the schedule
+    /// (t(u) = s⁻¹((s_ε^{1/ρ} + u/(N−1) (s_T^{1/ρ} − s_ε^{1/ρ}))^ρ)) instead of integer n,
+    /// so that f_θ is trained at every t and the multistep sampler may re-noise to any time.
+    /// With integer n (`false`, Song et al.'s discrete CD) the model only learns the N
+    /// schedule times and its multistep sampler snaps to them.
+    pub continuous_times: bool,
     pub teacher_step: TeacherStep,
+    pub loss: CdLoss,
     /// Optimiser steps.
     pub steps: usize,
     pub batch_size: usize,
@@ -58,7 +85,7 @@ pub struct TrainOptions {
     pub final_lr_fraction: f64,
     /// EMA decay μ of the target network θ⁻.
     pub target_decay: f64,
-    /// EMA decay of the returned / saved model.
+    /// EMA decay of the returned / saved model (warmed up: min(d, (1 + k)/(10 + k)) at step k).
     pub ema_decay: f64,
     /// Teacher samples x₀ drawn by [`Trainer::new`].
     pub n_data: usize,
@@ -80,7 +107,9 @@ impl Default for TrainOptions {
             sigma_data: 1.0,
             n_points: 18,
             rho: 7.0,
+            continuous_times: true,
             teacher_step: TeacherStep::Heun,
+            loss: CdLoss::default(),
             steps: 10_000,
             batch_size: 512,
             learning_rate: 1e-3,
@@ -110,6 +139,11 @@ impl TrainOptions {
         if !(0.0..1.0).contains(&self.target_decay) || !(0.0..1.0).contains(&self.ema_decay) {
             return Err("target_decay and ema_decay must be in [0, 1)".into());
         }
+        if let CdLoss::PseudoHuber { c } = self.loss
+            && !(c > 0.0)
+        {
+            return Err("loss.c must be > 0".into());
+        }
         if !(self.learning_rate > 0.0) {
             return Err("learning_rate must be > 0".into());
         }
@@ -122,24 +156,26 @@ impl TrainOptions {
 /// The N discretisation times t_0 = ε < … < t_{N−1} = T, uniform in s^{1/ρ} (Karras et al.)
 /// with s = σ(t)/μ(t) the EDM noise level.
 pub fn karras_schedule(sde: &SdeConfig, n_points: usize, rho: f64) -> Vec<f64> {
-    let (eps, t_max) = (sde.epsilon(), sde.t_max());
     let n = n_points.max(2);
+    (0..n).map(|i| karras_time(sde, n, rho, i as f64)).collect()
+}
+
+/// The time at (fractional) index `u` ∈ [0, N − 1] of the N-point Karras schedule; exactly ε
+/// at u = 0 and T at u = N − 1.
+pub fn karras_time(sde: &SdeConfig, n_points: usize, rho: f64, u: f64) -> f64 {
+    let (eps, t_max) = (sde.epsilon(), sde.t_max());
+    let last = (n_points.max(2) - 1) as f64;
+    if u <= 0.0 {
+        return eps;
+    }
+    if u >= last {
+        return t_max;
+    }
     let (a, b) = (
         noise_level(sde, eps).powf(1.0 / rho),
         noise_level(sde, t_max).powf(1.0 / rho),
     );
-    (0..n)
-        .map(|i| {
-            if i == 0 {
-                eps
-            } else if i == n - 1 {
-                t_max
-            } else {
-                let s = (a + (b - a) * i as f64 / (n - 1) as f64).powf(rho);
-                time_of_noise_level(sde, s)
-            }
-        })
-        .collect()
+    time_of_noise_level(sde, (a + (b - a) * u / last).powf(rho))
 }
 
 /// `n` teacher samples `[n', D]` (physical; n' ≤ n after dropping non-finite rows) drawn by
@@ -191,15 +227,29 @@ pub struct Trainer {
 impl Trainer {
     /// Draw `opts.n_data` teacher samples with `opts.data_solver` (from `rng`) and prepare
     /// distillation. The teacher must be unconditional.
-    pub fn new(teacher: &DiffusionModel, opts: TrainOptions, rng: &mut dyn RandomSource) -> Result<Self> {
+    pub fn new(
+        teacher: &DiffusionModel,
+        opts: TrainOptions,
+        rng: &mut dyn RandomSource,
+    ) -> Result<Self> {
         opts.validate().map_err(Error::Invalid)?;
-        let x0 = teacher_samples(teacher, opts.n_data, opts.chunk_size, &opts.data_solver, rng)?;
+        let x0 = teacher_samples(
+            teacher,
+            opts.n_data,
+            opts.chunk_size,
+            &opts.data_solver,
+            rng,
+        )?;
         Self::with_samples(teacher, &x0, opts)
     }
 
     /// Prepare distillation with given data points x₀ `[n, D]` (physical units, e.g. teacher
     /// samples drawn earlier); `opts.n_data`, `chunk_size` and `data_solver` are unused.
-    pub fn with_samples(teacher: &DiffusionModel, samples: &Tensor, opts: TrainOptions) -> Result<Self> {
+    pub fn with_samples(
+        teacher: &DiffusionModel,
+        samples: &Tensor,
+        opts: TrainOptions,
+    ) -> Result<Self> {
         opts.validate().map_err(Error::Invalid)?;
         let tcfg = teacher.config();
         if tcfg.conditional_dim != 0 {
@@ -215,8 +265,15 @@ impl Trainer {
                 tcfg.dim
             )));
         }
+        // A private f32 copy of the teacher with detached weights (a model assembled from
+        // trainable variables would otherwise extend every teacher evaluation's graph).
+        let tensors: HashMap<String, Tensor> = crate::diffusion::train::model_tensors(teacher)?
+            .into_iter()
+            .map(|(k, v)| (k, v.detach()))
+            .collect();
+        let teacher = DiffusionModel::from_tensors(tcfg.clone(), tensors, "teacher", &device)?;
         let data = teacher
-            .standardise(&samples.to_device(&device)?.to_dtype(teacher.dtype())?)?
+            .standardise(&samples.detach().to_device(&device)?.to_dtype(DType::F32)?)?
             .to_dtype(DType::F32)?;
         let config = ConsistencyConfig {
             dim: d,
@@ -226,6 +283,11 @@ impl Trainer {
             sde: tcfg.sde,
             sigma_data: opts.sigma_data,
             multistep_noise: opts.multistep_noise,
+            trained_times: if opts.continuous_times {
+                Vec::new()
+            } else {
+                karras_schedule(&tcfg.sde, opts.n_points, opts.rho)
+            },
             names: tcfg.names.clone(),
         };
         config.validate().map_err(Error::Invalid)?;
@@ -245,7 +307,6 @@ impl Trainer {
         let target = snapshot(&varmap)?;
         let ema = target.clone();
         let times = karras_schedule(&config.sde, opts.n_points, opts.rho);
-        let teacher = teacher.to_dtype(DType::F32)?;
         Ok(Self {
             opts,
             config,
@@ -296,9 +357,23 @@ impl Trainer {
         let x0 = self
             .data
             .index_select(&Tensor::from_vec(rows, b, device)?, 0)?;
-        let k = rng.indices(b, self.times.len() - 1);
-        let t_hi: Vec<f64> = k.iter().map(|&i| self.times[i as usize + 1]).collect();
-        let t_lo: Vec<f64> = k.iter().map(|&i| self.times[i as usize]).collect();
+        let (t_hi, t_lo): (Vec<f64>, Vec<f64>) = if self.opts.continuous_times {
+            let (np, rho) = (self.opts.n_points, self.opts.rho);
+            (0..b)
+                .map(|_| {
+                    let u = rng.next_f64() * (np - 2) as f64;
+                    (
+                        karras_time(&self.config.sde, np, rho, u + 1.0),
+                        karras_time(&self.config.sde, np, rho, u),
+                    )
+                })
+                .unzip()
+        } else {
+            rng.indices(b, self.times.len() - 1)
+                .iter()
+                .map(|&i| (self.times[i as usize + 1], self.times[i as usize]))
+                .unzip()
+        };
         let sde = self.config.sde;
         let col = |v: Vec<f64>| -> Result<Tensor> {
             Ok(Tensor::from_vec(v, (b, 1), device)?.to_dtype(DType::F32)?)
@@ -320,19 +395,28 @@ impl Trainer {
         let target_net = self.net_from(&self.target)?;
         let y_target = consistency_fn(&target_net, &self.config, &x_lo.detach(), &t_lo)?.detach();
         let y = consistency_fn(&self.net, &self.config, &x_hi, &t_hi)?;
-        Ok((y - y_target)?.sqr()?.sum(1)?.mean(0)?)
+        let sq = (y - y_target)?.sqr()?.sum(1)?;
+        let per_row = match self.opts.loss {
+            CdLoss::L2 => sq,
+            CdLoss::PseudoHuber { c } => ((sq + c * c)?.sqrt()? - c)?,
+        };
+        Ok(per_row.mean(0)?)
     }
 
-    /// One optimiser step; returns the batch loss (mean over rows of ‖f_θ − f_θ⁻‖²).
+    /// One optimiser step; returns the batch loss (mean over rows of d(f_θ, f_θ⁻)).
     pub fn step(&mut self, rng: &mut dyn RandomSource) -> Result<f64> {
         self.optimizer.set_learning_rate(self.learning_rate());
         let loss = self.loss(rng)?;
         self.optimizer.backward_step(&loss)?;
         {
             let vars = self.varmap.data().lock().expect("varmap lock");
+            // The slow EMA warms up (decay min(d, (1 + k)/(10 + k)) at step k) so that short
+            // runs do not keep a share of the random initial weights.
+            let k = self.step as f64;
+            let ema_decay = self.opts.ema_decay.min((1.0 + k) / (10.0 + k));
             for (list, decay) in [
                 (&mut self.target, self.opts.target_decay),
-                (&mut self.ema, self.opts.ema_decay),
+                (&mut self.ema, ema_decay),
             ] {
                 for (name, e) in list.iter_mut() {
                     // detach: an EMA of a variable must not grow an autograd graph.
@@ -371,7 +455,11 @@ impl Trainer {
     fn net_from(&self, weights: &[(String, Tensor)]) -> Result<ScoreNet> {
         let map: HashMap<String, Tensor> = weights.iter().cloned().collect();
         let vb = VarBuilder::from_tensors(map, DType::F32, self.data.device());
-        ScoreNet::with_frequencies(&self.config.net_config(), self.net.frequencies().clone(), vb)
+        ScoreNet::with_frequencies(
+            &self.config.net_config(),
+            self.net.frequencies().clone(),
+            vb,
+        )
     }
 
     /// The model with the slow-EMA weights.
@@ -411,10 +499,11 @@ impl Trainer {
     pub fn resume(&mut self, path: &Path) -> Result<()> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
         let file = path.display().to_string();
-        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| Error::Format {
-            file: file.clone(),
-            message: e.to_string(),
-        })?;
+        let (_, meta) =
+            safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| Error::Format {
+                file: file.clone(),
+                message: e.to_string(),
+            })?;
         let meta = meta.metadata().clone().unwrap_or_default();
         let step: usize = meta
             .get("train_step")
@@ -425,10 +514,13 @@ impl Trainer {
             })?;
         let tensors = candle_core::safetensors::load_buffer(&bytes, self.data.device())?;
         let get = |k: String| -> Result<Tensor> {
-            tensors.get(&k).cloned().ok_or_else(|| Error::MissingTensor {
-                file: file.clone(),
-                tensor: k,
-            })
+            tensors
+                .get(&k)
+                .cloned()
+                .ok_or_else(|| Error::MissingTensor {
+                    file: file.clone(),
+                    tensor: k,
+                })
         };
         {
             let vars = self.varmap.data().lock().expect("varmap lock");

@@ -231,8 +231,9 @@ impl Trainer {
         let d = self.opts.ema_decay;
         let vars = self.varmap.data().lock().expect("varmap lock");
         for (name, e) in self.ema.iter_mut() {
-            let v = vars[name.as_str()].as_tensor();
-            *e = ((&*e * d)? + (v * (1.0 - d))?)?;
+            // Detached: the EMA must not chain every step into one autograd graph.
+            let v = vars[name.as_str()].as_tensor().detach();
+            *e = ((&*e * d)? + (v * (1.0 - d))?)?.detach();
         }
         drop(vars);
         self.step += 1;

@@ -272,8 +272,9 @@ impl Trainer {
         if d > 0.0 {
             let vars = self.varmap.data().lock().expect("varmap lock");
             for (name, e) in self.ema.iter_mut() {
-                let v = vars[name.as_str()].as_tensor();
-                *e = ((&*e * d)? + (v * (1.0 - d))?)?;
+                // Detached: the EMA must not chain every step into one autograd graph.
+                let v = vars[name.as_str()].as_tensor().detach();
+                *e = ((&*e * d)? + (v * (1.0 - d))?)?.detach();
             }
         }
         self.step += 1;
