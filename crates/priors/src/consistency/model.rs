@@ -67,12 +67,13 @@ pub fn default_multistep_noise() -> [f64; 2] {
 
 impl ConsistencyConfig {
     /// Check the fields make sense (names the offending key).
+    #[allow(clippy::nonminimal_bool, clippy::neg_cmp_op_on_partial_ord)] // negations also reject NaN
     pub fn validate(&self) -> std::result::Result<(), String> {
         self.sde.validate()?;
         if self.dim == 0 {
             return Err("dim must be >= 1".into());
         }
-        if self.embedding_dim == 0 || self.embedding_dim % 2 != 0 {
+        if self.embedding_dim == 0 || !self.embedding_dim.is_multiple_of(2) {
             return Err("embedding_dim must be even and > 0".into());
         }
         if !(self.sigma_data > 0.0 && self.sigma_data.is_finite()) {

@@ -126,6 +126,7 @@ impl Default for TrainOptions {
 }
 
 impl TrainOptions {
+    #[allow(clippy::neg_cmp_op_on_partial_ord)] // the negations also reject NaN
     pub fn validate(&self) -> std::result::Result<(), String> {
         if self.n_points < 2 {
             return Err("n_points must be >= 2".into());
