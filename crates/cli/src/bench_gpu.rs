@@ -45,38 +45,31 @@ pub struct GpuBenchArgs {
     pub seconds: f64,
 }
 
-fn max_rel(a: &Tensor, b: &Tensor) -> Result<f64> {
-    let a = a
-        .to_device(&Device::Cpu)?
-        .to_dtype(DType::F64)?
-        .flatten_all()?
-        .to_vec1::<f64>()?;
-    let b = b
-        .to_device(&Device::Cpu)?
-        .to_dtype(DType::F64)?
-        .flatten_all()?
-        .to_vec1::<f64>()?;
-    Ok(a.iter()
-        .zip(&b)
+/// Finite (device, CPU) value pairs of two tensors, on the host.
+fn finite_pairs(a: &Tensor, b: &Tensor) -> Result<Vec<(f64, f64)>> {
+    let host = |t: &Tensor| -> Result<Vec<f64>> {
+        Ok(t.to_device(&Device::Cpu)?
+            .to_dtype(DType::F64)?
+            .flatten_all()?
+            .to_vec1::<f64>()?)
+    };
+    Ok(host(a)?
+        .into_iter()
+        .zip(host(b)?)
         .filter(|(x, y)| x.is_finite() && y.is_finite())
+        .collect())
+}
+
+fn max_rel(a: &Tensor, b: &Tensor) -> Result<f64> {
+    Ok(finite_pairs(a, b)?
+        .iter()
         .map(|(x, y)| (x - y).abs() / y.abs().max(1e-3))
         .fold(0.0, f64::max))
 }
 
 fn max_abs(a: &Tensor, b: &Tensor) -> Result<f64> {
-    let a = a
-        .to_device(&Device::Cpu)?
-        .to_dtype(DType::F64)?
-        .flatten_all()?
-        .to_vec1::<f64>()?;
-    let b = b
-        .to_device(&Device::Cpu)?
-        .to_dtype(DType::F64)?
-        .flatten_all()?
-        .to_vec1::<f64>()?;
-    Ok(a.iter()
-        .zip(&b)
-        .filter(|(x, y)| x.is_finite() && y.is_finite())
+    Ok(finite_pairs(a, b)?
+        .iter()
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f64::max))
 }

@@ -125,3 +125,26 @@ mod tests {
         }
     }
 }
+
+/// Rows `[n, d]` with every coordinate finite: returns (mask `[n]` u32, the rows with the
+/// non-finite ones replaced by 0) so a learned density can be evaluated safely and the
+/// masked rows set to −∞ afterwards with [`mask_to_neg_inf`].
+pub(crate) fn finite_rows(flat: &Tensor) -> Result<(Tensor, Tensor)> {
+    let finite = flat
+        .abs()?
+        .lt(f64::INFINITY)?
+        .to_dtype(DType::U32)?
+        .min(candle_core::D::Minus1)?;
+    let safe = finite
+        .unsqueeze(1)?
+        .broadcast_as(flat.shape())?
+        .where_cond(flat, &flat.zeros_like()?)?;
+    Ok((finite, safe))
+}
+
+/// `log_prob` where `finite` is 1, −∞ elsewhere.
+pub(crate) fn mask_to_neg_inf(finite: &Tensor, log_prob: &Tensor) -> Result<Tensor> {
+    let neg_inf = Tensor::full(f64::NEG_INFINITY, log_prob.shape(), log_prob.device())?
+        .to_dtype(log_prob.dtype())?;
+    Ok(finite.where_cond(log_prob, &neg_inf)?)
+}

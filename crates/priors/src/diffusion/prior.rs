@@ -3,7 +3,7 @@
 
 use std::sync::Mutex;
 
-use candle_core::{D, DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use popcosmos_api::{Error, HostRng, N_PARAMS, Prior, RandomSource, Result, Shape};
 
 use super::model::{DiffusionModel, Divergence, LogProbOptions};
@@ -81,15 +81,7 @@ impl Prior for DiffusionPrior {
             .to_device(self.model.device())?
             .to_dtype(self.model.dtype())?;
         // Rows with a non-finite coordinate get −∞ without entering the ODE.
-        let finite = flat
-            .abs()?
-            .lt(f64::INFINITY)?
-            .to_dtype(DType::U32)?
-            .min(D::Minus1)?;
-        let safe = finite
-            .unsqueeze(1)?
-            .broadcast_as(flat.shape())?
-            .where_cond(&flat, &flat.zeros_like()?)?;
+        let (finite, safe) = crate::common::finite_rows(&flat)?;
         let mut probe_rng;
         let rng: Option<&mut dyn RandomSource> = match self.options.divergence {
             Divergence::Exact => None,
@@ -100,9 +92,7 @@ impl Prior for DiffusionPrior {
         };
         let out = self.model.log_prob(&safe, None, &self.options, rng)?;
         let lp = (out.log_prob - self.log_scale_sum)?;
-        let neg_inf =
-            Tensor::full(f64::NEG_INFINITY, n, self.model.device())?.to_dtype(lp.dtype())?;
-        let lp = finite.where_cond(&lp, &neg_inf)?;
+        let lp = crate::common::mask_to_neg_inf(&finite, &lp)?;
         Ok(lp
             .to_dtype(DType::F32)?
             .reshape(lead)?

@@ -1,6 +1,6 @@
 //! [`FlowPrior`]: a 16-D normalizing flow over the latent φ used as a [`Prior`].
 
-use candle_core::{D, DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use popcosmos_api::{Error, N_PARAMS, Prior, RandomSource, Result, Shape};
 
 use super::model::FlowModel;
@@ -59,19 +59,9 @@ impl Prior for FlowPrior {
             .to_device(self.model.device())?
             .to_dtype(self.model.dtype())?;
         // Rows with a non-finite coordinate are evaluated at 0 and masked to −∞.
-        let finite = flat
-            .abs()?
-            .lt(f64::INFINITY)?
-            .to_dtype(DType::U32)?
-            .min(D::Minus1)?;
-        let safe = finite
-            .unsqueeze(1)?
-            .broadcast_as(flat.shape())?
-            .where_cond(&flat, &flat.zeros_like()?)?;
+        let (finite, safe) = crate::common::finite_rows(&flat)?;
         let lp = self.model.log_prob(&safe)?;
-        let neg_inf =
-            Tensor::full(f64::NEG_INFINITY, n, self.model.device())?.to_dtype(lp.dtype())?;
-        let lp = finite.where_cond(&lp, &neg_inf)?;
+        let lp = crate::common::mask_to_neg_inf(&finite, &lp)?;
         Ok(lp
             .to_dtype(DType::F32)?
             .reshape(lead)?
