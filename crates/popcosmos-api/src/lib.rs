@@ -18,10 +18,12 @@
 //! * f32 on the device; reductions and diagnostics in f64 on the host.
 
 pub mod cosmology;
+pub mod filters;
 pub mod params;
 pub mod random;
 
 pub use candle_core::{DType, Device, Shape, Tensor};
+pub use filters::FilterCurve;
 pub use params::{N_PARAMS, PARAM_NAMES};
 pub use random::{HostRng, RandomSource};
 
