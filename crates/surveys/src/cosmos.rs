@@ -1,6 +1,6 @@
 //! The COSMOS2020 26-band survey of pop-cosmos (spec §2.1 band table, §3.1 calibration).
 
-use popcosmos_api::{Band, Calibration, Survey};
+use popcosmos_api::{Band, Calibration, Result, Survey};
 use serde::Deserialize;
 
 use crate::CalibrationChoice;
@@ -24,6 +24,15 @@ pub const COSMOS_LABELS: [&str; 26] = [
     "u", "g", "r", "i", "z", "y", "Y", "J", "H", "Ks", "IB427", "IB464", "IA484", "IB505", "IA527",
     "IB574", "IA624", "IA679", "IB709", "IA738", "IA767", "IB827", "NB711", "NB816", "Ch1", "Ch2",
 ];
+
+/// Leistedt+23 emission-line offsets α_l and ln scatters γ_l (44 lines); they describe the
+/// lines, not the survey, so every survey shares them.
+pub fn leistedt23_line_terms() -> (Vec<f64>, Vec<f64>) {
+    let c: Constants =
+        serde_json::from_str(CONSTANTS_JSON).expect("bundled constants are valid JSON");
+    let ln = c.EMLINEERRORS_LEISTEDT23.iter().map(|s| s.ln()).collect();
+    (c.EMLINEOFFSETS_LEISTEDT23, ln)
+}
 
 /// The COSMOS survey.
 #[derive(Debug, Clone)]
@@ -51,7 +60,7 @@ impl Cosmos {
         // The constants store line *standard deviations*; the data model uses their logs.
         let ln_emline_scatters = c.EMLINEERRORS_LEISTEDT23.iter().map(|s| s.ln()).collect();
         let calibration = match choice {
-            CalibrationChoice::Leistedt23 => Calibration {
+            CalibrationChoice::Leistedt23 | CalibrationChoice::Nominal => Calibration {
                 zero_points: c.ZEROPOINTS_LEISTEDT23,
                 error_floors: c.ERRORFLOOR_LEISTEDT23,
                 emline_offsets: c.EMLINEOFFSETS_LEISTEDT23,
@@ -65,6 +74,23 @@ impl Cosmos {
             },
         };
         Self { bands, calibration }
+    }
+
+    /// As a [`crate::DefinedSurvey`] with the bundled filter curves (no column map: COSMOS
+    /// catalogues name their columns by emulator band, `flux_{band}`).
+    pub fn defined(self) -> Result<crate::DefinedSurvey> {
+        let filters = self
+            .bands
+            .iter()
+            .map(|b| crate::filters::cosmos_filter(&b.name))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(crate::DefinedSurvey {
+            name: "cosmos".into(),
+            bands: self.bands,
+            filters,
+            calibration: self.calibration,
+            columns: None,
+        })
     }
 }
 

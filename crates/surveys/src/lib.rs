@@ -4,40 +4,75 @@
 //! the calibration of the data model (spec §3.1): multiplicative zero points, fractional
 //! error floors and the emission-line offsets / scatters.
 //!
-//! Built in: [`cosmos`] — the 26 COSMOS2020 bands of pop-cosmos in `COSMOS_FILTERS` order,
-//! with the Leistedt+23 calibration shipped in `pop_cosmos.constants` and the filter
-//! curves bundled from the reference (see NOTICE). Manifests select a survey with
-//! [`SurveySpec`].
+//! Built in:
+//! * [`cosmos`] — the 26 COSMOS2020 bands of pop-cosmos in `COSMOS_FILTERS` order, with the
+//!   Leistedt+23 calibration shipped in `pop_cosmos.constants`;
+//! * [`builtin::kids`] — KiDS u g r i + VIKING Z Y J H Ks; [`builtin::lsst`] — LSST ugrizy
+//!   (zero points 1, documented error floors and softenings).
+//!
+//! Any other survey is a YAML file ([`definition`]: filter files, band names, column map,
+//! calibration). Fitted zero points / floors live in calibration files
+//! ([`calibration_file`], written by `popcosmos-cli calibrate`). Manifests select all of
+//! this with [`SurveySpec`]; filter curves are bundled (see NOTICE).
 
+pub mod builtin;
+pub mod calibration_file;
 pub mod cosmos;
+pub mod definition;
 pub mod filters;
 
+pub use calibration_file::CalibrationFile;
 pub use cosmos::Cosmos;
+pub use definition::{DefinedSurvey, SurveyDefinition};
 pub use filters::FilterCurve;
+
+use std::path::PathBuf;
 
 use popcosmos_api::{Error, Result, Survey};
 use serde::{Deserialize, Serialize};
 
-/// Which calibration to use for a built-in survey.
+/// Which calibration preset to start from.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum CalibrationChoice {
-    /// Leistedt et al. (2023) zero points, error floors and emission-line terms.
+    /// Leistedt et al. (2023) zero points, error floors and emission-line terms (COSMOS only).
     #[default]
     Leistedt23,
     /// Zero points 1, no error floor, Leistedt+23 emission-line terms.
     Uncalibrated,
+    /// The survey's own definition (COSMOS: Leistedt+23; KiDS / LSST / YAML surveys: their
+    /// listed zero points and floors). The default when `calibration` is absent.
+    Nominal,
 }
 
+/// Names of the built-in surveys.
+pub const BUILTIN_SURVEYS: [&str; 3] = ["cosmos", "kids", "lsst"];
+
 /// Survey section of a manifest.
+///
+/// ```yaml
+/// survey: {name: kids}                                  # built-in
+/// survey: {file: surveys/hsc.yaml, calibration_file: calib.yaml}   # YAML survey + fitted ZPs
+/// ```
+///
+/// Calibration is applied in order: preset (`calibration`), `calibration_file`, then the
+/// explicit `zero_points` / `error_floors` lists.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SurveySpec {
-    /// Survey name (`cosmos`).
-    pub name: String,
-    /// Calibration preset.
+    /// Built-in survey (`cosmos`, `kids`, `lsst`); with `file`, optional and checked against
+    /// the file's `name`.
     #[serde(default)]
-    pub calibration: CalibrationChoice,
+    pub name: String,
+    /// YAML survey definition (relative to the manifest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
+    /// Calibration preset (default: the survey's nominal calibration).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<CalibrationChoice>,
+    /// Calibration file from `popcosmos-cli calibrate` (relative to the manifest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration_file: Option<PathBuf>,
     /// Explicit zero points overriding the preset (one per band, survey order).
     #[serde(default)]
     pub zero_points: Option<Vec<f64>>,
@@ -47,17 +82,87 @@ pub struct SurveySpec {
 }
 
 impl SurveySpec {
+    /// A built-in survey by name with its nominal calibration.
+    pub fn named(name: &str) -> Self {
+        Self {
+            name: name.into(),
+            file: None,
+            calibration: None,
+            calibration_file: None,
+            zero_points: None,
+            error_floors: None,
+        }
+    }
+
     /// Build the survey, validating overrides (errors name the manifest key).
     pub fn build(&self) -> Result<Box<dyn Survey>> {
-        let mut survey = match self.name.to_ascii_lowercase().as_str() {
-            "cosmos" | "cosmos2020" => Cosmos::new(self.calibration),
-            other => {
-                return Err(Error::Invalid(format!(
-                    "survey.name: unknown survey '{other}' (known surveys: cosmos)"
-                )));
+        Ok(Box::new(self.build_defined()?))
+    }
+
+    /// The survey with its filter curves and column map.
+    pub fn build_defined(&self) -> Result<DefinedSurvey> {
+        let mut survey = match &self.file {
+            Some(path) => {
+                let s = SurveyDefinition::load(path)
+                    .map_err(|e| Error::Invalid(format!("survey.file: {e}")))?;
+                if !self.name.is_empty() && !self.name.eq_ignore_ascii_case(&s.name) {
+                    return Err(Error::Invalid(format!(
+                        "survey.name: '{}' does not match name '{}' in survey.file {}",
+                        self.name,
+                        s.name,
+                        path.display()
+                    )));
+                }
+                s
             }
+            None => match self.name.to_ascii_lowercase().as_str() {
+                "cosmos" | "cosmos2020" => Cosmos::new(CalibrationChoice::Leistedt23).defined()?,
+                "kids" | "kids-viking" | "kv450" => builtin::kids(),
+                "lsst" => builtin::lsst(),
+                "" => {
+                    return Err(Error::Invalid(
+                        "survey: give `name:` (a built-in survey: cosmos, kids, lsst) or \
+                         `file:` (a YAML survey definition)"
+                            .into(),
+                    ));
+                }
+                other => {
+                    return Err(Error::Invalid(format!(
+                        "survey.name: unknown survey '{other}' (built-in surveys: {}; or give \
+                         `file:` with a YAML survey definition)",
+                        BUILTIN_SURVEYS.join(", ")
+                    )));
+                }
+            },
         };
         let n = survey.bands.len();
+        match self.calibration.unwrap_or(CalibrationChoice::Nominal) {
+            CalibrationChoice::Nominal => {}
+            CalibrationChoice::Leistedt23 => {
+                if survey.name != "cosmos" {
+                    return Err(Error::Invalid(format!(
+                        "survey.calibration: leistedt23 is the COSMOS calibration; survey '{}' \
+                         has nominal or uncalibrated (fitted values: calibration_file)",
+                        survey.name
+                    )));
+                }
+            }
+            CalibrationChoice::Uncalibrated => {
+                survey.calibration.zero_points = vec![1.0; n];
+                survey.calibration.error_floors = vec![0.0; n];
+            }
+        }
+        if let Some(path) = &self.calibration_file {
+            let file = CalibrationFile::load(path)
+                .map_err(|e| Error::Invalid(format!("survey.calibration_file: {e}")))?;
+            let name = survey.name.clone();
+            file.apply(
+                &name,
+                &survey.bands,
+                &mut survey.calibration,
+                &path.display().to_string(),
+            )?;
+        }
         if let Some(zp) = &self.zero_points {
             check_len("survey.zero_points", zp, n)?;
             if let Some(i) = zp.iter().position(|v| !(v.is_finite() && *v > 0.0)) {
@@ -78,7 +183,7 @@ impl SurveySpec {
             }
             survey.calibration.error_floors = ef.clone();
         }
-        Ok(Box::new(survey))
+        Ok(survey)
     }
 }
 
@@ -98,24 +203,15 @@ mod tests {
 
     #[test]
     fn unknown_survey_names_the_key() {
-        let spec = SurveySpec {
-            name: "sdss".into(),
-            calibration: Default::default(),
-            zero_points: None,
-            error_floors: None,
-        };
+        let spec = SurveySpec::named("sdss");
         let err = spec.build().err().unwrap().to_string();
         assert!(err.contains("survey.name") && err.contains("sdss"), "{err}");
     }
 
     #[test]
     fn overrides_are_validated() {
-        let mut spec = SurveySpec {
-            name: "cosmos".into(),
-            calibration: Default::default(),
-            zero_points: Some(vec![1.0; 3]),
-            error_floors: None,
-        };
+        let mut spec = SurveySpec::named("cosmos");
+        spec.zero_points = Some(vec![1.0; 3]);
         let err = spec.build().err().unwrap().to_string();
         assert!(
             err.contains("survey.zero_points") && err.contains("26"),
@@ -132,5 +228,66 @@ mod tests {
         spec.error_floors = None;
         let s = spec.build().unwrap();
         assert_eq!(s.calibration().zero_points, vec![1.0; 26]);
+    }
+
+    #[test]
+    fn builtins_and_calibration_precedence() {
+        let kids = SurveySpec::named("kids").build().unwrap();
+        assert_eq!(kids.bands().len(), 9);
+        assert_eq!(kids.calibration().zero_points, vec![1.0; 9]);
+        assert_eq!(kids.calibration().error_floors[0], 0.05);
+        let mut spec = SurveySpec::named("lsst");
+        spec.calibration = Some(CalibrationChoice::Leistedt23);
+        let e = spec.build().err().unwrap().to_string();
+        assert!(
+            e.contains("survey.calibration") && e.contains("lsst"),
+            "{e}"
+        );
+        spec.calibration = Some(CalibrationChoice::Uncalibrated);
+        assert_eq!(
+            spec.build().unwrap().calibration().error_floors,
+            vec![0.0; 6]
+        );
+        // COSMOS default stays Leistedt+23.
+        let c = SurveySpec::named("cosmos").build().unwrap();
+        assert!((c.calibration().zero_points[1] - 1.0830942).abs() < 1e-7);
+
+        // calibration_file after the preset, explicit lists after the file.
+        let dir = std::env::temp_dir().join(format!("popcosmos-spec-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.yaml");
+        let mut text = String::from("survey: lsst\nbands:\n");
+        for (i, l) in ["u", "g", "r", "i", "z", "y"].iter().enumerate() {
+            text += &format!(
+                "  - {{band: {l}, zero_point: {}, error_floor: 0.07}}\n",
+                1.0 + i as f64 / 10.0
+            );
+        }
+        std::fs::write(&path, text).unwrap();
+        let mut spec = SurveySpec::named("lsst");
+        spec.calibration_file = Some(path.clone());
+        let s = spec.build().unwrap();
+        assert!((s.calibration().zero_points[5] - 1.5).abs() < 1e-12);
+        assert_eq!(s.calibration().error_floors, vec![0.07; 6]);
+        spec.zero_points = Some(vec![2.0; 6]);
+        assert_eq!(
+            spec.build().unwrap().calibration().zero_points,
+            vec![2.0; 6]
+        );
+        // A file fitted for another survey is refused, naming the key and the file.
+        let mut spec = SurveySpec::named("kids");
+        spec.calibration_file = Some(path.clone());
+        let e = spec.build().err().unwrap().to_string();
+        assert!(
+            e.contains("survey.calibration_file") && e.contains("c.yaml"),
+            "{e}"
+        );
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn empty_spec_explains_both_forms() {
+        let e = SurveySpec::named("").build().err().unwrap().to_string();
+        assert!(e.contains("name:") && e.contains("file:"), "{e}");
     }
 }
