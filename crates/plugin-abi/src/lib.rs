@@ -1,0 +1,642 @@
+//! # popcosmos-plugin-abi — the C ABI of popcosmos plugins
+//!
+//! A plugin is a shared library (`crate-type = ["cdylib"]`) that exports one symbol,
+//! [`ENTRY_SYMBOL`] (`popcosmos_plugin_entry`), an `extern "C" fn() -> *const PluginHeader`.
+//! The header is the first field of a `#[repr(C)]` vtable of `extern "C"` function
+//! pointers: [`SurveyVTable`] (a photometric survey: bands, softening, calibration) or
+//! [`PriorVTable`] (a prior over the 16 latent parameters φ: batched log-density and
+//! seeded sampling). The host (`popcosmos-plugin-host`) checks [`PluginHeader::abi_version`]
+//! and [`PluginHeader::kind`] before it reads anything else, then wraps the vtable in the
+//! safe `popcosmos_api::Survey` / `popcosmos_api::Prior` traits.
+//!
+//! Why a hand-rolled C ABI (rust-stack-notes §6): Rust has no stable ABI, and a plugin has
+//! its own std, allocator and panic runtime. The boundary here is small and numeric, so a
+//! table of C function pointers is enough, needs no dependency, is checked at load time and
+//! can be implemented in C/C++ too. This crate has no dependencies so plugins build in
+//! seconds and never see candle types.
+//!
+//! ## Writing a plugin in Rust
+//! Implement [`SurveyPlugin`] or [`PriorPlugin`] on a type and invoke
+//! [`declare_survey_plugin!`] / [`declare_prior_plugin!`] once in the cdylib. The macros
+//! emit the vtable and the entry symbol; the generic shims in this crate convert raw
+//! pointers to slices, copy strings into the host's buffers and **catch every panic** (a
+//! panic never unwinds across `extern "C"`; it becomes [`STATUS_PANIC`] with the message).
+//!
+//! ## Calling convention (for C implementations)
+//! * Every function except `destroy` returns an `i32` status: [`STATUS_OK`], or
+//!   [`STATUS_ERROR`] / [`STATUS_PANIC`] with a UTF-8 message written into the
+//!   host-owned [`ErrorBuf`] (truncated to `cap` bytes; `len` = full message length).
+//! * Strings are returned into host buffers `(buf, cap)`: the plugin copies at most `cap`
+//!   bytes and stores the full length in `*len_out`; the host retries with a larger buffer
+//!   when the length exceeds `cap`. No allocation ever crosses the boundary.
+//! * Arrays are row-major `f32`. `log_prob` / `sample` write at most `out_cap` values and
+//!   store the number of values they produced in `*out_len`; the host rejects any count
+//!   other than the one it asked for.
+//! * A prior handle must be safe to call from several threads at once (the host shares it);
+//!   [`PriorPlugin`] therefore requires `Send + Sync`.
+//!
+//! ## Versioning
+//! The first two fields of [`PluginHeader`] (`abi_version`, `kind`) are frozen forever; any
+//! other change to the header or the vtables bumps [`ABI_VERSION`], and the host refuses a
+//! plugin built against another version with an error naming both versions.
+
+use std::ffi::{c_char, c_void};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+/// Version of the vtable layouts in this crate.
+pub const ABI_VERSION: u32 = 1;
+
+/// Name of the exported entry function (without the trailing NUL).
+pub const ENTRY_SYMBOL: &str = "popcosmos_plugin_entry";
+
+/// [`PluginHeader::kind`] of a survey plugin ([`SurveyVTable`]).
+pub const KIND_SURVEY: u32 = 1;
+/// [`PluginHeader::kind`] of a prior plugin ([`PriorVTable`]).
+pub const KIND_PRIOR: u32 = 2;
+
+/// Success.
+pub const STATUS_OK: i32 = 0;
+/// The plugin reported an error (message in the [`ErrorBuf`]).
+pub const STATUS_ERROR: i32 = 1;
+/// The plugin panicked; the panic was caught at the boundary (message in the [`ErrorBuf`]).
+pub const STATUS_PANIC: i32 = 2;
+
+/// Opaque plugin object created by `create` and released by `destroy`.
+pub type Handle = *mut c_void;
+
+/// Common head of every vtable; the entry function returns a pointer to it.
+#[repr(C)]
+pub struct PluginHeader {
+    /// [`ABI_VERSION`] the plugin was built against. Frozen position.
+    pub abi_version: u32,
+    /// [`KIND_SURVEY`] or [`KIND_PRIOR`]. Frozen position.
+    pub kind: u32,
+    /// NUL-terminated UTF-8 package name of the plugin (static).
+    pub plugin_name: *const c_char,
+    /// NUL-terminated UTF-8 package version of the plugin (static).
+    pub plugin_version: *const c_char,
+}
+
+/// Host-owned buffer for an error message.
+#[repr(C)]
+pub struct ErrorBuf {
+    pub ptr: *mut u8,
+    pub cap: usize,
+    /// Set by the plugin to the full message length in bytes (may exceed `cap`).
+    pub len: usize,
+}
+
+/// Signature of [`ENTRY_SYMBOL`].
+pub type EntryFn = unsafe extern "C" fn() -> *const PluginHeader;
+
+/// `create(config, config_len, handle_out, err)`: build the plugin object from a UTF-8
+/// configuration string (may be empty).
+pub type CreateFn = unsafe extern "C" fn(
+    config: *const u8,
+    config_len: usize,
+    handle_out: *mut Handle,
+    err: *mut ErrorBuf,
+) -> i32;
+/// `destroy(handle)`: release a handle from `create`. Must not fail.
+pub type DestroyFn = unsafe extern "C" fn(handle: Handle);
+/// `f(handle, buf, cap, len_out, err)`: a string property.
+pub type StrFn = unsafe extern "C" fn(
+    handle: Handle,
+    buf: *mut u8,
+    cap: usize,
+    len_out: *mut usize,
+    err: *mut ErrorBuf,
+) -> i32;
+/// `f(handle, index, buf, cap, len_out, err)`: a string property of item `index`.
+pub type IndexedStrFn = unsafe extern "C" fn(
+    handle: Handle,
+    index: usize,
+    buf: *mut u8,
+    cap: usize,
+    len_out: *mut usize,
+    err: *mut ErrorBuf,
+) -> i32;
+/// `f(handle, out, err)`: a count.
+pub type CountFn = unsafe extern "C" fn(handle: Handle, out: *mut usize, err: *mut ErrorBuf) -> i32;
+/// `band_values(handle, band, out, err)`.
+pub type BandValuesFn =
+    unsafe extern "C" fn(handle: Handle, band: usize, out: *mut BandValues, err: *mut ErrorBuf) -> i32;
+/// `line_values(handle, line, out, err)`.
+pub type LineValuesFn =
+    unsafe extern "C" fn(handle: Handle, line: usize, out: *mut LineValues, err: *mut ErrorBuf) -> i32;
+/// `log_prob(handle, phi[n·dim], n, out, out_cap, out_len, err)`: ln p(φ) per row
+/// (−∞ outside the support).
+pub type LogProbFn = unsafe extern "C" fn(
+    handle: Handle,
+    phi: *const f32,
+    n: usize,
+    out: *mut f32,
+    out_cap: usize,
+    out_len: *mut usize,
+    err: *mut ErrorBuf,
+) -> i32;
+/// `sample(handle, n, seed, out, out_cap, out_len, err)`: `n` draws, row-major `[n, dim]`,
+/// a deterministic function of `(seed, n)`.
+pub type SampleFn = unsafe extern "C" fn(
+    handle: Handle,
+    n: usize,
+    seed: u64,
+    out: *mut f32,
+    out_cap: usize,
+    out_len: *mut usize,
+    err: *mut ErrorBuf,
+) -> i32;
+
+/// Numbers of one band.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct BandValues {
+    /// Asinh-magnitude softening b, nanomaggies (> 0).
+    pub flux_softening_nmgy: f64,
+    /// Multiplicative zero point Z_b (observed ≈ Z × model, > 0).
+    pub zero_point: f64,
+    /// Fractional error floor ε_b (≥ 0).
+    pub error_floor: f64,
+}
+
+/// Calibration of one emission line (spec §3.1).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LineValues {
+    /// Offset α_l.
+    pub offset: f64,
+    /// ln of the scatter γ_l.
+    pub ln_scatter: f64,
+}
+
+/// Survey plugin vtable ([`KIND_SURVEY`]).
+#[repr(C)]
+pub struct SurveyVTable {
+    pub header: PluginHeader,
+    pub create: CreateFn,
+    pub destroy: DestroyFn,
+    /// Survey name.
+    pub name: StrFn,
+    pub n_bands: CountFn,
+    /// Filter name of a band (as the SPS emulator knows it, e.g. `sdss_u`).
+    pub band_name: IndexedStrFn,
+    /// Short label of a band (e.g. `u`).
+    pub band_label: IndexedStrFn,
+    pub band_values: BandValuesFn,
+    /// Number of emission lines with a calibration (0 = none).
+    pub n_lines: CountFn,
+    pub line_values: LineValuesFn,
+}
+
+/// Prior plugin vtable ([`KIND_PRIOR`]).
+#[repr(C)]
+pub struct PriorVTable {
+    pub header: PluginHeader,
+    pub create: CreateFn,
+    pub destroy: DestroyFn,
+    /// Prior name (for run records).
+    pub name: StrFn,
+    /// Dimension of φ (16 for popcosmos).
+    pub dim: CountFn,
+    pub log_prob: LogProbFn,
+    pub sample: SampleFn,
+}
+
+// SAFETY: the tables are immutable statics of function pointers and pointers to static
+// NUL-terminated strings.
+unsafe impl Sync for SurveyVTable {}
+unsafe impl Sync for PriorVTable {}
+
+/// One band of a [`SurveyPlugin`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct BandDef {
+    pub name: String,
+    pub label: String,
+    pub flux_softening_nmgy: f64,
+    pub zero_point: f64,
+    pub error_floor: f64,
+}
+
+/// One emission line of a [`SurveyPlugin`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LineDef {
+    pub offset: f64,
+    pub ln_scatter: f64,
+}
+
+/// A survey implemented in Rust; exported with [`declare_survey_plugin!`].
+pub trait SurveyPlugin: Sized + 'static {
+    /// Build from the manifest's configuration string (empty if none).
+    fn create(config: &str) -> Result<Self, String>;
+    fn name(&self) -> String;
+    fn bands(&self) -> Vec<BandDef>;
+    /// Emission-line calibration, one entry per line of the SPS line emulator (none by
+    /// default).
+    fn emission_lines(&self) -> Vec<LineDef> {
+        Vec::new()
+    }
+}
+
+/// A prior over φ implemented in Rust; exported with [`declare_prior_plugin!`].
+pub trait PriorPlugin: Sized + Send + Sync + 'static {
+    /// Build from the manifest's configuration string (empty if none).
+    fn create(config: &str) -> Result<Self, String>;
+    fn name(&self) -> String;
+    /// Dimension of φ.
+    fn dim(&self) -> usize {
+        16
+    }
+    /// ln p(φ) for `n` rows of `phi` (row-major `[n, dim]`); must return `n` values,
+    /// −∞ outside the support.
+    fn log_prob(&self, phi: &[f32], n: usize) -> Result<Vec<f32>, String>;
+    /// `n` draws, row-major `[n, dim]`; a deterministic function of `(seed, n)`.
+    fn sample(&self, n: usize, seed: u64) -> Result<Vec<f32>, String>;
+}
+
+/// Build a survey vtable for `T` (used by [`declare_survey_plugin!`]). `name` and `version`
+/// must end with a NUL byte.
+pub const fn survey_vtable<T: SurveyPlugin>(name: &'static str, version: &'static str) -> SurveyVTable {
+    SurveyVTable {
+        header: header(KIND_SURVEY, name, version),
+        create: shim::survey_create::<T>,
+        destroy: shim::destroy::<T>,
+        name: shim::survey_name::<T>,
+        n_bands: shim::n_bands::<T>,
+        band_name: shim::band_name::<T>,
+        band_label: shim::band_label::<T>,
+        band_values: shim::band_values::<T>,
+        n_lines: shim::n_lines::<T>,
+        line_values: shim::line_values::<T>,
+    }
+}
+
+/// Build a prior vtable for `T` (used by [`declare_prior_plugin!`]). `name` and `version`
+/// must end with a NUL byte.
+pub const fn prior_vtable<T: PriorPlugin>(name: &'static str, version: &'static str) -> PriorVTable {
+    PriorVTable {
+        header: header(KIND_PRIOR, name, version),
+        create: shim::prior_create::<T>,
+        destroy: shim::destroy::<T>,
+        name: shim::prior_name::<T>,
+        dim: shim::dim::<T>,
+        log_prob: shim::log_prob::<T>,
+        sample: shim::sample::<T>,
+    }
+}
+
+const fn header(kind: u32, name: &'static str, version: &'static str) -> PluginHeader {
+    let (n, v) = (name.as_bytes(), version.as_bytes());
+    assert!(
+        !n.is_empty() && n[n.len() - 1] == 0 && !v.is_empty() && v[v.len() - 1] == 0,
+        "plugin name and version must be NUL-terminated"
+    );
+    PluginHeader {
+        abi_version: ABI_VERSION,
+        kind,
+        plugin_name: n.as_ptr().cast(),
+        plugin_version: v.as_ptr().cast(),
+    }
+}
+
+/// Export a [`SurveyPlugin`] implementation as this library's plugin.
+///
+/// ```ignore
+/// popcosmos_plugin_abi::declare_survey_plugin!(MySurvey);
+/// ```
+#[macro_export]
+macro_rules! declare_survey_plugin {
+    ($ty:ty) => {
+        /// popcosmos plugin entry point (see the popcosmos-plugin-abi crate).
+        #[unsafe(no_mangle)]
+        pub extern "C" fn popcosmos_plugin_entry() -> *const $crate::PluginHeader {
+            static VTABLE: $crate::SurveyVTable = $crate::survey_vtable::<$ty>(
+                concat!(env!("CARGO_PKG_NAME"), "\0"),
+                concat!(env!("CARGO_PKG_VERSION"), "\0"),
+            );
+            &VTABLE.header
+        }
+    };
+}
+
+/// Export a [`PriorPlugin`] implementation as this library's plugin.
+///
+/// ```ignore
+/// popcosmos_plugin_abi::declare_prior_plugin!(MyPrior);
+/// ```
+#[macro_export]
+macro_rules! declare_prior_plugin {
+    ($ty:ty) => {
+        /// popcosmos plugin entry point (see the popcosmos-plugin-abi crate).
+        #[unsafe(no_mangle)]
+        pub extern "C" fn popcosmos_plugin_entry() -> *const $crate::PluginHeader {
+            static VTABLE: $crate::PriorVTable = $crate::prior_vtable::<$ty>(
+                concat!(env!("CARGO_PKG_NAME"), "\0"),
+                concat!(env!("CARGO_PKG_VERSION"), "\0"),
+            );
+            &VTABLE.header
+        }
+    };
+}
+
+/// Generic `extern "C"` shims between the vtables and the Rust traits. Every body runs
+/// inside [`guard`], so a panic in plugin code is caught here and reported as
+/// [`STATUS_PANIC`].
+pub mod shim {
+    use super::*;
+
+    /// Run `f`, turning `Err` into [`STATUS_ERROR`] and a panic into [`STATUS_PANIC`] with
+    /// the message written to `err`.
+    pub fn guard(err: *mut ErrorBuf, f: impl FnOnce() -> Result<(), String>) -> i32 {
+        match catch_unwind(AssertUnwindSafe(f)) {
+            Ok(Ok(())) => STATUS_OK,
+            Ok(Err(msg)) => {
+                // SAFETY: `err` is null or the host's buffer (calling convention).
+                unsafe { write_error(err, &msg) };
+                STATUS_ERROR
+            }
+            Err(payload) => {
+                let msg = payload
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "non-string panic payload".into());
+                // The payload may hold plugin allocations: drop it here, on this side.
+                drop(payload);
+                unsafe { write_error(err, &format!("plugin panicked: {msg}")) };
+                STATUS_PANIC
+            }
+        }
+    }
+
+    /// Copy `msg` (truncated) into the host's error buffer.
+    ///
+    /// # Safety
+    /// `err` is null or points to a valid [`ErrorBuf`] whose `ptr` has `cap` writable bytes.
+    pub unsafe fn write_error(err: *mut ErrorBuf, msg: &str) {
+        if err.is_null() {
+            return;
+        }
+        let e = unsafe { &mut *err };
+        let n = msg.len().min(e.cap);
+        if n > 0 && !e.ptr.is_null() {
+            unsafe { std::ptr::copy_nonoverlapping(msg.as_ptr(), e.ptr, n) };
+        }
+        e.len = msg.len();
+    }
+
+    /// Copy `s` (truncated to `cap`) into `buf` and store its full length in `len_out`.
+    unsafe fn write_str(s: &str, buf: *mut u8, cap: usize, len_out: *mut usize) -> Result<(), String> {
+        if len_out.is_null() {
+            return Err("null length pointer".into());
+        }
+        let n = s.len().min(cap);
+        if n > 0 {
+            if buf.is_null() {
+                return Err("null string buffer".into());
+            }
+            unsafe { std::ptr::copy_nonoverlapping(s.as_ptr(), buf, n) };
+        }
+        unsafe { *len_out = s.len() };
+        Ok(())
+    }
+
+    unsafe fn this<'a, T>(handle: Handle) -> Result<&'a T, String> {
+        if handle.is_null() {
+            return Err("null plugin handle".into());
+        }
+        Ok(unsafe { &*(handle as *const T) })
+    }
+
+    fn out_of_range(what: &str, i: usize, n: usize) -> String {
+        format!("{what} index {i} out of range (the plugin has {n})")
+    }
+
+    /// Copy `values` (at most `cap`) to `out` and report their number in `out_len`.
+    unsafe fn write_values(values: &[f32], out: *mut f32, cap: usize, out_len: *mut usize) -> Result<(), String> {
+        if out_len.is_null() {
+            return Err("null length pointer".into());
+        }
+        let n = values.len().min(cap);
+        if n > 0 {
+            if out.is_null() {
+                return Err("null output buffer".into());
+            }
+            unsafe { std::ptr::copy_nonoverlapping(values.as_ptr(), out, n) };
+        }
+        unsafe { *out_len = values.len() };
+        Ok(())
+    }
+
+    /// `create` for a [`SurveyPlugin`].
+    pub unsafe extern "C" fn survey_create<T: SurveyPlugin>(
+        config: *const u8,
+        config_len: usize,
+        handle_out: *mut Handle,
+        err: *mut ErrorBuf,
+    ) -> i32 {
+        unsafe { create_with(config, config_len, handle_out, err, T::create) }
+    }
+
+    /// `create` for a [`PriorPlugin`].
+    pub unsafe extern "C" fn prior_create<T: PriorPlugin>(
+        config: *const u8,
+        config_len: usize,
+        handle_out: *mut Handle,
+        err: *mut ErrorBuf,
+    ) -> i32 {
+        unsafe { create_with(config, config_len, handle_out, err, T::create) }
+    }
+
+    unsafe fn create_with<T>(
+        config: *const u8,
+        config_len: usize,
+        handle_out: *mut Handle,
+        err: *mut ErrorBuf,
+        make: fn(&str) -> Result<T, String>,
+    ) -> i32 {
+        guard(err, || {
+            if handle_out.is_null() {
+                return Err("null handle pointer".into());
+            }
+            let cfg = if config_len == 0 {
+                ""
+            } else if config.is_null() {
+                return Err("null configuration pointer".into());
+            } else {
+                let bytes = unsafe { std::slice::from_raw_parts(config, config_len) };
+                std::str::from_utf8(bytes)
+                    .map_err(|e| format!("configuration is not UTF-8: {e}"))?
+            };
+            let obj = Box::new(make(cfg)?);
+            unsafe { *handle_out = Box::into_raw(obj).cast() };
+            Ok(())
+        })
+    }
+
+    /// `destroy` for any plugin type.
+    pub unsafe extern "C" fn destroy<T: 'static>(handle: Handle) {
+        if !handle.is_null() {
+            // A panicking Drop must not unwind into the host either.
+            let _ = catch_unwind(AssertUnwindSafe(|| {
+                drop(unsafe { Box::from_raw(handle as *mut T) })
+            }));
+        }
+    }
+
+    pub unsafe extern "C" fn survey_name<T: SurveyPlugin>(
+        handle: Handle,
+        buf: *mut u8,
+        cap: usize,
+        len_out: *mut usize,
+        err: *mut ErrorBuf,
+    ) -> i32 {
+        guard(err, || unsafe { write_str(&this::<T>(handle)?.name(), buf, cap, len_out) })
+    }
+
+    pub unsafe extern "C" fn n_bands<T: SurveyPlugin>(handle: Handle, out: *mut usize, err: *mut ErrorBuf) -> i32 {
+        guard(err, || {
+            let n = unsafe { this::<T>(handle)? }.bands().len();
+            write_count(out, n)
+        })
+    }
+
+    fn write_count(out: *mut usize, n: usize) -> Result<(), String> {
+        if out.is_null() {
+            return Err("null output pointer".into());
+        }
+        unsafe { *out = n };
+        Ok(())
+    }
+
+    fn band<T: SurveyPlugin>(handle: Handle, i: usize) -> Result<BandDef, String> {
+        let mut bands = unsafe { this::<T>(handle)? }.bands();
+        let n = bands.len();
+        if i >= n {
+            return Err(out_of_range("band", i, n));
+        }
+        Ok(bands.swap_remove(i))
+    }
+
+    pub unsafe extern "C" fn band_name<T: SurveyPlugin>(
+        handle: Handle,
+        band: usize,
+        buf: *mut u8,
+        cap: usize,
+        len_out: *mut usize,
+        err: *mut ErrorBuf,
+    ) -> i32 {
+        guard(err, || unsafe { write_str(&self::band::<T>(handle, band)?.name, buf, cap, len_out) })
+    }
+
+    pub unsafe extern "C" fn band_label<T: SurveyPlugin>(
+        handle: Handle,
+        band: usize,
+        buf: *mut u8,
+        cap: usize,
+        len_out: *mut usize,
+        err: *mut ErrorBuf,
+    ) -> i32 {
+        guard(err, || unsafe { write_str(&self::band::<T>(handle, band)?.label, buf, cap, len_out) })
+    }
+
+    pub unsafe extern "C" fn band_values<T: SurveyPlugin>(
+        handle: Handle,
+        band: usize,
+        out: *mut BandValues,
+        err: *mut ErrorBuf,
+    ) -> i32 {
+        guard(err, || {
+            let b = self::band::<T>(handle, band)?;
+            if out.is_null() {
+                return Err("null output pointer".into());
+            }
+            unsafe {
+                *out = BandValues {
+                    flux_softening_nmgy: b.flux_softening_nmgy,
+                    zero_point: b.zero_point,
+                    error_floor: b.error_floor,
+                }
+            };
+            Ok(())
+        })
+    }
+
+    pub unsafe extern "C" fn n_lines<T: SurveyPlugin>(handle: Handle, out: *mut usize, err: *mut ErrorBuf) -> i32 {
+        guard(err, || write_count(out, unsafe { this::<T>(handle)? }.emission_lines().len()))
+    }
+
+    pub unsafe extern "C" fn line_values<T: SurveyPlugin>(
+        handle: Handle,
+        line: usize,
+        out: *mut LineValues,
+        err: *mut ErrorBuf,
+    ) -> i32 {
+        guard(err, || {
+            let lines = unsafe { this::<T>(handle)? }.emission_lines();
+            let l = lines.get(line).ok_or_else(|| out_of_range("line", line, lines.len()))?;
+            if out.is_null() {
+                return Err("null output pointer".into());
+            }
+            unsafe {
+                *out = LineValues {
+                    offset: l.offset,
+                    ln_scatter: l.ln_scatter,
+                }
+            };
+            Ok(())
+        })
+    }
+
+    pub unsafe extern "C" fn prior_name<T: PriorPlugin>(
+        handle: Handle,
+        buf: *mut u8,
+        cap: usize,
+        len_out: *mut usize,
+        err: *mut ErrorBuf,
+    ) -> i32 {
+        guard(err, || unsafe { write_str(&this::<T>(handle)?.name(), buf, cap, len_out) })
+    }
+
+    pub unsafe extern "C" fn dim<T: PriorPlugin>(handle: Handle, out: *mut usize, err: *mut ErrorBuf) -> i32 {
+        guard(err, || write_count(out, unsafe { this::<T>(handle)? }.dim()))
+    }
+
+    pub unsafe extern "C" fn log_prob<T: PriorPlugin>(
+        handle: Handle,
+        phi: *const f32,
+        n: usize,
+        out: *mut f32,
+        out_cap: usize,
+        out_len: *mut usize,
+        err: *mut ErrorBuf,
+    ) -> i32 {
+        guard(err, || {
+            let prior = unsafe { this::<T>(handle)? };
+            let len = n.checked_mul(prior.dim()).ok_or("batch size overflows")?;
+            let phi = if len == 0 {
+                &[][..]
+            } else if phi.is_null() {
+                return Err("null φ buffer".into());
+            } else {
+                unsafe { std::slice::from_raw_parts(phi, len) }
+            };
+            let lp = prior.log_prob(phi, n)?;
+            unsafe { write_values(&lp, out, out_cap, out_len) }
+        })
+    }
+
+    pub unsafe extern "C" fn sample<T: PriorPlugin>(
+        handle: Handle,
+        n: usize,
+        seed: u64,
+        out: *mut f32,
+        out_cap: usize,
+        out_len: *mut usize,
+        err: *mut ErrorBuf,
+    ) -> i32 {
+        guard(err, || {
+            let draws = unsafe { this::<T>(handle)? }.sample(n, seed)?;
+            unsafe { write_values(&draws, out, out_cap, out_len) }
+        })
+    }
+}
