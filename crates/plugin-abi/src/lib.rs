@@ -124,6 +124,18 @@ pub type BandValuesFn =
 /// `line_values(handle, line, out, err)`.
 pub type LineValuesFn =
     unsafe extern "C" fn(handle: Handle, line: usize, out: *mut LineValues, err: *mut ErrorBuf) -> i32;
+/// `filter_curve(handle, band, wavelength_aa, transmission, cap, out_len, err)`: the band's
+/// filter curve (observed-frame Å, increasing; photon-counting response), at most `cap`
+/// points into each array; `*out_len` = number of points (0 = no curve for this band).
+pub type FilterCurveFn = unsafe extern "C" fn(
+    handle: Handle,
+    band: usize,
+    wavelength_aa: *mut f64,
+    transmission: *mut f64,
+    cap: usize,
+    out_len: *mut usize,
+    err: *mut ErrorBuf,
+) -> i32;
 /// `log_prob(handle, phi[n·dim], n, out, out_cap, out_len, err)`: ln p(φ) per row
 /// (−∞ outside the support).
 pub type LogProbFn = unsafe extern "C" fn(
@@ -186,6 +198,8 @@ pub struct SurveyVTable {
     /// Number of emission lines with a calibration (0 = none).
     pub n_lines: CountFn,
     pub line_values: LineValuesFn,
+    /// Filter curve of a band (optional: every band or none).
+    pub filter_curve: FilterCurveFn,
 }
 
 /// Prior plugin vtable ([`KIND_PRIOR`]).
@@ -224,6 +238,15 @@ pub struct LineDef {
     pub ln_scatter: f64,
 }
 
+/// Filter curve of one band of a [`SurveyPlugin`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct FilterDef {
+    /// Observed-frame wavelength, Å (strictly increasing).
+    pub wavelength_aa: Vec<f64>,
+    /// Photon-counting response (arbitrary normalisation, ≥ 0).
+    pub transmission: Vec<f64>,
+}
+
 /// A survey implemented in Rust; exported with [`declare_survey_plugin!`].
 pub trait SurveyPlugin: Sized + 'static {
     /// Build from the manifest's configuration string (empty if none).
@@ -234,6 +257,11 @@ pub trait SurveyPlugin: Sized + 'static {
     /// default).
     fn emission_lines(&self) -> Vec<LineDef> {
         Vec::new()
+    }
+    /// Filter curve of band `band` (none by default; give every band a curve or none).
+    fn filter_curve(&self, band: usize) -> Option<FilterDef> {
+        let _ = band;
+        None
     }
 }
 
@@ -267,6 +295,7 @@ pub const fn survey_vtable<T: SurveyPlugin>(name: &'static str, version: &'stati
         band_values: shim::band_values::<T>,
         n_lines: shim::n_lines::<T>,
         line_values: shim::line_values::<T>,
+        filter_curve: shim::filter_curve::<T>,
     }
 }
 
@@ -583,6 +612,50 @@ pub mod shim {
                     ln_scatter: l.ln_scatter,
                 }
             };
+            Ok(())
+        })
+    }
+
+    pub unsafe extern "C" fn filter_curve<T: SurveyPlugin>(
+        handle: Handle,
+        band: usize,
+        wavelength_aa: *mut f64,
+        transmission: *mut f64,
+        cap: usize,
+        out_len: *mut usize,
+        err: *mut ErrorBuf,
+    ) -> i32 {
+        guard(err, || {
+            let survey = unsafe { this::<T>(handle)? };
+            let n_bands = survey.bands().len();
+            if band >= n_bands {
+                return Err(out_of_range("band", band, n_bands));
+            }
+            if out_len.is_null() {
+                return Err("null length pointer".into());
+            }
+            let Some(f) = survey.filter_curve(band) else {
+                unsafe { *out_len = 0 };
+                return Ok(());
+            };
+            if f.wavelength_aa.len() != f.transmission.len() {
+                return Err(format!(
+                    "band {band}: filter curve has {} wavelengths but {} transmission values",
+                    f.wavelength_aa.len(),
+                    f.transmission.len()
+                ));
+            }
+            let n = f.wavelength_aa.len().min(cap);
+            if n > 0 {
+                if wavelength_aa.is_null() || transmission.is_null() {
+                    return Err("null filter buffer".into());
+                }
+                unsafe {
+                    std::ptr::copy_nonoverlapping(f.wavelength_aa.as_ptr(), wavelength_aa, n);
+                    std::ptr::copy_nonoverlapping(f.transmission.as_ptr(), transmission, n);
+                }
+            }
+            unsafe { *out_len = f.wavelength_aa.len() };
             Ok(())
         })
     }

@@ -24,7 +24,9 @@ use std::ffi::{CStr, c_char};
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
-use popcosmos_api::{Band, Calibration, Error, N_PARAMS, Prior, RandomSource, Result, Survey};
+use popcosmos_api::{
+    Band, Calibration, Error, FilterCurve, N_PARAMS, Prior, RandomSource, Result, Survey,
+};
 use popcosmos_plugin_abi as abi;
 
 pub use abi::{ABI_VERSION, ENTRY_SYMBOL};
@@ -300,6 +302,8 @@ pub struct PluginSurvey {
     name: String,
     bands: Vec<Band>,
     calibration: Calibration,
+    /// One curve per band, or empty when the plugin gives none.
+    filters: Vec<FilterCurve>,
 }
 
 impl PluginSurvey {
@@ -313,12 +317,13 @@ impl PluginSurvey {
         let read = Self::read(&c, vt, h);
         // SAFETY: handle from this vtable's `create`, released once.
         unsafe { (vt.destroy)(h) };
-        let (name, bands, calibration) = read?;
+        let (name, bands, calibration, filters) = read?;
         Ok(Self {
             info: lib.info,
             name,
             bands,
             calibration,
+            filters,
         })
     }
 
@@ -327,7 +332,7 @@ impl PluginSurvey {
         c: &Caller,
         vt: &abi::SurveyVTable,
         h: abi::Handle,
-    ) -> Result<(String, Vec<Band>, Calibration)> {
+    ) -> Result<(String, Vec<Band>, Calibration, Vec<FilterCurve>)> {
         let bad = |m: String| fail(c.path, m);
         // SAFETY (all calls below): live handle, host-owned buffers of the stated sizes.
         let name = c.string("name", |b, cap, len, e| unsafe { (vt.name)(h, b, cap, len, e) })?;
@@ -408,7 +413,94 @@ impl PluginSurvey {
             cal.emline_offsets.push(v.offset);
             cal.ln_emline_scatters.push(v.ln_scatter);
         }
-        Ok((name, bands, cal))
+        let filters = Self::read_filters(c, vt, h, &bands)?;
+        Ok((name, bands, cal, filters))
+    }
+
+    /// Filter curves: every band or none, each checked (≥ 2 points, finite, wavelengths
+    /// positive and increasing, response ≥ 0 and not all zero).
+    fn read_filters(
+        c: &Caller,
+        vt: &abi::SurveyVTable,
+        h: abi::Handle,
+        bands: &[Band],
+    ) -> Result<Vec<FilterCurve>> {
+        let bad = |m: String| fail(c.path, m);
+        let mut curves = Vec::with_capacity(bands.len());
+        for (i, band) in bands.iter().enumerate() {
+            let mut cap = 4096;
+            let (wl, tr) = loop {
+                let (mut wl, mut tr) = (vec![f64::NAN; cap], vec![f64::NAN; cap]);
+                let mut len = usize::MAX;
+                // SAFETY: live handle; both buffers hold `cap` values.
+                c.call(&format!("filter_curve({i})"), |e| unsafe {
+                    (vt.filter_curve)(h, i, wl.as_mut_ptr(), tr.as_mut_ptr(), cap, &mut len, e)
+                })?;
+                if len == usize::MAX || len > 10_000_000 || (len > cap && cap > 4096) {
+                    return Err(bad(format!(
+                        "filter_curve({i}): implausible number of points {len}"
+                    )));
+                }
+                if len <= cap {
+                    wl.truncate(len);
+                    tr.truncate(len);
+                    break (wl, tr);
+                }
+                cap = len;
+            };
+            if wl.is_empty() {
+                curves.push(None);
+                continue;
+            }
+            let problem = if wl.len() < 2 {
+                Some("fewer than two points".to_string())
+            } else if let Some(k) = (0..wl.len()).find(|&k| !(wl[k].is_finite() && wl[k] > 0.0))
+            {
+                Some(format!("wavelength {k} is {} (must be positive and finite)", wl[k]))
+            } else if let Some(k) = (1..wl.len()).find(|&k| wl[k] <= wl[k - 1]) {
+                Some(format!(
+                    "wavelengths must increase ({} Å after {} Å at point {k})",
+                    wl[k],
+                    wl[k - 1]
+                ))
+            } else if let Some(k) = (0..tr.len()).find(|&k| !(tr[k].is_finite() && tr[k] >= 0.0))
+            {
+                Some(format!("transmission {k} is {} (must be finite and ≥ 0)", tr[k]))
+            } else if tr.iter().all(|&t| t == 0.0) {
+                Some("transmission is zero everywhere".to_string())
+            } else {
+                None
+            };
+            if let Some(p) = problem {
+                return Err(bad(format!("band {i} ('{}'): filter curve: {p}", band.name)));
+            }
+            curves.push(Some(FilterCurve {
+                name: band.name.clone(),
+                wavelength_aa: wl,
+                transmission: tr,
+            }));
+        }
+        let given = curves.iter().filter(|c| c.is_some()).count();
+        if given != 0 && given != curves.len() {
+            let missing = curves.iter().position(Option::is_none).unwrap_or(0);
+            return Err(bad(format!(
+                "filter curves for {given} of {} bands (band {missing} '{}' has none): give every \
+                 band a curve or none",
+                curves.len(),
+                bands[missing].name
+            )));
+        }
+        Ok(curves.into_iter().flatten().collect())
+    }
+
+    /// Filter curves, one per band in band order; empty when the plugin gives none.
+    pub fn filters(&self) -> &[FilterCurve] {
+        &self.filters
+    }
+
+    /// `(name, bands, filter curves, calibration)`, for building other survey types.
+    pub fn into_parts(self) -> (String, Vec<Band>, Vec<FilterCurve>, Calibration) {
+        (self.name, self.bands, self.filters, self.calibration)
     }
 
     pub fn info(&self) -> &PluginInfo {

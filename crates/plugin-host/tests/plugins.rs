@@ -90,6 +90,7 @@ fn example_survey_has_the_sdss_bands_and_calibration() {
     assert!((c.zero_points[0] - 0.963829).abs() < 1e-6);
     assert_eq!(c.error_floors, [0.02, 0.01, 0.01, 0.01, 0.01]);
     assert!(c.emline_offsets.is_empty() && c.ln_emline_scatters.is_empty());
+    assert!(s.filters().is_empty(), "no SDSS curves are bundled");
 
     let raw = load_survey(&path, "calibration=uncalibrated").unwrap();
     assert_eq!(raw.calibration().zero_points, [1.0; 5]);
@@ -292,12 +293,28 @@ fn misbehaving_survey_gives_errors_not_crashes() {
     assert_eq!(ok.calibration().zero_points, [1.0, 1.1]);
     assert_eq!(ok.calibration().emline_offsets, [0.5]);
     assert_eq!(ok.calibration().ln_emline_scatters, [-2.0]);
+    let f = ok.filters();
+    assert_eq!(f.len(), 2);
+    assert_eq!((f[0].name.as_str(), f[1].name.as_str()), ("a", "b"));
+    assert_eq!(f[0].wavelength_aa, [3000.0, 4000.0, 5000.0]);
+    assert_eq!(f[0].transmission, [0.0, 1.0, 0.5]);
+    assert_eq!(f[1].wavelength_aa, [6000.0, 7000.0]);
+    // Longer than the host's first buffer: fetched again at full length.
+    let long = load_survey(&path, "long-filter").unwrap();
+    assert_eq!(long.filters()[0].wavelength_aa.len(), 5000);
+    assert_eq!(long.filters()[0].wavelength_aa[4999], 7999.0);
+    assert_eq!(long.filters()[0].transmission[4999], 9.0);
     for (mode, expect) in [
         ("negative-zero-point", "band 1 ('b'): zero point must be positive and finite, got -1"),
         ("duplicate-band", "band 1 repeats the name 'a' of band 0"),
         ("no-bands", "implausible number of bands: 0"),
         ("nan-line", "emission line 0: offset and ln scatter must be finite"),
         ("panic-bands", "plugin panicked: bands() panics on purpose"),
+        (
+            "decreasing-filter",
+            "band 1 ('b'): filter curve: wavelengths must increase (6000 Å after 7000 Å",
+        ),
+        ("partial-filters", "filter curves for 1 of 2 bands (band 1 'b' has none)"),
     ] {
         let e = err_of(load_survey(&path, mode));
         assert!(e.contains(&path.display().to_string()) && e.contains(expect), "{mode}: {e}");
