@@ -46,6 +46,7 @@ pub mod emlines;
 pub mod fastmath;
 pub mod fused_cpu;
 pub mod photulator;
+pub mod spectrum;
 pub mod stellar_mass;
 pub mod weights;
 
