@@ -8,10 +8,14 @@
 //! * [`manifest`]: the YAML run manifest (unknown keys rejected, errors with line/column).
 //! * [`pipeline`]: the batch loop — catalogue chunks → sampler → per-galaxy percentiles,
 //!   MAP, diagnostics and flags → atomic Parquet/CSV parts, a run record, `--resume`.
+//! * [`calibration`]: per-band zero points (and error floors) from spec-z galaxies with the
+//!   redshift pinned at the truth (`popcosmos-cli calibrate`).
+//! * [`sps_bands`]: the emulator set restricted to the survey's bands.
 //! * [`shard`]: `run --shard I/N` (contiguous, batch-aligned row ranges whose results are
 //!   bit-identical to an unsharded run) and [`shard::merge_shards`] for `merge OUTDIR`.
 
 pub mod adam;
+pub mod calibration;
 pub mod init;
 pub mod likelihood;
 pub mod manifest;
@@ -19,6 +23,7 @@ pub mod mock;
 pub mod pipeline;
 pub mod posterior;
 pub mod shard;
+pub mod sps_bands;
 
 pub use likelihood::{LikelihoodSpec, PhotometricLikelihood};
 pub use manifest::Manifest;

@@ -368,7 +368,57 @@ impl Manifest {
         let mut m = Self::from_yaml(&text, &path.display().to_string())?;
         let base = path.parent().unwrap_or(Path::new("."));
         m.resolve_paths(base);
+        m.apply_survey_columns()?;
         Ok(m)
+    }
+
+    /// Fill `catalogue.bands` from the survey's column map (KiDS / LSST / YAML surveys) when
+    /// the catalogue section names no columns, and expand `{label}` in `flux_pattern` /
+    /// `error_pattern` with the survey's band labels.
+    pub fn apply_survey_columns(&mut self) -> Result<()> {
+        let c = &self.catalogue;
+        let uses_label = [&c.flux_pattern, &c.error_pattern]
+            .iter()
+            .any(|p| p.as_deref().is_some_and(|p| p.contains("{label}")));
+        let names_columns = c.bands.is_some() || c.flux_pattern.is_some() || c.error_pattern.is_some();
+        if c.bands.is_some() || (names_columns && !uses_label) {
+            return Ok(());
+        }
+        let survey = self.survey.build_defined()?;
+        let columns: Vec<popcosmos_catalog::BandColumns> = if uses_label {
+            let (Some(fp), Some(ep)) = (&c.flux_pattern, &c.error_pattern) else {
+                return Err(Error::Invalid(
+                    "catalogue.flux_pattern: flux_pattern and error_pattern must be given together"
+                        .into(),
+                ));
+            };
+            let expand = |p: &str, b: &popcosmos_api::Band| {
+                p.replace("{label}", &b.label).replace("{band}", &b.name)
+            };
+            survey
+                .bands
+                .iter()
+                .map(|b| popcosmos_catalog::BandColumns {
+                    band: b.name.clone(),
+                    flux: expand(fp, b),
+                    error: expand(ep, b),
+                })
+                .collect()
+        } else if let Some(cols) = survey.columns {
+            cols.into_iter()
+                .map(|b| popcosmos_catalog::BandColumns {
+                    band: b.band,
+                    flux: b.flux,
+                    error: b.error,
+                })
+                .collect()
+        } else {
+            return Ok(());
+        };
+        self.catalogue.bands = Some(columns);
+        self.catalogue.flux_pattern = None;
+        self.catalogue.error_pattern = None;
+        Ok(())
     }
 
     pub fn resolve_paths(&mut self, base: &Path) {
@@ -379,6 +429,12 @@ impl Manifest {
         };
         fix(&mut self.catalogue.path);
         fix(&mut self.output.dir);
+        if let Some(p) = &mut self.survey.file {
+            fix(p);
+        }
+        if let Some(p) = &mut self.survey.calibration_file {
+            fix(p);
+        }
         if let Ok(popcosmos_models::WeightRef::Path(mut p)) = self.sps.weight_ref() {
             fix(&mut p);
             self.sps.weights = p.display().to_string();

@@ -163,14 +163,15 @@ impl Pipeline {
         let device = popcosmos_api::parse_device(&manifest.device)?;
         let survey = manifest.survey.build()?;
         let calibration = survey.calibration().clone();
-        let mut sps = if manifest.sps.weights == "builtin" {
+        let mut sps = if manifest.sps.weights == "builtin" && survey.name() == "cosmos" {
             CosmosSps::builtin(&calibration, &device)?
         } else {
-            let emlines = popcosmos_sps::EmLineEmulator::builtin(&device)?;
-            CosmosSps::new(
-                manifest.sps.load_photulator(&device)?,
-                Some(emlines),
+            // Any emulator set whose bands include the survey's (selected in survey order).
+            crate::sps_bands::build_sps(
+                &manifest.sps,
+                &survey.band_names(),
                 &calibration,
+                &device,
             )?
         };
         if !manifest.sps.emission_lines {
@@ -486,7 +487,7 @@ impl Pipeline {
         Ok((table, chains))
     }
 
-    fn ensemble_kernel(&self) -> Result<EnsembleSampler> {
+    pub(crate) fn ensemble_kernel(&self) -> Result<EnsembleSampler> {
         let moves = self
             .manifest
             .sampler
