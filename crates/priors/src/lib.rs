@@ -30,6 +30,8 @@
 //!   2023) — 1-, 2- and 4-step samplers of the teacher's PF-ODE distribution
 //!   ([`consistency::Trainer`], [`consistency::ConsistencyModel`]) and their evaluation
 //!   against the teacher ([`consistency::compare_to_teacher`]: KS, classifier AUC, time).
+//! * `kind: plugin`: a prior from a plugin shared library (C ABI, `popcosmos-plugin-host`;
+//!   see docs/plugins.md).
 //! * [`PriorSpec`]: the manifest enum (`#[serde(tag = "kind")]`, kebab-case) with
 //!   [`PriorSpec::build`].
 //!
@@ -82,6 +84,15 @@ pub enum PriorSpec {
         /// `popcosmos-cli distill`. No distilled flow is bundled yet.
         weights: String,
     },
+    /// A prior from a plugin shared library (`popcosmos-plugin-host`, docs/plugins.md):
+    /// `prior: {kind: plugin, path: libmy_prior.so, config: "…"}`.
+    Plugin {
+        /// The plugin library (relative to the manifest).
+        path: std::path::PathBuf,
+        /// Configuration string handed to the plugin's `create` (plugin-defined).
+        #[serde(default)]
+        config: String,
+    },
 }
 
 /// The bundled diffusion population prior.
@@ -129,6 +140,10 @@ impl PriorSpec {
                 let model = flow::FlowModel::from_bytes(&bytes, &source, device)?;
                 Box::new(flow::FlowPrior::new(model, &source)?)
             }
+            PriorSpec::Plugin { path, config } => Box::new(
+                popcosmos_plugin_host::load_prior(path, config)
+                    .map_err(|e| popcosmos_api::Error::Invalid(format!("prior.path: {e}")))?,
+            ),
         })
     }
 
