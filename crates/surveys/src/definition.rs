@@ -51,7 +51,7 @@ pub struct BandColumnNames {
 pub struct DefinedSurvey {
     pub name: String,
     pub bands: Vec<Band>,
-    /// One curve per band, in band order.
+    /// One curve per band, in band order (empty for a plugin survey that gives no curves).
     pub filters: Vec<FilterCurve>,
     /// The survey's nominal calibration (zero points / floors of its definition).
     pub calibration: Calibration,

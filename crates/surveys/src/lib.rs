@@ -53,6 +53,7 @@ pub const BUILTIN_SURVEYS: [&str; 3] = ["cosmos", "kids", "lsst"];
 /// ```yaml
 /// survey: {name: kids}                                  # built-in
 /// survey: {file: surveys/hsc.yaml, calibration_file: calib.yaml}   # YAML survey + fitted ZPs
+/// survey: {plugin: plugins/libexample_survey.so}        # plugin library (docs/plugins.md)
 /// ```
 ///
 /// Calibration is applied in order: preset (`calibration`), `calibration_file`, then the
@@ -67,6 +68,13 @@ pub struct SurveySpec {
     /// YAML survey definition (relative to the manifest).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<PathBuf>,
+    /// Survey plugin library (relative to the manifest; docs/plugins.md). Its bands,
+    /// softening, calibration and filter curves replace `name` / `file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin: Option<PathBuf>,
+    /// Configuration string handed to the survey plugin (plugin-defined).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin_config: Option<String>,
     /// Calibration preset (default: the survey's nominal calibration).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub calibration: Option<CalibrationChoice>,
@@ -87,6 +95,8 @@ impl SurveySpec {
         Self {
             name: name.into(),
             file: None,
+            plugin: None,
+            plugin_config: None,
             calibration: None,
             calibration_file: None,
             zero_points: None,
@@ -99,10 +109,38 @@ impl SurveySpec {
         Ok(Box::new(self.build_defined()?))
     }
 
+    /// A survey from a plugin library (`survey: {plugin: PATH, plugin_config: "…"}`).
+    fn plugin_survey(&self, path: &std::path::Path) -> Result<DefinedSurvey> {
+        if self.file.is_some() {
+            return Err(Error::Invalid(
+                "survey.plugin: give either `file:` or `plugin:`, not both".into(),
+            ));
+        }
+        let config = self.plugin_config.as_deref().unwrap_or("");
+        let (name, bands, filters, calibration) = popcosmos_plugin_host::load_survey(path, config)
+            .map_err(|e| Error::Invalid(format!("survey.plugin: {e}")))?
+            .into_parts();
+        if !self.name.is_empty() && !self.name.eq_ignore_ascii_case(&name) {
+            return Err(Error::Invalid(format!(
+                "survey.name: '{}' does not match the name '{name}' of survey.plugin {}",
+                self.name,
+                path.display()
+            )));
+        }
+        Ok(DefinedSurvey {
+            name,
+            bands,
+            filters,
+            calibration,
+            columns: None,
+        })
+    }
+
     /// The survey with its filter curves and column map.
     pub fn build_defined(&self) -> Result<DefinedSurvey> {
-        let mut survey = match &self.file {
-            Some(path) => {
+        let mut survey = match (&self.plugin, &self.file) {
+            (Some(plugin), _) => self.plugin_survey(plugin)?,
+            (None, Some(path)) => {
                 let s = SurveyDefinition::load(path)
                     .map_err(|e| Error::Invalid(format!("survey.file: {e}")))?;
                 if !self.name.is_empty() && !self.name.eq_ignore_ascii_case(&s.name) {
@@ -115,7 +153,7 @@ impl SurveySpec {
                 }
                 s
             }
-            None => match self.name.to_ascii_lowercase().as_str() {
+            (None, None) => match self.name.to_ascii_lowercase().as_str() {
                 "cosmos" | "cosmos2020" => Cosmos::new(CalibrationChoice::Leistedt23).defined()?,
                 "kids" | "kids-viking" | "kv450" => builtin::kids(),
                 "lsst" => builtin::lsst(),
