@@ -445,6 +445,13 @@ impl Manifest {
             fix(&mut p);
             *weights = p.display().to_string();
         }
+        // Plugin libraries (docs/plugins.md).
+        if let Some(p) = &mut self.survey.plugin {
+            fix(p);
+        }
+        if let PriorSpec::Plugin { path, .. } = &mut self.prior {
+            fix(path);
+        }
     }
 
     /// Semantic checks that serde cannot express; errors name the manifest key.
