@@ -8,6 +8,7 @@ mod merge;
 mod mock;
 mod models;
 mod plots;
+mod plugins_cmd;
 mod predict;
 mod prior_check;
 mod prior_train;
@@ -115,6 +116,11 @@ enum Command {
         #[command(subcommand)]
         what: models::ModelsCommand,
     },
+    /// Survey and prior plugins (C-ABI shared libraries, docs/plugins.md).
+    Plugins {
+        #[command(subcommand)]
+        what: plugins_cmd::PluginsCommand,
+    },
     /// Run the bundled demo (100 real COSMOS2020 galaxies) and print photo-z metrics.
     Demo {
         /// Output folder (replaced).
@@ -186,6 +192,7 @@ fn dispatch(cli: Cli) -> Result<()> {
         }),
         Command::Bench { what } => bench::run(what),
         Command::Models { what } => models::run(what),
+        Command::Plugins { what } => plugins_cmd::run(what),
         Command::Demo { output } => demo(&output),
     }
 }
