@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_gpu;
+mod calibrate;
 mod evaluate;
 mod import_torch;
 mod merge;
@@ -12,7 +13,9 @@ mod plugins_cmd;
 mod predict;
 mod prior_check;
 mod prior_train;
+mod reweight;
 mod slurm;
+mod train_emulator;
 
 use std::path::{Path, PathBuf};
 
@@ -72,6 +75,12 @@ enum Command {
     Distill(prior_train::DistillArgs),
     /// Compare a learned prior with a reference prior: forward KL, KS per parameter, cost.
     ComparePriors(prior_check::ComparePriorsArgs),
+    /// Train per-band photulators for any filter set (spectrum emulator as teacher).
+    TrainEmulator(train_emulator::TrainEmulatorArgs),
+    /// Posteriors under another prior from a finished run's chains (importance weights).
+    Reweight(reweight::ReweightArgs),
+    /// Fit per-band zero points (and error floors) on spec-z galaxies → calibration.yaml.
+    Calibrate(calibrate::CalibrateArgs),
     /// Check a manifest, its weights and every catalogue value without sampling.
     Validate { manifest: PathBuf },
     /// Forward model: physical parameter rows → magnitudes and fluxes per band.
@@ -166,7 +175,10 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::SamplePrior(args) => prior_train::sample_prior(&args),
         Command::TrainPrior(args) => prior_train::train_prior(&args),
         Command::ComparePriors(args) => prior_check::run(&args),
+        Command::TrainEmulator(args) => train_emulator::train_emulator(&args),
+        Command::Reweight(args) => reweight::reweight(&args),
         Command::Distill(args) => prior_train::distill(&args),
+        Command::Calibrate(args) => calibrate::run(&args),
         Command::Validate { manifest } => validate(&manifest),
         Command::Predict {
             params,
