@@ -27,7 +27,10 @@ fn main() -> anyhow::Result<()> {
         .collect::<Result<Vec<_>, _>>()?;
     let spec = SpectrumPhotometry::builtin(&filters, &device)?;
     let rows = ProspectorAlphaPrior::new().sample_theta(n, seed);
-    let flat: Vec<f32> = rows.iter().flat_map(|r| r.iter().map(|&v| v as f32)).collect();
+    let flat: Vec<f32> = rows
+        .iter()
+        .flat_map(|r| r.iter().map(|&v| v as f32))
+        .collect();
     let theta = Tensor::from_vec(flat, (n, 16), &device)?;
     let t0 = std::time::Instant::now();
     let m_spec = spec.absolute_magnitudes(&theta)?.to_vec2::<f32>()?;
@@ -38,13 +41,25 @@ fn main() -> anyhow::Result<()> {
     let groups: [(&str, Box<dyn Fn(&[f64; 16]) -> bool>); 4] = [
         ("all", Box::new(|_| true)),
         ("0.5≤z≤2.5", Box::new(|r| (0.5..=2.5).contains(&r[15]))),
-        ("z<0.5 or z>2.5", Box::new(|r| !(0.5..=2.5).contains(&r[15]))),
-        ("0.5≤z≤2.5, logU∈[−2.5,−1.5]", Box::new(|r| (0.5..=2.5).contains(&r[15]) && (-2.5..=-1.5).contains(&r[14]))),
+        (
+            "z<0.5 or z>2.5",
+            Box::new(|r| !(0.5..=2.5).contains(&r[15])),
+        ),
+        (
+            "0.5≤z≤2.5, logU∈[−2.5,−1.5]",
+            Box::new(|r| (0.5..=2.5).contains(&r[15]) && (-2.5..=-1.5).contains(&r[14])),
+        ),
     ];
-    println!("{n} Prospector-α prior draws (seed {seed}); spectrum photometry {dt:.2} s ({:.2} ms/galaxy)\n", 1e3 * dt / n as f64);
+    println!(
+        "{n} Prospector-α prior draws (seed {seed}); spectrum photometry {dt:.2} s ({:.2} ms/galaxy)\n",
+        1e3 * dt / n as f64
+    );
     print!("| band |");
     for (g, _) in &groups {
-        let k = rows.iter().filter(|r| (groups.iter().find(|x| x.0 == *g).unwrap().1)(r)).count();
+        let k = rows
+            .iter()
+            .filter(|r| (groups.iter().find(|x| x.0 == *g).unwrap().1)(r))
+            .count();
         print!(" {g} (n={k}) mean | RMS |");
     }
     println!();

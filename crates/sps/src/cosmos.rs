@@ -98,6 +98,27 @@ impl CosmosSps {
         })
     }
 
+    /// Any survey: a photulator set (e.g. trained by `popcosmos-cli train-emulator`, or
+    /// `builtin:photulator_kids9` / `builtin:photulator_lsst6`) plus the emission-line emulator
+    /// with band responses computed from the survey's own filter curves
+    /// ([`EmLineEmulator::with_filter_curves`]). `filters` must be in the photulator's band
+    /// order (checked by name); the calibration supplies the 44 line offsets / ln scatters.
+    pub fn for_filter_set(
+        photulator: Photulator,
+        filters: &[popcosmos_api::FilterCurve],
+        calibration: &Calibration,
+    ) -> Result<Self> {
+        let names: Vec<&str> = filters.iter().map(|f| f.name.as_str()).collect();
+        if names != photulator.band_names() {
+            return Err(Error::Invalid(format!(
+                "filter curves {names:?} do not match the photulator bands {:?} (same names,                  same order)",
+                photulator.band_names()
+            )));
+        }
+        let lines = EmLineEmulator::builtin(photulator.device())?.with_filter_curves(filters)?;
+        Self::new(photulator, Some(lines), calibration)
+    }
+
     /// Drop the emission-line component (continuum-only model).
     pub fn without_emission_lines(mut self) -> Self {
         self.lines = None;

@@ -85,6 +85,44 @@ pub struct EmLineEmulator {
     bandpass: Bandpass,
     /// Bandpass parameters as tensors `[1, bands, comps, 1]` for the non-CPU path.
     bandpass_t: [Tensor; 4],
+    /// Band responses tabulated from filter curves ([`EmLineEmulator::with_filter_curves`]);
+    /// replaces the generalized-Gaussian models when set.
+    tabulated: Option<TabulatedBandpass>,
+}
+
+/// B_b(λ) = T_b(λ) / (c ∫ T_b dλ/λ · 3631 Jy) on a uniform λ grid (all bands share it).
+#[derive(Debug, Clone)]
+struct TabulatedBandpass {
+    n_bands: usize,
+    lambda0: f64,
+    step: f64,
+    n_grid: usize,
+    /// `[bands · n_grid]` f32.
+    table: Tensor,
+    /// `[1, bands, 1]` u32 offsets b · n_grid.
+    offsets: Tensor,
+}
+
+/// Speed of light in Å s⁻¹.
+const C_AA_PER_S: f64 = 2.997_924_58e18;
+/// AB zero point 3631 Jy in erg s⁻¹ cm⁻² Hz⁻¹.
+const AB_ZP_CGS: f64 = 3631e-23;
+
+/// Response B_b(λ) of a filter to a line at observed λ, in the units of the App. B models:
+/// a line of flux F (erg s⁻¹ cm⁻²) at λ adds F · λ · B_b(λ) · 10⁹ nmgy to the band, since
+/// ⟨f_ν⟩ = F λ T(λ) / (c ∫ T dλ/λ) for a photon-counting filter (AB; spec §3.2).
+pub fn filter_line_response(filter: &popcosmos_api::FilterCurve, lambda_aa: f64) -> f64 {
+    let (w, t) = (&filter.wavelength_aa, &filter.transmission);
+    let norm: f64 = (1..w.len())
+        .map(|k| 0.5 * (t[k].max(0.0) / w[k] + t[k - 1].max(0.0) / w[k - 1]) * (w[k] - w[k - 1]))
+        .sum();
+    if lambda_aa <= w[0] || lambda_aa >= w[w.len() - 1] || !(norm > 0.0) {
+        return 0.0;
+    }
+    let k = w.partition_point(|&x| x <= lambda_aa);
+    let f = (lambda_aa - w[k - 1]) / (w[k] - w[k - 1]);
+    let tt = (t[k - 1] + f * (t[k] - t[k - 1])).max(0.0);
+    tt / (C_AA_PER_S * norm * AB_ZP_CGS)
 }
 
 impl EmLineEmulator {
@@ -215,7 +253,52 @@ impl EmLineEmulator {
             line_idx,
             bandpass,
             bandpass_t,
+            tabulated: None,
         })
+    }
+
+    /// Replace the COSMOS generalized-Gaussian bandpass models by the responses of `filters`
+    /// themselves (one band per curve, in order): a line at observed λ through the normalised
+    /// photon-counting filter, AB ([`filter_line_response`]). This gives F_bl for any survey;
+    /// on the COSMOS curves it agrees with the App. B fits where those are good (tests).
+    pub fn with_filter_curves(mut self, filters: &[popcosmos_api::FilterCurve]) -> Result<Self> {
+        if filters.is_empty() {
+            return Err(Error::Invalid(
+                "with_filter_curves: no filter curves".into(),
+            ));
+        }
+        let lo = filters
+            .iter()
+            .map(|f| f.wavelength_aa[0])
+            .fold(f64::INFINITY, f64::min);
+        let hi = filters
+            .iter()
+            .map(|f| f.wavelength_aa[f.wavelength_aa.len() - 1])
+            .fold(0.0, f64::max);
+        // ≤ 1 Å steps (finer than any bundled curve's sampling), at most 10⁵ points.
+        let step = ((hi - lo) / 100_000.0).max(1.0);
+        let n_grid = ((hi - lo) / step).ceil() as usize + 2;
+        let nb = filters.len();
+        let mut table = Vec::with_capacity(nb * n_grid);
+        for f in filters {
+            table.extend((0..n_grid).map(|i| filter_line_response(f, lo + i as f64 * step) as f32));
+        }
+        let device = self.device.clone();
+        let offsets: Vec<u32> = (0..nb).map(|b| (b * n_grid) as u32).collect();
+        self.tabulated = Some(TabulatedBandpass {
+            n_bands: nb,
+            lambda0: lo,
+            step,
+            n_grid,
+            table: Tensor::from_vec(table, nb * n_grid, &device)?,
+            offsets: Tensor::from_vec(offsets, (1, nb, 1), &device)?,
+        });
+        Ok(self)
+    }
+
+    /// Whether the band responses come from filter curves ([`Self::with_filter_curves`]).
+    pub fn has_filter_curve_responses(&self) -> bool {
+        self.tabulated.is_some()
     }
 
     pub fn device(&self) -> &Device {
@@ -223,7 +306,10 @@ impl EmLineEmulator {
     }
 
     pub fn n_bands(&self) -> usize {
-        self.bandpass.n_bands
+        match &self.tabulated {
+            Some(t) => t.n_bands,
+            None => self.bandpass.n_bands,
+        }
     }
 
     /// Number of selected lines (44).
@@ -319,7 +405,7 @@ impl EmLineEmulator {
                 )));
             }
         };
-        if self.device.is_cpu() {
+        if self.device.is_cpu() && self.tabulated.is_none() {
             let op = BandpassContract {
                 bp: self.bandpass.clone(),
             };
@@ -340,6 +426,36 @@ impl EmLineEmulator {
 
     /// Bandpass model B_b(λ) at observed wavelengths `[n, L]` → `[n, bands, L]` (composed ops).
     fn bandpass_values(&self, lam: &Tensor) -> Result<Tensor> {
+        if let Some(tb) = &self.tabulated {
+            // Linear interpolation in the shared table; zero outside the grid.
+            let (n, l) = lam.dims2()?;
+            let x = ((lam.to_dtype(DType::F64)? - tb.lambda0)? / tb.step)?;
+            let inside = x
+                .ge(0.0)?
+                .mul(&x.le((tb.n_grid - 2) as f64)?)?
+                .to_dtype(DType::F32)?;
+            let x = x.clamp(0.0, (tb.n_grid - 2) as f64)?;
+            let i0 = x.floor()?;
+            let frac = (&x - &i0)?.to_dtype(DType::F32)?.unsqueeze(1)?;
+            let i1 = (&i0 + 1.0)?
+                .to_dtype(DType::U32)?
+                .unsqueeze(1)?
+                .broadcast_add(&tb.offsets)?;
+            let i0 = i0
+                .to_dtype(DType::U32)?
+                .unsqueeze(1)?
+                .broadcast_add(&tb.offsets)?;
+            let shape = (n, tb.n_bands, l);
+            let take = |i: &Tensor| -> Result<Tensor> {
+                Ok(tb
+                    .table
+                    .index_select(&i.flatten_all()?, 0)?
+                    .reshape(shape)?)
+            };
+            let (v0, v1) = (take(&i0)?, take(&i1)?);
+            let v = (&v0 + (v1 - &v0)?.broadcast_mul(&frac)?)?;
+            return Ok(v.broadcast_mul(&inside.unsqueeze(1)?)?);
+        }
         let [coef, loc, sigma, beta] = &self.bandpass_t;
         let x = lam.unsqueeze(1)?.unsqueeze(1)?; // [n, 1, 1, L]
         let u = x.broadcast_sub(loc)?.broadcast_div(sigma)?.abs()?;

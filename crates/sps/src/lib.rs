@@ -15,9 +15,22 @@
 //!   astropy-Planck18 cosmology).
 //! * [`cosmos::CosmosSps`]: the [`popcosmos_api::SpsModel`] implementation combining them with
 //!   a [`popcosmos_api::Calibration`] (spec §3 steps 2–6; no zero points).
+//! * [`spectrum`]: the Speculator Prospector-α **spectrum** emulator and
+//!   [`spectrum::SpectrumPhotometry`] — observed-frame AB photometry through any filter
+//!   curves (redshifting, Madau IGM, 1 + z bandwidth factor), in the photulator convention.
+//! * [`train`]: training per-band photulators from a teacher (`popcosmos-cli train-emulator`).
 //! * [`activation`]: the fused speculator activation (candle `CustomOp3`, fast CPU path).
 //! * [`fused_cpu`]: whole-network CPU kernel for the photulator (AVX2/FMA micro-kernel).
 //! * [`bench`]: CPU throughput benchmark of the photulator stack.
+//!
+//! ## Other surveys (issue #6)
+//! [`CosmosSps`] works for any band set: build it with
+//! [`CosmosSps::for_filter_set`]`(photulator, &filters, &calibration)` — a photulator set for
+//! the survey (bundled `builtin:photulator_kids9` / `builtin:photulator_lsst6`, or one from
+//! `train-emulator`), the survey's filter curves in the same band order (emission-line band
+//! responses F_bl are then computed from the curves themselves instead of the COSMOS
+//! bandpass fits) and a calibration with 44 line offsets / scatters. Filter curves:
+//! [`popcosmos_api::FilterCurve`]; bundled under `assets/filters/{cosmos,kids,lsst}/`.
 //!
 //! ## Input conventions (spec §1.3)
 //! * θ `[..., 16]`, physical, in the order of [`popcosmos_api::PARAM_NAMES`]: N first
@@ -48,6 +61,7 @@ pub mod fused_cpu;
 pub mod photulator;
 pub mod spectrum;
 pub mod stellar_mass;
+pub mod train;
 pub mod weights;
 
 pub use cosmos::CosmosSps;
