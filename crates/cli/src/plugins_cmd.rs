@@ -97,7 +97,11 @@ fn print_prior(p: &popcosmos_plugin_host::PluginPrior) -> Result<()> {
     let phi = p.sample(n, &mut HostRng::seed_from_u64(0), &Device::Cpu)?;
     let lp = p.log_prob(&phi)?.to_vec1::<f32>()?;
     let finite = lp.iter().filter(|v| v.is_finite()).count();
-    let mean_lp = lp.iter().filter(|v| v.is_finite()).map(|&v| v as f64).sum::<f64>()
+    let mean_lp = lp
+        .iter()
+        .filter(|v| v.is_finite())
+        .map(|&v| v as f64)
+        .sum::<f64>()
         / finite.max(1) as f64;
     println!("self-check  {n} draws (seed 0): {finite} with finite ln p, mean ln p {mean_lp:.3}");
     let rows = phi.to_vec2::<f32>()?;

@@ -66,11 +66,23 @@ fn inspect_prints_kind_abi_and_contents() {
         == ["4", "sdss_z", "z", "0.74", "1.018591", "0.01", "-"]));
 
     let prior = plugin_dir().join(lib_name("example-prior"));
-    let o = run(&["plugins", "inspect", prior.to_str().unwrap(), "--config", "n_mean=17.5; n_sigma=2"]);
+    let o = run(&[
+        "plugins",
+        "inspect",
+        prior.to_str().unwrap(),
+        "--config",
+        "n_mean=17.5; n_sigma=2",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let out = stdout(&o);
-    assert!(out.contains("kind     prior") && out.contains("gaussian-n(n_mean=17.5, n_sigma=2)"), "{out}");
-    assert!(out.contains("1000 draws (seed 0): 1000 with finite ln p"), "{out}");
+    assert!(
+        out.contains("kind     prior") && out.contains("gaussian-n(n_mean=17.5, n_sigma=2)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("1000 draws (seed 0): 1000 with finite ln p"),
+        "{out}"
+    );
     // E[ln p] = −ln σ − 8 ln 2π − 16/2 for this prior; 1000 draws: SE ≈ √(16/2)/√1000 ≈ 0.09.
     let mean_lp: f64 = out
         .split("mean ln p ")
@@ -86,7 +98,11 @@ fn inspect_prints_kind_abi_and_contents() {
     let bad = plugin_dir().join(lib_name("bad-version"));
     let o = run(&["plugins", "inspect", bad.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
-    assert!(stderr(&o).contains("plugin ABI version 2"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("plugin ABI version 2"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
@@ -123,7 +139,10 @@ fn run_with_a_plugin_prior_and_manifest_errors() {
     let o = run(&["validate", bad.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1));
     let e = stderr(&o);
-    assert!(e.contains("prior.path:") && e.contains("missing-plugin.so"), "{e}");
+    assert!(
+        e.contains("prior.path:") && e.contains("missing-plugin.so"),
+        "{e}"
+    );
 
     // A survey plugin is loaded from the manifest: its SDSS bands reach the SPS check,
     // which names the first band the COSMOS emulators do not have.
@@ -132,20 +151,32 @@ fn run_with_a_plugin_prior_and_manifest_errors() {
     let s = dir.join("survey.yaml");
     std::fs::write(
         &s,
-        manifest.replace("survey: {name: cosmos}", &format!("survey: {{plugin: {slib}}}")),
+        manifest.replace(
+            "survey: {name: cosmos}",
+            &format!("survey: {{plugin: {slib}}}"),
+        ),
     )
     .unwrap();
     let o = run(&["validate", s.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1));
     let e = stderr(&o);
-    assert!(e.contains("survey band 'sdss_u' is not a band of the emulator set"), "{e}");
+    assert!(
+        e.contains("survey band 'sdss_u' is not a band of the emulator set"),
+        "{e}"
+    );
     // And a wrong plugin kind names the manifest key.
     std::fs::write(
         &s,
-        manifest.replace("survey: {name: cosmos}", &format!("survey: {{plugin: {lib}}}")),
+        manifest.replace(
+            "survey: {name: cosmos}",
+            &format!("survey: {{plugin: {lib}}}"),
+        ),
     )
     .unwrap();
     let o = run(&["validate", s.to_str().unwrap()]);
     let e = stderr(&o);
-    assert!(e.contains("survey.plugin:") && e.contains("is a prior plugin"), "{e}");
+    assert!(
+        e.contains("survey.plugin:") && e.contains("is a prior plugin"),
+        "{e}"
+    );
 }

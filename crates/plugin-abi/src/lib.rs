@@ -119,11 +119,19 @@ pub type IndexedStrFn = unsafe extern "C" fn(
 /// `f(handle, out, err)`: a count.
 pub type CountFn = unsafe extern "C" fn(handle: Handle, out: *mut usize, err: *mut ErrorBuf) -> i32;
 /// `band_values(handle, band, out, err)`.
-pub type BandValuesFn =
-    unsafe extern "C" fn(handle: Handle, band: usize, out: *mut BandValues, err: *mut ErrorBuf) -> i32;
+pub type BandValuesFn = unsafe extern "C" fn(
+    handle: Handle,
+    band: usize,
+    out: *mut BandValues,
+    err: *mut ErrorBuf,
+) -> i32;
 /// `line_values(handle, line, out, err)`.
-pub type LineValuesFn =
-    unsafe extern "C" fn(handle: Handle, line: usize, out: *mut LineValues, err: *mut ErrorBuf) -> i32;
+pub type LineValuesFn = unsafe extern "C" fn(
+    handle: Handle,
+    line: usize,
+    out: *mut LineValues,
+    err: *mut ErrorBuf,
+) -> i32;
 /// `filter_curve(handle, band, wavelength_aa, transmission, cap, out_len, err)`: the band's
 /// filter curve (observed-frame Å, increasing; photon-counting response), at most `cap`
 /// points into each array; `*out_len` = number of points (0 = no curve for this band).
@@ -283,7 +291,10 @@ pub trait PriorPlugin: Sized + Send + Sync + 'static {
 
 /// Build a survey vtable for `T` (used by [`declare_survey_plugin!`]). `name` and `version`
 /// must end with a NUL byte.
-pub const fn survey_vtable<T: SurveyPlugin>(name: &'static str, version: &'static str) -> SurveyVTable {
+pub const fn survey_vtable<T: SurveyPlugin>(
+    name: &'static str,
+    version: &'static str,
+) -> SurveyVTable {
     SurveyVTable {
         header: header(KIND_SURVEY, name, version),
         create: shim::survey_create::<T>,
@@ -301,7 +312,10 @@ pub const fn survey_vtable<T: SurveyPlugin>(name: &'static str, version: &'stati
 
 /// Build a prior vtable for `T` (used by [`declare_prior_plugin!`]). `name` and `version`
 /// must end with a NUL byte.
-pub const fn prior_vtable<T: PriorPlugin>(name: &'static str, version: &'static str) -> PriorVTable {
+pub const fn prior_vtable<T: PriorPlugin>(
+    name: &'static str,
+    version: &'static str,
+) -> PriorVTable {
     PriorVTable {
         header: header(KIND_PRIOR, name, version),
         create: shim::prior_create::<T>,
@@ -370,7 +384,7 @@ macro_rules! declare_prior_plugin {
 /// Generic `extern "C"` shims between the vtables and the Rust traits. Every body runs
 /// inside [`guard`], so a panic in plugin code is caught here and reported as
 /// [`STATUS_PANIC`].
-pub mod shim {
+mod shim {
     use super::*;
 
     /// Run `f`, turning `Err` into [`STATUS_ERROR`] and a panic into [`STATUS_PANIC`] with
@@ -414,7 +428,12 @@ pub mod shim {
     }
 
     /// Copy `s` (truncated to `cap`) into `buf` and store its full length in `len_out`.
-    unsafe fn write_str(s: &str, buf: *mut u8, cap: usize, len_out: *mut usize) -> Result<(), String> {
+    unsafe fn write_str(
+        s: &str,
+        buf: *mut u8,
+        cap: usize,
+        len_out: *mut usize,
+    ) -> Result<(), String> {
         if len_out.is_null() {
             return Err("null length pointer".into());
         }
@@ -441,7 +460,12 @@ pub mod shim {
     }
 
     /// Copy `values` (at most `cap`) to `out` and report their number in `out_len`.
-    unsafe fn write_values(values: &[f32], out: *mut f32, cap: usize, out_len: *mut usize) -> Result<(), String> {
+    unsafe fn write_values(
+        values: &[f32],
+        out: *mut f32,
+        cap: usize,
+        out_len: *mut usize,
+    ) -> Result<(), String> {
         if out_len.is_null() {
             return Err("null length pointer".into());
         }
@@ -519,10 +543,16 @@ pub mod shim {
         len_out: *mut usize,
         err: *mut ErrorBuf,
     ) -> i32 {
-        guard(err, || unsafe { write_str(&this::<T>(handle)?.name(), buf, cap, len_out) })
+        guard(err, || unsafe {
+            write_str(&this::<T>(handle)?.name(), buf, cap, len_out)
+        })
     }
 
-    pub unsafe extern "C" fn n_bands<T: SurveyPlugin>(handle: Handle, out: *mut usize, err: *mut ErrorBuf) -> i32 {
+    pub unsafe extern "C" fn n_bands<T: SurveyPlugin>(
+        handle: Handle,
+        out: *mut usize,
+        err: *mut ErrorBuf,
+    ) -> i32 {
         guard(err, || {
             let n = unsafe { this::<T>(handle)? }.bands().len();
             write_count(out, n)
@@ -554,7 +584,9 @@ pub mod shim {
         len_out: *mut usize,
         err: *mut ErrorBuf,
     ) -> i32 {
-        guard(err, || unsafe { write_str(&self::band::<T>(handle, band)?.name, buf, cap, len_out) })
+        guard(err, || unsafe {
+            write_str(&self::band::<T>(handle, band)?.name, buf, cap, len_out)
+        })
     }
 
     pub unsafe extern "C" fn band_label<T: SurveyPlugin>(
@@ -565,7 +597,9 @@ pub mod shim {
         len_out: *mut usize,
         err: *mut ErrorBuf,
     ) -> i32 {
-        guard(err, || unsafe { write_str(&self::band::<T>(handle, band)?.label, buf, cap, len_out) })
+        guard(err, || unsafe {
+            write_str(&self::band::<T>(handle, band)?.label, buf, cap, len_out)
+        })
     }
 
     pub unsafe extern "C" fn band_values<T: SurveyPlugin>(
@@ -590,8 +624,14 @@ pub mod shim {
         })
     }
 
-    pub unsafe extern "C" fn n_lines<T: SurveyPlugin>(handle: Handle, out: *mut usize, err: *mut ErrorBuf) -> i32 {
-        guard(err, || write_count(out, unsafe { this::<T>(handle)? }.emission_lines().len()))
+    pub unsafe extern "C" fn n_lines<T: SurveyPlugin>(
+        handle: Handle,
+        out: *mut usize,
+        err: *mut ErrorBuf,
+    ) -> i32 {
+        guard(err, || {
+            write_count(out, unsafe { this::<T>(handle)? }.emission_lines().len())
+        })
     }
 
     pub unsafe extern "C" fn line_values<T: SurveyPlugin>(
@@ -602,7 +642,9 @@ pub mod shim {
     ) -> i32 {
         guard(err, || {
             let lines = unsafe { this::<T>(handle)? }.emission_lines();
-            let l = lines.get(line).ok_or_else(|| out_of_range("line", line, lines.len()))?;
+            let l = lines
+                .get(line)
+                .ok_or_else(|| out_of_range("line", line, lines.len()))?;
             if out.is_null() {
                 return Err("null output pointer".into());
             }
@@ -667,11 +709,19 @@ pub mod shim {
         len_out: *mut usize,
         err: *mut ErrorBuf,
     ) -> i32 {
-        guard(err, || unsafe { write_str(&this::<T>(handle)?.name(), buf, cap, len_out) })
+        guard(err, || unsafe {
+            write_str(&this::<T>(handle)?.name(), buf, cap, len_out)
+        })
     }
 
-    pub unsafe extern "C" fn dim<T: PriorPlugin>(handle: Handle, out: *mut usize, err: *mut ErrorBuf) -> i32 {
-        guard(err, || write_count(out, unsafe { this::<T>(handle)? }.dim()))
+    pub unsafe extern "C" fn dim<T: PriorPlugin>(
+        handle: Handle,
+        out: *mut usize,
+        err: *mut ErrorBuf,
+    ) -> i32 {
+        guard(err, || {
+            write_count(out, unsafe { this::<T>(handle)? }.dim())
+        })
     }
 
     pub unsafe extern "C" fn log_prob<T: PriorPlugin>(

@@ -131,7 +131,10 @@ struct Library {
 fn open(path: &Path) -> Result<Library> {
     let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
     if !meta.is_file() {
-        return Err(fail(path, "not a file (expected a plugin shared library)".into()));
+        return Err(fail(
+            path,
+            "not a file (expected a plugin shared library)".into(),
+        ));
     }
     // dlopen searches the system library path for names without a slash: always pass an
     // absolute path so the file the user named is the one loaded.
@@ -160,7 +163,10 @@ fn open(path: &Path) -> Result<Library> {
     // SAFETY: `popcosmos_plugin_entry` takes no arguments and returns a static pointer.
     let header = unsafe { entry() };
     if header.is_null() {
-        return Err(fail(path, format!("`{ENTRY_SYMBOL}` returned a null vtable")));
+        return Err(fail(
+            path,
+            format!("`{ENTRY_SYMBOL}` returned a null vtable"),
+        ));
     }
     // Version first: only the first two u32 fields are common to every ABI version.
     // SAFETY: non-null pointer to a header whose first fields are frozen.
@@ -272,7 +278,11 @@ impl Caller<'_> {
         }
     }
 
-    fn count(&self, what: &str, f: impl FnOnce(*mut usize, *mut abi::ErrorBuf) -> i32) -> Result<usize> {
+    fn count(
+        &self,
+        what: &str,
+        f: impl FnOnce(*mut usize, *mut abi::ErrorBuf) -> i32,
+    ) -> Result<usize> {
         let mut n = usize::MAX;
         self.call(what, |e| f(&mut n, e))?;
         if n == usize::MAX {
@@ -335,7 +345,9 @@ impl PluginSurvey {
     ) -> Result<(String, Vec<Band>, Calibration, Vec<FilterCurve>)> {
         let bad = |m: String| fail(c.path, m);
         // SAFETY (all calls below): live handle, host-owned buffers of the stated sizes.
-        let name = c.string("name", |b, cap, len, e| unsafe { (vt.name)(h, b, cap, len, e) })?;
+        let name = c.string("name", |b, cap, len, e| unsafe {
+            (vt.name)(h, b, cap, len, e)
+        })?;
         if name.trim().is_empty() {
             return Err(bad("the survey name is empty".into()));
         }
@@ -369,11 +381,15 @@ impl PluginSurvey {
                 return Err(bad(format!("band {i} has an empty name")));
             }
             if let Some(j) = bands.iter().position(|b: &Band| b.name == name) {
-                return Err(bad(format!("band {i} repeats the name '{name}' of band {j}")));
+                return Err(bad(format!(
+                    "band {i} repeats the name '{name}' of band {j}"
+                )));
             }
             let (b, z, f) = (v.flux_softening_nmgy, v.zero_point, v.error_floor);
             let problem = if !(b.is_finite() && b > 0.0) {
-                Some(format!("softening must be a positive finite number of nmgy, got {b}"))
+                Some(format!(
+                    "softening must be a positive finite number of nmgy, got {b}"
+                ))
             } else if !(z.is_finite() && z > 0.0) {
                 Some(format!("zero point must be positive and finite, got {z}"))
             } else if !(f.is_finite() && f >= 0.0) {
@@ -394,7 +410,9 @@ impl PluginSurvey {
         }
         let n_lines = c.count("n_lines", |o, e| unsafe { (vt.n_lines)(h, o, e) })?;
         if n_lines > 10_000 {
-            return Err(bad(format!("implausible number of emission lines: {n_lines}")));
+            return Err(bad(format!(
+                "implausible number of emission lines: {n_lines}"
+            )));
         }
         for l in 0..n_lines {
             let mut v = abi::LineValues {
@@ -454,25 +472,32 @@ impl PluginSurvey {
             }
             let problem = if wl.len() < 2 {
                 Some("fewer than two points".to_string())
-            } else if let Some(k) = (0..wl.len()).find(|&k| !(wl[k].is_finite() && wl[k] > 0.0))
-            {
-                Some(format!("wavelength {k} is {} (must be positive and finite)", wl[k]))
+            } else if let Some(k) = (0..wl.len()).find(|&k| !(wl[k].is_finite() && wl[k] > 0.0)) {
+                Some(format!(
+                    "wavelength {k} is {} (must be positive and finite)",
+                    wl[k]
+                ))
             } else if let Some(k) = (1..wl.len()).find(|&k| wl[k] <= wl[k - 1]) {
                 Some(format!(
                     "wavelengths must increase ({} Å after {} Å at point {k})",
                     wl[k],
                     wl[k - 1]
                 ))
-            } else if let Some(k) = (0..tr.len()).find(|&k| !(tr[k].is_finite() && tr[k] >= 0.0))
-            {
-                Some(format!("transmission {k} is {} (must be finite and ≥ 0)", tr[k]))
+            } else if let Some(k) = (0..tr.len()).find(|&k| !(tr[k].is_finite() && tr[k] >= 0.0)) {
+                Some(format!(
+                    "transmission {k} is {} (must be finite and ≥ 0)",
+                    tr[k]
+                ))
             } else if tr.iter().all(|&t| t == 0.0) {
                 Some("transmission is zero everywhere".to_string())
             } else {
                 None
             };
             if let Some(p) = problem {
-                return Err(bad(format!("band {i} ('{}'): filter curve: {p}", band.name)));
+                return Err(bad(format!(
+                    "band {i} ('{}'): filter curve: {p}",
+                    band.name
+                )));
             }
             curves.push(Some(FilterCurve {
                 name: band.name.clone(),
@@ -566,7 +591,9 @@ impl PluginPrior {
             path: &prior.info.path,
         };
         // SAFETY: live handle, host-owned buffers.
-        let name = c.string("name", |b, cap, len, e| unsafe { (vt.name)(handle, b, cap, len, e) })?;
+        let name = c.string("name", |b, cap, len, e| unsafe {
+            (vt.name)(handle, b, cap, len, e)
+        })?;
         let dim = c.count("dim", |o, e| unsafe { (vt.dim)(handle, o, e) })?;
         if dim != N_PARAMS {
             return Err(fail(
@@ -610,7 +637,15 @@ impl PluginPrior {
         let mut len = usize::MAX;
         // SAFETY: phi holds n·16 values, out has room for n; live handle.
         self.caller().call("log_prob", |e| unsafe {
-            (self.vt.log_prob)(self.handle, phi.as_ptr(), n, out.as_mut_ptr(), n, &mut len, e)
+            (self.vt.log_prob)(
+                self.handle,
+                phi.as_ptr(),
+                n,
+                out.as_mut_ptr(),
+                n,
+                &mut len,
+                e,
+            )
         })?;
         if len != n {
             return Err(fail(
@@ -634,9 +669,9 @@ impl PluginPrior {
 
     /// `n` draws `[n, 16]` row-major from the plugin with `seed`; one plugin call, checked.
     pub fn sample_host(&self, n: usize, seed: u64) -> Result<Vec<f32>> {
-        let want = n.checked_mul(N_PARAMS).ok_or_else(|| {
-            Error::Invalid(format!("prior '{}': {n} draws overflow", self.name))
-        })?;
+        let want = n
+            .checked_mul(N_PARAMS)
+            .ok_or_else(|| Error::Invalid(format!("prior '{}': {n} draws overflow", self.name)))?;
         if n == 0 {
             return Ok(Vec::new());
         }
@@ -649,7 +684,9 @@ impl PluginPrior {
         if len != want {
             return Err(fail(
                 &self.info.path,
-                format!("sample returned {len} values for {n} draws of {N_PARAMS} parameters (expected {want})"),
+                format!(
+                    "sample returned {len} values for {n} draws of {N_PARAMS} parameters (expected {want})"
+                ),
             ));
         }
         if let Some(i) = out.iter().position(|v| !v.is_finite()) {

@@ -98,7 +98,9 @@ fn example_survey_has_the_sdss_bands_and_calibration() {
 
     let e = err_of(load_survey(&path, "calibration=hsc"));
     assert!(
-        e.contains(&path.display().to_string()) && e.contains("create failed") && e.contains("'hsc'"),
+        e.contains(&path.display().to_string())
+            && e.contains("create failed")
+            && e.contains("'hsc'"),
         "{e}"
     );
 }
@@ -118,18 +120,10 @@ fn example_prior_log_prob_is_exact_on_a_batched_tensor() {
     assert_eq!(p.info().kind, PluginKind::Prior);
     // A [walkers, galaxies, 16] batch: the leading shape must survive the round trip.
     let mut rng = HostRng::seed_from_u64(3);
-    let phi = (rng
-        .normal(&(4, 3, 16).into(), &Device::Cpu)
-        .unwrap()
-        * 1.5)
+    let phi = (rng.normal(&(4, 3, 16).into(), &Device::Cpu).unwrap() * 1.5)
         .unwrap()
         .broadcast_add(
-            &Tensor::from_vec(
-                [vec![18.0f32], vec![0.0; 15]].concat(),
-                16,
-                &Device::Cpu,
-            )
-            .unwrap(),
+            &Tensor::from_vec([vec![18.0f32], vec![0.0; 15]].concat(), 16, &Device::Cpu).unwrap(),
         )
         .unwrap();
     let lp = p.log_prob(&phi).unwrap();
@@ -145,7 +139,10 @@ fn example_prior_log_prob_is_exact_on_a_batched_tensor() {
     }
     // Bad configuration: the plugin's message, naming the file.
     let e = err_of(load_prior(&path, "n_sigma=-1"));
-    assert!(e.contains("n_sigma") && e.contains(&path.display().to_string()), "{e}");
+    assert!(
+        e.contains("n_sigma") && e.contains(&path.display().to_string()),
+        "{e}"
+    );
     // Wrong trailing dimension is refused before the call.
     let bad = Tensor::zeros((2, 15), candle_core::DType::F32, &Device::Cpu).unwrap();
     assert!(err_of(p.log_prob(&bad)).contains("[..., 16]"));
@@ -162,7 +159,11 @@ fn example_prior_samples_are_reproducible_with_the_right_moments() {
     let a = draw(11);
     assert_eq!(a.dims(), [n, 16]);
     let a = a.to_vec2::<f32>().unwrap();
-    assert_eq!(a, draw(11).to_vec2::<f32>().unwrap(), "same seed, same draws");
+    assert_eq!(
+        a,
+        draw(11).to_vec2::<f32>().unwrap(),
+        "same seed, same draws"
+    );
     assert_ne!(a, draw(12).to_vec2::<f32>().unwrap(), "new seed, new draws");
     for k in 0..16 {
         let (mu, sigma) = if k == 0 { (17.5, 2.0) } else { (0.0, 1.0) };
@@ -182,7 +183,10 @@ fn example_prior_samples_are_reproducible_with_the_right_moments() {
 fn wrong_kind_and_generic_load() {
     let survey = lib("example-survey");
     let e = err_of(load_prior(&survey, ""));
-    assert!(e.contains("is a survey plugin") && e.contains("not a prior plugin"), "{e}");
+    assert!(
+        e.contains("is a survey plugin") && e.contains("not a prior plugin"),
+        "{e}"
+    );
     let e = err_of(load_survey(&lib("example-prior"), ""));
     assert!(e.contains("is a prior plugin"), "{e}");
     match load(&survey, "").unwrap() {
@@ -219,7 +223,10 @@ fn missing_symbol_missing_file_and_non_library_are_refused() {
 
     let missing = Path::new(env!("CARGO_TARGET_TMPDIR")).join("no-such-plugin.so");
     let e = err_of(load_prior(&missing, ""));
-    assert!(e.contains("no-such-plugin.so") && e.contains("No such file"), "{e}");
+    assert!(
+        e.contains("no-such-plugin.so") && e.contains("No such file"),
+        "{e}"
+    );
 
     let text = Path::new(env!("CARGO_TARGET_TMPDIR")).join("not-a-library.so");
     std::fs::write(&text, "survey: cosmos\n").unwrap();
@@ -240,16 +247,19 @@ fn misbehaving_prior_gives_errors_not_crashes() {
     let phi = Tensor::zeros((5, 16), candle_core::DType::F32, &Device::Cpu).unwrap();
     let lp_err = |mode: &str| err_of(load_prior(&path, mode).unwrap().log_prob(&phi));
     let sample_err = |mode: &str| {
-        err_of(
-            load_prior(&path, mode)
-                .unwrap()
-                .sample(3, &mut HostRng::seed_from_u64(0), &Device::Cpu),
-        )
+        err_of(load_prior(&path, mode).unwrap().sample(
+            3,
+            &mut HostRng::seed_from_u64(0),
+            &Device::Cpu,
+        ))
     };
 
     // A well-behaved configuration works (the checks below are not always-fail).
     let ok = load_prior(&path, "").unwrap();
-    assert_eq!(ok.log_prob(&phi).unwrap().to_vec1::<f32>().unwrap(), [0.0; 5]);
+    assert_eq!(
+        ok.log_prob(&phi).unwrap().to_vec1::<f32>().unwrap(),
+        [0.0; 5]
+    );
     assert_eq!(
         ok.sample(3, &mut HostRng::seed_from_u64(0), &Device::Cpu)
             .unwrap()
@@ -258,7 +268,10 @@ fn misbehaving_prior_gives_errors_not_crashes() {
     );
 
     let e = lp_err("wrong-length");
-    assert!(e.contains(&file) && e.contains("log_prob returned 4 values for a batch of 5 rows"), "{e}");
+    assert!(
+        e.contains(&file) && e.contains("log_prob returned 4 values for a batch of 5 rows"),
+        "{e}"
+    );
     let e = lp_err("panic");
     assert!(
         e.contains(&file) && e.contains("plugin panicked: log_prob panics on purpose (batch of 5)"),
@@ -267,18 +280,30 @@ fn misbehaving_prior_gives_errors_not_crashes() {
     let e = lp_err("nan");
     assert!(e.contains("NaN for row 4"), "{e}");
     let e = lp_err("plus-infinity");
-    assert!(e.contains("inf for row 0") && e.contains("finite or −∞"), "{e}");
+    assert!(
+        e.contains("inf for row 0") && e.contains("finite or −∞"),
+        "{e}"
+    );
     let e = sample_err("sample-short");
     assert!(e.contains("sample returned 47 values for 3 draws"), "{e}");
     let e = sample_err("sample-nan");
     assert!(e.contains("NaN for parameter 5 of draw 0"), "{e}");
 
     let e = err_of(load_prior(&path, "dim3"));
-    assert!(e.contains("over 3 parameters") && e.contains("needs 16"), "{e}");
+    assert!(
+        e.contains("over 3 parameters") && e.contains("needs 16"),
+        "{e}"
+    );
     let e = err_of(load_prior(&path, "fail-create"));
-    assert!(e.contains("create failed: this configuration is rejected on purpose"), "{e}");
+    assert!(
+        e.contains("create failed: this configuration is rejected on purpose"),
+        "{e}"
+    );
     let e = err_of(load_prior(&path, "panic-create"));
-    assert!(e.contains("plugin panicked: panic in create on purpose"), "{e}");
+    assert!(
+        e.contains("plugin panicked: panic in create on purpose"),
+        "{e}"
+    );
 
     // No gradient through a plugin: refused rather than silently zero.
     let var = candle_core::Var::from_tensor(&phi).unwrap();
@@ -305,18 +330,30 @@ fn misbehaving_survey_gives_errors_not_crashes() {
     assert_eq!(long.filters()[0].wavelength_aa[4999], 7999.0);
     assert_eq!(long.filters()[0].transmission[4999], 9.0);
     for (mode, expect) in [
-        ("negative-zero-point", "band 1 ('b'): zero point must be positive and finite, got -1"),
+        (
+            "negative-zero-point",
+            "band 1 ('b'): zero point must be positive and finite, got -1",
+        ),
         ("duplicate-band", "band 1 repeats the name 'a' of band 0"),
         ("no-bands", "implausible number of bands: 0"),
-        ("nan-line", "emission line 0: offset and ln scatter must be finite"),
+        (
+            "nan-line",
+            "emission line 0: offset and ln scatter must be finite",
+        ),
         ("panic-bands", "plugin panicked: bands() panics on purpose"),
         (
             "decreasing-filter",
             "band 1 ('b'): filter curve: wavelengths must increase (6000 Å after 7000 Å",
         ),
-        ("partial-filters", "filter curves for 1 of 2 bands (band 1 'b' has none)"),
+        (
+            "partial-filters",
+            "filter curves for 1 of 2 bands (band 1 'b' has none)",
+        ),
     ] {
         let e = err_of(load_survey(&path, mode));
-        assert!(e.contains(&path.display().to_string()) && e.contains(expect), "{mode}: {e}");
+        assert!(
+            e.contains(&path.display().to_string()) && e.contains(expect),
+            "{mode}: {e}"
+        );
     }
 }

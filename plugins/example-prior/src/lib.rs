@@ -32,7 +32,11 @@ impl PriorPlugin for GaussianN {
             n_mean: 19.0,
             n_sigma: 3.0,
         };
-        for item in config.split([';', ',', '\n']).map(str::trim).filter(|s| !s.is_empty()) {
+        for item in config
+            .split([';', ',', '\n'])
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
             let (key, value) = item
                 .split_once('=')
                 .map(|(k, v)| (k.trim(), v.trim()))
@@ -44,14 +48,21 @@ impl PriorPlugin for GaussianN {
                 "n_mean" if v.is_finite() => p.n_mean = v,
                 "n_sigma" if v.is_finite() && v > 0.0 => p.n_sigma = v,
                 "n_mean" | "n_sigma" => return Err(format!("{key}: invalid value {v}")),
-                _ => return Err(format!("unknown configuration key '{key}' (known: n_mean, n_sigma)")),
+                _ => {
+                    return Err(format!(
+                        "unknown configuration key '{key}' (known: n_mean, n_sigma)"
+                    ));
+                }
             }
         }
         Ok(p)
     }
 
     fn name(&self) -> String {
-        format!("gaussian-n(n_mean={}, n_sigma={})", self.n_mean, self.n_sigma)
+        format!(
+            "gaussian-n(n_mean={}, n_sigma={})",
+            self.n_mean, self.n_sigma
+        )
     }
 
     fn log_prob(&self, phi: &[f32], n: usize) -> Result<Vec<f32>, String> {

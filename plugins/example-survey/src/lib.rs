@@ -35,7 +35,11 @@ pub struct Sdss {
 impl SurveyPlugin for Sdss {
     fn create(config: &str) -> Result<Self, String> {
         let mut calibrated = true;
-        for item in config.split([';', ',', '\n']).map(str::trim).filter(|s| !s.is_empty()) {
+        for item in config
+            .split([';', ',', '\n'])
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
             match item.split_once('=').map(|(k, v)| (k.trim(), v.trim())) {
                 Some(("calibration", "sdss")) => calibrated = true,
                 Some(("calibration", "uncalibrated")) => calibrated = false,
@@ -44,7 +48,11 @@ impl SurveyPlugin for Sdss {
                         "calibration: expected 'sdss' or 'uncalibrated', got '{other}'"
                     ));
                 }
-                _ => return Err(format!("unknown configuration item '{item}' (known: calibration=sdss|uncalibrated)")),
+                _ => {
+                    return Err(format!(
+                        "unknown configuration item '{item}' (known: calibration=sdss|uncalibrated)"
+                    ));
+                }
             }
         }
         Ok(Self { calibrated })
@@ -61,7 +69,11 @@ impl SurveyPlugin for Sdss {
                 label: label.into(),
                 flux_softening_nmgy: b,
                 // m_SDSS = m_AB + offset ⇒ f_SDSS = 10^(−0.4·offset) f_AB.
-                zero_point: if self.calibrated { 10f64.powf(-0.4 * offset) } else { 1.0 },
+                zero_point: if self.calibrated {
+                    10f64.powf(-0.4 * offset)
+                } else {
+                    1.0
+                },
                 error_floor: if self.calibrated { floor } else { 0.0 },
             })
             .collect()

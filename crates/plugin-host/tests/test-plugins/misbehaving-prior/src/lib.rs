@@ -44,7 +44,9 @@ impl PriorPlugin for Misbehaving {
     }
 
     fn sample(&self, n: usize, seed: u64) -> Result<Vec<f32>, String> {
-        let mut v: Vec<f32> = (0..n * 16).map(|i| ((i as u64 ^ seed) % 7) as f32 - 3.0).collect();
+        let mut v: Vec<f32> = (0..n * 16)
+            .map(|i| ((i as u64 ^ seed) % 7) as f32 - 3.0)
+            .collect();
         match self.mode.as_str() {
             "sample-short" => v.truncate(n * 16 - 1),
             "sample-nan" => v[5] = f32::NAN,

@@ -38,7 +38,11 @@ impl SurveyPlugin for Misbehaving {
     }
 
     fn emission_lines(&self) -> Vec<LineDef> {
-        let x = if self.mode == "nan-line" { f64::NAN } else { 0.5 };
+        let x = if self.mode == "nan-line" {
+            f64::NAN
+        } else {
+            0.5
+        };
         vec![LineDef {
             offset: x,
             ln_scatter: -2.0,
