@@ -264,7 +264,8 @@ pub fn calibrate(
                     return ln_z[b]; // no usable galaxy: keep
                 }
                 match &previous {
-                    Some((px, pm)) if (ln_z[b] - px[b]).abs() > 2e-3 && pm[b].is_finite() => {
+                    // Secant only across a real step: over a small one the noise in m dominates.
+                    Some((px, pm)) if (ln_z[b] - px[b]).abs() > 1e-2 && pm[b].is_finite() => {
                         let h = ((ln_m[b] - pm[b]) / (ln_z[b] - px[b])).clamp(0.0, 0.8);
                         // Fixed point of m(x) = (1 − h) x* + h x through the newest pair.
                         (ln_m[b] - h * ln_z[b]) / (1.0 - h)

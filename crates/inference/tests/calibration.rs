@@ -1,0 +1,151 @@
+//! Zero-point calibration recovers offsets injected into a mock catalogue, and YAML surveys
+//! with band subsets of the COSMOS emulators run through manifests.
+//!
+//! The mock: prior draws with 0.1 < z < 1.5 through the 6-band (u + HSC grizy) subset model,
+//! multiplied by injected zero points (g × 0.9, z × 1.1), Gaussian noise at S/N = 50.
+//! `calibrate` (redshift pinned at the truth, short chains) must recover them.
+//! The default test is small (16 galaxies); `mock_calibration_many_galaxies` (ignored; run
+//! with `cargo test --release -p popcosmos-inference --test calibration -- --ignored`)
+//! uses 120 galaxies and tighter tolerances.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use popcosmos_api::{HostRng, N_PARAMS, RandomSource, SpsModel, params::phi_to_theta};
+use popcosmos_inference::calibration::{CalibrationOptions, calibrate};
+use popcosmos_inference::{Manifest, Pipeline};
+
+const BANDS: [(&str, &str); 6] = [
+    ("u_megaprime_sagem", "u"),
+    ("hsc_g", "g"),
+    ("hsc_r", "r"),
+    ("hsc_i", "i"),
+    ("hsc_z", "z"),
+    ("hsc_y", "y"),
+];
+const INJECTED: [f64; 6] = [1.0, 0.9, 1.0, 1.0, 1.1, 1.0];
+
+fn assets() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../assets/filters/cosmos")
+}
+
+fn write_survey(dir: &Path) -> PathBuf {
+    let mut s = String::from(
+        "name: mock-ugrizy\ncolumns: {flux: 'flux_{label}', error: 'fluxerr_{label}'}\nbands:\n",
+    );
+    for (name, label) in BANDS {
+        s += &format!(
+            "  - {{name: {name}, label: {label}, filter: {}/{name}.txt, depth_5sigma_ab: 27}}\n",
+            assets().display()
+        );
+    }
+    let p = dir.join("survey.yaml");
+    std::fs::write(&p, s).unwrap();
+    p
+}
+
+fn manifest(dir: &Path, catalogue: &str, walkers: usize, steps: usize, library: usize) -> Manifest {
+    let survey = write_survey(dir);
+    let text = format!(
+        "survey: {{file: {}, calibration: uncalibrated}}\n\
+         catalogue: {{path: {catalogue}, units: nanomaggies, truth_columns: [zspec]}}\n\
+         prior: {{kind: prospector-alpha}}\n\
+         likelihood: {{kind: gaussian}}\n\
+         sampler: {{walkers: {walkers}, steps: {steps}, burn_in: {}}}\n\
+         init: {{library_size: {library}}}\n\
+         output: {{dir: out}}\nseed: 5\ngalaxies_per_batch: 64\n",
+        survey.display(),
+        steps * 2 / 3
+    );
+    let path = dir.join("manifest.yaml");
+    std::fs::write(&path, text).unwrap();
+    Manifest::load(&path).unwrap()
+}
+
+/// Write a mock catalogue of `n` galaxies with the injected zero points; returns its path.
+fn write_mock(dir: &Path, pipeline: &Pipeline, n: usize, seed: u64) -> PathBuf {
+    let dev = Device::Cpu;
+    let mut rng = HostRng::seed_from_u64(seed);
+    let phi = pipeline.prior.sample(20 * n, &mut rng, &dev).unwrap();
+    let theta = phi_to_theta(&phi).unwrap();
+    let th: Vec<Vec<f32>> = theta.to_vec2().unwrap();
+    let keep: Vec<u32> = (0..th.len() as u32)
+        .filter(|&i| (0.1..1.5).contains(&th[i as usize][N_PARAMS - 1]))
+        .take(n)
+        .collect();
+    assert_eq!(keep.len(), n);
+    let idx = Tensor::from_vec(keep.clone(), n, &dev).unwrap();
+    let theta = theta.index_select(&idx, 0).unwrap();
+    let flux: Vec<Vec<f32>> = pipeline.sps.photometry(&theta).unwrap().flux_nmgy.to_vec2().unwrap();
+    let noise: Vec<Vec<f32>> = rng
+        .normal(&(n, 6).into(), &dev)
+        .unwrap()
+        .to_vec2()
+        .unwrap();
+    let mut csv = String::from("id,zspec");
+    for (_, l) in BANDS {
+        csv += &format!(",flux_{l},fluxerr_{l}");
+    }
+    csv += "\n";
+    for g in 0..n {
+        csv += &format!("g{g},{}", th[keep[g] as usize][N_PARAMS - 1]);
+        for b in 0..6 {
+            let f = INJECTED[b] * flux[g][b] as f64;
+            let sigma = 0.02 * f;
+            csv += &format!(",{},{}", f + sigma * noise[g][b] as f64, sigma);
+        }
+        csv += "\n";
+    }
+    let p = dir.join("mock.csv");
+    std::fs::write(&p, csv).unwrap();
+    p
+}
+
+fn run(n: usize, walkers: usize, steps: usize, library: usize) -> Vec<f64> {
+    let dir = tempfile::tempdir().unwrap();
+    // A first pipeline (same survey and SPS) makes the mock.
+    std::fs::write(dir.path().join("mock.csv"), "id,zspec\n").unwrap();
+    let m = manifest(dir.path(), "mock.csv", walkers, steps, library);
+    let maker = Pipeline::new(m.clone()).unwrap();
+    write_mock(dir.path(), &maker, n, 11);
+    let mut pipeline = Pipeline::new(m).unwrap();
+    assert_eq!(pipeline.survey.band_names().len(), 6);
+    let all = popcosmos_catalog::CatalogueReader::open(
+        &pipeline.manifest.catalogue,
+        &pipeline.survey.band_names(),
+    )
+    .unwrap()
+    .read_all()
+    .unwrap();
+    let options = CalibrationOptions {
+        iterations: 3,
+        reference_band: Some("i".into()),
+        ..Default::default()
+    };
+    let out = calibrate(&mut pipeline, &all, &options, &mut |_, _, _| {}).unwrap();
+    assert_eq!(out.n_galaxies, n);
+    assert_eq!(out.history.len(), 4);
+    assert_eq!(out.zero_points[3], 1.0, "reference band held fixed");
+    eprintln!("history {:?}", out.history);
+    out.zero_points
+}
+
+#[test]
+fn mock_calibration_recovers_injected_zero_points() {
+    let zp = run(16, 32, 90, 4000);
+    // Measured: largest |error| 0.032 at this size (16 galaxies, 90-step chains).
+    for (b, (z, t)) in zp.iter().zip(INJECTED).enumerate() {
+        assert!((z - t).abs() < 0.045, "band {b}: fitted {z}, injected {t} ({zp:?})");
+    }
+    // The offsets are found, not just bounded: g and z moved most of the way from 1.
+    assert!(zp[1] < 0.93 && zp[4] > 1.07, "{zp:?}");
+}
+
+#[test]
+#[ignore = "slow: 120 galaxies × 3 iterations; run with --release -- --ignored"]
+fn mock_calibration_many_galaxies() {
+    let zp = run(120, 48, 200, 20000);
+    for (b, (z, t)) in zp.iter().zip(INJECTED).enumerate() {
+        assert!((z - t).abs() < 0.015, "band {b}: fitted {z}, injected {t} ({zp:?})");
+    }
+}
