@@ -343,7 +343,7 @@ const fn header(kind: u32, name: &'static str, version: &'static str) -> PluginH
 
 /// Export a [`SurveyPlugin`] implementation as this library's plugin.
 ///
-/// ```ignore
+/// ```text
 /// popcosmos_plugin_abi::declare_survey_plugin!(MySurvey);
 /// ```
 #[macro_export]
@@ -363,7 +363,7 @@ macro_rules! declare_survey_plugin {
 
 /// Export a [`PriorPlugin`] implementation as this library's plugin.
 ///
-/// ```ignore
+/// ```text
 /// popcosmos_plugin_abi::declare_prior_plugin!(MyPrior);
 /// ```
 #[macro_export]
@@ -761,5 +761,69 @@ mod shim {
             let draws = unsafe { this::<T>(handle)? }.sample(n, seed)?;
             unsafe { write_values(&draws, out, out_cap, out_len) }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct LongName;
+
+    impl SurveyPlugin for LongName {
+        fn create(config: &str) -> Result<Self, String> {
+            match config {
+                "panic" => panic!("boom"),
+                "long-error" => Err("e".repeat(100)),
+                _ => Ok(LongName),
+            }
+        }
+        fn name(&self) -> String {
+            "x".repeat(300)
+        }
+        fn bands(&self) -> Vec<BandDef> {
+            Vec::new()
+        }
+    }
+
+    static VT: SurveyVTable = survey_vtable::<LongName>("long-name\0", "0.0.1\0");
+
+    #[test]
+    fn calling_convention_truncates_reports_lengths_and_catches_panics() {
+        assert_eq!(
+            (VT.header.abi_version, VT.header.kind),
+            (ABI_VERSION, KIND_SURVEY)
+        );
+        let mut ebuf = [0u8; 64];
+        let mut err = ErrorBuf {
+            ptr: ebuf.as_mut_ptr(),
+            cap: ebuf.len(),
+            len: 0,
+        };
+        let mut h: Handle = std::ptr::null_mut();
+        // A panic in create comes back as a status and a message.
+        let cfg = b"panic";
+        let s = unsafe { (VT.create)(cfg.as_ptr(), cfg.len(), &mut h, &mut err) };
+        assert_eq!(s, STATUS_PANIC);
+        assert_eq!(&ebuf[..err.len], b"plugin panicked: boom");
+        assert!(h.is_null());
+        // A message longer than the buffer: truncated, full length reported.
+        let cfg = b"long-error";
+        let s = unsafe { (VT.create)(cfg.as_ptr(), cfg.len(), &mut h, &mut err) };
+        assert_eq!((s, err.len), (STATUS_ERROR, 100));
+        assert_eq!(ebuf, [b'e'; 64]);
+        // Strings: at most `cap` bytes copied, the full length reported.
+        let s = unsafe { (VT.create)(std::ptr::null(), 0, &mut h, &mut err) };
+        assert!(s == STATUS_OK && !h.is_null());
+        let (mut buf, mut len) = ([0u8; 10], 0usize);
+        let s = unsafe { (VT.name)(h, buf.as_mut_ptr(), buf.len(), &mut len, &mut err) };
+        assert_eq!((s, len, &buf), (STATUS_OK, 300, b"xxxxxxxxxx"));
+        // Out-of-range items are errors, not reads past the end.
+        let mut v = BandValues::default();
+        let s = unsafe { (VT.band_values)(h, 0, &mut v, &mut err) };
+        assert_eq!(s, STATUS_ERROR);
+        let msg = String::from_utf8_lossy(&ebuf[..err.len.min(64)]).to_string();
+        assert!(msg.contains("band index 0 out of range"), "{msg}");
+        unsafe { (VT.destroy)(h) };
     }
 }
