@@ -14,6 +14,9 @@ use popcosmos_sps::Photulator;
 use popcosmos_sps::photulator::theta_to_photulator_input;
 use popcosmos_sps::spectrum::SpectrumPhotometry;
 
+/// Magnitudes fainter than this (bands beyond the Lyman limit) are compared as equal.
+const CAP: f32 = 45.0;
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let n: usize = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(1000);
@@ -38,28 +41,26 @@ fn main() -> anyhow::Result<()> {
     let m_phot = phot
         .absolute_magnitudes(&theta_to_photulator_input(&theta)?)?
         .to_vec2::<f32>()?;
-    let groups: [(&str, Box<dyn Fn(&[f64; 16]) -> bool>); 4] = [
+    type Sel = Box<dyn Fn(&[f64; 16]) -> bool>;
+    let groups: Vec<(&str, Sel)> = vec![
         ("all", Box::new(|_| true)),
         ("0.5≤z≤2.5", Box::new(|r| (0.5..=2.5).contains(&r[15]))),
+        ("z<0.5", Box::new(|r| r[15] < 0.5)),
+        ("2.5<z≤4", Box::new(|r| r[15] > 2.5 && r[15] <= 4.0)),
+        ("z>4", Box::new(|r| r[15] > 4.0)),
         (
-            "z<0.5 or z>2.5",
-            Box::new(|r| !(0.5..=2.5).contains(&r[15])),
-        ),
-        (
-            "0.5≤z≤2.5, logU∈[−2.5,−1.5]",
+            "0.5≤z≤2.5, −2.5≤logU≤−1.5",
             Box::new(|r| (0.5..=2.5).contains(&r[15]) && (-2.5..=-1.5).contains(&r[14])),
         ),
     ];
     println!(
-        "{n} Prospector-α prior draws (seed {seed}); spectrum photometry {dt:.2} s ({:.2} ms/galaxy)\n",
+        "{n} Prospector-α prior draws (seed {seed}); spectrum photometry {dt:.2} s \
+         ({:.2} ms/galaxy); Δ = M_spectrum − M_photulator (AB mag), both capped at {CAP}\n",
         1e3 * dt / n as f64
     );
     print!("| band |");
-    for (g, _) in &groups {
-        let k = rows
-            .iter()
-            .filter(|r| (groups.iter().find(|x| x.0 == *g).unwrap().1)(r))
-            .count();
+    for (g, sel) in &groups {
+        let k = rows.iter().filter(|r| sel(r)).count();
         print!(" {g} (n={k}) mean | RMS |");
     }
     println!();
@@ -73,7 +74,7 @@ fn main() -> anyhow::Result<()> {
         for (_, sel) in &groups {
             let d: Vec<f64> = (0..n)
                 .filter(|&i| sel(&rows[i]))
-                .map(|i| (m_spec[i][b] - m_phot[i][b]) as f64)
+                .map(|i| (m_spec[i][b].min(CAP) - m_phot[i][b].min(CAP)) as f64)
                 .filter(|v| v.is_finite())
                 .collect();
             let k = d.len().max(1) as f64;

@@ -1,0 +1,103 @@
+//! `popcosmos-cli train-emulator` as a user runs it: bad filter directories fail naming the
+//! file, and a tiny run writes weights + sidecar + a model card that load through
+//! `Photulator` and verify against their sha256.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+const KIDS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../assets/filters/kids");
+
+fn cli(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_popcosmos-cli"))
+        .env("RAYON_NUM_THREADS", "2")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn bad_filter_file_is_named_with_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("good.txt"), "4000 0\n5000 1\n6000 0\n").unwrap();
+    std::fs::write(dir.path().join("broken.txt"), "# hdr\n4000 0\n4500 x\n").unwrap();
+    let out = dir.path().join("o.safetensors");
+    let o = cli(&[
+        "train-emulator",
+        "--filters",
+        dir.path().to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(e.contains("broken.txt") && e.contains("line 3"), "{e}");
+
+    let empty = tempfile::tempdir().unwrap();
+    let o = cli(&[
+        "train-emulator",
+        "--filters",
+        empty.path().to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(
+        e.contains("no filter curves") && e.contains(empty.path().to_str().unwrap()),
+        "{e}"
+    );
+}
+
+#[test]
+fn tiny_run_writes_a_loadable_verified_photulator_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let filters = dir.path().join("filters");
+    std::fs::create_dir(&filters).unwrap();
+    for b in ["KiDSVIKING_aibn139_J", "KiDSVIKING_aibn139_r"] {
+        std::fs::copy(
+            Path::new(KIDS).join(format!("{b}.txt")),
+            filters.join(format!("{b}.txt")),
+        )
+        .unwrap();
+    }
+    let out = dir.path().join("tiny.safetensors");
+    let o = cli(&[
+        "train-emulator",
+        "--filters",
+        filters.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--train",
+        "96",
+        "--heldout",
+        "16",
+        "--steps",
+        "20",
+        "--batch",
+        "32",
+        "--hidden",
+        "8,8",
+        "--eval-every",
+        "10",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("| KiDSVIKING_aibn139_r |"), "{stdout}");
+    // Bands ordered by pivot wavelength (r before J), whatever the directory order.
+    let phot = popcosmos_sps::Photulator::load(&out, &candle_core::Device::Cpu).unwrap();
+    assert_eq!(
+        phot.band_names(),
+        ["KiDSVIKING_aibn139_r", "KiDSVIKING_aibn139_J"]
+    );
+    let card_path = out.with_extension("card.yaml");
+    let card = popcosmos_models::ModelCard::from_path(&card_path).unwrap();
+    assert_eq!(card.architecture.kind, "photulator");
+    assert_eq!(card.architecture.layers, [15, 8, 8, 1]);
+    let bytes = std::fs::read(&out).unwrap();
+    assert_eq!(card.sha256, popcosmos_models::verify::sha256_hex(&bytes));
+    assert_eq!(card.bands, phot.band_names());
+}
