@@ -149,3 +149,33 @@ fn mock_calibration_many_galaxies() {
         assert!((z - t).abs() < 0.015, "band {b}: fitted {z}, injected {t} ({zp:?})");
     }
 }
+
+/// A YAML survey and a calibration file given by paths relative to the manifest reach the
+/// pipeline's likelihood calibration; `{label}` patterns expand; a bad band is named.
+#[test]
+fn calibration_file_loads_through_the_manifest() {
+    let dir = tempfile::tempdir().unwrap();
+    write_survey(dir.path());
+    std::fs::write(dir.path().join("cat.csv"), "id,zspec\n").unwrap();
+    let zps = [1.05, 0.95, 1.0, 1.0, 1.1, 0.9];
+    let mut cal = String::from("survey: mock-ugrizy\nbands:\n");
+    for ((_, l), z) in BANDS.iter().zip(zps) {
+        cal += &format!("  - {{band: {l}, zero_point: {z}, error_floor: 0.04}}\n");
+    }
+    std::fs::write(dir.path().join("cal.yaml"), &cal).unwrap();
+    let text = "survey: {file: survey.yaml, calibration_file: cal.yaml}\n\
+                catalogue: {path: cat.csv, units: nanomaggies, flux_pattern: 'F_{label}', error_pattern: 'E_{label}'}\n\
+                prior: {kind: prospector-alpha}\noutput: {dir: out}\n";
+    let path = dir.path().join("m.yaml");
+    std::fs::write(&path, text).unwrap();
+    let m = Manifest::load(&path).unwrap();
+    let cols = m.catalogue.bands.clone().unwrap();
+    assert_eq!((cols[1].band.as_str(), cols[1].flux.as_str()), ("hsc_g", "F_g"));
+    let p = Pipeline::new(m).unwrap();
+    assert_eq!(p.survey.calibration().zero_points, zps.to_vec());
+    assert_eq!(p.survey.calibration().error_floors, vec![0.04; 6]);
+    // A calibration file with a band the survey lacks.
+    std::fs::write(dir.path().join("cal.yaml"), cal.replace("band: y", "band: Ks")).unwrap();
+    let e = Manifest::load(&path).err().unwrap().to_string();
+    assert!(e.contains("survey.calibration_file") && e.contains("'Ks'"), "{e}");
+}
