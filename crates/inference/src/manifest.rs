@@ -445,6 +445,15 @@ impl Manifest {
             fix(&mut p);
             *weights = p.display().to_string();
         }
+        if let PriorSpec::Diffusion {
+            fast_sampler: Some(fast),
+            ..
+        } = &mut self.prior
+            && let Ok(popcosmos_models::WeightRef::Path(mut p)) = fast.weights.parse()
+        {
+            fix(&mut p);
+            fast.weights = p.display().to_string();
+        }
         // Plugin libraries (docs/plugins.md).
         if let Some(p) = &mut self.survey.plugin {
             fix(p);
@@ -463,6 +472,14 @@ impl Manifest {
         {
             return bad("prior.weights", e.to_string());
         }
+        if let PriorSpec::Diffusion {
+            fast_sampler: Some(fast),
+            ..
+        } = &self.prior
+            && let Err(e) = fast.weights.parse::<popcosmos_models::WeightRef>()
+        {
+            return bad("prior.fast_sampler.weights", e.to_string());
+        }
         let s = &self.sampler;
         if s.walkers < 4 || !s.walkers.is_multiple_of(2) {
             return bad(
@@ -477,6 +494,14 @@ impl Manifest {
                     "the ensemble sampler needs at least 32 walkers (2 × 16 parameters), got {}",
                     s.walkers
                 ),
+            );
+        }
+        if s.kind == SamplerKind::Hmc && matches!(self.prior, PriorSpec::Plugin { .. }) {
+            return bad(
+                "sampler.kind",
+                "hmc needs the prior's gradient, and a plugin prior (prior.kind: plugin) has \
+                 none; use the ensemble sampler"
+                    .into(),
             );
         }
         if s.steps == 0 {

@@ -77,6 +77,10 @@ pub enum PriorSpec {
         /// ODE solver for draws (initialisation library, mocks); default dopri5 1e−5.
         #[serde(default)]
         sample_solver: diffusion::OdeSolver,
+        /// Draw with a consistency model instead of the ODE (`fast_sampler: {steps: 1}`
+        /// uses the bundled one); the log-density is unaffected.
+        #[serde(default)]
+        fast_sampler: Option<FastSamplerSpec>,
     },
     /// [`flow::FlowPrior`]: a normalizing flow over φ (e.g. distilled from a diffusion prior).
     Flow {
@@ -97,6 +101,30 @@ pub enum PriorSpec {
 
 /// The bundled diffusion population prior.
 pub const DEFAULT_DIFFUSION_PRIOR: &str = "builtin:popcosmos_prior_diffusion";
+
+/// The consistency model distilled from [`DEFAULT_DIFFUSION_PRIOR`].
+pub const DEFAULT_CONSISTENCY_SAMPLER: &str = "builtin:popcosmos_prior_consistency";
+
+/// `prior.fast_sampler` of a diffusion prior: a consistency model for its draws.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FastSamplerSpec {
+    /// Consistency-model weights (`builtin:`, a path with a card, `hf://…`); default the
+    /// one distilled from the bundled diffusion prior.
+    #[serde(default = "default_consistency_weights")]
+    pub weights: String,
+    /// Network evaluations per draw (1 = one-step sampling).
+    #[serde(default = "one")]
+    pub steps: usize,
+}
+
+fn default_consistency_weights() -> String {
+    DEFAULT_CONSISTENCY_SAMPLER.into()
+}
+
+fn one() -> usize {
+    1
+}
 
 fn default_diffusion_weights() -> String {
     DEFAULT_DIFFUSION_PRIOR.into()
@@ -127,13 +155,18 @@ impl PriorSpec {
                 weights,
                 log_prob,
                 sample_solver,
+                fast_sampler,
             } => {
                 let (bytes, source) = load(weights, "diffusion")?;
                 let model = diffusion::DiffusionModel::from_bytes(&bytes, &source, device)?;
-                Box::new(
-                    diffusion::DiffusionPrior::new(model, *log_prob, &source)?
-                        .with_sample_solver(*sample_solver),
-                )
+                let mut prior = diffusion::DiffusionPrior::new(model, *log_prob, &source)?
+                    .with_sample_solver(*sample_solver);
+                if let Some(fast) = fast_sampler {
+                    let (bytes, source) = load(&fast.weights, "consistency")?;
+                    let cm = consistency::ConsistencyModel::from_bytes(&bytes, &source, device)?;
+                    prior = prior.with_consistency_sampler(cm, fast.steps, &source)?;
+                }
+                Box::new(prior)
             }
             PriorSpec::Flow { weights } => {
                 let (bytes, source) = load(weights, "flow")?;
@@ -152,6 +185,7 @@ impl PriorSpec {
         if let PriorSpec::Diffusion {
             log_prob,
             sample_solver,
+            fast_sampler,
             ..
         } = self
         {
@@ -163,6 +197,11 @@ impl PriorSpec {
             sample_solver
                 .validate()
                 .map_err(|e| bad("prior.sample_solver", e))?;
+            if let Some(fast) = fast_sampler
+                && fast.steps == 0
+            {
+                return Err(bad("prior.fast_sampler.steps", "must be >= 1".into()));
+            }
         }
         Ok(())
     }

@@ -345,3 +345,99 @@ fn classifier_auc_separates() {
     assert!(far > 0.95, "{far}");
     assert!(scale > 0.8, "{scale}");
 }
+
+/// `prior: {kind: diffusion, fast_sampler: …}`: the prior's draws are the consistency
+/// model's draws (same random stream), the log-density is untouched, and a model of the
+/// wrong dimension or zero steps is refused with the file named.
+#[test]
+fn diffusion_prior_draws_with_its_consistency_sampler() {
+    let teacher = bundled_teacher();
+    let data = consistency::teacher_samples(
+        &teacher,
+        8,
+        8,
+        &OdeSolver::Euler { steps: 4 },
+        &mut HostRng::seed_from_u64(1),
+    )
+    .unwrap();
+    let opts = TrainOptions {
+        hidden: vec![32, 32],
+        ..TrainOptions::default()
+    };
+    let cm = Trainer::with_samples(&teacher, &data, opts)
+        .unwrap()
+        .model()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cm_path = dir.path().join("cm.safetensors");
+    cm.save(&cm_path, &HashMap::new()).unwrap();
+    let teacher_path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../assets/models/popcosmos_prior_diffusion.safetensors"
+    );
+    let spec: popcosmos_priors::PriorSpec = serde_json::from_value(serde_json::json!({
+        "kind": "diffusion", "weights": "teacher",
+        "log_prob": {"solver": {"method": "rk4", "steps": 2}},
+        "fast_sampler": {"weights": cm_path.display().to_string(), "steps": 2}
+    }))
+    .unwrap();
+    let loader = |w: &str, kind: &str| -> popcosmos_api::Result<(Vec<u8>, String)> {
+        let path = if w == "teacher" {
+            assert_eq!(kind, "diffusion");
+            teacher_path.to_string()
+        } else {
+            assert_eq!(kind, "consistency");
+            w.to_string()
+        };
+        Ok((std::fs::read(&path).unwrap(), path))
+    };
+    let prior = spec.build_with(&Device::Cpu, &loader).unwrap();
+    let draws = prior
+        .sample(300, &mut HostRng::seed_from_u64(5), &Device::Cpu)
+        .unwrap();
+    let direct = cm.sample(300, 2, &mut HostRng::seed_from_u64(5)).unwrap();
+    assert_eq!(max_abs_diff(&draws, &direct), 0.0);
+    // The log-density is the diffusion model's, with or without the fast sampler.
+    let plain: popcosmos_priors::PriorSpec =
+        serde_json::from_value(serde_json::json!({"kind": "diffusion", "weights": "teacher",
+            "log_prob": {"solver": {"method": "rk4", "steps": 2}}}))
+            .unwrap();
+    let plain = plain.build_with(&Device::Cpu, &loader).unwrap();
+    let x = draws.narrow(0, 0, 4).unwrap();
+    let (a, b) = (prior.log_prob(&x).unwrap(), plain.log_prob(&x).unwrap());
+    assert_eq!(max_abs_diff(&a, &b), 0.0);
+
+    // A 2-D consistency model for the 16-D prior, and zero steps, are refused.
+    let toy = Trainer::new(
+        &toy_teacher(0),
+        TrainOptions {
+            hidden: vec![8],
+            steps: 1,
+            batch_size: 8,
+            n_data: 16,
+            data_solver: OdeSolver::Euler { steps: 2 },
+            ..TrainOptions::default()
+        },
+        &mut HostRng::seed_from_u64(1),
+    )
+    .unwrap()
+    .model()
+    .unwrap();
+    let wrap = |m: ConsistencyModel, steps: usize| {
+        diffusion::DiffusionPrior::new(teacher.clone(), Default::default(), "t")
+            .unwrap()
+            .with_consistency_sampler(m, steps, "cm.safetensors")
+            .err()
+            .expect("refused")
+            .to_string()
+    };
+    let e = wrap(toy, 1);
+    assert!(e.contains("cm.safetensors") && e.contains("dim 2"), "{e}");
+    let e = wrap(cm, 0);
+    assert!(e.contains("steps must be >= 1"), "{e}");
+    let bad: popcosmos_priors::PriorSpec = serde_json::from_value(
+        serde_json::json!({"kind": "diffusion", "fast_sampler": {"steps": 0}}),
+    )
+    .unwrap();
+    assert!(bad.validate().unwrap_err().to_string().contains("prior.fast_sampler.steps"));
+}
