@@ -119,14 +119,17 @@ fn theta_tensor(rows: &[[f64; N_PARAMS]], device: &Device) -> Result<Tensor> {
     Ok(Tensor::from_vec(flat, (rows.len(), N_PARAMS), device)?)
 }
 
-/// Teacher magnitudes (capped) and photulator inputs for `rows`.
+/// Host rows (one `Vec` per draw).
+type Rows = Vec<Vec<f32>>;
+
+/// Photulator inputs and teacher magnitudes (capped) for `rows`.
 fn teacher(
     spec: &SpectrumPhotometry,
     rows: &[[f64; N_PARAMS]],
     mag_cap: f64,
     device: &Device,
     label: &str,
-) -> Result<(Vec<Vec<f32>>, Vec<Vec<f32>>)> {
+) -> Result<(Rows, Rows)> {
     let (mut x, mut y) = (
         Vec::with_capacity(rows.len()),
         Vec::with_capacity(rows.len()),

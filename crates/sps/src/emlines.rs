@@ -116,7 +116,10 @@ pub fn filter_line_response(filter: &popcosmos_api::FilterCurve, lambda_aa: f64)
     let norm: f64 = (1..w.len())
         .map(|k| 0.5 * (t[k].max(0.0) / w[k] + t[k - 1].max(0.0) / w[k - 1]) * (w[k] - w[k - 1]))
         .sum();
-    if lambda_aa <= w[0] || lambda_aa >= w[w.len() - 1] || !(norm > 0.0) {
+    if lambda_aa <= w[0]
+        || lambda_aa >= w[w.len() - 1]
+        || norm.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater)
+    {
         return 0.0;
     }
     let k = w.partition_point(|&x| x <= lambda_aa);

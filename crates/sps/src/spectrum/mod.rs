@@ -286,7 +286,7 @@ fn band_knots(filters: &[FilterCurve], max_gap: f64) -> Result<BandKnots> {
         let norm: f64 = (1..nk)
             .map(|k| 0.5 * (tt[k] + tt[k - 1]) * (u[k] - u[k - 1]))
             .sum();
-        if !(norm > 0.0) {
+        if norm.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
             return Err(Error::Invalid(format!(
                 "filter '{}': ∫T dλ/λ is not positive",
                 f.name
@@ -388,7 +388,9 @@ impl SpectrumPhotometry {
         if filters.is_empty() {
             return Err(Error::Invalid("no filter curves given".into()));
         }
-        if !(options.max_knot_spacing > 0.0) || options.rows_per_pass == 0 {
+        if options.max_knot_spacing.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater)
+            || options.rows_per_pass == 0
+        {
             return Err(Error::Invalid(format!(
                 "bad photometry options {options:?}"
             )));
