@@ -144,6 +144,20 @@ fn run_with_a_plugin_prior_and_manifest_errors() {
         "{e}"
     );
 
+    // HMC needs the prior's gradient: refused when the manifest is read.
+    std::fs::write(
+        &bad,
+        manifest.replace(
+            "sampler: {walkers: 32, steps: 16, burn_in: 8}",
+            "sampler: {kind: hmc, walkers: 4, steps: 16, burn_in: 8}",
+        ),
+    )
+    .unwrap();
+    let o = run(&["validate", bad.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    let e = stderr(&o);
+    assert!(e.contains("sampler.kind: hmc needs the prior's gradient"), "{e}");
+
     // A survey plugin is loaded from the manifest: its SDSS bands reach the SPS check,
     // which names the first band the COSMOS emulators do not have.
     let slib = lib_name("example-survey");
