@@ -241,10 +241,10 @@ impl Caller<'_> {
         } else {
             msg
         };
+        // STATUS_PANIC messages already start with "plugin panicked".
         let status = match status {
-            abi::STATUS_ERROR => String::new(),
-            abi::STATUS_PANIC => String::new(), // the message says "plugin panicked"
-            other => format!(" (status {other})"),
+            abi::STATUS_ERROR | abi::STATUS_PANIC => String::new(),
+            other => format!(" (unknown status {other})"),
         };
         Err(fail(self.path, format!("{what} failed{status}: {msg}")))
     }
