@@ -423,9 +423,13 @@ pub enum DistillModel {
 /// and prints the 1/2/4-step two-sample report against the teacher's ODE sampler.
 fn distill_consistency(args: &DistillArgs, teacher: &DiffusionModel, source: &str) -> Result<()> {
     use popcosmos_priors::consistency::{self, Trainer};
+    // The settings measured in docs/priors.md (examples/consistency_report.rs).
     let opts = consistency::TrainOptions {
         steps: args.steps,
         n_data: args.samples,
+        batch_size: 256,
+        learning_rate: 3e-3,
+        loss: consistency::CdLoss::PseudoHuber { c: 0.3 },
         ..Default::default()
     };
     let mut rng = HostRng::seed_from_u64(args.seed);
