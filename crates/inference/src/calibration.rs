@@ -239,9 +239,17 @@ pub fn calibrate(
     let mut last_fit = Fitted::default();
     for it in 0..options.iterations {
         pipeline.likelihood = PhotometricLikelihood::new(m.likelihood, &calibration, &device)?;
-        let fit = fit_all(pipeline, galaxies, &rows, truth, &library, &lib_z, options, &mut rng, &mut |d| {
-            progress(it + 1, d, rows.len())
-        })?;
+        let fit = fit_all(
+            pipeline,
+            galaxies,
+            &rows,
+            truth,
+            &library,
+            &lib_z,
+            options,
+            &mut rng,
+            &mut |d| progress(it + 1, d, rows.len()),
+        )?;
         // Measured ln m_b per band.
         let mut ln_m = vec![f64::NAN; nb];
         for b in 0..nb {
@@ -288,7 +296,12 @@ pub fn calibrate(
         last_fit = fit;
     }
     let error_floors = if options.fit_error_floors {
-        Some(fit_floors(&last_fit, &calibration.zero_points, rows.len(), nb))
+        Some(fit_floors(
+            &last_fit,
+            &calibration.zero_points,
+            rows.len(),
+            nb,
+        ))
     } else {
         None
     };
@@ -408,7 +421,8 @@ fn fit_all(
             None => out.line_sigma.extend(std::iter::repeat_n(0.0, g * nb)),
         }
         out.obs.extend(chunk.flux_nmgy.iter().map(|v| *v as f64));
-        out.err.extend(chunk.flux_err_nmgy.iter().map(|v| *v as f64));
+        out.err
+            .extend(chunk.flux_err_nmgy.iter().map(|v| *v as f64));
         out.mask.extend(chunk.mask.iter().map(|v| *v as f64));
         progress(out.obs.len() / nb);
     }
@@ -431,7 +445,12 @@ fn pinned_start(
     let unsq = |t: &Tensor| t.unsqueeze(1);
     let model = popcosmos_api::ModelPhotometry {
         flux_nmgy: unsq(&library.model.flux_nmgy)?,
-        line_sigma_nmgy: library.model.line_sigma_nmgy.as_ref().map(unsq).transpose()?,
+        line_sigma_nmgy: library
+            .model
+            .line_sigma_nmgy
+            .as_ref()
+            .map(unsq)
+            .transpose()?,
     };
     // [draws, galaxies] log posterior of the library draws (at their own z) …
     let lp = popcosmos_api::Likelihood::log_like(post.likelihood, &model, post.obs)?
@@ -465,7 +484,10 @@ fn pinned_start(
     let jittered = pinned.pin(&(&start + (noise * m.init.jitter)?)?)?;
     let lp = pinned.log_density(&jittered)?;
     let ok = lp.ge(&lp.ones_like()?.affine(0.0, -1e30)?)?;
-    let ok = ok.unsqueeze(D::Minus1)?.broadcast_as(start.shape())?.contiguous()?;
+    let ok = ok
+        .unsqueeze(D::Minus1)?
+        .broadcast_as(start.shape())?
+        .contiguous()?;
     Ok(ok.where_cond(&jittered, &start)?)
 }
 

@@ -51,12 +51,11 @@ pub fn select_band_tensors(
     keep: &[usize],
     stacked: &[&str],
 ) -> Result<Vec<u8>> {
-    let tensors = candle_core::safetensors::load_buffer(bytes, &Device::Cpu).map_err(|e| {
-        Error::Format {
+    let tensors =
+        candle_core::safetensors::load_buffer(bytes, &Device::Cpu).map_err(|e| Error::Format {
             file: name.to_string(),
             message: format!("not a valid safetensors file: {e}"),
-        }
-    })?;
+        })?;
     let idx = Tensor::from_vec(
         keep.iter().map(|&i| i as u32).collect::<Vec<_>>(),
         keep.len(),
@@ -132,18 +131,22 @@ pub fn build_sps(
             bands: survey_bands.to_vec(),
             architecture: model.card.architecture.layers.clone(),
         };
-        let photulator =
-            Photulator::from_weights(&WeightFile::from_bytes(&bytes, &name, device)?, config, device)?;
+        let photulator = Photulator::from_weights(
+            &WeightFile::from_bytes(&bytes, &name, device)?,
+            config,
+            device,
+        )?;
         let lines = if spec.emission_lines {
             // The bundled line bandpass models follow the COSMOS band order.
             let cosmos_card = PhotulatorConfig::builtin()?.bands;
-            let line_keep = band_selection(&cosmos_card, survey_bands, "emline_emulator (COSMOS bands)")
-                .map_err(|e| {
-                    Error::Invalid(format!(
-                        "sps.emission_lines: no emission-line bandpass model for a survey band \
+            let line_keep =
+                band_selection(&cosmos_card, survey_bands, "emline_emulator (COSMOS bands)")
+                    .map_err(|e| {
+                        Error::Invalid(format!(
+                            "sps.emission_lines: no emission-line bandpass model for a survey band \
                          ({e}); set sps.emission_lines: false"
-                    ))
-                })?;
+                        ))
+                    })?;
             let lbytes = select_band_tensors(
                 popcosmos_sps::emlines::BUILTIN_WEIGHTS,
                 "emline_emulator.safetensors",
@@ -151,7 +154,11 @@ pub fn build_sps(
                 &EMLINE_STACKED,
             )?;
             Some(EmLineEmulator::from_weights(
-                &WeightFile::from_bytes(&lbytes, "emline_emulator.safetensors (band subset)", device)?,
+                &WeightFile::from_bytes(
+                    &lbytes,
+                    "emline_emulator.safetensors (band subset)",
+                    device,
+                )?,
                 device,
             )?)
         } else {
@@ -172,7 +179,9 @@ mod tests {
     #[test]
     fn band_subset_equals_full_model_columns() {
         let dev = Device::Cpu;
-        let survey = popcosmos_surveys::SurveySpec::named("cosmos").build().unwrap();
+        let survey = popcosmos_surveys::SurveySpec::named("cosmos")
+            .build()
+            .unwrap();
         let cal = survey.calibration().clone();
         let full = build_sps(&SpsSpec::default(), &survey.band_names(), &cal, &dev).unwrap();
         let all = survey.band_names();
@@ -189,12 +198,23 @@ mod tests {
             .unwrap();
         let a = full.photometry(&theta).unwrap();
         let b = sub.photometry(&theta).unwrap();
-        let idx = Tensor::from_vec(pick.iter().map(|&i| i as u32).collect::<Vec<_>>(), pick.len(), &dev).unwrap();
+        let idx = Tensor::from_vec(
+            pick.iter().map(|&i| i as u32).collect::<Vec<_>>(),
+            pick.len(),
+            &dev,
+        )
+        .unwrap();
         for (x, y) in [
             (a.flux_nmgy, b.flux_nmgy),
             (a.line_sigma_nmgy.unwrap(), b.line_sigma_nmgy.unwrap()),
         ] {
-            let x = x.index_select(&idx, 1).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let x = x
+                .index_select(&idx, 1)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
             let y = y.flatten_all().unwrap().to_vec1::<f32>().unwrap();
             for (p, q) in x.iter().zip(&y) {
                 assert!((p - q).abs() <= 1e-5 * p.abs().max(1e-6), "{p} vs {q}");

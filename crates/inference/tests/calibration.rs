@@ -76,12 +76,14 @@ fn write_mock(dir: &Path, pipeline: &Pipeline, n: usize, seed: u64) -> PathBuf {
     assert_eq!(keep.len(), n);
     let idx = Tensor::from_vec(keep.clone(), n, &dev).unwrap();
     let theta = theta.index_select(&idx, 0).unwrap();
-    let flux: Vec<Vec<f32>> = pipeline.sps.photometry(&theta).unwrap().flux_nmgy.to_vec2().unwrap();
-    let noise: Vec<Vec<f32>> = rng
-        .normal(&(n, 6).into(), &dev)
+    let flux: Vec<Vec<f32>> = pipeline
+        .sps
+        .photometry(&theta)
         .unwrap()
+        .flux_nmgy
         .to_vec2()
         .unwrap();
+    let noise: Vec<Vec<f32>> = rng.normal(&(n, 6).into(), &dev).unwrap().to_vec2().unwrap();
     let mut csv = String::from("id,zspec");
     for (_, l) in BANDS {
         csv += &format!(",flux_{l},fluxerr_{l}");
@@ -135,7 +137,10 @@ fn mock_calibration_recovers_injected_zero_points() {
     let zp = run(16, 32, 90, 4000);
     // Measured: largest |error| 0.032 at this size (16 galaxies, 90-step chains).
     for (b, (z, t)) in zp.iter().zip(INJECTED).enumerate() {
-        assert!((z - t).abs() < 0.045, "band {b}: fitted {z}, injected {t} ({zp:?})");
+        assert!(
+            (z - t).abs() < 0.045,
+            "band {b}: fitted {z}, injected {t} ({zp:?})"
+        );
     }
     // The offsets are found, not just bounded: g and z moved most of the way from 1.
     assert!(zp[1] < 0.93 && zp[4] > 1.07, "{zp:?}");
@@ -146,7 +151,10 @@ fn mock_calibration_recovers_injected_zero_points() {
 fn mock_calibration_many_galaxies() {
     let zp = run(120, 48, 200, 20000);
     for (b, (z, t)) in zp.iter().zip(INJECTED).enumerate() {
-        assert!((z - t).abs() < 0.015, "band {b}: fitted {z}, injected {t} ({zp:?})");
+        assert!(
+            (z - t).abs() < 0.015,
+            "band {b}: fitted {z}, injected {t} ({zp:?})"
+        );
     }
 }
 
@@ -170,12 +178,22 @@ fn calibration_file_loads_through_the_manifest() {
     std::fs::write(&path, text).unwrap();
     let m = Manifest::load(&path).unwrap();
     let cols = m.catalogue.bands.clone().unwrap();
-    assert_eq!((cols[1].band.as_str(), cols[1].flux.as_str()), ("hsc_g", "F_g"));
+    assert_eq!(
+        (cols[1].band.as_str(), cols[1].flux.as_str()),
+        ("hsc_g", "F_g")
+    );
     let p = Pipeline::new(m).unwrap();
     assert_eq!(p.survey.calibration().zero_points, zps.to_vec());
     assert_eq!(p.survey.calibration().error_floors, vec![0.04; 6]);
     // A calibration file with a band the survey lacks.
-    std::fs::write(dir.path().join("cal.yaml"), cal.replace("band: y", "band: Ks")).unwrap();
+    std::fs::write(
+        dir.path().join("cal.yaml"),
+        cal.replace("band: y", "band: Ks"),
+    )
+    .unwrap();
     let e = Manifest::load(&path).err().unwrap().to_string();
-    assert!(e.contains("survey.calibration_file") && e.contains("'Ks'"), "{e}");
+    assert!(
+        e.contains("survey.calibration_file") && e.contains("'Ks'"),
+        "{e}"
+    );
 }
