@@ -357,3 +357,64 @@ fn misbehaving_survey_gives_errors_not_crashes() {
         );
     }
 }
+
+/// The ABI is plain C: a prior written in C (`tests/c-plugin/normal_prior.c`, using the
+/// declarations of docs/plugins.md) loads and behaves. Skipped, with a note, where no C
+/// compiler (`$CC` or `cc`) exists.
+#[test]
+fn c_plugin_implements_the_same_abi() {
+    let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("plugin-test/c");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let lib = out_dir.join(format!(
+        "{}c_normal_prior{}",
+        std::env::consts::DLL_PREFIX,
+        std::env::consts::DLL_SUFFIX
+    ));
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c-plugin/normal_prior.c");
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    let status = Command::new(&cc)
+        .args(["-std=c11", "-O2", "-shared", "-fPIC", "-o"])
+        .arg(&lib)
+        .arg(&src)
+        .arg("-lm")
+        .status();
+    match status {
+        Err(e) => {
+            eprintln!("skipped: no C compiler '{cc}' ({e})");
+            return;
+        }
+        Ok(s) => assert!(s.success(), "{cc} failed on {}", src.display()),
+    }
+    let p = load_prior(&lib, "").unwrap();
+    assert_eq!(p.name(), "c-normal");
+    assert_eq!(
+        (p.info().plugin_name.as_str(), p.info().kind),
+        ("c-normal-prior", PluginKind::Prior)
+    );
+    let draws = p
+        .sample(500, &mut HostRng::seed_from_u64(5), &Device::Cpu)
+        .unwrap();
+    let again = p
+        .sample(500, &mut HostRng::seed_from_u64(5), &Device::Cpu)
+        .unwrap();
+    let rows = draws.to_vec2::<f32>().unwrap();
+    assert_eq!(rows, again.to_vec2::<f32>().unwrap());
+    let lp = p.log_prob(&draws).unwrap().to_vec1::<f32>().unwrap();
+    for (row, got) in rows.iter().zip(&lp) {
+        let ss: f64 = row.iter().map(|&x| (x as f64).powi(2)).sum();
+        let want = -0.5 * ss - 8.0 * (2.0 * std::f64::consts::PI).ln();
+        assert!((*got as f64 - want).abs() < 1e-4, "{got} vs {want}");
+    }
+    // Sample variance of 8000 standard normals: 1 ± 5·√(2/8000).
+    let all: Vec<f64> = rows.iter().flatten().map(|&x| x as f64).collect();
+    let var = all.iter().map(|x| x * x).sum::<f64>() / all.len() as f64;
+    assert!(
+        (var - 1.0).abs() < 5.0 * (2.0 / all.len() as f64).sqrt(),
+        "{var}"
+    );
+    let e = err_of(load_prior(&lib, "fail"));
+    assert!(
+        e.contains("create failed: C plugin: configuration 'fail' refused"),
+        "{e}"
+    );
+}
