@@ -167,9 +167,15 @@ impl Pipeline {
             CosmosSps::builtin(&calibration, &device)?
         } else {
             // Any emulator set whose bands include the survey's (selected in survey order).
+            let filters = manifest
+                .survey
+                .build_defined()
+                .map(|s| s.filters)
+                .unwrap_or_default();
             crate::sps_bands::build_sps(
                 &manifest.sps,
                 &survey.band_names(),
+                &filters,
                 &calibration,
                 &device,
             )?

@@ -88,9 +88,14 @@ pub fn select_band_tensors(
 
 /// The run's SPS model for `survey_bands`: the full emulator set when the bands match, else
 /// the subset of its networks in survey order.
+///
+/// Emission lines: for the COSMOS set the bundled line-bandpass models of the selected
+/// bands; for any other set (e.g. `builtin:photulator_kids9`) band responses computed from
+/// the survey's `filters` (survey order, one per band; [`CosmosSps::for_filter_set`]).
 pub fn build_sps(
     spec: &SpsSpec,
     survey_bands: &[String],
+    filters: &[popcosmos_api::FilterCurve],
     calibration: &Calibration,
     device: &Device,
 ) -> Result<CosmosSps> {
@@ -105,24 +110,49 @@ pub fn build_sps(
         )));
     }
     let all_bands = model.card.bands.clone();
-    let builtin_lines = || -> Result<Option<EmLineEmulator>> {
-        if spec.emission_lines {
-            Ok(Some(EmLineEmulator::builtin(device)?))
-        } else {
-            Ok(None)
+    let cosmos_bands = PhotulatorConfig::builtin()?.bands;
+    let from_filters = |photulator: Photulator| -> Result<CosmosSps> {
+        if !spec.emission_lines {
+            return CosmosSps::new(photulator, None, calibration);
         }
+        if filters.len() != survey_bands.len() {
+            return Err(Error::Invalid(format!(
+                "sps.emission_lines: the emulator set {} is not the COSMOS set, so the line \
+                 band responses come from the survey's filter curves, but the survey has {} \
+                 curves for {} bands (set sps.emission_lines: false)",
+                model.source,
+                filters.len(),
+                survey_bands.len()
+            )));
+        }
+        // Curves carry their file stem; the photulator checks them by band name.
+        let named: Vec<popcosmos_api::FilterCurve> = filters
+            .iter()
+            .zip(survey_bands)
+            .map(|(f, b)| popcosmos_api::FilterCurve {
+                name: b.clone(),
+                ..f.clone()
+            })
+            .collect();
+        CosmosSps::for_filter_set(photulator, &named, calibration)
     };
     let sps = if all_bands == survey_bands {
         let config = PhotulatorConfig {
-            bands: all_bands,
+            bands: all_bands.clone(),
             architecture: model.card.architecture.layers.clone(),
         };
         let file = WeightFile::from_bytes(&model.bytes, model.source.clone(), device)?;
-        CosmosSps::new(
-            Photulator::from_weights(&file, config, device)?,
-            builtin_lines()?,
-            calibration,
-        )?
+        let photulator = Photulator::from_weights(&file, config, device)?;
+        if all_bands == cosmos_bands {
+            let lines = if spec.emission_lines {
+                Some(EmLineEmulator::builtin(device)?)
+            } else {
+                None
+            };
+            CosmosSps::new(photulator, lines, calibration)?
+        } else {
+            from_filters(photulator)?
+        }
     } else {
         let keep = band_selection(&all_bands, survey_bands, &model.source)?;
         let name = format!("{} (bands {})", model.source, survey_bands.join(","));
@@ -136,9 +166,12 @@ pub fn build_sps(
             config,
             device,
         )?;
+        if all_bands != cosmos_bands {
+            return from_filters(photulator);
+        }
         let lines = if spec.emission_lines {
             // The bundled line bandpass models follow the COSMOS band order.
-            let cosmos_card = PhotulatorConfig::builtin()?.bands;
+            let cosmos_card = cosmos_bands.clone();
             let line_keep =
                 band_selection(&cosmos_card, survey_bands, "emline_emulator (COSMOS bands)")
                     .map_err(|e| {
@@ -183,14 +216,14 @@ mod tests {
             .build()
             .unwrap();
         let cal = survey.calibration().clone();
-        let full = build_sps(&SpsSpec::default(), &survey.band_names(), &cal, &dev).unwrap();
+        let full = build_sps(&SpsSpec::default(), &survey.band_names(), &[], &cal, &dev).unwrap();
         let all = survey.band_names();
         let pick = [0usize, 1, 2, 3, 4, 5, 9, 24];
         let wanted: Vec<String> = pick.iter().map(|&i| all[i].clone()).collect();
         let mut sub_cal = cal.clone();
         sub_cal.zero_points = pick.iter().map(|&i| cal.zero_points[i]).collect();
         sub_cal.error_floors = pick.iter().map(|&i| cal.error_floors[i]).collect();
-        let sub = build_sps(&SpsSpec::default(), &wanted, &sub_cal, &dev).unwrap();
+        let sub = build_sps(&SpsSpec::default(), &wanted, &[], &sub_cal, &dev).unwrap();
         assert_eq!(sub.band_names(), wanted.as_slice());
         let theta = popcosmos_priors::UniformPrior::new()
             .sample(64, &mut popcosmos_api::HostRng::seed_from_u64(3), &dev)
@@ -227,6 +260,7 @@ mod tests {
         let e = build_sps(
             &SpsSpec::default(),
             &["hsc_g".to_string(), "omegacam_u".to_string()],
+            &[],
             &popcosmos_surveys::Cosmos::new(popcosmos_surveys::CalibrationChoice::Uncalibrated)
                 .calibration,
             &Device::Cpu,
