@@ -197,3 +197,20 @@ fn calibration_file_loads_through_the_manifest() {
         "{e}"
     );
 }
+
+/// The built-in KiDS survey on the COSMOS emulator set: the error names the key and the
+/// first band the set lacks.
+#[test]
+fn kids_survey_on_the_cosmos_set_names_the_missing_band() {
+    let m = Manifest::from_yaml(
+        "survey: {name: kids}\ncatalogue: {path: x.csv, units: nanomaggies}\n\
+         prior: {kind: uniform}\noutput: {dir: out}\n",
+        "m.yaml",
+    )
+    .unwrap();
+    let e = Pipeline::new(m).err().unwrap().to_string();
+    assert!(
+        e.contains("sps.weights") && e.contains("KiDSVIKING_aibn139_u"),
+        "{e}"
+    );
+}
