@@ -30,6 +30,7 @@ pub static BUILTIN: &[BuiltinModel] = &[
     bundled!("stellar_mass_emulator"),
     bundled!("noise_model"),
     bundled!("popcosmos_prior_diffusion"),
+    bundled!("popcosmos_prior_consistency"),
 ];
 
 /// The bundled model called `name`.

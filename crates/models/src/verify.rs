@@ -99,7 +99,7 @@ mod tests {
 
     #[test]
     fn truncation_and_bit_flips_are_rejected_with_the_file_name() {
-        let m = &BUILTIN[2];
+        let m = crate::builtin::builtin("stellar_mass_emulator").unwrap();
         let card = ModelCard::from_bytes(m.card_text.as_bytes(), m.card_file).unwrap();
         let e = verify_bytes(&m.bytes[..m.bytes.len() - 1], &card, "w.safetensors").unwrap_err();
         assert!(matches!(e, ModelError::SizeMismatch { .. }));

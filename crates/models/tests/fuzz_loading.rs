@@ -1,20 +1,25 @@
 //! Property-based fuzzing of the loading path: model cards, the safetensors check, the card
 //! checks and the SPS weight parser must return errors, never panic, on arbitrary bytes.
 
-use popcosmos_models::builtin::BUILTIN;
+use popcosmos_models::builtin::{BUILTIN, BuiltinModel, builtin};
 use popcosmos_models::verify::{inspect_safetensors, verify_bytes};
 use popcosmos_models::{HubConfig, ModelCard, ModelError, WeightRef, load};
 use proptest::prelude::*;
 
+/// The bundled model these tests mutate (small, with a card).
+fn stellar_mass() -> &'static BuiltinModel {
+    builtin("stellar_mass_emulator").unwrap()
+}
+
 fn card() -> ModelCard {
-    let m = &BUILTIN[2];
+    let m = stellar_mass();
     ModelCard::from_bytes(m.card_text.as_bytes(), m.card_file).unwrap()
 }
 
 /// A valid safetensors header followed by garbage is the interesting case for the parser, so
 /// mix pure noise with mutations of a real file.
 fn mutated_weights() -> impl Strategy<Value = Vec<u8>> {
-    let real = BUILTIN[2].bytes;
+    let real = stellar_mass().bytes;
     prop_oneof![
         proptest::collection::vec(any::<u8>(), 0..512),
         (0..real.len()).prop_map(move |n| real[..n].to_vec()),
@@ -46,7 +51,7 @@ proptest! {
 
     #[test]
     fn mutated_cards_parse_or_fail_cleanly(cut in 0usize..3000, pos in 0usize..3000, byte in any::<u8>()) {
-        let text = BUILTIN[2].card_text.as_bytes();
+        let text = stellar_mass().card_text.as_bytes();
         let mut v = text[..cut.min(text.len())].to_vec();
         if !v.is_empty() {
             let i = pos % v.len();
@@ -62,7 +67,7 @@ proptest! {
     fn weights_are_checked_and_parsed_without_panics(bytes in mutated_weights()) {
         let card = card();
         match verify_bytes(&bytes, &card, "w.safetensors") {
-            Ok(()) => prop_assert_eq!(&bytes[..], BUILTIN[2].bytes),
+            Ok(()) => prop_assert_eq!(&bytes[..], stellar_mass().bytes),
             Err(e) => {
                 prop_assert!(
                     matches!(e, ModelError::SizeMismatch { .. } | ModelError::ChecksumMismatch { .. }),
@@ -88,10 +93,10 @@ proptest! {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("stellar_mass_emulator.safetensors");
         std::fs::write(&path, &bytes).unwrap();
-        std::fs::write(dir.path().join("stellar_mass_emulator.card.yaml"), BUILTIN[2].card_text).unwrap();
+        std::fs::write(dir.path().join("stellar_mass_emulator.card.yaml"), stellar_mass().card_text).unwrap();
         let r = WeightRef::Path(path.clone());
         match load(&r, &HubConfig::new(dir.path().join("hub"))) {
-            Ok(m) => prop_assert_eq!(&*m.bytes, BUILTIN[2].bytes),
+            Ok(m) => prop_assert_eq!(&*m.bytes, stellar_mass().bytes),
             Err(e) => prop_assert!(e.to_string().starts_with(&path.display().to_string()), "{}", e),
         }
     }
@@ -101,7 +106,7 @@ proptest! {
 fn local_file_without_card_is_rejected() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("w.safetensors");
-    std::fs::write(&path, BUILTIN[2].bytes).unwrap();
+    std::fs::write(&path, stellar_mass().bytes).unwrap();
     let e = load(&WeightRef::Path(path), &HubConfig::new(dir.path())).unwrap_err();
     assert!(matches!(e, ModelError::MissingCard { .. }), "{e}");
     assert!(e.to_string().contains("w.card.yaml"), "{e}");
