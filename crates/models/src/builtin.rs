@@ -26,11 +26,12 @@ macro_rules! bundled {
 /// Every bundled model, the default photulator first.
 pub static BUILTIN: &[BuiltinModel] = &[
     bundled!("photulator_cosmos26"),
+    bundled!("photulator_kids9"),
+    bundled!("photulator_lsst6"),
     bundled!("emline_emulator"),
     bundled!("stellar_mass_emulator"),
     bundled!("noise_model"),
     bundled!("popcosmos_prior_diffusion"),
-    bundled!("popcosmos_prior_consistency"),
 ];
 
 /// The bundled model called `name`.
