@@ -84,8 +84,9 @@ pub enum PriorSpec {
     },
     /// [`flow::FlowPrior`]: a normalizing flow over φ (e.g. distilled from a diffusion prior).
     Flow {
-        /// Weights reference (a path with a model card, or `hf://…`), e.g. the output of
-        /// `popcosmos-cli distill`. No distilled flow is bundled yet.
+        /// Weights reference (`builtin:NAME`, a path with a model card, or `hf://…`);
+        /// default the flow distilled from the bundled diffusion prior.
+        #[serde(default = "default_flow_weights")]
         weights: String,
     },
     /// A prior from a plugin shared library (`popcosmos-plugin-host`, docs/plugins.md):
@@ -101,6 +102,13 @@ pub enum PriorSpec {
 
 /// The bundled diffusion population prior.
 pub const DEFAULT_DIFFUSION_PRIOR: &str = "builtin:popcosmos_prior_diffusion";
+
+/// The normalizing flow distilled from [`DEFAULT_DIFFUSION_PRIOR`].
+pub const DEFAULT_FLOW_PRIOR: &str = "builtin:popcosmos_prior_flow";
+
+fn default_flow_weights() -> String {
+    DEFAULT_FLOW_PRIOR.into()
+}
 
 /// The consistency model distilled from [`DEFAULT_DIFFUSION_PRIOR`].
 pub const DEFAULT_CONSISTENCY_SAMPLER: &str = "builtin:popcosmos_prior_consistency";
