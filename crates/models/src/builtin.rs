@@ -32,6 +32,8 @@ pub static BUILTIN: &[BuiltinModel] = &[
     bundled!("stellar_mass_emulator"),
     bundled!("noise_model"),
     bundled!("popcosmos_prior_diffusion"),
+    bundled!("popcosmos_prior_consistency"),
+    bundled!("popcosmos_prior_flow"),
 ];
 
 /// The bundled model called `name`.
