@@ -146,8 +146,14 @@ fn mock_calibration_recovers_injected_zero_points() {
     assert!(zp[1] < 0.93 && zp[4] > 1.07, "{zp:?}");
 }
 
+/// KNOWN FAILURE (measured 2026-11-26, release, 154 s): with 120 galaxies the fitted zero
+/// points are biased along a smooth tilt with wavelength — u 1.062, g 0.941, r 1.014,
+/// z 1.089, y 0.976 (i fixed at 1) against injected 1, 0.9, 1, 1.1, 1 — i.e. up to 6 % in
+/// u and 4.5 % in g. A tilt of the zero points trades against the population's dust / SFH
+/// parameters, and the non-mixing pinned-z chains plus the secant update drift along that
+/// direction. The requirement (0.015) is kept so the test shows the problem.
 #[test]
-#[ignore = "slow: 120 galaxies × 3 iterations; run with --release -- --ignored"]
+#[ignore = "slow (120 galaxies × 3 iterations) and currently failing; run with --release -- --ignored"]
 fn mock_calibration_many_galaxies() {
     let zp = run(120, 48, 200, 20000);
     for (b, (z, t)) in zp.iter().zip(INJECTED).enumerate() {
