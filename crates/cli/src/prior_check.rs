@@ -188,7 +188,7 @@ pub fn run(args: &ComparePriorsArgs) -> Result<()> {
         c.n
     );
     println!(
-        "log-density cost: model {:.3e} s/row, reference {:.3e} s/row (×{:.0}); model sampling {:.3e} s/row",
+        "log-density cost: model {:.3e} s/row, reference {:.3e} s/row (model/reference = {:.3e}); model sampling {:.3e} s/row",
         c.model_log_prob_s_per_row,
         c.reference_log_prob_s_per_row,
         c.model_log_prob_s_per_row / c.reference_log_prob_s_per_row,

@@ -69,8 +69,8 @@ pub fn reweight(args: &ReweightArgs) -> Result<()> {
         );
     }
     let chains = read_results(&chains_dir).with_context(|| chains_dir.display().to_string())?;
-    let from = popcosmos_inference::manifest::build_prior(&from_spec, &device)
-        .context("--from prior")?;
+    let from =
+        popcosmos_inference::manifest::build_prior(&from_spec, &device).context("--from prior")?;
     let to = popcosmos_inference::manifest::build_prior(&to_spec, &device).context("--to prior")?;
     let t0 = std::time::Instant::now();
     let galaxies = reweight::reweight_chains(&chains, from.as_ref(), to.as_ref(), &device)?;
