@@ -436,8 +436,10 @@ fn distill_consistency(args: &DistillArgs, teacher: &DiffusionModel, source: &st
     let t0 = std::time::Instant::now();
     let mut trainer = Trainer::new(teacher, opts.clone(), &mut rng)?;
     let bar = ProgressBar::new(args.steps as u64).with_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} steps  CD loss {msg}  [{elapsed}<{eta}]")
-            .expect("template"),
+        ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} steps  CD loss {msg}  [{elapsed}<{eta}]",
+        )
+        .expect("template"),
     );
     let mut window = 0.0;
     for step in 0..args.steps {

@@ -156,7 +156,10 @@ fn run_with_a_plugin_prior_and_manifest_errors() {
     let o = run(&["validate", bad.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1));
     let e = stderr(&o);
-    assert!(e.contains("sampler.kind: hmc needs the prior's gradient"), "{e}");
+    assert!(
+        e.contains("sampler.kind: hmc needs the prior's gradient"),
+        "{e}"
+    );
 
     // A survey plugin is loaded from the manifest: its SDSS bands reach the SPS check,
     // which names the first band the COSMOS emulators do not have.

@@ -380,7 +380,8 @@ impl Manifest {
         let uses_label = [&c.flux_pattern, &c.error_pattern]
             .iter()
             .any(|p| p.as_deref().is_some_and(|p| p.contains("{label}")));
-        let names_columns = c.bands.is_some() || c.flux_pattern.is_some() || c.error_pattern.is_some();
+        let names_columns =
+            c.bands.is_some() || c.flux_pattern.is_some() || c.error_pattern.is_some();
         if c.bands.is_some() || (names_columns && !uses_label) {
             return Ok(());
         }

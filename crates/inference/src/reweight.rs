@@ -241,7 +241,10 @@ pub fn summarise(
             push(derived.iter().map(get).collect(), &mut out);
         }
         for p in (0..N_PARAMS).filter(|p| *p != IDX_Z) {
-            push((0..n).map(|r| g.theta[r * N_PARAMS + p]).collect(), &mut out);
+            push(
+                (0..n).map(|r| g.theta[r * N_PARAMS + p]).collect(),
+                &mut out,
+            );
         }
         let max_weight = weights.iter().copied().fold(0.0, f64::max);
         for v in [n as f64, kish_ess(&weights), max_weight] {

@@ -22,9 +22,24 @@ fn bundled_flow_is_the_default_and_close_to_its_population() {
     let x = pa
         .sample(n, &mut HostRng::seed_from_u64(4), &Device::Cpu)
         .unwrap();
-    let lq = flow.log_prob(&x).unwrap().to_dtype(DType::F64).unwrap().to_vec1::<f64>().unwrap();
-    let lp = pa.log_prob(&x).unwrap().to_dtype(DType::F64).unwrap().to_vec1::<f64>().unwrap();
-    assert!(lq.iter().all(|v| v.is_finite()), "flow gives a non-finite ln q");
+    let lq = flow
+        .log_prob(&x)
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap();
+    let lp = pa
+        .log_prob(&x)
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap();
+    assert!(
+        lq.iter().all(|v| v.is_finite()),
+        "flow gives a non-finite ln q"
+    );
     let d: Vec<f64> = lp.iter().zip(&lq).map(|(p, q)| p - q).collect();
     let mean = d.iter().sum::<f64>() / n as f64;
     let sd = (d.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt();
@@ -35,9 +50,21 @@ fn bundled_flow_is_the_default_and_close_to_its_population() {
         .sample(m, &mut HostRng::seed_from_u64(5), &Device::Cpu)
         .unwrap();
     assert_eq!(s.dims(), &[m, 16]);
-    let ls = flow.log_prob(&s).unwrap().to_dtype(DType::F64).unwrap().to_vec1::<f64>().unwrap();
+    let ls = flow
+        .log_prob(&s)
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap();
     assert!(ls.iter().all(|v| v.is_finite()));
-    let lps = pa.log_prob(&s).unwrap().to_dtype(DType::F64).unwrap().to_vec1::<f64>().unwrap();
+    let lps = pa
+        .log_prob(&s)
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap();
     let lw: Vec<f64> = lps.iter().zip(&ls).map(|(p, q)| p - q).collect();
     let max = lw.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     let ln_z = max + (lw.iter().map(|v| (v - max).exp()).sum::<f64>() / m as f64).ln();

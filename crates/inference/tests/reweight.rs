@@ -111,6 +111,10 @@ fn gaussian_draws_reweighted_to_another_gaussian_match_exact_percentiles() {
     let raw = summarise(&swapped, &mass, true, &device).unwrap();
     let s = shift_stats(&b, &raw, "z").unwrap();
     assert_eq!(s.n, 1);
-    assert!(s.width68_ratio > 1.15, "68% width ratio {}", s.width68_ratio);
+    assert!(
+        s.width68_ratio > 1.15,
+        "68% width ratio {}",
+        s.width68_ratio
+    );
     assert!(s.mean_shift_sigma < -0.1, "shift {}", s.mean_shift_sigma);
 }

@@ -44,8 +44,14 @@ fn kids_and_lsst_run_on_their_emulator_sets() {
             .unwrap()
             .to_vec1()
             .unwrap();
-        assert!(f.iter().all(|v| v.is_finite() && *v > 0.0), "{survey}: {f:?}");
-        assert!(s.iter().all(|v| v.is_finite() && *v >= 0.0), "{survey}: {s:?}");
+        assert!(
+            f.iter().all(|v| v.is_finite() && *v > 0.0),
+            "{survey}: {f:?}"
+        );
+        assert!(
+            s.iter().all(|v| v.is_finite() && *v >= 0.0),
+            "{survey}: {s:?}"
+        );
         assert!(s.iter().any(|v| *v > 0.0), "{survey}: no line term");
     }
 }

@@ -398,10 +398,11 @@ fn diffusion_prior_draws_with_its_consistency_sampler() {
     let direct = cm.sample(300, 2, &mut HostRng::seed_from_u64(5)).unwrap();
     assert_eq!(max_abs_diff(&draws, &direct), 0.0);
     // The log-density is the diffusion model's, with or without the fast sampler.
-    let plain: popcosmos_priors::PriorSpec =
-        serde_json::from_value(serde_json::json!({"kind": "diffusion", "weights": "teacher",
-            "log_prob": {"solver": {"method": "rk4", "steps": 2}}}))
-            .unwrap();
+    let plain: popcosmos_priors::PriorSpec = serde_json::from_value(
+        serde_json::json!({"kind": "diffusion", "weights": "teacher",
+            "log_prob": {"solver": {"method": "rk4", "steps": 2}}}),
+    )
+    .unwrap();
     let plain = plain.build_with(&Device::Cpu, &loader).unwrap();
     let x = draws.narrow(0, 0, 4).unwrap();
     let (a, b) = (prior.log_prob(&x).unwrap(), plain.log_prob(&x).unwrap());
@@ -439,5 +440,10 @@ fn diffusion_prior_draws_with_its_consistency_sampler() {
         serde_json::json!({"kind": "diffusion", "fast_sampler": {"steps": 0}}),
     )
     .unwrap();
-    assert!(bad.validate().unwrap_err().to_string().contains("prior.fast_sampler.steps"));
+    assert!(
+        bad.validate()
+            .unwrap_err()
+            .to_string()
+            .contains("prior.fast_sampler.steps")
+    );
 }
