@@ -5,7 +5,6 @@ use candle_core::{DType, Device};
 use popcosmos_api::{HostRng, Prior};
 use popcosmos_inference::manifest::build_prior;
 use popcosmos_priors::{PriorSpec, ProspectorAlphaPrior};
-use rand::SeedableRng;
 
 /// The flow was distilled from the bundled diffusion prior, itself trained on draws of the
 /// Prospector-α prior. The forward KL(PA ‖ q) = E_PA[ln p̃_PA − ln q] − ln Z_PA, with the
