@@ -78,11 +78,6 @@ pub fn reweight(args: &ReweightArgs) -> Result<()> {
     let stellar_mass = popcosmos_sps::StellarMassEmulator::builtin(&device)?;
     let before = reweight::summarise(&galaxies, &stellar_mass, true, &device)?;
     let after = reweight::summarise(&galaxies, &stellar_mass, false, &device)?;
-    write_table(
-        &args.output,
-        &ResultSchema::new(reweight::summary_columns()),
-        &after,
-    )?;
     let ess = after.column("importance_ess").unwrap_or(&[]);
     let n_draws = after.column("n_draws").unwrap_or(&[]);
     let mut frac: Vec<f64> = ess.iter().zip(n_draws).map(|(e, n)| e / n).collect();
@@ -127,6 +122,11 @@ pub fn reweight(args: &ReweightArgs) -> Result<()> {
             s.width95_ratio
         );
     }
+    write_table(
+        &args.output,
+        &ResultSchema::new(reweight::summary_columns()),
+        &after,
+    )?;
     println!("wrote {}", args.output.display());
     Ok(())
 }

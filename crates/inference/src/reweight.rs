@@ -20,6 +20,10 @@ use popcosmos_sps::derived::derived_from_tensor;
 
 use crate::pipeline::{DERIVED_NAMES, PERCENTILES};
 
+/// Galaxies whose weights have a smaller Kish ESS are flagged: a handful of draws carry
+/// the reweighted posterior, so its percentiles are not to be trusted.
+pub const MIN_IMPORTANCE_ESS: f64 = 20.0;
+
 /// Rows per prior call (bounds memory; both priors are batched).
 const ROWS_PER_CALL: usize = 4096;
 
@@ -182,7 +186,8 @@ pub fn reweight_chains(
 
 /// Per-galaxy summary columns of a reweighted posterior: weighted percentiles of z, the
 /// derived quantities and the other parameters (same names as a run's results), plus
-/// `n_draws`, `importance_ess` (Kish) and `max_weight` (largest normalised weight).
+/// `n_draws`, `importance_ess` (Kish) and `max_weight` (largest normalised weight), and a
+/// `flags` string column (set when the ESS is below [`MIN_IMPORTANCE_ESS`]).
 pub fn summary_columns() -> Vec<String> {
     let mut cols = Vec::new();
     let mut quantities: Vec<&str> = vec!["z"];
@@ -208,6 +213,7 @@ pub fn summarise(
     let columns = summary_columns();
     let mut out: Vec<Vec<f64>> = vec![Vec::with_capacity(galaxies.len()); columns.len()];
     let mut table = ResultTable::default();
+    let mut flags = Vec::with_capacity(galaxies.len());
     for g in galaxies {
         let n = g.len();
         let weights = if equal_weights {
@@ -247,15 +253,22 @@ pub fn summarise(
             );
         }
         let max_weight = weights.iter().copied().fold(0.0, f64::max);
-        for v in [n as f64, kish_ess(&weights), max_weight] {
+        let ess = kish_ess(&weights);
+        for v in [n as f64, ess, max_weight] {
             out[col].push(v);
             col += 1;
         }
+        flags.push(if equal_weights || ess >= MIN_IMPORTANCE_ESS {
+            String::new()
+        } else {
+            format!("importance ESS {ess:.1} < {MIN_IMPORTANCE_ESS}")
+        });
         table.ids.push(g.id.clone());
     }
     for (name, values) in columns.into_iter().zip(out) {
         table.columns.insert(name, values);
     }
+    table.strings.insert("flags".into(), flags);
     Ok(table)
 }
 

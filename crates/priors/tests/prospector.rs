@@ -123,7 +123,11 @@ fn prior_spec_round_trips_and_builds() {
     let f: PriorSpec =
         serde_json::from_str(r#"{"kind":"flow","weights":"f.safetensors"}"#).unwrap();
     assert!(matches!(&f, PriorSpec::Flow { weights } if weights == "f.safetensors"));
-    assert!(serde_json::from_str::<PriorSpec>(r#"{"kind":"flow"}"#).is_err());
+    // `{kind: flow}` defaults to the bundled distilled flow.
+    let f: PriorSpec = serde_json::from_str(r#"{"kind":"flow"}"#).unwrap();
+    assert!(
+        matches!(&f, PriorSpec::Flow { weights } if weights == popcosmos_priors::DEFAULT_FLOW_PRIOR)
+    );
     assert!(serde_json::from_str::<PriorSpec>(r#"{"kind":"difusion"}"#).is_err());
     assert!(serde_json::from_str::<PriorSpec>(r#"{"kind":"uniform","x":1}"#).is_err());
     let _ = UniformPrior::new();
