@@ -331,3 +331,73 @@ fn flow_prior_runs_from_the_manifest_with_hmc() {
         stderr(&o)
     );
 }
+
+#[test]
+fn reweight_swaps_the_prior_on_a_runs_chains() {
+    // A run with stored chains under the uniform prior, reweighted to Prospector-α: every
+    // galaxy keeps its draws, the summary file has the run's percentile columns plus the
+    // importance diagnostics; reweighting to the run's own prior gives equal weights.
+    let dir = tempdir("reweight");
+    let cat = repo().join("tests/data/cosmos_tiny.csv");
+    let out = dir.join("out");
+    let m = dir.join("m.yaml");
+    let manifest = tiny_manifest(&cat, &out, "")
+        .replace("prior: {kind: prospector-alpha}", "prior: {kind: uniform}")
+        .replace(
+            "output: {dir: ",
+            "output: {chains: true, chain_thin: 2, dir: ",
+        );
+    std::fs::write(&m, manifest).unwrap();
+    let o = run(&["run", m.to_str().unwrap(), "--quiet"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let same = dir.join("same.parquet");
+    let o = run(&[
+        "reweight",
+        out.to_str().unwrap(),
+        "--to",
+        "uniform",
+        "-o",
+        same.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let t = popcosmos_catalog::results::read_results(&same).unwrap();
+    assert_eq!(t.len(), 6);
+    let (n, ess) = (
+        t.column("n_draws").unwrap(),
+        t.column("importance_ess").unwrap(),
+    );
+    // 32 walkers × 8 kept steps, every 2nd stored.
+    assert!(n.iter().all(|v| *v == 128.0), "{n:?}");
+    assert!(
+        n.iter().zip(ess).all(|(a, b)| (a - b).abs() < 1e-9),
+        "{ess:?}"
+    );
+    let swapped = dir.join("swapped.parquet");
+    let o = run(&[
+        "reweight",
+        out.to_str().unwrap(),
+        "--to",
+        "prospector-alpha",
+        "-o",
+        swapped.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("median |Δ|/σ"));
+    let t = popcosmos_catalog::results::read_results(&swapped).unwrap();
+    let ess = t.column("importance_ess").unwrap();
+    assert!(ess.iter().all(|e| *e > 0.0 && *e < 128.0), "{ess:?}");
+    assert!(t.column("z_p50").unwrap().iter().all(|z| z.is_finite()));
+    // No chains → a clear error naming the folder.
+    let o = run(&[
+        "reweight",
+        dir.to_str().unwrap(),
+        "--to",
+        "uniform",
+        "--from",
+        "uniform",
+        "-o",
+        swapped.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("chains"), "{}", stderr(&o));
+}
