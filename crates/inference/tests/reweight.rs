@@ -43,7 +43,7 @@ fn chains_from(prior: &dyn Prior, n: usize, id: &str, seed: u64) -> ResultTable 
         .to_vec2::<f64>()
         .unwrap();
     let mut table = ResultTable::default();
-    let mut cols = vec![Vec::with_capacity(n); N_PARAMS];
+    let mut cols: Vec<Vec<f64>> = (0..N_PARAMS).map(|_| Vec::with_capacity(n)).collect();
     for row in &phi {
         for (c, v) in cols.iter_mut().zip(phi_row_to_theta(row)) {
             c.push(v);

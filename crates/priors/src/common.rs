@@ -112,20 +112,6 @@ where
     Ok(Tensor::from_vec(flat, (n, N_PARAMS), device)?)
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn unrefined_quantile_is_below_f32_resolution() {
-        // theta_to_phi_row_f32 uses the unrefined Acklam quantile; it must agree with the
-        // refined one far below f32 rounding (relative 6e-8).
-        use popcosmos_api::params::{normal_quantile, normal_quantile_approx};
-        for &u in &[1e-12, 1e-6, 0.01, 0.3, 0.5, 0.9, 1.0 - 1e-9] {
-            let (a, b) = (normal_quantile_approx(u), normal_quantile(u));
-            assert!((a - b).abs() < 2e-9 * (1.0 + b.abs()), "u={u}: {a} vs {b}");
-        }
-    }
-}
-
 /// Rows `[n, d]` with every coordinate finite: returns (mask `[n]` u32, the rows with the
 /// non-finite ones replaced by 0) so a learned density can be evaluated safely and the
 /// masked rows set to −∞ afterwards with [`mask_to_neg_inf`].
@@ -147,4 +133,18 @@ pub(crate) fn mask_to_neg_inf(finite: &Tensor, log_prob: &Tensor) -> Result<Tens
     let neg_inf = Tensor::full(f64::NEG_INFINITY, log_prob.shape(), log_prob.device())?
         .to_dtype(log_prob.dtype())?;
     Ok(finite.where_cond(log_prob, &neg_inf)?)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn unrefined_quantile_is_below_f32_resolution() {
+        // theta_to_phi_row_f32 uses the unrefined Acklam quantile; it must agree with the
+        // refined one far below f32 rounding (relative 6e-8).
+        use popcosmos_api::params::{normal_quantile, normal_quantile_approx};
+        for &u in &[1e-12, 1e-6, 0.01, 0.3, 0.5, 0.9, 1.0 - 1e-9] {
+            let (a, b) = (normal_quantile_approx(u), normal_quantile(u));
+            assert!((a - b).abs() < 2e-9 * (1.0 + b.abs()), "u={u}: {a} vs {b}");
+        }
+    }
 }
