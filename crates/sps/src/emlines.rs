@@ -42,12 +42,37 @@ const N_HIDDEN: usize = 128;
 const N_PCA: usize = 32;
 const N_LINES_GRID: usize = 128;
 
+/// One dense layer of a Speculator network; `act` = (α, β) of the speculator activation
+/// (hidden layers only).
 #[derive(Debug, Clone)]
-struct Dense {
+pub(crate) struct Dense {
     /// `[in, out]`.
-    weight: Tensor,
-    bias: Tensor,
-    act: Option<(Tensor, Tensor)>,
+    pub(crate) weight: Tensor,
+    pub(crate) bias: Tensor,
+    pub(crate) act: Option<(Tensor, Tensor)>,
+}
+
+/// The Speculator network (Alsing+20) shared by the line and spectrum emulators: standardise
+/// the inputs, dense layers (speculator activation on the hidden ones), un-standardise the
+/// PCA coefficients. `x` `[n, in]` → `[n, n_pca]` f32.
+pub(crate) fn speculator_pca(
+    x: &Tensor,
+    (input_shift, input_scale): (&Tensor, &Tensor),
+    layers: &[Dense],
+    (pca_shift, pca_scale): (&Tensor, &Tensor),
+) -> Result<Tensor> {
+    let mut h = x
+        .to_dtype(DType::F32)?
+        .broadcast_sub(input_shift)?
+        .broadcast_div(input_scale)?;
+    for layer in layers {
+        let pre = h.matmul(&layer.weight)?;
+        h = match &layer.act {
+            Some((a, b)) => speculator_activation(&pre, a, b, Some(&layer.bias))?,
+            None => pre.broadcast_add(&layer.bias)?,
+        };
+    }
+    Ok(h.broadcast_mul(pca_scale)?.broadcast_add(pca_shift)?)
 }
 
 /// Generalized-Gaussian mixture per band, host constants (spec App. B).
@@ -335,19 +360,12 @@ impl EmLineEmulator {
                 )));
             }
         }
-        let mut h = theta16t
-            .to_dtype(DType::F32)?
-            .broadcast_sub(&self.input_shift)?
-            .broadcast_div(&self.input_scale)?;
-        for layer in &self.layers {
-            let pre = h.matmul(&layer.weight)?;
-            h = match &layer.act {
-                Some((a, b)) => speculator_activation(&pre, a, b, Some(&layer.bias))?,
-                None => pre.broadcast_add(&layer.bias)?,
-            };
-        }
-        Ok(h.broadcast_mul(&self.pca_scale)?
-            .broadcast_add(&self.pca_shift)?)
+        speculator_pca(
+            theta16t,
+            (&self.input_shift, &self.input_scale),
+            &self.layers,
+            (&self.pca_shift, &self.pca_scale),
+        )
     }
 
     /// Line "absolute magnitudes" −2.5 log10(L/(L☉ per M☉ formed)) on the full 128-line grid,

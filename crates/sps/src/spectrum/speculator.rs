@@ -17,10 +17,10 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use serde::Deserialize;
 
-use crate::activation::speculator_activation;
+use crate::emlines::{Dense, speculator_pca};
 use crate::weights::{WeightFile, parse_card, read_sidecar};
 use popcosmos_api::{Error, Result};
 
@@ -37,14 +37,6 @@ pub struct SpeculatorConfig {
     /// Input parameter names (14), for documentation and checks.
     #[serde(default)]
     pub input_parameters: Vec<String>,
-}
-
-#[derive(Debug, Clone)]
-struct Dense {
-    /// `[in, out]`.
-    weight: Tensor,
-    bias: Tensor,
-    act: Option<(Tensor, Tensor)>,
 }
 
 /// One wavelength segment of the Speculator spectrum emulator.
@@ -164,19 +156,12 @@ impl SpeculatorSegment {
                 )));
             }
         }
-        let mut h = theta14
-            .to_dtype(DType::F32)?
-            .broadcast_sub(&self.input_shift)?
-            .broadcast_div(&self.input_scale)?;
-        for layer in &self.layers {
-            let pre = h.matmul(&layer.weight)?;
-            h = match &layer.act {
-                Some((a, b)) => speculator_activation(&pre, a, b, Some(&layer.bias))?,
-                None => pre.broadcast_add(&layer.bias)?,
-            };
-        }
-        Ok(h.broadcast_mul(&self.pca_scale)?
-            .broadcast_add(&self.pca_shift)?)
+        speculator_pca(
+            theta14,
+            (&self.input_shift, &self.input_scale),
+            &self.layers,
+            (&self.pca_shift, &self.pca_scale),
+        )
     }
 
     /// ln l_ν (maggies at 10 pc per M☉ formed, rest frame), θ₁₄ `[n, 14]` → `[n, n_λ]` f32.
