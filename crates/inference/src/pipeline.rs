@@ -51,6 +51,26 @@ pub const DERIVED_NAMES: [&str; 5] = [
     "mw_age_gyr",
 ];
 
+/// `{quantity}_{percentile}` for z, the derived quantities and the other 15 parameters.
+pub(crate) fn percentile_columns() -> Vec<String> {
+    let mut quantities: Vec<&str> = vec!["z"];
+    quantities.extend(DERIVED_NAMES);
+    quantities.extend(PARAM_NAMES.iter().filter(|n| **n != "z"));
+    quantities
+        .into_iter()
+        .flat_map(|q| PERCENTILES.map(|(_, p)| format!("{q}_{p}")))
+        .collect()
+}
+
+/// How each of [`DERIVED_NAMES`] is read from the derived quantities (same order).
+pub(crate) const DERIVED_GETTERS: [fn(&popcosmos_sps::derived::DerivedQuantities) -> f64; 5] = [
+    |q| q.log10_mass_formed,
+    |q| q.log10_mass_remaining,
+    |q| q.log10_sfr,
+    |q| q.log10_ssfr_formed,
+    |q| q.mass_weighted_age_gyr,
+];
+
 /// Everything a run needs, built once from a manifest.
 pub struct Pipeline {
     pub manifest: Manifest,
@@ -132,15 +152,7 @@ fn batch_seed(seed: u64, batch: u64) -> u64 {
 
 /// Column names of the per-galaxy results table (besides `id` and `flags`).
 pub fn result_columns() -> Vec<String> {
-    let mut cols = Vec::new();
-    let mut quantities: Vec<&str> = vec!["z"];
-    quantities.extend(DERIVED_NAMES);
-    quantities.extend(PARAM_NAMES.iter().filter(|n| **n != "z"));
-    for q in quantities {
-        for (_, p) in PERCENTILES {
-            cols.push(format!("{q}_{p}"));
-        }
-    }
+    let mut cols = percentile_columns();
     for n in PARAM_NAMES {
         cols.push(format!("map_{n}"));
     }
@@ -555,15 +567,7 @@ impl Pipeline {
                 *b = theta[row(s) * N_PARAMS + popcosmos_api::params::IDX_Z];
             }
             push_quantity(&mut buf, &mut out);
-            type Getter = fn(&popcosmos_sps::derived::DerivedQuantities) -> f64;
-            let getters: [Getter; 5] = [
-                |q| q.log10_mass_formed,
-                |q| q.log10_mass_remaining,
-                |q| q.log10_sfr,
-                |q| q.log10_ssfr_formed,
-                |q| q.mass_weighted_age_gyr,
-            ];
-            for get in getters {
+            for get in DERIVED_GETTERS {
                 for (s, b) in buf.iter_mut().enumerate() {
                     *b = get(&derived[row(s)]);
                 }

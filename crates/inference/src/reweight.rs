@@ -18,7 +18,7 @@ use popcosmos_catalog::ResultTable;
 use popcosmos_sps::StellarMassEmulator;
 use popcosmos_sps::derived::derived_from_tensor;
 
-use crate::pipeline::{DERIVED_NAMES, PERCENTILES};
+use crate::pipeline::{DERIVED_GETTERS, PERCENTILES, percentile_columns};
 
 /// Galaxies whose weights have a smaller Kish ESS are flagged: a handful of draws carry
 /// the reweighted posterior, so its percentiles are not to be trusted.
@@ -189,15 +189,7 @@ pub fn reweight_chains(
 /// `n_draws`, `importance_ess` (Kish) and `max_weight` (largest normalised weight), and a
 /// `flags` string column (set when the ESS is below [`MIN_IMPORTANCE_ESS`]).
 pub fn summary_columns() -> Vec<String> {
-    let mut cols = Vec::new();
-    let mut quantities: Vec<&str> = vec!["z"];
-    quantities.extend(DERIVED_NAMES);
-    quantities.extend(PARAM_NAMES.iter().filter(|n| **n != "z"));
-    for q in quantities {
-        for (_, p) in PERCENTILES {
-            cols.push(format!("{q}_{p}"));
-        }
-    }
+    let mut cols = percentile_columns();
     cols.extend(["n_draws", "importance_ess", "max_weight"].map(String::from));
     cols
 }
@@ -235,15 +227,7 @@ pub fn summarise(
             (0..n).map(|r| g.theta[r * N_PARAMS + IDX_Z]).collect(),
             &mut out,
         );
-        type Getter = fn(&popcosmos_sps::derived::DerivedQuantities) -> f64;
-        let getters: [Getter; 5] = [
-            |q| q.log10_mass_formed,
-            |q| q.log10_mass_remaining,
-            |q| q.log10_sfr,
-            |q| q.log10_ssfr_formed,
-            |q| q.mass_weighted_age_gyr,
-        ];
-        for get in getters {
+        for get in DERIVED_GETTERS {
             push(derived.iter().map(get).collect(), &mut out);
         }
         for p in (0..N_PARAMS).filter(|p| *p != IDX_Z) {
