@@ -12,6 +12,17 @@ use popcosmos_priors::{PriorSpec, ProspectorAlphaPrior};
 /// sampling from the flow, Z = E_q[p̃_PA / q], should be of the order of the chain
 /// PA → diffusion (0.20 nats, docs/priors.md) → flow (0.35 nats); a broken or wrong file
 /// gives many nats.
+/// ln p of every row, as f64.
+fn log_prob(prior: &dyn Prior, x: &candle_core::Tensor) -> Vec<f64> {
+    prior
+        .log_prob(x)
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap()
+}
+
 #[test]
 fn bundled_flow_is_the_default_and_close_to_its_population() {
     let spec: PriorSpec = serde_saphyr::from_str("{kind: flow}").unwrap();
@@ -21,20 +32,8 @@ fn bundled_flow_is_the_default_and_close_to_its_population() {
     let x = pa
         .sample(n, &mut HostRng::seed_from_u64(4), &Device::Cpu)
         .unwrap();
-    let lq = flow
-        .log_prob(&x)
-        .unwrap()
-        .to_dtype(DType::F64)
-        .unwrap()
-        .to_vec1::<f64>()
-        .unwrap();
-    let lp = pa
-        .log_prob(&x)
-        .unwrap()
-        .to_dtype(DType::F64)
-        .unwrap()
-        .to_vec1::<f64>()
-        .unwrap();
+    let lq = log_prob(flow.as_ref(), &x);
+    let lp = log_prob(&pa, &x);
     assert!(
         lq.iter().all(|v| v.is_finite()),
         "flow gives a non-finite ln q"
@@ -49,21 +48,9 @@ fn bundled_flow_is_the_default_and_close_to_its_population() {
         .sample(m, &mut HostRng::seed_from_u64(5), &Device::Cpu)
         .unwrap();
     assert_eq!(s.dims(), &[m, 16]);
-    let ls = flow
-        .log_prob(&s)
-        .unwrap()
-        .to_dtype(DType::F64)
-        .unwrap()
-        .to_vec1::<f64>()
-        .unwrap();
+    let ls = log_prob(flow.as_ref(), &s);
     assert!(ls.iter().all(|v| v.is_finite()));
-    let lps = pa
-        .log_prob(&s)
-        .unwrap()
-        .to_dtype(DType::F64)
-        .unwrap()
-        .to_vec1::<f64>()
-        .unwrap();
+    let lps = log_prob(&pa, &s);
     let lw: Vec<f64> = lps.iter().zip(&ls).map(|(p, q)| p - q).collect();
     let max = lw.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     let ln_z = max + (lw.iter().map(|v| (v - max).exp()).sum::<f64>() / m as f64).ln();

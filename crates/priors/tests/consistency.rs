@@ -128,13 +128,10 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         .unwrap()
 }
 
-/// f_θ(x, ε) = x bit for bit, for an untrained (seeded) model on the bundled 16-D teacher,
-/// whatever x; at t > ε the network contributes.
-#[test]
-fn boundary_condition_is_exact() {
-    let teacher = bundled_teacher();
+/// A seeded, untrained (32×32) consistency model for `teacher` (8 cheap teacher draws).
+fn untrained_consistency_model(teacher: &DiffusionModel) -> ConsistencyModel {
     let data = consistency::teacher_samples(
-        &teacher,
+        teacher,
         8,
         8,
         &OdeSolver::Euler { steps: 4 },
@@ -145,10 +142,18 @@ fn boundary_condition_is_exact() {
         hidden: vec![32, 32],
         ..TrainOptions::default()
     };
-    let cm = Trainer::with_samples(&teacher, &data, opts)
+    Trainer::with_samples(teacher, &data, opts)
         .unwrap()
         .model()
-        .unwrap();
+        .unwrap()
+}
+
+/// f_θ(x, ε) = x bit for bit, for an untrained (seeded) model on the bundled 16-D teacher,
+/// whatever x; at t > ε the network contributes.
+#[test]
+fn boundary_condition_is_exact() {
+    let teacher = bundled_teacher();
+    let cm = untrained_consistency_model(&teacher);
     let eps = cm.sde().epsilon();
     let mut rng = HostRng::seed_from_u64(7);
     let x = (rng.normal(&Shape::from((64, 16)), &Device::Cpu).unwrap() * 5.0).unwrap();
@@ -352,22 +357,7 @@ fn classifier_auc_separates() {
 #[test]
 fn diffusion_prior_draws_with_its_consistency_sampler() {
     let teacher = bundled_teacher();
-    let data = consistency::teacher_samples(
-        &teacher,
-        8,
-        8,
-        &OdeSolver::Euler { steps: 4 },
-        &mut HostRng::seed_from_u64(1),
-    )
-    .unwrap();
-    let opts = TrainOptions {
-        hidden: vec![32, 32],
-        ..TrainOptions::default()
-    };
-    let cm = Trainer::with_samples(&teacher, &data, opts)
-        .unwrap()
-        .model()
-        .unwrap();
+    let cm = untrained_consistency_model(&teacher);
     let dir = tempfile::tempdir().unwrap();
     let cm_path = dir.path().join("cm.safetensors");
     cm.save(&cm_path, &HashMap::new()).unwrap();
