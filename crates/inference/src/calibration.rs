@@ -27,7 +27,7 @@ use popcosmos_api::{
     params::{IDX_Z, LOWER, UPPER, normal_quantile, phi_to_theta},
 };
 use popcosmos_catalog::ObservedChunk;
-use popcosmos_samplers::run::{RunConfig, sample};
+use popcosmos_samplers::run::RunConfig;
 
 use crate::init::InitLibrary;
 use crate::likelihood::PhotometricLikelihood;
@@ -387,8 +387,7 @@ fn fit_all(
             burn_in: m.sampler.burn_in,
             thin: m.sampler.thin,
         };
-        let kernel = pipeline.ensemble_kernel()?;
-        let chain = sample(&kernel, init, &pinned, rng, &config, None)?;
+        let chain = pipeline.sample_posterior(init, &pinned, library, rng, &config)?;
         // Last `median_steps` kept steps → model photometry → median over draws.
         let keep = options.median_steps.clamp(1, chain.kept);
         let (w, g) = (chain.walkers, chain.galaxies);

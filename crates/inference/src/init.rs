@@ -11,6 +11,10 @@ use popcosmos_api::{
 };
 
 use crate::posterior::Posterior;
+use crate::reparam::SamplingSpace;
+
+/// Fewest prior draws the sampling-space map is fitted to.
+pub const MIN_WHITENING_DRAWS: usize = 1000;
 
 /// Prior draws with their model photometry.
 pub struct InitLibrary {
@@ -20,6 +24,10 @@ pub struct InitLibrary {
     pub log_prior: Tensor,
     /// Model photometry `[draws, bands]`.
     pub model: ModelPhotometry,
+    /// The sampler's coordinates, fitted to the prior half of the draws (see
+    /// [`crate::reparam`]); its marginal whitening is left out when the prior half has fewer
+    /// than [`MIN_WHITENING_DRAWS`] draws.
+    pub sampling_space: SamplingSpace,
 }
 
 impl InitLibrary {
@@ -48,10 +56,16 @@ impl InitLibrary {
         )?;
         let log_prior = prior.log_prob(&phi)?;
         let model = crate::posterior::photometry_in_chunks(sps, &phi_to_theta(&phi)?, max_rows)?;
+        let sampling_space = SamplingSpace::fit(
+            &phi.narrow(0, 0, n_prior)?,
+            prior.gas_metallicity_above_stellar(),
+            MIN_WHITENING_DRAWS,
+        )?;
         Ok(Self {
             phi,
             log_prior,
             model,
+            sampling_space,
         })
     }
 

@@ -24,6 +24,7 @@ pub mod manifest;
 pub mod mock;
 pub mod pipeline;
 pub mod posterior;
+pub mod reparam;
 pub mod reweight;
 pub mod shard;
 pub mod sps_bands;

@@ -156,6 +156,26 @@ pub enum MoveSpec {
         #[serde(default = "one")]
         weight: f64,
     },
+    /// Independence proposals from a multivariate Student-t (ν degrees of freedom, 0 =
+    /// Gaussian) fitted per galaxy: to the complementary half during the first half of
+    /// burn-in, then frozen on the ensemble's draws from the second quarter of burn-in and
+    /// refitted on those of the second half for the kept steps.
+    Global {
+        #[serde(default = "default_global_nu")]
+        nu: u32,
+        #[serde(default = "one")]
+        scale: f64,
+        #[serde(default = "one")]
+        weight: f64,
+    },
+}
+
+fn default_max_temperature() -> f64 {
+    20.0
+}
+
+fn default_global_nu() -> u32 {
+    5
 }
 
 fn default_a() -> f64 {
@@ -182,6 +202,20 @@ pub struct SamplerSpec {
     pub thin: usize,
     #[serde(default = "default_moves")]
     pub moves: Vec<MoveSpec>,
+    /// Sample in prior-adapted coordinates (an exact change of variables, `reparam`):
+    /// Z_gas − Z* instead of Z_gas where the prior needs Z_gas > Z*, then each parameter
+    /// mapped so that the prior's marginal is a standard normal (fitted to the start
+    /// library's prior draws; needs `init.library_size` ≥ 2000). It removes the constraint
+    /// wall and the heavy Student-t tails of the SFR-ratio priors that slow the moves down.
+    #[serde(default = "yes")]
+    pub whiten: bool,
+    /// Ensemble: number of parallel-tempering temperatures (1 = no tempering). Each costs one
+    /// more target evaluation per walker and step; only T = 1 is reported.
+    #[serde(default = "one_usize")]
+    pub temperatures: usize,
+    /// Ensemble: hottest temperature of the geometric ladder (used when `temperatures` > 1).
+    #[serde(default = "default_max_temperature")]
+    pub max_temperature: f64,
     /// HMC: leapfrog steps per iteration.
     #[serde(default = "default_leapfrog")]
     pub leapfrog_steps: usize,
@@ -210,15 +244,22 @@ fn default_burn() -> usize {
 fn one_usize() -> usize {
     1
 }
+/// Local moves for narrow posteriors plus the global move, which decorrelates broad ones
+/// (docs/validation.md, "Sampler mixing").
 fn default_moves() -> Vec<MoveSpec> {
     vec![
         MoveSpec::Stretch {
             a: 2.0,
-            weight: 0.7,
+            weight: 0.3,
         },
         MoveSpec::DifferentialEvolution {
             gamma: None,
-            weight: 0.3,
+            weight: 0.2,
+        },
+        MoveSpec::Global {
+            nu: default_global_nu(),
+            scale: 1.0,
+            weight: 0.5,
         },
     ]
 }
@@ -238,6 +279,9 @@ impl Default for SamplerSpec {
             burn_in: default_burn(),
             thin: 1,
             moves: default_moves(),
+            whiten: true,
+            temperatures: 1,
+            max_temperature: default_max_temperature(),
             leapfrog_steps: default_leapfrog(),
             target_accept: default_target_accept(),
             prune_deficit: default_prune_deficit(),
@@ -534,6 +578,14 @@ impl Manifest {
                     },
                 ),
                 MoveSpec::DifferentialEvolution { weight, .. } => (*weight, None),
+                MoveSpec::Global { scale, weight, .. } => (
+                    *weight,
+                    if !(scale.is_finite() && *scale > 0.0) {
+                        Some(format!("scale must be finite and > 0, got {scale}"))
+                    } else {
+                        None
+                    },
+                ),
             };
             if !(w.is_finite() && w > 0.0) {
                 return bad(
@@ -542,8 +594,21 @@ impl Manifest {
                 );
             }
             if let Some(msg) = extra {
-                return bad(&format!("sampler.moves[{i}].a"), msg);
+                let key = match m {
+                    MoveSpec::Global { .. } => "scale",
+                    _ => "a",
+                };
+                return bad(&format!("sampler.moves[{i}].{key}"), msg);
             }
+        }
+        if s.temperatures == 0 {
+            return bad("sampler.temperatures", "must be ≥ 1".into());
+        }
+        if s.temperatures > 1 && !(s.max_temperature.is_finite() && s.max_temperature > 1.0) {
+            return bad(
+                "sampler.max_temperature",
+                format!("must be finite and > 1, got {}", s.max_temperature),
+            );
         }
         if let Some(p) = s.prune_deficit
             && !(p.is_finite() && p > 0.0)

@@ -85,7 +85,9 @@ pub fn simulate(
                 None => normals[k],
             };
             out.flux_nmgy.push(z * (f[i][b] + t * s));
-            out.flux_err_nmgy.push(z * s);
+            // The catalogue carries the measurement error only: the likelihood adds the line
+            // and floor terms itself (writing the total here counted them twice).
+            out.flux_err_nmgy.push(s_nm);
             out.present.push(present);
         }
     }
@@ -369,7 +371,8 @@ pub fn simulate_noise_model(
                 + (calibration.error_floors[b] * f[i][b]).powi(2))
             .sqrt();
             out.flux_nmgy.push(z * (f[i][b] + t_draws[i * nb + b] * s));
-            out.flux_err_nmgy.push(z * s);
+            // Measurement error only; the likelihood adds the line and floor terms.
+            out.flux_err_nmgy.push(sigma_nm[i][b]);
             out.present.push(true);
         }
     }

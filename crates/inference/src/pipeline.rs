@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use popcosmos_api::{
-    Device, Error, HostRng, Likelihood, N_PARAMS, PARAM_NAMES, Prior, Result, SpsModel, Survey,
-    params::phi_to_theta,
+    Device, Error, HostRng, Likelihood, LogDensity, N_PARAMS, PARAM_NAMES, Prior, Result, SpsModel,
+    Survey, Tensor, params::phi_to_theta,
 };
 use popcosmos_catalog::{
     CatalogueReader, ObservedChunk, ResultSchema, ResultTable, ResultsWriter, TableFormat,
@@ -21,9 +21,11 @@ use popcosmos_catalog::{
 use popcosmos_samplers::{
     diagnostics::{Thresholds, diagnose_chain},
     ensemble::{DifferentialEvolutionMove, EnsembleSampler, Move, StretchMove},
+    global::{FittedProposal, GlobalMove},
     hmc::Hmc,
     prune_stuck_walkers,
     run::{Chain, RunConfig, run_from_state, sample},
+    tempering::TemperedEnsemble,
 };
 use popcosmos_sps::{CosmosSps, StellarMassEmulator, derived::derived_from_tensor};
 use serde::Serialize;
@@ -32,6 +34,7 @@ use crate::init::InitLibrary;
 use crate::likelihood::PhotometricLikelihood;
 use crate::manifest::{Manifest, MoveSpec, OutputFormat, SamplerKind};
 use crate::posterior::Posterior;
+use crate::reparam::InSamplingSpace;
 
 /// Percentiles reported for every quantity.
 pub const PERCENTILES: [(f64, &str); 5] = [
@@ -458,44 +461,7 @@ impl Pipeline {
             burn_in: m.sampler.burn_in,
             thin: m.sampler.thin,
         };
-        let chain = match m.sampler.kind {
-            SamplerKind::Ensemble => {
-                let kernel = self.ensemble_kernel()?;
-                let first = config.burn_in / 2;
-                match m.sampler.prune_deficit {
-                    Some(deficit) if first > 0 => {
-                        // Burn in half-way, re-seed stuck walkers, then run the rest.
-                        let head = RunConfig {
-                            n_steps: first,
-                            burn_in: first,
-                            thin: 1,
-                        };
-                        let state = popcosmos_api::Sampler::init(&kernel, init, &posterior)?;
-                        let (_, state) =
-                            run_from_state(&kernel, state, &posterior, &mut rng, &head, None)?;
-                        let (pos, _) = prune_stuck_walkers(
-                            &state.position,
-                            &state.log_prob,
-                            deficit,
-                            1e-3,
-                            &mut rng,
-                        )?;
-                        let tail = RunConfig {
-                            n_steps: config.n_steps - first,
-                            burn_in: config.burn_in - first,
-                            thin: config.thin,
-                        };
-                        sample(&kernel, pos, &posterior, &mut rng, &tail, None)?
-                    }
-                    _ => sample(&kernel, init, &posterior, &mut rng, &config, None)?,
-                }
-            }
-            SamplerKind::Hmc => {
-                let kernel = Hmc::new(0.05, m.sampler.leapfrog_steps)
-                    .with_adaptation(m.sampler.burn_in, m.sampler.target_accept);
-                sample(&kernel, init, &posterior, &mut rng, &config, None)?
-            }
-        };
+        let chain = self.sample_posterior(init, &posterior, library, &mut rng, &config)?;
         let table = self.summarise(chunk, &chain)?;
         let chains = if m.output.chains {
             Some(self.chain_rows(chunk, &chain))
@@ -505,7 +471,14 @@ impl Pipeline {
         Ok((table, chains))
     }
 
-    pub(crate) fn ensemble_kernel(&self) -> Result<EnsembleSampler> {
+    /// The manifest's ensemble moves; `fit` freezes the proposals of `global` moves (without
+    /// it they fit the complementary half at every step).
+    fn ensemble_kernel(&self, fit: Option<&FittedProposal>) -> Result<TemperedEnsemble> {
+        let s = &self.manifest.sampler;
+        TemperedEnsemble::geometric(self.ensemble_moves(fit)?, s.temperatures, s.max_temperature)
+    }
+
+    fn ensemble_moves(&self, fit: Option<&FittedProposal>) -> Result<EnsembleSampler> {
         let moves = self
             .manifest
             .sampler
@@ -521,10 +494,127 @@ impl Pipeline {
                         }),
                         *weight,
                     ),
+                    MoveSpec::Global { nu, scale, weight } => (
+                        Box::new(GlobalMove {
+                            nu: *nu,
+                            scale: *scale,
+                            fit: fit.cloned(),
+                        }),
+                        *weight,
+                    ),
                 }
             })
             .collect();
         EnsembleSampler::new(moves)
+    }
+
+    /// Run the manifest's sampler on `target` (a density over φ) from `init` φ
+    /// `[walkers, galaxies, 16]`, in the library's prior-whitened coordinates when
+    /// `sampler.whiten` is on; the returned chain is in φ with log-densities of `target`.
+    pub fn sample_posterior(
+        &self,
+        init: Tensor,
+        target: &dyn LogDensity,
+        library: &InitLibrary,
+        rng: &mut HostRng,
+        config: &RunConfig,
+    ) -> Result<Chain> {
+        let s = &self.manifest.sampler;
+        let run = |init: Tensor, target: &dyn LogDensity, rng: &mut HostRng| match s.kind {
+            SamplerKind::Ensemble => self.run_ensemble(init, target, rng, config),
+            SamplerKind::Hmc => {
+                let kernel =
+                    Hmc::new(0.05, s.leapfrog_steps).with_adaptation(s.burn_in, s.target_accept);
+                sample(&kernel, init, target, rng, config, None)
+            }
+        };
+        if !s.whiten {
+            return run(init, target, rng);
+        }
+        let space = &library.sampling_space;
+        let psi = space.from_phi(&init)?;
+        let chain = run(psi, &InSamplingSpace { target, space }, rng)?;
+        space.chain_to_phi(&chain)
+    }
+
+    /// Run the manifest's ensemble sampler on `target` from `init` `[walkers, galaxies, 16]`.
+    ///
+    /// Burn-in is split in two halves. After the first, walkers stuck far below their
+    /// galaxy's median are re-seeded (`sampler.prune_deficit`) and, if the manifest has a
+    /// `global` move, its proposal is frozen on the last draws of that half; after the second
+    /// half it is refitted on that half's draws and kept fixed for the kept steps, so the
+    /// kept chain is a plain Metropolis–Hastings chain with a fixed proposal mixture. With
+    /// `sampler.temperatures` > 1 all of this runs on the tempered ensembles (each temperature
+    /// its own fits), with walker swaps after every step.
+    fn run_ensemble(
+        &self,
+        init: Tensor,
+        target: &dyn LogDensity,
+        rng: &mut HostRng,
+        config: &RunConfig,
+    ) -> Result<Chain> {
+        let s = &self.manifest.sampler;
+        let has_global = s.moves.iter().any(|m| matches!(m, MoveSpec::Global { .. }));
+        let first = config.burn_in / 2;
+        let second = config.burn_in - first;
+        let kernel = self.ensemble_kernel(None)?;
+        // Every temperature starts from the same walkers; only β = 1 is returned.
+        let init = kernel.replicate(&init)?;
+        if first == 0 || (s.prune_deficit.is_none() && !has_global) {
+            return kernel.cold_chain(&sample(&kernel, init, target, rng, config, None)?);
+        }
+        let walkers = init.dim(0)?;
+        // Draws kept for a fit: enough for a well-conditioned 16×16 covariance, bounded so
+        // large ensembles do not hold long histories.
+        let fit_steps = |steps: usize| steps.min((4096 / walkers).max(2)).max(1);
+        let segment = |steps: usize, keep: usize| RunConfig {
+            n_steps: steps,
+            burn_in: steps - keep,
+            thin: 1,
+        };
+        let fit_on = |chain: &Chain| -> Result<Option<FittedProposal>> {
+            if !has_global || chain.kept == 0 {
+                return Ok(None);
+            }
+            let draws = chain.samples_tensor(&self.device)?.reshape((
+                chain.kept * chain.walkers,
+                chain.galaxies,
+                chain.dim,
+            ))?;
+            Ok(Some(FittedProposal::from_draws(&draws)?))
+        };
+
+        let state = popcosmos_api::Sampler::init(&kernel, init, target)?;
+        let keep = if has_global { fit_steps(first / 2) } else { 0 };
+        let (head, state) =
+            run_from_state(&kernel, state, target, rng, &segment(first, keep), None)?;
+        let position = match s.prune_deficit {
+            Some(deficit) => {
+                prune_stuck_walkers(&state.position, &state.log_prob, deficit, 1e-3, rng)?.0
+            }
+            None => state.position,
+        };
+        let kernel = self.ensemble_kernel(fit_on(&head)?.as_ref())?;
+        let mut state = popcosmos_api::Sampler::init(&kernel, position, target)?;
+        let mut kernel = kernel;
+        if has_global && second > 0 {
+            let (middle, next) = run_from_state(
+                &kernel,
+                state,
+                target,
+                rng,
+                &segment(second, fit_steps(second)),
+                None,
+            )?;
+            state = next;
+            kernel = self.ensemble_kernel(fit_on(&middle)?.as_ref())?;
+        }
+        let tail = RunConfig {
+            n_steps: config.n_steps - first - if has_global { second } else { 0 },
+            burn_in: if has_global { 0 } else { second },
+            thin: config.thin,
+        };
+        kernel.cold_chain(&run_from_state(&kernel, state, target, rng, &tail, None)?.0)
     }
 
     /// Per-galaxy summaries: percentiles, MAP, diagnostics and flags.

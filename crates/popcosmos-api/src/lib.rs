@@ -100,6 +100,11 @@ pub trait Prior: Send + Sync {
     fn log_prob(&self, phi: &Tensor) -> Result<Tensor>;
     /// Draw `n` latent vectors `[n, 16]`.
     fn sample(&self, n: usize, rng: &mut dyn RandomSource, device: &Device) -> Result<Tensor>;
+    /// Whether the support requires log10 Z_gas > log10 Z* (the Prospector-α prior does).
+    /// Samplers then move in Z_gas − Z* instead of Z_gas, so that wall is not in their way.
+    fn gas_metallicity_above_stellar(&self) -> bool {
+        false
+    }
 }
 
 /// Observed photometry of a batch of galaxies.

@@ -518,6 +518,10 @@ impl Prior for ProspectorAlphaPrior {
             (common::theta_to_phi_row_f32(&th), ok)
         })
     }
+
+    fn gas_metallicity_above_stellar(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]

@@ -15,6 +15,9 @@
 //!   - `pub struct StretchMove { pub a: f64 }` (default a = 2)
 //!   - `pub struct DifferentialEvolutionMove { pub gamma: Option<f64>, pub sigma: f64 }`
 //!     (default γ = 2.38/√(2d), σ = 1e-5)
+//!   - `pub struct GlobalMove { pub nu: u32, pub scale: f64 }` ([`global`]; default ν = 5,
+//!     s = 1): independence proposals from a multivariate t fitted to the complementary
+//!     half, for jumps across broad or elongated posteriors
 //!   - `pub struct EnsembleSampler { pub moves: Vec<(Box<dyn Move>, f64)> }` with
 //!     `EnsembleSampler::new(moves) -> Result<Self>`, `EnsembleSampler::stretch()`,
 //!     `Default` (= stretch, a = 2)
@@ -42,6 +45,15 @@
 //!   `prune_stuck_walkers(position, log_prob, max_deficit, jitter, rng) -> Result<(Tensor, Vec<u32>)>`
 //!   re-seeds walkers stuck more than `max_deficit` nats below the ensemble median from the
 //!   best half (per galaxy, batched).
+//! * [`tempering`]: parallel tempering of the ensemble,
+//!   `TemperedEnsemble::geometric(inner, temperatures, max_temperature) -> Result<Self>`
+//!   (positions `[walkers, K·galaxies, dim]`, temperature k of galaxy g in column k·G + g;
+//!   `replicate(start)`, `cold_chain(&Chain)`), with adjacent-temperature walker swaps after
+//!   every step; K = 1 is exactly the inner ensemble.
+//! * [`whiten`]: marginal Gaussianisation of the sampling space,
+//!   `MarginalWhitening::fit(draws [n, dim]) -> Result<Self>` (monotone piecewise-linear
+//!   ψ → x per dimension, fitted to reference draws such as the prior), `forward(ψ) -> (x,
+//!   log|J|)`, `inverse(x) -> ψ`.
 //! * [`diagnostics`]: host f64 diagnostics per galaxy and parameter — rank-normalised split-R̂
 //!   (max of bulk and folded/tail, Vehtari+21), bulk and tail ESS (Geyer initial monotone
 //!   sequence), emcee-style integrated autocorrelation time (window c = 5), acceptance —
@@ -62,18 +74,24 @@
 
 pub mod diagnostics;
 pub mod ensemble;
+pub mod global;
 pub mod hmc;
 pub mod prune;
 pub mod run;
+pub mod tempering;
+pub mod whiten;
 
 pub use diagnostics::{Diagnostics, Thresholds, diagnose_chain, diagnose_galaxy};
 pub use ensemble::{
     DifferentialEvolutionMove, EnsembleInfo, EnsembleSampler, EnsembleState, Move, Proposal,
     StretchMove,
 };
+pub use global::GlobalMove;
 pub use hmc::{DualAveraging, Hmc, HmcInfo, HmcState};
 pub use prune::prune_stuck_walkers;
 pub use run::{Chain, OnStep, RunConfig, run_from_state, sample};
+pub use tempering::{TemperedEnsemble, TemperedInfo};
+pub use whiten::MarginalWhitening;
 
 use popcosmos_api::{LogDensity, Result, Tensor};
 
