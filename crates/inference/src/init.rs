@@ -56,11 +56,8 @@ impl InitLibrary {
         )?;
         let log_prior = prior.log_prob(&phi)?;
         let model = crate::posterior::photometry_in_chunks(sps, &phi_to_theta(&phi)?, max_rows)?;
-        let sampling_space = SamplingSpace::fit(
-            &phi.narrow(0, 0, n_prior)?,
-            prior.gas_metallicity_above_stellar(),
-            MIN_WHITENING_DRAWS,
-        )?;
+        let sampling_space =
+            SamplingSpace::fit(&phi.narrow(0, 0, n_prior)?, prior, MIN_WHITENING_DRAWS)?;
         Ok(Self {
             phi,
             log_prior,

@@ -8,13 +8,18 @@
 //!    and most ensemble proposals near it are rejected (measured: ln P = −∞ within
 //!    |Δφ| ≤ 0.01 of the refined mode for 3 of the first 10 demo galaxies). In u the wall is
 //!    at −∞ and the prior of u given Z* is exactly 𝒩(0, 1).
+//!    The same for the stellar-mass bounds (Prospector-α: 7 < log M < 13): coordinate 0
+//!    becomes w with log M = lo + (hi − lo)·Φ(w) and N = μ(z) − 2.5 log M. The Leja+20 mass
+//!    function piles prior (and posterior) mass against log M = 7, i.e. against the diagonal
+//!    wall N = μ(z) − 17.5 (47 % of Prospector-α mocks have log M < 7.5).
 //! 2. **Marginal whitening** ([`popcosmos_samplers::whiten`]), fitted to the prior's draws
 //!    after step 1: every prior marginal becomes a standard normal, which removes the
 //!    kurtosis-25–40 tails of the Student-t SFR-ratio priors in φ.
 
 use popcosmos_api::{
-    DType, Error, LogDensity, N_PARAMS, Result, Tensor,
-    params::{LOWER, UPPER, normal_quantile},
+    DType, Error, LogDensity, N_PARAMS, Prior, Result, Tensor,
+    cosmology::pade,
+    params::{IDX_N, IDX_Z, LOWER, UPPER, normal_quantile},
 };
 use popcosmos_samplers::{Chain, MarginalWhitening};
 
@@ -27,15 +32,17 @@ const EDGE: f64 = 1e-7;
 #[derive(Debug, Clone)]
 pub struct SamplingSpace {
     gas_offset: bool,
+    mass_range: Option<(f64, f64)>,
     whitening: Option<MarginalWhitening>,
 }
 
 impl SamplingSpace {
-    /// Fit to prior draws φ `[n, 16]`; `gas_offset` for priors that need Z_gas > Z*;
-    /// `whiten` only when there are enough draws (`min_draws`).
-    pub fn fit(prior_phi: &Tensor, gas_offset: bool, min_draws: usize) -> Result<Self> {
+    /// Fit to prior draws φ `[n, 16]` of `prior` (whose support constraints it takes over);
+    /// the marginal whitening only when there are at least `min_draws` draws.
+    pub fn fit(prior_phi: &Tensor, prior: &dyn Prior, min_draws: usize) -> Result<Self> {
         let mut space = Self {
-            gas_offset,
+            gas_offset: prior.gas_metallicity_above_stellar(),
+            mass_range: prior.log10_mass_formed_range(),
             whitening: None,
         };
         if prior_phi.dim(0)? >= min_draws {
@@ -53,11 +60,11 @@ impl SamplingSpace {
                 (psi.clone(), Tensor::zeros(shape, DType::F32, psi.device())?)
             }
         };
-        if !self.gas_offset {
+        if !self.gas_offset && self.mass_range.is_none() {
             return Ok((coupled, log_j));
         }
-        let (phi, log_j_gas) = couple(&coupled)?;
-        Ok((phi, (log_j + log_j_gas)?))
+        let (phi, log_j_c) = self.couple(&coupled)?;
+        Ok((phi, (log_j + log_j_c)?))
     }
 
     /// φ → ψ (host f64; start points and tests only).
@@ -86,9 +93,9 @@ impl SamplingSpace {
         })
     }
 
-    /// φ → coupled coordinates (column 13 replaced by u), on the host.
+    /// φ → coupled coordinates (column 13 replaced by u, column 0 by w), on the host.
     fn uncouple(&self, phi: &Tensor) -> Result<Tensor> {
-        if !self.gas_offset {
+        if !self.gas_offset && self.mass_range.is_none() {
             return Ok(phi.clone());
         }
         let shape = phi.shape().clone();
@@ -103,10 +110,17 @@ impl SamplingSpace {
             .flatten_all()?
             .to_vec1::<f64>()?;
         for row in v.chunks_exact_mut(N_PARAMS) {
-            let zstar = theta_of(IDX_ZSTAR, row[IDX_ZSTAR]);
-            let zgas = theta_of(IDX_ZGAS, row[IDX_ZGAS]);
-            let frac = ((zgas - zstar) / (UPPER[IDX_ZGAS] - zstar)).clamp(EDGE, 1.0 - EDGE);
-            row[IDX_ZGAS] = normal_quantile(frac);
+            if self.gas_offset {
+                let zstar = theta_of(IDX_ZSTAR, row[IDX_ZSTAR]);
+                let zgas = theta_of(IDX_ZGAS, row[IDX_ZGAS]);
+                let frac = ((zgas - zstar) / (UPPER[IDX_ZGAS] - zstar)).clamp(EDGE, 1.0 - EDGE);
+                row[IDX_ZGAS] = normal_quantile(frac);
+            }
+            if let Some((lo, hi)) = self.mass_range {
+                let z = theta_of(IDX_Z, row[IDX_Z]);
+                let log10m = (pade::distmod(z) - row[IDX_N]) / 2.5;
+                row[IDX_N] = normal_quantile(((log10m - lo) / (hi - lo)).clamp(EDGE, 1.0 - EDGE));
+            }
         }
         let v: Vec<f32> = v.into_iter().map(|x| x as f32).collect();
         Ok(Tensor::from_vec(v, shape, phi.device())?)
@@ -118,45 +132,52 @@ fn theta_of(i: usize, phi: f64) -> f64 {
     LOWER[i] + (UPPER[i] - LOWER[i]) * popcosmos_api::params::normal_cdf(phi)
 }
 
-/// Coupled coordinates → φ and ln|∂φ₁₃/∂u|, as tensor ops (on the sampling path).
-fn couple(x: &Tensor) -> Result<(Tensor, Tensor)> {
-    let last = x.rank() - 1;
-    // f64: in f32 the probit's central polynomial cancels to ~1e-5, which shows up in the
-    // log-Jacobian where Z_max − Z* is small.
-    let col = |i: usize| -> Result<Tensor> { Ok(x.narrow(last, i, 1)?.to_dtype(DType::F64)?) };
-    let cdf = |t: &Tensor| -> Result<Tensor> {
-        Ok((((t * std::f64::consts::FRAC_1_SQRT_2)?.erf()? + 1.0)? * 0.5)?)
-    };
-    let (lo_s, r_s) = (LOWER[IDX_ZSTAR], UPPER[IDX_ZSTAR] - LOWER[IDX_ZSTAR]);
-    let (lo_g, r_g, hi_g) = (
-        LOWER[IDX_ZGAS],
-        UPPER[IDX_ZGAS] - LOWER[IDX_ZGAS],
-        UPPER[IDX_ZGAS],
-    );
-    let zstar = cdf(&col(IDX_ZSTAR)?)?.affine(r_s, lo_s)?;
-    let u = col(IDX_ZGAS)?;
-    let room = zstar.affine(-1.0, hi_g)?; // Z_max − Z* > 0
-    let zgas = (&zstar + (&room * cdf(&u)?)?)?;
-    let v = zgas
-        .affine(1.0 / r_g, -lo_g / r_g)?
-        .clamp(EDGE, 1.0 - EDGE)?;
-    let phi_gas = probit(&v)?;
-    // ln|∂φ₁₃/∂u| = ln(Z_max − Z*) + ln 𝒩(u) − ln r_g − ln 𝒩(φ₁₃).
-    let log_j = ((room.log()? - (u.sqr()? * 0.5)?)? + (phi_gas.sqr()? * 0.5)?)?
-        .affine(1.0, -r_g.ln())?
-        .squeeze(last)?
-        .to_dtype(DType::F32)?;
-    let phi_gas = phi_gas.to_dtype(DType::F32)?;
-    let phi = Tensor::cat(
-        &[
-            x.narrow(last, 0, IDX_ZGAS)?.to_dtype(DType::F32)?,
-            phi_gas,
-            x.narrow(last, IDX_ZGAS + 1, N_PARAMS - IDX_ZGAS - 1)?
-                .to_dtype(DType::F32)?,
-        ],
-        last,
-    )?;
-    Ok((phi, log_j))
+impl SamplingSpace {
+    /// Coupled coordinates → φ and the log-Jacobian of the coupling, as tensor ops (on the
+    /// sampling path; f64 inside: in f32 the probit's central polynomial cancels to ~1e-5,
+    /// which shows up in the log-Jacobian where Z_max − Z* is small).
+    fn couple(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
+        let last = x.rank() - 1;
+        let col = |i: usize| -> Result<Tensor> { Ok(x.narrow(last, i, 1)?.to_dtype(DType::F64)?) };
+        let cdf = |t: &Tensor| -> Result<Tensor> {
+            Ok((((t * std::f64::consts::FRAC_1_SQRT_2)?.erf()? + 1.0)? * 0.5)?)
+        };
+        let mut cols: Vec<Tensor> = (0..N_PARAMS).map(col).collect::<Result<_>>()?;
+        let mut log_j = cols[0].zeros_like()?;
+        if self.gas_offset {
+            let (lo_s, r_s) = (LOWER[IDX_ZSTAR], UPPER[IDX_ZSTAR] - LOWER[IDX_ZSTAR]);
+            let (lo_g, hi_g) = (LOWER[IDX_ZGAS], UPPER[IDX_ZGAS]);
+            let r_g = hi_g - lo_g;
+            let zstar = cdf(&cols[IDX_ZSTAR])?.affine(r_s, lo_s)?;
+            let u = &cols[IDX_ZGAS];
+            let room = zstar.affine(-1.0, hi_g)?; // Z_max − Z* > 0
+            let zgas = (&zstar + (&room * cdf(u)?)?)?;
+            let v = zgas
+                .affine(1.0 / r_g, -lo_g / r_g)?
+                .clamp(EDGE, 1.0 - EDGE)?;
+            let phi_gas = probit(&v)?;
+            // ln|∂φ₁₃/∂u| = ln(Z_max − Z*) + ln 𝒩(u) − ln r_g − ln 𝒩(φ₁₃).
+            let lj = ((room.log()? - (u.sqr()? * 0.5)?)? + (phi_gas.sqr()? * 0.5)?)?
+                .affine(1.0, -r_g.ln())?;
+            log_j = (log_j + lj)?;
+            cols[IDX_ZGAS] = phi_gas;
+        }
+        if let Some((lo, hi)) = self.mass_range {
+            // N = μ(z) − 2.5 (lo + (hi − lo) Φ(w)); ln|∂N/∂w| = ln(2.5 (hi − lo)) + ln 𝒩(w).
+            let z = cdf(&cols[IDX_Z])?.affine(UPPER[IDX_Z] - LOWER[IDX_Z], LOWER[IDX_Z])?;
+            let w = &cols[IDX_N];
+            let log10m = cdf(w)?.affine(hi - lo, lo)?;
+            let n = (pade::distmod_t(&z)? - (log10m * 2.5)?)?;
+            let lj = (w.sqr()? * -0.5)?.affine(
+                1.0,
+                (2.5 * (hi - lo)).ln() - 0.5 * (2.0 * std::f64::consts::PI).ln(),
+            )?;
+            log_j = (log_j + lj)?;
+            cols[IDX_N] = n;
+        }
+        let phi = Tensor::cat(&cols, last)?.to_dtype(DType::F32)?;
+        Ok((phi, log_j.squeeze(last)?.to_dtype(DType::F32)?))
+    }
 }
 
 /// Φ⁻¹(v) elementwise for v ∈ (0, 1) (Acklam's rational approximation, relative error
@@ -235,7 +256,7 @@ impl LogDensity for InSamplingSpace<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use popcosmos_api::{Device, HostRng, Prior};
+    use popcosmos_api::{Device, HostRng};
 
     /// Tensor probit against the host f64 quantile, over the centre and both tails.
     #[test]
@@ -256,14 +277,14 @@ mod tests {
     }
 
     /// Round trip φ → ψ → φ on Prospector-α draws; the gas coordinate of prior draws is
-    /// 𝒩(0, 1) (Z_gas | Z* is uniform on (Z*, Z_max)); the log-Jacobian matches finite
-    /// differences.
+    /// 𝒩(0, 1) (Z_gas | Z* is uniform on (Z*, Z_max)); the log-Jacobian of both couplings
+    /// matches finite differences.
     #[test]
     fn gas_offset_round_trip_and_prior_coordinate() {
         let prior = popcosmos_priors::ProspectorAlphaPrior::new();
         let mut rng = HostRng::seed_from_u64(4);
         let draws = prior.sample(4000, &mut rng, &Device::Cpu).unwrap();
-        let space = SamplingSpace::fit(&draws, true, usize::MAX).unwrap(); // no whitening
+        let space = SamplingSpace::fit(&draws, &prior, usize::MAX).unwrap(); // no whitening
         let psi = space.from_phi(&draws).unwrap();
         let (back, log_j) = space.to_phi(&psi).unwrap();
         let err = (back - &draws)
@@ -289,29 +310,33 @@ mod tests {
             mean.abs() < 0.06 && (var - 1.0).abs() < 0.08,
             "u: mean {mean} var {var}"
         );
-        // Jacobian by finite differences in u.
-        let h = 2e-3;
-        let bump = Tensor::from_vec(
-            (0..N_PARAMS)
-                .map(|i| if i == IDX_ZGAS { h as f32 } else { 0.0 })
-                .collect::<Vec<_>>(),
-            N_PARAMS,
-            &Device::Cpu,
-        )
-        .unwrap();
+        // The coupling is triangular (φ₁₃ depends on u and Z*, N on w and z), so ln|J| is
+        // the sum of the two diagonal log-derivatives; check both by finite differences.
+        let h = 1e-2; // φ is f32: a smaller step drowns ΔN in its rounding
         let rows = psi.narrow(0, 0, 200).unwrap();
-        let (p_plus, _) = space.to_phi(&rows.broadcast_add(&bump).unwrap()).unwrap();
-        let (p_minus, _) = space.to_phi(&rows.broadcast_sub(&bump).unwrap()).unwrap();
-        let fd = ((p_plus - p_minus).unwrap().narrow(1, IDX_ZGAS, 1).unwrap() / (2.0 * h))
-            .unwrap()
-            .abs()
-            .unwrap()
-            .log()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
+        let mut fd_sum = Tensor::zeros(200, DType::F32, &Device::Cpu).unwrap();
+        for idx in [IDX_ZGAS, IDX_N] {
+            let bump = Tensor::from_vec(
+                (0..N_PARAMS)
+                    .map(|i| if i == idx { h as f32 } else { 0.0 })
+                    .collect::<Vec<_>>(),
+                N_PARAMS,
+                &Device::Cpu,
+            )
             .unwrap();
+            let (p_plus, _) = space.to_phi(&rows.broadcast_add(&bump).unwrap()).unwrap();
+            let (p_minus, _) = space.to_phi(&rows.broadcast_sub(&bump).unwrap()).unwrap();
+            let fd = ((p_plus - p_minus).unwrap().narrow(1, idx, 1).unwrap() / (2.0 * h))
+                .unwrap()
+                .abs()
+                .unwrap()
+                .log()
+                .unwrap()
+                .flatten_all()
+                .unwrap();
+            fd_sum = (fd_sum + fd).unwrap();
+        }
+        let fd = fd_sum.to_vec1::<f32>().unwrap();
         let lj = log_j.narrow(0, 0, 200).unwrap().to_vec1::<f32>().unwrap();
         let worst = fd
             .iter()

@@ -105,6 +105,12 @@ pub trait Prior: Send + Sync {
     fn gas_metallicity_above_stellar(&self) -> bool {
         false
     }
+    /// The (lower, upper) bounds on log10(M_formed/M☉) of the support, if it has them (the
+    /// Prospector-α prior: 7 and 13). Samplers then move in log M given z instead of N, so
+    /// the diagonal wall N = μ(z) − 2.5·bound is not in their way.
+    fn log10_mass_formed_range(&self) -> Option<(f64, f64)> {
+        None
+    }
 }
 
 /// Observed photometry of a batch of galaxies.

@@ -522,6 +522,10 @@ impl Prior for ProspectorAlphaPrior {
     fn gas_metallicity_above_stellar(&self) -> bool {
         true
     }
+
+    fn log10_mass_formed_range(&self) -> Option<(f64, f64)> {
+        Some((LOG10M_MIN, LOG10M_MAX))
+    }
 }
 
 #[cfg(test)]
