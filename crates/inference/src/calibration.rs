@@ -114,9 +114,27 @@ impl<'a> PinnedRedshift<'a> {
     }
 }
 
+/// Width (in φ) of the proper density put on the pinned, otherwise unused z coordinate.
+const FREE_Z_WIDTH: f64 = 0.05;
+
 impl LogDensity for PinnedRedshift<'_> {
+    /// ln P at the pinned φ, plus 𝒩(φ_z; φ_z(z_true), 0.05²) on the sampler's own z
+    /// coordinate. Why: the pinned target does not depend on that coordinate, and in the
+    /// sampler's coordinates (`reparam`) N is built from it (N = μ(z) − 2.5 log M); a proper,
+    /// narrow density keeps it at z_true instead of letting it wander, and leaves every other
+    /// conditional exactly the pinned posterior.
     fn log_density(&self, phi: &Tensor) -> Result<Tensor> {
-        self.inner.log_density(&self.pin(phi)?)
+        let lp = self.inner.log_density(&self.pin(phi)?)?;
+        let last = phi.rank() - 1;
+        let dz = phi
+            .narrow(last, IDX_Z, 1)?
+            .to_dtype(lp.dtype())?
+            .broadcast_sub(&self.fill.narrow(last, IDX_Z, 1)?.to_dtype(lp.dtype())?)?;
+        let free = (dz / FREE_Z_WIDTH)?
+            .sqr()?
+            .squeeze(last)?
+            .affine(-0.5, 0.0)?;
+        Ok((lp + free)?)
     }
 }
 

@@ -89,7 +89,7 @@ impl SamplingSpace {
             galaxies: chain.galaxies,
             dim: chain.dim,
             acceptance: chain.acceptance.clone(),
-            config: chain.config.clone(),
+            config: chain.config,
         })
     }
 

@@ -84,7 +84,7 @@ impl TemperedEnsemble {
     /// The β = 1 part of a chain run by this kernel (galaxies `0..G` of `K·G`).
     pub fn cold_chain(&self, chain: &Chain) -> Result<Chain> {
         let k = self.temperatures();
-        if chain.galaxies % k != 0 {
+        if !chain.galaxies.is_multiple_of(k) {
             return Err(Error::Invalid(format!(
                 "chain has {} columns, not a multiple of {k} temperatures",
                 chain.galaxies
@@ -108,7 +108,7 @@ impl TemperedEnsemble {
             galaxies: g,
             dim: d,
             acceptance: chain.acceptance[..g].to_vec(),
-            config: chain.config.clone(),
+            config: chain.config,
         })
     }
 
