@@ -85,6 +85,19 @@ fn semantic_errors_name_the_key() {
     assert!(err.contains("sampler.burn_in"), "{err}");
     let err = validate_text("walkers", &base.replace("walkers: 32", "walkers: 7"));
     assert!(err.contains("sampler.walkers"), "{err}");
+    let err = validate_text(
+        "temperatures",
+        &base.replace("walkers: 32", "walkers: 32, temperatures: 0"),
+    );
+    assert!(err.contains("sampler.temperatures"), "{err}");
+    let err = validate_text(
+        "global-scale",
+        &base.replace(
+            "walkers: 32",
+            "walkers: 32, moves: [{kind: global, scale: -1}]",
+        ),
+    );
+    assert!(err.contains("sampler.moves[0].scale"), "{err}");
     let err = validate_text("units", &base.replace("units: mjy", "units: furlongs"));
     assert!(err.contains("furlongs") && err.contains("units"), "{err}");
     let err = validate_text("device", &(base.clone() + "device: tpu\n"));
