@@ -19,7 +19,10 @@
 use popcosmos_api::{
     DType, Error, LogDensity, N_PARAMS, Prior, Result, Tensor,
     cosmology::pade,
-    params::{IDX_N, IDX_Z, LOWER, UPPER, normal_quantile},
+    params::{
+        ACKLAM_A, ACKLAM_B, ACKLAM_C, ACKLAM_D, ACKLAM_P_LOW, IDX_N, IDX_Z, LOWER, UPPER,
+        normal_quantile,
+    },
 };
 use popcosmos_samplers::{Chain, MarginalWhitening};
 
@@ -183,36 +186,6 @@ impl SamplingSpace {
 /// Φ⁻¹(v) elementwise for v ∈ (0, 1) (Acklam's rational approximation, relative error
 /// < 1.2e-9; evaluate it in f64).
 fn probit(v: &Tensor) -> Result<Tensor> {
-    const A: [f64; 6] = [
-        -3.969683028665376e+01,
-        2.209460984245205e+02,
-        -2.759285104469687e+02,
-        1.38357751867269e+02,
-        -3.066479806614716e+01,
-        2.506628277459239e+00,
-    ];
-    const B: [f64; 5] = [
-        -5.447609879822406e+01,
-        1.615858368580409e+02,
-        -1.556989798598866e+02,
-        6.680131188771972e+01,
-        -1.328068155288572e+01,
-    ];
-    const C: [f64; 6] = [
-        -7.784894002430293e-03,
-        -3.223964580411365e-01,
-        -2.400758277161838e+00,
-        -2.549732539343734e+00,
-        4.374664141464968e+00,
-        2.938163982698783e+00,
-    ];
-    const D: [f64; 4] = [
-        7.784695709041462e-03,
-        3.224671290700398e-01,
-        2.445134137142996e+00,
-        3.754408661907416e+00,
-    ];
-    const P_LOW: f64 = 0.02425;
     let horner = |t: &Tensor, c: &[f64], lead_one: bool| -> Result<Tensor> {
         let mut acc = t.ones_like()?.affine(0.0, c[0])?;
         for &k in &c[1..] {
@@ -226,15 +199,15 @@ fn probit(v: &Tensor) -> Result<Tensor> {
     // Central region.
     let q = v.affine(1.0, -0.5)?;
     let r = q.sqr()?;
-    let central = ((horner(&r, &A, false)? * &q)? / horner(&r, &B, true)?)?;
+    let central = ((horner(&r, &ACKLAM_A, false)? * &q)? / horner(&r, &ACKLAM_B, true)?)?;
     // Tails: q = √(−2 ln p) with p the smaller tail probability (clamped so both branches
     // stay finite where they are not used).
     let tail_p = v.minimum(&v.affine(-1.0, 1.0)?)?.clamp(1e-30, 0.5)?;
     let tq = (tail_p.log()? * -2.0)?.sqrt()?;
-    let tail = (horner(&tq, &C, false)? / horner(&tq, &D, true)?)?;
-    let upper_tail = v.gt(1.0 - P_LOW)?;
+    let tail = (horner(&tq, &ACKLAM_C, false)? / horner(&tq, &ACKLAM_D, true)?)?;
+    let upper_tail = v.gt(1.0 - ACKLAM_P_LOW)?;
     let tail = upper_tail.where_cond(&tail.neg()?, &tail)?;
-    let in_tail = (v.lt(P_LOW)?.to_dtype(DType::U8)? + upper_tail.to_dtype(DType::U8)?)?;
+    let in_tail = (v.lt(ACKLAM_P_LOW)?.to_dtype(DType::U8)? + upper_tail.to_dtype(DType::U8)?)?;
     Ok(in_tail.where_cond(&tail, &central)?)
 }
 

@@ -222,6 +222,15 @@ mod tests {
     use super::*;
     use popcosmos_api::{Device, HostRng};
 
+    fn max_abs(t: &Tensor) -> f64 {
+        t.abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+    }
+
     /// L Lᵀ reproduces the matrix and L⁻¹ L = I, on random SPD matrices.
     #[test]
     fn batched_cholesky_and_inverse_are_exact() {
@@ -239,35 +248,13 @@ mod tests {
             .broadcast_add(&eye)
             .unwrap();
         let l = cholesky(&a).unwrap();
-        let err = (l.matmul(&l.t().unwrap()).unwrap() - &a)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap();
+        let err = max_abs(&(l.matmul(&l.t().unwrap()).unwrap() - &a).unwrap());
         assert!(err < 1e-4, "L Lᵀ error {err}"); // ridge is 1e-6 relative
         let strictly_upper = (Tensor::triu2(6, DType::F64, &dev).unwrap() - &eye).unwrap();
-        let upper = l
-            .broadcast_mul(&strictly_upper)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap();
+        let upper = max_abs(&l.broadcast_mul(&strictly_upper).unwrap());
         assert_eq!(upper, 0.0, "L must be lower triangular");
         let inv = lower_inverse(&l).unwrap();
-        let err = (inv.matmul(&l).unwrap().broadcast_sub(&eye))
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap();
+        let err = max_abs(&inv.matmul(&l).unwrap().broadcast_sub(&eye).unwrap());
         assert!(err < 1e-10, "L⁻¹ L error {err}");
     }
 }

@@ -203,13 +203,14 @@ impl LogDensity for TemperedTarget<'_> {
             .target
             .log_density(&x.contiguous()?.reshape((w * k, g, d))?)?
             .reshape((w, k, g))?;
-        let betas = Tensor::from_vec(
-            self.betas.iter().map(|&b| b as f32).collect::<Vec<_>>(),
-            (1, k, 1),
-            x.device(),
-        )?
-        .to_dtype(lp.dtype())?;
-        Ok(lp.broadcast_mul(&betas)?.reshape((w, kg))?)
+        // β_k per temperature slice (scalar ops: nothing is copied to the device per step).
+        let tempered: Vec<Tensor> = self
+            .betas
+            .iter()
+            .enumerate()
+            .map(|(t, &b)| lp.narrow(1, t, 1)? * b)
+            .collect::<candle_core::Result<_>>()?;
+        Ok(Tensor::cat(&tempered, 1)?.reshape((w, kg))?)
     }
 }
 

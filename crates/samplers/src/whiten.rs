@@ -15,7 +15,10 @@
 //! linear beyond. Evaluation and its inverse are batched tensor ops (floor, gather), so the
 //! wrapper runs on any device and is differentiable for HMC.
 
-use popcosmos_api::{DType, Device, Error, Result, Tensor};
+use popcosmos_api::{
+    DType, Device, Error, Result, Tensor,
+    params::{normal_cdf, normal_quantile},
+};
 
 /// Number of knots per dimension.
 const KNOTS: usize = 33;
@@ -37,6 +40,10 @@ pub struct MarginalWhitening {
     log_slopes: Tensor,
     /// The same on the host (f64), for the inverse map.
     knots_host: Vec<f64>,
+    /// Per-dimension offsets i·(KNOTS−1) and i·KNOTS into the flattened slopes and knots
+    /// (f32 `[dim]`, built once so evaluations copy nothing to the device).
+    slope_base: Tensor,
+    knot_base: Tensor,
 }
 
 impl MarginalWhitening {
@@ -106,6 +113,12 @@ impl MarginalWhitening {
             slopes: to_t(&slopes)?,
             log_slopes: to_t(&log_slopes)?,
             knots_host: knots,
+            slope_base: to_t(
+                &(0..dim)
+                    .map(|i| (i * (KNOTS - 1)) as f64)
+                    .collect::<Vec<_>>(),
+            )?,
+            knot_base: to_t(&(0..dim).map(|i| (i * KNOTS) as f64).collect::<Vec<_>>())?,
         })
     }
 
@@ -124,18 +137,13 @@ impl MarginalWhitening {
                 self.dim
             )));
         }
-        let device = psi.device();
         let psi = psi.to_dtype(DType::F32)?;
         let j = ((&psi - self.psi0)? / self.step)?
             .floor()?
             .clamp(0f32, (KNOTS - 2) as f32)?;
         let offset = (&psi - j.affine(self.step, self.psi0)?)?;
-        let base = |per: usize| {
-            let v: Vec<f32> = (0..d).map(|i| (i * per) as f32).collect();
-            Tensor::from_vec(v, d, device)
-        };
-        let seg = j.broadcast_add(&base(KNOTS - 1)?)?;
-        let knot = j.broadcast_add(&base(KNOTS)?)?;
+        let seg = j.broadcast_add(&self.slope_base)?;
+        let knot = j.broadcast_add(&self.knot_base)?;
         Ok((
             seg.to_dtype(DType::U32)?,
             knot.to_dtype(DType::U32)?,
@@ -184,43 +192,6 @@ impl MarginalWhitening {
             .collect();
         Ok(Tensor::from_vec(out, shape, &device)?)
     }
-}
-
-/// Standard normal CDF.
-fn normal_cdf(x: f64) -> f64 {
-    0.5 * erfc(-x / std::f64::consts::SQRT_2)
-}
-
-/// Complementary error function (Numerical Recipes `erfcc`, fractional error < 1.2e-7).
-fn erfc(x: f64) -> f64 {
-    let z = x.abs();
-    let t = 1.0 / (1.0 + 0.5 * z);
-    let r = t
-        * (-z * z - 1.265_512_23
-            + t * (1.000_023_68
-                + t * (0.374_091_96
-                    + t * (0.096_784_18
-                        + t * (-0.186_288_06
-                            + t * (0.278_868_07
-                                + t * (-1.135_203_98
-                                    + t * (1.488_515_87
-                                        + t * (-0.822_152_23 + t * 0.170_872_77)))))))))
-            .exp();
-    if x >= 0.0 { r } else { 2.0 - r }
-}
-
-/// Standard normal quantile by bisection on [`normal_cdf`] (fit time only).
-fn normal_quantile(p: f64) -> f64 {
-    let (mut lo, mut hi) = (-10.0f64, 10.0f64);
-    for _ in 0..100 {
-        let mid = 0.5 * (lo + hi);
-        if normal_cdf(mid) < p {
-            lo = mid;
-        } else {
-            hi = mid;
-        }
-    }
-    0.5 * (lo + hi)
 }
 
 /// Linear-interpolated quantile of sorted data at level p (type 7).

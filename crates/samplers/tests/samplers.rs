@@ -451,6 +451,38 @@ fn global_move_is_exact_and_decorrelates_faster() {
     );
 }
 
+/// Offset of the two modes of [`two_modes`]: x₀ = ±4.
+fn mode_offset(dev: &Device) -> Tensor {
+    Tensor::new(&[4f32, 0.0, 0.0, 0.0], dev).unwrap()
+}
+
+/// Two unit-covariance Gaussian modes in 4-D at x₀ = +4 (weight 0.3) and −4 (weight 0.7).
+fn two_modes(x: &Tensor) -> Result<Tensor> {
+    let offset = mode_offset(x.device());
+    let a = x
+        .broadcast_sub(&offset)?
+        .sqr()?
+        .sum(2)?
+        .affine(-0.5, 0.3f64.ln())?;
+    let b = x
+        .broadcast_add(&offset)?
+        .sqr()?
+        .sum(2)?
+        .affine(-0.5, 0.7f64.ln())?;
+    // log(e^a + e^b) without overflow.
+    let m = a.maximum(&b)?;
+    Ok(((a - &m)?.exp()? + (b - &m)?.exp()?)?.log()?.add(&m)?)
+}
+
+/// Fraction of galaxy `g`'s draws in the x₀ < 0 (weight 0.7) mode, with its MC error.
+fn major_mode_weight(chain: &Chain, g: usize) -> MomentCheck {
+    let ind: Vec<f64> = series(chain, g, 0)
+        .iter()
+        .map(|&v| (v < 0.0) as u8 as f64)
+        .collect();
+    moments(&ind, chain.walkers)
+}
+
 /// Two well-separated Gaussian modes (at x₀ = ±4, unit covariance, 4-D) with weights
 /// 0.3 / 0.7; the walkers start split 50 / 50, so the local moves alone cannot fix the
 /// weights, while the global move must carry walkers across.
@@ -459,22 +491,8 @@ fn global_move_rebalances_separated_modes() {
     const D: usize = 4;
     const GAL: usize = 4;
     let dev = Device::Cpu;
-    let offset = Tensor::new(&[4f32, 0.0, 0.0, 0.0], &dev).unwrap();
-    let lp = |x: &Tensor| -> Result<Tensor> {
-        let a = x
-            .broadcast_sub(&offset)?
-            .sqr()?
-            .sum(2)?
-            .affine(-0.5, 0.3f64.ln())?;
-        let b = x
-            .broadcast_add(&offset)?
-            .sqr()?
-            .sum(2)?
-            .affine(-0.5, 0.7f64.ln())?;
-        // log(e^a + e^b) without overflow.
-        let m = a.maximum(&b)?;
-        Ok(((a - &m)?.exp()? + (b - &m)?.exp()?)?.log()?.add(&m)?)
-    };
+    let offset = mode_offset(&dev);
+    let lp = two_modes;
     let mut rng = HostRng::seed_from_u64(8);
     let walkers = 64;
     let noise = rng.normal(&(walkers, GAL, D).into(), &dev).unwrap();
@@ -497,9 +515,7 @@ fn global_move_rebalances_separated_modes() {
     .unwrap();
     let chain = sample(&kernel, init, &lp, &mut rng, &config, None).unwrap();
     for g in 0..GAL {
-        let x0 = series(&chain, g, 0);
-        let ind: Vec<f64> = x0.iter().map(|&v| (v < 0.0) as u8 as f64).collect();
-        let m = moments(&ind, chain.walkers);
+        let m = major_mode_weight(&chain, g);
         eprintln!(
             "galaxy {g}: weight of the x₀ < 0 mode {:.3} ± {:.3} (truth 0.7, ESS {:.0})",
             m.mean, m.se_mean, m.ess_mean
@@ -521,21 +537,8 @@ fn tempering_finds_the_major_mode_from_the_minor_one() {
     const D: usize = 4;
     const GAL: usize = 3;
     let dev = Device::Cpu;
-    let offset = Tensor::new(&[4f32, 0.0, 0.0, 0.0], &dev).unwrap();
-    let lp = |x: &Tensor| -> Result<Tensor> {
-        let a = x
-            .broadcast_sub(&offset)?
-            .sqr()?
-            .sum(2)?
-            .affine(-0.5, 0.3f64.ln())?;
-        let b = x
-            .broadcast_add(&offset)?
-            .sqr()?
-            .sum(2)?
-            .affine(-0.5, 0.7f64.ln())?;
-        let m = a.maximum(&b)?;
-        Ok(((a - &m)?.exp()? + (b - &m)?.exp()?)?.log()?.add(&m)?)
-    };
+    let offset = mode_offset(&dev);
+    let lp = two_modes;
     let mut rng = HostRng::seed_from_u64(12);
     let start = rng
         .normal(&(32, GAL, D).into(), &dev)
@@ -572,11 +575,7 @@ fn tempering_finds_the_major_mode_from_the_minor_one() {
     assert_eq!((cold.galaxies, cold.walkers, cold.kept), (GAL, 32, 2500));
     eprintln!("tempering: swap fractions between adjacent temperatures {swaps:.3?}");
     for g in 0..GAL {
-        let ind: Vec<f64> = series(&cold, g, 0)
-            .iter()
-            .map(|&v| (v < 0.0) as u8 as f64)
-            .collect();
-        let m = moments(&ind, cold.walkers);
+        let m = major_mode_weight(&cold, g);
         eprintln!(
             "galaxy {g}: weight of the x₀ < 0 mode {:.3} ± {:.3} (truth 0.7, ESS {:.0})",
             m.mean, m.se_mean, m.ess_mean
