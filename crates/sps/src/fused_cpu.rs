@@ -421,16 +421,12 @@ fn speculator_act8(
         _mm256_set1_epi32(127),
     )));
     let ex = _mm256_mul_ps(p, scale);
-    // σ = 1 / (1 + e^x) by `rcp` plus one Newton step (vdivps is the slowest instruction
-    // here: ~5 cycles per 8 lanes on Zen 2), then β + (1−β)σ as one FMA. Both round
-    // differently from the reference's true division: ~2e-5 mag against the PyTorch fixtures
-    // on realistic rows (the fixtures' own stated reproduction level) instead of ~8e-6, for
-    // ~15 % more throughput. The Newton step keeps σ within ~2 ulp; when e^x is so large that
-    // `rcp` flushes to 0, σ = 0 is the correct limit.
+    // σ = 1 / (1 + e^x) by a true division, and the last line deliberately not an FMA: an
+    // `rcp` + Newton reciprocal or a fused `β + (1−β)·σ` is as accurate against f64 but rounds
+    // differently from the PyTorch reference, which doubles our error against its fixtures.
     let d = _mm256_add_ps(_mm256_set1_ps(1.0), ex);
-    let r0 = _mm256_rcp_ps(d);
-    let s = _mm256_mul_ps(r0, _mm256_fnmadd_ps(d, r0, _mm256_set1_ps(2.0)));
-    _mm256_mul_ps(_mm256_fmadd_ps(one_minus_beta, s, beta), y)
+    let s = _mm256_div_ps(_mm256_set1_ps(1.0), d);
+    _mm256_mul_ps(_mm256_add_ps(beta, _mm256_mul_ps(one_minus_beta, s)), y)
 }
 
 /// candle wrapper: θ₁₅ `[n, n_in]` f32 (CPU) → absolute magnitudes `[n, bands]`.
