@@ -93,15 +93,14 @@ galaxies_per_batch: 100
     for (q, truth) in [("z", &truth_z), ("log10M_formed", &truth_m)] {
         let col = |p: &str| res.column(&format!("{q}_{p}")).unwrap().to_vec();
         let (lo68, hi68, lo95, hi95) = (col("p16"), col("p84"), col("p2.5"), col("p97.5"));
-        let (mut c68, mut c95) = (0, 0);
+        // (mocks, inside 68 %, inside 95 %) per consecutive block of 200.
         let mut blocks = vec![(0usize, 0usize, 0usize); n.div_ceil(200)];
         for (i, id) in res.ids.iter().enumerate() {
             let t = truth[idx(id)];
-            let (in68, in95) = (lo68[i] <= t && t <= hi68[i], lo95[i] <= t && t <= hi95[i]);
-            c68 += usize::from(in68);
-            c95 += usize::from(in95);
             let b = &mut blocks[idx(id) / 200];
-            *b = (b.0 + 1, b.1 + usize::from(in68), b.2 + usize::from(in95));
+            b.0 += 1;
+            b.1 += usize::from(lo68[i] <= t && t <= hi68[i]);
+            b.2 += usize::from(lo95[i] <= t && t <= hi95[i]);
         }
         for (k, (m, b68, b95)) in blocks.iter().enumerate() {
             println!(
@@ -112,6 +111,7 @@ galaxies_per_batch: 100
                 *b95 as f64 / *m as f64
             );
         }
+        let (c68, c95) = blocks.iter().fold((0, 0), |(a, b), x| (a + x.1, b + x.2));
         let (f68, f95) = (c68 as f64 / res.len() as f64, c95 as f64 / res.len() as f64);
         report.push((q, f68, f95));
     }

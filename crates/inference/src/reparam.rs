@@ -21,7 +21,7 @@ use popcosmos_api::{
     cosmology::pade,
     params::{
         ACKLAM_A, ACKLAM_B, ACKLAM_C, ACKLAM_D, ACKLAM_P_LOW, IDX_N, IDX_Z, LOWER, UPPER,
-        normal_quantile,
+        normal_cdf_tensor as cdf, normal_quantile,
     },
 };
 use popcosmos_samplers::{Chain, MarginalWhitening};
@@ -142,9 +142,6 @@ impl SamplingSpace {
     fn couple(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
         let last = x.rank() - 1;
         let col = |i: usize| -> Result<Tensor> { Ok(x.narrow(last, i, 1)?.to_dtype(DType::F64)?) };
-        let cdf = |t: &Tensor| -> Result<Tensor> {
-            Ok((((t * std::f64::consts::FRAC_1_SQRT_2)?.erf()? + 1.0)? * 0.5)?)
-        };
         let mut cols: Vec<Tensor> = (0..N_PARAMS).map(col).collect::<Result<_>>()?;
         let mut log_j = cols[0].zeros_like()?;
         if self.gas_offset {

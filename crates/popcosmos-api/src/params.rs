@@ -130,9 +130,9 @@ pub fn phi_to_theta(phi: &Tensor) -> Result<Tensor> {
     let lower = Tensor::from_vec(row_constants(|i| LOWER[i], 0.0), N_PARAMS, dev)?;
     let width = Tensor::from_vec(row_constants(range, 0.0), N_PARAMS, dev)?;
     let pass = Tensor::from_vec(row_constants(|_| 0.0, 1.0), N_PARAMS, dev)?;
-    // Φ(x) = ½(1 + erf(x/√2)); column 0 gets weight 0 here and is added back via `pass`.
-    let cdf = ((phi.to_dtype(DType::F32)? * std::f64::consts::FRAC_1_SQRT_2)?.erf()? + 1.0)? * 0.5;
-    let theta = cdf?.broadcast_mul(&width)?.broadcast_add(&lower)?;
+    // Column 0 gets weight 0 here and is added back via `pass`.
+    let cdf = normal_cdf_tensor(&phi.to_dtype(DType::F32)?)?;
+    let theta = cdf.broadcast_mul(&width)?.broadcast_add(&lower)?;
     Ok(theta.add(&phi.to_dtype(DType::F32)?.broadcast_mul(&pass)?)?)
 }
 
@@ -238,34 +238,23 @@ pub const ACKLAM_P_LOW: f64 = 0.02425;
 /// Acklam's rational approximation to Φ⁻¹(u) alone (relative error < 1.2e-9: enough for
 /// f32 outputs, and cheaper than [`normal_quantile`]).
 pub fn normal_quantile_approx(u: f64) -> f64 {
-    let p_low = ACKLAM_P_LOW;
-    if u < p_low {
-        let q = (-2.0 * u.ln()).sqrt();
-        (((((ACKLAM_C[0] * q + ACKLAM_C[1]) * q + ACKLAM_C[2]) * q + ACKLAM_C[3]) * q
-            + ACKLAM_C[4])
-            * q
-            + ACKLAM_C[5])
-            / ((((ACKLAM_D[0] * q + ACKLAM_D[1]) * q + ACKLAM_D[2]) * q + ACKLAM_D[3]) * q + 1.0)
-    } else if u <= 1.0 - p_low {
+    // c₀xⁿ + … + cₙ by Horner's rule.
+    let poly = |c: &[f64], x: f64| c[1..].iter().fold(c[0], |acc, &k| acc * x + k);
+    let tail = |q: f64| poly(&ACKLAM_C, q) / (poly(&ACKLAM_D, q) * q + 1.0);
+    if u < ACKLAM_P_LOW {
+        tail((-2.0 * u.ln()).sqrt())
+    } else if u <= 1.0 - ACKLAM_P_LOW {
         let q = u - 0.5;
         let r = q * q;
-        (((((ACKLAM_A[0] * r + ACKLAM_A[1]) * r + ACKLAM_A[2]) * r + ACKLAM_A[3]) * r
-            + ACKLAM_A[4])
-            * r
-            + ACKLAM_A[5])
-            * q
-            / (((((ACKLAM_B[0] * r + ACKLAM_B[1]) * r + ACKLAM_B[2]) * r + ACKLAM_B[3]) * r
-                + ACKLAM_B[4])
-                * r
-                + 1.0)
+        poly(&ACKLAM_A, r) * q / (poly(&ACKLAM_B, r) * r + 1.0)
     } else {
-        let q = (-2.0 * (1.0 - u).ln()).sqrt();
-        -(((((ACKLAM_C[0] * q + ACKLAM_C[1]) * q + ACKLAM_C[2]) * q + ACKLAM_C[3]) * q
-            + ACKLAM_C[4])
-            * q
-            + ACKLAM_C[5])
-            / ((((ACKLAM_D[0] * q + ACKLAM_D[1]) * q + ACKLAM_D[2]) * q + ACKLAM_D[3]) * q + 1.0)
+        -tail((-2.0 * (1.0 - u).ln()).sqrt())
     }
+}
+
+/// Φ(x) = ½(1 + erf(x/√2)) elementwise, as tensor ops in `x`'s dtype.
+pub fn normal_cdf_tensor(x: &Tensor) -> Result<Tensor> {
+    Ok((((x * std::f64::consts::FRAC_1_SQRT_2)?.erf()? + 1.0)? * 0.5)?)
 }
 
 /// Standard normal CDF in f64.
