@@ -7,6 +7,10 @@
 //! [`popcosmos_sps::spectrum::SpectrumPhotometry`] → [`popcosmos_sps::train`] → weights in the
 //! COSMOS photulator layout + JSON sidecar + model card, reloaded through
 //! [`popcosmos_sps::Photulator`] for the held-out accuracy table.
+//!
+//! `--init` starts every band from the closest band of another photulator set (largest
+//! overlap of the normalised filter curves, or `--init-bands`); with `--steps 0` the command
+//! only evaluates that set against the teacher.
 
 use std::path::{Path, PathBuf};
 
@@ -18,7 +22,10 @@ use popcosmos_priors::prospector::ProspectorAlphaPrior;
 use popcosmos_sps::Photulator;
 use popcosmos_sps::photulator::theta_to_photulator_input;
 use popcosmos_sps::spectrum::SpectrumPhotometry;
-use popcosmos_sps::train::{TrainOptions, TrainedPhotulators, band_stats};
+use popcosmos_sps::train::{
+    TrainOptions, TrainedPhotulators, WarmStart, band_stats, soft_cap_magnitude,
+};
+use popcosmos_sps::weights::WeightFile;
 use rand::Rng;
 
 #[derive(clap::Args)]
@@ -52,9 +59,24 @@ pub struct TrainEmulatorArgs {
     /// Upper end of the training redshift range (uniform in z).
     #[arg(long, default_value_t = 6.0)]
     pub z_max: f64,
-    /// Teacher magnitudes fainter than this (bands beyond the Lyman break) are capped.
-    #[arg(long, default_value_t = 45.0)]
+    /// Teacher magnitudes are smoothly capped here (bands beyond the Lyman limit get no flux;
+    /// M = 30 is m ≳ 46 for any galaxy whose IGM can do that, ~10⁻⁹ nmgy).
+    #[arg(long, default_value_t = 30.0)]
     pub mag_cap: f64,
+    /// Width of the soft cap (mag): targets equal the teacher to 3·10⁻⁴ mag at 8 widths below.
+    #[arg(long, default_value_t = 1.0)]
+    pub cap_width: f64,
+    /// Start from this photulator set (`builtin:photulator_cosmos26` or a `.safetensors` file
+    /// with its `.json` sidecar) instead of random weights.
+    #[arg(long)]
+    pub init: Option<String>,
+    /// Source band of `--init` for each target band (comma separated, target order); default:
+    /// the band whose filter curve overlaps most (curves from `--init-filters`).
+    #[arg(long, value_delimiter = ',')]
+    pub init_bands: Option<Vec<String>>,
+    /// Filter curves of the `--init` set's bands (default for the builtin: bundled COSMOS).
+    #[arg(long)]
+    pub init_filters: Option<PathBuf>,
     /// Asinh softening f_b stored for every band, nanomaggies.
     #[arg(long, default_value_t = 0.003)]
     pub softening_nmgy: f32,
@@ -122,11 +144,10 @@ fn theta_tensor(rows: &[[f64; N_PARAMS]], device: &Device) -> Result<Tensor> {
 /// Host rows (one `Vec` per draw).
 type Rows = Vec<Vec<f32>>;
 
-/// Photulator inputs and teacher magnitudes (capped) for `rows`.
+/// Photulator inputs and raw teacher magnitudes (99 where a band gets no flux) for `rows`.
 fn teacher(
     spec: &SpectrumPhotometry,
     rows: &[[f64; N_PARAMS]],
-    mag_cap: f64,
     device: &Device,
     label: &str,
 ) -> Result<(Rows, Rows)> {
@@ -138,10 +159,7 @@ fn teacher(
     for (k, chunk) in rows.chunks(2048).enumerate() {
         let th = theta_tensor(chunk, device)?;
         let m = spec.absolute_magnitudes(&th)?.to_vec2::<f32>()?;
-        y.extend(
-            m.into_iter()
-                .map(|r| r.into_iter().map(|v| v.min(mag_cap as f32)).collect()),
-        );
+        y.extend(m);
         x.extend(theta_to_photulator_input(&th)?.to_vec2::<f32>()?);
         eprintln!(
             "teacher {label}: {}/{} draws ({:.0} s)",
@@ -161,8 +179,23 @@ pub fn train_emulator(args: &TrainEmulatorArgs) -> Result<()> {
     let spec = SpectrumPhotometry::builtin(&filters, &device)?;
     let rows = training_draws(args.train + args.heldout, args.z_max, args.seed);
     let (train_rows, held_rows) = rows.split_at(args.train);
-    let (xt, yt) = teacher(&spec, train_rows, args.mag_cap, &device, "train")?;
-    let (xh, yh) = teacher(&spec, held_rows, args.mag_cap, &device, "held-out")?;
+    let (xt, yt) = teacher(&spec, train_rows, &device, "train")?;
+    let (xh, yh_raw) = teacher(&spec, held_rows, &device, "held-out")?;
+    let cap = |rows: Rows| -> Rows {
+        rows.into_iter()
+            .map(|r| {
+                r.into_iter()
+                    .map(|m| soft_cap_magnitude(m, args.mag_cap as f32, args.cap_width as f32))
+                    .collect()
+            })
+            .collect()
+    };
+    let yt = cap(yt);
+    let yh = cap(yh_raw.clone());
+    let init = match &args.init {
+        Some(spec) => Some(warm_start(spec, args, &filters)?),
+        None => None,
+    };
     let opts = TrainOptions {
         hidden: args.hidden.clone(),
         steps: args.steps,
@@ -171,6 +204,7 @@ pub fn train_emulator(args: &TrainEmulatorArgs) -> Result<()> {
         lr_end: args.lr_end,
         seed: args.seed,
         eval_every: args.eval_every,
+        init,
     };
     let t0 = std::time::Instant::now();
     let model = TrainedPhotulators::train(
@@ -210,7 +244,8 @@ pub fn train_emulator(args: &TrainEmulatorArgs) -> Result<()> {
         "training": {
             "train_draws": args.train, "heldout_draws": args.heldout, "steps": args.steps,
             "batch": args.batch, "lr": [args.lr, args.lr_end], "seed": args.seed,
-            "z_range": [0.0, args.z_max], "mag_cap": args.mag_cap,
+            "z_range": [0.0, args.z_max], "soft_mag_cap": [args.mag_cap, args.cap_width],
+            "init": args.init, "init_bands": args.init_bands,
             "draws": "Prospector-alpha prior, z ~ U(0, z_max), sqrt(dust2) ~ U(0, 2)"
         },
         "filters": filters.iter().map(|f| serde_json::json!({"name": f.name, "pivot_aa": f.pivot_wavelength_aa()})).collect::<Vec<_>>(),
@@ -225,7 +260,6 @@ pub fn train_emulator(args: &TrainEmulatorArgs) -> Result<()> {
                 .and_then(|t| theta_to_photulator_input(&t).map_err(Into::into))?,
         )?
         .to_vec2::<f32>()?;
-    let stats = band_stats(&pred, &yh);
     let card = write_photulator_card(&args.output, &names, args)?;
     println!(
         "wrote {}, {} and {}\n",
@@ -233,21 +267,164 @@ pub fn train_emulator(args: &TrainEmulatorArgs) -> Result<()> {
         args.output.with_extension("json").display(),
         card.display()
     );
+    print_heldout_table(&filters, held_rows, &pred, &yh, &yh_raw, args);
+    Ok(())
+}
+
+/// Held-out Δ = network − teacher per band: against the soft-capped target on every draw, and
+/// against the raw teacher where the band sees flux (teacher M < cap − 8 widths), split at the
+/// spectrum emulator's z = 2.5 training edge; p95 = 95th percentile of |Δ|.
+fn print_heldout_table(
+    filters: &[FilterCurve],
+    held: &[[f64; N_PARAMS]],
+    pred: &[Vec<f32>],
+    target: &[Vec<f32>],
+    teacher: &[Vec<f32>],
+    args: &TrainEmulatorArgs,
+) {
+    let seen = (args.mag_cap - 8.0 * args.cap_width) as f32;
     println!(
-        "held-out accuracy vs the teacher ({} draws, magnitudes):\n",
-        held_rows.len()
+        "held-out accuracy vs the teacher ({} draws, z ~ U(0, {}), magnitudes; \"sees flux\": teacher M < {seen}):\n",
+        held.len(),
+        args.z_max
     );
-    println!("| band | pivot (Å) | mean Δ | RMS | max abs Δ |\n|---|---|---|---|---|");
-    for ((f, s), n) in filters.iter().zip(&stats).zip(&names) {
+    println!(
+        "| band | pivot (Å) | all draws vs capped target: RMS | sees flux: n | mean Δ | RMS | p95 | max | z ≤ 2.5: RMS | p95 | z > 2.5: RMS | p95 |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
+    );
+    let all = band_stats(pred, target);
+    for (b, f) in filters.iter().enumerate() {
+        let delta = |keep: &dyn Fn(usize) -> bool| -> Vec<f64> {
+            (0..held.len())
+                .filter(|&r| teacher[r][b] < seen && keep(r))
+                .map(|r| (pred[r][b] - teacher[r][b]) as f64)
+                .collect()
+        };
+        let z = |r: usize| held[r][popcosmos_api::params::IDX_Z];
+        let d = delta(&|_| true);
+        let (lo, hi) = (delta(&|r| z(r) <= 2.5), delta(&|r| z(r) > 2.5));
         println!(
-            "| {n} | {:.0} | {:+.4} | {:.4} | {:.3} |",
+            "| {} | {:.0} | {:.4} | {} | {:+.4} | {:.4} | {:.4} | {:.3} | {:.4} | {:.4} | {:.4} | {:.4} |",
+            f.name,
             f.pivot_wavelength_aa(),
-            s.mean,
-            s.rms,
-            s.max_abs
+            all[b].rms,
+            d.len(),
+            d.iter().sum::<f64>() / d.len().max(1) as f64,
+            rms(&d),
+            abs_quantile(&d, 0.95),
+            abs_quantile(&d, 1.0),
+            rms(&lo),
+            abs_quantile(&lo, 0.95),
+            rms(&hi),
+            abs_quantile(&hi, 0.95),
         );
     }
-    Ok(())
+}
+
+fn rms(d: &[f64]) -> f64 {
+    (d.iter().map(|v| v * v).sum::<f64>() / d.len().max(1) as f64).sqrt()
+}
+
+/// Quantile `q` of |d| (nearest rank); NaN for an empty slice.
+fn abs_quantile(d: &[f64], q: f64) -> f64 {
+    let mut a: Vec<f64> = d.iter().map(|v| v.abs()).collect();
+    if a.is_empty() {
+        return f64::NAN;
+    }
+    a.sort_by(f64::total_cmp);
+    a[((q * a.len() as f64).ceil() as usize).clamp(1, a.len()) - 1]
+}
+
+/// Normalised overlap ∫ min(T̂_a, T̂_b) d ln λ of two filter curves (each scaled to
+/// ∫ T̂ d ln λ = 1): 1 for identical curves, 0 for disjoint ones.
+pub fn filter_overlap(a: &FilterCurve, b: &FilterCurve) -> f64 {
+    let lo = a.wavelength_aa[0].min(b.wavelength_aa[0]).ln();
+    let hi = a.wavelength_aa[a.wavelength_aa.len() - 1]
+        .max(b.wavelength_aa[b.wavelength_aa.len() - 1])
+        .ln();
+    const N: usize = 4000;
+    let du = (hi - lo) / N as f64;
+    let sample = |f: &FilterCurve| -> Vec<f64> {
+        let v: Vec<f64> = (0..=N)
+            .map(|k| f.transmission_at((lo + k as f64 * du).exp()).max(0.0))
+            .collect();
+        let norm = v.iter().sum::<f64>() * du;
+        v.into_iter()
+            .map(|t| t / norm.max(f64::MIN_POSITIVE))
+            .collect()
+    };
+    let (ta, tb) = (sample(a), sample(b));
+    ta.iter().zip(&tb).map(|(x, y)| x.min(*y)).sum::<f64>() * du
+}
+
+/// The warm start of `--init`: source bands from `--init-bands` or by largest filter overlap.
+fn warm_start(spec: &str, args: &TrainEmulatorArgs, targets: &[FilterCurve]) -> Result<WarmStart> {
+    let device = Device::Cpu;
+    let builtin = spec == "builtin:photulator_cosmos26";
+    let (file, source_names) = if builtin {
+        let phot = Photulator::builtin(&device)?;
+        (
+            WeightFile::from_bytes(
+                popcosmos_sps::photulator::BUILTIN_WEIGHTS,
+                "photulator_cosmos26.safetensors",
+                &device,
+            )?,
+            phot.band_names().to_vec(),
+        )
+    } else {
+        let phot = Photulator::load(spec, &device).with_context(|| format!("--init {spec}"))?;
+        (
+            WeightFile::from_path(spec, &device)?,
+            phot.band_names().to_vec(),
+        )
+    };
+    let chosen: Vec<String> = match &args.init_bands {
+        Some(b) if b.len() != targets.len() => bail!(
+            "--init-bands: {} names for {} target bands",
+            b.len(),
+            targets.len()
+        ),
+        Some(b) => b.clone(),
+        None => {
+            let sources: Vec<FilterCurve> = match (&args.init_filters, builtin) {
+                (Some(dir), _) => read_filter_dir(dir, Some(&source_names))?,
+                (None, true) => source_names
+                    .iter()
+                    .map(|n| popcosmos_surveys::filters::cosmos_filter(n))
+                    .collect::<Result<_, _>>()?,
+                (None, false) => bail!(
+                    "--init {spec}: give --init-filters DIR (its bands' curves) or --init-bands"
+                ),
+            };
+            targets
+                .iter()
+                .map(|t| {
+                    let (best, overlap) = sources
+                        .iter()
+                        .map(|s| (s, filter_overlap(t, s)))
+                        .max_by(|a, b| a.1.total_cmp(&b.1))
+                        .expect("non-empty source set");
+                    eprintln!(
+                        "init: {} ← {} (filter overlap {overlap:.2})",
+                        t.name, best.name
+                    );
+                    best.name.clone()
+                })
+                .collect()
+        }
+    };
+    let index: Vec<usize> = chosen
+        .iter()
+        .map(|c| {
+            source_names
+                .iter()
+                .position(|n| n == c)
+                .with_context(|| format!("--init-bands: '{c}' is not a band of {spec}"))
+        })
+        .collect::<Result<_>>()?;
+    let mut arch = vec![popcosmos_sps::photulator::N_INPUTS];
+    arch.extend(&args.hidden);
+    arch.push(1);
+    Ok(WarmStart::from_photulator(&file, &arch, &index)?)
 }
 
 /// Model card for a trained photulator set (parameters as the COSMOS card, z up to z_max).
@@ -304,8 +481,13 @@ fn write_photulator_card(
             code: Some("crates/sps/src/train.rs, crates/sps/src/spectrum".into()),
             converted_from: None,
             notes: Some(format!(
-                "teacher: Speculator Prospector-alpha spectrum emulators (Alsing+20, justinalsing/speculator@3c93274, MIT) + Madau (1995) IGM; {} training / {} held-out draws, {} steps, seed {}; see docs/emulators.md",
-                args.train, args.heldout, args.steps, args.seed
+                "teacher: Speculator Prospector-alpha spectrum emulators (Alsing+20, justinalsing/speculator@3c93274, MIT) + Madau (1995) IGM, magnitudes soft-capped at {} (width {}); {} training / {} held-out draws, {} steps of {}, lr {} -> {}, seed {}; initial networks: {}; see docs/emulators.md",
+                args.mag_cap, args.cap_width, args.train, args.heldout, args.steps, args.batch, args.lr, args.lr_end, args.seed,
+                match (&args.init, &args.init_bands) {
+                    (None, _) => "random".to_string(),
+                    (Some(i), Some(b)) => format!("{i}, bands {}", b.join(",")),
+                    (Some(i), None) => format!("{i}, the band of largest filter overlap"),
+                }
             )),
         },
         citations: vec![

@@ -101,3 +101,87 @@ fn tiny_run_writes_a_loadable_verified_photulator_set() {
     assert_eq!(card.sha256, popcosmos_models::verify::sha256_hex(&bytes));
     assert_eq!(card.bands, phot.band_names());
 }
+
+#[test]
+fn warm_start_from_cosmos_picks_the_overlapping_bands_and_keeps_their_networks() {
+    let dir = tempfile::tempdir().unwrap();
+    let filters = dir.path().join("filters");
+    std::fs::create_dir(&filters).unwrap();
+    for b in ["KiDSVIKING_aibn139_J", "KiDSVIKING_aibn139_r"] {
+        std::fs::copy(
+            Path::new(KIDS).join(format!("{b}.txt")),
+            filters.join(format!("{b}.txt")),
+        )
+        .unwrap();
+    }
+    let out = dir.path().join("warm.safetensors");
+    let args = |extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = [
+            "train-emulator",
+            "--filters",
+            filters.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--train",
+            "64",
+            "--heldout",
+            "16",
+            "--init",
+            "builtin:photulator_cosmos26",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let run = |extra: &[&str]| {
+        let a = args(extra);
+        cli(&a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    // Zero steps: the written set is the chosen COSMOS networks, bit for bit in outputs.
+    let o = run(&["--steps", "0"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains("KiDSVIKING_aibn139_r ← hsc_r")
+            && e.contains("KiDSVIKING_aibn139_J ← uvista_j_cosmos"),
+        "{e}"
+    );
+    let dev = candle_core::Device::Cpu;
+    let warm = popcosmos_sps::Photulator::load(&out, &dev).unwrap();
+    let cosmos = popcosmos_sps::Photulator::builtin(&dev).unwrap();
+    let theta15 = candle_core::Tensor::from_vec(
+        (0..4 * 15)
+            .map(|i| {
+                ((i * 7 % 13) as f32 / 13.0) * 0.8 - 0.4 + if i % 15 == 14 { 1.5 } else { 0.0 }
+            })
+            .collect::<Vec<f32>>(),
+        (4, 15),
+        &dev,
+    )
+    .unwrap();
+    let a = warm
+        .absolute_magnitudes(&theta15)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
+    let b = cosmos
+        .absolute_magnitudes(&theta15)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
+    let idx = |n: &str| cosmos.band_names().iter().position(|b| b == n).unwrap();
+    for (ra, rb) in a.iter().zip(&b) {
+        assert!((ra[0] - rb[idx("hsc_r")]).abs() < 1e-4, "{ra:?}");
+        assert!((ra[1] - rb[idx("uvista_j_cosmos")]).abs() < 1e-4, "{ra:?}");
+    }
+    // A source band the set does not have is named.
+    let o = run(&["--steps", "0", "--init-bands", "hsc_r,nope"]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(
+        e.contains("'nope'") && e.contains("builtin:photulator_cosmos26"),
+        "{e}"
+    );
+}

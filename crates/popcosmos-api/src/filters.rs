@@ -85,11 +85,38 @@ impl FilterCurve {
         }
         (a / b).sqrt()
     }
+
+    /// Transmission at `lambda_aa`, linear between knots, 0 outside the curve.
+    pub fn transmission_at(&self, lambda_aa: f64) -> f64 {
+        let w = &self.wavelength_aa;
+        let k = w.partition_point(|&v| v <= lambda_aa);
+        if k == 0 || k == w.len() {
+            // Outside, or exactly on the last knot.
+            return if k == w.len() && lambda_aa == w[k - 1] {
+                self.transmission[k - 1]
+            } else {
+                0.0
+            };
+        }
+        let f = (lambda_aa - w[k - 1]) / (w[k] - w[k - 1]);
+        self.transmission[k - 1] + f * (self.transmission[k] - self.transmission[k - 1])
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn transmission_is_interpolated_linearly_and_zero_outside() {
+        let f = FilterCurve::parse("x", "1000 0.0\n2000 1.0\n3000 0.5\n", "x.txt").unwrap();
+        assert_eq!(f.transmission_at(999.0), 0.0);
+        assert_eq!(f.transmission_at(1500.0), 0.5);
+        assert_eq!(f.transmission_at(2000.0), 1.0);
+        assert_eq!(f.transmission_at(2500.0), 0.75);
+        assert_eq!(f.transmission_at(3000.0), 0.5);
+        assert_eq!(f.transmission_at(3000.5), 0.0);
+    }
 
     #[test]
     fn malformed_curve_names_file_and_line() {

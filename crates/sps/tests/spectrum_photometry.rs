@@ -399,6 +399,7 @@ fn tiny_training_run_reduces_the_error_and_reloads_through_photulator() {
         lr_end: 1e-3,
         seed: 3,
         eval_every: 50,
+        init: None,
     };
     let mut curve = Vec::new();
     let model = TrainedPhotulators::train(
