@@ -19,6 +19,21 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// A temporary folder with a `filters/` subfolder holding the KiDS J and r curves.
+fn kids_j_and_r() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let filters = dir.path().join("filters");
+    std::fs::create_dir(&filters).unwrap();
+    for b in ["KiDSVIKING_aibn139_J", "KiDSVIKING_aibn139_r"] {
+        std::fs::copy(
+            Path::new(KIDS).join(format!("{b}.txt")),
+            filters.join(format!("{b}.txt")),
+        )
+        .unwrap();
+    }
+    (dir, filters)
+}
+
 #[test]
 fn bad_filter_file_is_named_with_its_line() {
     let dir = tempfile::tempdir().unwrap();
@@ -54,16 +69,7 @@ fn bad_filter_file_is_named_with_its_line() {
 
 #[test]
 fn tiny_run_writes_a_loadable_verified_photulator_set() {
-    let dir = tempfile::tempdir().unwrap();
-    let filters = dir.path().join("filters");
-    std::fs::create_dir(&filters).unwrap();
-    for b in ["KiDSVIKING_aibn139_J", "KiDSVIKING_aibn139_r"] {
-        std::fs::copy(
-            Path::new(KIDS).join(format!("{b}.txt")),
-            filters.join(format!("{b}.txt")),
-        )
-        .unwrap();
-    }
+    let (dir, filters) = kids_j_and_r();
     let out = dir.path().join("tiny.safetensors");
     let o = cli(&[
         "train-emulator",
@@ -104,16 +110,7 @@ fn tiny_run_writes_a_loadable_verified_photulator_set() {
 
 #[test]
 fn warm_start_from_cosmos_picks_the_overlapping_bands_and_keeps_their_networks() {
-    let dir = tempfile::tempdir().unwrap();
-    let filters = dir.path().join("filters");
-    std::fs::create_dir(&filters).unwrap();
-    for b in ["KiDSVIKING_aibn139_J", "KiDSVIKING_aibn139_r"] {
-        std::fs::copy(
-            Path::new(KIDS).join(format!("{b}.txt")),
-            filters.join(format!("{b}.txt")),
-        )
-        .unwrap();
-    }
+    let (dir, filters) = kids_j_and_r();
     let out = dir.path().join("warm.safetensors");
     let args = |extra: &[&str]| -> Vec<String> {
         let mut a: Vec<String> = [

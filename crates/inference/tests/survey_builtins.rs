@@ -56,11 +56,13 @@ fn kids_and_lsst_run_on_their_emulator_sets() {
     }
 }
 
-/// Per-band RMS of (bundled set − teacher) in magnitudes where the band sees flux (teacher
+/// 95th percentile of |bundled set − teacher| (mag) where the band sees flux (teacher
 /// M < 22), on 400 fresh draws of the training distribution (Prospector-α θ, z ~ U(0, 6),
 /// √dust2 ~ U(0, 2); a seed `train-emulator` never used). The teacher is the spectrum
-/// emulator through the survey's curves. Limits: the 5000-draw held-out RMS of
-/// docs/emulators.md × 1.5 (400 draws; heavy-tailed errors near IGM steps).
+/// emulator through the survey's curves. Limit: 1.5 × the 5000-draw held-out p95 of
+/// docs/emulators.md (measured here 0.9–1.25×). Not the RMS: the errors are heavy-tailed
+/// (single draws with extreme SFR ratios at z > 4 reach 0.3–0.5 mag) and one such draw
+/// moves a 400-draw RMS by 0.02 mag.
 #[test]
 fn bundled_emulator_sets_reproduce_their_teacher() {
     use popcosmos_api::FilterCurve;
@@ -90,8 +92,8 @@ fn bundled_emulator_sets_reproduce_their_teacher() {
     let theta = Tensor::from_vec(flat, (n, 16), &dev).unwrap();
     let input = theta_to_photulator_input(&theta).unwrap();
     for (set, dir, limits) in [
-        ("photulator_kids9", "kids", KIDS9_RMS.as_slice()),
-        ("photulator_lsst6", "lsst", LSST6_RMS.as_slice()),
+        ("photulator_kids9", "kids", KIDS9_P95.as_slice()),
+        ("photulator_lsst6", "lsst", LSST6_P95.as_slice()),
     ] {
         let phot = Photulator::load(format!("{ASSETS}/models/{set}.safetensors"), &dev).unwrap();
         let filters: Vec<FilterCurve> = phot
@@ -121,21 +123,30 @@ fn bundled_emulator_sets_reproduce_their_teacher() {
                 .map(|r| (pred[r][b] - teacher[r][b]) as f64)
                 .collect();
             let rms = (d.iter().map(|v| v * v).sum::<f64>() / d.len() as f64).sqrt();
-            eprintln!("{set} {name}: RMS {rms:.4} mag over {} draws", d.len());
+            let mut a: Vec<f64> = d.iter().map(|v| v.abs()).collect();
+            a.sort_by(f64::total_cmp);
+            eprintln!(
+                "{set} {name}: RMS {rms:.4} p50 {:.4} p95 {:.4} max {:.4} mag over {} draws",
+                a[a.len() / 2],
+                a[a.len() * 95 / 100],
+                a[a.len() - 1],
+                d.len()
+            );
+            let p95 = a[a.len() * 95 / 100];
             assert!(d.len() > n / 2, "{set} {name}: {} draws see flux", d.len());
             assert!(
-                rms <= 1.5 * limits[b],
-                "{set} {name}: RMS {rms:.4} > 1.5 × {}",
+                p95 <= 1.5 * limits[b],
+                "{set} {name}: p95 |Δ| {p95:.4} > 1.5 × {}",
                 limits[b]
             );
         }
     }
 }
 
-/// Held-out RMS (mag, bands that see flux) of `builtin:photulator_kids9`, u … Ks
+/// Held-out p95 |Δ| (mag, bands that see flux) of `builtin:photulator_kids9`, u … Ks
 /// (docs/emulators.md, 5 000 draws).
-const KIDS9_RMS: [f64; 9] = [
-    0.0564, 0.0362, 0.0135, 0.0100, 0.0095, 0.0065, 0.0053, 0.0034, 0.0030,
+const KIDS9_P95: [f64; 9] = [
+    0.1128, 0.0659, 0.0229, 0.0181, 0.0158, 0.0110, 0.0089, 0.0056, 0.0058,
 ];
 /// The same for `builtin:photulator_lsst6`, u … y.
-const LSST6_RMS: [f64; 6] = [0.0283, 0.0241, 0.0135, 0.0124, 0.0094, 0.0074];
+const LSST6_P95: [f64; 6] = [0.0535, 0.0435, 0.0238, 0.0219, 0.0153, 0.0133];
