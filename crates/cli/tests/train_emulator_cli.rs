@@ -34,6 +34,21 @@ fn kids_j_and_r() -> (tempfile::TempDir, std::path::PathBuf) {
     (dir, filters)
 }
 
+/// `train-emulator --filters DIR -o OUT --heldout 16 EXTRA…`.
+fn train(filters: &Path, out: &Path, extra: &[&str]) -> Output {
+    let mut a = vec![
+        "train-emulator",
+        "--filters",
+        filters.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--heldout",
+        "16",
+    ];
+    a.extend(extra);
+    cli(&a)
+}
+
 #[test]
 fn bad_filter_file_is_named_with_its_line() {
     let dir = tempfile::tempdir().unwrap();
@@ -71,25 +86,22 @@ fn bad_filter_file_is_named_with_its_line() {
 fn tiny_run_writes_a_loadable_verified_photulator_set() {
     let (dir, filters) = kids_j_and_r();
     let out = dir.path().join("tiny.safetensors");
-    let o = cli(&[
-        "train-emulator",
-        "--filters",
-        filters.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-        "--train",
-        "96",
-        "--heldout",
-        "16",
-        "--steps",
-        "20",
-        "--batch",
-        "32",
-        "--hidden",
-        "8,8",
-        "--eval-every",
-        "10",
-    ]);
+    let o = train(
+        &filters,
+        &out,
+        &[
+            "--train",
+            "96",
+            "--steps",
+            "20",
+            "--batch",
+            "32",
+            "--hidden",
+            "8,8",
+            "--eval-every",
+            "10",
+        ],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(stdout.contains("| KiDSVIKING_aibn139_r |"), "{stdout}");
@@ -112,29 +124,10 @@ fn tiny_run_writes_a_loadable_verified_photulator_set() {
 fn warm_start_from_cosmos_picks_the_overlapping_bands_and_keeps_their_networks() {
     let (dir, filters) = kids_j_and_r();
     let out = dir.path().join("warm.safetensors");
-    let args = |extra: &[&str]| -> Vec<String> {
-        let mut a: Vec<String> = [
-            "train-emulator",
-            "--filters",
-            filters.to_str().unwrap(),
-            "-o",
-            out.to_str().unwrap(),
-            "--train",
-            "64",
-            "--heldout",
-            "16",
-            "--init",
-            "builtin:photulator_cosmos26",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        a.extend(extra.iter().map(|s| s.to_string()));
-        a
-    };
     let run = |extra: &[&str]| {
-        let a = args(extra);
-        cli(&a.iter().map(String::as_str).collect::<Vec<_>>())
+        let mut a = vec!["--train", "64", "--init", "builtin:photulator_cosmos26"];
+        a.extend(extra);
+        train(&filters, &out, &a)
     };
     // Zero steps: the written set is the chosen COSMOS networks, bit for bit in outputs.
     let o = run(&["--steps", "0"]);
