@@ -206,6 +206,31 @@ pub fn train_emulator(args: &TrainEmulatorArgs) -> Result<()> {
         eval_every: args.eval_every,
         init,
     };
+    if let Some(dir) = args.output.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
+    }
+    let sidecar = |extra: serde_json::Value| {
+        let mut s = serde_json::json!({
+            "model": "photulator set trained by popcosmos-cli train-emulator (teacher: Speculator Prospector-alpha spectrum emulator + Madau95 IGM)",
+            "activation": "a(y) = (beta + (1 - beta) * sigmoid(alpha * y)) * y after every layer including the output layer",
+            "weight_layout": "[out_features, in_features]",
+            "training": {
+                "train_draws": args.train, "heldout_draws": args.heldout, "steps": args.steps,
+                "batch": args.batch, "lr": [args.lr, args.lr_end], "seed": args.seed,
+                "z_range": [0.0, args.z_max], "soft_mag_cap": [args.mag_cap, args.cap_width],
+                "init": args.init, "init_bands": args.init_bands,
+                "draws": "Prospector-alpha prior, z ~ U(0, z_max), sqrt(dust2) ~ U(0, 2)"
+            },
+            "filters": filters.iter().map(|f| serde_json::json!({"name": f.name, "pivot_aa": f.pivot_wavelength_aa()})).collect::<Vec<_>>(),
+        });
+        if !extra.is_null() {
+            s["checkpoint"] = extra;
+        }
+        s
+    };
+    let f_b = vec![args.softening_nmgy; names.len()];
+    // Networks as of the last evaluation: a crashed run restarts from them with `--init`.
+    let checkpoint = checkpoint_path(&args.output);
     let t0 = std::time::Instant::now();
     let model = TrainedPhotulators::train(
         names.clone(),
@@ -214,7 +239,7 @@ pub fn train_emulator(args: &TrainEmulatorArgs) -> Result<()> {
         (&xh, &yh),
         &opts,
         &device,
-        &mut |p| {
+        &mut |p, m| {
             let rms = p.heldout_rms_mag.clone().unwrap_or_default();
             let worst = rms.iter().fold(0.0f64, |a, &b| a.max(b));
             let median = {
@@ -232,26 +257,22 @@ pub fn train_emulator(args: &TrainEmulatorArgs) -> Result<()> {
                 worst,
                 t0.elapsed().as_secs_f64()
             );
+            if p.step < opts.steps {
+                m.save(
+                    &checkpoint,
+                    &f_b,
+                    sidecar(serde_json::json!({"step": p.step, "learning_rate": p.learning_rate})),
+                )?;
+            }
+            Ok(())
         },
     )?;
-    if let Some(dir) = args.output.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
+    model.save(&args.output, &f_b, sidecar(serde_json::Value::Null))?;
+    for f in [checkpoint.clone(), checkpoint.with_extension("json")] {
+        if f.exists() {
+            std::fs::remove_file(&f).with_context(|| f.display().to_string())?;
+        }
     }
-    let sidecar = serde_json::json!({
-        "model": "photulator set trained by popcosmos-cli train-emulator (teacher: Speculator Prospector-alpha spectrum emulator + Madau95 IGM)",
-        "activation": "a(y) = (beta + (1 - beta) * sigmoid(alpha * y)) * y after every layer including the output layer",
-        "weight_layout": "[out_features, in_features]",
-        "training": {
-            "train_draws": args.train, "heldout_draws": args.heldout, "steps": args.steps,
-            "batch": args.batch, "lr": [args.lr, args.lr_end], "seed": args.seed,
-            "z_range": [0.0, args.z_max], "soft_mag_cap": [args.mag_cap, args.cap_width],
-            "init": args.init, "init_bands": args.init_bands,
-            "draws": "Prospector-alpha prior, z ~ U(0, z_max), sqrt(dust2) ~ U(0, 2)"
-        },
-        "filters": filters.iter().map(|f| serde_json::json!({"name": f.name, "pivot_aa": f.pivot_wavelength_aa()})).collect::<Vec<_>>(),
-    });
-    let f_b = vec![args.softening_nmgy; names.len()];
-    model.save(&args.output, &f_b, sidecar)?;
     // Reload through the production loader: the table is what users will get.
     let phot = Photulator::load(&args.output, &device)?;
     let pred = phot
@@ -269,6 +290,11 @@ pub fn train_emulator(args: &TrainEmulatorArgs) -> Result<()> {
     );
     print_heldout_table(&filters, held_rows, &pred, &yh, &yh_raw, args);
     Ok(())
+}
+
+/// `OUT.checkpoint.safetensors`: the networks at the last evaluation step of a running job.
+pub fn checkpoint_path(output: &Path) -> PathBuf {
+    output.with_extension("checkpoint.safetensors")
 }
 
 /// Held-out Δ = network − teacher per band: against the soft-capped target on every draw, and

@@ -103,6 +103,9 @@ fn tiny_run_writes_a_loadable_verified_photulator_set() {
         ],
     );
     assert!(o.status.success(), "{}", stderr(&o));
+    // The step-10 checkpoint is removed once the final set is written.
+    assert!(!out.with_extension("checkpoint.safetensors").exists());
+    assert!(!out.with_extension("checkpoint.json").exists());
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(stdout.contains("| KiDSVIKING_aibn139_r |"), "{stdout}");
     // Bands ordered by pivot wavelength (r before J), whatever the directory order.

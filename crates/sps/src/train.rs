@@ -490,8 +490,9 @@ impl TrainedPhotulators {
     }
 
     /// Train on (θ₁₅, M) rows; `heldout` is evaluated every `eval_every` steps. `progress` is
-    /// called after every evaluation (and at the end). Bands train in parallel on the current
-    /// rayon pool.
+    /// called after every evaluation (and at the end) with the networks as they are at that
+    /// step, so a caller can checkpoint them; an error from it stops training. Bands train in
+    /// parallel on the current rayon pool.
     pub fn train(
         bands: Vec<String>,
         train_x: &[Vec<f32>],
@@ -499,7 +500,7 @@ impl TrainedPhotulators {
         heldout: (&[Vec<f32>], &[Vec<f32>]),
         opts: &TrainOptions,
         device: &Device,
-        progress: &mut dyn FnMut(&TrainProgress),
+        progress: &mut dyn FnMut(&TrainProgress, &TrainedPhotulators) -> Result<()>,
     ) -> Result<Self> {
         let nb = bands.len();
         let n = train_x.len();
@@ -619,12 +620,15 @@ impl TrainedPhotulators {
                             .collect(),
                     )
                 };
-                progress(&TrainProgress {
-                    step,
-                    learning_rate: lr,
-                    batch_loss: loss,
-                    heldout_rms_mag: rms,
-                });
+                progress(
+                    &TrainProgress {
+                        step,
+                        learning_rate: lr,
+                        batch_loss: loss,
+                        heldout_rms_mag: rms,
+                    },
+                    &model,
+                )?;
             }
             // Keep the rng stream independent of evaluation frequency.
             let _: u32 = rng.inner().random();

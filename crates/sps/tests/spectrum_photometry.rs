@@ -402,6 +402,10 @@ fn tiny_training_run_reduces_the_error_and_reloads_through_photulator() {
         init: None,
     };
     let mut curve = Vec::new();
+    // A checkpoint written at step 100 reloads to the networks of that step.
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = dir.path().join("step100.safetensors");
+    let mut at_checkpoint = Vec::new();
     let model = TrainedPhotulators::train(
         vec!["r".into(), "J".into()],
         xt,
@@ -409,13 +413,37 @@ fn tiny_training_run_reduces_the_error_and_reloads_through_photulator() {
         (xh, yh),
         &opts,
         &dev,
-        &mut |p| curve.push(p.heldout_rms_mag.clone().unwrap()),
+        &mut |p, m| {
+            curve.push(p.heldout_rms_mag.clone().unwrap());
+            if p.step == 100 {
+                m.save(&checkpoint, &[0.003, 0.003], serde_json::json!({}))?;
+                at_checkpoint = m.predict(xh);
+            }
+            Ok(())
+        },
     )
     .unwrap();
+    let reloaded = Photulator::load(&checkpoint, &dev).unwrap();
+    let xh_rows = Tensor::from_vec(xh.concat(), (xh.len(), 15), &dev).unwrap();
+    let again = reloaded
+        .absolute_magnitudes(&xh_rows)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
+    assert!(
+        band_stats(&again, &at_checkpoint)
+            .iter()
+            .all(|s| s.max_abs < 1e-3)
+    );
+    let end = model.predict(xh);
+    assert!(
+        band_stats(&end, &at_checkpoint)
+            .iter()
+            .any(|s| s.max_abs > 1e-2)
+    );
     let first: f64 = curve[0].iter().sum();
     let last: f64 = curve.last().unwrap().iter().sum();
     assert!(last < 0.7 * first, "held-out RMS {first} → {last}");
-    let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tiny.safetensors");
     model
         .save(&path, &[0.003, 0.003], serde_json::json!({"note": "test"}))
