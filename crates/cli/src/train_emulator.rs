@@ -387,16 +387,16 @@ fn warm_start(spec: &str, args: &TrainEmulatorArgs, targets: &[FilterCurve]) -> 
     let device = Device::Cpu;
     let builtin = spec == "builtin:photulator_cosmos26";
     let (file, source_names) = if builtin {
-        let phot = Photulator::builtin(&device)?;
         (
             WeightFile::from_bytes(
                 popcosmos_sps::photulator::BUILTIN_WEIGHTS,
                 "photulator_cosmos26.safetensors",
                 &device,
             )?,
-            phot.band_names().to_vec(),
+            popcosmos_sps::photulator::PhotulatorConfig::builtin()?.bands,
         )
     } else {
+        // Loading validates every tensor's shape, with errors naming file and tensor.
         let phot = Photulator::load(spec, &device).with_context(|| format!("--init {spec}"))?;
         (
             WeightFile::from_path(spec, &device)?,

@@ -147,10 +147,7 @@ pub fn filter_line_response(filter: &popcosmos_api::FilterCurve, lambda_aa: f64)
     {
         return 0.0;
     }
-    let k = w.partition_point(|&x| x <= lambda_aa);
-    let f = (lambda_aa - w[k - 1]) / (w[k] - w[k - 1]);
-    let tt = (t[k - 1] + f * (t[k] - t[k - 1])).max(0.0);
-    tt / (C_AA_PER_S * norm * AB_ZP_CGS)
+    filter.transmission_at(lambda_aa).max(0.0) / (C_AA_PER_S * norm * AB_ZP_CGS)
 }
 
 impl EmLineEmulator {

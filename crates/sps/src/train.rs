@@ -342,7 +342,8 @@ fn backward(layout: &Layout, params: &[f32], target: &[f32], ws: &mut Workspace)
         loss += (e * e) as f64;
         ws.d_out[r] = 2.0 * e / rows as f32;
     }
-    ws.grad.fill(0.0);
+    // Every entry of ws.grad is overwritten below (unit parameters assigned, weights by a
+    // non-accumulating matmul), so no zeroing.
     for l in (0..last).rev() {
         let (ni, no) = layout.dims(l);
         let alpha = &params[layout.unit_param(l, 1)];
@@ -445,38 +446,25 @@ impl TrainedPhotulators {
         Layout::new(&self.architecture)
     }
 
-    /// Standardised outputs `[n][bands]` for photulator inputs θ₁₅ rows (host).
-    fn predict_std(&self, theta15: &[Vec<f32>]) -> Vec<Vec<f32>> {
+    /// Absolute magnitudes `[n][bands]` for photulator inputs θ₁₅ rows (host).
+    pub fn predict(&self, theta15: &[Vec<f32>]) -> Vec<Vec<f32>> {
         let layout = self.layout();
-        let nb = self.bands.len();
-        let per_band: Vec<Vec<f32>> = (0..nb)
+        let per_band: Vec<Vec<f32>> = (0..self.bands.len())
             .into_par_iter()
             .map(|b| {
+                let (sh, sc) = (self.output_shift[b], self.output_scale[b]);
                 let mut out = Vec::with_capacity(theta15.len());
                 for chunk in theta15.chunks(PREDICT_ROWS) {
                     let mut ws = Workspace::new(&layout, chunk.len());
                     standardise_into(&mut ws.h[0], chunk, &self.input_shift, &self.input_scale);
                     forward(&layout, &self.params[b], &mut ws);
-                    out.extend_from_slice(&ws.h[layout.layers()]);
+                    out.extend(ws.h[layout.layers()].iter().map(|v| v * sc + sh));
                 }
                 out
             })
             .collect();
         (0..theta15.len())
             .map(|r| per_band.iter().map(|v| v[r]).collect())
-            .collect()
-    }
-
-    /// Absolute magnitudes `[n][bands]` for photulator inputs θ₁₅ rows (host).
-    pub fn predict(&self, theta15: &[Vec<f32>]) -> Vec<Vec<f32>> {
-        self.predict_std(theta15)
-            .into_iter()
-            .map(|r| {
-                r.iter()
-                    .zip(self.output_scale.iter().zip(&self.output_shift))
-                    .map(|(v, (sc, sh))| v * sc + sh)
-                    .collect()
-            })
             .collect()
     }
 
@@ -577,6 +565,15 @@ impl TrainedPhotulators {
         let mut order: Vec<u32> = (0..n as u32).collect();
         let mut cursor = n;
         let mut lr = opts.lr_start;
+        // Standardised once: inputs row-major `[n, 15]`, targets one column per band.
+        let mut xs = vec![0.0f32; n * N_INPUTS];
+        standardise_into(&mut xs, train_x, &model.input_shift, &model.input_scale);
+        let ys: Vec<Vec<f32>> = (0..nb)
+            .map(|b| {
+                let (sh, sc) = (model.output_shift[b], model.output_scale[b]);
+                train_y.iter().map(|r| (r[b] - sh) / sc).collect()
+            })
+            .collect();
         let mut batch_x = vec![0.0f32; bs * N_INPUTS];
         for step in 1..=opts.steps {
             if cursor + bs > n {
@@ -585,15 +582,16 @@ impl TrainedPhotulators {
             }
             let idx = &order[cursor..cursor + bs];
             cursor += bs;
-            let rows: Vec<&Vec<f32>> = idx.iter().map(|&i| &train_x[i as usize]).collect();
-            standardise_into(&mut batch_x, &rows, &model.input_shift, &model.input_scale);
+            for (dst, &i) in batch_x.chunks_exact_mut(N_INPUTS).zip(idx) {
+                let i = i as usize;
+                dst.copy_from_slice(&xs[i * N_INPUTS..(i + 1) * N_INPUTS]);
+            }
             let loss: f64 = trainers
                 .par_iter_mut()
-                .enumerate()
-                .map(|(b, t)| {
-                    let (sh, sc) = (model.output_shift[b], model.output_scale[b]);
+                .zip(&ys)
+                .map(|(t, y)| {
                     for (v, &i) in t.target.iter_mut().zip(idx) {
-                        *v = (train_y[i as usize][b] - sh) / sc;
+                        *v = y[i as usize];
                     }
                     t.ws.h[0].copy_from_slice(&batch_x);
                     forward(&layout, &t.params, &mut t.ws);
