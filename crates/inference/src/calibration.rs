@@ -241,7 +241,7 @@ pub fn calibrate(
         &popcosmos_priors::UniformPrior::new(),
         &pipeline.sps,
         m.init.library_size,
-        m.sps.max_rows,
+        m.sps.rows_per_call(&pipeline.device),
         &mut rng,
     )?;
     let lib_z: Vec<f64> = phi_to_theta(&library.phi)?
@@ -414,7 +414,8 @@ fn fit_all(
             .narrow(0, chain.kept - keep, keep)?
             .reshape((keep * w, g, N_PARAMS))?;
         let theta = phi_to_theta(&pinned.pin(&phi)?)?.reshape((keep * w * g, N_PARAMS))?;
-        let model = photometry_in_chunks(&pipeline.sps, &theta, m.sps.max_rows)?;
+        let model =
+            photometry_in_chunks(&pipeline.sps, &theta, m.sps.rows_per_call(&pipeline.device))?;
         let med = |t: &Tensor| -> Result<Vec<f64>> {
             // [draws, g, bands] → per (g, band) median over draws.
             let v = t

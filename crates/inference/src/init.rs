@@ -92,8 +92,21 @@ impl InitLibrary {
             .broadcast_add(&self.log_prior.unsqueeze(1)?)?;
         let finite = ll.eq(&ll)?; // false for NaN
         let ll = finite.where_cond(&ll, &ll.ones_like()?.affine(0.0, -1e30)?)?;
-        let order = ll.t()?.contiguous()?.arg_sort_last_dim(false)?;
-        Ok(order.narrow(1, 0, k.min(self.len()))?.contiguous()?)
+        // Top k by repeated arg-max, not a full sort: candle's CUDA arg-sort holds a whole row
+        // in shared memory and fails beyond ~12k columns (the default library has 30 000).
+        let mut ll = ll.t()?.contiguous()?; // [galaxies, draws]
+        let k = k.min(self.len());
+        let draws = Tensor::arange(0u32, self.len() as u32, ll.device())?.unsqueeze(0)?;
+        let mut picks = Vec::with_capacity(k);
+        for i in 0..k {
+            let best = ll.argmax_keepdim(1)?; // [galaxies, 1]
+            if i + 1 < k {
+                let taken = draws.broadcast_eq(&best)?;
+                ll = taken.where_cond(&ll.ones_like()?.affine(0.0, f32::MIN as f64)?, &ll)?;
+            }
+            picks.push(best);
+        }
+        Ok(Tensor::cat(&picks, 1)?.contiguous()?)
     }
 
     /// Initial walkers `[walkers, galaxies, 16]`: walker w of galaxy g starts at its

@@ -67,9 +67,10 @@ pub struct SpsSpec {
     /// to it (docs/models.md). Every form except `builtin` is checked against its card's sha256.
     #[serde(default = "builtin")]
     pub weights: String,
-    /// Largest number of parameter rows per emulator call.
-    #[serde(default = "default_rows")]
-    pub max_rows: usize,
+    /// Largest number of parameter rows per emulator call; default [`SpsSpec::rows_per_call`]
+    /// (16 384 on a CPU, 262 144 on CUDA, where the `[26, rows, 128]` activations are 3.5 GB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_rows: Option<usize>,
 }
 
 fn default_sps_kind() -> String {
@@ -81,11 +82,14 @@ fn yes() -> bool {
 fn builtin() -> String {
     "builtin".into()
 }
-fn default_rows() -> usize {
-    16384
-}
-
 impl SpsSpec {
+    /// Rows per emulator call on `device`: `max_rows` if set, else 16 384 on a CPU (cache-sized
+    /// passes) and 262 144 on CUDA (fewer, fuller kernels).
+    pub fn rows_per_call(&self, device: &popcosmos_api::Device) -> usize {
+        self.max_rows
+            .unwrap_or(if device.is_cpu() { 16_384 } else { 262_144 })
+    }
+
     /// The parsed `weights` reference (`builtin` means `builtin:photulator_cosmos26`).
     pub fn weight_ref(&self) -> Result<popcosmos_models::WeightRef> {
         if self.weights == "builtin" {
@@ -126,7 +130,7 @@ impl Default for SpsSpec {
             kind: default_sps_kind(),
             emission_lines: true,
             weights: builtin(),
-            max_rows: default_rows(),
+            max_rows: None,
         }
     }
 }

@@ -357,7 +357,7 @@ impl Pipeline {
                     &popcosmos_priors::UniformPrior::new(),
                     &self.sps,
                     m.init.library_size,
-                    m.sps.max_rows,
+                    m.sps.rows_per_call(&self.device),
                     &mut rng,
                 )?);
                 summary.seconds_library = t.elapsed().as_secs_f64();
@@ -422,7 +422,7 @@ impl Pipeline {
             likelihood: &self.likelihood as &dyn Likelihood,
             prior: self.prior.as_ref(),
             obs,
-            max_rows: self.manifest.sps.max_rows,
+            max_rows: self.manifest.sps.rows_per_call(&self.device),
         }
     }
 

@@ -81,7 +81,11 @@ impl SamplingSpace {
 
     /// A chain sampled in ψ, mapped to φ with log-densities of the φ target.
     pub fn chain_to_phi(&self, chain: &Chain) -> Result<Chain> {
-        let device = popcosmos_api::Device::Cpu;
+        // On the device the whitening was fitted on (the run's); host data otherwise.
+        let device = self
+            .whitening
+            .as_ref()
+            .map_or(popcosmos_api::Device::Cpu, |w| w.device().clone());
         let (phi, log_j) = self.to_phi(&chain.samples_tensor(&device)?)?;
         let lp = (chain.log_prob_tensor(&device)? - log_j)?;
         Ok(Chain {

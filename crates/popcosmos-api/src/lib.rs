@@ -220,6 +220,36 @@ pub fn configure_cpu_threads() {
     }
 }
 
+/// Keep freed device memory in CUDA's stream-ordered pool rather than handing it back to the
+/// driver at every synchronisation (the pool's default release threshold is 0): the sampler
+/// allocates the same multi-GB emulator activations every step, and re-mapping them each
+/// time is slow. `POPCOSMOS_CUDA_POOL_RELEASE=1` keeps the driver default (for A/B runs).
+#[cfg(feature = "cuda")]
+fn keep_pool_memory(device: &Device) -> std::result::Result<(), String> {
+    use candle_core::cuda_backend::cudarc::driver::{result, sys};
+    let Device::Cuda(dev) = device else {
+        return Ok(());
+    };
+    let ctx = dev.cuda_stream().context().clone();
+    if std::env::var("POPCOSMOS_CUDA_POOL_RELEASE").is_ok_and(|v| v == "1")
+        || !ctx.has_async_alloc()
+    {
+        return Ok(());
+    }
+    let mut threshold = u64::MAX;
+    // SAFETY: the device comes from a live context; the attribute takes a u64.
+    unsafe {
+        let pool =
+            result::device::get_default_mem_pool(ctx.cu_device()).map_err(|e| e.to_string())?;
+        result::mem_pool::set_attribute(
+            pool,
+            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+            (&mut threshold as *mut u64).cast(),
+        )
+        .map_err(|e| e.to_string())
+    }
+}
+
 /// Parse a device string from a manifest or the command line: `cpu`, `cuda`, `cuda:N`.
 pub fn parse_device(spec: &str) -> Result<Device> {
     let s = spec.trim();
@@ -240,13 +270,17 @@ pub fn parse_device(spec: &str) -> Result<Device> {
                      `scripts/build-cuda.sh` (cargo feature `cuda`) or use `device: cpu`"
                 )));
             }
-            Device::new_cuda(i).map_err(|e| {
+            let device = Device::new_cuda(i).map_err(|e| {
                 Error::Invalid(format!(
                     "device '{s}': CUDA device could not be opened ({e}); check that the NVIDIA \
                      driver (libcuda.so.1) and the CUDA 13 libraries (libcublas.so.13, \
                      libnvrtc.so.13, libcurand.so.10) are on LD_LIBRARY_PATH"
                 ))
-            })
+            })?;
+            #[cfg(feature = "cuda")]
+            keep_pool_memory(&device)
+                .map_err(|e| Error::Invalid(format!("device '{s}': memory pool: {e}")))?;
+            Ok(device)
         }
         None => Err(Error::Invalid(format!(
             "device '{s}': expected 'cpu', 'cuda' or 'cuda:N'"

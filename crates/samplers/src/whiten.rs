@@ -127,6 +127,11 @@ impl MarginalWhitening {
         self.dim
     }
 
+    /// The device the fitted transform lives on.
+    pub fn device(&self) -> &Device {
+        self.knots.device()
+    }
+
     /// Per element of ψ `[..., dim]`: the index of its segment's slope
     /// (i·(KNOTS−1) + j) and of its left knot (i·KNOTS + j), both u32, and ψ minus that knot.
     fn segments(&self, psi: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {

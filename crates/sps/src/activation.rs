@@ -8,8 +8,10 @@
 //! (rust-stack-notes §3.2). The CPU path here is one pass over contiguous f32 with a
 //! vectorisable polynomial exp (Cody–Waite range reduction + the Cephes `expf` polynomial,
 //! ≈1e-7 relative), compiled for AVX2 when the CPU has it, and rayon-parallel on the current
-//! rayon pool above [`PAR_MIN_ELEMS`] elements. Other devices use composed candle ops, so CUDA
-//! works without a custom kernel. Gradients (w.r.t. x only; α, β and the bias are frozen
+//! rayon pool above [`PAR_MIN_ELEMS`] elements. On CUDA (cargo feature `cuda`) it is one
+//! grid-stride kernel compiled with NVRTC on first use ([`cuda`]): composed, the five kernels
+//! stream ~10 full-size tensors through memory per layer, fused two. Other devices use the
+//! composed candle ops. Gradients (w.r.t. x only; α, β and the bias are frozen
 //! weights) are provided through composed ops.
 
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Storage, Tensor};
@@ -46,13 +48,29 @@ pub fn speculator_activation(
     beta: &Tensor,
     bias: Option<&Tensor>,
 ) -> Result<Tensor> {
-    if x.device().is_cpu() && x.dtype() == DType::F32 {
+    let fused = x.dtype() == DType::F32
+        && (x.device().is_cpu() || (x.device().is_cuda() && device_kernel_enabled()));
+    if fused {
         let x = x.contiguous()?;
         let op = SpeculatorActivation::new(bias.cloned());
         Ok(x.apply_op3(&alpha.contiguous()?, &beta.contiguous()?, op)?)
     } else {
         Ok(composed(x, alpha, beta, bias)?)
     }
+}
+
+static DEVICE_KERNEL: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Use the fused CUDA kernels (this activation; the emission-line bandpass contraction) on
+/// CUDA devices (default on; builds with the `cuda` feature). Turned off, CUDA runs the
+/// composed candle ops: for A/B benchmarks (`bench gpu`).
+pub fn set_device_kernel(enabled: bool) {
+    DEVICE_KERNEL.store(enabled, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether the fused CUDA kernels are on ([`set_device_kernel`]).
+pub fn device_kernel_enabled() -> bool {
+    DEVICE_KERNEL.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Reshape per-unit parameters `[G, U]` to `[G, 1, U]` so they broadcast over the rows of a
@@ -180,6 +198,19 @@ impl CustomOp3 for SpeculatorActivation {
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        cuda::forward(self.bias.as_ref(), (s1, l1), (s2, l2), (s3, l3))
+    }
+
     fn bwd(
         &self,
         x: &Tensor,
@@ -235,6 +266,99 @@ fn act_rows_generic(x: &[f32], alpha: &[f32], beta: &[f32], bias: &[f32], out: &
             let s = 1.0 / (1.0 + fast_exp(-(a * y)));
             *o = (b + (1.0 - b) * s) * y;
         }
+    }
+}
+
+/// The fused activation on CUDA: one thread per element, a 2-D grid (y = network, x = its
+/// rows × units) so the per-unit parameter index needs only 32-bit arithmetic.
+#[cfg(feature = "cuda")]
+mod cuda {
+    use candle_core::backend::BackendStorage;
+    use candle_core::cuda_backend::WrapErr;
+    use candle_core::cuda_backend::cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+    use candle_core::{CudaStorage, Layout, Shape, Tensor};
+
+    use crate::cuda::{cuda_of, ptx, view};
+
+    const SOURCE: &str = r#"
+extern "C" __global__ void speculator_activation(
+    const float* x, const float* alpha, const float* beta, const float* bias, float* out,
+    unsigned int per_group, unsigned int units, int has_bias)
+{
+    const unsigned int g = blockIdx.y;
+    const size_t base = (size_t)g * per_group;
+    for (unsigned int i = blockIdx.x * blockDim.x + threadIdx.x; i < per_group;
+         i += blockDim.x * gridDim.x) {
+        const unsigned int p = g * units + i % units;
+        const float y = x[base + i] + (has_bias ? bias[p] : 0.0f);
+        const float s = 1.0f / (1.0f + expf(-alpha[p] * y));
+        const float b = beta[p];
+        out[base + i] = (b + (1.0f - b) * s) * y;
+    }
+}
+"#;
+
+    pub(super) fn forward(
+        bias: Option<&Tensor>,
+        (s1, l1): (&CudaStorage, &Layout),
+        (s2, l2): (&CudaStorage, &Layout),
+        (s3, l3): (&CudaStorage, &Layout),
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        let dev = s1.device().clone();
+        let dims = l1.dims();
+        let units = *dims.last().unwrap_or(&1);
+        let groups = if dims.len() == 3 { dims[0] } else { 1 };
+        let n = l1.shape().elem_count();
+        let per_group = n / groups.max(1);
+        let params = groups * units;
+        if l2.shape().elem_count() != params || l3.shape().elem_count() != params {
+            candle_core::bail!("speculator activation: x {dims:?} and alpha/beta do not match");
+        }
+        if per_group > u32::MAX as usize || groups > 65_535 {
+            candle_core::bail!("speculator activation: x {dims:?} too large for one launch");
+        }
+        let what = "speculator activation input";
+        let (x, alpha, beta) = (
+            view(s1, l1, what)?,
+            view(s2, l2, what)?,
+            view(s3, l3, what)?,
+        );
+        let bias_guard = bias.map(Tensor::storage_and_layout);
+        let bias_view = match &bias_guard {
+            Some((s, l)) if l.shape().elem_count() == params => {
+                Some(view(cuda_of(s, "speculator activation bias")?, l, what)?)
+            }
+            Some(_) => candle_core::bail!("speculator activation: bias does not match x"),
+            None => None,
+        };
+        // SAFETY: every element is written by the kernel below.
+        let out: CudaSlice<f32> = unsafe { dev.alloc::<f32>(n)? };
+        if n > 0 {
+            let module = "popcosmos_speculator_activation";
+            let func =
+                dev.get_or_load_custom_func("speculator_activation", module, ptx(module, SOURCE)?)?;
+            const THREADS: u32 = 256;
+            let cfg = LaunchConfig {
+                grid_dim: (
+                    (per_group as u32).div_ceil(THREADS).min(65_535),
+                    groups as u32,
+                    1,
+                ),
+                block_dim: (THREADS, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let (per_group, units) = (per_group as u32, units as u32);
+            let has_bias = i32::from(bias_view.is_some());
+            let mut b = func.builder();
+            b.arg(&x).arg(&alpha).arg(&beta);
+            // Without a bias the kernel never reads the pointer; pass alpha as a valid one.
+            b.arg(bias_view.as_ref().unwrap_or(&alpha));
+            b.arg(&out).arg(&per_group).arg(&units).arg(&has_bias);
+            // SAFETY: the kernel reads `groups·per_group` elements of x and writes as many of
+            // `out`, and reads `groups·units` of alpha/beta/bias, all checked above.
+            unsafe { b.launch(cfg) }.w()?;
+        }
+        Ok((CudaStorage::wrap_cuda_slice(out, dev), l1.shape().clone()))
     }
 }
 

@@ -433,6 +433,20 @@ impl EmLineEmulator {
                 &op,
             )?);
         }
+        #[cfg(feature = "cuda")]
+        if self.device.is_cuda()
+            && self.tabulated.is_none()
+            && crate::activation::device_kernel_enabled()
+        {
+            let op = cuda::BandpassContractCuda {
+                params: self.bandpass_t.clone(),
+            };
+            return Ok(lam.contiguous()?.apply_op3_no_bwd(
+                &factor.contiguous()?,
+                &w.contiguous()?,
+                &op,
+            )?);
+        }
         let n = lam.dim(0)?;
         let f = self
             .bandpass_values(&lam)?
@@ -593,6 +607,142 @@ fn bandpass_row_generic(bp: &Bandpass, b: usize, lam: &[f32], factor: &[f32], ro
     }
     for (r, f) in row.iter_mut().zip(factor) {
         *r *= f;
+    }
+}
+
+/// The bandpass contraction on CUDA (cargo feature `cuda`): one thread per (galaxy, band)
+/// evaluates B_b(λ_l) for the galaxy's lines and accumulates Σ_l B_b(λ_l) factor_l w_lk, so
+/// the `[n, bands, components, lines]` intermediates of the composed ops never exist.
+#[cfg(feature = "cuda")]
+mod cuda {
+    use candle_core::backend::BackendStorage;
+    use candle_core::cuda_backend::WrapErr;
+    use candle_core::cuda_backend::cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+    use candle_core::{CudaStorage, CustomOp3, Layout, Shape, Tensor};
+
+    use crate::cuda::{cuda_of, ptx, view};
+
+    /// Most columns of the line weights (`k`) the kernel accumulates in registers.
+    const MAX_K: usize = 8;
+
+    const SOURCE: &str = r#"
+extern "C" __global__ void bandpass_contract(
+    const float* lam, const float* factor, const float* w, const float* coef,
+    const float* loc, const float* sigma, const float* beta, float* out,
+    unsigned int n, unsigned int nb, unsigned int nc, unsigned int nl, unsigned int k)
+{
+    const unsigned int idx = blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= n * nb) return;
+    const unsigned int g = idx / nb, b = idx % nb;
+    float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+    for (unsigned int l = 0; l < nl; ++l) {
+        const float x = lam[(size_t)g * nl + l];
+        float bp = 0.f;
+        for (unsigned int j = 0; j < nc; ++j) {
+            const unsigned int i = b * nc + j;
+            // |u|^beta = e^{beta ln u}: u = 0 gives 0, far from the band e^{-t} underflows to 0.
+            const float u = fabsf((x - loc[i]) / sigma[i]);
+            bp += coef[i] * expf(-expf(beta[i] * logf(u)));
+        }
+        const float r = bp * factor[(size_t)g * nl + l];
+        for (unsigned int kk = 0; kk < k; ++kk) acc[kk] += r * w[l * k + kk];
+    }
+    for (unsigned int kk = 0; kk < k; ++kk) out[(size_t)idx * k + kk] = acc[kk];
+}
+"#;
+
+    /// (λ_obs `[n, L]`, factor `[n, L]`, w `[L, k]`) → `[n, bands, k]`; the bandpass
+    /// parameters (coef, loc, σ, β) are `[1, bands, components, 1]` tensors on the device.
+    pub(super) struct BandpassContractCuda {
+        pub params: [Tensor; 4],
+    }
+
+    impl CustomOp3 for BandpassContractCuda {
+        fn name(&self) -> &'static str {
+            "emline-bandpass-contract-cuda"
+        }
+
+        fn cpu_fwd(
+            &self,
+            _: &candle_core::CpuStorage,
+            _: &Layout,
+            _: &candle_core::CpuStorage,
+            _: &Layout,
+            _: &candle_core::CpuStorage,
+            _: &Layout,
+        ) -> candle_core::Result<(candle_core::CpuStorage, Shape)> {
+            candle_core::bail!("emline-bandpass-contract-cuda runs on CUDA only")
+        }
+
+        fn cuda_fwd(
+            &self,
+            s1: &CudaStorage,
+            l1: &Layout,
+            s2: &CudaStorage,
+            l2: &Layout,
+            s3: &CudaStorage,
+            l3: &Layout,
+        ) -> candle_core::Result<(CudaStorage, Shape)> {
+            let what = "bandpass contraction input";
+            let dev = s1.device().clone();
+            let (n, nl) = l1.shape().dims2()?;
+            let (nl_w, k) = l3.shape().dims2()?;
+            let [_, nb, nc, _] = *self.params[0].dims() else {
+                candle_core::bail!("bandpass parameters must be [1, bands, components, 1]");
+            };
+            if nl_w != nl || l2.shape().dims2()? != (n, nl) || k > MAX_K {
+                candle_core::bail!(
+                    "bandpass contraction: λ {:?}, factor {:?}, w {:?} (k ≤ {MAX_K})",
+                    l1.dims(),
+                    l2.dims(),
+                    l3.dims()
+                );
+            }
+            if n * nb >= u32::MAX as usize {
+                candle_core::bail!("bandpass contraction: {n} rows are too many for one launch");
+            }
+            let guards: Vec<_> = self.params.iter().map(Tensor::storage_and_layout).collect();
+            let p = guards
+                .iter()
+                .map(|(s, l)| view(cuda_of(s, "bandpass parameters")?, l, what))
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            let (lam, factor, w) = (
+                view(s1, l1, what)?,
+                view(s2, l2, what)?,
+                view(s3, l3, what)?,
+            );
+            let len = n * nb * k;
+            // SAFETY: every element is written by the kernel below.
+            let out: CudaSlice<f32> = unsafe { dev.alloc::<f32>(len)? };
+            if len > 0 {
+                let module = "popcosmos_bandpass_contract";
+                let func =
+                    dev.get_or_load_custom_func("bandpass_contract", module, ptx(module, SOURCE)?)?;
+                const THREADS: u32 = 128;
+                let cfg = LaunchConfig {
+                    grid_dim: (((n * nb) as u32).div_ceil(THREADS), 1, 1),
+                    block_dim: (THREADS, 1, 1),
+                    shared_mem_bytes: 0,
+                };
+                let dims = [n as u32, nb as u32, nc as u32, nl as u32, k as u32];
+                let mut b = func.builder();
+                b.arg(&lam).arg(&factor).arg(&w);
+                for v in &p {
+                    b.arg(v);
+                }
+                b.arg(&out);
+                for d in &dims {
+                    b.arg(d);
+                }
+                // SAFETY: shapes checked above; the kernel reads n·L of λ and factor, L·k of w,
+                // bands·components of each parameter, and writes n·bands·k outputs.
+                unsafe { b.launch(cfg) }.w()?;
+            }
+            Ok((
+                CudaStorage::wrap_cuda_slice(out, dev),
+                Shape::from((n, nb, k)),
+            ))
+        }
     }
 }
 

@@ -47,6 +47,10 @@
 //! ln τ_AGN. The published calibration (line offsets, scatters, zero points) was fitted through
 //! that code path, so this crate reproduces the reference input exactly rather than "fixing" it.
 //!
+//! On CUDA (cargo feature `cuda`) the activation and the emission-line bandpass contraction
+//! are custom kernels compiled with NVRTC on first use (module `cuda`); without the feature,
+//! or with [`activation::set_device_kernel`]`(false)`, CUDA runs composed candle ops.
+//!
 //! All weights are bundled (`include_bytes!` of `assets/models/`), and can also be loaded from
 //! paths; every tensor's presence and shape is checked at load time
 //! ([`popcosmos_api::Error::MissingTensor`] / [`popcosmos_api::Error::TensorShape`]).
@@ -54,6 +58,8 @@
 pub mod activation;
 pub mod bench;
 pub mod cosmos;
+#[cfg(feature = "cuda")]
+mod cuda;
 pub mod derived;
 pub mod emlines;
 pub mod fastmath;
