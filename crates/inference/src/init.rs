@@ -92,21 +92,7 @@ impl InitLibrary {
             .broadcast_add(&self.log_prior.unsqueeze(1)?)?;
         let finite = ll.eq(&ll)?; // false for NaN
         let ll = finite.where_cond(&ll, &ll.ones_like()?.affine(0.0, -1e30)?)?;
-        // Top k by repeated arg-max, not a full sort: candle's CUDA arg-sort holds a whole row
-        // in shared memory and fails beyond ~12k columns (the default library has 30 000).
-        let mut ll = ll.t()?.contiguous()?; // [galaxies, draws]
-        let k = k.min(self.len());
-        let draws = Tensor::arange(0u32, self.len() as u32, ll.device())?.unsqueeze(0)?;
-        let mut picks = Vec::with_capacity(k);
-        for i in 0..k {
-            let best = ll.argmax_keepdim(1)?; // [galaxies, 1]
-            if i + 1 < k {
-                let taken = draws.broadcast_eq(&best)?;
-                ll = taken.where_cond(&ll.ones_like()?.affine(0.0, f32::MIN as f64)?, &ll)?;
-            }
-            picks.push(best);
-        }
-        Ok(Tensor::cat(&picks, 1)?.contiguous()?)
+        top_k_columns(&ll.t()?.contiguous()?, k.min(self.len()))
     }
 
     /// Initial walkers `[walkers, galaxies, 16]`: walker w of galaxy g starts at its
@@ -138,5 +124,43 @@ impl InitLibrary {
         let ok = lp.ge(&lp.ones_like()?.affine(0.0, -1e30)?)?; // finite (NaN compares false)
         let ok = ok.unsqueeze(2)?.broadcast_as(start.shape())?.contiguous()?;
         Ok(ok.where_cond(&jittered, &start)?)
+    }
+}
+
+/// Column indices `[rows, k]` (u32) of the `k` largest values of each row of `x` `[rows, cols]`,
+/// largest first. Repeated arg-max rather than a sort: candle's CUDA arg-sort holds a whole
+/// row in shared memory and fails beyond ~12k columns (the default library has 30 000).
+fn top_k_columns(x: &Tensor, k: usize) -> Result<Tensor> {
+    let cols = x.dim(1)?;
+    let index = Tensor::arange(0u32, cols as u32, x.device())?.unsqueeze(0)?;
+    let mut x = x.clone();
+    let mut picks = Vec::with_capacity(k);
+    for i in 0..k {
+        let best = x.argmax_keepdim(1)?; // [rows, 1]
+        if i + 1 < k {
+            let taken = index.broadcast_eq(&best)?;
+            x = taken.where_cond(&x.ones_like()?.affine(0.0, f32::MIN as f64)?, &x)?;
+        }
+        picks.push(best);
+    }
+    Ok(Tensor::cat(&picks, 1)?.contiguous()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use popcosmos_api::{Device, HostRng, RandomSource};
+
+    #[test]
+    fn top_k_columns_match_a_full_sort() {
+        let mut rng = HostRng::seed_from_u64(11);
+        let (rows, cols, k) = (7, 20_000, 5);
+        let x = rng.normal(&(rows, cols).into(), &Device::Cpu).unwrap();
+        let got = top_k_columns(&x, k).unwrap().to_vec2::<u32>().unwrap();
+        for (r, row) in x.to_vec2::<f32>().unwrap().iter().enumerate() {
+            let mut order: Vec<u32> = (0..cols as u32).collect();
+            order.sort_by(|&a, &b| row[b as usize].total_cmp(&row[a as usize]));
+            assert_eq!(got[r], order[..k], "row {r}");
+        }
     }
 }

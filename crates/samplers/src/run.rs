@@ -135,8 +135,9 @@ where
     }
     let (walkers, galaxies, dim) = state.position().dims3()?;
     let kept = config.kept();
-    let mut samples = Vec::with_capacity(kept * walkers * galaxies * dim);
-    let mut log_prob = Vec::with_capacity(kept * walkers * galaxies);
+    // Kept states stay on the device until the end: a copy to the host every step would
+    // synchronise the device every step (issue #8: no host round trip per step).
+    let mut kept_states: Vec<(Tensor, Tensor)> = Vec::with_capacity(kept);
     let mut accepted_sum: Option<Tensor> = None;
 
     for step in 1..=config.n_steps {
@@ -149,10 +150,10 @@ where
                 None => a,
             });
             if (step - config.burn_in).is_multiple_of(config.thin) {
-                let pos = state.position().to_dtype(DType::F32)?.flatten_all()?;
-                samples.extend(pos.to_vec1::<f32>()?);
-                let lp = state.log_prob().to_dtype(DType::F32)?.flatten_all()?;
-                log_prob.extend(lp.to_vec1::<f32>()?);
+                kept_states.push((
+                    state.position().to_dtype(DType::F32)?,
+                    state.log_prob().to_dtype(DType::F32)?,
+                ));
             }
         }
         if let Some(cb) = on_step.as_mut() {
@@ -160,6 +161,12 @@ where
         }
     }
 
+    let mut samples = Vec::with_capacity(kept * walkers * galaxies * dim);
+    let mut log_prob = Vec::with_capacity(kept * walkers * galaxies);
+    for (pos, lp) in kept_states.drain(..) {
+        samples.extend(pos.flatten_all()?.to_vec1::<f32>()?);
+        log_prob.extend(lp.flatten_all()?.to_vec1::<f32>()?);
+    }
     let n_post = config.n_steps.saturating_sub(config.burn_in);
     let acceptance = match accepted_sum {
         Some(s) => s
