@@ -297,9 +297,14 @@ pub fn checkpoint_path(output: &Path) -> PathBuf {
     output.with_extension("checkpoint.safetensors")
 }
 
-/// Held-out Δ = network − teacher per band: against the soft-capped target on every draw, and
+/// Apparent magnitude (m = M + N of the draw) below which a band counts as observable: two
+/// magnitudes beyond the deepest survey we ship (LSST 10-year u ≈ 26).
+const OBSERVABLE_MAG: f64 = 28.0;
+
+/// Held-out Δ = network − teacher per band: against the soft-capped target on every draw;
 /// against the raw teacher where the band sees flux (teacher M < cap − 8 widths), split at the
-/// spectrum emulator's z = 2.5 training edge; p95 = 95th percentile of |Δ|.
+/// spectrum emulator's z = 2.5 training edge; and where the draw is observable in the band
+/// (m = M + N < [`OBSERVABLE_MAG`]). p95 = 95th percentile of |Δ|.
 fn print_heldout_table(
     filters: &[FilterCurve],
     held: &[[f64; N_PARAMS]],
@@ -315,7 +320,7 @@ fn print_heldout_table(
         args.z_max
     );
     println!(
-        "| band | pivot (Å) | all draws vs capped target: RMS | sees flux: n | mean Δ | RMS | p95 | max | z ≤ 2.5: RMS | p95 | z > 2.5: RMS | p95 |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
+        "| band | pivot (Å) | all draws vs capped target: RMS | sees flux: n | mean Δ | RMS | p95 | max | z ≤ 2.5: RMS | p95 | z > 2.5: RMS | p95 | m < {OBSERVABLE_MAG}: n | RMS | p95 |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
     let all = band_stats(pred, target);
     for (b, f) in filters.iter().enumerate() {
@@ -328,8 +333,11 @@ fn print_heldout_table(
         let z = |r: usize| held[r][popcosmos_api::params::IDX_Z];
         let d = delta(&|_| true);
         let (lo, hi) = (delta(&|r| z(r) <= 2.5), delta(&|r| z(r) > 2.5));
+        let observable = delta(&|r| {
+            teacher[r][b] as f64 + held[r][popcosmos_api::params::IDX_N] < OBSERVABLE_MAG
+        });
         println!(
-            "| {} | {:.0} | {:.4} | {} | {:+.4} | {:.4} | {:.4} | {:.3} | {:.4} | {:.4} | {:.4} | {:.4} |",
+            "| {} | {:.0} | {:.4} | {} | {:+.4} | {:.4} | {:.4} | {:.3} | {:.4} | {:.4} | {:.4} | {:.4} | {} | {:.4} | {:.4} |",
             f.name,
             f.pivot_wavelength_aa(),
             all[b].rms,
@@ -342,6 +350,9 @@ fn print_heldout_table(
             abs_quantile(&lo, 0.95),
             rms(&hi),
             abs_quantile(&hi, 0.95),
+            observable.len(),
+            rms(&observable),
+            abs_quantile(&observable, 0.95),
         );
     }
 }
