@@ -66,7 +66,7 @@ pub struct TrainEmulatorArgs {
     /// Width of the soft cap (mag): targets equal the teacher to 3·10⁻⁴ mag at 8 widths below.
     #[arg(long, default_value_t = 1.0)]
     pub cap_width: f64,
-    /// Start from this photulator set (`builtin:photulator_cosmos26` or a `.safetensors` file
+    /// Start from this photulator set (`builtin:NAME`, `hf://…`, or a `.safetensors` file
     /// with its `.json` sidecar) instead of random weights.
     #[arg(long)]
     pub init: Option<String>,
@@ -396,15 +396,22 @@ pub fn filter_overlap(a: &FilterCurve, b: &FilterCurve) -> f64 {
 /// The warm start of `--init`: source bands from `--init-bands` or by largest filter overlap.
 fn warm_start(spec: &str, args: &TrainEmulatorArgs, targets: &[FilterCurve]) -> Result<WarmStart> {
     let device = Device::Cpu;
+    // COSMOS band names resolve to bundled curves without --init-filters.
     let builtin = spec == "builtin:photulator_cosmos26";
-    let (file, source_names) = if builtin {
+    let (file, source_names) = if spec.starts_with("builtin:") || spec.starts_with("hf://") {
+        // A reference with a model card: bundled or on the Hub (verified against its card).
+        let reference = spec
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--init {spec}: {e}"))?;
+        let model = popcosmos_models::load(&reference, &popcosmos_models::HubConfig::from_env())
+            .map_err(|e| anyhow::anyhow!("--init {spec}: {e}"))?;
+        let kind = &model.card.architecture.kind;
+        if kind != "photulator" {
+            bail!("--init {spec}: a '{kind}' model, not a photulator set");
+        }
         (
-            WeightFile::from_bytes(
-                popcosmos_sps::photulator::BUILTIN_WEIGHTS,
-                "photulator_cosmos26.safetensors",
-                &device,
-            )?,
-            popcosmos_sps::photulator::PhotulatorConfig::builtin()?.bands,
+            WeightFile::from_bytes(&model.bytes, model.source.clone(), &device)?,
+            model.card.bands.clone(),
         )
     } else {
         // Loading validates every tensor's shape, with errors naming file and tensor.

@@ -178,3 +178,69 @@ fn warm_start_from_cosmos_picks_the_overlapping_bands_and_keeps_their_networks()
         "{e}"
     );
 }
+
+#[test]
+fn warm_start_from_a_bundled_survey_set_keeps_its_own_networks() {
+    let (dir, filters) = kids_j_and_r();
+    let out = dir.path().join("kids.safetensors");
+    let init = [
+        "--train",
+        "64",
+        "--steps",
+        "0",
+        "--init",
+        "builtin:photulator_kids9",
+    ];
+    // Its curves are not the COSMOS ones: without --init-filters the run says what to give.
+    let o = train(&filters, &out, &init);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("--init-filters"), "{}", stderr(&o));
+    // With them, each KiDS band starts from itself (overlap 1) and the written networks
+    // reproduce the bundled set's.
+    let mut a = init.to_vec();
+    a.extend(["--init-filters", KIDS]);
+    let o = train(&filters, &out, &a);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("KiDSVIKING_aibn139_r ← KiDSVIKING_aibn139_r (filter overlap 1.00)"),
+        "{}",
+        stderr(&o)
+    );
+    let dev = candle_core::Device::Cpu;
+    let warm = popcosmos_sps::Photulator::load(&out, &dev).unwrap();
+    let kids = popcosmos_models::load(
+        &"builtin:photulator_kids9".parse().unwrap(),
+        &popcosmos_models::HubConfig::from_env(),
+    )
+    .unwrap();
+    let config = popcosmos_sps::photulator::PhotulatorConfig {
+        bands: kids.card.bands.clone(),
+        architecture: kids.card.architecture.layers.clone(),
+    };
+    let file =
+        popcosmos_sps::weights::WeightFile::from_bytes(&kids.bytes, kids.source.clone(), &dev)
+            .unwrap();
+    let bundled = popcosmos_sps::Photulator::from_weights(&file, config, &dev).unwrap();
+    let theta15 = candle_core::Tensor::rand(0f32, 1f32, (32, 15), &dev).unwrap();
+    let a = warm
+        .absolute_magnitudes(&theta15)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
+    let b = bundled
+        .absolute_magnitudes(&theta15)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
+    let idx = |n: &str| bundled.band_names().iter().position(|b| b == n).unwrap();
+    for (ra, rb) in a.iter().zip(&b) {
+        assert!(
+            (ra[0] - rb[idx("KiDSVIKING_aibn139_r")]).abs() < 1e-4,
+            "{ra:?} {rb:?}"
+        );
+        assert!(
+            (ra[1] - rb[idx("KiDSVIKING_aibn139_J")]).abs() < 1e-4,
+            "{ra:?} {rb:?}"
+        );
+    }
+}
