@@ -154,21 +154,7 @@ fn warm_start_from_cosmos_picks_the_overlapping_bands_and_keeps_their_networks()
         &dev,
     )
     .unwrap();
-    let a = warm
-        .absolute_magnitudes(&theta15)
-        .unwrap()
-        .to_vec2::<f32>()
-        .unwrap();
-    let b = cosmos
-        .absolute_magnitudes(&theta15)
-        .unwrap()
-        .to_vec2::<f32>()
-        .unwrap();
-    let idx = |n: &str| cosmos.band_names().iter().position(|b| b == n).unwrap();
-    for (ra, rb) in a.iter().zip(&b) {
-        assert!((ra[0] - rb[idx("hsc_r")]).abs() < 1e-4, "{ra:?}");
-        assert!((ra[1] - rb[idx("uvista_j_cosmos")]).abs() < 1e-4, "{ra:?}");
-    }
+    assert_bands_match(&warm, &cosmos, &theta15, &["hsc_r", "uvista_j_cosmos"]);
     // A source band the set does not have is named.
     let o = run(&["--steps", "0", "--init-bands", "hsc_r,nope"]);
     assert!(!o.status.success());
@@ -208,39 +194,39 @@ fn warm_start_from_a_bundled_survey_set_keeps_its_own_networks() {
     );
     let dev = candle_core::Device::Cpu;
     let warm = popcosmos_sps::Photulator::load(&out, &dev).unwrap();
-    let kids = popcosmos_models::load(
-        &"builtin:photulator_kids9".parse().unwrap(),
-        &popcosmos_models::HubConfig::from_env(),
-    )
+    let bundled = popcosmos_inference::manifest::SpsSpec {
+        weights: "builtin:photulator_kids9".into(),
+        ..Default::default()
+    }
+    .load_photulator(&dev)
     .unwrap();
-    let config = popcosmos_sps::photulator::PhotulatorConfig {
-        bands: kids.card.bands.clone(),
-        architecture: kids.card.architecture.layers.clone(),
-    };
-    let file =
-        popcosmos_sps::weights::WeightFile::from_bytes(&kids.bytes, kids.source.clone(), &dev)
-            .unwrap();
-    let bundled = popcosmos_sps::Photulator::from_weights(&file, config, &dev).unwrap();
     let theta15 = candle_core::Tensor::rand(0f32, 1f32, (32, 15), &dev).unwrap();
-    let a = warm
-        .absolute_magnitudes(&theta15)
-        .unwrap()
-        .to_vec2::<f32>()
-        .unwrap();
-    let b = bundled
-        .absolute_magnitudes(&theta15)
-        .unwrap()
-        .to_vec2::<f32>()
-        .unwrap();
-    let idx = |n: &str| bundled.band_names().iter().position(|b| b == n).unwrap();
-    for (ra, rb) in a.iter().zip(&b) {
-        assert!(
-            (ra[0] - rb[idx("KiDSVIKING_aibn139_r")]).abs() < 1e-4,
-            "{ra:?} {rb:?}"
-        );
-        assert!(
-            (ra[1] - rb[idx("KiDSVIKING_aibn139_J")]).abs() < 1e-4,
-            "{ra:?} {rb:?}"
-        );
+    assert_bands_match(
+        &warm,
+        &bundled,
+        &theta15,
+        &["KiDSVIKING_aibn139_r", "KiDSVIKING_aibn139_J"],
+    );
+}
+
+/// Band i of `warm` reproduces band `sources[i]` of `source` to 1e-4 mag on `theta15`.
+fn assert_bands_match(
+    warm: &popcosmos_sps::Photulator,
+    source: &popcosmos_sps::Photulator,
+    theta15: &candle_core::Tensor,
+    sources: &[&str],
+) {
+    let mags = |p: &popcosmos_sps::Photulator| {
+        p.absolute_magnitudes(theta15)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap()
+    };
+    let (a, b) = (mags(warm), mags(source));
+    for (i, name) in sources.iter().enumerate() {
+        let j = source.band_names().iter().position(|n| n == name).unwrap();
+        for (ra, rb) in a.iter().zip(&b) {
+            assert!((ra[i] - rb[j]).abs() < 1e-4, "{name}: {ra:?} vs {rb:?}");
+        }
     }
 }
