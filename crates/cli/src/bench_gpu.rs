@@ -166,8 +166,21 @@ pub fn run(args: &GpuBenchArgs) -> Result<()> {
     {
         popcosmos_sps::activation::set_device_kernel(false);
         let p = Pipeline::new(demo_manifest(&args.device, "prospector-alpha")?)?;
-        time_run(&p, n, args, "Prospector-α, composed candle ops")?;
+        time_run(
+            &p,
+            n,
+            args.steps / 2,
+            args,
+            "Prospector-α, composed candle ops",
+        )?;
         popcosmos_sps::activation::set_device_kernel(true);
+    }
+    // The same steps keeping no chain: what storing the kept half costs.
+    if !args.runs_only
+        && let Some(&n) = args.galaxies.iter().max()
+    {
+        let p = Pipeline::new(demo_manifest(&args.device, "prospector-alpha")?)?;
+        time_run(&p, n, args.steps, args, "Prospector-α, no kept chain")?;
     }
     for spec in &priors {
         let p = Pipeline::new(demo_manifest(&args.device, spec)?)
@@ -178,7 +191,7 @@ pub fn run(args: &GpuBenchArgs) -> Result<()> {
             &args.galaxies
         };
         for &n in galaxies {
-            time_run(&p, n, args, p.prior.name())?;
+            time_run(&p, n, args.steps / 2, args, p.prior.name())?;
         }
     }
     println!(
@@ -188,9 +201,15 @@ pub fn run(args: &GpuBenchArgs) -> Result<()> {
 }
 
 /// Time `args.walkers × args.steps` stretch-move steps of `n` tiled demo galaxies (the
-/// reference setting: φ coordinates, walkers from prior draws; the start is not timed) and
-/// print one table row.
-fn time_run(p: &Pipeline, n: usize, args: &GpuBenchArgs, label: &str) -> Result<()> {
+/// reference setting: φ coordinates, walkers from prior draws; the start is not timed), the
+/// states after `burn_in` steps kept as the chain, and print one table row.
+fn time_run(
+    p: &Pipeline,
+    n: usize,
+    burn_in: usize,
+    args: &GpuBenchArgs,
+    label: &str,
+) -> Result<()> {
     let obs = tiled_observations(p, n)?;
     let post = p.posterior(&obs);
     let mut rng = HostRng::seed_from_u64(1);
@@ -213,7 +232,7 @@ fn time_run(p: &Pipeline, n: usize, args: &GpuBenchArgs, label: &str) -> Result<
         &mut rng,
         &RunConfig {
             n_steps: args.steps,
-            burn_in: args.steps / 2,
+            burn_in,
             thin: 1,
         },
         None,
