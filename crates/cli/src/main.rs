@@ -142,9 +142,23 @@ fn main() {
     popcosmos_api::configure_cpu_threads();
     let cli = Cli::parse();
     if let Err(e) = dispatch(cli) {
-        eprintln!("error: {e:#}");
+        eprintln!("error: {}", error_chain(&e));
         std::process::exit(1);
     }
+}
+
+/// The error and its causes joined by ": ", skipping a cause whose text the message already
+/// holds (library errors such as `path: io error` also expose the io error as their source).
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut msg = e.to_string();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !msg.contains(&text) {
+            msg.push_str(": ");
+            msg.push_str(&text);
+        }
+    }
+    msg
 }
 
 fn dispatch(cli: Cli) -> Result<()> {

@@ -230,3 +230,19 @@ fn assert_bands_match(
         }
     }
 }
+
+#[test]
+fn a_missing_init_file_is_named_once() {
+    let (dir, filters) = kids_j_and_r();
+    let out = dir.path().join("o.safetensors");
+    let o = train(
+        &filters,
+        &out,
+        &["--train", "8", "--steps", "0", "--init", "nope.safetensors"],
+    );
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    // The io error is both in the library error's text and its source: printed once.
+    assert!(e.contains("--init nope.safetensors"), "{e}");
+    assert_eq!(e.matches("(os error 2)").count(), 1, "{e}");
+}
