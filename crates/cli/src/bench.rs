@@ -80,8 +80,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
 }
 
 fn bench_inference(galaxies: usize, device: &str) -> Result<()> {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let mut m = Manifest::load(&root.join("examples/cosmos-demo.yaml"))?;
+    let mut m = Manifest::load(&crate::repo_root().join("examples/cosmos-demo.yaml"))?;
     m.device = device.to_string();
     m.galaxies_per_batch = galaxies;
     let configs = [
