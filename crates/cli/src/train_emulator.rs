@@ -88,6 +88,15 @@ pub struct TrainEmulatorArgs {
     /// Model-card description.
     #[arg(long)]
     pub description: Option<String>,
+    /// Train only these bands (names, comma separated); every other band keeps its `--init`
+    /// network unchanged.
+    #[arg(long, value_delimiter = ',')]
+    pub train_bands: Option<Vec<String>>,
+    /// Weight each draw's squared error in band b by EPS + P(N < 28 − M_b), the chance that a
+    /// galaxy with this spectrum is observable (m < 28) given the draws' distribution of N:
+    /// the network's accuracy goes where a likelihood can see it.
+    #[arg(long, value_name = "EPS")]
+    pub observable_weighting: Option<f64>,
 }
 
 /// Read every filter curve in `dir`, ordered by `bands` or by pivot wavelength.
@@ -179,7 +188,7 @@ pub fn train_emulator(args: &TrainEmulatorArgs) -> Result<()> {
     let spec = SpectrumPhotometry::builtin(&filters, &device)?;
     let rows = training_draws(args.train + args.heldout, args.z_max, args.seed);
     let (train_rows, held_rows) = rows.split_at(args.train);
-    let (xt, yt) = teacher(&spec, train_rows, &device, "train")?;
+    let (xt, yt_raw) = teacher(&spec, train_rows, &device, "train")?;
     let (xh, yh_raw) = teacher(&spec, held_rows, &device, "held-out")?;
     let cap = |rows: Rows| -> Rows {
         rows.into_iter()
@@ -190,11 +199,46 @@ pub fn train_emulator(args: &TrainEmulatorArgs) -> Result<()> {
             })
             .collect()
     };
-    let yt = cap(yt);
+    let yt = cap(yt_raw.clone());
     let yh = cap(yh_raw.clone());
     let init = match &args.init {
         Some(spec) => Some(warm_start(spec, args, &filters)?),
         None => None,
+    };
+    let train_bands = match &args.train_bands {
+        None => None,
+        Some(_) if args.init.is_none() => {
+            bail!("--train-bands needs --init (the other bands' networks)")
+        }
+        Some(list) => Some(
+            list.iter()
+                .map(|b| {
+                    names.iter().position(|n| n == b).with_context(|| {
+                        format!(
+                            "--train-bands: '{b}' is not one of the bands ({})",
+                            names.join(", ")
+                        )
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?,
+        ),
+    };
+    let observability = Observability::new(train_rows);
+    let weights: Option<Rows> = match args.observable_weighting {
+        None => None,
+        Some(eps) if !(eps.is_finite() && eps >= 0.0) => {
+            bail!("--observable-weighting: EPS must be finite and ≥ 0, got {eps}")
+        }
+        Some(eps) => Some(
+            yt_raw
+                .iter()
+                .map(|r| {
+                    r.iter()
+                        .map(|&m| (eps + observability.probability(m as f64)) as f32)
+                        .collect()
+                })
+                .collect(),
+        ),
     };
     let opts = TrainOptions {
         hidden: args.hidden.clone(),
@@ -205,6 +249,7 @@ pub fn train_emulator(args: &TrainEmulatorArgs) -> Result<()> {
         seed: args.seed,
         eval_every: args.eval_every,
         init,
+        train_bands: train_bands.clone(),
     };
     if let Some(dir) = args.output.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
@@ -219,6 +264,7 @@ pub fn train_emulator(args: &TrainEmulatorArgs) -> Result<()> {
                 "batch": args.batch, "lr": [args.lr, args.lr_end], "seed": args.seed,
                 "z_range": [0.0, args.z_max], "soft_mag_cap": [args.mag_cap, args.cap_width],
                 "init": args.init, "init_bands": args.init_bands,
+                "train_bands": args.train_bands, "observable_weighting": args.observable_weighting,
                 "draws": "Prospector-alpha prior, z ~ U(0, z_max), sqrt(dust2) ~ U(0, 2)"
             },
             "filters": filters.iter().map(|f| serde_json::json!({"name": f.name, "pivot_aa": f.pivot_wavelength_aa()})).collect::<Vec<_>>(),
@@ -236,6 +282,7 @@ pub fn train_emulator(args: &TrainEmulatorArgs) -> Result<()> {
         names.clone(),
         &xt,
         &yt,
+        weights.as_deref(),
         (&xh, &yh),
         &opts,
         &device,
@@ -247,14 +294,25 @@ pub fn train_emulator(args: &TrainEmulatorArgs) -> Result<()> {
                 v.sort_by(f64::total_cmp);
                 v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
             };
+            // Observable-draw accuracy of the bands being trained (all when none is named).
+            let pred = m.predict(&xh);
+            let observable: Vec<String> = (0..names.len())
+                .filter(|b| train_bands.as_ref().is_none_or(|t| t.contains(b)))
+                .map(|b| {
+                    let d = observable_delta(held_rows, &pred, &yh_raw, b);
+                    let w = observability.weighted_rms(&pred, &yh_raw, b);
+                    format!("{} {:.4}/{:.4}", names[b], rms_of(&d), w)
+                })
+                .collect();
             eprintln!(
-                "step {:>6}/{}  lr {:.2e}  batch loss {:.3e}  held-out RMS median {:.4} worst {:.4} mag  ({:.0} s)",
+                "step {:>6}/{}  lr {:.2e}  batch loss {:.3e}  held-out RMS median {:.4} worst {:.4} mag; m < {OBSERVABLE_MAG} RMS / P(m < {OBSERVABLE_MAG})-weighted RMS: {}  ({:.0} s)",
                 p.step,
                 opts.steps,
                 p.learning_rate,
                 p.batch_loss,
                 median,
                 worst,
+                observable.join(", "),
                 t0.elapsed().as_secs_f64()
             );
             if p.step < opts.steps {
@@ -288,8 +346,66 @@ pub fn train_emulator(args: &TrainEmulatorArgs) -> Result<()> {
         args.output.with_extension("json").display(),
         card.display()
     );
-    print_heldout_table(&filters, held_rows, &pred, &yh, &yh_raw, args);
+    print_heldout_table(
+        &filters,
+        held_rows,
+        &pred,
+        (&yh, &yh_raw),
+        &observability,
+        args,
+    );
     Ok(())
+}
+
+/// Distribution of N = m − M over the training draws: how likely a draw of absolute magnitude
+/// M is to be observable (m < [`OBSERVABLE_MAG`]).
+struct Observability {
+    /// N of every training draw, ascending.
+    n_sorted: Vec<f64>,
+}
+
+impl Observability {
+    fn new(rows: &[[f64; N_PARAMS]]) -> Self {
+        let mut n_sorted: Vec<f64> = rows
+            .iter()
+            .map(|r| r[popcosmos_api::params::IDX_N])
+            .collect();
+        n_sorted.sort_by(f64::total_cmp);
+        Self { n_sorted }
+    }
+
+    /// P(N < OBSERVABLE_MAG − M) over the training draws (0 for a band without flux).
+    fn probability(&self, abs_mag: f64) -> f64 {
+        let limit = OBSERVABLE_MAG - abs_mag;
+        self.n_sorted.partition_point(|&n| n < limit) as f64 / self.n_sorted.len().max(1) as f64
+    }
+
+    /// RMS of Δ = network − teacher in band `b` over every draw, each weighted by
+    /// [`Self::probability`] of its teacher magnitude: the expected RMS over observable draws,
+    /// with far less scatter than the few draws that happen to be observable.
+    fn weighted_rms(&self, pred: &[Vec<f32>], teacher: &[Vec<f32>], b: usize) -> f64 {
+        let (mut num, mut den) = (0.0f64, 0.0f64);
+        for (p, t) in pred.iter().zip(teacher) {
+            let w = self.probability(t[b] as f64);
+            num += w * ((p[b] - t[b]) as f64).powi(2);
+            den += w;
+        }
+        (num / den.max(f64::MIN_POSITIVE)).sqrt()
+    }
+}
+
+/// Δ = network − teacher in band `b` on the draws observable in it (m = M + N <
+/// [`OBSERVABLE_MAG`]).
+fn observable_delta(
+    held: &[[f64; N_PARAMS]],
+    pred: &[Vec<f32>],
+    teacher: &[Vec<f32>],
+    b: usize,
+) -> Vec<f64> {
+    (0..held.len())
+        .filter(|&r| teacher[r][b] as f64 + held[r][popcosmos_api::params::IDX_N] < OBSERVABLE_MAG)
+        .map(|r| (pred[r][b] - teacher[r][b]) as f64)
+        .collect()
 }
 
 /// `OUT.checkpoint.safetensors`: the networks at the last evaluation step of a running job.
@@ -309,8 +425,8 @@ fn print_heldout_table(
     filters: &[FilterCurve],
     held: &[[f64; N_PARAMS]],
     pred: &[Vec<f32>],
-    target: &[Vec<f32>],
-    teacher: &[Vec<f32>],
+    (target, teacher): (&[Vec<f32>], &[Vec<f32>]),
+    observability: &Observability,
     args: &TrainEmulatorArgs,
 ) {
     let seen = (args.mag_cap - 8.0 * args.cap_width) as f32;
@@ -320,7 +436,7 @@ fn print_heldout_table(
         args.z_max
     );
     println!(
-        "| band | pivot (Å) | all draws vs capped target: RMS | sees flux: n | mean Δ | RMS | p95 | max | z ≤ 2.5: RMS | p95 | z > 2.5: RMS | p95 | m < {OBSERVABLE_MAG}: n | RMS | p95 |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        "| band | pivot (Å) | all draws vs capped target: RMS | sees flux: n | mean Δ | RMS | p95 | max | z ≤ 2.5: RMS | p95 | z > 2.5: RMS | p95 | m < {OBSERVABLE_MAG}: n | RMS | p95 | P(m < {OBSERVABLE_MAG})-weighted RMS |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
     let all = band_stats(pred, target);
     for (b, f) in filters.iter().enumerate() {
@@ -333,31 +449,30 @@ fn print_heldout_table(
         let z = |r: usize| held[r][popcosmos_api::params::IDX_Z];
         let d = delta(&|_| true);
         let (lo, hi) = (delta(&|r| z(r) <= 2.5), delta(&|r| z(r) > 2.5));
-        let observable = delta(&|r| {
-            teacher[r][b] as f64 + held[r][popcosmos_api::params::IDX_N] < OBSERVABLE_MAG
-        });
+        let observable = observable_delta(held, pred, teacher, b);
         println!(
-            "| {} | {:.0} | {:.4} | {} | {:+.4} | {:.4} | {:.4} | {:.3} | {:.4} | {:.4} | {:.4} | {:.4} | {} | {:.4} | {:.4} |",
+            "| {} | {:.0} | {:.4} | {} | {:+.4} | {:.4} | {:.4} | {:.3} | {:.4} | {:.4} | {:.4} | {:.4} | {} | {:.4} | {:.4} | {:.4} |",
             f.name,
             f.pivot_wavelength_aa(),
             all[b].rms,
             d.len(),
             d.iter().sum::<f64>() / d.len().max(1) as f64,
-            rms(&d),
+            rms_of(&d),
             abs_quantile(&d, 0.95),
             abs_quantile(&d, 1.0),
-            rms(&lo),
+            rms_of(&lo),
             abs_quantile(&lo, 0.95),
-            rms(&hi),
+            rms_of(&hi),
             abs_quantile(&hi, 0.95),
             observable.len(),
-            rms(&observable),
+            rms_of(&observable),
             abs_quantile(&observable, 0.95),
+            observability.weighted_rms(pred, teacher, b),
         );
     }
 }
 
-fn rms(d: &[f64]) -> f64 {
+fn rms_of(d: &[f64]) -> f64 {
     (d.iter().map(|v| v * v).sum::<f64>() / d.len().max(1) as f64).sqrt()
 }
 

@@ -246,3 +246,103 @@ fn a_missing_init_file_is_named_once() {
     assert!(e.contains("--init nope.safetensors"), "{e}");
     assert_eq!(e.matches("(os error 2)").count(), 1, "{e}");
 }
+
+#[test]
+fn training_a_subset_of_bands_keeps_the_others_bit_for_bit() {
+    let (dir, filters) = kids_j_and_r();
+    let out = dir.path().join("blue.safetensors");
+    let base = [
+        "--train",
+        "64",
+        "--batch",
+        "32",
+        "--init",
+        "builtin:photulator_kids9",
+        "--init-filters",
+        KIDS,
+    ];
+    let run = |extra: &[&str]| {
+        let mut a = base.to_vec();
+        a.extend(extra);
+        train(&filters, &out, &a)
+    };
+    let o = run(&[
+        "--steps",
+        "20",
+        "--lr",
+        "1e-3",
+        "--train-bands",
+        "KiDSVIKING_aibn139_J",
+        "--observable-weighting",
+        "0.01",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("P(m < 28)-weighted RMS"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let dev = candle_core::Device::Cpu;
+    let trained = popcosmos_sps::Photulator::load(&out, &dev).unwrap();
+    let bundled = popcosmos_inference::manifest::SpsSpec {
+        weights: "builtin:photulator_kids9".into(),
+        ..Default::default()
+    }
+    .load_photulator(&dev)
+    .unwrap();
+    let theta15 = candle_core::Tensor::rand(0f32, 1f32, (32, 15), &dev).unwrap();
+    // Band order here is by pivot: r, J. r was not trained: identical to the bundled r.
+    assert_bands_match(&trained, &bundled, &theta15, &["KiDSVIKING_aibn139_r"]);
+    // J was trained (20 Adam steps at 1e-3 move a network by far more than 1e-4 mag).
+    let mags = |p: &popcosmos_sps::Photulator| {
+        p.absolute_magnitudes(&theta15)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap()
+    };
+    let j = bundled
+        .band_names()
+        .iter()
+        .position(|n| n == "KiDSVIKING_aibn139_J")
+        .unwrap();
+    let moved = mags(&trained)
+        .iter()
+        .zip(mags(&bundled))
+        .map(|(a, b)| (a[1] - b[j]).abs())
+        .fold(0.0f32, f32::max);
+    assert!(moved > 1e-3, "J did not train: max change {moved}");
+
+    // Bad values are named.
+    let o = run(&["--steps", "0", "--train-bands", "KiDSVIKING_aibn139_u"]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(
+        e.contains("--train-bands: 'KiDSVIKING_aibn139_u'") && e.contains("KiDSVIKING_aibn139_J"),
+        "{e}"
+    );
+    let o = run(&["--steps", "0", "--observable-weighting=-1"]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("--observable-weighting"),
+        "{}",
+        stderr(&o)
+    );
+    let o = train(
+        &filters,
+        &out,
+        &[
+            "--train",
+            "8",
+            "--steps",
+            "0",
+            "--train-bands",
+            "KiDSVIKING_aibn139_r",
+        ],
+    );
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("--train-bands needs --init"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -53,6 +53,9 @@ pub struct TrainOptions {
     pub eval_every: usize,
     /// Start from these networks instead of random weights.
     pub init: Option<WarmStart>,
+    /// Indices of the bands to train; the others keep their `init` networks unchanged
+    /// (e.g. retraining only the blue bands of a set). `None`: every band.
+    pub train_bands: Option<Vec<usize>>,
 }
 
 impl Default for TrainOptions {
@@ -66,6 +69,7 @@ impl Default for TrainOptions {
             seed: 1,
             eval_every: 1000,
             init: None,
+            train_bands: None,
         }
     }
 }
@@ -331,16 +335,23 @@ fn forward(layout: &Layout, params: &[f32], ws: &mut Workspace) {
     }
 }
 
-/// Backward pass for the loss mean_r (out_r − target_r)²; fills `ws.grad`, returns the loss.
-fn backward(layout: &Layout, params: &[f32], target: &[f32], ws: &mut Workspace) -> f64 {
+/// Backward pass for the loss mean_r w_r (out_r − target_r)²; fills `ws.grad`, returns the
+/// loss.
+fn backward(
+    layout: &Layout,
+    params: &[f32],
+    target: &[f32],
+    weight: &[f32],
+    ws: &mut Workspace,
+) -> f64 {
     let rows = ws.rows;
     let last = layout.layers();
     let out = &ws.h[last];
     let mut loss = 0.0f64;
     for r in 0..rows {
         let e = out[r] - target[r];
-        loss += (e * e) as f64;
-        ws.d_out[r] = 2.0 * e / rows as f32;
+        loss += (weight[r] * e * e) as f64;
+        ws.d_out[r] = 2.0 * weight[r] * e / rows as f32;
     }
     // Every entry of ws.grad is overwritten below (unit parameters assigned, weights by a
     // non-accumulating matmul), so no zeroing.
@@ -436,6 +447,10 @@ struct BandTrainer {
     adam: Adam,
     ws: Workspace,
     target: Vec<f32>,
+    /// Loss weight of each mini-batch row.
+    weight: Vec<f32>,
+    /// False for a band kept at its `init` network.
+    trains: bool,
 }
 
 /// Rows per forward pass when predicting (bounds the workspace).
@@ -481,10 +496,16 @@ impl TrainedPhotulators {
     /// called after every evaluation (and at the end) with the networks as they are at that
     /// step, so a caller can checkpoint them; an error from it stops training. Bands train in
     /// parallel on the current rayon pool.
+    ///
+    /// `train_weight` (`[rows][bands]`, ≥ 0, optional) weights each row's squared error in
+    /// each band's loss; each band's weights are rescaled to mean 1 over the training rows, so
+    /// the learning rate means the same with and without them.
+    #[allow(clippy::too_many_arguments)]
     pub fn train(
         bands: Vec<String>,
         train_x: &[Vec<f32>],
         train_y: &[Vec<f32>],
+        train_weight: Option<&[Vec<f32>]>,
         heldout: (&[Vec<f32>], &[Vec<f32>]),
         opts: &TrainOptions,
         device: &Device,
@@ -508,6 +529,38 @@ impl TrainedPhotulators {
                 "training target row {r}: expected {nb} bands"
             )));
         }
+        if let Some(w) = train_weight {
+            if w.len() != n {
+                return Err(Error::Invalid(format!(
+                    "training weights: {} rows for {n} training rows",
+                    w.len()
+                )));
+            }
+            if let Some(r) = w
+                .iter()
+                .position(|r| r.len() != nb || r.iter().any(|v| !(v.is_finite() && *v >= 0.0)))
+            {
+                return Err(Error::Invalid(format!(
+                    "training weight row {r}: expected {nb} finite non-negative values"
+                )));
+            }
+        }
+        let trains: Vec<bool> = match &opts.train_bands {
+            None => vec![true; nb],
+            Some(_) if opts.init.is_none() => {
+                return Err(Error::Invalid(
+                    "training a subset of the bands needs initial networks for the others".into(),
+                ));
+            }
+            Some(list) => {
+                if let Some(b) = list.iter().find(|&&b| b >= nb) {
+                    return Err(Error::Invalid(format!(
+                        "band index {b} to train is out of range ({nb} bands)"
+                    )));
+                }
+                (0..nb).map(|b| list.contains(&b)).collect()
+            }
+        };
         let mut architecture = vec![N_INPUTS];
         architecture.extend(&opts.hidden);
         architecture.push(1);
@@ -554,11 +607,14 @@ impl TrainedPhotulators {
         let mut trainers: Vec<BandTrainer> = model
             .params
             .iter()
-            .map(|p| BandTrainer {
+            .enumerate()
+            .map(|(b, p)| BandTrainer {
                 params: p.clone(),
                 adam: Adam::new(layout.total),
                 ws: Workspace::new(&layout, bs),
                 target: vec![0.0; bs],
+                weight: vec![1.0; bs],
+                trains: trains[b],
             })
             .collect();
         let decay = (opts.lr_end / opts.lr_start).powf(1.0 / opts.steps.max(1) as f64);
@@ -574,6 +630,17 @@ impl TrainedPhotulators {
                 train_y.iter().map(|r| (r[b] - sh) / sc).collect()
             })
             .collect();
+        // Per band, the row weights rescaled to mean 1 (None: unweighted).
+        let band_weight: Option<Vec<Vec<f32>>> = train_weight.map(|w| {
+            (0..nb)
+                .map(|b| {
+                    let mean = w.iter().map(|r| r[b] as f64).sum::<f64>() / n as f64;
+                    let inv = if mean > 0.0 { 1.0 / mean } else { 0.0 };
+                    w.iter().map(|r| (r[b] as f64 * inv) as f32).collect()
+                })
+                .collect()
+        });
+        let n_trained = trains.iter().filter(|&&t| t).count().max(1);
         let mut batch_x = vec![0.0f32; bs * N_INPUTS];
         for step in 1..=opts.steps {
             if cursor + bs > n {
@@ -588,19 +655,25 @@ impl TrainedPhotulators {
             }
             let loss: f64 = trainers
                 .par_iter_mut()
-                .zip(&ys)
-                .map(|(t, y)| {
+                .enumerate()
+                .filter(|(_, t)| t.trains)
+                .map(|(b, t)| {
                     for (v, &i) in t.target.iter_mut().zip(idx) {
-                        *v = y[i as usize];
+                        *v = ys[b][i as usize];
+                    }
+                    if let Some(w) = &band_weight {
+                        for (v, &i) in t.weight.iter_mut().zip(idx) {
+                            *v = w[b][i as usize];
+                        }
                     }
                     t.ws.h[0].copy_from_slice(&batch_x);
                     forward(&layout, &t.params, &mut t.ws);
-                    let loss = backward(&layout, &t.params, &t.target, &mut t.ws);
+                    let loss = backward(&layout, &t.params, &t.target, &t.weight, &mut t.ws);
                     t.adam.step(&mut t.params, &t.ws.grad, lr);
                     loss
                 })
                 .sum::<f64>()
-                / nb as f64;
+                / n_trained as f64;
             lr *= decay;
             let eval = step == opts.steps || (opts.eval_every > 0 && step % opts.eval_every == 0);
             if eval {
@@ -795,14 +868,15 @@ pub fn band_stats(pred: &[Vec<f32>], truth: &[Vec<f32>]) -> Vec<BandStats> {
 mod tests {
     use super::*;
 
-    fn loss_at(layout: &Layout, params: &[f32], x: &[f32], y: &[f32]) -> f64 {
+    fn loss_at(layout: &Layout, params: &[f32], x: &[f32], y: &[f32], w: &[f32]) -> f64 {
         let mut ws = Workspace::new(layout, y.len());
         ws.h[0].copy_from_slice(x);
         forward(layout, params, &mut ws);
         ws.h[layout.layers()]
             .iter()
             .zip(y)
-            .map(|(o, t)| ((o - t) as f64).powi(2))
+            .zip(w)
+            .map(|((o, t), w)| *w as f64 * ((o - t) as f64).powi(2))
             .sum::<f64>()
             / y.len() as f64
     }
@@ -826,11 +900,13 @@ mod tests {
             .map(|i| ((i * 37 % 17) as f32 / 8.0) - 1.0)
             .collect();
         let y: Vec<f32> = (0..rows).map(|i| (i as f32 / 5.0) - 1.0).collect();
+        // Unequal row weights (one zero) so the weighted loss is what is differentiated.
+        let w: Vec<f32> = (0..rows).map(|i| (i % 4) as f32 * 0.7).collect();
         let mut ws = Workspace::new(&layout, rows);
         ws.h[0].copy_from_slice(&x);
         forward(&layout, &params, &mut ws);
-        let loss = backward(&layout, &params, &y, &mut ws);
-        assert!((loss - loss_at(&layout, &params, &x, &y)).abs() < 1e-6);
+        let loss = backward(&layout, &params, &y, &w, &mut ws);
+        assert!((loss - loss_at(&layout, &params, &x, &y, &w)).abs() < 1e-6);
         let eps = 1e-2f32;
         let mut worst = 0.0f64;
         for p in 0..layout.total {
@@ -838,7 +914,7 @@ mod tests {
             hi[p] += eps;
             let mut lo = params.clone();
             lo[p] -= eps;
-            let fd = (loss_at(&layout, &hi, &x, &y) - loss_at(&layout, &lo, &x, &y))
+            let fd = (loss_at(&layout, &hi, &x, &y, &w) - loss_at(&layout, &lo, &x, &y, &w))
                 / (2.0 * eps as f64);
             let an = ws.grad[p] as f64;
             let err = (fd - an).abs() / (1e-2 + an.abs());

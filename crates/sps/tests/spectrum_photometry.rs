@@ -400,6 +400,7 @@ fn tiny_training_run_reduces_the_error_and_reloads_through_photulator() {
         seed: 3,
         eval_every: 50,
         init: None,
+        train_bands: None,
     };
     let mut curve = Vec::new();
     // A checkpoint written at step 100 reloads to the networks of that step.
@@ -410,6 +411,7 @@ fn tiny_training_run_reduces_the_error_and_reloads_through_photulator() {
         vec!["r".into(), "J".into()],
         xt,
         yt,
+        None,
         (xh, yh),
         &opts,
         &dev,
@@ -463,6 +465,63 @@ fn tiny_training_run_reduces_the_error_and_reloads_through_photulator() {
         .unwrap();
     let st = band_stats(&b, &a);
     assert!(st.iter().all(|s| s.max_abs < 1e-3), "{st:?}");
+
+    // Continue from the saved set, training only band J, once unweighted and once with the
+    // loss weighted to the low-redshift rows: r must stay bit-identical, and the weighting
+    // must buy accuracy where it points (held-out rows at z < 0.8).
+    let file = popcosmos_sps::weights::WeightFile::from_path(&path, &dev).unwrap();
+    let arch = [15, 16, 16, 1];
+    let cont = |weight: Option<&[Vec<f32>]>| {
+        let opts = TrainOptions {
+            steps: 400,
+            lr_start: 3e-3,
+            lr_end: 3e-4,
+            eval_every: 0,
+            init: Some(
+                popcosmos_sps::train::WarmStart::from_photulator(&file, &arch, &[0, 1]).unwrap(),
+            ),
+            train_bands: Some(vec![1]),
+            ..opts.clone()
+        };
+        TrainedPhotulators::train(
+            vec!["r".into(), "J".into()],
+            xt,
+            yt,
+            weight,
+            (xh, yh),
+            &opts,
+            &dev,
+            &mut |_, _| Ok(()),
+        )
+        .unwrap()
+        .predict(xh)
+    };
+    let low_z = |rows: &[Vec<f32>]| -> Vec<bool> { rows.iter().map(|r| r[14] < 0.8).collect() };
+    let w: Vec<Vec<f32>> = low_z(xt)
+        .into_iter()
+        .map(|l| vec![1.0, if l { 1.0 } else { 0.02 }])
+        .collect();
+    let (plain, weighted) = (cont(None), cont(Some(&w)));
+    for p in [&plain, &weighted] {
+        assert!(
+            p.iter().zip(&end).all(|(a, b)| a[0] == b[0]),
+            "band r moved"
+        );
+    }
+    let keep = low_z(xh);
+    let rms_low = |p: &[Vec<f32>]| -> f64 {
+        let d: Vec<f64> = (0..p.len())
+            .filter(|&r| keep[r])
+            .map(|r| (p[r][1] - yh[r][1]) as f64)
+            .collect();
+        (d.iter().map(|v| v * v).sum::<f64>() / d.len() as f64).sqrt()
+    };
+    let (a, b) = (rms_low(&plain), rms_low(&weighted));
+    eprintln!("J held-out RMS at z < 0.8: unweighted {a:.4}, weighted {b:.4}");
+    assert!(
+        b < 0.9 * a,
+        "weighting did not help where it points: {a} → {b}"
+    );
 
     // The generic SPS model over the trained set + filter-curve line responses.
     use popcosmos_api::SpsModel;
