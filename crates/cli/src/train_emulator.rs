@@ -640,12 +640,20 @@ fn write_photulator_card(
             code: Some("crates/sps/src/train.rs, crates/sps/src/spectrum".into()),
             converted_from: None,
             notes: Some(format!(
-                "teacher: Speculator Prospector-alpha spectrum emulators (Alsing+20, justinalsing/speculator@3c93274, MIT) + Madau (1995) IGM, magnitudes soft-capped at {} (width {}); {} training / {} held-out draws, {} steps of {}, lr {} -> {}, seed {}; initial networks: {}; see docs/emulators.md",
+                "teacher: Speculator Prospector-alpha spectrum emulators (Alsing+20, justinalsing/speculator@3c93274, MIT) + Madau (1995) IGM, magnitudes soft-capped at {} (width {}); {} training / {} held-out draws, {} steps of {}, lr {} -> {}, seed {}; initial networks: {}; {}; {}; see docs/emulators.md",
                 args.mag_cap, args.cap_width, args.train, args.heldout, args.steps, args.batch, args.lr, args.lr_end, args.seed,
                 match (&args.init, &args.init_bands) {
                     (None, _) => "random".to_string(),
                     (Some(i), Some(b)) => format!("{i}, bands {}", b.join(",")),
                     (Some(i), None) => format!("{i}, the band of largest filter overlap"),
+                },
+                match &args.train_bands {
+                    None => "every band trained".to_string(),
+                    Some(b) => format!("only {} trained, the other bands are the initial networks unchanged", b.join(",")),
+                },
+                match args.observable_weighting {
+                    None => "unweighted loss".to_string(),
+                    Some(eps) => format!("loss weighted by {eps} + P(m < {OBSERVABLE_MAG})"),
                 }
             )),
         },

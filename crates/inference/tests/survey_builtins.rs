@@ -59,14 +59,18 @@ fn kids_and_lsst_run_on_their_emulator_sets() {
 /// 95th percentile of |bundled set − teacher| (mag) where the band sees flux (teacher
 /// M < 22), on 400 fresh draws of the training distribution (Prospector-α θ, z ~ U(0, 6),
 /// √dust2 ~ U(0, 2); a seed `train-emulator` never used). The teacher is the spectrum
-/// emulator through the survey's curves. Limit: 1.5 × the 5000-draw held-out p95 of
+/// emulator through the survey's curves. Limit: 1.5 × the held-out p95 of
 /// docs/emulators.md (measured here 0.9–1.25×). Not the RMS: the errors are heavy-tailed
 /// (single draws with extreme SFR ratios at z > 4 reach 0.3–0.5 mag) and one such draw
 /// moves a 400-draw RMS by 0.02 mag.
+///
+/// And the requirement itself (issue #6: ≤ 0.02 mag RMS against the teacher), on the draws a
+/// survey can see: the RMS with each draw weighted by its chance of being observable in the
+/// band, P(N < 28 − M) over the draws' N (the `P(m < 28)-weighted RMS` of `train-emulator`).
 #[test]
 fn bundled_emulator_sets_reproduce_their_teacher() {
     use popcosmos_api::FilterCurve;
-    use popcosmos_api::params::{IDX_DUST2, IDX_Z};
+    use popcosmos_api::params::{IDX_DUST2, IDX_N, IDX_Z};
     use popcosmos_priors::prospector::ProspectorAlphaPrior;
     use popcosmos_sps::Photulator;
     use popcosmos_sps::photulator::theta_to_photulator_input;
@@ -91,6 +95,11 @@ fn bundled_emulator_sets_reproduce_their_teacher() {
     let flat: Vec<f32> = rows.iter().flatten().map(|&v| v as f32).collect();
     let theta = Tensor::from_vec(flat, (n, 16), &dev).unwrap();
     let input = theta_to_photulator_input(&theta).unwrap();
+    let mut n_sorted: Vec<f64> = rows.iter().map(|r| r[IDX_N]).collect();
+    n_sorted.sort_by(f64::total_cmp);
+    let observable = |abs_mag: f32| {
+        n_sorted.partition_point(|&v| v < 28.0 - abs_mag as f64) as f64 / n as f64
+    };
     for (set, dir, limits) in [
         ("photulator_kids9", "kids", KIDS9_P95.as_slice()),
         ("photulator_lsst6", "lsst", LSST6_P95.as_slice()),
@@ -133,6 +142,18 @@ fn bundled_emulator_sets_reproduce_their_teacher() {
                 d.len()
             );
             let p95 = a[a.len() * 95 / 100];
+            let (mut num, mut den) = (0.0, 0.0);
+            for r in 0..n {
+                let w = observable(teacher[r][b]);
+                num += w * ((pred[r][b] - teacher[r][b]) as f64).powi(2);
+                den += w;
+            }
+            let weighted = (num / den).sqrt();
+            eprintln!("{set} {name}: P(m < 28)-weighted RMS {weighted:.4} mag");
+            assert!(
+                weighted <= 0.02,
+                "{set} {name}: observable-weighted RMS {weighted:.4} > 0.02 mag"
+            );
             assert!(d.len() > n / 2, "{set} {name}: {} draws see flux", d.len());
             assert!(
                 p95 <= 1.5 * limits[b],
@@ -144,9 +165,10 @@ fn bundled_emulator_sets_reproduce_their_teacher() {
 }
 
 /// Held-out p95 |Δ| (mag, bands that see flux) of `builtin:photulator_kids9`, u … Ks
-/// (docs/emulators.md, 5 000 draws).
+/// (docs/emulators.md: u, g from the 20 000-draw seed-9 table of the retrained bands, the
+/// others from the 5 000-draw stage-1 table).
 const KIDS9_P95: [f64; 9] = [
-    0.1128, 0.0659, 0.0229, 0.0181, 0.0158, 0.0110, 0.0089, 0.0056, 0.0058,
+    0.0842, 0.0428, 0.0229, 0.0181, 0.0158, 0.0110, 0.0089, 0.0056, 0.0058,
 ];
 /// The same for `builtin:photulator_lsst6`, u … y.
-const LSST6_P95: [f64; 6] = [0.0506, 0.0425, 0.0219, 0.0205, 0.0151, 0.0126];
+const LSST6_P95: [f64; 6] = [0.0412, 0.0337, 0.0219, 0.0205, 0.0151, 0.0126];
