@@ -97,9 +97,8 @@ fn bundled_emulator_sets_reproduce_their_teacher() {
     let input = theta_to_photulator_input(&theta).unwrap();
     let mut n_sorted: Vec<f64> = rows.iter().map(|r| r[IDX_N]).collect();
     n_sorted.sort_by(f64::total_cmp);
-    let observable = |abs_mag: f32| {
-        n_sorted.partition_point(|&v| v < 28.0 - abs_mag as f64) as f64 / n as f64
-    };
+    let observable =
+        |abs_mag: f32| n_sorted.partition_point(|&v| v < 28.0 - abs_mag as f64) as f64 / n as f64;
     for (set, dir, limits) in [
         ("photulator_kids9", "kids", KIDS9_P95.as_slice()),
         ("photulator_lsst6", "lsst", LSST6_P95.as_slice()),
