@@ -194,12 +194,7 @@ fn warm_start_from_a_bundled_survey_set_keeps_its_own_networks() {
     );
     let dev = candle_core::Device::Cpu;
     let warm = popcosmos_sps::Photulator::load(&out, &dev).unwrap();
-    let bundled = popcosmos_inference::manifest::SpsSpec {
-        weights: "builtin:photulator_kids9".into(),
-        ..Default::default()
-    }
-    .load_photulator(&dev)
-    .unwrap();
+    let bundled = bundled_kids9();
     let theta15 = candle_core::Tensor::rand(0f32, 1f32, (32, 15), &dev).unwrap();
     assert_bands_match(
         &warm,
@@ -209,6 +204,24 @@ fn warm_start_from_a_bundled_survey_set_keeps_its_own_networks() {
     );
 }
 
+/// The bundled `builtin:photulator_kids9` set, loaded as a manifest would (card verified).
+fn bundled_kids9() -> popcosmos_sps::Photulator {
+    popcosmos_inference::manifest::SpsSpec {
+        weights: "builtin:photulator_kids9".into(),
+        ..Default::default()
+    }
+    .load_photulator(&candle_core::Device::Cpu)
+    .unwrap()
+}
+
+/// Absolute magnitudes `[rows][bands]` of `p` for θ₁₅ rows.
+fn mags(p: &popcosmos_sps::Photulator, theta15: &candle_core::Tensor) -> Vec<Vec<f32>> {
+    p.absolute_magnitudes(theta15)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap()
+}
+
 /// Band i of `warm` reproduces band `sources[i]` of `source` to 1e-4 mag on `theta15`.
 fn assert_bands_match(
     warm: &popcosmos_sps::Photulator,
@@ -216,13 +229,7 @@ fn assert_bands_match(
     theta15: &candle_core::Tensor,
     sources: &[&str],
 ) {
-    let mags = |p: &popcosmos_sps::Photulator| {
-        p.absolute_magnitudes(theta15)
-            .unwrap()
-            .to_vec2::<f32>()
-            .unwrap()
-    };
-    let (a, b) = (mags(warm), mags(source));
+    let (a, b) = (mags(warm, theta15), mags(source, theta15));
     for (i, name) in sources.iter().enumerate() {
         let j = source.band_names().iter().position(|n| n == name).unwrap();
         for (ra, rb) in a.iter().zip(&b) {
@@ -284,30 +291,19 @@ fn training_a_subset_of_bands_keeps_the_others_bit_for_bit() {
     );
     let dev = candle_core::Device::Cpu;
     let trained = popcosmos_sps::Photulator::load(&out, &dev).unwrap();
-    let bundled = popcosmos_inference::manifest::SpsSpec {
-        weights: "builtin:photulator_kids9".into(),
-        ..Default::default()
-    }
-    .load_photulator(&dev)
-    .unwrap();
+    let bundled = bundled_kids9();
     let theta15 = candle_core::Tensor::rand(0f32, 1f32, (32, 15), &dev).unwrap();
     // Band order here is by pivot: r, J. r was not trained: identical to the bundled r.
     assert_bands_match(&trained, &bundled, &theta15, &["KiDSVIKING_aibn139_r"]);
     // J was trained (20 Adam steps at 1e-3 move a network by far more than 1e-4 mag).
-    let mags = |p: &popcosmos_sps::Photulator| {
-        p.absolute_magnitudes(&theta15)
-            .unwrap()
-            .to_vec2::<f32>()
-            .unwrap()
-    };
     let j = bundled
         .band_names()
         .iter()
         .position(|n| n == "KiDSVIKING_aibn139_J")
         .unwrap();
-    let moved = mags(&trained)
+    let moved = mags(&trained, &theta15)
         .iter()
-        .zip(mags(&bundled))
+        .zip(mags(&bundled, &theta15))
         .map(|(a, b)| (a[1] - b[j]).abs())
         .fold(0.0f32, f32::max);
     assert!(moved > 1e-3, "J did not train: max change {moved}");
