@@ -240,6 +240,16 @@ pub fn train_emulator(args: &TrainEmulatorArgs) -> Result<()> {
                 .collect(),
         ),
     };
+    if let Some(w) = &weights {
+        // All-zero weights would leave a band untrained without a word (EPS = 0 and a band
+        // no training draw is observable in).
+        if let Some(b) = (0..names.len()).find(|&b| w.iter().all(|r| r[b] == 0.0)) {
+            bail!(
+                "--observable-weighting: no training draw is observable (m < {OBSERVABLE_MAG}) in band {}; give EPS > 0",
+                names[b]
+            );
+        }
+    }
     let opts = TrainOptions {
         hidden: args.hidden.clone(),
         steps: args.steps,
@@ -390,7 +400,12 @@ impl Observability {
             num += w * ((p[b] - t[b]) as f64).powi(2);
             den += w;
         }
-        (num / den.max(f64::MIN_POSITIVE)).sqrt()
+        // NaN, not 0, when no draw can be observable in the band.
+        if den > 0.0 {
+            (num / den).sqrt()
+        } else {
+            f64::NAN
+        }
     }
 }
 
