@@ -305,12 +305,12 @@ pub fn train_emulator(args: &TrainEmulatorArgs) -> Result<()> {
                 v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
             };
             // Observable-draw accuracy of the bands being trained (all when none is named).
-            let pred = m.predict(&xh);
+            let pred = p.heldout_magnitudes.as_deref().unwrap_or_default();
             let observable: Vec<String> = (0..names.len())
                 .filter(|b| train_bands.as_ref().is_none_or(|t| t.contains(b)))
                 .map(|b| {
-                    let d = observable_delta(held_rows, &pred, &yh_raw, b);
-                    let w = observability.weighted_rms(&pred, &yh_raw, b);
+                    let d = observable_delta(held_rows, pred, &yh_raw, b);
+                    let w = observability.weighted_rms(pred, &yh_raw, b);
                     format!("{} {:.4}/{:.4}", names[b], rms_of(&d), w)
                 })
                 .collect();

@@ -83,6 +83,9 @@ pub struct TrainProgress {
     pub batch_loss: f64,
     /// Held-out RMS in magnitudes per band (at evaluation steps).
     pub heldout_rms_mag: Option<Vec<f64>>,
+    /// The networks' held-out magnitudes `[rows][bands]` behind that RMS, for callers that
+    /// report other statistics of the same evaluation.
+    pub heldout_magnitudes: Option<Vec<Vec<f32>>>,
 }
 
 /// Where each layer's parameters sit in a band's flat parameter vector: per layer the weight
@@ -680,23 +683,17 @@ impl TrainedPhotulators {
                 for (p, t) in model.params.iter_mut().zip(&trainers) {
                     p.copy_from_slice(&t.params);
                 }
-                let rms = if heldout.0.is_empty() {
-                    None
-                } else {
-                    Some(
-                        model
-                            .heldout_stats(heldout.0, heldout.1)?
-                            .iter()
-                            .map(|s| s.rms)
-                            .collect(),
-                    )
-                };
+                let pred = (!heldout.0.is_empty()).then(|| model.predict(heldout.0));
+                let rms = pred
+                    .as_ref()
+                    .map(|p| band_stats(p, heldout.1).iter().map(|s| s.rms).collect());
                 progress(
                     &TrainProgress {
                         step,
                         learning_rate: lr,
                         batch_loss: loss,
                         heldout_rms_mag: rms,
+                        heldout_magnitudes: pred,
                     },
                     &model,
                 )?;
