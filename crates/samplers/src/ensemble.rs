@@ -147,6 +147,23 @@ impl Move for DifferentialEvolutionMove {
     }
 }
 
+/// The Metropolis–Hastings test for `[n, galaxies]` proposals: accept (u8 mask) where
+/// ln u < log_factor + ln P(y) − ln P(x). A −∞ proposal is never accepted, even from a −∞
+/// position (−∞ − −∞ is NaN, mapped to −∞); a −∞ position accepts any finite proposal.
+pub(crate) fn metropolis_accept(
+    rng: &mut dyn RandomSource,
+    log_factor: &Tensor,
+    proposed_lp: &Tensor,
+    current_lp: &Tensor,
+) -> Result<Tensor> {
+    let ln_u = rng
+        .uniform(proposed_lp.shape(), proposed_lp.device())?
+        .log()?;
+    let log_ratio = sanitize_log_prob(&((log_factor + proposed_lp)? - current_lp)?)?;
+    let finite = proposed_lp.gt(f64::NEG_INFINITY)?;
+    Ok(ln_u.lt(&log_ratio)?.mul(&finite)?)
+}
+
 /// State of the ensemble: positions and their cached log-densities.
 #[derive(Debug, Clone)]
 pub struct EnsembleState {
@@ -215,7 +232,8 @@ impl EnsembleSampler {
         }
     }
 
-    fn pick(&self, rng: &mut dyn RandomSource) -> &dyn Move {
+    /// Draw one move by weight.
+    pub(crate) fn pick(&self, rng: &mut dyn RandomSource) -> &dyn Move {
         if self.moves.len() == 1 {
             return self.moves[0].0.as_ref();
         }
@@ -244,13 +262,7 @@ impl EnsembleSampler {
         let (n, g, d) = active.dims3()?;
         let proposal = mv.propose(rng, active, complement)?;
         let proposed_lp = eval_log_prob(target, &proposal.position)?;
-        let ln_u = rng.uniform(&(n, g).into(), active.device())?.log()?;
-        let log_ratio =
-            sanitize_log_prob(&((&proposal.log_factor + &proposed_lp)? - active_log_prob)?)?;
-        // A −∞ proposal is never accepted, even from a −∞ walker (−∞ − −∞ is NaN → −∞ above);
-        // a −∞ walker accepts any finite proposal (ratio +∞).
-        let finite = proposed_lp.gt(f64::NEG_INFINITY)?;
-        let accept = ln_u.lt(&log_ratio)?.mul(&finite)?;
+        let accept = metropolis_accept(rng, &proposal.log_factor, &proposed_lp, active_log_prob)?;
         let accept3 = accept.unsqueeze(2)?.broadcast_as((n, g, d))?;
         let position = accept3.where_cond(&proposal.position, active)?;
         let log_prob = accept.where_cond(&proposed_lp, active_log_prob)?;

@@ -169,7 +169,7 @@ impl Move for GlobalMove {
 
 /// Lower Cholesky factors of a batch of symmetric matrices `[g, d, d]` (after a small ridge),
 /// column by column with tensor ops over the batch.
-fn cholesky(a: &Tensor) -> Result<Tensor> {
+pub(crate) fn cholesky(a: &Tensor) -> Result<Tensor> {
     let (g, d, _) = a.dims3()?;
     let device = a.device();
     let diag_mean = (a
@@ -199,7 +199,7 @@ fn cholesky(a: &Tensor) -> Result<Tensor> {
 
 /// Inverse of a batch of lower-triangular matrices `[g, d, d]` by forward substitution,
 /// row by row: row i of L⁻¹ is (eᵢ − Σ_{k<i} L[i,k] · row k) / L[i,i].
-fn lower_inverse(l: &Tensor) -> Result<Tensor> {
+pub(crate) fn lower_inverse(l: &Tensor) -> Result<Tensor> {
     let (_, d, _) = l.dims3()?;
     let eye = Tensor::eye(d, l.dtype(), l.device())?;
     let mut rows: Vec<Tensor> = Vec::with_capacity(d);

@@ -23,6 +23,9 @@
 //!     `Default` (= stretch, a = 2)
 //!   - `pub struct EnsembleState { pub position: Tensor, pub log_prob: Tensor }`
 //!   - `pub struct EnsembleInfo { pub accepted: Tensor, pub move_names: [String; 2] }`
+//! * [`mixture`]: `ClusteredGlobalMove { components, nu, scale }`, independence proposals from
+//!   a mixture of t components fitted by k-means to the complementary half (one per mode of a
+//!   multimodal posterior).
 //! * [`hmc`]: Hamiltonian Monte Carlo with candle-autograd gradients
 //!   ([`LogDensity::grad_log_density`]), per-galaxy (or per-chain) step sizes, unit or
 //!   diagonal mass matrix, fixed leapfrog count and per-galaxy dual-averaging step-size
@@ -45,6 +48,11 @@
 //!   `prune_stuck_walkers(position, log_prob, max_deficit, jitter, rng) -> Result<(Tensor, Vec<u32>)>`
 //!   re-seeds walkers stuck more than `max_deficit` nats below the ensemble median from the
 //!   best half (per galaxy, batched).
+//! * [`smc`]: adaptive likelihood-tempered sequential Monte Carlo over `[particles, galaxies,
+//!   dim]` (per-galaxy temperature schedules, systematic resampling, ensemble-move
+//!   rejuvenation with an adaptive sweep count, log-evidence with its error):
+//!   `Smc::new(SmcConfig, EnsembleSampler, dim)?.run(&Reference, &dyn TemperedTarget, rng)
+//!   -> (Chain, Vec<SmcDiagnostics>)`.
 //! * [`tempering`]: parallel tempering of the ensemble,
 //!   `TemperedEnsemble::geometric(inner, temperatures, max_temperature) -> Result<Self>`
 //!   (positions `[walkers, K·galaxies, dim]`, temperature k of galaxy g in column k·G + g;
@@ -76,8 +84,10 @@ pub mod diagnostics;
 pub mod ensemble;
 pub mod global;
 pub mod hmc;
+pub mod mixture;
 pub mod prune;
 pub mod run;
+pub mod smc;
 pub mod tempering;
 pub mod whiten;
 
@@ -88,8 +98,10 @@ pub use ensemble::{
 };
 pub use global::GlobalMove;
 pub use hmc::{DualAveraging, Hmc, HmcInfo, HmcState};
+pub use mixture::ClusteredGlobalMove;
 pub use prune::prune_stuck_walkers;
 pub use run::{Chain, OnStep, RunConfig, run_from_state, sample};
+pub use smc::{Reference, Smc, SmcConfig, SmcDiagnostics, SmcStatus, TemperedTarget};
 pub use tempering::{TemperedEnsemble, TemperedInfo};
 pub use whiten::MarginalWhitening;
 

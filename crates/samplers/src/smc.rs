@@ -1,0 +1,782 @@
+//! Adaptive likelihood-tempered sequential Monte Carlo, batched over galaxies.
+//!
+//! Why: an MCMC ensemble started near the best library draw reports whichever mode of a
+//! multimodal p(z) its walkers found, and its answer moves with the seed and the start
+//! library. SMC moves a particle population from the prior (β = 0) to the posterior (β = 1)
+//! through π_β ∝ p(x) L(x)^β (Del Moral, Doucet & Jasra 2006; Neal 2001): importance
+//! reweighting between temperatures gives each mode the mass it deserves, resampling
+//! concentrates particles there, and MCMC moves at each temperature diversify them. The
+//! product of the stages' mean incremental weights estimates the evidence Z = ∫ p L.
+//!
+//! One stage, per galaxy (each galaxy has its own schedule):
+//! 1. **Next β** by bisection, so that the effective sample size of the incremental weights
+//!    L^{Δβ} is `ess_target` × particles (Jasra+11; after resampling the weights are equal,
+//!    so this is the conditional ESS of Zhou, Johansen & Aston 2016).
+//! 2. **Evidence**: ln Z += ln mean L^{Δβ}.
+//! 3. **Resample**: systematic.
+//! 4. **Rejuvenate**: sweeps of the ensemble moves ([`crate::ensemble::Move`]: stretch,
+//!    differential evolution, the global t fitted to the complementary half) on π_β, with the
+//!    red/blue split of Foreman-Mackey+13 so every sweep leaves π_β invariant. The number of
+//!    sweeps adapts per galaxy from the decorrelation it measures: sweeps go on until the
+//!    correlation across particles between each coordinate now and at the start of the stage
+//!    (largest over coordinates) is below `max_correlation`, within [`min_sweeps`,
+//!    `max_sweeps`]. Resampled duplicates start perfectly correlated, so this also bounds how
+//!    many remain identical.
+//!
+//! Stage 1 starts from a *reference sample* shared by every galaxy, M prior draws whose
+//! log-likelihoods the caller already has (the run's start library): its β is chosen so that
+//! the ESS over all M draws is `ess_target` × particles, then `particles` draws are
+//! resampled from it. A large library therefore jumps most of the way at the price of one
+//! likelihood pass. A galaxy that reaches β = 1 leaves the active set and costs nothing more
+//! until `final_sweeps` sweeps at β = 1, whose states are all kept as posterior draws.
+//!
+//! The evidence error is the usual first-order estimate Σ_t (1/ESS_t − 1/n_t) for the
+//! variance of ln Ẑ, which assumes the moves decorrelate the particles between stages.
+//!
+//! Host f64 work (bisection, evidence sums, resampling indices) is O(particles) per galaxy
+//! and stage; every target evaluation is one batched `[particles, galaxies, dim]` call.
+
+use popcosmos_api::{DType, Error, RandomSource, Result, Tensor};
+use rayon::prelude::*;
+
+use crate::ensemble::{EnsembleSampler, metropolis_accept};
+use crate::run::{Chain, RunConfig};
+use crate::sanitize_log_prob;
+
+/// A posterior split for likelihood tempering, batched over galaxies.
+pub trait TemperedTarget {
+    /// (ln p, ln L) of positions `[n, galaxies.len(), dim]`, each `[n, galaxies.len()]`, where
+    /// column j belongs to the batch's galaxy `galaxies[j]` (`u32` indices on the device).
+    /// NaN is read as −∞.
+    fn log_prior_and_like(&self, position: &Tensor, galaxies: &Tensor) -> Result<(Tensor, Tensor)>;
+}
+
+/// Settings of the tempered SMC.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SmcConfig {
+    /// Particles per galaxy (at least 2 × dim).
+    pub particles: usize,
+    /// Target ESS of each stage's incremental weights, as a fraction of `particles`, in (0, 1).
+    pub ess_target: f64,
+    /// Fewest and most move sweeps per stage.
+    pub min_sweeps: usize,
+    pub max_sweeps: usize,
+    /// Sweep until the particles' correlation with their positions at the start of the stage
+    /// (largest over coordinates) falls below this, in (0, 1).
+    pub max_correlation: f64,
+    /// Stages after which a galaxy that has not reached β = 1 stops (and is flagged).
+    pub max_stages: usize,
+    /// Sweeps at β = 1 whose states are all kept (≥ 1).
+    pub final_sweeps: usize,
+}
+
+impl Default for SmcConfig {
+    fn default() -> Self {
+        Self {
+            particles: 512,
+            ess_target: 0.5,
+            min_sweeps: 2,
+            max_sweeps: 20,
+            max_correlation: 0.2,
+            max_stages: 200,
+            final_sweeps: 4,
+        }
+    }
+}
+
+impl SmcConfig {
+    /// Check every setting for a target of dimension `dim`.
+    pub fn validate(&self, dim: usize) -> Result<()> {
+        let bad = |key: &str, why: String| Err(Error::Invalid(format!("sampler.{key}: {why}")));
+        if self.particles < 2 * dim || self.particles < 4 {
+            return bad(
+                "particles",
+                format!(
+                    "{} particles for a {dim}-dimensional posterior; SMC needs at least {}",
+                    self.particles,
+                    (2 * dim).max(4)
+                ),
+            );
+        }
+        if !(self.ess_target > 0.0 && self.ess_target < 1.0) {
+            return bad(
+                "ess_target",
+                format!("must lie in (0, 1), got {}", self.ess_target),
+            );
+        }
+        if !(self.max_correlation > 0.0 && self.max_correlation < 1.0) {
+            return bad(
+                "max_correlation",
+                format!("must lie in (0, 1), got {}", self.max_correlation),
+            );
+        }
+        if self.min_sweeps == 0 || self.max_sweeps < self.min_sweeps {
+            return bad(
+                "min_sweeps",
+                format!(
+                    "need 1 ≤ min_sweeps ≤ max_sweeps, got {} and {}",
+                    self.min_sweeps, self.max_sweeps
+                ),
+            );
+        }
+        if self.max_stages == 0 {
+            return bad("max_stages", "must be ≥ 1".into());
+        }
+        if self.final_sweeps == 0 {
+            return bad("final_sweeps", "must be ≥ 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// Stage-0 draws from the prior, shared by every galaxy.
+pub struct Reference<'a> {
+    /// Positions `[m, dim]`.
+    pub position: &'a Tensor,
+    /// ln p of each draw `[m]`.
+    pub log_prior: &'a Tensor,
+    /// ln L of each draw for each galaxy `[m, galaxies]` (NaN read as −∞).
+    pub log_like: &'a Tensor,
+}
+
+/// How a galaxy's SMC run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmcStatus {
+    /// Reached β = 1.
+    Converged,
+    /// Stopped at `max_stages` below β = 1.
+    MaxStages,
+    /// No reference draw had a finite likelihood: nothing to temper.
+    NoFiniteLikelihood,
+}
+
+/// Per-galaxy SMC diagnostics.
+#[derive(Debug, Clone, Copy)]
+pub struct SmcDiagnostics {
+    /// ln Z = ln ∫ p L, and its standard error.
+    pub log_evidence: f64,
+    pub log_evidence_err: f64,
+    /// Tempering stages (the reference stage included).
+    pub stages: usize,
+    /// Final inverse temperature (1 unless stopped).
+    pub beta: f64,
+    /// ESS of the last stage's incremental weights (particles, or library draws if the
+    /// reference stage reached β = 1).
+    pub final_ess: f64,
+    /// Share of distinct particles after the final sweeps.
+    pub unique_fraction: f64,
+    /// Mean acceptance over all sweeps.
+    pub acceptance: f64,
+    /// Move sweeps run (all stages and the final sweeps).
+    pub sweeps: usize,
+    pub status: SmcStatus,
+}
+
+impl SmcDiagnostics {
+    fn new() -> Self {
+        Self {
+            log_evidence: 0.0,
+            log_evidence_err: 0.0,
+            stages: 0,
+            beta: 0.0,
+            final_ess: f64::NAN,
+            unique_fraction: f64::NAN,
+            acceptance: f64::NAN,
+            sweeps: 0,
+            status: SmcStatus::Converged,
+        }
+    }
+}
+
+/// What a stage's reweighting did for one galaxy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reweighting {
+    /// Chosen Δβ.
+    pub delta_beta: f64,
+    /// ln mean of the incremental weights (the stage's evidence factor).
+    pub log_mean_weight: f64,
+    /// ESS of the incremental weights.
+    pub ess: f64,
+    /// Normalised weights (0 for non-finite log-likelihoods).
+    pub weights: Vec<f64>,
+}
+
+/// Normalised weights ∝ exp(δ·ℓ), their ln-mean over all n entries and their ESS; non-finite
+/// ℓ get weight 0. `None` when no ℓ is finite.
+pub fn incremental_weights(log_like: &[f64], delta: f64) -> Option<(Vec<f64>, f64, f64)> {
+    let max = log_like
+        .iter()
+        .copied()
+        .filter(|v| v.is_finite())
+        .fold(f64::NEG_INFINITY, f64::max);
+    if !max.is_finite() {
+        return None;
+    }
+    let mut w: Vec<f64> = log_like
+        .iter()
+        .map(|&l| {
+            if l.is_finite() {
+                (delta * (l - max)).exp()
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    let sum: f64 = w.iter().sum();
+    let sum_sq: f64 = w.iter().map(|v| v * v).sum();
+    let log_mean = delta * max + (sum / log_like.len() as f64).ln();
+    w.iter_mut().for_each(|v| *v /= sum);
+    Some((w, log_mean, sum * sum / sum_sq))
+}
+
+/// The largest Δβ ≤ `max_delta` whose incremental weights keep ESS ≥ `target_ess` (bisection
+/// on the ESS, which falls as Δβ grows), with its weights. `None` when no ℓ is finite.
+pub fn next_temperature(log_like: &[f64], max_delta: f64, target_ess: f64) -> Option<Reweighting> {
+    let full = incremental_weights(log_like, max_delta)?;
+    let (weights, log_mean_weight, ess, delta_beta) = if full.2 >= target_ess {
+        (full.0, full.1, full.2, max_delta)
+    } else {
+        let (mut lo, mut hi) = (0.0, max_delta);
+        for _ in 0..60 {
+            let mid = 0.5 * (lo + hi);
+            if incremental_weights(log_like, mid)?.2 >= target_ess {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        // Always advance: a stage that cannot keep the target ESS even for a tiny step
+        // (a few particles dominate) takes the smallest bracketing step.
+        let delta = if lo > 0.0 { lo } else { hi };
+        let (w, m, e) = incremental_weights(log_like, delta)?;
+        (w, m, e, delta)
+    };
+    Some(Reweighting {
+        delta_beta,
+        log_mean_weight,
+        ess,
+        weights,
+    })
+}
+
+/// Systematic resampling: `n` indices into `weights` (normalised) from one uniform `u` ∈ [0, 1).
+pub fn systematic_resample(weights: &[f64], n: usize, u: f64) -> Vec<u32> {
+    let mut out = Vec::with_capacity(n);
+    let mut cumulative = 0.0;
+    let mut j = 0usize;
+    let last = weights.len() - 1;
+    for i in 0..n {
+        let point = (i as f64 + u) / n as f64;
+        while j < last && cumulative + weights[j] <= point {
+            cumulative += weights[j];
+            j += 1;
+        }
+        out.push(j as u32);
+    }
+    out
+}
+
+/// The tempered SMC sampler: its settings and the MCMC moves used to rejuvenate.
+pub struct Smc {
+    pub config: SmcConfig,
+    /// Weighted ensemble moves (their red/blue sweeps leave each π_β invariant).
+    pub moves: EnsembleSampler,
+}
+
+/// Particles of the active galaxies with their cached log-prior and log-likelihood.
+struct Particles {
+    position: Tensor, // [n, a, d]
+    log_prior: Tensor,
+    log_like: Tensor,
+}
+
+impl Particles {
+    fn columns(&self, cols: &Tensor) -> Result<Self> {
+        Ok(Self {
+            position: self.position.contiguous()?.index_select(cols, 1)?,
+            log_prior: self.log_prior.contiguous()?.index_select(cols, 1)?,
+            log_like: self.log_like.contiguous()?.index_select(cols, 1)?,
+        })
+    }
+
+    /// Replace columns `cols` by `sub`'s.
+    fn put_columns(&self, cols: &Tensor, sub: &Self) -> Result<Self> {
+        Ok(Self {
+            position: put_columns(&self.position, cols, &sub.position)?,
+            log_prior: put_columns(&self.log_prior, cols, &sub.log_prior)?,
+            log_like: put_columns(&self.log_like, cols, &sub.log_like)?,
+        })
+    }
+
+    /// Particle i of column a becomes particle `index[i][a]` of the same column.
+    fn resample(&self, index: &[Vec<u32>]) -> Result<Self> {
+        let (n, a, d) = self.position.dims3()?;
+        let flat: Vec<u32> = (0..n)
+            .flat_map(|i| (0..a).map(move |c| (i, c)))
+            .map(|(i, c)| index[c][i] * a as u32 + c as u32)
+            .collect();
+        let flat = Tensor::from_vec(flat, n * a, self.position.device())?;
+        let pick = |t: &Tensor| -> Result<Tensor> {
+            Ok(t.contiguous()?
+                .flatten_all()?
+                .index_select(&flat, 0)?
+                .reshape((n, a))?)
+        };
+        Ok(Self {
+            position: self
+                .position
+                .contiguous()?
+                .reshape((n * a, d))?
+                .index_select(&flat, 0)?
+                .reshape((n, a, d))?,
+            log_prior: pick(&self.log_prior)?,
+            log_like: pick(&self.log_like)?,
+        })
+    }
+}
+
+/// `full` `[n, g, …]` with columns `cols` (u32 `[a]`) replaced by `sub` `[n, a, …]`, exactly.
+fn put_columns(full: &Tensor, cols: &Tensor, sub: &Tensor) -> Result<Tensor> {
+    let g = full.dim(1)?;
+    let placed = full.zeros_like()?.index_add(cols, &sub.contiguous()?, 1)?;
+    let a = cols.dim(0)?;
+    let hit = Tensor::zeros(g, DType::F32, full.device())?
+        .index_add(cols, &Tensor::ones(a, DType::F32, full.device())?, 0)?
+        .gt(0.5)?;
+    let mut shape = vec![1, g];
+    shape.extend(std::iter::repeat_n(1, full.rank() - 2));
+    let hit = hit.reshape(shape)?.broadcast_as(full.shape())?;
+    Ok(hit.where_cond(&placed, full)?)
+}
+
+fn host_rows(t: &Tensor) -> Result<Vec<Vec<f64>>> {
+    // [n, a] → per column a vector over n, in f64.
+    Ok(t.t()?
+        .contiguous()?
+        .to_dtype(DType::F64)?
+        .to_device(&popcosmos_api::Device::Cpu)?
+        .to_vec2::<f64>()?)
+}
+
+fn index_tensor(cols: &[u32], device: &popcosmos_api::Device) -> Result<Tensor> {
+    Ok(Tensor::from_vec(cols.to_vec(), cols.len(), device)?)
+}
+
+impl Smc {
+    /// A sampler with `config` and `moves`; checks the settings for dimension `dim`.
+    pub fn new(config: SmcConfig, moves: EnsembleSampler, dim: usize) -> Result<Self> {
+        config.validate(dim)?;
+        Ok(Self { config, moves })
+    }
+
+    /// Run every galaxy of `reference.log_like` from the reference sample to β = 1. Returns
+    /// the final draws as a [`Chain`] (`final_sweeps` kept states × particles, log-probs
+    /// ln p + ln L) and per-galaxy diagnostics. A galaxy without a finite likelihood keeps
+    /// reference draws and the status [`SmcStatus::NoFiniteLikelihood`]; the others are
+    /// unaffected.
+    pub fn run(
+        &self,
+        reference: &Reference<'_>,
+        target: &dyn TemperedTarget,
+        rng: &mut dyn RandomSource,
+    ) -> Result<(Chain, Vec<SmcDiagnostics>)> {
+        let c = &self.config;
+        let n = c.particles;
+        let (m, g) = reference.log_like.dims2()?;
+        let (_, d) = reference.position.dims2()?;
+        let device = reference.position.device().clone();
+        if m == 0 {
+            return Err(Error::Invalid(
+                "SMC needs a non-empty reference sample".into(),
+            ));
+        }
+        let mut diag = vec![SmcDiagnostics::new(); g];
+        let mut accepted_sum = vec![0.0f64; g];
+
+        // Stage 1: from the shared reference sample.
+        let ref_ll = host_rows(&sanitize_log_prob(reference.log_like)?)?; // [g][m]
+        let uniforms: Vec<f64> = (0..g).map(|_| rng.next_f64()).collect();
+        let target_ess = c.ess_target * n as f64;
+        let stage1: Vec<Option<(Reweighting, Vec<u32>)>> = ref_ll
+            .par_iter()
+            .zip(&uniforms)
+            .map(|(ll, &u)| {
+                next_temperature(ll, 1.0, target_ess).map(|r| {
+                    let idx = systematic_resample(&r.weights, n, u);
+                    (r, idx)
+                })
+            })
+            .collect();
+        let mut index = Vec::with_capacity(g);
+        for (gal, s) in stage1.iter().enumerate() {
+            match s {
+                Some((r, idx)) => {
+                    record_stage(&mut diag[gal], r, m);
+                    index.push(idx.clone());
+                }
+                None => {
+                    diag[gal].status = SmcStatus::NoFiniteLikelihood;
+                    diag[gal].log_evidence = f64::NEG_INFINITY;
+                    index.push((0..n).map(|i| (i % m) as u32).collect());
+                }
+            }
+        }
+        let flat: Vec<u32> = (0..n)
+            .flat_map(|i| index.iter().map(move |col| col[i]))
+            .collect();
+        let flat_t = Tensor::from_vec(flat.clone(), n * g, &device)?;
+        let ll_flat: Vec<u32> = flat
+            .iter()
+            .enumerate()
+            .map(|(k, &j)| j * g as u32 + (k % g) as u32)
+            .collect();
+        let mut all = Particles {
+            position: reference
+                .position
+                .contiguous()?
+                .index_select(&flat_t, 0)?
+                .reshape((n, g, d))?,
+            log_prior: reference
+                .log_prior
+                .contiguous()?
+                .index_select(&flat_t, 0)?
+                .reshape((n, g))?,
+            log_like: sanitize_log_prob(reference.log_like)?
+                .flatten_all()?
+                .index_select(&Tensor::from_vec(ll_flat, n * g, &device)?, 0)?
+                .reshape((n, g))?,
+        };
+        let mut beta: Vec<f64> = diag.iter().map(|x| x.beta).collect();
+        let mut active: Vec<u32> = (0..g as u32)
+            .filter(|&i| diag[i as usize].status != SmcStatus::NoFiniteLikelihood)
+            .collect();
+
+        loop {
+            if active.is_empty() {
+                break;
+            }
+            // Rejuvenate the active galaxies at their current β.
+            let cols = index_tensor(&active, &device)?;
+            let sub = all.columns(&cols)?;
+            let sub = self.rejuvenate(
+                sub,
+                &active,
+                &beta,
+                target,
+                rng,
+                &mut diag,
+                &mut accepted_sum,
+            )?;
+            all = all.put_columns(&cols, &sub)?;
+            // Finished galaxies leave; the rest take their next step.
+            let still: Vec<usize> = (0..active.len())
+                .filter(|&k| {
+                    let gal = active[k] as usize;
+                    if beta[gal] >= 1.0 {
+                        return false;
+                    }
+                    if diag[gal].stages >= c.max_stages {
+                        diag[gal].status = SmcStatus::MaxStages;
+                        return false;
+                    }
+                    true
+                })
+                .collect();
+            if still.is_empty() {
+                break;
+            }
+            let keep = index_tensor(
+                &still.iter().map(|&k| k as u32).collect::<Vec<_>>(),
+                &device,
+            )?;
+            let sub = sub.columns(&keep)?;
+            active = still.iter().map(|&k| active[k]).collect();
+            let ll = host_rows(&sub.log_like)?;
+            let uniforms: Vec<f64> = (0..active.len()).map(|_| rng.next_f64()).collect();
+            let steps: Vec<(Reweighting, Vec<u32>)> = ll
+                .par_iter()
+                .zip(&uniforms)
+                .zip(&active)
+                .map(|((ll, &u), &gal)| {
+                    let r = next_temperature(ll, 1.0 - beta[gal as usize], target_ess)
+                        .expect("resampled particles have finite likelihoods");
+                    let idx = systematic_resample(&r.weights, n, u);
+                    (r, idx)
+                })
+                .collect();
+            let mut index = Vec::with_capacity(active.len());
+            for (&gal, (r, idx)) in active.iter().zip(steps) {
+                let gal = gal as usize;
+                record_stage(&mut diag[gal], &r, n);
+                beta[gal] = diag[gal].beta;
+                index.push(idx);
+            }
+            let sub = sub.resample(&index)?;
+            all = all.put_columns(&index_tensor(&active, &device)?, &sub)?;
+        }
+
+        // Final sweeps at β = 1 (or the last β of a stopped galaxy); all states are kept.
+        let movable: Vec<u32> = (0..g as u32)
+            .filter(|&i| diag[i as usize].status != SmcStatus::NoFiniteLikelihood)
+            .collect();
+        let mut samples = Vec::with_capacity(c.final_sweeps);
+        if movable.is_empty() {
+            for _ in 0..c.final_sweeps {
+                samples.push((all.position.clone(), (&all.log_prior + &all.log_like)?));
+            }
+        } else {
+            let cols = index_tensor(&movable, &device)?;
+            let mut sub = all.columns(&cols)?;
+            let betas = Tensor::from_vec(
+                movable
+                    .iter()
+                    .map(|&i| beta[i as usize] as f32)
+                    .collect::<Vec<_>>(),
+                movable.len(),
+                &device,
+            )?;
+            for _ in 0..c.final_sweeps {
+                let (next, acc) = self.sweep(sub, &cols, &betas, target, rng)?;
+                sub = next;
+                let acc = acc.to_dtype(DType::F64)?.mean(0)?.to_vec1::<f64>()?;
+                for (k, &gal) in movable.iter().enumerate() {
+                    accepted_sum[gal as usize] += acc[k];
+                    diag[gal as usize].sweeps += 1;
+                }
+                all = all.put_columns(&cols, &sub)?;
+                samples.push((all.position.clone(), (&all.log_prior + &all.log_like)?));
+            }
+        }
+        // Distinct particles in the last state (equal log-densities ⇔ equal positions here).
+        let last = host_rows(&samples[samples.len() - 1].1)?;
+        for (gal, lp) in last.iter().enumerate() {
+            let mut bits: Vec<u64> = lp.iter().map(|v| v.to_bits()).collect();
+            bits.sort_unstable();
+            bits.dedup();
+            diag[gal].unique_fraction = bits.len() as f64 / n as f64;
+            if diag[gal].sweeps > 0 {
+                diag[gal].acceptance = accepted_sum[gal] / diag[gal].sweeps as f64;
+            }
+        }
+        let kept = samples.len();
+        let mut flat_samples = Vec::with_capacity(kept * n * g * d);
+        let mut flat_lp = Vec::with_capacity(kept * n * g);
+        for (pos, lp) in &samples {
+            flat_samples.extend(pos.flatten_all()?.to_vec1::<f32>()?);
+            flat_lp.extend(lp.flatten_all()?.to_vec1::<f32>()?);
+        }
+        let chain = Chain {
+            samples: flat_samples,
+            log_prob: flat_lp,
+            kept,
+            walkers: n,
+            galaxies: g,
+            dim: d,
+            acceptance: diag.iter().map(|x| x.acceptance).collect(),
+            config: RunConfig {
+                n_steps: kept,
+                burn_in: 0,
+                thin: 1,
+            },
+        };
+        Ok((chain, diag))
+    }
+
+    /// Sweeps at each active galaxy's β until its particles have decorrelated (see the
+    /// module docs); galaxies leave the sweep set as they finish.
+    #[allow(clippy::too_many_arguments)]
+    fn rejuvenate(
+        &self,
+        mut sub: Particles,
+        active: &[u32],
+        beta: &[f64],
+        target: &dyn TemperedTarget,
+        rng: &mut dyn RandomSource,
+        diag: &mut [SmcDiagnostics],
+        accepted_sum: &mut [f64],
+    ) -> Result<Particles> {
+        let c = &self.config;
+        let device = sub.position.device().clone();
+        let start = sub.position.to_dtype(DType::F64)?;
+        let mut sweeping: Vec<usize> = (0..active.len()).collect();
+        let mut done = vec![0usize; active.len()];
+        while !sweeping.is_empty() {
+            let local = index_tensor(
+                &sweeping.iter().map(|&k| k as u32).collect::<Vec<_>>(),
+                &device,
+            )?;
+            let galaxies = index_tensor(
+                &sweeping.iter().map(|&k| active[k]).collect::<Vec<_>>(),
+                &device,
+            )?;
+            let betas = Tensor::from_vec(
+                sweeping
+                    .iter()
+                    .map(|&k| beta[active[k] as usize] as f32)
+                    .collect::<Vec<_>>(),
+                sweeping.len(),
+                &device,
+            )?;
+            let part = sub.columns(&local)?;
+            let (part, acc) = self.sweep(part, &galaxies, &betas, target, rng)?;
+            let corr = correlation(&start.index_select(&local, 1)?, &part.position)?;
+            sub = sub.put_columns(&local, &part)?;
+            let acc = acc.to_dtype(DType::F64)?.mean(0)?.to_vec1::<f64>()?;
+            sweeping = sweeping
+                .iter()
+                .zip(acc.iter().zip(corr))
+                .filter_map(|(&k, (a, r))| {
+                    let gal = active[k] as usize;
+                    accepted_sum[gal] += a;
+                    done[k] += 1;
+                    diag[gal].sweeps += 1;
+                    let more =
+                        done[k] < c.min_sweeps || (r > c.max_correlation && done[k] < c.max_sweeps);
+                    more.then_some(k)
+                })
+                .collect();
+        }
+        Ok(sub)
+    }
+
+    /// One red/blue sweep on π_β = p L^β; returns the new particles and the acceptance
+    /// `[n, a]` (f32 0/1).
+    fn sweep(
+        &self,
+        p: Particles,
+        galaxies: &Tensor,
+        beta: &Tensor,
+        target: &dyn TemperedTarget,
+        rng: &mut dyn RandomSource,
+    ) -> Result<(Particles, Tensor)> {
+        let (n, a, d) = p.position.dims3()?;
+        let beta = beta.unsqueeze(0)?;
+        let tempered = |lp: &Tensor, ll: &Tensor| -> Result<Tensor> {
+            sanitize_log_prob(&(lp + ll.broadcast_mul(&beta)?)?)
+        };
+        let half = |t: &Tensor, first: bool| -> Result<Tensor> {
+            let n1 = n / 2;
+            Ok(if first {
+                t.narrow(0, 0, n1)?
+            } else {
+                t.narrow(0, n1, n - n1)?
+            })
+        };
+        let mut parts: Vec<Particles> = Vec::with_capacity(2);
+        let mut accepted = Vec::with_capacity(2);
+        for first in [true, false] {
+            let active = Particles {
+                position: half(&p.position, first)?,
+                log_prior: half(&p.log_prior, first)?,
+                log_like: half(&p.log_like, first)?,
+            };
+            // The second half moves against the already-updated first half.
+            let complement = match parts.first() {
+                Some(updated) => updated.position.clone(),
+                None => half(&p.position, false)?,
+            };
+            let mv = self.moves.pick(rng);
+            let proposal = mv.propose(rng, &active.position, &complement)?;
+            let (lp, ll) = target.log_prior_and_like(&proposal.position, galaxies)?;
+            let (lp, ll) = (sanitize_log_prob(&lp)?, sanitize_log_prob(&ll)?);
+            let accept = metropolis_accept(
+                rng,
+                &proposal.log_factor,
+                &tempered(&lp, &ll)?,
+                &tempered(&active.log_prior, &active.log_like)?,
+            )?;
+            let k = active.position.dim(0)?;
+            let accept3 = accept.unsqueeze(2)?.broadcast_as((k, a, d))?;
+            parts.push(Particles {
+                position: accept3.where_cond(&proposal.position, &active.position)?,
+                log_prior: accept.where_cond(&lp, &active.log_prior)?,
+                log_like: accept.where_cond(&ll, &active.log_like)?,
+            });
+            accepted.push(accept.to_dtype(DType::F32)?);
+        }
+        let cat = |f: fn(&Particles) -> &Tensor| Tensor::cat(&[f(&parts[0]), f(&parts[1])], 0);
+        Ok((
+            Particles {
+                position: cat(|q| &q.position)?,
+                log_prior: cat(|q| &q.log_prior)?,
+                log_like: cat(|q| &q.log_like)?,
+            },
+            Tensor::cat(&accepted, 0)?,
+        ))
+    }
+}
+
+/// Largest over coordinates of the |correlation| across particles between `a` (f64) and `b`,
+/// `[n, g, d]` each → per column g.
+fn correlation(a: &Tensor, b: &Tensor) -> Result<Vec<f64>> {
+    let b = b.to_dtype(DType::F64)?;
+    let centre = |t: &Tensor| -> Result<Tensor> { Ok(t.broadcast_sub(&t.mean_keepdim(0)?)?) };
+    let (a, b) = (centre(a)?, centre(&b)?);
+    let cov = (&a * &b)?.sum(0)?;
+    let norm = (a.sqr()?.sum(0)? * b.sqr()?.sum(0)?)?
+        .sqrt()?
+        .clamp(1e-300, f64::INFINITY)?;
+    Ok((cov / norm)?
+        .abs()?
+        .max(1)?
+        .to_device(&popcosmos_api::Device::Cpu)?
+        .to_vec1::<f64>()?)
+}
+
+/// Book one reweighting step of `n` draws into a galaxy's diagnostics.
+fn record_stage(diag: &mut SmcDiagnostics, r: &Reweighting, n: usize) {
+    diag.stages += 1;
+    diag.beta = if diag.beta + r.delta_beta >= 1.0 - 1e-12 {
+        1.0
+    } else {
+        diag.beta + r.delta_beta
+    };
+    diag.log_evidence += r.log_mean_weight;
+    let var = diag.log_evidence_err.powi(2) + (1.0 / r.ess - 1.0 / n as f64).max(0.0);
+    diag.log_evidence_err = var.sqrt();
+    diag.final_ess = r.ess;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn incremental_weights_are_exact() {
+        let ll = [0.0, (2.0f64).ln(), f64::NEG_INFINITY, (3.0f64).ln()];
+        let (w, log_mean, ess) = incremental_weights(&ll, 1.0).unwrap();
+        // weights 1, 2, 0, 3 → sum 6, mean 6/4, ESS 36/14.
+        assert!((log_mean - (1.5f64).ln()).abs() < 1e-12);
+        assert!((ess - 36.0 / 14.0).abs() < 1e-12);
+        assert!((w[1] - 2.0 / 6.0).abs() < 1e-12 && w[2] == 0.0);
+        assert!(incremental_weights(&[f64::NAN, f64::NEG_INFINITY], 1.0).is_none());
+    }
+
+    #[test]
+    fn bisection_hits_the_target_ess() {
+        let ll: Vec<f64> = (0..1000)
+            .map(|i| -0.5 * (i as f64 / 100.0).powi(2))
+            .collect();
+        let r = next_temperature(&ll, 1.0, 500.0).unwrap();
+        assert!(r.delta_beta < 1.0);
+        assert!((r.ess - 500.0).abs() < 1e-6, "ESS {}", r.ess);
+        // Reachable target: the whole step.
+        let r = next_temperature(&ll, 1e-6, 500.0).unwrap();
+        assert_eq!(r.delta_beta, 1e-6);
+    }
+
+    #[test]
+    fn systematic_resampling_counts_are_within_one_of_n_w() {
+        let w = [0.1, 0.25, 0.05, 0.6];
+        for u in [0.0, 0.3, 0.999] {
+            let idx = systematic_resample(&w, 40, u);
+            for (j, wj) in w.iter().enumerate() {
+                let count = idx.iter().filter(|&&i| i as usize == j).count() as f64;
+                assert!(
+                    (count - 40.0 * wj).abs() <= 1.0,
+                    "u {u}, index {j}: {count}"
+                );
+            }
+        }
+    }
+}
