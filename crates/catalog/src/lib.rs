@@ -24,13 +24,17 @@
 //! ## Output: [`ResultsWriter`]
 //! * [`ResultsWriter::create`]`(dir, schema, format, resume)`; each
 //!   [`ResultsWriter::write_chunk`] writes one `part-NNNNN.parquet|csv` atomically (temp
-//!   file, fsync, rename). [`ResultsWriter::completed_ids`] supports `--resume`;
+//!   file, fsync, rename). [`ResultsWriter::completed_ids`] lists the ids on disk;
 //!   [`read_results`] reads a directory (all parts, in order) or one file into a
 //!   [`ResultTable`]; [`merge_parts`] concatenates parts into one Parquet file
 //!   ([`merge_parts_tagged`] adds a constant column such as the shard index);
 //!   [`part_ids`] reads the ids of one part (duplicate/gap checks of sharded runs).
 //! * [`ResultSchema::chains`] is the long-format thinned-chain table (id, step, walker,
 //!   16 parameters, log_prob), written with the same writer into e.g. `chains/`.
+//!
+//! * [`RunOutput`] commits a run's summary and chain parts batch by batch (a marker in
+//!   `commits/` written last; uncommitted parts are recomputed on resume) and
+//!   [`OutputLock`] keeps a second run out of the folder (see [`commit`]).
 //!
 //! ## Metrics (spec §8)
 //! [`photoz_metrics`] (bias, σ_NMAD, outlier fraction, n), [`match_by_id`], [`coverage`].
@@ -48,6 +52,7 @@
 //! # Ok::<(), CatalogError>(())
 //! ```
 
+pub mod commit;
 pub mod error;
 mod fits;
 pub mod metrics;
@@ -56,6 +61,9 @@ pub mod results;
 mod source;
 pub mod spec;
 
+pub use commit::{
+    BatchCommit, CommitReport, OutputLock, Recovered, RunOutput, check_commits, read_commits,
+};
 pub use error::{CatalogError, Result};
 pub use metrics::{
     OUTLIER_THRESHOLD, PhotozMetrics, coverage, match_by_id, median, photoz_metrics,

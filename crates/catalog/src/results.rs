@@ -332,7 +332,8 @@ impl ResultsWriter {
         Ok(Some(path))
     }
 
-    /// Ids already written by (possibly interrupted) earlier runs, for `--resume`.
+    /// Ids in every part of `dir`, committed or not. Runs resume through
+    /// [`crate::RunOutput::open`], which counts only committed batches.
     pub fn completed_ids(dir: impl AsRef<Path>) -> Result<HashSet<String>> {
         let mut ids = HashSet::new();
         for part in list_parts(dir.as_ref())? {
