@@ -3,6 +3,7 @@
 mod bench;
 mod bench_gpu;
 mod calibrate;
+mod demo;
 mod evaluate;
 mod import_torch;
 mod merge;
@@ -132,7 +133,8 @@ enum Command {
     },
     /// Run the bundled demo (100 real COSMOS2020 galaxies) and print photo-z metrics.
     Demo {
-        /// Output folder (replaced).
+        /// Output folder: new, empty, or a previous popcosmos output (only its popcosmos files
+        /// are replaced; any other non-empty folder is refused).
         #[arg(long, default_value = "out/cosmos-demo")]
         output: PathBuf,
     },
@@ -296,10 +298,8 @@ fn demo(output: &Path) -> Result<()> {
     let manifest_path = root.join("examples/cosmos-demo.yaml");
     let mut m = Manifest::load(&manifest_path)?;
     m.output.dir = output.to_path_buf();
-    if output.exists() {
-        std::fs::remove_dir_all(output)
-            .with_context(|| format!("removing old demo output {}", output.display()))?;
-    }
+    // Never delete what popcosmos did not write (see demo.rs).
+    demo::prepare_output(output)?;
     let catalogue = m.catalogue.path.clone();
     eprintln!(
         "popcosmos demo: {} galaxies of {} (COSMOS2020, 2.5 ≤ z_spec < 8.3)",
