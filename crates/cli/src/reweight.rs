@@ -1,7 +1,8 @@
 //! `popcosmos-cli reweight RUN_DIR --to PRIOR -o OUT`: posteriors under another prior from a
 //! finished run's chains, by importance weights p_to/p_run (popcosmos_inference::reweight).
 
-use std::path::PathBuf;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use candle_core::Device;
@@ -38,6 +39,74 @@ fn prior_arg(s: &str) -> Result<PriorSpec> {
     parse_prior(s)
 }
 
+/// Refuse chains that do not cover the run: an unfinished run, a batch interrupted between
+/// its summary and chain parts (uncommitted parts or broken markers), or galaxies with a
+/// summary row but no chain rows.
+fn check_chains_complete(run_dir: &Path) -> Result<()> {
+    let shown = run_dir.display();
+    let record_path = run_dir.join("run.json");
+    let mut merged = false;
+    match std::fs::read_to_string(&record_path) {
+        Ok(text) => {
+            let v: serde_json::Value = serde_json::from_str(&text)
+                .with_context(|| format!("{}: not JSON", record_path.display()))?;
+            merged = v["merged"] == serde_json::Value::Bool(true);
+            if v["complete"] != serde_json::Value::Bool(true) {
+                let s = &v["summary"];
+                let done = s["galaxies_computed"].as_u64().unwrap_or(0)
+                    + s["galaxies_skipped"].as_u64().unwrap_or(0);
+                bail!(
+                    "{shown}: the run is not complete ({done} of {} galaxies done, run.json); \
+                     finish it with `run MANIFEST --resume` before reweighting its chains",
+                    s["galaxies_total"].as_u64().unwrap_or(0)
+                );
+            }
+        }
+        Err(_) => eprintln!(
+            "warning: {}: no run record; cannot check that the run finished",
+            record_path.display()
+        ),
+    }
+    if !merged {
+        let report = popcosmos_catalog::check_commits(run_dir)?;
+        if !report.is_clean() {
+            bail!(
+                "{shown}: chains are incomplete: {}; resume the run (`run MANIFEST --resume`) \
+                 to recompute those batches",
+                report.problems()
+            );
+        }
+    }
+    // Every galaxy of the summary must have chain rows.
+    let summary: HashSet<String> = popcosmos_catalog::list_parts(run_dir)?
+        .iter()
+        .map(popcosmos_catalog::part_ids)
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .flatten()
+        .collect();
+    let chains: HashSet<String> = popcosmos_catalog::list_parts(run_dir.join("chains"))?
+        .iter()
+        .map(popcosmos_catalog::part_ids)
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .flatten()
+        .collect();
+    let mut missing: Vec<&String> = summary.difference(&chains).collect();
+    if !missing.is_empty() {
+        missing.sort();
+        let shown_ids: Vec<&str> = missing.iter().take(5).map(|s| s.as_str()).collect();
+        bail!(
+            "{shown}: chains are incomplete: {} galax{} with results have no chain rows \
+             (e.g. {}); resume the run to recompute them",
+            missing.len(),
+            if missing.len() == 1 { "y" } else { "ies" },
+            shown_ids.join(", ")
+        );
+    }
+    Ok(())
+}
+
 pub fn reweight(args: &ReweightArgs) -> Result<()> {
     let device = Device::Cpu;
     let record_path = args.run_dir.join("run.json");
@@ -68,6 +137,7 @@ pub fn reweight(args: &ReweightArgs) -> Result<()> {
             chains_dir.display()
         );
     }
+    check_chains_complete(&args.run_dir)?;
     let chains = read_results(&chains_dir).with_context(|| chains_dir.display().to_string())?;
     let from =
         popcosmos_inference::manifest::build_prior(&from_spec, &device).context("--from prior")?;

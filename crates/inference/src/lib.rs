@@ -8,6 +8,7 @@
 //! * [`manifest`]: the YAML run manifest (unknown keys rejected, errors with line/column).
 //! * [`pipeline`]: the batch loop — catalogue chunks → sampler → per-galaxy percentiles,
 //!   MAP, diagnostics and flags → atomic Parquet/CSV parts, a run record, `--resume`.
+//! * [`record`]: the typed run record `run.json` and the `--resume` settings check.
 //! * [`reweight`]: prior swap on stored chains by importance weights p_new/p_run (e.g. the
 //!   posterior under the diffusion prior from a run made with its distilled flow).
 //! * [`calibration`]: per-band zero points (and error floors) from spec-z galaxies with the
@@ -24,6 +25,7 @@ pub mod manifest;
 pub mod mock;
 pub mod pipeline;
 pub mod posterior;
+pub mod record;
 pub mod reparam;
 pub mod reweight;
 pub mod shard;

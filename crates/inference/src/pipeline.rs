@@ -15,9 +15,7 @@ use popcosmos_api::{
     Device, Error, HostRng, Likelihood, LogDensity, N_PARAMS, PARAM_NAMES, Prior, Result, SpsModel,
     Survey, Tensor, params::phi_to_theta,
 };
-use popcosmos_catalog::{
-    CatalogueReader, ObservedChunk, ResultSchema, ResultTable, ResultsWriter, TableFormat,
-};
+use popcosmos_catalog::{CatalogueReader, ObservedChunk, ResultSchema, ResultTable, TableFormat};
 use popcosmos_samplers::{
     diagnostics::{Thresholds, diagnose_chain},
     ensemble::{DifferentialEvolutionMove, EnsembleSampler, Move, StretchMove},
@@ -124,18 +122,6 @@ pub struct RunSummary {
     /// the shard's row count.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shard: Option<crate::shard::ShardRecord>,
-}
-
-#[derive(Serialize)]
-struct RunRecord<'a> {
-    popcosmos_version: &'static str,
-    manifest: &'a Manifest,
-    seed: u64,
-    device: String,
-    started_unix: u64,
-    summary: &'a RunSummary,
-    batch_seconds: &'a [f64],
-    complete: bool,
 }
 
 fn unix_now() -> u64 {
@@ -262,35 +248,29 @@ impl Pipeline {
             )));
         }
         std::fs::create_dir_all(&out_dir).map_err(|e| Error::io(&out_dir, e))?;
+        // One run per output folder at a time; the kernel drops the lock when this process
+        // ends, however it ends.
+        let _lock = popcosmos_catalog::OutputLock::acquire(&out_dir)
+            .map_err(|e| Error::Invalid(format!("output.dir: {e}")))?;
+        if options.resume {
+            // Before anything is deleted: the stored settings must match the manifest.
+            crate::record::check_resume(&out_dir, m)?;
+        }
         let format = match m.output.format {
             OutputFormat::Parquet => TableFormat::Parquet,
             OutputFormat::Csv => TableFormat::Csv,
         };
-        let done = if options.resume {
-            ResultsWriter::completed_ids(&out_dir).map_err(cat)?
-        } else {
-            Default::default()
-        };
-        let mut writer = ResultsWriter::create(
+        // Summary and chain parts commit together, batch by batch (a marker written last);
+        // on resume only committed batches count as done, stray parts are recomputed.
+        let (mut output, recovered) = popcosmos_catalog::RunOutput::open(
             &out_dir,
             ResultSchema::new(result_columns()),
             format,
+            m.output.chains,
             options.resume,
         )
         .map_err(cat)?;
-        let mut chain_writer = if m.output.chains {
-            Some(
-                ResultsWriter::create(
-                    out_dir.join("chains"),
-                    ResultSchema::chains(),
-                    format,
-                    options.resume,
-                )
-                .map_err(cat)?,
-            )
-        } else {
-            None
-        };
+        let done = recovered.done_ids;
 
         let total = self.scan_catalogue()?;
         if total == 0 {
@@ -325,6 +305,8 @@ impl Pipeline {
         };
         let started = unix_now();
         let mut batch_seconds = Vec::new();
+        // The record exists before the first part, so a resume can always check settings.
+        self.write_record(&out_dir, started, &summary, &batch_seconds, false)?;
         let mut library: Option<InitLibrary> = None;
         let mut reader = self.open_reader()?;
         let mut batch_index = 0u64;
@@ -370,10 +352,9 @@ impl Pipeline {
                 .iter()
                 .filter(|f| !f.is_empty())
                 .count();
-            writer.write_chunk(&table).map_err(cat)?;
-            if let (Some(w), Some(c)) = (chain_writer.as_mut(), chains) {
-                w.write_chunk(&c).map_err(cat)?;
-            }
+            output
+                .commit_batch(b, &table, chains.as_ref())
+                .map_err(cat)?;
             let dt = t.elapsed().as_secs_f64();
             batch_seconds.push(dt);
             summary.seconds_sampling += dt;
@@ -397,22 +378,17 @@ impl Pipeline {
         batch_seconds: &[f64],
         complete: bool,
     ) -> Result<()> {
-        let rec = RunRecord {
-            popcosmos_version: env!("CARGO_PKG_VERSION"),
-            manifest: &self.manifest,
+        crate::record::RunRecord {
+            popcosmos_version: env!("CARGO_PKG_VERSION").to_string(),
+            manifest: self.manifest.clone(),
             seed: self.manifest.seed,
             device: format!("{:?}", self.device),
             started_unix: started,
-            summary,
-            batch_seconds,
+            summary: summary.into(),
+            batch_seconds: batch_seconds.to_vec(),
             complete,
-        };
-        let path = dir.join("run.json");
-        let tmp = dir.join(".run.json.tmp");
-        let text = serde_json::to_string_pretty(&rec).map_err(|e| Error::Invalid(e.to_string()))?;
-        std::fs::write(&tmp, text).map_err(|e| Error::io(&tmp, e))?;
-        std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
-        Ok(())
+        }
+        .write(dir)
     }
 
     /// Posterior for one batch of observations.

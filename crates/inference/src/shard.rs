@@ -35,6 +35,8 @@ use std::str::FromStr;
 use popcosmos_catalog::{CatalogError, list_parts, merge_parts_tagged, part_ids, read_ids};
 use serde::{Deserialize, Serialize};
 
+use crate::record::{RecordSummary, RunRecord};
+
 /// One shard of a run: `index` of `count` (0-based).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Shard {
@@ -195,11 +197,20 @@ pub struct MergeSummary {
 struct ShardRun {
     shard: Shard,
     dir: PathBuf,
-    record: serde_json::Value,
+    record: RunRecord,
     info: ShardRecord,
 }
 
-fn read_record(path: &Path) -> Result<serde_json::Value, ShardError> {
+fn read_record(path: &Path) -> Result<RunRecord, ShardError> {
+    let text = std::fs::read_to_string(path).map_err(|e| io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| ShardError::Record {
+        file: path.display().to_string(),
+        message: format!("not a popcosmos run record: {e}"),
+    })
+}
+
+/// A merged folder's `run.json` (written by [`merge_shards`]), untyped.
+fn read_json(path: &Path) -> Result<serde_json::Value, ShardError> {
     let text = std::fs::read_to_string(path).map_err(|e| io(path, e))?;
     serde_json::from_str(&text).map_err(|e| ShardError::Record {
         file: path.display().to_string(),
@@ -249,17 +260,18 @@ pub fn merge_shards(dir: &Path) -> Result<MergeSummary, ShardError> {
             return Err(incomplete("no run.json".into()));
         }
         let record = read_record(&rec_path)?;
-        let info: ShardRecord = serde_json::from_value(record["summary"]["shard"].clone())
-            .map_err(|e| ShardError::Record {
+        let info: ShardRecord = record
+            .summary
+            .shard
+            .clone()
+            .ok_or_else(|| ShardError::Record {
                 file: rec_path.display().to_string(),
-                message: format!("summary.shard: {e}"),
+                message: "summary.shard: missing (not the record of a shard)".into(),
             })?;
-        if record["complete"] != serde_json::Value::Bool(true) {
-            let s = &record["summary"];
+        if !record.complete {
             return Err(incomplete(format!(
                 "{} of {} galaxies done",
-                s["galaxies_computed"].as_u64().unwrap_or(0)
-                    + s["galaxies_skipped"].as_u64().unwrap_or(0),
+                record.galaxies_done(),
                 info.end_row - info.first_row
             )));
         }
@@ -284,11 +296,11 @@ pub fn merge_shards(dir: &Path) -> Result<MergeSummary, ShardError> {
 
     // One run split N ways: same seed, catalogue and batching, contiguous row ranges.
     let first = &runs[0];
-    let key = |r: &serde_json::Value| {
+    let key = |r: &RunRecord| {
         (
-            r["seed"].clone(),
-            r["manifest"]["catalogue"]["path"].clone(),
-            r["manifest"]["galaxies_per_batch"].clone(),
+            r.seed,
+            r.manifest.catalogue.path.clone(),
+            r.manifest.galaxies_per_batch,
         )
     };
     let mut next_row = 0;
@@ -341,13 +353,8 @@ pub fn merge_shards(dir: &Path) -> Result<MergeSummary, ShardError> {
         }
     }
     // With the catalogue at hand, name the missing galaxies; otherwise compare counts.
-    let catalogue = first.record["manifest"]["catalogue"]["path"]
-        .as_str()
-        .map(PathBuf::from);
-    let id_column = first.record["manifest"]["catalogue"]["id_column"]
-        .as_str()
-        .unwrap_or("id")
-        .to_string();
+    let catalogue = Some(first.record.manifest.catalogue.path.clone());
+    let id_column = first.record.manifest.catalogue.id_column.clone();
     let catalogue_ids = catalogue
         .as_ref()
         .and_then(|p| read_ids(p, &id_column).ok())
@@ -395,12 +402,24 @@ pub fn merge_shards(dir: &Path) -> Result<MergeSummary, ShardError> {
         }
     }
 
+    // Every part committed (ids alone cannot show a batch whose chain part was lost).
+    for r in &runs {
+        let commits = popcosmos_catalog::check_commits(&r.dir)?;
+        if !commits.is_clean() {
+            return Err(ShardError::Incomplete {
+                shard: r.shard.to_string(),
+                dir: r.dir.display().to_string(),
+                message: commits.problems(),
+            });
+        }
+    }
+
     // Write: refuse to mix with an unsharded run's parts; replace an earlier merge.
     let merged_record = dir.join("run.json");
     let old_parts = list_parts(dir)?;
     if !old_parts.is_empty() {
         let earlier_merge = merged_record.exists()
-            && read_record(&merged_record)?["merged"] == serde_json::Value::Bool(true);
+            && read_json(&merged_record)?["merged"] == serde_json::Value::Bool(true);
         if !earlier_merge {
             return Err(ShardError::NotMergeOutput { dir: shown() });
         }
@@ -424,12 +443,10 @@ pub fn merge_shards(dir: &Path) -> Result<MergeSummary, ShardError> {
             merge_parts_tagged(&chains, &out, Some(("shard", r.shard.index as i64)))?;
         }
     }
-    let sum = |key: &str| -> f64 {
-        runs.iter()
-            .map(|r| r.record["summary"][key].as_f64().unwrap_or(0.0))
-            .sum()
+    let sum = |get: fn(&RecordSummary) -> f64| -> f64 {
+        runs.iter().map(|r| get(&r.record.summary)).sum()
     };
-    let flagged = sum("galaxies_flagged") as u64;
+    let flagged = sum(|s| s.galaxies_flagged as f64) as u64;
     let galaxies: u64 = counts.iter().sum();
     let record = serde_json::json!({
         "popcosmos_version": env!("CARGO_PKG_VERSION"),
@@ -438,23 +455,23 @@ pub fn merge_shards(dir: &Path) -> Result<MergeSummary, ShardError> {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0),
-        "manifest": first.record["manifest"],
-        "seed": first.record["seed"],
+        "manifest": first.record.manifest,
+        "seed": first.record.seed,
         "shard_count": count,
         "checked_against_catalogue": catalogue_ids.is_some(),
         "summary": {
             "galaxies_total": galaxies,
             "galaxies_flagged": flagged,
             // Across all attempts of every shard's last run (resumed runs count only their own work).
-            "seconds_sampling": sum("seconds_sampling"),
-            "seconds_library": sum("seconds_library"),
+            "seconds_sampling": sum(|s| s.seconds_sampling),
+            "seconds_library": sum(|s| s.seconds_library),
         },
         "shards": runs.iter().map(|r| serde_json::json!({
             "shard": r.info,
             "dir": r.dir,
-            "device": r.record["device"],
-            "started_unix": r.record["started_unix"],
-            "summary": r.record["summary"],
+            "device": r.record.device,
+            "started_unix": r.record.started_unix,
+            "summary": r.record.summary,
         })).collect::<Vec<_>>(),
         "complete": true,
     });
