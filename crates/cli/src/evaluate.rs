@@ -19,11 +19,40 @@ pub struct EvaluateArgs {
     pub galaxy: Option<String>,
 }
 
+/// `writeln!` into a `String` (cannot fail).
+macro_rules! outln {
+    ($out:expr, $($arg:tt)*) => {{
+        use std::fmt::Write as _;
+        let _ = writeln!($out, $($arg)*);
+    }};
+}
+
+/// Write `text` to stdout; a reader that went away (`evaluate … | head`) is not an error:
+/// the rest of the command (JSON, plots) still runs and the exit status stays 0.
+pub fn print_quietly(text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|_| stdout.flush())
+    {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => r.context("writing to stdout"),
+    }
+}
+
 pub fn evaluate(a: &EvaluateArgs) -> Result<()> {
     let (cat, col) = a
         .truth
         .rsplit_once(':')
         .with_context(|| format!("--truth '{}': expected CATALOGUE:COLUMN", a.truth))?;
+    if !a.results.exists() {
+        bail!(
+            "{}: no such results folder or file (expected a run's output folder or a \
+             .parquet/.csv results file)",
+            a.results.display()
+        );
+    }
     let results = read_results(&a.results)
         .with_context(|| format!("reading results {}", a.results.display()))?;
     if results.is_empty() {
@@ -61,30 +90,50 @@ pub fn evaluate(a: &EvaluateArgs) -> Result<()> {
         in68 += usize::from(p16[r] <= z_true[t] && z_true[t] <= p84[r]);
         in95 += usize::from(p2[r] <= z_true[t] && z_true[t] <= p97[r]);
     }
+    let finite_truth = pairs.iter().filter(|(_, t)| z_true[*t].is_finite()).count();
+    if finite_truth == 0 {
+        bail!(
+            "--truth {}: column '{col}' has no finite value for any of the {} galaxies matched by \
+             id (empty or NaN truth); nothing to evaluate",
+            a.truth,
+            pairs.len()
+        );
+    }
+    if zs.is_empty() {
+        bail!(
+            "{}: no galaxy with a finite truth value has a finite z_p50; nothing to evaluate",
+            a.results.display()
+        );
+    }
     let m = photoz_metrics(&zp, &zs);
     let flagged = results
         .strings
         .get("flags")
         .map(|f| f.iter().filter(|s| !s.is_empty()).count())
         .unwrap_or(0);
-    println!("| metric | value |");
-    println!("|---|---|");
-    println!("| galaxies matched | {} |", m.n);
-    println!("| bias (median Δz/(1+z)) | {:+.4} |", m.bias);
-    println!("| σ_NMAD | {:.4} |", m.sigma_nmad);
-    println!(
+    let mut out = String::new();
+    outln!(out, "| metric | value |");
+    outln!(out, "|---|---|");
+    outln!(out, "| galaxies matched | {} |", m.n);
+    outln!(out, "| bias (median Δz/(1+z)) | {:+.4} |", m.bias);
+    outln!(out, "| σ_NMAD | {:.4} |", m.sigma_nmad);
+    outln!(
+        out,
         "| outlier fraction (|Δz|/(1+z) > 0.15) | {:.1}% |",
         100.0 * m.outlier_fraction
     );
-    println!(
+    outln!(
+        out,
         "| z_spec inside 68% interval | {:.1}% |",
         100.0 * in68 as f64 / m.n.max(1) as f64
     );
-    println!(
+    outln!(
+        out,
         "| z_spec inside 95% interval | {:.1}% |",
         100.0 * in95 as f64 / m.n.max(1) as f64
     );
-    println!(
+    outln!(
+        out,
         "| galaxies flagged by diagnostics | {flagged} of {} |",
         results.len()
     );
@@ -98,10 +147,11 @@ pub fn evaluate(a: &EvaluateArgs) -> Result<()> {
             let mut v: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
             if !v.is_empty() {
                 let p = median(&mut v);
-                println!("| {label} | {p:.3} |");
+                outln!(out, "| {label} | {p:.3} |");
             }
         }
     }
+    print_quietly(&out)?;
     if let Some(j) = &a.json {
         std::fs::write(j, serde_json::to_string_pretty(&m)?)
             .with_context(|| j.display().to_string())?;
