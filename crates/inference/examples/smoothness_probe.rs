@@ -21,7 +21,7 @@ fn main() -> Result<()> {
     let mut rng = popcosmos_api::random::HostRng::seed_from_u64(7);
     let lib = InitLibrary::build(
         p.prior.as_ref(),
-        &popcosmos_priors::UniformPrior::new(),
+        Some(&popcosmos_priors::UniformPrior::new()),
         &p.sps,
         30000,
         8192,

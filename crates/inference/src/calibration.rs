@@ -238,7 +238,7 @@ pub fn calibrate(
     let mut rng = HostRng::seed_from_u64(m.seed ^ 0xCA11_B8A7E);
     let library = InitLibrary::build(
         pipeline.prior.as_ref(),
-        &popcosmos_priors::UniformPrior::new(),
+        Some(&popcosmos_priors::UniformPrior::new()),
         &pipeline.sps,
         m.init.library_size,
         m.sps.rows_per_call(&pipeline.device),

@@ -28,32 +28,41 @@ pub struct InitLibrary {
     /// [`crate::reparam`]); its marginal whitening is left out when the prior half has fewer
     /// than [`MIN_WHITENING_DRAWS`] draws.
     pub sampling_space: SamplingSpace,
+    /// The draws in the sampling coordinates with ln p(ψ), made on first use (SMC).
+    pub in_psi: std::sync::OnceLock<std::result::Result<crate::smc::LibraryInPsi, String>>,
 }
 
 impl InitLibrary {
     /// Draw `n` points and evaluate the SPS model on them (in row chunks).
     ///
-    /// Half the draws come from the run's prior and half from `broad` (uniform in the
-    /// parameter box and in log mass): a library drawn from the prior alone is densest where
-    /// the prior is (low-mass, low-z galaxies), so its best-likelihood draw is biased towards
-    /// those; the broad half covers the rest, and start points are ranked by posterior.
+    /// With `broad`, half the draws come from the run's prior and half from `broad` (uniform
+    /// in the parameter box and in log mass): a library drawn from the prior alone is densest
+    /// where the prior is (low-mass, low-z galaxies), so its best-likelihood draw is biased
+    /// towards those; the broad half covers the rest, and start points are ranked by
+    /// posterior. Without it every draw is from the prior, as SMC's stage 0 needs.
     pub fn build(
         prior: &dyn Prior,
-        broad: &dyn Prior,
+        broad: Option<&dyn Prior>,
         sps: &dyn SpsModel,
         n: usize,
         max_rows: usize,
         rng: &mut dyn RandomSource,
     ) -> Result<Self> {
         let device = sps.device().clone();
-        let n_prior = n.div_ceil(2);
-        let phi = Tensor::cat(
-            &[
-                prior.sample(n_prior, rng, &device)?,
-                broad.sample(n - n_prior, rng, &device)?,
-            ],
-            0,
-        )?;
+        let (n_prior, phi) = match broad {
+            Some(broad) => {
+                let n_prior = n.div_ceil(2);
+                let phi = Tensor::cat(
+                    &[
+                        prior.sample(n_prior, rng, &device)?,
+                        broad.sample(n - n_prior, rng, &device)?,
+                    ],
+                    0,
+                )?;
+                (n_prior, phi)
+            }
+            None => (n, prior.sample(n, rng, &device)?),
+        };
         let log_prior = prior.log_prob(&phi)?;
         let model = crate::posterior::photometry_in_chunks(sps, &phi_to_theta(&phi)?, max_rows)?;
         let sampling_space =
@@ -63,6 +72,7 @@ impl InitLibrary {
             log_prior,
             model,
             sampling_space,
+            in_psi: Default::default(),
         })
     }
 
@@ -74,6 +84,16 @@ impl InitLibrary {
         self.len() == 0
     }
 
+    /// ln L of every draw for every galaxy, `[draws, galaxies]` (one broadcast evaluation).
+    pub fn log_like(&self, likelihood: &dyn Likelihood, obs: &Observations) -> Result<Tensor> {
+        let unsq = |t: &Tensor| t.unsqueeze(1);
+        let model = ModelPhotometry {
+            flux_nmgy: unsq(&self.model.flux_nmgy)?,
+            line_sigma_nmgy: self.model.line_sigma_nmgy.as_ref().map(unsq).transpose()?,
+        };
+        likelihood.log_like(&model, obs)
+    }
+
     /// Indices `[galaxies, k]` of the `k` library draws with the highest posterior density.
     pub fn best_draws(
         &self,
@@ -81,14 +101,9 @@ impl InitLibrary {
         obs: &Observations,
         k: usize,
     ) -> Result<Tensor> {
-        let unsq = |t: &Tensor| t.unsqueeze(1);
-        let model = ModelPhotometry {
-            flux_nmgy: unsq(&self.model.flux_nmgy)?,
-            line_sigma_nmgy: self.model.line_sigma_nmgy.as_ref().map(unsq).transpose()?,
-        };
         // [draws, galaxies]; non-finite values sort last.
-        let ll = likelihood
-            .log_like(&model, obs)?
+        let ll = self
+            .log_like(likelihood, obs)?
             .broadcast_add(&self.log_prior.unsqueeze(1)?)?;
         let finite = ll.eq(&ll)?; // false for NaN
         let ll = finite.where_cond(&ll, &ll.ones_like()?.affine(0.0, -1e30)?)?;

@@ -29,6 +29,7 @@ pub mod record;
 pub mod reparam;
 pub mod reweight;
 pub mod shard;
+pub mod smc;
 pub mod sps_bands;
 
 pub use likelihood::{LikelihoodSpec, PhotometricLikelihood};

@@ -142,6 +142,19 @@ pub enum SamplerKind {
     #[default]
     Ensemble,
     Hmc,
+    /// Adaptive likelihood-tempered sequential Monte Carlo from prior draws
+    /// (`popcosmos_samplers::smc`): weights the modes of a multimodal posterior correctly.
+    Smc,
+    /// The start library importance-weighted by the likelihood (SMC's stage 0 taken straight
+    /// to β = 1): a fast estimate whose quality its ESS column reports.
+    Library,
+}
+
+impl SamplerKind {
+    /// Kinds that start from prior draws and report evidence and SMC diagnostics.
+    pub fn is_smc(self) -> bool {
+        matches!(self, Self::Smc | Self::Library)
+    }
 }
 
 /// One weighted ensemble move.
@@ -172,6 +185,22 @@ pub enum MoveSpec {
         #[serde(default = "one")]
         weight: f64,
     },
+    /// Independence proposals from a mixture of t components, one per k-means cluster of the
+    /// complementary half (one per mode of a multimodal posterior).
+    Clustered {
+        #[serde(default = "default_components")]
+        components: usize,
+        #[serde(default = "default_global_nu")]
+        nu: u32,
+        #[serde(default = "one")]
+        scale: f64,
+        #[serde(default = "one")]
+        weight: f64,
+    },
+}
+
+fn default_components() -> usize {
+    4
 }
 
 fn default_max_temperature() -> f64 {
@@ -204,8 +233,11 @@ pub struct SamplerSpec {
     pub burn_in: usize,
     #[serde(default = "one_usize")]
     pub thin: usize,
-    #[serde(default = "default_moves")]
-    pub moves: Vec<MoveSpec>,
+    /// Ensemble moves (also SMC's rejuvenation moves). Default: stretch 0.3, differential
+    /// evolution 0.2, global 0.5 for the ensemble; stretch 0.2, differential evolution 0.2,
+    /// global 0.1, clustered 0.5 for SMC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moves: Option<Vec<MoveSpec>>,
     /// Sample in prior-adapted coordinates (an exact change of variables, `reparam`):
     /// Z_gas − Z* instead of Z_gas where the prior needs Z_gas > Z*, then each parameter
     /// mapped so that the prior's marginal is a standard normal (fitted to the start
@@ -230,6 +262,100 @@ pub struct SamplerSpec {
     /// galaxy's median log-posterior are re-seeded from the best half (`null` disables).
     #[serde(default = "default_prune_deficit")]
     pub prune_deficit: Option<f64>,
+    /// SMC: particles per galaxy (≥ 32, twice the dimension).
+    #[serde(default = "default_particles")]
+    pub particles: usize,
+    /// SMC: each stage's β step keeps the ESS of the incremental weights at this fraction of
+    /// the particles, in (0, 1).
+    #[serde(default = "default_ess_target")]
+    pub ess_target: f64,
+    /// SMC: fewest / most move sweeps per stage.
+    #[serde(default = "default_min_sweeps")]
+    pub min_sweeps: usize,
+    #[serde(default = "default_max_sweeps")]
+    pub max_sweeps: usize,
+    /// SMC: sweep until every coordinate's correlation across particles with its value at the
+    /// start of the stage is below this, in (0, 1).
+    #[serde(default = "default_max_correlation")]
+    pub max_correlation: f64,
+    /// SMC: stages after which a galaxy below β = 1 stops and is flagged.
+    #[serde(default = "default_max_stages")]
+    pub max_stages: usize,
+    /// SMC: sweeps at β = 1 whose states are all kept as posterior draws.
+    #[serde(default = "default_final_sweeps")]
+    pub final_sweeps: usize,
+}
+
+fn default_particles() -> usize {
+    popcosmos_samplers::SmcConfig::default().particles
+}
+fn default_ess_target() -> f64 {
+    popcosmos_samplers::SmcConfig::default().ess_target
+}
+fn default_min_sweeps() -> usize {
+    popcosmos_samplers::SmcConfig::default().min_sweeps
+}
+fn default_max_sweeps() -> usize {
+    popcosmos_samplers::SmcConfig::default().max_sweeps
+}
+fn default_max_correlation() -> f64 {
+    popcosmos_samplers::SmcConfig::default().max_correlation
+}
+fn default_max_stages() -> usize {
+    popcosmos_samplers::SmcConfig::default().max_stages
+}
+fn default_final_sweeps() -> usize {
+    popcosmos_samplers::SmcConfig::default().final_sweeps
+}
+
+impl SamplerSpec {
+    /// The moves in use: the manifest's, or the default for the sampler kind.
+    pub fn moves(&self) -> Vec<MoveSpec> {
+        match (&self.moves, self.kind.is_smc()) {
+            (Some(m), _) => m.clone(),
+            (None, false) => default_moves(),
+            (None, true) => default_smc_moves(),
+        }
+    }
+
+    /// The SMC settings of this section.
+    pub fn smc_config(&self) -> popcosmos_samplers::SmcConfig {
+        popcosmos_samplers::SmcConfig {
+            particles: self.particles,
+            ess_target: self.ess_target,
+            min_sweeps: self.min_sweeps,
+            max_sweeps: self.max_sweeps,
+            max_correlation: self.max_correlation,
+            max_stages: self.max_stages,
+            final_sweeps: self.final_sweeps,
+        }
+    }
+}
+
+/// SMC rejuvenation: local moves, the single global t, and the clustered mixture that moves
+/// particles inside every mode of a multimodal posterior (docs/validation.md, "SMC").
+fn default_smc_moves() -> Vec<MoveSpec> {
+    vec![
+        MoveSpec::Stretch {
+            a: 2.0,
+            weight: 0.2,
+        },
+        MoveSpec::DifferentialEvolution {
+            gamma: None,
+            weight: 0.2,
+        },
+        MoveSpec::Global {
+            nu: default_global_nu(),
+            scale: 1.0,
+            weight: 0.1,
+        },
+        MoveSpec::Clustered {
+            components: default_components(),
+            nu: default_global_nu(),
+            scale: 1.0,
+            weight: 0.5,
+        },
+    ]
 }
 
 fn default_prune_deficit() -> Option<f64> {
@@ -282,13 +408,20 @@ impl Default for SamplerSpec {
             steps: default_steps(),
             burn_in: default_burn(),
             thin: 1,
-            moves: default_moves(),
+            moves: None,
             whiten: true,
             temperatures: 1,
             max_temperature: default_max_temperature(),
             leapfrog_steps: default_leapfrog(),
             target_accept: default_target_accept(),
             prune_deficit: default_prune_deficit(),
+            particles: default_particles(),
+            ess_target: default_ess_target(),
+            min_sweeps: default_min_sweeps(),
+            max_sweeps: default_max_sweeps(),
+            max_correlation: default_max_correlation(),
+            max_stages: default_max_stages(),
+            final_sweeps: default_final_sweeps(),
         }
     }
 }
@@ -393,6 +526,15 @@ pub struct OutputSpec {
     /// Keep every n-th stored draw in the chain files.
     #[serde(default = "default_chain_thin")]
     pub chain_thin: usize,
+    /// SMC and library samplers: bin width of the p(z) written as columns `pz_<z>` of the
+    /// results (density per unit z at the bin centre z, from 0 to the prior's upper z);
+    /// 0 writes none.
+    #[serde(default = "default_pz_step")]
+    pub pz_step: f64,
+}
+
+fn default_pz_step() -> f64 {
+    0.02
 }
 
 fn default_chain_thin() -> usize {
@@ -568,10 +710,30 @@ impl Manifest {
         if s.thin == 0 {
             return bad("sampler.thin", "must be ≥ 1".into());
         }
-        if s.kind == SamplerKind::Ensemble && s.moves.is_empty() {
+        let moves = s.moves();
+        if (s.kind == SamplerKind::Ensemble || s.kind.is_smc()) && moves.is_empty() {
             return bad("sampler.moves", "at least one move is needed".into());
         }
-        for (i, m) in s.moves.iter().enumerate() {
+        if s.kind.is_smc() {
+            s.smc_config().validate(popcosmos_api::N_PARAMS)?;
+            if self.init.library_size < s.particles {
+                return bad(
+                    "init.library_size",
+                    format!(
+                        "SMC starts from the library's prior draws: needs at least \
+                         sampler.particles ({}) draws, got {}",
+                        s.particles, self.init.library_size
+                    ),
+                );
+            }
+        }
+        if !(self.output.pz_step.is_finite() && self.output.pz_step >= 0.0) {
+            return bad(
+                "output.pz_step",
+                format!("must be ≥ 0 (0 = no p(z)), got {}", self.output.pz_step),
+            );
+        }
+        for (i, m) in moves.iter().enumerate() {
             let (w, extra) = match m {
                 MoveSpec::Stretch { a, weight } => (
                     *weight,
@@ -582,7 +744,8 @@ impl Manifest {
                     },
                 ),
                 MoveSpec::DifferentialEvolution { weight, .. } => (*weight, None),
-                MoveSpec::Global { scale, weight, .. } => (
+                MoveSpec::Global { scale, weight, .. }
+                | MoveSpec::Clustered { scale, weight, .. } => (
                     *weight,
                     if !(scale.is_finite() && *scale > 0.0) {
                         Some(format!("scale must be finite and > 0, got {scale}"))
@@ -591,6 +754,12 @@ impl Manifest {
                     },
                 ),
             };
+            if let MoveSpec::Clustered { components: 0, .. } = m {
+                return bad(
+                    &format!("sampler.moves[{i}].components"),
+                    "must be ≥ 1".into(),
+                );
+            }
             if !(w.is_finite() && w > 0.0) {
                 return bad(
                     &format!("sampler.moves[{i}].weight"),
@@ -599,7 +768,7 @@ impl Manifest {
             }
             if let Some(msg) = extra {
                 let key = match m {
-                    MoveSpec::Global { .. } => "scale",
+                    MoveSpec::Global { .. } | MoveSpec::Clustered { .. } => "scale",
                     _ => "a",
                 };
                 return bad(&format!("sampler.moves[{i}].{key}"), msg);

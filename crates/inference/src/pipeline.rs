@@ -17,6 +17,7 @@ use popcosmos_api::{
 };
 use popcosmos_catalog::{CatalogueReader, ObservedChunk, ResultSchema, ResultTable, TableFormat};
 use popcosmos_samplers::{
+    ClusteredGlobalMove,
     diagnostics::{Thresholds, diagnose_chain},
     ensemble::{DifferentialEvolutionMove, EnsembleSampler, Move, StretchMove},
     global::{FittedProposal, GlobalMove},
@@ -139,24 +140,47 @@ fn batch_seed(seed: u64, batch: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// Column names of the per-galaxy results table (besides `id` and `flags`).
+/// Column names of the per-galaxy results table (besides `id` and `flags`) for the ensemble
+/// and HMC samplers.
 pub fn result_columns() -> Vec<String> {
+    result_columns_with(MCMC_COLUMNS.iter().map(|c| c.to_string()))
+}
+
+/// Column names of the results of a run with `manifest`'s sampler (SMC and library runs
+/// report evidence, SMC diagnostics and p(z) instead of R̂ and ESS).
+pub fn result_columns_of(manifest: &Manifest) -> Vec<String> {
+    if !manifest.sampler.kind.is_smc() {
+        return result_columns();
+    }
+    let mut cols = result_columns_with(crate::smc::SMC_COLUMNS.iter().map(|c| c.to_string()));
+    cols.extend(crate::smc::pz_columns(manifest.output.pz_step));
+    cols
+}
+
+/// Sampler diagnostics of the ensemble and HMC (after the MAP log-probability).
+const MCMC_COLUMNS: [&str; 5] = [
+    "acceptance",
+    "rhat_max",
+    "ess_bulk_min",
+    "ess_tail_min",
+    "autocorr_time_max",
+];
+
+fn result_columns_with(sampler_columns: impl Iterator<Item = String>) -> Vec<String> {
     let mut cols = percentile_columns();
     for n in PARAM_NAMES {
         cols.push(format!("map_{n}"));
     }
-    for c in [
-        "map_log_prob",
-        "acceptance",
-        "rhat_max",
-        "ess_bulk_min",
-        "ess_tail_min",
-        "autocorr_time_max",
-        "n_bands_used",
-    ] {
-        cols.push(c.to_string());
-    }
+    cols.push("map_log_prob".into());
+    cols.extend(sampler_columns);
+    cols.push("n_bands_used".into());
     cols
+}
+
+/// Per-galaxy sampler columns (in [`result_columns_of`] order, after `map_log_prob`) and flags.
+pub(crate) struct SamplerReport {
+    pub columns: Vec<Vec<f64>>,
+    pub flags: Vec<Vec<String>>,
 }
 
 impl Pipeline {
@@ -264,7 +288,7 @@ impl Pipeline {
         // on resume only committed batches count as done, stray parts are recomputed.
         let (mut output, recovered) = popcosmos_catalog::RunOutput::open(
             &out_dir,
-            ResultSchema::new(result_columns()),
+            ResultSchema::new(result_columns_of(m)),
             format,
             m.output.chains,
             options.resume,
@@ -336,7 +360,9 @@ impl Pipeline {
                 let mut rng = HostRng::seed_from_u64(batch_seed(m.seed, u64::MAX));
                 library = Some(InitLibrary::build(
                     self.prior.as_ref(),
-                    &popcosmos_priors::UniformPrior::new(),
+                    // SMC starts from prior draws only.
+                    (!m.sampler.kind.is_smc())
+                        .then_some(&popcosmos_priors::UniformPrior::new() as &dyn Prior),
                     &self.sps,
                     m.init.library_size,
                     m.sps.rows_per_call(&self.device),
@@ -413,6 +439,9 @@ impl Pipeline {
         let obs = chunk.to_observations(&self.device)?;
         let posterior = self.posterior(&obs);
         let mut rng = HostRng::seed_from_u64(batch_seed(m.seed, batch));
+        if m.sampler.kind.is_smc() {
+            return self.process_batch_smc(chunk, &posterior, library, &mut rng);
+        }
         let init = library.initial_walkers(
             &posterior,
             m.sampler.walkers,
@@ -454,11 +483,11 @@ impl Pipeline {
         TemperedEnsemble::geometric(self.ensemble_moves(fit)?, s.temperatures, s.max_temperature)
     }
 
-    fn ensemble_moves(&self, fit: Option<&FittedProposal>) -> Result<EnsembleSampler> {
+    pub(crate) fn ensemble_moves(&self, fit: Option<&FittedProposal>) -> Result<EnsembleSampler> {
         let moves = self
             .manifest
             .sampler
-            .moves
+            .moves()
             .iter()
             .map(|mv| -> (Box<dyn Move>, f64) {
                 match mv {
@@ -475,6 +504,19 @@ impl Pipeline {
                             nu: *nu,
                             scale: *scale,
                             fit: fit.cloned(),
+                        }),
+                        *weight,
+                    ),
+                    MoveSpec::Clustered {
+                        components,
+                        nu,
+                        scale,
+                        weight,
+                    } => (
+                        Box::new(ClusteredGlobalMove {
+                            components: *components,
+                            nu: *nu,
+                            scale: *scale,
                         }),
                         *weight,
                     ),
@@ -498,6 +540,9 @@ impl Pipeline {
         let s = &self.manifest.sampler;
         let run = |init: Tensor, target: &dyn LogDensity, rng: &mut HostRng| match s.kind {
             SamplerKind::Ensemble => self.run_ensemble(init, target, rng, config),
+            SamplerKind::Smc | SamplerKind::Library => Err(Error::Invalid(
+                "sampler.kind: SMC runs start from the library, not from walkers".into(),
+            )),
             SamplerKind::Hmc => {
                 let kernel =
                     Hmc::new(0.05, s.leapfrog_steps).with_adaptation(s.burn_in, s.target_accept);
@@ -530,7 +575,10 @@ impl Pipeline {
         config: &RunConfig,
     ) -> Result<Chain> {
         let s = &self.manifest.sampler;
-        let has_global = s.moves.iter().any(|m| matches!(m, MoveSpec::Global { .. }));
+        let has_global = s
+            .moves()
+            .iter()
+            .any(|m| matches!(m, MoveSpec::Global { .. }));
         let first = config.burn_in / 2;
         let second = config.burn_in - first;
         let kernel = self.ensemble_kernel(None)?;
@@ -593,8 +641,37 @@ impl Pipeline {
         kernel.cold_chain(&run_from_state(&kernel, state, target, rng, &tail, None)?.0)
     }
 
-    /// Per-galaxy summaries: percentiles, MAP, diagnostics and flags.
+    /// Per-galaxy summaries: percentiles, MAP, the MCMC diagnostics and flags.
     pub fn summarise(&self, chunk: &ObservedChunk, chain: &Chain) -> Result<ResultTable> {
+        let diagnostics = diagnose_chain(chain);
+        let thresholds = Thresholds {
+            max_rhat: self.manifest.diagnostics.max_rhat,
+            min_ess_bulk: self.manifest.diagnostics.min_ess_bulk,
+            min_ess_tail: self.manifest.diagnostics.min_ess_bulk * 0.5,
+            min_acceptance: self.manifest.diagnostics.min_acceptance,
+            ..Thresholds::default()
+        };
+        let report = SamplerReport {
+            columns: vec![
+                chain.acceptance.clone(),
+                diagnostics.iter().map(|d| d.max_rhat()).collect(),
+                diagnostics.iter().map(|d| d.min_ess_bulk()).collect(),
+                diagnostics.iter().map(|d| d.min_ess_tail()).collect(),
+                diagnostics.iter().map(|d| d.max_autocorr_time()).collect(),
+            ],
+            flags: diagnostics.iter().map(|d| thresholds.flags(d)).collect(),
+        };
+        self.summarise_with(chunk, chain, report, &result_columns())
+    }
+
+    /// Percentiles, MAP, `report`'s sampler columns, bands used and flags, in `columns` order.
+    pub(crate) fn summarise_with(
+        &self,
+        chunk: &ObservedChunk,
+        chain: &Chain,
+        report: SamplerReport,
+        columns: &[String],
+    ) -> Result<ResultTable> {
         let (k, w, g, d) = (chain.kept, chain.walkers, chain.galaxies, chain.dim);
         let phi = chain
             .samples_tensor(&self.device)?
@@ -605,20 +682,11 @@ impl Pipeline {
             .to_dtype(popcosmos_api::DType::F64)?
             .flatten_all()?
             .to_vec1::<f64>()?;
-        let diagnostics = diagnose_chain(chain);
-        let thresholds = Thresholds {
-            max_rhat: self.manifest.diagnostics.max_rhat,
-            min_ess_bulk: self.manifest.diagnostics.min_ess_bulk,
-            min_ess_tail: self.manifest.diagnostics.min_ess_bulk * 0.5,
-            min_acceptance: self.manifest.diagnostics.min_acceptance,
-            ..Thresholds::default()
-        };
-        let columns = result_columns();
         let mut out: Vec<Vec<f64>> = vec![Vec::with_capacity(g); columns.len()];
         let mut flags = Vec::with_capacity(g);
         let n_samples = k * w;
         let mut buf = vec![0.0; n_samples];
-        for (gal, diag) in diagnostics.iter().enumerate().take(g) {
+        for gal in 0..g {
             // Sample s = (kept, walker) of galaxy gal sits at row (s·g + gal).
             let row = |s: usize| s * g + gal;
             let mut col = 0;
@@ -653,24 +721,27 @@ impl Pipeline {
                 out[col].push(theta[row(best) * N_PARAMS + p]);
                 col += 1;
             }
+            out[col].push(best_lp);
+            col += 1;
+            for values in &report.columns {
+                out[col].push(values[gal]);
+                col += 1;
+            }
             let n_used: f64 = chunk.mask[gal * chunk.n_bands..(gal + 1) * chunk.n_bands]
                 .iter()
                 .map(|v| *v as f64)
                 .sum();
-            for v in [
-                best_lp,
-                chain.acceptance[gal],
-                diag.max_rhat(),
-                diag.min_ess_bulk(),
-                diag.min_ess_tail(),
-                diag.max_autocorr_time(),
-                n_used,
-            ] {
-                out[col].push(v);
-                col += 1;
+            out[col].push(n_used);
+            let mut f = report.flags[gal].clone();
+            if n_used == 0.0 {
+                // The "posterior" is the prior: no numbers that look like a measurement.
+                for values in &mut out[..col] {
+                    if let Some(v) = values.last_mut() {
+                        *v = f64::NAN;
+                    }
+                }
+                f.push("no_usable_bands: every band is missing or masked".into());
             }
-            debug_assert_eq!(col, columns.len());
-            let mut f = thresholds.flags(diag);
             if !best_lp.is_finite() {
                 f.push("no finite posterior draw".into());
             }
@@ -680,15 +751,18 @@ impl Pipeline {
             ids: chunk.ids.clone(),
             ..Default::default()
         };
-        for (name, values) in columns.into_iter().zip(out) {
-            table.columns.insert(name, values);
+        // Extra columns (p(z)) are filled by the caller.
+        for (name, values) in columns.iter().zip(out) {
+            if values.len() == g {
+                table.columns.insert(name.clone(), values);
+            }
         }
         table.strings.insert("flags".into(), flags);
         Ok(table)
     }
 
     /// Thinned chains in long format (id, step, walker, 16 physical parameters, log_prob).
-    fn chain_rows(&self, chunk: &ObservedChunk, chain: &Chain) -> ResultTable {
+    pub(crate) fn chain_rows(&self, chunk: &ObservedChunk, chain: &Chain) -> ResultTable {
         let (k, w, g, d) = (chain.kept, chain.walkers, chain.galaxies, chain.dim);
         let thin = self.manifest.output.chain_thin;
         let mut t = ResultTable::default();

@@ -59,7 +59,7 @@ fn sampler_in_prior_coordinates_reproduces_the_prior() {
     let mut rng = HostRng::seed_from_u64(17);
     let library = InitLibrary::build(
         prior,
-        &popcosmos_priors::UniformPrior::new(),
+        Some(&popcosmos_priors::UniformPrior::new()),
         &pipeline.sps,
         4000,
         4096,

@@ -1,0 +1,432 @@
+//! `sampler: {kind: smc}` and `{kind: library}` for a batch of galaxies.
+//!
+//! Both start from the run's start library, which for these kinds holds prior draws only, in
+//! the sampler's coordinates ψ ([`crate::reparam`]): its model fluxes are computed once per
+//! run, so the stage-0 likelihood of every draw for every galaxy of a batch is one broadcast
+//! evaluation.
+//! * `library`: each galaxy's posterior is the library importance-weighted by its likelihood
+//!   (SMC's stage 0 taken straight to β = 1); its ESS says how well the library covers it.
+//! * `smc`: [`popcosmos_samplers::smc`] tempers from the library to β = 1 with MCMC moves in
+//!   ψ, galaxy by galaxy, and reports ln Z and its diagnostics.
+//!
+//! Both write p(z) on a grid as columns `pz_<z>` (density per unit z at bin centre z), from a
+//! Gaussian kernel density estimate of the draws' redshifts (Silverman's robust bandwidth,
+//! at least one bin).
+
+use popcosmos_api::{
+    DType, Error, HostRng, N_PARAMS, Observations, RandomSource, Result, Tensor,
+    params::{IDX_Z, UPPER, phi_to_theta},
+};
+use popcosmos_catalog::{ObservedChunk, ResultTable};
+use popcosmos_samplers::{
+    Chain, Reference, RunConfig, Smc, SmcDiagnostics, SmcStatus, TemperedTarget,
+    smc::{next_temperature, systematic_resample},
+};
+
+use crate::init::InitLibrary;
+use crate::manifest::SamplerKind;
+use crate::pipeline::{Pipeline, SamplerReport, result_columns_of};
+use crate::posterior::Posterior;
+use crate::reparam::SamplingSpace;
+
+/// Sampler columns of SMC and library runs (after `map_log_prob`).
+pub const SMC_COLUMNS: [&str; 7] = [
+    "acceptance",
+    "log_evidence",
+    "log_evidence_err",
+    "smc_stages",
+    "smc_sweeps",
+    "smc_ess",
+    "smc_unique_fraction",
+];
+
+/// Fewest library draws that must carry a library-mode posterior (its ESS); below it the
+/// galaxy is flagged.
+pub const MIN_LIBRARY_ESS: f64 = 50.0;
+
+/// Flag an SMC galaxy whose final draws hold fewer distinct particles than this share.
+pub const MIN_UNIQUE_FRACTION: f64 = 0.5;
+
+/// Bin centres of the p(z) grid for bin width `step` (none for 0).
+pub fn pz_grid(step: f64) -> Vec<f64> {
+    if step <= 0.0 {
+        return Vec::new();
+    }
+    let n = (UPPER[IDX_Z] / step).ceil() as usize;
+    (0..n).map(|i| (i as f64 + 0.5) * step).collect()
+}
+
+/// Column names `pz_<z>` of the grid.
+pub fn pz_columns(step: f64) -> Vec<String> {
+    pz_grid(step).iter().map(|z| format!("pz_{z:.3}")).collect()
+}
+
+/// p(z) at `grid` from draws `z` (Gaussian KDE, normalised on the grid).
+pub fn pz_density(z: &[f64], grid: &[f64], step: f64) -> Vec<f64> {
+    let mut v: Vec<f64> = z.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() || grid.is_empty() {
+        return vec![f64::NAN; grid.len()];
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len() as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    let sd = (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n).sqrt();
+    let q = |p: f64| v[((n - 1.0) * p).round() as usize];
+    let iqr = (q(0.75) - q(0.25)) / 1.34;
+    let spread = if iqr > 0.0 { sd.min(iqr) } else { sd };
+    let h = (0.9 * spread * n.powf(-0.2)).max(step);
+    let mut p: Vec<f64> = grid
+        .iter()
+        .map(|g| {
+            v.iter()
+                .map(|x| (-0.5 * ((g - x) / h).powi(2)).exp())
+                .sum::<f64>()
+        })
+        .collect();
+    let total: f64 = p.iter().sum::<f64>() * step;
+    if total > 0.0 {
+        p.iter_mut().for_each(|x| *x /= total);
+    }
+    p
+}
+
+/// The posterior in ψ split into ln p (with the Jacobian of ψ → φ) and ln L, for any subset
+/// of the batch's galaxies.
+struct TemperedPosterior<'a> {
+    posterior: &'a Posterior<'a>,
+    space: &'a SamplingSpace,
+}
+
+fn observation_rows(obs: &Observations, galaxies: &Tensor) -> Result<Observations> {
+    Ok(Observations {
+        flux_nmgy: obs.flux_nmgy.index_select(galaxies, 0)?,
+        flux_err_nmgy: obs.flux_err_nmgy.index_select(galaxies, 0)?,
+        mask: obs.mask.index_select(galaxies, 0)?,
+    })
+}
+
+impl TemperedTarget for TemperedPosterior<'_> {
+    fn log_prior_and_like(&self, psi: &Tensor, galaxies: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (phi, log_j) = self.space.to_phi(psi)?;
+        let obs = if galaxies.dim(0)? == self.posterior.obs.flux_nmgy.dim(0)? {
+            self.posterior.obs.clone()
+        } else {
+            observation_rows(self.posterior.obs, galaxies)?
+        };
+        let model = self.posterior.model_photometry(&phi)?;
+        let ll = self.posterior.likelihood.log_like(&model, &obs)?;
+        let lp = (self.posterior.prior.log_prob(&phi)? + log_j)?;
+        Ok((lp, ll))
+    }
+}
+
+/// The library in ψ with ln p(ψ), for SMC's stage 0 (computed once per run).
+pub struct LibraryInPsi {
+    pub psi: Tensor,
+    pub log_prior: Tensor,
+}
+
+impl LibraryInPsi {
+    pub fn new(library: &InitLibrary) -> Result<Self> {
+        let space = &library.sampling_space;
+        let psi = space
+            .from_phi(&library.phi)?
+            .to_dtype(DType::F32)?
+            .to_device(library.phi.device())?;
+        let (_, log_j) = space.to_phi(&psi)?;
+        Ok(Self {
+            log_prior: (&library.log_prior + log_j)?,
+            psi,
+        })
+    }
+}
+
+impl Pipeline {
+    /// Draws from `posterior` with the manifest's SMC or library sampler, started from
+    /// `library` (prior draws): the chain in φ (log-densities of the posterior in φ) and the
+    /// per-galaxy SMC diagnostics.
+    pub fn sample_smc(
+        &self,
+        posterior: &Posterior<'_>,
+        library: &InitLibrary,
+        rng: &mut HostRng,
+    ) -> Result<(Chain, Vec<SmcDiagnostics>)> {
+        let s = &self.manifest.sampler;
+        let space = &library.sampling_space;
+        let in_psi = library
+            .in_psi
+            .get_or_init(|| LibraryInPsi::new(library).map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(|e| Error::Invalid(e.clone()))?;
+        let log_like = library.log_like(posterior.likelihood, posterior.obs)?;
+        let (chain_psi, diag) = match s.kind {
+            SamplerKind::Library => library_posterior(in_psi, &log_like, s.particles, rng)?,
+            SamplerKind::Smc => {
+                let smc = Smc::new(s.smc_config(), self.ensemble_moves(None)?, N_PARAMS)?;
+                let target = TemperedPosterior { posterior, space };
+                smc.run(
+                    &Reference {
+                        position: &in_psi.psi,
+                        log_prior: &in_psi.log_prior,
+                        log_like: &log_like,
+                    },
+                    &target,
+                    rng,
+                )?
+            }
+            kind => {
+                return Err(Error::Invalid(format!(
+                    "sampler.kind: {kind:?} is not an SMC sampler"
+                )));
+            }
+        };
+        Ok((space.chain_to_phi(&chain_psi)?, diag))
+    }
+
+    /// One batch with the SMC or library sampler: results rows (with p(z)) and chain rows.
+    pub(crate) fn process_batch_smc(
+        &self,
+        chunk: &ObservedChunk,
+        posterior: &Posterior<'_>,
+        library: &InitLibrary,
+        rng: &mut HostRng,
+    ) -> Result<(ResultTable, Option<ResultTable>)> {
+        let m = &self.manifest;
+        let s = &m.sampler;
+        let (chain, diag) = self.sample_smc(posterior, library, rng)?;
+        let columns = result_columns_of(m);
+        let report = smc_report(&diag, s.kind, s.particles, m.diagnostics.min_acceptance);
+        let mut table = self.summarise_with(chunk, &chain, report, &columns)?;
+        // A galaxy without a finite likelihood has no posterior: NaN, not numbers that look real.
+        for (gal, d) in diag.iter().enumerate() {
+            if d.status == SmcStatus::NoFiniteLikelihood {
+                for (name, values) in table.columns.iter_mut() {
+                    if name != "n_bands_used" {
+                        values[gal] = f64::NAN;
+                    }
+                }
+            }
+        }
+        self.add_pz(&mut table, &chain, &diag)?;
+        let chains = m.output.chains.then(|| self.chain_rows(chunk, &chain));
+        Ok((table, chains))
+    }
+
+    /// p(z) columns from the draws' redshifts.
+    fn add_pz(
+        &self,
+        table: &mut ResultTable,
+        chain: &Chain,
+        diag: &[SmcDiagnostics],
+    ) -> Result<()> {
+        let step = self.manifest.output.pz_step;
+        let grid = pz_grid(step);
+        if grid.is_empty() {
+            return Ok(());
+        }
+        let (k, w, g, d) = (chain.kept, chain.walkers, chain.galaxies, chain.dim);
+        let z = phi_to_theta(
+            &chain
+                .samples_tensor(&popcosmos_api::Device::Cpu)?
+                .reshape((k * w * g, d))?,
+        )?
+        .narrow(1, IDX_Z, 1)?
+        .to_dtype(DType::F64)?
+        .flatten_all()?
+        .to_vec1::<f64>()?;
+        let names = pz_columns(step);
+        let mut cols = vec![Vec::with_capacity(g); grid.len()];
+        for (gal, dg) in diag.iter().enumerate() {
+            let draws: Vec<f64> = (0..k * w).map(|s| z[s * g + gal]).collect();
+            let p = if dg.status == SmcStatus::NoFiniteLikelihood {
+                vec![f64::NAN; grid.len()]
+            } else {
+                pz_density(&draws, &grid, step)
+            };
+            for (c, v) in cols.iter_mut().zip(p) {
+                c.push(v);
+            }
+        }
+        for (name, values) in names.into_iter().zip(cols) {
+            table.columns.insert(name, values);
+        }
+        Ok(())
+    }
+}
+
+/// The library importance-weighted by each galaxy's likelihood, resampled (systematic) to
+/// `draws` equally weighted draws: a chain of one kept state, and diagnostics with the
+/// weights' ESS, ln Z = ln mean L and its error √(1/ESS − 1/M).
+fn library_posterior(
+    library: &LibraryInPsi,
+    log_like: &Tensor,
+    draws: usize,
+    rng: &mut HostRng,
+) -> Result<(Chain, Vec<SmcDiagnostics>)> {
+    let psi = &library.psi;
+    let (m, g) = log_like.dims2()?;
+    let d = psi.dim(1)?;
+    let ll = log_like
+        .t()?
+        .contiguous()?
+        .to_dtype(DType::F64)?
+        .to_device(&popcosmos_api::Device::Cpu)?
+        .to_vec2::<f64>()?;
+    let mut index = vec![0u32; draws * g];
+    let mut diag = Vec::with_capacity(g);
+    for (gal, row) in ll.iter().enumerate() {
+        let u = rng.next_f64();
+        let mut dg = SmcDiagnostics {
+            log_evidence: f64::NEG_INFINITY,
+            log_evidence_err: f64::NAN,
+            stages: 0,
+            beta: 0.0,
+            final_ess: 0.0,
+            unique_fraction: f64::NAN,
+            acceptance: f64::NAN,
+            sweeps: 0,
+            status: SmcStatus::NoFiniteLikelihood,
+        };
+        // Target ESS 0: the whole step to β = 1.
+        if let Some(r) = next_temperature(row, 1.0, 0.0) {
+            let idx = systematic_resample(&r.weights, draws, u);
+            let mut unique = idx.clone();
+            unique.sort_unstable();
+            unique.dedup();
+            dg = SmcDiagnostics {
+                log_evidence: r.log_mean_weight,
+                log_evidence_err: (1.0 / r.ess - 1.0 / m as f64).max(0.0).sqrt(),
+                beta: 1.0,
+                final_ess: r.ess,
+                unique_fraction: unique.len() as f64 / draws as f64,
+                status: SmcStatus::Converged,
+                ..dg
+            };
+            for (i, j) in idx.into_iter().enumerate() {
+                index[i * g + gal] = j;
+            }
+        }
+        diag.push(dg);
+    }
+    let flat = Tensor::from_vec(index.clone(), draws * g, psi.device())?;
+    let samples = psi
+        .index_select(&flat, 0)?
+        .to_device(&popcosmos_api::Device::Cpu)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    // ln p(ψ) + ln L of each draw, [m, g].
+    let lp_flat = log_like
+        .broadcast_add(&library.log_prior.unsqueeze(1)?)?
+        .to_device(&popcosmos_api::Device::Cpu)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    let log_prob = index
+        .iter()
+        .enumerate()
+        .map(|(k, &j)| lp_flat[j as usize * g + k % g])
+        .collect();
+    let chain = Chain {
+        samples,
+        log_prob,
+        kept: 1,
+        walkers: draws,
+        galaxies: g,
+        dim: d,
+        acceptance: vec![f64::NAN; g],
+        config: RunConfig {
+            n_steps: 1,
+            burn_in: 0,
+            thin: 1,
+        },
+    };
+    Ok((chain, diag))
+}
+
+/// SMC columns and flags per galaxy.
+fn smc_report(
+    diag: &[SmcDiagnostics],
+    kind: SamplerKind,
+    particles: usize,
+    min_acceptance: f64,
+) -> SamplerReport {
+    let columns = vec![
+        diag.iter().map(|d| d.acceptance).collect(),
+        diag.iter().map(|d| d.log_evidence).collect(),
+        diag.iter().map(|d| d.log_evidence_err).collect(),
+        diag.iter().map(|d| d.stages as f64).collect(),
+        diag.iter().map(|d| d.sweeps as f64).collect(),
+        diag.iter().map(|d| d.final_ess).collect(),
+        diag.iter().map(|d| d.unique_fraction).collect(),
+    ];
+    let flags = diag
+        .iter()
+        .map(|d| {
+            let mut f = Vec::new();
+            match d.status {
+                SmcStatus::NoFiniteLikelihood => {
+                    f.push("no_finite_likelihood: no library draw has a finite likelihood".into());
+                    return f;
+                }
+                SmcStatus::MaxStages => f.push(format!(
+                    "smc_max_stages: stopped at beta {:.3} after {} stages",
+                    d.beta, d.stages
+                )),
+                SmcStatus::Converged => {}
+            }
+            match kind {
+                SamplerKind::Library => {
+                    if d.final_ess < MIN_LIBRARY_ESS {
+                        f.push(format!(
+                            "library_low_ess: {:.1} < {MIN_LIBRARY_ESS}",
+                            d.final_ess
+                        ));
+                    }
+                }
+                _ => {
+                    if d.unique_fraction < MIN_UNIQUE_FRACTION {
+                        f.push(format!(
+                            "smc_low_unique_fraction: {:.2} < {MIN_UNIQUE_FRACTION}",
+                            d.unique_fraction
+                        ));
+                    }
+                    if d.acceptance < min_acceptance {
+                        f.push(format!(
+                            "smc_low_acceptance: {:.3} < {min_acceptance}",
+                            d.acceptance
+                        ));
+                    }
+                    if d.final_ess < 0.25 * particles as f64 {
+                        f.push(format!("smc_low_ess: {:.1}", d.final_ess));
+                    }
+                }
+            }
+            f
+        })
+        .collect();
+    SamplerReport { columns, flags }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pz_integrates_to_one_and_peaks_at_the_draws() {
+        let step = 0.02;
+        let grid = pz_grid(step);
+        let z: Vec<f64> = (0..1000)
+            .map(|i| 1.0 + 0.05 * ((i as f64 / 999.0) - 0.5))
+            .collect();
+        let p = pz_density(&z, &grid, step);
+        let total: f64 = p.iter().sum::<f64>() * step;
+        assert!((total - 1.0).abs() < 1e-9);
+        let peak = grid[p
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .unwrap()
+            .0];
+        assert!((peak - 1.0).abs() <= step, "peak at {peak}");
+        assert_eq!(pz_columns(step)[0], "pz_0.010");
+    }
+}

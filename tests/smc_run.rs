@@ -1,0 +1,140 @@
+//! `sampler: {kind: smc}` and `{kind: library}` through the CLI on real COSMOS galaxies: the
+//! SMC columns and p(z) are written and consistent, a galaxy without usable bands is flagged
+//! with NaN summaries while the others run, and bad SMC settings are refused by key.
+
+mod common;
+
+use common::{repo, run, stderr, tempdir, tiny_manifest};
+
+/// The tiny catalogue plus one row whose every flux is missing.
+fn catalogue_with_empty_row(dir: &std::path::Path) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(repo().join("tests/data/cosmos_tiny.csv")).unwrap();
+    let header = text.lines().next().unwrap();
+    let n = header.split(',').count();
+    let mut row = vec!["empty".to_string(), "1.0".to_string()];
+    row.extend(std::iter::repeat_n(String::new(), n - 2));
+    let path = dir.join("cat.csv");
+    std::fs::write(&path, format!("{}\n{}\n", text.trim_end(), row.join(","))).unwrap();
+    path
+}
+
+fn smc_manifest(dir: &std::path::Path, sampler: &str) -> std::path::PathBuf {
+    let cat = catalogue_with_empty_row(dir);
+    let out = dir.join("out");
+    let m = dir.join("m.yaml");
+    let text = tiny_manifest(&cat, &out, "")
+        .replace("sampler: {walkers: 32, steps: 16, burn_in: 8}", sampler)
+        .replace(
+            "init: {library_size: 1500, top_k: 4}",
+            "init: {library_size: 3000}",
+        )
+        .replace("galaxies_per_batch: 2", "galaxies_per_batch: 4");
+    std::fs::write(&m, text).unwrap();
+    m
+}
+
+#[test]
+fn smc_writes_evidence_pz_and_flags_a_galaxy_without_bands() {
+    let dir = tempdir("smc-run");
+    let m = smc_manifest(
+        &dir,
+        "sampler: {kind: smc, particles: 64, max_sweeps: 4, final_sweeps: 2}",
+    );
+    let o = run(&["run", m.to_str().unwrap(), "--quiet"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let t = popcosmos_catalog::read_results(dir.join("out")).unwrap();
+    assert_eq!(t.len(), 7);
+    let step = 0.02;
+    let pz: Vec<&Vec<f64>> = t
+        .columns
+        .iter()
+        .filter(|(k, _)| k.starts_with("pz_"))
+        .map(|(_, v)| v)
+        .collect();
+    assert!(pz.len() > 100, "{} p(z) columns", pz.len());
+    let flags = &t.strings["flags"];
+    for (gal, id) in t.ids.iter().enumerate() {
+        let z = t.column("z_p50").unwrap()[gal];
+        let ln_z = t.column("log_evidence").unwrap()[gal];
+        let total: f64 = pz.iter().map(|c| c[gal]).sum::<f64>() * step;
+        if id == "empty" {
+            assert!(flags[gal].contains("no_usable_bands"), "{}", flags[gal]);
+            assert!(
+                z.is_nan() && ln_z.is_nan(),
+                "summaries must be NaN: z {z}, ln Z {ln_z}"
+            );
+            continue;
+        }
+        assert!(!flags[gal].contains("no_usable_bands"));
+        assert!(ln_z.is_finite() && t.column("log_evidence_err").unwrap()[gal] > 0.0);
+        assert!((total - 1.0).abs() < 1e-6, "p(z) integrates to {total}");
+        // The p(z) mode lies inside the posterior's 95 % interval.
+        let lo = t.column("z_p2.5").unwrap()[gal];
+        let hi = t.column("z_p97.5").unwrap()[gal];
+        let (k, _) = pz
+            .iter()
+            .enumerate()
+            .map(|(k, c)| (k, c[gal]))
+            .fold((0, f64::MIN), |a, b| if b.1 > a.1 { b } else { a });
+        let mode = (k as f64 + 0.5) * step;
+        assert!(
+            mode >= lo - step && mode <= hi + step,
+            "mode {mode} outside [{lo}, {hi}]"
+        );
+        let stages = t.column("smc_stages").unwrap()[gal];
+        let unique = t.column("smc_unique_fraction").unwrap()[gal];
+        assert!(stages >= 1.0 && unique > 0.0 && unique <= 1.0);
+    }
+}
+
+#[test]
+fn library_mode_reports_its_ess() {
+    let dir = tempdir("smc-library");
+    let m = smc_manifest(&dir, "sampler: {kind: library, particles: 256}");
+    let o = run(&["run", m.to_str().unwrap(), "--quiet"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let t = popcosmos_catalog::read_results(dir.join("out")).unwrap();
+    let ess = t.column("smc_ess").unwrap();
+    for (gal, id) in t.ids.iter().enumerate() {
+        if id != "empty" {
+            // An ESS is between 1 and the library size.
+            assert!(
+                ess[gal] >= 1.0 && ess[gal] <= 3000.0,
+                "{id}: ESS {}",
+                ess[gal]
+            );
+        }
+    }
+}
+
+#[test]
+fn bad_smc_settings_are_refused_by_key() {
+    for (sampler, key) in [
+        ("sampler: {kind: smc, particles: 16}", "sampler.particles"),
+        (
+            "sampler: {kind: smc, ess_target: 1.5}",
+            "sampler.ess_target",
+        ),
+        (
+            "sampler: {kind: smc, ess_target: .nan}",
+            "sampler.ess_target",
+        ),
+        ("sampler: {kind: smc, ess_target: 0}", "sampler.ess_target"),
+        (
+            "sampler: {kind: smc, max_correlation: -1}",
+            "sampler.max_correlation",
+        ),
+        ("sampler: {kind: smc, particles: 4096}", "init.library_size"),
+    ] {
+        let dir = tempdir("smc-bad");
+        let m = smc_manifest(&dir, sampler);
+        for args in [vec!["validate"], vec!["run", "--quiet"]] {
+            let cmd = args[0];
+            let mut args = args.clone();
+            args.insert(1, m.to_str().unwrap());
+            let o = run(&args);
+            assert!(!o.status.success(), "{cmd} accepted {sampler}");
+            assert!(stderr(&o).contains(key), "{cmd} {sampler}: {}", stderr(&o));
+        }
+    }
+}
