@@ -14,7 +14,8 @@
 //!   [`CatalogueReader::next_chunk`]`(max_rows)` streams validated rows: CSV row by row,
 //!   Parquet by record batches, FITS BINTABLE row by row (a small built-in reader).
 //!   Missing (NaN / empty / sentinel) and upper-limit entries are masked (flux 0, σ 1,
-//!   mask 0). Bad input is a [`CatalogError`] naming file, row (1-based data row) and
+//!   mask 0); so is any band whose flux or σ is at least [`ABSURD_FLUX_NMGY`] (1e20 nmgy,
+//!   AB −27.5) after unit conversion, such as KiDS' 1e29 "no measurement". Bad input is a [`CatalogError`] naming file, row (1-based data row) and
 //!   column: unparseable cells, NaN / negative / zero σ on a present flux (unless the
 //!   upper-limit convention covers it), duplicate or empty ids, an empty catalogue.
 //! * [`ObservedChunk::to_observations`] makes the `[galaxies, bands]` tensors of
@@ -68,7 +69,7 @@ pub use error::{CatalogError, Result};
 pub use metrics::{
     OUTLIER_THRESHOLD, PhotozMetrics, coverage, match_by_id, median, photoz_metrics,
 };
-pub use reader::{CatalogueReader, ObservedChunk};
+pub use reader::{ABSURD_FLUX_NMGY, CatalogueReader, ObservedChunk};
 pub use results::{
     ID_COLUMN, ResultSchema, ResultTable, ResultsWriter, TableFormat, list_parts, merge_parts,
     merge_parts_tagged, part_ids, read_results,

@@ -12,6 +12,15 @@ use crate::spec::{BandColumns, CatalogueSpec, FluxUnit, UpperLimitConvention};
 /// Magnitudes this far from zero are sentinels (99, −99, 99.99, …), not measurements.
 const MAG_SENTINEL_ABS: f64 = 50.0;
 
+/// Rows a chunk reserves memory for up front; larger chunks grow as their rows are read.
+const CHUNK_RESERVE_ROWS: usize = 4096;
+
+/// Fluxes or uncertainties this large (in nanomaggies, after unit conversion) are sentinels,
+/// not measurements: 1e20 nmgy is AB magnitude −27.5, brighter than any galaxy, while
+/// catalogues use values such as 1e29 (KiDS) or 1e30 for "no measurement". Such a band is
+/// treated as missing, like a `missing_values` sentinel.
+pub const ABSURD_FLUX_NMGY: f64 = 1e20;
+
 /// A chunk of galaxies, `[rows, bands]` row-major.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ObservedChunk {
@@ -99,7 +108,16 @@ impl CatalogueReader {
             columns.push(b.error.clone());
         }
         columns.extend(spec.truth_columns.iter().cloned());
-        let mut source = open_source(&spec.path, format, Some(&spec.id_column), &columns)?;
+        // The catalogue the manifest names cannot be opened: say which key names it.
+        let mut source = open_source(&spec.path, format, Some(&spec.id_column), &columns).map_err(
+            |e| match e {
+                CatalogError::Io { file, source } => CatalogError::Io {
+                    file: format!("catalogue.path: {file}"),
+                    source,
+                },
+                other => other,
+            },
+        )?;
         let mut id = String::new();
         let mut values = vec![0.0; columns.len()];
         if !source.next_row(&mut id, &mut values)? {
@@ -150,8 +168,12 @@ impl CatalogueReader {
         }
         let n_bands = self.bands.len();
         let mut chunk = ObservedChunk::empty(self.rows_read, n_bands, &self.truth_columns);
-        chunk.ids.reserve(max_rows);
-        chunk.flux_nmgy.reserve(max_rows * n_bands);
+        // Reserve for what a chunk usually holds, not for `max_rows`: the vectors grow with
+        // the rows actually read, so a huge `galaxies_per_batch` over a small catalogue
+        // allocates only what the catalogue has.
+        let reserve = max_rows.min(CHUNK_RESERVE_ROWS);
+        chunk.ids.reserve(reserve);
+        chunk.flux_nmgy.reserve(reserve * n_bands);
         let mut id = String::new();
         let mut values = vec![0.0; 2 * n_bands + self.truth_columns.len()];
         while chunk.len() < max_rows {
@@ -253,6 +275,9 @@ impl CatalogueReader {
         if !value.is_finite() {
             return Err(bad(&band.flux, format!("non-finite value {value}")));
         }
+        if self.units.to_nmgy(value, 0.0).0.abs() >= ABSURD_FLUX_NMGY {
+            return Ok(Entry::Masked);
+        }
         match self.upper_limits {
             UpperLimitConvention::NegativeError if error < 0.0 => return Ok(Entry::Masked),
             UpperLimitConvention::FlagValue(flag) if error == flag || value == flag => {
@@ -281,6 +306,9 @@ impl CatalogueReader {
             return Err(bad(&band.error, format!("non-finite uncertainty {error}")));
         }
         let (flux, sigma) = self.units.to_nmgy(value, error);
+        if sigma >= ABSURD_FLUX_NMGY {
+            return Ok(Entry::Masked);
+        }
         if let UpperLimitConvention::SnrBelow(threshold) = self.upper_limits
             && flux / sigma < threshold
         {

@@ -42,7 +42,9 @@ pub struct CatalogueSpec {
     #[serde(default)]
     pub upper_limits: UpperLimitConvention,
     /// Sentinels meaning "no measurement" in a flux or error column (NaN and empty cells
-    /// always mean missing). For `ab_mag` any |m| ≥ 50 is also missing (99 / −99 …).
+    /// always mean missing). For `ab_mag` any |m| ≥ 50 is also missing (99 / −99 …), and
+    /// in every unit a flux or σ of at least 1e20 nanomaggies after conversion
+    /// ([`crate::ABSURD_FLUX_NMGY`]; KiDS writes 1e29 for "no measurement").
     #[serde(default = "default_missing_values")]
     pub missing_values: Vec<f64>,
     /// Extra per-galaxy columns carried through (e.g. `zspec`), as f64.

@@ -630,3 +630,56 @@ fn spec_errors() {
     s.format = Some(CatalogueFormat::Csv);
     assert!(open_err(&s, &["hsc_g"]).contains("{band}"));
 }
+
+#[test]
+fn absurd_fluxes_are_missing_like_sentinels() {
+    // KiDS writes 1e29 for "no measurement"; 1e30 nmgy or a 1e25 mJy σ are no measurement
+    // either (≥ 1e20 nmgy = AB −27.5 after conversion), so the band is masked, not fitted.
+    let (_d, s) = bad_csv(
+        "id,flux_g,fluxerr_g,flux_r,fluxerr_r\n\
+         a,1e29,1e29,2.0,0.2\n\
+         b,-1e30,0.1,2.0,1e21\n\
+         c,3.0,0.3,9.9e19,0.5\n",
+    );
+    let c = CatalogueReader::open(&s, &names(&["g", "r"]))
+        .unwrap()
+        .read_all()
+        .unwrap();
+    assert_eq!(c.mask, vec![0.0, 1.0, 0.0, 0.0, 1.0, 1.0]);
+    assert_eq!((c.flux_nmgy[0], c.flux_err_nmgy[0]), (0.0, 1.0));
+    assert_eq!(c.flux_nmgy[1], 2.0);
+    // In mJy, 1e29 is far above the threshold too.
+    let mut s = s;
+    s.units = FluxUnit::Mjy;
+    let c = CatalogueReader::open(&s, &names(&["g", "r"]))
+        .unwrap()
+        .read_all()
+        .unwrap();
+    assert_eq!(c.mask[0], 0.0);
+    assert_eq!(c.mask[5], 0.0, "9.9e19 mJy is 2.7e22 nmgy");
+}
+
+#[test]
+fn a_huge_chunk_request_allocates_only_what_is_read() {
+    // galaxies_per_batch: 1e9 used to reserve 1e9 × bands floats before reading a row.
+    let (_d, s) = bad_csv(&format!("{HEAD}1,1.0,0.1\n2,1.0,0.2\n"));
+    let mut r = CatalogueReader::open(&s, &names(&["hsc_g"])).unwrap();
+    let c = r.next_chunk(usize::MAX / 64).unwrap().unwrap();
+    assert_eq!(c.len(), 2);
+    assert!(c.ids.capacity() < 1 << 20 && c.flux_nmgy.capacity() < 1 << 20);
+}
+
+#[test]
+fn a_missing_catalogue_names_the_manifest_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = spec(
+        &dir.path().join("nope.csv"),
+        FluxUnit::Nanomaggies,
+        UpperLimitConvention::None,
+    );
+    let msg = open_err(&s, &["hsc_g"]);
+    assert!(
+        msg.starts_with("catalogue.path: ") && msg.contains("nope.csv"),
+        "{msg}"
+    );
+}
