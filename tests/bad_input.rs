@@ -225,3 +225,32 @@ fn predict_rejects_out_of_range_parameters() {
     let e = stderr(&o);
     assert!(e.contains("row 1") && e.contains("'z'"), "{e}");
 }
+
+#[test]
+fn predict_rejects_out_of_range_mass_and_n() {
+    let dir = tempdir("predict-bad-n");
+    let rest = "0,0,0,0,0,0,0,0.5,0,1,-3,3,-1,-2,1.0";
+    for (col, value, row_ok) in [
+        ("N", "1e40", "20"),
+        ("N", "-1e40", "20"),
+        ("log10M", "1e40", "10"),
+        ("log10M", "-3", "10"),
+    ] {
+        let header = std::iter::once(col)
+            .chain(popcosmos_api::PARAM_NAMES[1..].iter().copied())
+            .collect::<Vec<_>>()
+            .join(",");
+        let p = dir.join("p.csv");
+        // The bad value is on row 2, after a valid row.
+        std::fs::write(&p, format!("{header}\n{row_ok},{rest}\n{value},{rest}\n")).unwrap();
+        let out = dir.join("o.csv");
+        let o = run(&["predict", p.to_str().unwrap(), "-o", out.to_str().unwrap()]);
+        let e = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{col} = {value}: {e}");
+        assert!(
+            e.contains("row 2") && e.contains(&format!("'{col}'")) && e.contains(value),
+            "{col} = {value}: {e}"
+        );
+        assert!(!out.exists(), "{col} = {value}: nothing written");
+    }
+}

@@ -173,6 +173,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             shard,
         } => {
             let m = Manifest::load(&manifest)?;
+            m.check_output_dir()?;
             run_manifest(
                 m,
                 &RunOptions {
@@ -265,6 +266,7 @@ pub fn run_manifest(m: Manifest, options: &RunOptions, quiet: bool) -> Result<Pa
 
 fn validate(path: &Path) -> Result<()> {
     let m = Manifest::load(path)?;
+    m.check_output_dir()?;
     let pipeline = Pipeline::new(m)?;
     let n = pipeline.scan_catalogue()?;
     if n == 0 {
@@ -285,6 +287,15 @@ fn validate(path: &Path) -> Result<()> {
         pipeline.manifest.sampler.walkers,
         pipeline.manifest.sampler.steps
     );
+    let m = &pipeline.manifest;
+    if m.sampler.whiten && !m.whitening_fitted() {
+        eprintln!(
+            "note: init.library_size {} has too few prior draws for sampler.whiten's marginal \
+             whitening (needs 2000, 1000 for SMC); the sampler runs in the constraint-mapped \
+             coordinates only",
+            m.init.library_size
+        );
+    }
     Ok(())
 }
 

@@ -16,6 +16,13 @@ use popcosmos_api::{Device, N_PARAMS, PARAM_NAMES, SpsModel, Survey, Tensor, par
 use popcosmos_sps::{CosmosSps, photulator};
 use popcosmos_surveys::{CalibrationChoice, Cosmos};
 
+/// Accepted `log10M` (stellar mass formed, M☉): from dwarfs to the most massive galaxies,
+/// wider than any prior's 7–13.
+pub const LOG10M_RANGE: (f64, f64) = (4.0, 15.0);
+/// Accepted `N` (magnitudes, μ(z) − 2.5 log10 M): `LOG10M_RANGE` at 0 < z ≤ 6
+/// (μ from 28.2 to 49.1) lies inside it.
+pub const N_RANGE: (f64, f64) = (-20.0, 60.0);
+
 pub fn predict(input: &Path, output: &Path, lines: bool) -> Result<()> {
     let mut rdr = csv::Reader::from_path(input)
         .with_context(|| format!("{}: cannot open", input.display()))?;
@@ -64,6 +71,16 @@ pub fn predict(input: &Path, output: &Path, lines: bool) -> Result<()> {
                     input.display(),
                     r + 1
                 );
+            }
+            if p == 0 {
+                let (lo, hi) = if mass_col.1 { LOG10M_RANGE } else { N_RANGE };
+                if !(lo..=hi).contains(&v) {
+                    bail!(
+                        "{}: row {}, column '{name}': {cell} is outside the accepted range [{lo}, {hi}]",
+                        input.display(),
+                        r + 1,
+                    );
+                }
             }
             if p > 0 && !(params::LOWER[p]..=params::UPPER[p]).contains(&v) {
                 bail!(

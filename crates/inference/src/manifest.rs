@@ -710,6 +710,19 @@ impl Manifest {
         if s.thin == 0 {
             return bad("sampler.thin", "must be ≥ 1".into());
         }
+        if s.thin > s.steps - s.burn_in {
+            return bad(
+                "sampler.thin",
+                format!(
+                    "must be at most sampler.steps − sampler.burn_in ({} − {} = {}) so that \
+                     at least one draw is kept, got {}",
+                    s.steps,
+                    s.burn_in,
+                    s.steps - s.burn_in,
+                    s.thin
+                ),
+            );
+        }
         let moves = s.moves();
         if (s.kind == SamplerKind::Ensemble || s.kind.is_smc()) && moves.is_empty() {
             return bad("sampler.moves", "at least one move is needed".into());
@@ -797,10 +810,19 @@ impl Manifest {
                 format!("must be in (0, 1), got {}", s.target_accept),
             );
         }
+        int_range(
+            "init.library_size",
+            self.init.library_size,
+            MIN_LIBRARY,
+            MAX_LIBRARY,
+        )?;
         if self.init.library_size < self.init.top_k.max(1) {
             return bad(
-                "init.library_size",
-                format!("must be at least init.top_k ({})", self.init.top_k),
+                "init.top_k",
+                format!(
+                    "must be at most init.library_size ({}), got {}",
+                    self.init.library_size, self.init.top_k
+                ),
             );
         }
         if self.init.top_k == 0 {
@@ -825,7 +847,269 @@ impl Manifest {
         self.likelihood.validate()?;
         popcosmos_api::parse_device(&self.device)
             .map_err(|e| Error::Invalid(format!("device: {e}")))?;
+        self.validate_ranges()
+    }
+
+    /// The documented range of every numeric manifest value (docs/reliability.md, "Manifest
+    /// value ranges"); the first value outside its range is an error naming its key.
+    fn validate_ranges(&self) -> Result<()> {
+        let s = &self.sampler;
+        int_range(
+            "galaxies_per_batch",
+            self.galaxies_per_batch,
+            1,
+            MAX_GALAXIES_PER_BATCH,
+        )?;
+        if let Some(rows) = self.sps.max_rows {
+            int_range("sps.max_rows", rows, 1, MAX_SPS_ROWS)?;
+        }
+        int_range("sampler.walkers", s.walkers, 4, MAX_WALKERS)?;
+        int_range("sampler.steps", s.steps, 1, MAX_STEPS)?;
+        int_range("sampler.temperatures", s.temperatures, 1, MAX_TEMPERATURES)?;
+        real_range(
+            "sampler.max_temperature",
+            s.max_temperature,
+            Open(1.0),
+            Closed(1e6),
+        )?;
+        int_range("sampler.leapfrog_steps", s.leapfrog_steps, 1, MAX_LEAPFROG)?;
+        // SMC settings are checked whatever the kind, so a manifest never carries a value that
+        // would fail once the kind is switched.
+        int_range("sampler.particles", s.particles, 32, MAX_PARTICLES)?;
+        int_range("sampler.min_sweeps", s.min_sweeps, 1, MAX_SWEEPS)?;
+        int_range("sampler.max_sweeps", s.max_sweeps, s.min_sweeps, MAX_SWEEPS)?;
+        int_range("sampler.max_stages", s.max_stages, 1, MAX_STAGES)?;
+        int_range("sampler.final_sweeps", s.final_sweeps, 1, MAX_SWEEPS)?;
+        s.smc_config().validate(popcosmos_api::N_PARAMS)?;
+        for (i, m) in s.moves().iter().enumerate() {
+            let key = |k: &str| format!("sampler.moves[{i}].{k}");
+            match m {
+                MoveSpec::Stretch { a, .. } => {
+                    real_range(&key("a"), *a, Open(1.0), Closed(100.0))?;
+                }
+                MoveSpec::DifferentialEvolution { gamma, .. } => {
+                    if let Some(g) = gamma {
+                        real_range(&key("gamma"), *g, Open(0.0), Closed(10.0))?;
+                    }
+                }
+                MoveSpec::Global { scale, .. } => {
+                    real_range(&key("scale"), *scale, Open(0.0), Closed(100.0))?;
+                }
+                MoveSpec::Clustered {
+                    components, scale, ..
+                } => {
+                    real_range(&key("scale"), *scale, Open(0.0), Closed(100.0))?;
+                    int_range(&key("components"), *components, 1, MAX_COMPONENTS)?;
+                }
+            }
+        }
+        let init = &self.init;
+        int_range(
+            "init.library_size",
+            init.library_size,
+            MIN_LIBRARY,
+            MAX_LIBRARY,
+        )?;
+        int_range("init.top_k", init.top_k, 1, init.library_size)?;
+        real_range("init.jitter", init.jitter, Open(0.0), Closed(10.0))?;
+        int_range("init.adam_steps", init.adam_steps, 0, MAX_ADAM_STEPS)?;
+        real_range(
+            "init.adam_learning_rate",
+            init.adam_learning_rate,
+            Open(0.0),
+            Closed(1.0),
+        )?;
+        let d = &self.diagnostics;
+        real_range("diagnostics.max_rhat", d.max_rhat, Closed(1.0), Closed(1e6))?;
+        real_range(
+            "diagnostics.min_ess_bulk",
+            d.min_ess_bulk,
+            Closed(0.0),
+            Closed(1e9),
+        )?;
+        real_range(
+            "diagnostics.min_acceptance",
+            d.min_acceptance,
+            Closed(0.0),
+            Closed(1.0),
+        )?;
+        if let LikelihoodSpec::StudentT { nu } = self.likelihood {
+            real_range("likelihood.nu", nu, Open(0.0), Closed(1e6))?;
+        }
+        let pz = self.output.pz_step;
+        if pz != 0.0 {
+            real_range("output.pz_step", pz, Closed(MIN_PZ_STEP), Closed(1.0))
+                .map_err(|e| Error::Invalid(format!("{e} (or 0 for no p(z) columns)")))?;
+        }
+        if let PriorSpec::Diffusion {
+            fast_sampler: Some(fast),
+            ..
+        } = &self.prior
+        {
+            int_range("prior.fast_sampler.steps", fast.steps, 1, 1000)?;
+        }
+        for (i, &zp) in self.survey.zero_points.iter().flatten().enumerate() {
+            real_range(
+                &format!("survey.zero_points[{i}]"),
+                zp,
+                Closed(0.01),
+                Closed(100.0),
+            )?;
+        }
+        for (i, &ef) in self.survey.error_floors.iter().flatten().enumerate() {
+            real_range(
+                &format!("survey.error_floors[{i}]"),
+                ef,
+                Closed(0.0),
+                Closed(10.0),
+            )?;
+        }
+        match self.catalogue.upper_limits {
+            popcosmos_catalog::UpperLimitConvention::FlagValue(v) if !v.is_finite() => {
+                return Err(Error::Invalid(format!(
+                    "catalogue.upper_limits.flag_value: must be a finite number, got {v}"
+                )));
+            }
+            popcosmos_catalog::UpperLimitConvention::SnrBelow(v) => {
+                real_range(
+                    "catalogue.upper_limits.snr_below",
+                    v,
+                    Closed(-1e6),
+                    Closed(1e6),
+                )?;
+            }
+            _ => {}
+        }
         Ok(())
+    }
+
+    /// `output.dir` can be written: it is a folder we can create a file in, or does not exist
+    /// yet and its nearest existing ancestor is such a folder. Probes with a temporary file
+    /// (permission bits alone do not tell, e.g. for root or a read-only mount); creates
+    /// nothing that stays. Errors name `output.dir`.
+    pub fn check_output_dir(&self) -> Result<()> {
+        let dir = &self.output.dir;
+        let bad = |why: String| {
+            Err(Error::Invalid(format!(
+                "output.dir: {}: {why}",
+                dir.display()
+            )))
+        };
+        let mut existing = dir.as_path();
+        while !existing.exists() {
+            match existing.parent() {
+                Some(p) if !p.as_os_str().is_empty() => existing = p,
+                _ => {
+                    existing = Path::new(".");
+                    break;
+                }
+            }
+        }
+        if !existing.is_dir() {
+            return if existing == dir.as_path() {
+                bad("exists and is not a folder".into())
+            } else {
+                bad(format!(
+                    "cannot be created: {} is not a folder",
+                    existing.display()
+                ))
+            };
+        }
+        let probe = existing.join(format!(".popcosmos-write-probe-{}", std::process::id()));
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&probe)
+        {
+            Ok(_) => {
+                let _ = std::fs::remove_file(&probe);
+                Ok(())
+            }
+            Err(e) if existing == dir.as_path() => bad(format!("not writable ({e})")),
+            Err(e) => bad(format!(
+                "cannot be created: {} is not writable ({e})",
+                existing.display()
+            )),
+        }
+    }
+
+    /// Whether `sampler.whiten` will fit its marginal whitening: it needs
+    /// [`crate::init::MIN_WHITENING_DRAWS`] prior draws, i.e. `init.library_size` ≥ 2000 for
+    /// the ensemble and HMC (half the library is drawn from the prior) and ≥ 1000 for SMC.
+    /// With fewer draws the sampler runs in the constraint-mapped coordinates only.
+    pub fn whitening_fitted(&self) -> bool {
+        let prior_draws = if self.sampler.kind.is_smc() {
+            self.init.library_size
+        } else {
+            self.init.library_size.div_ceil(2)
+        };
+        self.sampler.whiten && prior_draws >= crate::init::MIN_WHITENING_DRAWS
+    }
+}
+
+/// Upper bound of `galaxies_per_batch` (a batch's tensors are `[walkers, galaxies, 16]`).
+pub const MAX_GALAXIES_PER_BATCH: usize = 1_000_000;
+/// Upper bound of `sps.max_rows` (2^24 rows of `[bands, rows, 128]` activations).
+pub const MAX_SPS_ROWS: usize = 1 << 24;
+/// Upper bound of `sampler.walkers`.
+pub const MAX_WALKERS: usize = 65_536;
+/// Upper bound of `sampler.steps`.
+pub const MAX_STEPS: usize = 10_000_000;
+/// Upper bound of `sampler.temperatures`.
+pub const MAX_TEMPERATURES: usize = 64;
+/// Upper bound of `sampler.leapfrog_steps`.
+pub const MAX_LEAPFROG: usize = 10_000;
+/// Upper bound of `sampler.particles`.
+pub const MAX_PARTICLES: usize = 1 << 20;
+/// Upper bound of `sampler.max_sweeps` and `sampler.final_sweeps`.
+pub const MAX_SWEEPS: usize = 10_000;
+/// Upper bound of `sampler.max_stages`.
+pub const MAX_STAGES: usize = 100_000;
+/// Upper bound of a clustered move's `components`.
+pub const MAX_COMPONENTS: usize = 64;
+/// Bounds of `init.library_size`.
+pub const MIN_LIBRARY: usize = 100;
+pub const MAX_LIBRARY: usize = 10_000_000;
+/// Upper bound of `init.adam_steps`.
+pub const MAX_ADAM_STEPS: usize = 100_000;
+/// Smallest non-zero `output.pz_step` (6000 p(z) columns over 0 < z < 6).
+pub const MIN_PZ_STEP: f64 = 0.001;
+
+/// One end of a real interval.
+#[derive(Clone, Copy)]
+enum Bound {
+    Open(f64),
+    Closed(f64),
+}
+use Bound::{Closed, Open};
+
+/// `value` must be finite and inside (or on the closed ends of) `lo … hi`.
+fn real_range(key: &str, value: f64, lo: Bound, hi: Bound) -> Result<()> {
+    let (lo_ok, lo_s) = match lo {
+        Open(l) => (value > l, format!("({l}")),
+        Closed(l) => (value >= l, format!("[{l}")),
+    };
+    let (hi_ok, hi_s) = match hi {
+        Open(h) => (value < h, format!("{h})")),
+        Closed(h) => (value <= h, format!("{h}]")),
+    };
+    if value.is_finite() && lo_ok && hi_ok {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!(
+            "{key}: must be a finite number in {lo_s}, {hi_s}, got {value}"
+        )))
+    }
+}
+
+/// `value` must lie in `lo ..= hi`.
+fn int_range(key: &str, value: usize, lo: usize, hi: usize) -> Result<()> {
+    if (lo..=hi).contains(&value) {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!(
+            "{key}: must be an integer in [{lo}, {hi}], got {value}"
+        )))
     }
 }
 
