@@ -115,6 +115,22 @@ fn expect_kind(info: &PluginInfo, want: PluginKind) -> Result<()> {
     Ok(())
 }
 
+/// libloading's error with its cause: its own text is only "dlopen failed", while the cause
+/// holds the loader's message (dlerror), which names e.g. a missing dependency.
+fn loader_message(e: &libloading::Error) -> String {
+    let mut msg = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !msg.contains(&text) {
+            msg.push_str(": ");
+            msg.push_str(&text);
+        }
+        source = s.source();
+    }
+    msg
+}
+
 fn fail(path: &Path, message: String) -> Error {
     Error::Format {
         file: path.display().to_string(),
@@ -144,7 +160,10 @@ fn open(path: &Path) -> Result<Library> {
     let lib = unsafe { libloading::Library::new(&abs) }.map_err(|e| {
         fail(
             path,
-            format!("not a loadable shared library (a popcosmos plugin is a cdylib): {e}"),
+            format!(
+                "not a loadable shared library (a popcosmos plugin is a cdylib): {}",
+                loader_message(&e)
+            ),
         )
     })?;
     // Never unloaded: handles and vtables point into it for the rest of the process.

@@ -418,3 +418,47 @@ fn c_plugin_implements_the_same_abi() {
         "{e}"
     );
 }
+
+#[test]
+fn a_plugin_whose_dependency_is_missing_names_that_library() {
+    // A library linked against libpopcosmos_gone.so, which is then deleted: the error must
+    // carry the loader's message (dlerror) naming it, not just "dlopen failed".
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("plugin-test/missing-dep");
+    std::fs::create_dir_all(&dir).unwrap();
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    std::fs::write(
+        dir.join("gone.c"),
+        "int popcosmos_gone(void) { return 1; }\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("plug.c"),
+        "int popcosmos_gone(void);\nint popcosmos_use(void) { return popcosmos_gone(); }\n",
+    )
+    .unwrap();
+    let build = |args: &[&str]| Command::new(&cc).current_dir(&dir).args(args).status();
+    match build(&["-shared", "-fPIC", "-o", "libpopcosmos_gone.so", "gone.c"]) {
+        Err(e) => {
+            eprintln!("skipped: no C compiler '{cc}' ({e})");
+            return;
+        }
+        Ok(s) => assert!(s.success()),
+    }
+    let ok = build(&[
+        "-shared",
+        "-fPIC",
+        "-o",
+        "libplug.so",
+        "plug.c",
+        "-L.",
+        "-lpopcosmos_gone",
+    ])
+    .unwrap();
+    assert!(ok.success());
+    std::fs::remove_file(dir.join("libpopcosmos_gone.so")).unwrap();
+    let e = err_of(load_survey(&dir.join("libplug.so"), ""));
+    assert!(
+        e.contains("libplug.so") && e.contains("libpopcosmos_gone.so"),
+        "the loader's message names the missing library: {e}"
+    );
+}
