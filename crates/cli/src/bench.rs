@@ -112,14 +112,7 @@ fn bench_inference(galaxies: usize, device: &str) -> Result<()> {
             ..m.sampler.clone()
         };
         let pipeline = Pipeline::new(mm)?;
-        let mut reader = popcosmos_catalog::CatalogueReader::open(
-            &pipeline.manifest.catalogue,
-            &pipeline.survey.band_names(),
-        )?;
-        let chunk = reader
-            .next_chunk(galaxies)?
-            .expect("demo catalogue has galaxies");
-        let obs = chunk.to_observations(&pipeline.device)?;
+        let obs = first_galaxies(&pipeline, galaxies)?;
         let post = pipeline.posterior(&obs);
         let mut rng = popcosmos_api::HostRng::seed_from_u64(1);
         let lib = popcosmos_inference::init::InitLibrary::build(
@@ -173,6 +166,18 @@ fn bench_inference(galaxies: usize, device: &str) -> Result<()> {
     bench_smc(&m, galaxies)
 }
 
+/// The first `galaxies` rows of the manifest's catalogue as observations.
+fn first_galaxies(pipeline: &Pipeline, galaxies: usize) -> Result<popcosmos_api::Observations> {
+    let mut reader = popcosmos_catalog::CatalogueReader::open(
+        &pipeline.manifest.catalogue,
+        &pipeline.survey.band_names(),
+    )?;
+    let chunk = reader
+        .next_chunk(galaxies)?
+        .expect("demo catalogue has galaxies");
+    Ok(chunk.to_observations(&pipeline.device)?)
+}
+
 /// The SMC row: the demo manifest with `sampler: {kind: smc}` (defaults), started from a
 /// 20 000-draw prior library; ESS is the median final-stage ESS of the incremental weights.
 fn bench_smc(m: &Manifest, galaxies: usize) -> Result<()> {
@@ -183,14 +188,7 @@ fn bench_smc(m: &Manifest, galaxies: usize) -> Result<()> {
         ..SamplerSpec::default()
     };
     let pipeline = Pipeline::new(mm)?;
-    let mut reader = popcosmos_catalog::CatalogueReader::open(
-        &pipeline.manifest.catalogue,
-        &pipeline.survey.band_names(),
-    )?;
-    let chunk = reader
-        .next_chunk(galaxies)?
-        .expect("demo catalogue has galaxies");
-    let obs = chunk.to_observations(&pipeline.device)?;
+    let obs = first_galaxies(&pipeline, galaxies)?;
     let post = pipeline.posterior(&obs);
     let mut rng = popcosmos_api::HostRng::seed_from_u64(1);
     let lib = popcosmos_inference::init::InitLibrary::build(

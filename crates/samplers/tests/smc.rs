@@ -169,6 +169,28 @@ fn run_smc(
     .unwrap()
 }
 
+/// The ensemble (the SMC's moves) on p·L from `init` `[walkers, galaxies, dim]`: `steps`
+/// steps, the second half kept, every 10th.
+fn run_ensemble(
+    target: &dyn TemperedTarget,
+    init: Tensor,
+    steps: usize,
+    rng: &mut HostRng,
+) -> popcosmos_samplers::Chain {
+    let g = init.dim(1).unwrap();
+    let all = Tensor::arange(0u32, g as u32, &Device::Cpu).unwrap();
+    let density = |x: &Tensor| -> Result<Tensor> {
+        let (lp, ll) = target.log_prior_and_like(x, &all)?;
+        Ok((lp + ll)?)
+    };
+    let config = RunConfig {
+        n_steps: steps,
+        burn_in: steps / 2,
+        thin: 10,
+    };
+    sample(&default_moves(), init, &density, rng, &config, None).unwrap()
+}
+
 fn normal_draws(dim: usize) -> impl Fn(&mut HostRng, usize) -> Tensor {
     move |rng, m| rng.normal(&(m, dim).into(), &Device::Cpu).unwrap()
 }
@@ -280,24 +302,7 @@ fn narrow_mixtures_get_their_mode_weights_and_evidence() {
         // The ensemble on the same posterior, 64 walkers from prior draws, 2000 steps.
         let mut rng = HostRng::seed_from_u64(100 + c as u64);
         let init = rng.normal(&(64, g, dim).into(), &Device::Cpu).unwrap();
-        let all = Tensor::arange(0u32, g as u32, &Device::Cpu).unwrap();
-        let density = |x: &Tensor| -> Result<Tensor> {
-            let (lp, ll) = target.log_prior_and_like(x, &all)?;
-            Ok((lp + ll)?)
-        };
-        let ens = sample(
-            &default_moves(),
-            init,
-            &density,
-            &mut rng,
-            &RunConfig {
-                n_steps: 2000,
-                burn_in: 1000,
-                thin: 10,
-            },
-            None,
-        )
-        .unwrap();
+        let ens = run_ensemble(target, init, 2000, &mut rng);
         let ens_shares: Vec<Vec<f64>> = (0..g).map(|gal| mode_shares(&ens, target, gal)).collect();
         let err_smc: f64 = (0..truth.len())
             .map(|k| shares.iter().map(|s| (s[k] - truth[k]).abs()).sum::<f64>() / g as f64)
@@ -374,24 +379,7 @@ fn funnel_moments_and_evidence() {
     {
         let mut rng = HostRng::seed_from_u64(9);
         let init = draws(&mut rng, 64 * g).reshape((64, g, dim)).unwrap();
-        let all = Tensor::arange(0u32, g as u32, &Device::Cpu).unwrap();
-        let density = |x: &Tensor| -> Result<Tensor> {
-            let (lp, ll) = Funnel.log_prior_and_like(x, &all)?;
-            Ok((lp + ll)?)
-        };
-        let ens = sample(
-            &default_moves(),
-            init,
-            &density,
-            &mut rng,
-            &RunConfig {
-                n_steps: 4000,
-                burn_in: 2000,
-                thin: 10,
-            },
-            None,
-        )
-        .unwrap();
+        let ens = run_ensemble(&Funnel, init, 4000, &mut rng);
         let v: Vec<f64> = (0..ens.kept * 64)
             .map(|s| ens.samples[(s * g) * dim] as f64)
             .collect();
