@@ -17,14 +17,10 @@ use popcosmos_api::{
 };
 use popcosmos_catalog::{CatalogueReader, ObservedChunk, ResultSchema, ResultTable, TableFormat};
 use popcosmos_samplers::{
-    ClusteredGlobalMove,
+    ClusteredGlobalMove, EnsembleSampler, MoveKind, WarmupConfig,
     diagnostics::{Thresholds, diagnose_chain},
-    ensemble::{DifferentialEvolutionMove, EnsembleSampler, Move, StretchMove},
-    global::{FittedProposal, GlobalMove},
-    hmc::Hmc,
-    prune_stuck_walkers,
-    run::{Chain, RunConfig, run_from_state, sample},
-    tempering::TemperedEnsemble,
+    global::FittedProposal,
+    run::{Chain, RunConfig},
 };
 use popcosmos_sps::{CosmosSps, StellarMassEmulator, derived::derived_from_tensor};
 use serde::Serialize;
@@ -476,54 +472,25 @@ impl Pipeline {
         Ok((table, chains))
     }
 
-    /// The manifest's ensemble moves; `fit` freezes the proposals of `global` moves (without
-    /// it they fit the complementary half at every step).
-    fn ensemble_kernel(&self, fit: Option<&FittedProposal>) -> Result<TemperedEnsemble> {
+    /// The manifest's sampler settings as the samplers' warm-up configuration.
+    pub(crate) fn warmup(&self) -> WarmupConfig {
         let s = &self.manifest.sampler;
-        TemperedEnsemble::geometric(self.ensemble_moves(fit)?, s.temperatures, s.max_temperature)
+        WarmupConfig {
+            moves: s.moves().iter().map(sampler_move).collect(),
+            temperatures: s.temperatures,
+            max_temperature: s.max_temperature,
+            prune_deficit: s.prune_deficit,
+            hmc_leapfrog_steps: s.leapfrog_steps,
+            hmc_target_accept: s.target_accept,
+            hmc_adapt_steps: Some(s.burn_in),
+            ..WarmupConfig::default()
+        }
     }
 
+    /// The manifest's ensemble moves; `fit` freezes the proposals of `global` moves (without
+    /// it they fit the complementary half at every step).
     pub(crate) fn ensemble_moves(&self, fit: Option<&FittedProposal>) -> Result<EnsembleSampler> {
-        let moves = self
-            .manifest
-            .sampler
-            .moves()
-            .iter()
-            .map(|mv| -> (Box<dyn Move>, f64) {
-                match mv {
-                    MoveSpec::Stretch { a, weight } => (Box::new(StretchMove { a: *a }), *weight),
-                    MoveSpec::DifferentialEvolution { gamma, weight } => (
-                        Box::new(DifferentialEvolutionMove {
-                            gamma: *gamma,
-                            sigma: 1e-5,
-                        }),
-                        *weight,
-                    ),
-                    MoveSpec::Global { nu, scale, weight } => (
-                        Box::new(GlobalMove {
-                            nu: *nu,
-                            scale: *scale,
-                            fit: fit.cloned(),
-                        }),
-                        *weight,
-                    ),
-                    MoveSpec::Clustered {
-                        components,
-                        nu,
-                        scale,
-                        weight,
-                    } => (
-                        Box::new(ClusteredGlobalMove {
-                            components: *components,
-                            nu: *nu,
-                            scale: *scale,
-                        }),
-                        *weight,
-                    ),
-                }
-            })
-            .collect();
-        EnsembleSampler::new(moves)
+        self.warmup().ensemble(fit)
     }
 
     /// Run the manifest's sampler on `target` (a density over φ) from `init` φ
@@ -537,17 +504,13 @@ impl Pipeline {
         rng: &mut HostRng,
         config: &RunConfig,
     ) -> Result<Chain> {
-        let s = &self.manifest.sampler;
+        let (s, warmup) = (&self.manifest.sampler, self.warmup());
         let run = |init: Tensor, target: &dyn LogDensity, rng: &mut HostRng| match s.kind {
-            SamplerKind::Ensemble => self.run_ensemble(init, target, rng, config),
+            SamplerKind::Ensemble => warmup.run_ensemble(init, target, rng, config),
+            SamplerKind::Hmc => warmup.run_hmc(init, target, rng, config),
             SamplerKind::Smc | SamplerKind::Library => Err(Error::Invalid(
                 "sampler.kind: SMC runs start from the library, not from walkers".into(),
             )),
-            SamplerKind::Hmc => {
-                let kernel =
-                    Hmc::new(0.05, s.leapfrog_steps).with_adaptation(s.burn_in, s.target_accept);
-                sample(&kernel, init, target, rng, config, None)
-            }
         };
         if !s.whiten {
             return run(init, target, rng);
@@ -556,89 +519,6 @@ impl Pipeline {
         let psi = space.from_phi(&init)?;
         let chain = run(psi, &InSamplingSpace { target, space }, rng)?;
         space.chain_to_phi(&chain)
-    }
-
-    /// Run the manifest's ensemble sampler on `target` from `init` `[walkers, galaxies, 16]`.
-    ///
-    /// Burn-in is split in two halves. After the first, walkers stuck far below their
-    /// galaxy's median are re-seeded (`sampler.prune_deficit`) and, if the manifest has a
-    /// `global` move, its proposal is frozen on the last draws of that half; after the second
-    /// half it is refitted on that half's draws and kept fixed for the kept steps, so the
-    /// kept chain is a plain Metropolis–Hastings chain with a fixed proposal mixture. With
-    /// `sampler.temperatures` > 1 all of this runs on the tempered ensembles (each temperature
-    /// its own fits), with walker swaps after every step.
-    fn run_ensemble(
-        &self,
-        init: Tensor,
-        target: &dyn LogDensity,
-        rng: &mut HostRng,
-        config: &RunConfig,
-    ) -> Result<Chain> {
-        let s = &self.manifest.sampler;
-        let has_global = s
-            .moves()
-            .iter()
-            .any(|m| matches!(m, MoveSpec::Global { .. }));
-        let first = config.burn_in / 2;
-        let second = config.burn_in - first;
-        let kernel = self.ensemble_kernel(None)?;
-        // Every temperature starts from the same walkers; only β = 1 is returned.
-        let init = kernel.replicate(&init)?;
-        if first == 0 || (s.prune_deficit.is_none() && !has_global) {
-            return kernel.cold_chain(&sample(&kernel, init, target, rng, config, None)?);
-        }
-        let walkers = init.dim(0)?;
-        // Draws kept for a fit: enough for a well-conditioned 16×16 covariance, bounded so
-        // large ensembles do not hold long histories.
-        let fit_steps = |steps: usize| steps.min((4096 / walkers).max(2)).max(1);
-        let segment = |steps: usize, keep: usize| RunConfig {
-            n_steps: steps,
-            burn_in: steps - keep,
-            thin: 1,
-        };
-        let fit_on = |chain: &Chain| -> Result<Option<FittedProposal>> {
-            if !has_global || chain.kept == 0 {
-                return Ok(None);
-            }
-            let draws = chain.samples_tensor(&self.device)?.reshape((
-                chain.kept * chain.walkers,
-                chain.galaxies,
-                chain.dim,
-            ))?;
-            Ok(Some(FittedProposal::from_draws(&draws)?))
-        };
-
-        let state = popcosmos_api::Sampler::init(&kernel, init, target)?;
-        let keep = if has_global { fit_steps(first / 2) } else { 0 };
-        let (head, state) =
-            run_from_state(&kernel, state, target, rng, &segment(first, keep), None)?;
-        let position = match s.prune_deficit {
-            Some(deficit) => {
-                prune_stuck_walkers(&state.position, &state.log_prob, deficit, 1e-3, rng)?.0
-            }
-            None => state.position,
-        };
-        let kernel = self.ensemble_kernel(fit_on(&head)?.as_ref())?;
-        let mut state = popcosmos_api::Sampler::init(&kernel, position, target)?;
-        let mut kernel = kernel;
-        if has_global && second > 0 {
-            let (middle, next) = run_from_state(
-                &kernel,
-                state,
-                target,
-                rng,
-                &segment(second, fit_steps(second)),
-                None,
-            )?;
-            state = next;
-            kernel = self.ensemble_kernel(fit_on(&middle)?.as_ref())?;
-        }
-        let tail = RunConfig {
-            n_steps: config.n_steps - first - if has_global { second } else { 0 },
-            burn_in: if has_global { 0 } else { second },
-            thin: config.thin,
-        };
-        kernel.cold_chain(&run_from_state(&kernel, state, target, rng, &tail, None)?.0)
     }
 
     /// Per-galaxy summaries: percentiles, MAP, the MCMC diagnostics and flags.
@@ -793,6 +673,30 @@ impl Pipeline {
         t.ints.insert("step".into(), step);
         t.ints.insert("walker".into(), walker);
         t
+    }
+}
+
+/// A manifest move as the samplers' move and its weight.
+fn sampler_move(spec: &MoveSpec) -> (MoveKind, f64) {
+    match *spec {
+        MoveSpec::Stretch { a, weight } => (MoveKind::Stretch { a }, weight),
+        MoveSpec::DifferentialEvolution { gamma, weight } => {
+            (MoveKind::DifferentialEvolution { gamma }, weight)
+        }
+        MoveSpec::Global { nu, scale, weight } => (MoveKind::Global { nu, scale }, weight),
+        MoveSpec::Clustered {
+            components,
+            nu,
+            scale,
+            weight,
+        } => (
+            MoveKind::Clustered(ClusteredGlobalMove {
+                components,
+                nu,
+                scale,
+            }),
+            weight,
+        ),
     }
 }
 

@@ -58,6 +58,11 @@
 //!   (positions `[walkers, K·galaxies, dim]`, temperature k of galaxy g in column k·G + g;
 //!   `replicate(start)`, `cold_chain(&Chain)`), with adjacent-temperature walker swaps after
 //!   every step; K = 1 is exactly the inner ensemble.
+//! * [`warmup`]: the burn-in schedule, apart from the kernels (blackjax's window adaptation):
+//!   `WarmupConfig { moves: Vec<(MoveKind, f64)>, temperatures, prune_deficit, prune_jitter,
+//!   de_sigma, hmc_initial_step, … }` (documented defaults) with `ensemble(fit)`,
+//!   `run_ensemble(init, target, rng, &RunConfig)` (two burn-in halves: prune stuck walkers,
+//!   freeze the global move's proposal) and `run_hmc(…)` (dual-averaging step sizes).
 //! * [`whiten`]: marginal Gaussianisation of the sampling space,
 //!   `MarginalWhitening::fit(draws [n, dim]) -> Result<Self>` (monotone piecewise-linear
 //!   ψ → x per dimension, fitted to reference draws such as the prior), `forward(ψ) -> (x,
@@ -89,6 +94,7 @@ pub mod prune;
 pub mod run;
 pub mod smc;
 pub mod tempering;
+pub mod warmup;
 pub mod whiten;
 
 pub use diagnostics::{Diagnostics, Thresholds, diagnose_chain, diagnose_galaxy};
@@ -103,6 +109,7 @@ pub use prune::prune_stuck_walkers;
 pub use run::{Chain, OnStep, RunConfig, run_from_state, sample};
 pub use smc::{Reference, Smc, SmcConfig, SmcDiagnostics, SmcStatus, TemperedTarget};
 pub use tempering::{TemperedEnsemble, TemperedInfo};
+pub use warmup::{MoveKind, WarmupConfig};
 pub use whiten::MarginalWhitening;
 
 use popcosmos_api::{LogDensity, Result, Tensor};
