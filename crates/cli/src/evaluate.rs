@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use popcosmos_api::{Device, N_PARAMS, PARAM_NAMES, SpsModel, Tensor};
+use popcosmos_api::{Device, N_PARAMS, PARAM_NAMES, SpsModel, Tensor, stats::median};
 use popcosmos_catalog::{
     CatalogueReader, match_by_id, photoz_metrics, read_column_f64, read_ids, read_results,
 };
@@ -144,9 +144,9 @@ pub fn evaluate(a: &EvaluateArgs) -> Result<()> {
         ("acceptance", "median acceptance"),
     ] {
         if let Some(v) = results.column(name) {
-            let mut v: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+            let v: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
             if !v.is_empty() {
-                let p = median(&mut v);
+                let p = median(&v);
                 outln!(out, "| {label} | {p:.3} |");
             }
         }
@@ -299,8 +299,8 @@ fn galaxy_plots_with(m: Manifest, results: &Path, galaxy: Option<&str>, dir: &Pa
     let mut lo = vec![0.0; nb];
     let mut hi = vec![0.0; nb];
     for b in 0..nb {
-        let mut v: Vec<f64> = model.iter().map(|r| r[b] as f64 * zp[b] * ujy).collect();
-        let p = popcosmos_inference::pipeline::percentiles(&mut v);
+        let v: Vec<f64> = model.iter().map(|r| r[b] as f64 * zp[b] * ujy).collect();
+        let p = popcosmos_inference::pipeline::percentiles(&v);
         (lo[b], med[b], hi[b]) = (p[1], p[2], p[3]);
     }
     let bands = pipeline.survey.bands();
@@ -316,10 +316,7 @@ fn galaxy_plots_with(m: Manifest, results: &Path, galaxy: Option<&str>, dir: &Pa
     let of: Vec<f64> = flux.iter().map(|v| *v as f64 * ujy).collect();
     let oe: Vec<f64> = err.iter().map(|v| *v as f64 * ujy).collect();
     let used: Vec<bool> = mask.iter().map(|v| *v > 0.5).collect();
-    let zmed = {
-        let mut zz = z.clone();
-        popcosmos_inference::pipeline::percentiles(&mut zz)[2]
-    };
+    let zmed = popcosmos_inference::pipeline::percentiles(&z)[2];
     let sed = dir.join(format!("sed_{safe}.png"));
     crate::plots::sed_plot(
         &sed,
@@ -335,15 +332,4 @@ fn galaxy_plots_with(m: Manifest, results: &Path, galaxy: Option<&str>, dir: &Pa
     )?;
     eprintln!("plots: {}, {}", corner.display(), sed.display());
     Ok(())
-}
-
-/// Median of finite values (sorts in place).
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        0.5 * (v[n / 2 - 1] + v[n / 2])
-    }
 }

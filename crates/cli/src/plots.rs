@@ -17,6 +17,7 @@ use plotters::coord::Shift;
 use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
 use plotters::prelude::*;
 use plotters::style::{FontStyle, register_font};
+use popcosmos_api::stats::quantile_sorted;
 
 /// Pixel size of [`photoz_plot`] images.
 pub const PHOTOZ_SIZE: (u32, u32) = (900, 700);
@@ -122,21 +123,6 @@ fn pad_range(lo: f64, hi: f64, frac: f64) -> (f64, f64) {
     } else {
         let d = if lo.abs() > 0.0 { 0.1 * lo.abs() } else { 0.5 };
         (lo - d, hi + d)
-    }
-}
-
-/// Linear-interpolated quantile of an ascending-sorted slice.
-fn quantile_sorted(sorted: &[f64], q: f64) -> f64 {
-    match sorted.len() {
-        0 => f64::NAN,
-        1 => sorted[0],
-        n => {
-            let pos = q.clamp(0.0, 1.0) * (n - 1) as f64;
-            let i = pos.floor() as usize;
-            let j = (i + 1).min(n - 1);
-            let t = pos - i as f64;
-            sorted[i] * (1.0 - t) + sorted[j] * t
-        }
     }
 }
 

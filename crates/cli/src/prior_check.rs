@@ -7,7 +7,9 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
-use popcosmos_api::{HostRng, N_PARAMS, PARAM_NAMES, Prior, params::phi_row_to_theta};
+use popcosmos_api::{
+    HostRng, N_PARAMS, PARAM_NAMES, Prior, params::phi_row_to_theta, stats::ks_two_sample,
+};
 use serde::Serialize;
 
 #[derive(clap::Args)]
@@ -52,27 +54,6 @@ pub struct PriorComparison {
     pub model_log_prob_s_per_row: f64,
     pub reference_log_prob_s_per_row: f64,
     pub model_sample_s_per_row: f64,
-}
-
-/// Two-sample Kolmogorov–Smirnov statistic sup |F_a − F_b|.
-pub fn ks_statistic(a: &[f64], b: &[f64]) -> f64 {
-    let mut a: Vec<f64> = a.iter().copied().filter(|v| v.is_finite()).collect();
-    let mut b: Vec<f64> = b.iter().copied().filter(|v| v.is_finite()).collect();
-    a.sort_by(f64::total_cmp);
-    b.sort_by(f64::total_cmp);
-    let (na, nb) = (a.len() as f64, b.len() as f64);
-    let (mut i, mut j, mut d) = (0, 0, 0.0f64);
-    while i < a.len() && j < b.len() {
-        let x = a[i].min(b[j]);
-        while i < a.len() && a[i] <= x {
-            i += 1;
-        }
-        while j < b.len() && b[j] <= x {
-            j += 1;
-        }
-        d = d.max((i as f64 / na - j as f64 / nb).abs());
-    }
-    d
 }
 
 fn timed_log_prob(prior: &dyn Prior, phi: &Tensor) -> Result<(Vec<f64>, f64)> {
@@ -142,7 +123,7 @@ pub fn compare(args: &ComparePriorsArgs) -> Result<PriorComparison> {
         .map(|k| {
             let a: Vec<f64> = tp.iter().map(|r| r[k]).collect();
             let b: Vec<f64> = tq.iter().map(|r| r[k]).collect();
-            (PARAM_NAMES[k].to_string(), ks_statistic(&a, &b))
+            (PARAM_NAMES[k].to_string(), ks_two_sample(&a, &b).0)
         })
         .collect();
     Ok(PriorComparison {
@@ -199,17 +180,4 @@ pub fn run(args: &ComparePriorsArgs) -> Result<()> {
             .with_context(|| path.display().to_string())?;
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::ks_statistic;
-
-    #[test]
-    fn ks_of_known_samples() {
-        assert_eq!(ks_statistic(&[1.0, 2.0, 3.0], &[1.0, 2.0, 3.0]), 0.0);
-        assert_eq!(ks_statistic(&[1.0, 2.0], &[3.0, 4.0]), 1.0);
-        // F_a jumps to 0.5 at 1, F_b stays 0 until 1.5.
-        assert!((ks_statistic(&[1.0, 2.0], &[1.5, 2.5]) - 0.5).abs() < 1e-12);
-    }
 }

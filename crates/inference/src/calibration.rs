@@ -25,6 +25,7 @@ use candle_core::{D, Device, Tensor};
 use popcosmos_api::{
     HostRng, LogDensity, N_PARAMS, Result, Shape,
     params::{IDX_Z, LOWER, UPPER, normal_quantile, phi_to_theta},
+    stats::median,
 };
 use popcosmos_catalog::ObservedChunk;
 use popcosmos_samplers::run::RunConfig;
@@ -144,28 +145,11 @@ pub fn phi_of_z(z: f64) -> f64 {
     normal_quantile(u)
 }
 
-/// Median of a slice (NaNs must be filtered by the caller); `None` when empty.
-fn median(v: &mut [f64]) -> Option<f64> {
-    if v.is_empty() {
-        return None;
-    }
-    v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
-    let n = v.len();
-    Some(if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        0.5 * (v[n / 2 - 1] + v[n / 2])
-    })
-}
-
 /// 1.4826 × median |x − median x|.
 pub fn nmad(v: &[f64]) -> f64 {
-    let mut a = v.to_vec();
-    let Some(m) = median(&mut a) else {
-        return f64::NAN;
-    };
-    let mut d: Vec<f64> = v.iter().map(|x| (x - m).abs()).collect();
-    1.4826 * median(&mut d).unwrap_or(f64::NAN)
+    let m = median(v);
+    let d: Vec<f64> = v.iter().map(|x| (x - m).abs()).collect();
+    1.4826 * median(&d)
 }
 
 /// Per galaxy and band: observed flux, error, mask and posterior-median model terms.
@@ -271,7 +255,7 @@ pub fn calibrate(
         // Measured ln m_b per band.
         let mut ln_m = vec![f64::NAN; nb];
         for b in 0..nb {
-            let mut ratios: Vec<f64> = (0..rows.len())
+            let ratios: Vec<f64> = (0..rows.len())
                 .filter_map(|g| {
                     let k = g * nb + b;
                     let (o, e, f) = (fit.obs[k], fit.err[k], fit.model[k]);
@@ -279,9 +263,7 @@ pub fn calibrate(
                 })
                 .collect();
             n_used[b] = ratios.len();
-            if let Some(r) = median(&mut ratios) {
-                ln_m[b] = r.ln();
-            }
+            ln_m[b] = median(&ratios).ln();
         }
         let ln_z: Vec<f64> = calibration.zero_points.iter().map(|z| z.ln()).collect();
         let mut next: Vec<f64> = (0..nb)
@@ -428,8 +410,8 @@ fn fit_all(
                 .to_vec1::<f64>()?;
             Ok(v.chunks(keep * w)
                 .map(|c| {
-                    let mut c: Vec<f64> = c.iter().copied().filter(|x| x.is_finite()).collect();
-                    median(&mut c).unwrap_or(f64::NAN)
+                    let c: Vec<f64> = c.iter().copied().filter(|x| x.is_finite()).collect();
+                    median(&c)
                 })
                 .collect())
         };

@@ -705,33 +705,13 @@ fn cat(e: popcosmos_catalog::CatalogError) -> Error {
 }
 
 /// Linear-interpolated percentiles [`PERCENTILES`] (numpy's default); NaNs are ignored.
-pub fn percentiles(values: &mut [f64]) -> [f64; 5] {
-    let mut v: Vec<f64> = values.iter().copied().filter(|x| !x.is_nan()).collect();
-    if v.is_empty() {
-        return [f64::NAN; 5];
-    }
-    v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
-    PERCENTILES.map(|(p, _)| {
-        let pos = p / 100.0 * (v.len() - 1) as f64;
-        let lo = pos.floor() as usize;
-        let hi = pos.ceil() as usize;
-        v[lo] + (v[hi] - v[lo]) * (pos - lo as f64)
-    })
+pub fn percentiles(values: &[f64]) -> [f64; 5] {
+    popcosmos_api::stats::quantiles(values, PERCENTILES.map(|(p, _)| p / 100.0))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn percentiles_match_numpy_linear() {
-        let mut v: Vec<f64> = (0..=100).map(|x| x as f64).collect();
-        assert_eq!(percentiles(&mut v), [2.5, 16.0, 50.0, 84.0, 97.5]);
-        let mut w = vec![3.0, 1.0, 2.0, f64::NAN];
-        let p = percentiles(&mut w);
-        assert_eq!(p[2], 2.0);
-        assert!((p[0] - 1.05).abs() < 1e-12);
-    }
 
     #[test]
     fn batch_seeds_differ_and_repeat() {

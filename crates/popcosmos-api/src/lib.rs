@@ -21,6 +21,7 @@ pub mod cosmology;
 pub mod filters;
 pub mod params;
 pub mod random;
+pub mod stats;
 
 pub use candle_core::{DType, Device, Shape, Tensor};
 pub use filters::FilterCurve;

@@ -1,38 +1,8 @@
 //! Small statistics helpers shared by the sampling tests.
 #![allow(dead_code)]
 
-/// Kolmogorov–Smirnov statistic of `sample` against a CDF, and its asymptotic p-value.
-pub fn ks_test(sample: &mut [f64], cdf: impl Fn(f64) -> f64) -> (f64, f64) {
-    sample.sort_by(|a, b| a.total_cmp(b));
-    let n = sample.len() as f64;
-    let mut d: f64 = 0.0;
-    for (i, &x) in sample.iter().enumerate() {
-        let f = cdf(x);
-        d = d
-            .max((f - i as f64 / n).abs())
-            .max(((i + 1) as f64 / n - f).abs());
-    }
-    (d, kolmogorov_p(d, n))
-}
-
-/// Asymptotic Kolmogorov p-value with Stephens' small-n correction.
-pub fn kolmogorov_p(d: f64, n: f64) -> f64 {
-    let lam = (n.sqrt() + 0.12 + 0.11 / n.sqrt()) * d;
-    if lam < 0.2 {
-        return 1.0;
-    }
-    let mut s = 0.0;
-    for k in 1..200 {
-        let k = k as f64;
-        let t =
-            2.0 * (if k as i64 % 2 == 1 { 1.0 } else { -1.0 }) * (-2.0 * k * k * lam * lam).exp();
-        s += t;
-        if t.abs() < 1e-12 {
-            break;
-        }
-    }
-    s.clamp(0.0, 1.0)
-}
+/// One-sample Kolmogorov–Smirnov statistic against a CDF, and its asymptotic p-value.
+pub use popcosmos_api::stats::ks_one_sample as ks_test;
 
 /// A tabulated CDF: cumulative trapezoid of a density sampled on a uniform grid,
 /// normalised, linearly interpolated.

@@ -20,6 +20,7 @@
 //! linear time) and the lag sums, which stop at the Geyer / window truncation; galaxies run in
 //! parallel with rayon.
 
+use popcosmos_api::stats::quantile_sorted;
 use rayon::prelude::*;
 
 use crate::run::Chain;
@@ -507,14 +508,6 @@ fn assign_z(order: &[u32], sorted: &[f64], table: &ZTable, z: &mut [f64]) {
         }
         start = end;
     }
-}
-
-/// numpy's default (linear) quantile of sorted values.
-fn quantile_sorted(sorted: &[f64], q: f64) -> f64 {
-    let pos = q * (sorted.len() - 1) as f64;
-    let lo = pos.floor() as usize;
-    let hi = (lo + 1).min(sorted.len() - 1);
-    sorted[lo] + (pos - lo as f64) * (sorted[hi] - sorted[lo])
 }
 
 /// Σ aᵢ bᵢ over the common length, unrolled by 8 (keeps debug builds usable).

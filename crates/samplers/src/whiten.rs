@@ -18,6 +18,7 @@
 use popcosmos_api::{
     DType, Device, Error, Result, Tensor,
     params::{normal_cdf, normal_quantile},
+    stats::quantile_sorted,
 };
 
 /// Number of knots per dimension.
@@ -197,14 +198,6 @@ impl MarginalWhitening {
             .collect();
         Ok(Tensor::from_vec(out, shape, &device)?)
     }
-}
-
-/// Linear-interpolated quantile of sorted data at level p (type 7).
-fn quantile_sorted(sorted: &[f64], p: f64) -> f64 {
-    let h = (sorted.len() - 1) as f64 * p.clamp(0.0, 1.0);
-    let lo = h.floor() as usize;
-    let hi = (lo + 1).min(sorted.len() - 1);
-    sorted[lo] + (h - lo as f64) * (sorted[hi] - sorted[lo])
 }
 
 #[cfg(test)]

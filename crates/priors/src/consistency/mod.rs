@@ -30,11 +30,10 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{Optimizer, ParamsAdamW};
-use popcosmos_api::{Error, RandomSource, Result, Shape};
+use popcosmos_api::{Error, RandomSource, Result, Shape, stats::ks_two_sample};
 use serde::{Deserialize, Serialize};
 
 use crate::diffusion::{DiffusionModel, OdeSolver};
-use crate::flow::ks_two_sample;
 
 /// Settings of the classifier two-sample test ([`classifier_auc`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -408,7 +407,7 @@ pub fn compare_to_teacher_with(
         let ks: Vec<f64> = columns(&x, d)?
             .into_iter()
             .zip(&ref_cols)
-            .map(|(mut a, b)| ks_two_sample(&mut a, &mut b.clone()).0)
+            .map(|(a, b)| ks_two_sample(&a, b).0)
             .collect();
         let auc = classifier_auc(&reference, &x, &opts.classifier, rng)?;
         rows.push(ReportRow {

@@ -4,7 +4,7 @@
 //! error, per-parameter two-sample Kolmogorov–Smirnov statistics).
 
 use candle_core::{DType, Device, Tensor};
-use popcosmos_api::{Error, RandomSource, Result, Shape};
+use popcosmos_api::{Error, RandomSource, Result, Shape, stats::ks_two_sample};
 use serde::{Deserialize, Serialize};
 
 use super::model::FlowModel;
@@ -167,7 +167,7 @@ pub fn distill(
     let (ks, ks_p): (Vec<f64>, Vec<f64>) = flow_draws
         .into_iter()
         .zip(teacher_draws)
-        .map(|(mut a, mut b)| ks_two_sample(&mut a, &mut b))
+        .map(|(a, b)| ks_two_sample(&a, &b))
         .unzip();
 
     let report = DistillReport {
@@ -228,64 +228,4 @@ fn columns(x: &Tensor, d: usize) -> Result<Vec<Vec<f64>>> {
     Ok((0..d)
         .map(|j| flat.iter().skip(j).step_by(d).copied().collect())
         .collect())
-}
-
-/// Two-sample Kolmogorov–Smirnov statistic sup|F_a − F_b| and its asymptotic p-value
-/// (effective n = n_a n_b / (n_a + n_b), Stephens' correction). Sorts both slices.
-pub fn ks_two_sample(a: &mut [f64], b: &mut [f64]) -> (f64, f64) {
-    a.sort_by(|x, y| x.total_cmp(y));
-    b.sort_by(|x, y| x.total_cmp(y));
-    let (na, nb) = (a.len(), b.len());
-    if na == 0 || nb == 0 {
-        return (f64::NAN, f64::NAN);
-    }
-    let (mut i, mut j, mut dmax) = (0usize, 0usize, 0.0f64);
-    while i < na && j < nb {
-        let v = a[i].min(b[j]);
-        while i < na && a[i] <= v {
-            i += 1;
-        }
-        while j < nb && b[j] <= v {
-            j += 1;
-        }
-        dmax = dmax.max((i as f64 / na as f64 - j as f64 / nb as f64).abs());
-    }
-    let ne = (na * nb) as f64 / (na + nb) as f64;
-    (dmax, kolmogorov_p(dmax, ne))
-}
-
-/// Asymptotic Kolmogorov p-value P(D > d) for effective sample size `n`.
-fn kolmogorov_p(d: f64, n: f64) -> f64 {
-    let lam = (n.sqrt() + 0.12 + 0.11 / n.sqrt()) * d;
-    if lam < 0.2 {
-        return 1.0;
-    }
-    let mut s = 0.0;
-    for k in 1..200 {
-        let k = k as f64;
-        let sign = if k as i64 % 2 == 1 { 1.0 } else { -1.0 };
-        let t = 2.0 * sign * (-2.0 * k * k * lam * lam).exp();
-        s += t;
-        if t.abs() < 1e-12 {
-            break;
-        }
-    }
-    s.clamp(0.0, 1.0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ks_two_sample_known_values() {
-        let (d, p) = ks_two_sample(&mut [1.0, 2.0, 3.0], &mut [1.0, 2.0, 3.0]);
-        assert_eq!(d, 0.0);
-        assert_eq!(p, 1.0);
-        let (d, _) = ks_two_sample(&mut [0.0, 1.0], &mut [2.0, 3.0]);
-        assert_eq!(d, 1.0);
-        // a = {1, 2, 3, 4}, b = {2.5, 5}: F_a(2) = 0.5 vs F_b(2) = 0 → 0.5; F_a(4)=1, F_b(4)=.5.
-        let (d, _) = ks_two_sample(&mut [4.0, 1.0, 3.0, 2.0], &mut [5.0, 2.5]);
-        assert!((d - 0.5).abs() < 1e-12, "{d}");
-    }
 }

@@ -21,7 +21,7 @@ pub mod spline;
 pub mod train;
 
 pub use config::{FlowConfig, default_masks};
-pub use distill::{DistillOptions, DistillReport, distill, ks_two_sample};
+pub use distill::{DistillOptions, DistillReport, distill};
 pub use model::{FORMAT, FlowModel, init_tensors, write_model};
 pub use prior::FlowPrior;
 pub use spline::{SplineConfig, rq_spline};
