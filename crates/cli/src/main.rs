@@ -275,17 +275,21 @@ fn validate(path: &Path) -> Result<()> {
             pipeline.manifest.catalogue.path.display()
         );
     }
+    let s = &pipeline.manifest.sampler;
+    let size = if s.kind.is_smc() {
+        format!("{} particles", s.particles)
+    } else {
+        format!("{} walkers × {} steps", s.walkers, s.steps)
+    };
     println!(
-        "{}: OK — survey {} ({} bands), {} galaxies in {}, prior {}, sampler {:?} ({} walkers × {} steps)",
+        "{}: OK — survey {} ({} bands), {} galaxies in {}, prior {}, sampler {:?} ({size})",
         path.display(),
         pipeline.survey.name(),
         pipeline.survey.bands().len(),
         n,
         pipeline.manifest.catalogue.path.display(),
         pipeline.prior.name(),
-        pipeline.manifest.sampler.kind,
-        pipeline.manifest.sampler.walkers,
-        pipeline.manifest.sampler.steps
+        s.kind,
     );
     let m = &pipeline.manifest;
     if m.sampler.whiten && !m.whitening_fitted() {
