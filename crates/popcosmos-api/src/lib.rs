@@ -22,6 +22,7 @@ pub mod filters;
 pub mod params;
 pub mod random;
 pub mod stats;
+pub mod testing;
 
 pub use candle_core::{DType, Device, Shape, Tensor};
 pub use filters::FilterCurve;

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor};
-use popcosmos_api::{HostRng, RandomSource, Shape};
+use popcosmos_api::{HostRng, RandomSource, Shape, testing::max_abs_diff};
 use popcosmos_priors::consistency::{
     self, CdLoss, ClassifierOptions, ConsistencyModel, TeacherStep, TrainOptions, Trainer,
 };
@@ -115,17 +115,6 @@ fn moments(x: &Tensor) -> ([f64; 2], [f64; 2]) {
         v[j] = (s.iter().map(|r| (r[j] - m[j]).powi(2)).sum::<f64>() / n).sqrt();
     }
     (m, v)
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 /// A seeded, untrained (32×32) consistency model for `teacher` (8 cheap teacher draws).

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
+use popcosmos_api::testing::max_abs_diff;
 use popcosmos_priors::diffusion::{DiffusionModel, LogProbOptions, OdeSolver};
 
 fn root() -> PathBuf {
@@ -29,16 +30,6 @@ fn model() -> DiffusionModel {
 
 fn rows(t: &Tensor) -> Vec<Vec<f64>> {
     t.to_dtype(DType::F64).unwrap().to_vec2::<f64>().unwrap()
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
-    let (a, b) = (rows(a), rows(b));
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .flatten()
-        .zip(b.iter().flatten())
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f64::max)
 }
 
 /// Physical ln σ from standardised solver output (the model's x_shift/x_scale).

@@ -2,7 +2,7 @@
 //! whose log-density and moments are exact. Also checkpoint/resume and the prior wrapper.
 
 use candle_core::{DType, Device, Tensor};
-use popcosmos_api::{HostRng, Prior, RandomSource, Shape};
+use popcosmos_api::{HostRng, Prior, RandomSource, Shape, testing::max_abs_diff};
 use popcosmos_priors::diffusion::{
     Activation, DiffusionModel, LogProbOptions, OdeSolver, SdeConfig, TrainOptions, Trainer,
 };
@@ -201,14 +201,10 @@ fn checkpoint_round_trip() {
     let x = draws(8, 5);
     let tv = vec![0.3; 8];
     for m in [loaded, resumed.model().unwrap()] {
-        let d = (m.ode_drift(&tv, &x, None).unwrap() - model.ode_drift(&tv, &x, None).unwrap())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = max_abs_diff(
+            &m.ode_drift(&tv, &x, None).unwrap(),
+            &model.ode_drift(&tv, &x, None).unwrap(),
+        );
         assert_eq!(d, 0.0);
     }
     let err =

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor, Var};
-use popcosmos_api::{HostRng, Prior, RandomSource, Shape};
+use popcosmos_api::{HostRng, Prior, RandomSource, Shape, testing::max_abs_diff_slices as max_abs};
 use popcosmos_priors::diffusion;
 use popcosmos_priors::flow::{
     self, DistillOptions, FlowConfig, FlowModel, FlowPrior, SplineConfig, TrainOptions, Trainer,
@@ -29,14 +29,6 @@ fn t2(rows: &[Vec<f64>], dtype: DType) -> Tensor {
         .unwrap()
         .to_dtype(dtype)
         .unwrap()
-}
-
-fn max_abs(a: &[f64], b: &[f64]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f64::max)
 }
 
 fn spline_cfg(bins: usize, bound: f64) -> SplineConfig {

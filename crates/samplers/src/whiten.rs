@@ -203,7 +203,7 @@ impl MarginalWhitening {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use popcosmos_api::{HostRng, RandomSource};
+    use popcosmos_api::{HostRng, RandomSource, testing::max_abs_diff};
 
     /// Heavy-tailed draws (a Student-t-like x = e·|e|) are Gaussianised: T⁻¹ of the draws has
     /// kurtosis ≈ 3, T∘T⁻¹ is the identity, and the log-Jacobian matches finite differences.
@@ -242,14 +242,7 @@ mod tests {
             );
         }
         let (back, _) = map.forward(&psi).unwrap();
-        let err = (back - &draws)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let err = max_abs_diff(&back, &draws);
         assert!(err < 1e-3, "T(T⁻¹(x)) error {err}");
         // Jacobian by central differences at points off the knots.
         let p = Tensor::new(&[[0.37f32, -1.21], [2.6, 0.03], [-5.2, 4.7]], &dev).unwrap();
@@ -263,14 +256,7 @@ mod tests {
             .unwrap()
             .sum(1)
             .unwrap();
-        let diff = (fd - log_j)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = max_abs_diff(&fd, &log_j);
         assert!(diff < 1e-2, "log-Jacobian vs finite differences: {diff}");
     }
 }

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use candle_core::{DType, Device, IndexOp, Tensor};
-use popcosmos_api::{Calibration, SpsModel};
+use popcosmos_api::{Calibration, SpsModel, testing::max_abs_diff};
 use popcosmos_sps::derived::derived_quantities_batch;
 use popcosmos_sps::photulator::{
     flux_to_asinh_mag, mag_to_flux_nmgy, theta_to_photulator_input, theta_to_power,
@@ -373,27 +373,13 @@ fn cosmos_sps_shapes_and_options() {
     let nested = sps.photometry(&theta.reshape((2, 3, 16)).unwrap()).unwrap();
     assert_eq!(nested.flux_nmgy.dims(), &[2, 3, 26]);
     assert_eq!(nested.line_sigma_nmgy.as_ref().unwrap().dims(), &[2, 3, 26]);
-    let diff = (nested.flux_nmgy.reshape((6, 26)).unwrap() - &flat.flux_nmgy).unwrap();
-    assert_eq!(
-        diff.abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap(),
-        0.0
-    );
+    let nested = nested.flux_nmgy.reshape((6, 26)).unwrap();
+    assert_eq!(max_abs_diff(&nested, &flat.flux_nmgy), 0.0);
     let continuum = sps.clone().without_emission_lines();
     let c = continuum.photometry(&theta).unwrap();
     assert!(c.line_sigma_nmgy.is_none());
     let expect = sps.continuum_flux_nmgy(&theta).unwrap();
-    let diff = (c.flux_nmgy - expect)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap();
-    assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0);
+    assert_eq!(max_abs_diff(&c.flux_nmgy, &expect), 0.0);
     // Wrong calibration length is reported.
     let mut bad = calibration.clone();
     bad.emline_offsets.pop();

@@ -4,6 +4,7 @@ mod common;
 
 use candle_core::DType;
 use common::*;
+use popcosmos_api::testing::max_abs_diff;
 use popcosmos_torch_import::{
     AttrValue, DIFFUSION_FORMAT, ImportError, ImportedFile, ModelKind, PHOTULATOR_FORMAT,
     detect_kind, import_diffusion, import_photulators, read_torch_module,
@@ -447,13 +448,6 @@ fn imported_noise_model_runs_like_the_reference() {
     let drift = model
         .ode_drift(&t, &fx["score_net.x_std"], Some(&fx["score_net.c_std"]))
         .unwrap();
-    let err = (drift - &fx["ode_drift.out"])
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let err = max_abs_diff(&drift, &fx["ode_drift.out"]);
     assert!(err < 1e-4, "ODE drift max |Δ| = {err}");
 }
