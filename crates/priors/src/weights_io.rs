@@ -51,6 +51,29 @@ pub fn read_tensors(bytes: &[u8], file: &str, device: &Device) -> Result<HashMap
         .collect()
 }
 
+/// The tensor `key` of `tensors`, which must hold `len` elements, flattened on `device`.
+pub fn vector(
+    tensors: &HashMap<String, Tensor>,
+    key: &str,
+    len: usize,
+    file: &str,
+    device: &Device,
+) -> Result<Tensor> {
+    let t = tensors.get(key).ok_or_else(|| Error::MissingTensor {
+        file: file.to_string(),
+        tensor: key.to_string(),
+    })?;
+    if t.elem_count() != len {
+        return Err(Error::TensorShape {
+            file: file.to_string(),
+            tensor: key.to_string(),
+            expected: vec![len],
+            found: t.dims().to_vec(),
+        });
+    }
+    Ok(t.flatten_all()?.to_device(device)?)
+}
+
 /// The training step stored by a trainer's checkpoint (`train_step` metadata).
 pub fn checkpoint_step(meta: &HashMap<String, String>, file: &str) -> Result<usize> {
     meta.get("train_step")

@@ -261,21 +261,7 @@ impl ConsistencyModel {
             message,
         })?;
         let d = config.dim;
-        let get = |key: &str| -> Result<Tensor> {
-            let t = tensors.get(key).ok_or_else(|| Error::MissingTensor {
-                file: name.to_string(),
-                tensor: key.to_string(),
-            })?;
-            if t.elem_count() != d {
-                return Err(Error::TensorShape {
-                    file: name.to_string(),
-                    tensor: key.to_string(),
-                    expected: vec![d],
-                    found: t.dims().to_vec(),
-                });
-            }
-            Ok(t.flatten_all()?.to_device(device)?)
-        };
+        let get = |key: &str| crate::weights_io::vector(&tensors, key, d, name, device);
         let (x_shift, x_scale) = (get("x_shift")?, get("x_scale")?);
         let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
         let net = ScoreNet::new(&config.net_config(), vb.pp("net")).map_err(|e| Error::Format {

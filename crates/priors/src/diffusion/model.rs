@@ -99,21 +99,8 @@ impl DiffusionModel {
         name: &str,
         device: &Device,
     ) -> Result<Self> {
-        let get = |key: &str, len: usize| -> Result<Tensor> {
-            let t = tensors.get(key).ok_or_else(|| Error::MissingTensor {
-                file: name.to_string(),
-                tensor: key.to_string(),
-            })?;
-            if t.elem_count() != len {
-                return Err(Error::TensorShape {
-                    file: name.to_string(),
-                    tensor: key.to_string(),
-                    expected: vec![len],
-                    found: t.dims().to_vec(),
-                });
-            }
-            Ok(t.flatten_all()?.to_device(device)?)
-        };
+        let get =
+            |key: &str, len: usize| crate::weights_io::vector(&tensors, key, len, name, device);
         let (d, c) = (config.dim, config.conditional_dim);
         let x_shift = get("x_shift", d)?;
         let x_scale = get("x_scale", d)?;

@@ -255,21 +255,7 @@ impl FlowModel {
             .map(|(k, v)| Ok((k, v.to_dtype(DType::F32)?.to_device(device)?)))
             .collect::<Result<_>>()?;
         let d = config.dim;
-        let get = |key: &str| -> Result<Tensor> {
-            let t = tensors.get(key).ok_or_else(|| Error::MissingTensor {
-                file: name.to_string(),
-                tensor: key.to_string(),
-            })?;
-            if t.elem_count() != d {
-                return Err(Error::TensorShape {
-                    file: name.to_string(),
-                    tensor: key.to_string(),
-                    expected: vec![d],
-                    found: t.dims().to_vec(),
-                });
-            }
-            Ok(t.clone())
-        };
+        let get = |key: &str| crate::weights_io::vector(&tensors, key, d, name, device);
         let (x_shift, x_scale) = (get("x_shift")?, get("x_scale")?);
         let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
         Self::new(config, vb, x_shift, x_scale).map_err(|e| Error::Format {
