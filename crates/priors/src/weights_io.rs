@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
+use candle_nn::VarMap;
 use popcosmos_api::{Error, Result};
 use serde::{Serialize, de::DeserializeOwned};
 
@@ -51,6 +52,18 @@ pub fn read_tensors(bytes: &[u8], file: &str, device: &Device) -> Result<HashMap
         .collect()
 }
 
+/// The tensor `key` of `tensors`, or a missing-tensor error naming `file`.
+pub fn tensor<'a>(
+    tensors: &'a HashMap<String, Tensor>,
+    key: &str,
+    file: &str,
+) -> Result<&'a Tensor> {
+    tensors.get(key).ok_or_else(|| Error::MissingTensor {
+        file: file.to_string(),
+        tensor: key.to_string(),
+    })
+}
+
 /// The tensor `key` of `tensors`, which must hold `len` elements, flattened on `device`.
 pub fn vector(
     tensors: &HashMap<String, Tensor>,
@@ -59,10 +72,7 @@ pub fn vector(
     file: &str,
     device: &Device,
 ) -> Result<Tensor> {
-    let t = tensors.get(key).ok_or_else(|| Error::MissingTensor {
-        file: file.to_string(),
-        tensor: key.to_string(),
-    })?;
+    let t = tensor(tensors, key, file)?;
     if t.elem_count() != len {
         return Err(Error::TensorShape {
             file: file.to_string(),
@@ -84,6 +94,58 @@ pub fn checkpoint_step(meta: &HashMap<String, String>, file: &str) -> Result<usi
                 "not a training checkpoint (no `train_step` metadata)".into(),
             )
         })
+}
+
+/// A trainer's variables: detached copies, sorted by name.
+pub fn snapshot(varmap: &VarMap) -> Result<Vec<(String, Tensor)>> {
+    let vars = varmap.data().lock().expect("varmap lock");
+    let mut out: Vec<(String, Tensor)> = vars
+        .iter()
+        .map(|(k, v)| Ok((k.clone(), v.as_tensor().detach().copy()?)))
+        .collect::<Result<_>>()?;
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+/// A trainer checkpoint's additions to a model file: the raw weights of `varmap` under
+/// `train.raw.*` in `tensors`, and `extra` metadata plus `train_step` and `train_options`.
+pub fn checkpoint<O: Serialize>(
+    varmap: &VarMap,
+    tensors: &mut HashMap<String, Tensor>,
+    extra: &HashMap<String, String>,
+    step: usize,
+    options: &O,
+) -> Result<HashMap<String, String>> {
+    for (name, v) in snapshot(varmap)? {
+        tensors.insert(format!("train.raw.{name}"), v);
+    }
+    let mut meta = extra.clone();
+    meta.insert("train_step".into(), step.to_string());
+    meta.insert(
+        "train_options".into(),
+        serde_json::to_string(options).expect("serialisable"),
+    );
+    Ok(meta)
+}
+
+/// A trainer checkpoint read back: its bytes, every tensor (f32 on `device`) and the step.
+pub fn read_checkpoint(
+    path: &Path,
+    device: &Device,
+) -> Result<(Vec<u8>, HashMap<String, Tensor>, usize)> {
+    let file = path.display().to_string();
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let step = checkpoint_step(&read_metadata(&bytes, &file)?, &file)?;
+    let tensors = read_tensors(&bytes, &file, device)?;
+    Ok((bytes, tensors, step))
+}
+
+/// Set a trainer's variables from a checkpoint's `train.raw.*` tensors.
+pub fn restore_raw(varmap: &VarMap, tensors: &HashMap<String, Tensor>, file: &str) -> Result<()> {
+    for (name, var) in varmap.data().lock().expect("varmap lock").iter() {
+        var.set(tensor(tensors, &format!("train.raw.{name}"), file)?)?;
+    }
+    Ok(())
 }
 
 /// Write `tensors` (as f32, sorted by name, so the bytes are reproducible) with `format` and

@@ -27,6 +27,7 @@ use super::model::{
     time_of_noise_level, write_model,
 };
 use crate::diffusion::{Activation, DiffusionModel, OdeSolver, ScoreNet, SdeConfig};
+use crate::weights_io::{checkpoint, read_checkpoint, restore_raw, snapshot, tensor};
 
 /// One probability-flow step of the teacher between adjacent discretisation times.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -479,18 +480,16 @@ impl Trainer {
     pub fn save(&self, path: &Path, extra_metadata: &HashMap<String, String>) -> Result<()> {
         let model = self.model()?;
         let mut tensors = model.tensors()?;
-        for (name, v) in snapshot(&self.varmap)? {
-            tensors.insert(format!("train.raw.{name}"), v);
-        }
         for (name, v) in &self.target {
             tensors.insert(format!("train.target.{name}"), v.clone());
         }
-        let mut meta = extra_metadata.clone();
-        meta.insert("train_step".into(), self.step.to_string());
-        meta.insert(
-            "train_options".into(),
-            serde_json::to_string(&self.opts).expect("serialisable"),
-        );
+        let meta = checkpoint(
+            &self.varmap,
+            &mut tensors,
+            extra_metadata,
+            self.step,
+            &self.opts,
+        )?;
         write_model(&model, tensors, meta, path)
     }
 
@@ -498,37 +497,10 @@ impl Trainer {
     /// and the step; the AdamW moments restart). Build the trainer with the same teacher and
     /// options first.
     pub fn resume(&mut self, path: &Path) -> Result<()> {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let (_, tensors, step) = read_checkpoint(path, self.data.device())?;
         let file = path.display().to_string();
-        let (_, meta) =
-            safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| Error::Format {
-                file: file.clone(),
-                message: e.to_string(),
-            })?;
-        let meta = meta.metadata().clone().unwrap_or_default();
-        let step: usize = meta
-            .get("train_step")
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| Error::Format {
-                file: file.clone(),
-                message: "not a training checkpoint (no `train_step` metadata)".into(),
-            })?;
-        let tensors = candle_core::safetensors::load_buffer(&bytes, self.data.device())?;
-        let get = |k: String| -> Result<Tensor> {
-            tensors
-                .get(&k)
-                .cloned()
-                .ok_or_else(|| Error::MissingTensor {
-                    file: file.clone(),
-                    tensor: k,
-                })
-        };
-        {
-            let vars = self.varmap.data().lock().expect("varmap lock");
-            for (name, var) in vars.iter() {
-                var.set(&get(format!("train.raw.{name}"))?)?;
-            }
-        }
+        restore_raw(&self.varmap, &tensors, &file)?;
+        let get = |k: String| tensor(&tensors, &k, &file).cloned();
         for (name, e) in self.target.iter_mut() {
             *e = get(format!("train.target.{name}"))?;
         }
@@ -584,16 +556,6 @@ fn sorted_vars(varmap: &VarMap) -> Vec<Var> {
     let mut v: Vec<(&String, &Var)> = vars.iter().collect();
     v.sort_by(|a, b| a.0.cmp(b.0));
     v.into_iter().map(|(_, v)| v.clone()).collect()
-}
-
-fn snapshot(varmap: &VarMap) -> Result<Vec<(String, Tensor)>> {
-    let vars = varmap.data().lock().expect("varmap lock");
-    let mut out: Vec<(String, Tensor)> = vars
-        .iter()
-        .map(|(k, v)| Ok((k.clone(), v.as_tensor().detach().copy()?)))
-        .collect::<Result<_>>()?;
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(out)
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::{Optimizer, ParamsAdamW, VarBuilder, VarMap};
 use popcosmos_api::{Error, RandomSource, Result, Shape};
 use serde::{Deserialize, Serialize};
@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::config::{Activation, DiffusionConfig, SdeConfig};
 use super::model::{DiffusionModel, FORMAT};
 use super::score_net::ScoreNet;
+use crate::weights_io::{checkpoint, read_checkpoint, restore_raw, snapshot, tensor};
 
 /// Architecture and optimiser settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -305,45 +306,26 @@ impl Trainer {
     pub fn save(&self, path: &Path, extra_metadata: &HashMap<String, String>) -> Result<()> {
         let model = self.model()?;
         let mut tensors = model_tensors(&model)?;
-        for (name, v) in snapshot(&self.varmap)? {
-            tensors.insert(format!("train.raw.{name}"), v);
-        }
-        let mut meta = extra_metadata.clone();
-        meta.insert("train_step".into(), self.step.to_string());
-        meta.insert(
-            "train_options".into(),
-            serde_json::to_string(&self.opts).expect("serialisable"),
-        );
+        let meta = checkpoint(
+            &self.varmap,
+            &mut tensors,
+            extra_metadata,
+            self.step,
+            &self.opts,
+        )?;
         write_model(&model, tensors, meta, path)
     }
 
     /// Continue from a checkpoint written by [`Trainer::save`] (weights, EMA and step; the
     /// Adam moments restart, a short transient).
     pub fn resume(&mut self, path: &Path) -> Result<()> {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let (_, tensors, step) = read_checkpoint(path, &self.device)?;
         let file = path.display().to_string();
-        let meta = crate::weights_io::read_metadata(&bytes, &file)?;
-        let step = crate::weights_io::checkpoint_step(&meta, &file)?;
-        let tensors = candle_core::safetensors::load_buffer(&bytes, &self.device)?;
-        let missing = |k: &str| Error::MissingTensor {
-            file: path.display().to_string(),
-            tensor: k.to_string(),
-        };
-        {
-            let vars = self.varmap.data().lock().expect("varmap lock");
-            for (name, var) in vars.iter() {
-                let key = format!("train.raw.{name}");
-                let t = tensors.get(&key).ok_or_else(|| missing(&key))?;
-                var.set(t)?;
-            }
-        }
+        restore_raw(&self.varmap, &tensors, &file)?;
         for (name, e) in self.ema.iter_mut() {
-            let key = format!("score_net.{name}");
-            *e = tensors.get(&key).ok_or_else(|| missing(&key))?.clone();
+            *e = tensor(&tensors, &format!("score_net.{name}"), &file)?.clone();
         }
-        let w = tensors
-            .get("score_net.time_embedding.W")
-            .ok_or_else(|| missing("score_net.time_embedding.W"))?;
+        let w = tensor(&tensors, "score_net.time_embedding.W", &file)?;
         let vb = VarBuilder::from_varmap(&self.varmap, DType::F32, &self.device);
         self.net = ScoreNet::with_frequencies(&self.config, w.clone(), vb)?;
         self.step = step;
@@ -373,16 +355,6 @@ fn seed_weights(varmap: &VarMap, rng: &mut popcosmos_api::HostRng) -> Result<()>
         var.set(&fresh)?;
     }
     Ok(())
-}
-
-fn snapshot(varmap: &VarMap) -> Result<Vec<(String, Tensor)>> {
-    let vars = varmap.data().lock().expect("varmap lock");
-    let mut out: Vec<(String, Tensor)> = vars
-        .iter()
-        .map(|(k, v): (&String, &Var)| Ok((k.clone(), v.as_tensor().copy()?)))
-        .collect::<Result<_>>()?;
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(out)
 }
 
 /// The tensors of a model in the `popcosmos/diffusion/v1` layout.

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use super::config::{FlowConfig, default_masks};
 use super::model::{FlowModel, init_tensors, write_model};
 use super::spline::SplineConfig;
+use crate::weights_io::{checkpoint, read_checkpoint, restore_raw, snapshot, tensor};
 
 /// Architecture and optimiser settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -144,16 +145,6 @@ fn sorted_vars(varmap: &VarMap) -> Vec<Var> {
     let mut named: Vec<(&String, &Var)> = vars.iter().collect();
     named.sort_by(|a, b| a.0.cmp(b.0));
     named.into_iter().map(|(_, v)| v.clone()).collect()
-}
-
-fn snapshot(varmap: &VarMap) -> Result<Vec<(String, Tensor)>> {
-    let vars = varmap.data().lock().expect("varmap lock");
-    let mut out: Vec<(String, Tensor)> = vars
-        .iter()
-        .map(|(k, v): (&String, &Var)| Ok((k.clone(), v.as_tensor().copy()?)))
-        .collect::<Result<_>>()?;
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(out)
 }
 
 impl Trainer {
@@ -305,15 +296,13 @@ impl Trainer {
     pub fn save(&self, path: &Path, extra_metadata: &HashMap<String, String>) -> Result<()> {
         let model = self.model()?;
         let mut tensors = model.tensors()?;
-        for (name, v) in snapshot(&self.varmap)? {
-            tensors.insert(format!("train.raw.{name}"), v);
-        }
-        let mut meta = extra_metadata.clone();
-        meta.insert("train_step".into(), self.step.to_string());
-        meta.insert(
-            "train_options".into(),
-            serde_json::to_string(&self.opts).expect("serialisable"),
-        );
+        let meta = checkpoint(
+            &self.varmap,
+            &mut tensors,
+            extra_metadata,
+            self.step,
+            &self.opts,
+        )?;
         write_model(&model, tensors, meta, path)
     }
 
@@ -322,9 +311,7 @@ impl Trainer {
     /// Adam moments restart (a short transient).
     pub fn resume(&mut self, path: &Path) -> Result<()> {
         let file = path.display().to_string();
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let meta = crate::weights_io::read_metadata(&bytes, &file)?;
-        let step = crate::weights_io::checkpoint_step(&meta, &file)?;
+        let (bytes, tensors, step) = read_checkpoint(path, &self.device)?;
         let saved = FlowModel::from_bytes(&bytes, &file, &self.device)?;
         if saved.config() != &self.config {
             return Err(Error::Format {
@@ -332,28 +319,9 @@ impl Trainer {
                 message: "checkpoint config differs from this trainer's options".into(),
             });
         }
-        let tensors = candle_core::safetensors::load_buffer(&bytes, &self.device)?;
-        let missing = |k: &str| Error::MissingTensor {
-            file: file.clone(),
-            tensor: k.to_string(),
-        };
-        {
-            let vars = self.varmap.data().lock().expect("varmap lock");
-            for (name, var) in vars.iter() {
-                let key = format!("train.raw.{name}");
-                var.set(
-                    &tensors
-                        .get(&key)
-                        .ok_or_else(|| missing(&key))?
-                        .to_dtype(DType::F32)?,
-                )?;
-            }
-        }
+        restore_raw(&self.varmap, &tensors, &file)?;
         for (name, e) in self.ema.iter_mut() {
-            *e = tensors
-                .get(name)
-                .ok_or_else(|| missing(name))?
-                .to_dtype(DType::F32)?;
+            *e = tensor(&tensors, name, &file)?.clone();
         }
         // Re-standardise the data with the checkpoint's statistics.
         let physical = self
