@@ -23,7 +23,7 @@ use popcosmos_samplers::{
     run::{Chain, RunConfig},
 };
 use popcosmos_sps::{CosmosSps, StellarMassEmulator, derived::derived_from_tensor};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::init::InitLibrary;
 use crate::likelihood::PhotometricLikelihood;
@@ -103,8 +103,8 @@ pub enum Progress {
     Stage(&'static str),
 }
 
-/// What a run did.
-#[derive(Debug, Clone, Serialize)]
+/// What a run did (stored in `run.json` as [`crate::record::RecordSummary`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunSummary {
     pub galaxies_total: usize,
     pub galaxies_computed: usize,
@@ -117,7 +117,7 @@ pub struct RunSummary {
     pub output_dir: PathBuf,
     /// The shard's place in the catalogue (sharded runs only); `galaxies_total` is then
     /// the shard's row count.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shard: Option<crate::shard::ShardRecord>,
 }
 
@@ -406,7 +406,7 @@ impl Pipeline {
             seed: self.manifest.seed,
             device: format!("{:?}", self.device),
             started_unix: started,
-            summary: summary.into(),
+            summary: summary.clone(),
             batch_seconds: batch_seconds.to_vec(),
             complete,
         }

@@ -6,14 +6,13 @@
 //! setting except those in [`RESUME_FREE_KEYS`] (where the output lives, which device runs
 //! it) changes the results, so a resume whose settings differ is refused, naming each key.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use popcosmos_api::{Error, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::manifest::Manifest;
 use crate::pipeline::RunSummary;
-use crate::shard::ShardRecord;
 
 /// File name of the record inside an output folder.
 pub const RECORD_FILE: &str = "run.json";
@@ -38,37 +37,7 @@ pub struct RunRecord {
 }
 
 /// [`RunSummary`] as stored in the record.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RecordSummary {
-    pub galaxies_total: usize,
-    pub galaxies_computed: usize,
-    pub galaxies_skipped: usize,
-    pub galaxies_flagged: usize,
-    pub batches_computed: usize,
-    pub seconds_library: f64,
-    pub seconds_sampling: f64,
-    pub seconds_total: f64,
-    pub output_dir: PathBuf,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub shard: Option<ShardRecord>,
-}
-
-impl From<&RunSummary> for RecordSummary {
-    fn from(s: &RunSummary) -> Self {
-        Self {
-            galaxies_total: s.galaxies_total,
-            galaxies_computed: s.galaxies_computed,
-            galaxies_skipped: s.galaxies_skipped,
-            galaxies_flagged: s.galaxies_flagged,
-            batches_computed: s.batches_computed,
-            seconds_library: s.seconds_library,
-            seconds_sampling: s.seconds_sampling,
-            seconds_total: s.seconds_total,
-            output_dir: s.output_dir.clone(),
-            shard: s.shard.clone(),
-        }
-    }
-}
+pub type RecordSummary = RunSummary;
 
 impl RunRecord {
     /// Read `path` (a `run.json`); errors name the file.
