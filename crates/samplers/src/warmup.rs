@@ -225,61 +225,41 @@ mod tests {
         Ok((x.sqr()?.sum(2)? * -0.5)?)
     }
 
-    fn run(warmup: &WarmupConfig, seed: u64) -> Chain {
-        let mut rng = HostRng::seed_from_u64(seed);
-        let init = Tensor::randn(0f32, 1.0, (32, 3, 4), &Device::Cpu).unwrap();
-        let config = RunConfig {
-            n_steps: 40,
-            burn_in: 20,
-            thin: 1,
-        };
-        warmup
-            .run_ensemble(init, &normal, &mut rng, &config)
-            .unwrap()
+    const RUN: RunConfig = RunConfig {
+        n_steps: 40,
+        burn_in: 20,
+        thin: 1,
+    };
+
+    fn run(warmup: &WarmupConfig, init: &Tensor) -> Chain {
+        let mut rng = HostRng::seed_from_u64(1);
+        (warmup.run_ensemble(init.clone(), &normal, &mut rng, &RUN)).unwrap()
     }
 
-    /// Without pruning or a global move the warm-up is the plain driver.
+    /// Without pruning or a global move the warm-up is the plain driver; the two-half
+    /// schedule keeps the post-burn-in steps, with or without a global move.
     #[test]
-    fn plain_ensemble_is_the_driver() {
-        let warmup = WarmupConfig {
+    fn warm_up_schedules() {
+        let init = Tensor::randn(0f32, 1.0, (32, 3, 4), &Device::Cpu).unwrap();
+        let mut warmup = WarmupConfig {
             prune_deficit: None,
             ..WarmupConfig::default()
         };
-        let init = Tensor::randn(0f32, 1.0, (32, 3, 4), &Device::Cpu).unwrap();
-        let config = RunConfig {
-            n_steps: 30,
-            burn_in: 10,
-            thin: 1,
-        };
-        let a = warmup
-            .run_ensemble(
-                init.clone(),
-                &normal,
-                &mut HostRng::seed_from_u64(1),
-                &config,
-            )
-            .unwrap();
-        let kernel = EnsembleSampler::stretch();
-        let b = sample(
-            &kernel,
-            init,
+        let plain = sample(
+            &warmup.ensemble(None).unwrap(),
+            init.clone(),
             &normal,
             &mut HostRng::seed_from_u64(1),
-            &config,
+            &RUN,
             None,
         );
-        assert_eq!(a.samples, b.unwrap().samples);
-    }
-
-    /// The two-half schedule keeps the steps after burn-in, with or without a global move.
-    #[test]
-    fn staged_burn_in_keeps_the_post_burn_in_steps() {
-        let mut warmup = WarmupConfig::default();
-        assert_eq!(run(&warmup, 2).kept, 20);
+        assert_eq!(run(&warmup, &init).samples, plain.unwrap().samples);
+        warmup.prune_deficit = Some(20.0);
+        assert_eq!(run(&warmup, &init).kept, 20);
         warmup
             .moves
             .push((MoveKind::Global { nu: 5, scale: 1.0 }, 0.5));
-        let chain = run(&warmup, 3);
+        let chain = run(&warmup, &init);
         assert_eq!(chain.kept, 20);
         assert!(chain.log_prob.iter().all(|v| v.is_finite()));
     }
