@@ -477,19 +477,13 @@ impl Trainer {
     /// Write the EMA model (a loadable `popcosmos/consistency/v1` file) plus, under
     /// `train.raw.*` / `train.target.*`, the online and target weights and the step count, so
     /// that [`Trainer::resume`] can continue.
-    pub fn save(&self, path: &Path, extra_metadata: &HashMap<String, String>) -> Result<()> {
+    pub fn save(&self, path: &Path, extra: &HashMap<String, String>) -> Result<()> {
         let model = self.model()?;
         let mut tensors = model.tensors()?;
         for (name, v) in &self.target {
             tensors.insert(format!("train.target.{name}"), v.clone());
         }
-        let meta = checkpoint(
-            &self.varmap,
-            &mut tensors,
-            extra_metadata,
-            self.step,
-            &self.opts,
-        )?;
+        let meta = checkpoint(&self.varmap, &mut tensors, extra, self.step, &self.opts)?;
         write_model(&model, tensors, meta, path)
     }
 

@@ -301,18 +301,12 @@ impl Trainer {
     }
 
     /// Write the EMA model (format `popcosmos/diffusion/v1`) plus, under `train.*`, the raw
-    /// weights and the step count so that [`Trainer::resume`] can continue. `extra_metadata`
+    /// weights and the step count so that [`Trainer::resume`] can continue. `extra`
     /// (e.g. the training data's description) is stored alongside.
-    pub fn save(&self, path: &Path, extra_metadata: &HashMap<String, String>) -> Result<()> {
+    pub fn save(&self, path: &Path, extra: &HashMap<String, String>) -> Result<()> {
         let model = self.model()?;
         let mut tensors = model_tensors(&model)?;
-        let meta = checkpoint(
-            &self.varmap,
-            &mut tensors,
-            extra_metadata,
-            self.step,
-            &self.opts,
-        )?;
+        let meta = checkpoint(&self.varmap, &mut tensors, extra, self.step, &self.opts)?;
         write_model(&model, tensors, meta, path)
     }
 

@@ -293,16 +293,10 @@ impl Trainer {
 
     /// Write the (EMA) model as `popcosmos/flow/v1` plus, under `train.raw.*`, the raw
     /// weights and the step count so that [`Trainer::resume`] can continue.
-    pub fn save(&self, path: &Path, extra_metadata: &HashMap<String, String>) -> Result<()> {
+    pub fn save(&self, path: &Path, extra: &HashMap<String, String>) -> Result<()> {
         let model = self.model()?;
         let mut tensors = model.tensors()?;
-        let meta = checkpoint(
-            &self.varmap,
-            &mut tensors,
-            extra_metadata,
-            self.step,
-            &self.opts,
-        )?;
+        let meta = checkpoint(&self.varmap, &mut tensors, extra, self.step, &self.opts)?;
         write_model(&model, tensors, meta, path)
     }
 
