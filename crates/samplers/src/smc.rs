@@ -498,12 +498,18 @@ impl Smc {
                 .zip(&uniforms)
                 .zip(&active)
                 .map(|((ll, &u), &gal)| {
+                    // Moves never accept a non-finite likelihood, so resampled particles keep
+                    // finite ones; a target that breaks this is an error, not a panic.
                     let r = next_temperature(ll, 1.0 - beta[gal as usize], target_ess)
-                        .expect("resampled particles have finite likelihoods");
+                        .ok_or_else(|| {
+                            Error::Invalid(format!(
+                                "SMC: every particle of galaxy {gal} lost its finite likelihood"
+                            ))
+                        })?;
                     let idx = systematic_resample(&r.weights, n, u);
-                    (r, idx)
+                    Ok((r, idx))
                 })
-                .collect();
+                .collect::<Result<_>>()?;
             let mut index = Vec::with_capacity(active.len());
             for (&gal, (r, idx)) in active.iter().zip(steps) {
                 let gal = gal as usize;
