@@ -614,16 +614,19 @@ impl Pipeline {
             out[col].push(n_used);
             let mut f = report.flags[gal].clone();
             if n_used == 0.0 {
-                // The "posterior" is the prior: no numbers that look like a measurement.
+                f.push("no_usable_bands: every band is missing or masked".into());
+            }
+            if !best_lp.is_finite() {
+                f.push("no_finite_posterior: no draw has a finite log posterior".into());
+            }
+            if n_used == 0.0 || !best_lp.is_finite() {
+                // The "posterior" is the prior, or nothing: no numbers that look like a
+                // measurement.
                 for values in &mut out[..col] {
                     if let Some(v) = values.last_mut() {
                         *v = f64::NAN;
                     }
                 }
-                f.push("no_usable_bands: every band is missing or masked".into());
-            }
-            if !best_lp.is_finite() {
-                f.push("no finite posterior draw".into());
             }
             flags.push(f.join("; "));
         }

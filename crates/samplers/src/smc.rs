@@ -493,23 +493,23 @@ impl Smc {
             active = still.iter().map(|&k| active[k]).collect();
             let ll = host_rows(&sub.log_like)?;
             let uniforms: Vec<f64> = (0..active.len()).map(|_| rng.next_f64()).collect();
-            let steps: Vec<(Reweighting, Vec<u32>)> = ll
-                .par_iter()
-                .zip(&uniforms)
-                .zip(&active)
-                .map(|((ll, &u), &gal)| {
-                    // Moves never accept a non-finite likelihood, so resampled particles keep
-                    // finite ones; a target that breaks this is an error, not a panic.
-                    let r = next_temperature(ll, 1.0 - beta[gal as usize], target_ess)
-                        .ok_or_else(|| {
-                            Error::Invalid(format!(
-                                "SMC: every particle of galaxy {gal} lost its finite likelihood"
-                            ))
-                        })?;
-                    let idx = systematic_resample(&r.weights, n, u);
-                    Ok((r, idx))
-                })
-                .collect::<Result<_>>()?;
+            let steps: Vec<(Reweighting, Vec<u32>)> =
+                ll.par_iter()
+                    .zip(&uniforms)
+                    .zip(&active)
+                    .map(|((ll, &u), &gal)| {
+                        // Moves never accept a non-finite likelihood, so resampled particles keep
+                        // finite ones; a target that breaks this is an error, not a panic.
+                        let r = next_temperature(ll, 1.0 - beta[gal as usize], target_ess)
+                            .ok_or_else(|| {
+                                Error::Invalid(format!(
+                                    "SMC: every particle of galaxy {gal} lost its finite likelihood"
+                                ))
+                            })?;
+                        let idx = systematic_resample(&r.weights, n, u);
+                        Ok((r, idx))
+                    })
+                    .collect::<Result<_>>()?;
             let mut index = Vec::with_capacity(active.len());
             for (&gal, (r, idx)) in active.iter().zip(steps) {
                 let gal = gal as usize;
