@@ -29,7 +29,7 @@ pub enum BenchCommand {
         device: String,
     },
     /// Device benchmark: correctness vs CPU, emulator throughput, device-seconds per galaxy
-    /// per prior (issue #8; `--device cpu` is a smoke test).
+    /// per prior (`--device cpu` is a smoke test).
     Gpu(crate::bench_gpu::GpuBenchArgs),
     /// Seconds per galaxy and ESS/s per galaxy for end-to-end sampling of demo galaxies.
     Inference {
@@ -80,7 +80,9 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
 }
 
 fn bench_inference(galaxies: usize, device: &str) -> Result<()> {
-    let mut m = Manifest::load(&crate::repo_root().join("examples/cosmos-demo.yaml"))?;
+    // Kept until the end: the pipelines read the catalogue it holds.
+    let input = crate::demo::DemoInput::temporary()?;
+    let mut m = input.manifest()?;
     m.device = device.to_string();
     m.galaxies_per_batch = galaxies;
     let configs = [

@@ -17,6 +17,8 @@ use popcosmos_api::{Likelihood, Sampler};
 use popcosmos_inference::{Manifest, Pipeline};
 use popcosmos_samplers::{EnsembleSampler, RunConfig, sample};
 
+use crate::demo::DemoInput;
+
 #[derive(clap::Args)]
 pub struct GpuBenchArgs {
     /// Device under test (`cuda:0`; `cpu` runs the same code as a smoke test).
@@ -84,9 +86,8 @@ fn max_abs(a: &Tensor, b: &Tensor) -> Result<f64> {
         .fold(0.0, f64::max))
 }
 
-fn demo_manifest(device: &str, prior: &str) -> Result<Manifest> {
-    let root = crate::repo_root();
-    let mut m = Manifest::load(&root.join("examples/cosmos-demo.yaml"))?;
+fn demo_manifest(input: &DemoInput, device: &str, prior: &str) -> Result<Manifest> {
+    let mut m = input.manifest()?;
     m.device = device.to_string();
     m.prior = crate::prior_train::parse_prior(prior)?;
     Ok(m)
@@ -148,9 +149,11 @@ pub fn run(args: &GpuBenchArgs) -> Result<()> {
     }
 
     let fused_ok = popcosmos_sps::activation::device_kernel_enabled();
+    // The built-in demo manifest and galaxies, in a temporary folder kept to the end.
+    let input = DemoInput::temporary()?;
 
     if !args.runs_only {
-        checks(args, &dev, &priors, fused_ok)?;
+        checks(args, &input, &dev, &priors, fused_ok)?;
     }
 
     // 3. Device-seconds per galaxy of whole runs.
@@ -165,7 +168,7 @@ pub fn run(args: &GpuBenchArgs) -> Result<()> {
         && let Some(&n) = args.galaxies.iter().min()
     {
         popcosmos_sps::activation::set_device_kernel(false);
-        let p = Pipeline::new(demo_manifest(&args.device, "prospector-alpha")?)?;
+        let p = Pipeline::new(demo_manifest(&input, &args.device, "prospector-alpha")?)?;
         time_run(
             &p,
             n,
@@ -179,11 +182,11 @@ pub fn run(args: &GpuBenchArgs) -> Result<()> {
     if !args.runs_only
         && let Some(&n) = args.galaxies.iter().max()
     {
-        let p = Pipeline::new(demo_manifest(&args.device, "prospector-alpha")?)?;
+        let p = Pipeline::new(demo_manifest(&input, &args.device, "prospector-alpha")?)?;
         time_run(&p, n, args.steps, args, "Prospector-α, no kept chain")?;
     }
     for spec in &priors {
-        let p = Pipeline::new(demo_manifest(&args.device, spec)?)
+        let p = Pipeline::new(demo_manifest(&input, &args.device, spec)?)
             .with_context(|| format!("prior {spec}"))?;
         let galaxies = if p.prior.name().contains("diffusion") {
             &args.diffusion_galaxies
@@ -253,11 +256,17 @@ fn time_run(
 
 /// Sections 1–2 of the benchmark: correctness against the CPU, the step breakdown and the
 /// emulator tables.
-fn checks(args: &GpuBenchArgs, dev: &Device, priors: &[&str], fused_ok: bool) -> Result<()> {
+fn checks(
+    args: &GpuBenchArgs,
+    input: &DemoInput,
+    dev: &Device,
+    priors: &[&str],
+    fused_ok: bool,
+) -> Result<()> {
     let dev = dev.clone();
     // 1. Correctness against the CPU on 2048 prior draws.
-    let cpu = Pipeline::new(demo_manifest("cpu", "prospector-alpha")?)?;
-    let gpu = Pipeline::new(demo_manifest(&args.device, "prospector-alpha")?)?;
+    let cpu = Pipeline::new(demo_manifest(input, "cpu", "prospector-alpha")?)?;
+    let gpu = Pipeline::new(demo_manifest(input, &args.device, "prospector-alpha")?)?;
     let mut rng = HostRng::seed_from_u64(3);
     let phi = cpu.prior.sample(2048, &mut rng, &Device::Cpu)?;
     let theta = phi_to_theta(&phi)?;

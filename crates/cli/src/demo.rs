@@ -1,11 +1,99 @@
 //! `popcosmos-cli demo --output DIR`: the output folder is reused only when it is new, empty
 //! or a previous popcosmos output, and then only the files popcosmos writes are removed.
+//!
+//! The demo manifest and its catalogue are built into the binary ([`DemoInput`]), so `demo`
+//! and `bench` run from an installed binary with no source checkout.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use popcosmos_catalog::commit::{CHAINS_DIR, COMMIT_DIR, OutputLock, read_commits};
 use popcosmos_catalog::list_parts;
+use popcosmos_inference::Manifest;
+
+/// The demo manifest (`examples/cosmos-demo.yaml`), built into the binary.
+pub const MANIFEST_YAML: &str = include_str!("../../../examples/cosmos-demo.yaml");
+/// The demo catalogue (`examples/data/cosmos2020_demo.csv`): 100 COSMOS2020 galaxies.
+pub const CATALOGUE_CSV: &[u8] = include_bytes!("../../../examples/data/cosmos2020_demo.csv");
+/// File name of the written manifest inside a [`DemoInput`] folder.
+const MANIFEST_FILE: &str = "cosmos-demo.yaml";
+/// The catalogue's path relative to the manifest: the manifest's `catalogue.path`.
+const CATALOGUE_FILE: &str = "data/cosmos2020_demo.csv";
+/// The folder inside the demo output that holds the written manifest and catalogue.
+pub const INPUT_DIR: &str = "demo-input";
+
+/// The built-in demo manifest and catalogue written to a folder, so that the manifest's
+/// relative catalogue path resolves. A temporary folder is removed when this is dropped.
+pub struct DemoInput {
+    dir: PathBuf,
+    _temporary: Option<tempfile::TempDir>,
+}
+
+impl DemoInput {
+    /// Write the manifest and the catalogue into `dir` (created if missing; the two files are
+    /// overwritten, nothing else is touched).
+    pub fn write(dir: &Path) -> Result<Self> {
+        write_files(dir)?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            _temporary: None,
+        })
+    }
+
+    /// Write them into a new temporary folder, removed when this is dropped.
+    pub fn temporary() -> Result<Self> {
+        let tmp = tempfile::Builder::new()
+            .prefix("popcosmos-demo-")
+            .tempdir()
+            .context("creating a temporary folder for the demo data")?;
+        write_files(tmp.path())?;
+        Ok(Self {
+            dir: tmp.path().to_path_buf(),
+            _temporary: Some(tmp),
+        })
+    }
+
+    /// The written manifest, loaded (its relative paths resolved against the folder).
+    pub fn manifest(&self) -> Result<Manifest> {
+        Ok(Manifest::load(&self.dir.join(MANIFEST_FILE))?)
+    }
+
+    /// The written catalogue.
+    pub fn catalogue(&self) -> PathBuf {
+        self.dir.join(CATALOGUE_FILE)
+    }
+}
+
+fn write_files(dir: &Path) -> Result<()> {
+    for (name, bytes) in [
+        (MANIFEST_FILE, MANIFEST_YAML.as_bytes()),
+        (CATALOGUE_FILE, CATALOGUE_CSV),
+    ] {
+        let path = dir.join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).with_context(|| parent.display().to_string())?;
+        }
+        std::fs::write(&path, bytes)
+            .with_context(|| format!("writing the demo data to {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Whether `path` is a [`DemoInput`] folder a demo wrote (holding only its two files), so a
+/// demo that stopped before writing `run.json` can be run again in the same output folder.
+fn is_demo_input(path: &Path) -> bool {
+    let only = |dir: &Path, allowed: &[&str]| {
+        std::fs::read_dir(dir).is_ok_and(|mut entries| {
+            entries.all(|e| {
+                e.is_ok_and(|e| e.file_name().to_str().is_some_and(|n| allowed.contains(&n)))
+            })
+        })
+    };
+    let data = path.join("data");
+    path.file_name().is_some_and(|n| n == INPUT_DIR)
+        && only(path, &[MANIFEST_FILE, "data"])
+        && (!data.exists() || only(&data, &["cosmos2020_demo.csv"]))
+}
 
 /// Whether `dir/run.json` is a popcosmos run record (of a run, a shard or a merge).
 pub fn is_popcosmos_output(dir: &Path) -> bool {
@@ -33,10 +121,9 @@ pub fn prepare_output(dir: &Path) -> Result<()> {
             dir.display()
         );
     }
-    let empty = std::fs::read_dir(dir)
-        .with_context(|| dir.display().to_string())?
-        .next()
-        .is_none();
+    let mut entries = std::fs::read_dir(dir).with_context(|| dir.display().to_string())?;
+    // Empty, or holding only the demo's own input folder.
+    let empty = entries.all(|e| e.is_ok_and(|e| is_demo_input(&e.path())));
     if empty {
         return Ok(());
     }
@@ -136,6 +223,34 @@ mod tests {
             assert!(!d.join(f).exists(), "{f} removed");
         }
         assert!(!d.join("commits").exists(), "empty commits/ removed");
+    }
+
+    #[test]
+    fn built_in_manifest_names_the_built_in_catalogue() {
+        let m = Manifest::from_yaml(MANIFEST_YAML, "cosmos-demo.yaml").unwrap();
+        assert_eq!(m.catalogue.path, Path::new(CATALOGUE_FILE));
+        let text = std::str::from_utf8(CATALOGUE_CSV).unwrap();
+        assert_eq!(text.lines().count(), 101, "a header and 100 galaxies");
+        let input = DemoInput::temporary().unwrap();
+        let loaded = input.manifest().unwrap();
+        assert_eq!(loaded.catalogue.path, input.catalogue());
+        assert_eq!(std::fs::read(input.catalogue()).unwrap(), CATALOGUE_CSV);
+        let dir = input.dir.clone();
+        drop(input);
+        assert!(!dir.exists(), "the temporary folder is removed");
+    }
+
+    #[test]
+    fn demo_output_holding_only_the_demo_input_is_reused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path().join("out");
+        DemoInput::write(&d.join(INPUT_DIR)).unwrap();
+        prepare_output(&d).unwrap();
+        touch(&d.join(INPUT_DIR).join("notes.txt"), "mine");
+        assert!(
+            prepare_output(&d).is_err(),
+            "a foreign file in it makes it foreign"
+        );
     }
 
     #[test]

@@ -303,18 +303,13 @@ fn validate(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Repository root (the demo manifest and data live there).
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
 fn demo(output: &Path) -> Result<()> {
-    let root = repo_root();
-    let manifest_path = root.join("examples/cosmos-demo.yaml");
-    let mut m = Manifest::load(&manifest_path)?;
-    m.output.dir = output.to_path_buf();
     // Never delete what popcosmos did not write (see demo.rs).
     demo::prepare_output(output)?;
+    // The built-in manifest and catalogue, written inside the output folder.
+    let input = demo::DemoInput::write(&output.join(demo::INPUT_DIR))?;
+    let mut m = input.manifest()?;
+    m.output.dir = output.to_path_buf();
     let catalogue = m.catalogue.path.clone();
     eprintln!(
         "popcosmos demo: {} galaxies of {} (COSMOS2020, 2.5 ≤ z_spec < 8.3)",

@@ -1,4 +1,4 @@
-//! `popcosmos-cli mock`: a mock catalogue through the full data model (spec §3): prior draws
+//! `popcosmos-cli mock`: a mock catalogue through the full data model: prior draws
 //! → SPS + emission lines → zero points → flux uncertainties → Student-t noise → selection.
 
 use std::path::PathBuf;
@@ -139,7 +139,8 @@ pub fn mock(args: &MockArgs) -> Result<()> {
 
 /// The real per-band errors (and missing bands) of the bundled demo galaxies.
 fn demo_error_templates(survey: &dyn Survey) -> Result<Vec<Vec<f64>>> {
-    let demo = crate::repo_root().join("examples/data/cosmos2020_demo.csv");
+    let input = crate::demo::DemoInput::temporary()?;
+    let demo = input.catalogue();
     let spec: popcosmos_catalog::CatalogueSpec = serde_json::from_value(serde_json::json!({
         "path": demo, "units": "mjy", "flux_pattern": "flux_{band}",
         "error_pattern": "fluxerr_{band}", "upper_limits": "negative_error"
