@@ -1,4 +1,4 @@
-//! Issue 23, data safety: `demo --output` never deletes user files, batches commit their
+//! Data safety: `demo --output` never deletes user files, batches commit their
 //! summary and chain parts together (kill at any rename, then resume), `reweight` refuses
 //! incomplete chains.
 

@@ -118,7 +118,7 @@ fn evaluate_reports_metrics_as_json() {
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    // Recompute the metrics from the results and the truth column (spec §8).
+    // Recompute the metrics from the results and the truth column.
     let res = read(&out);
     let ids = popcosmos_catalog::read_ids(&cat, "id").unwrap();
     let zs = popcosmos_catalog::read_column_f64(&cat, "zspec").unwrap();

@@ -1,4 +1,4 @@
-//! Issue 23, items 5, 6, 7 and 13: every numeric manifest value has a documented range
+//! Every numeric manifest value has a documented range
 //! (docs/reliability.md, "Manifest value ranges"), checked by `validate` and by `run`.
 //! A value outside its range is an error naming its key; a value of the wrong type (NaN or
 //! a fraction for an integer, a negative count) is a YAML error pointing at its line and

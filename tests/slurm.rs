@@ -1,4 +1,4 @@
-//! Slurm integration (issue #9): a real one-node Slurm cluster runs a 4-task array over a
+//! Slurm integration: a real one-node Slurm cluster runs a 4-task array over a
 //! 2,000-galaxy mock catalogue; one task is killed mid-way and requeued; the merged result
 //! must hold every galaxy exactly once and equal a single-process run with the same seed.
 //!

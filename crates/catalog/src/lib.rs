@@ -37,7 +37,7 @@
 //!   `commits/` written last; uncommitted parts are recomputed on resume) and
 //!   [`OutputLock`] keeps a second run out of the folder (see [`commit`]).
 //!
-//! ## Metrics (spec §8)
+//! ## Metrics
 //! [`photoz_metrics`] (bias, σ_NMAD, outlier fraction, n), [`match_by_id`], [`coverage`].
 //!
 //! ```no_run

@@ -1,10 +1,10 @@
-//! Photo-z validation metrics (spec §8) and id matching.
+//! Photo-z validation metrics and id matching.
 
 use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-/// Catastrophic-outlier threshold on |Δz| (COSMOS2020 convention, spec §8).
+/// Catastrophic-outlier threshold on |Δz| (COSMOS2020 convention).
 pub const OUTLIER_THRESHOLD: f64 = 0.15;
 
 /// Photo-z summary, serialised as `{"bias", "sigma_nmad", "outlier_fraction", "n"}`.
@@ -35,7 +35,7 @@ pub fn median(values: &[f64]) -> f64 {
     }
 }
 
-/// Spec §8 metrics over pairs; non-finite pairs are skipped. All-NaN with `n = 0` if
+/// Photo-z metrics over pairs; non-finite pairs are skipped. All-NaN with `n = 0` if
 /// nothing is left. Panics if the slices differ in length.
 pub fn photoz_metrics(z_phot: &[f64], z_spec: &[f64]) -> PhotozMetrics {
     assert_eq!(

@@ -1,5 +1,5 @@
 //! Cross-check of the Speculator spectrum emulator → photometry path against the COSMOS
-//! photulators (issue #6): per-band mean and RMS of M_spec − M_phot (AB mag) on Prospector-α
+//! photulators: per-band mean and RMS of M_spec − M_phot (AB mag) on Prospector-α
 //! prior draws, overall and split by redshift (inside / outside the spectrum emulator's
 //! 0.5 ≤ z ≤ 2.5 age range) and by log U (which the spectrum emulator lacks).
 //!

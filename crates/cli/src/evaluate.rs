@@ -1,4 +1,4 @@
-//! `evaluate`: photo-z metrics (spec §8) of a run against spectroscopic redshifts, plus plots.
+//! `evaluate`: photo-z metrics of a run against spectroscopic redshifts, plus plots.
 
 use std::path::{Path, PathBuf};
 

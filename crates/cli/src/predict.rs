@@ -1,4 +1,4 @@
-//! `predict`: forward model for physical parameter rows (spec §2–3).
+//! `predict`: forward model for physical parameter rows.
 //!
 //! Input CSV header: `N` (or `log10M`, stellar mass formed, converted with astropy-Planck18
 //! μ(max(z, 10⁻³)) as the reference does) and the 15 other parameter names in any order.

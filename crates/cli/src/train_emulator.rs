@@ -1,5 +1,5 @@
 //! `train-emulator`: per-band photulators for any filter set, with the Speculator
-//! Prospector-α spectrum emulator as teacher (issue #6 item 2; docs/emulators.md).
+//! Prospector-α spectrum emulator as teacher (docs/emulators.md).
 //!
 //! Steps: filter curves from `--filters DIR` (every `*.txt`/`*.dat`/`*.res` file, bands in
 //! increasing pivot wavelength unless `--bands` fixes the order) → θ draws (Prospector-α prior,

@@ -1,5 +1,5 @@
 //! Optional Adam refinement of start points on −ln P(φ) (the reference refines its
-//! maximum-likelihood start with 200 Adam steps at lr 1e−3; spec §6).
+//! maximum-likelihood start with 200 Adam steps at lr 1e−3).
 
 use popcosmos_api::{LogDensity, RandomSource, Result, Shape, Tensor};
 

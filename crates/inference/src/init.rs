@@ -1,5 +1,5 @@
 //! Walker initialisation from a library of prior draws (the reference starts each galaxy at
-//! its maximum-likelihood mock galaxy; spec §6).
+//! its maximum-likelihood mock galaxy).
 //!
 //! The library's model photometry is computed once per run; for each batch of galaxies the
 //! likelihood of every library draw is one broadcast `[draws, galaxies]` evaluation, and

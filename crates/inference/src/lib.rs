@@ -1,7 +1,7 @@
 //! # popcosmos-inference — the data model and the run
 //!
 //! * [`likelihood`]: the Student-t / Gaussian photometric likelihood with zero points, error
-//!   floors and emission-line uncertainty (spec §4), masking missing bands.
+//!   floors and emission-line uncertainty, masking missing bands.
 //! * [`posterior`]: ln P(φ) = ln L(θ(φ)) + ln p(φ) over `[walkers, galaxies, 16]`.
 //! * [`init`]: walker starts from a library of prior draws with precomputed photometry;
 //!   [`adam`]: optional gradient refinement of the start points.

@@ -1,4 +1,4 @@
-//! Per-galaxy photometric likelihood (spec §4).
+//! Per-galaxy photometric likelihood.
 //!
 //! With model flux f_b (no zero point), line uncertainty σ^em_b, catalogue flux f̂_b and
 //! error σ̂_b (nmgy), zero point Z_b and fractional floor ε_b:
@@ -55,7 +55,7 @@ impl LikelihoodSpec {
     }
 }
 
-/// The photometric likelihood of spec §4 for one survey calibration.
+/// The photometric likelihood (Leistedt+23 data model) for one survey calibration.
 pub struct PhotometricLikelihood {
     spec: LikelihoodSpec,
     zero_points: Tensor,
@@ -136,7 +136,7 @@ mod tests {
         Tensor::from_vec(v.to_vec(), shape, &Device::Cpu).unwrap()
     }
 
-    /// Direct scalar evaluation of spec §4 for one galaxy (one argument per quantity of the
+    /// Direct scalar evaluation of the likelihood for one galaxy (one argument per quantity of the
     /// formula, on purpose: it is the independent check of the tensor code).
     #[allow(clippy::too_many_arguments)]
     fn reference(

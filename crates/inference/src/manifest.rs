@@ -59,7 +59,7 @@ pub struct SpsSpec {
     /// `cosmos-photulator` (the 26-band pop-cosmos emulators).
     #[serde(default = "default_sps_kind")]
     pub kind: String,
-    /// Include the emission-line emulator terms (spec §3 steps 3–6).
+    /// Include the emission-line emulator terms.
     #[serde(default = "yes")]
     pub emission_lines: bool,
     /// Photulator weights: `builtin` (bundled default), `builtin:NAME`,

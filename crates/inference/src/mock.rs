@@ -1,10 +1,10 @@
-//! Mock photometry through the full data model (spec §3) for validation: prior draws →
+//! Mock photometry through the full data model for validation: prior draws →
 //! SPS + emission lines → zero points → per-band uncertainties borrowed from real galaxies →
 //! Student-t (or Gaussian) noise.
 //!
 //! Uncertainties: each mock galaxy takes the flux errors (and missing-band pattern) of a
 //! randomly chosen real galaxy ("error template"), so the depth per band is realistic; the
-//! total σ then follows spec §3 step 8 with those errors as σ^nm.
+//! total σ then follows the likelihood's error model (`likelihood.rs`) with those errors as σ^nm.
 
 use popcosmos_api::{
     Calibration, DType, Device, Error, Prior, RandomSource, Result, Shape, SpsModel, Tensor,
@@ -129,7 +129,7 @@ impl MockCatalogue {
     }
 }
 
-/// The pop-cosmos flux-uncertainty model (spec §3.3): a conditional diffusion model of
+/// The pop-cosmos flux-uncertainty model: a conditional diffusion model of
 /// ln(σ / maggies) per band given the galaxy's zero-point-corrected asinh magnitudes.
 pub struct NoiseModel {
     model: popcosmos_priors::diffusion::DiffusionModel,
@@ -216,12 +216,12 @@ impl NoiseModel {
 pub enum MockErrors<'a> {
     /// Borrowed from real galaxies (per-band errors and missing bands; see [`simulate`]).
     Templates(&'a [Vec<f64>]),
-    /// Drawn from the diffusion uncertainty model (spec §3.3).
+    /// Drawn from the diffusion uncertainty model.
     NoiseModel(&'a NoiseModel),
 }
 
 /// A magnitude selection: keep galaxies whose noisy flux in `band` is positive and whose AB
-/// magnitude 22.5 − 2.5 log10 f̂ is below `max_mag` (spec §3.4, e.g. IRAC ch1 < 26).
+/// magnitude 22.5 − 2.5 log10 f̂ is below `max_mag` (e.g. IRAC ch1 < 26).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Selection {
     pub band: usize,
@@ -234,7 +234,7 @@ impl Selection {
     }
 }
 
-/// Mock catalogue through the full data model of spec §3 with uncertainties from `errors`
+/// Mock catalogue through the full data model with uncertainties from `errors`
 /// and an optional selection; draws in rounds until `n` galaxies pass. Returns the catalogue
 /// and the number of galaxies drawn in total (for the selection efficiency).
 #[allow(clippy::too_many_arguments)]
@@ -304,7 +304,7 @@ pub fn simulate_selected(
     Ok((out, drawn))
 }
 
-/// Spec §3 steps 1–9 with σ^nm from the diffusion uncertainty model (all bands present).
+/// The full data model with σ^nm from the diffusion uncertainty model (all bands present).
 pub fn simulate_noise_model(
     prior: &dyn Prior,
     sps: &dyn SpsModel,

@@ -1,4 +1,4 @@
-//! The per-galaxy posterior in the sampler's latent space (spec §4):
+//! The per-galaxy posterior in the sampler's latent space:
 //! ln P(φ) = ln L(θ(φ)) + ln p(φ), evaluated for a whole `[walkers, galaxies, 16]` batch.
 
 use popcosmos_api::{

@@ -64,7 +64,7 @@ fn kids_and_lsst_run_on_their_emulator_sets() {
 /// (single draws with extreme SFR ratios at z > 4 reach 0.3–0.5 mag) and one such draw
 /// moves a 400-draw RMS by 0.02 mag.
 ///
-/// And the requirement itself (issue #6: ≤ 0.02 mag RMS against the teacher), on the draws a
+/// And the requirement itself (≤ 0.02 mag RMS against the teacher), on the draws a
 /// survey can see: the RMS with each draw weighted by its chance of being observable in the
 /// band, P(N < 28 − M) over the draws' N (the `P(m < 28)-weighted RMS` of `train-emulator`).
 #[test]

@@ -9,7 +9,7 @@
 //! and [`PluginHeader::kind`] before it reads anything else, then wraps the vtable in the
 //! safe `popcosmos_api::Survey` / `popcosmos_api::Prior` traits.
 //!
-//! Why a hand-rolled C ABI (rust-stack-notes §6): Rust has no stable ABI, and a plugin has
+//! Why a hand-rolled C ABI: Rust has no stable ABI, and a plugin has
 //! its own std, allocator and panic runtime. The boundary here is small and numeric, so a
 //! table of C function pointers is enough, needs no dependency, is checked at load time and
 //! can be implemented in C/C++ too. This crate has no dependencies so plugins build in
@@ -179,7 +179,7 @@ pub struct BandValues {
     pub error_floor: f64,
 }
 
-/// Calibration of one emission line (spec §3.1).
+/// Calibration of one emission line.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct LineValues {

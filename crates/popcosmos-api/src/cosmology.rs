@@ -1,4 +1,4 @@
-//! Cosmology helpers (spec §1.5, §5.6).
+//! Cosmology helpers.
 //!
 //! Two flavours, as in the reference:
 //! * [`Planck18`]: astropy's `Planck18` (flat ΛCDM with photons and one massive neutrino,
@@ -203,7 +203,7 @@ fn cubic_interp(y: &[f64], step: f64, x: f64) -> f64 {
     ((a * f + b) * f + c) * f + p1
 }
 
-/// Adachi & Kasai (2012) Padé approximation for flat ΛCDM (spec §5.6).
+/// Adachi & Kasai (2012) Padé approximation for flat ΛCDM.
 pub mod pade {
     use super::*;
 
@@ -307,7 +307,7 @@ mod tests {
 
     #[test]
     fn pade_is_close_to_numerical_integration() {
-        // Spec §5.6: |Δμ| < 0.004 mag against numerical integration for 0.1 ≤ z ≤ 6.
+        // Adachi & Kasai (2012): |Δμ| < 0.004 mag against numerical integration for 0.1 ≤ z ≤ 6.
         let e = |z: f64| (pade::OMEGA_M * (1.0 + z).powi(3) + 1.0 - pade::OMEGA_M).sqrt();
         for &z in &[0.1, 0.5, 1.0, 2.0, 4.0, 6.0] {
             let n = 20000;

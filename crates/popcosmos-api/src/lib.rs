@@ -76,10 +76,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Model photometry for a batch of parameter vectors.
 #[derive(Debug, Clone)]
 pub struct ModelPhotometry {
-    /// Model flux *before* zero points, continuum plus emission-line offsets
-    /// (spec §3 step 4), `[..., bands]` nanomaggies.
+    /// Model flux *before* zero points, continuum plus emission-line offsets,
+    /// `[..., bands]` nanomaggies.
     pub flux_nmgy: Tensor,
-    /// Emission-line strength uncertainty per band σ^em (spec §3 step 6), same shape, if
+    /// Emission-line strength uncertainty per band σ^em, same shape, if
     /// the model has an emission-line component.
     pub line_sigma_nmgy: Option<Tensor>,
 }
@@ -94,7 +94,7 @@ pub trait SpsModel: Send + Sync {
     fn photometry(&self, theta: &Tensor) -> Result<ModelPhotometry>;
 }
 
-/// A prior over the latent φ (spec §5).
+/// A prior over the latent φ.
 pub trait Prior: Send + Sync {
     /// Short name for run records.
     fn name(&self) -> &str;
@@ -181,11 +181,11 @@ pub struct Band {
     pub name: String,
     /// Short label for tables and plots (e.g. `g`).
     pub label: String,
-    /// Asinh-magnitude softening b in nanomaggies (spec §2.3).
+    /// Asinh-magnitude softening b in nanomaggies.
     pub flux_softening_nmgy: f64,
 }
 
-/// Per-band and per-line calibration of the data model (spec §3.1).
+/// Per-band and per-line calibration of the data model.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
 pub struct Calibration {
     /// Multiplicative zero points Z_b (observed ≈ Z × model).
@@ -211,7 +211,7 @@ pub trait Survey: Send + Sync {
 /// Set `RAYON_NUM_THREADS` to the number of available cores if the user did not set it.
 ///
 /// candle's CPU matmul otherwise re-reads `/proc/cpuinfo` on every call (~28 µs per
-/// matmul; rust-stack-notes §3.3). Call first thing in `main`, before any thread exists.
+/// matmul, so set it before the first matmul). Call first thing in `main`, before any thread exists.
 pub fn configure_cpu_threads() {
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {
         let n = std::thread::available_parallelism()

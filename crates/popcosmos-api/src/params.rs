@@ -1,5 +1,5 @@
-//! The 16 stellar-population parameters (spec §1.1) and the probit map between the
-//! sampler's latent space φ and physical parameters θ (spec §1.2).
+//! The 16 stellar-population parameters and the probit map between the
+//! sampler's latent space φ and physical parameters θ.
 //!
 //! Index 0 is `N = μ(z) − 2.5 log10(M_formed / M☉)` and passes through unchanged; indices
 //! 1..15 are mapped by θ = lower + range · Φ(φ) with Φ the standard normal CDF, so that a
@@ -12,7 +12,7 @@ use crate::Result;
 /// Number of SPS parameters.
 pub const N_PARAMS: usize = 16;
 
-/// Parameter names in the fixed order used everywhere (spec §1.1).
+/// Parameter names in the fixed order used everywhere.
 pub const PARAM_NAMES: [&str; N_PARAMS] = [
     "N",
     "log10Z",
@@ -53,7 +53,7 @@ pub const PARAM_UNITS: [&str; N_PARAMS] = [
 ];
 
 /// Lower bounds. Index 0 (N) is not bounded; 7 and 13 are the log10 M_formed limits
-/// that the Prospector-α prior reuses (spec §1.1).
+/// that the Prospector-α prior reuses.
 pub const LOWER: [f64; N_PARAMS] = [
     7.0,
     -1.98,
@@ -179,7 +179,7 @@ pub fn theta_to_phi(theta: &Tensor) -> Result<Tensor> {
     Ok(Tensor::from_vec(out, dims, theta.device())?)
 }
 
-/// ln|dθ/dφ| = Σ_{i≥1} [ln range_i + ln 𝒩(φ_i; 0, 1)] over the last dimension (spec §1.2).
+/// ln|dθ/dφ| = Σ_{i≥1} [ln range_i + ln 𝒩(φ_i; 0, 1)] over the last dimension.
 /// Subtract it from ln p(φ) to get a density over physical θ.
 pub fn log_jacobian(phi: &Tensor) -> Result<Tensor> {
     let dev = phi.device();
@@ -295,7 +295,7 @@ mod tests {
         assert!((normal_quantile(0.975) - 1.959_963_984_540_054).abs() < 1e-12);
     }
 
-    /// Test vector of spec §1.2 (θ to 4 dp, φ to 5 significant figures).
+    /// Test vector of the reference probit map (θ to 4 dp, φ to 5 significant figures).
     #[test]
     fn probit_map_reproduces_spec_test_vector() {
         let theta = [

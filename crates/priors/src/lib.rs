@@ -1,23 +1,23 @@
-//! # popcosmos-priors — priors over the latent φ (spec §5)
+//! # popcosmos-priors — priors over the latent φ
 //!
-//! All priors implement [`popcosmos_api::Prior`] over φ `[..., 16]` (spec §1.2: index 0 is
+//! All priors implement [`popcosmos_api::Prior`] over φ `[..., 16]` (index 0 is
 //! N = μ(z) − 2.5 log10 M_formed, indices 1..15 are probit-mapped θ). `log_prob` is a chain
 //! of batched candle ops (f32, any leading shape, any device) returning `[...]` with −∞
 //! outside the support; `sample(n, rng, device)` returns `[n, 16]` f32.
 //!
-//! * [`UniformPrior`] (`kind: uniform`): uniform in θ within the §1.1 bounds for indices
+//! * [`UniformPrior`] (`kind: uniform`): uniform in θ within the parameter bounds for indices
 //!   1..15 (Σ ln 𝒩(φ_i; 0, 1)), flat in log10 M_formed on (7, 13) given z (normalised:
-//!   −ln 15 for N). μ(z) is the Padé distance modulus (§5.6).
+//!   −ln 15 for N). μ(z) is the Padé distance modulus (Adachi & Kasai 2012).
 //! * [`ProspectorAlphaPrior`] (`kind: prospector-alpha`): the Prospector-α-like baseline of
-//!   `pop_cosmos.catalogue.ProspectorModel`, spec §5.4, term by term (Leja+20 mass
+//!   `pop_cosmos.catalogue.ProspectorModel`, term by term (Leja+20 mass
 //!   function with exact quadratic anchors, Gallazzi+05 mass–metallicity including the
 //!   reference's erf-normalisation quirk, ln dV_c/dz with the Padé cosmology Ω_m = 0.30966,
-//!   H₀ = 67.66 of §5.6). Host f64 twins of every term are public
+//!   H₀ = 67.66). Host f64 twins of every term are public
 //!   ([`prospector::log_prob_row`], [`prospector::log_density_theta`],
 //!   [`prospector::ln_mass_function`], [`prospector::ln_mass_metallicity`], …).
 //!   Sampling is exact (ancestral + rejection; see
 //!   [`ProspectorAlphaPrior::sample_theta_row`]).
-//! * [`diffusion`] (`kind: diffusion`): score-based diffusion models (spec §5.1) — the
+//! * [`diffusion`] (`kind: diffusion`): score-based diffusion models — the
 //!   flowfusion score network, VP/sub-VP/VE SDEs, probability-flow log-density with the exact
 //!   divergence in one batched forward-mode sweep, per-row adaptive dopri5 / fixed-step
 //!   RK4/Heun/Euler, ODE and predictor–corrector SDE sampling, denoising score-matching

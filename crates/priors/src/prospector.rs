@@ -1,5 +1,5 @@
 //! The Prospector-α-like baseline prior of `pop_cosmos.catalogue.ProspectorModel`
-//! (spec §5.4), with the Adachi & Kasai Padé cosmology of spec §5.6.
+//! with the Adachi & Kasai (2012) Padé cosmology.
 //!
 //! * [`ProspectorAlphaPrior::log_prob`] is a chain of batched candle ops (f32, any leading
 //!   shape, any device): no host loops, safe to call per walker per MCMC step.
@@ -21,7 +21,7 @@ use crate::common::{self, LN_SQRT_2PI};
 const LN_10: f64 = std::f64::consts::LN_10;
 const SQRT_2: f64 = std::f64::consts::SQRT_2;
 
-/// log10 M_formed hard limits (spec §1.1 entries of index 0, reused by §5.4).
+/// log10 M_formed hard limits (the uniform prior's bounds of index 0, reused here).
 pub const LOG10M_MIN: f64 = 7.0;
 /// Upper log10 M_formed limit.
 pub const LOG10M_MAX: f64 = 13.0;
@@ -92,7 +92,7 @@ fn ln_smf_given(params: [f64; 3], log10m: f64) -> f64 {
     LN_10.ln() + mx + ((l1 - mx).exp() + (l2 - mx).exp()).ln()
 }
 
-/// ln φ_SMF(log10 M, z) = ln(ln10 (p₁ + p₂)) of the Leja+20 double Schechter (spec §5.4).
+/// ln φ_SMF(log10 M, z) = ln(ln10 (p₁ + p₂)) of the Leja+20 double Schechter.
 pub fn ln_mass_function(log10m: f64, z: f64) -> f64 {
     ln_smf_given(mass_function_params(z), log10m)
 }
@@ -111,7 +111,7 @@ fn mzr_erf_norm(log10z: f64, sigma: f64) -> f64 {
     libm::erf((UPPER[1] - log10z) * k) + libm::erf((log10z - LOWER[1]) * k)
 }
 
-/// ln p(log10 Z* | log10 M_formed) exactly as the reference (spec §5.4), including the quirk
+/// ln p(log10 Z* | log10 M_formed) exactly as the reference, including the quirk
 /// that the erf normalisation is centred on log10 Z instead of μ_Z.
 pub fn ln_mass_metallicity(log10z: f64, log10m: f64) -> f64 {
     let (mu, sigma) = mass_metallicity_params(log10m);
@@ -129,7 +129,7 @@ pub fn ln_dvdz(z: f64) -> f64 {
     pade::differential_comoving_volume(z).ln()
 }
 
-/// The density over physical θ (all factors of spec §5.4 except the latent-normal
+/// The density over physical θ (all factors of the reference prior except the latent-normal
 /// Jacobian term), in f64: ln p_φ(φ(θ)) = this + Σ_{i≥1} ln 𝒩(φ_i; 0, 1). θ[0] is N.
 /// −∞ outside the support.
 pub fn log_density_theta(theta: &[f64; N_PARAMS]) -> f64 {
@@ -317,7 +317,7 @@ fn student_t2_truncated(u: f64) -> f64 {
     SFR_SCALE * v * SQRT_2 / (1.0 - v * v).sqrt()
 }
 
-/// The Prospector-α-like prior of spec §5.4 (Padé cosmology Ω_m = 0.30966, H₀ = 67.66).
+/// The Prospector-α-like prior of `pop_cosmos.catalogue.ProspectorModel` (Padé cosmology Ω_m = 0.30966, H₀ = 67.66).
 pub struct ProspectorAlphaPrior {
     envelope: OnceLock<MassRedshiftEnvelope>,
 }

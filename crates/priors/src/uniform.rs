@@ -1,5 +1,5 @@
-//! Uniform prior: uniform in θ within the §1.1 bounds for indices 1..15 and flat in
-//! log10 M_formed on (7, 13) given z (spec §1.1–1.2, Padé distance modulus of §5.6).
+//! Uniform prior: uniform in θ within the parameter bounds for indices 1..15 and flat in
+//! log10 M_formed on (7, 13) given z (Padé distance modulus, Adachi & Kasai 2012).
 
 use candle_core::{DType, Device, Tensor};
 use popcosmos_api::cosmology::pade;

@@ -1,4 +1,4 @@
-//! The pop-cosmos uncertainty model (a conditional 26-D VP diffusion model, spec §3.3) against
+//! The pop-cosmos uncertainty model (a conditional 26-D VP diffusion model) against
 //! the PyTorch reference outputs in `tests/fixtures/noise_model_fixture.safetensors`.
 
 use std::collections::HashMap;

@@ -1,5 +1,5 @@
 //! Affine-invariant ensemble sampler (Goodman & Weare 2010), parallel red/blue version of
-//! Foreman-Mackey+13 (spec §6), with emcee-style pluggable moves.
+//! Foreman-Mackey+13, with emcee-style pluggable moves.
 //!
 //! The walkers `[walkers, galaxies, dim]` are split into two halves along the walker axis.
 //! One [`EnsembleSampler`] step updates the first half against the second, then the second
@@ -9,7 +9,7 @@
 //! `[(DEMove(), 0.8), (StretchMove(), 0.2)]`.
 //!
 //! Every galaxy is an independent target: partner indices are shared across the galaxy
-//! axis (one draw per walker, as in spec §6), everything else — stretch factors,
+//! axis (one draw per walker, as in emcee), everything else — stretch factors,
 //! acceptance — is drawn per (walker, galaxy).
 
 use popcosmos_api::{Error, LogDensity, RandomSource, Result, Sampler, Tensor};
@@ -42,7 +42,7 @@ pub trait Move: Send + Sync {
 /// Goodman & Weare stretch move: y = x_j + z (x − x_j), g(z) ∝ 1/√z on [1/a, a].
 #[derive(Debug, Clone, Copy)]
 pub struct StretchMove {
-    /// Scale parameter a > 1 (spec §6 uses 2).
+    /// Scale parameter a > 1 (Foreman-Mackey+13 use 2).
     pub a: f64,
 }
 
@@ -66,7 +66,7 @@ impl Move for StretchMove {
         let (n, g, d) = active.dims3()?;
         let m = complement.dim(0)?;
         let device = active.device();
-        // One partner per walker, shared across galaxies (spec §6).
+        // One partner per walker, shared across galaxies.
         let idx = Tensor::from_vec(rng.indices(n, m), n, device)?;
         let partner = complement.index_select(&idx, 0)?;
         // z = ((a − 1) u + 1)² / a has density ∝ 1/√z on [1/a, a].
@@ -77,7 +77,7 @@ impl Move for StretchMove {
             .affine(1.0 / self.a, 0.0)?;
         let diff = (active - &partner)?;
         let position = partner.add(&diff.broadcast_mul(&z.unsqueeze(2)?)?)?;
-        // Accept with z^(d−1) P(y)/P(x); kept in logs (no f32 overflow of z^(d−1), spec §6).
+        // Accept with z^(d−1) P(y)/P(x); kept in logs (no f32 overflow of z^(d−1)).
         let log_factor = z.log()?.affine((d as f64) - 1.0, 0.0)?;
         Ok(Proposal {
             position,
@@ -225,7 +225,7 @@ impl EnsembleSampler {
         Ok(Self { moves })
     }
 
-    /// The spec §6 sampler: the stretch move with a = 2.
+    /// The reference sampler: the stretch move with a = 2.
     pub fn stretch() -> Self {
         Self {
             moves: vec![(Box::new(StretchMove::default()), 1.0)],

@@ -1,7 +1,7 @@
 //! # popcosmos-samplers — batched MCMC kernels, a run driver and convergence diagnostics
 //!
 //! This crate's one job: draw posterior samples for many independent galaxies at once from a
-//! [`LogDensity`] over `[walkers, galaxies, dim]` f32 tensors (spec §6), and say how well the
+//! [`LogDensity`] over `[walkers, galaxies, dim]` f32 tensors, and say how well the
 //! chains converged. Every galaxy is its own target; all galaxies move together in one
 //! batched tensor step, so the kernels never loop over galaxies on the host.
 //!
@@ -128,7 +128,7 @@ pub trait StepInfo {
     fn accepted(&self) -> &Tensor;
 }
 
-/// Map NaN log-densities to −∞ (spec §6: NaN → −∞, so they are never accepted).
+/// Map NaN log-densities to −∞ (so they are never accepted).
 pub(crate) fn sanitize_log_prob(lp: &Tensor) -> Result<Tensor> {
     let is_nan = lp.ne(lp)?;
     let neg_inf = lp.ones_like()?.affine(0.0, f64::NEG_INFINITY)?;

@@ -136,7 +136,7 @@ where
     let (walkers, galaxies, dim) = state.position().dims3()?;
     let kept = config.kept();
     // Kept states stay on the device until the end: a copy to the host every step would
-    // synchronise the device every step (issue #8: no host round trip per step).
+    // synchronise the device every step (no host round trip per step).
     let mut kept_states: Vec<(Tensor, Tensor)> = Vec::with_capacity(kept);
     let mut accepted_sum: Option<Tensor> = None;
 

@@ -492,46 +492,45 @@ fn bad_settings_are_refused_by_name() {
             .to_string();
         assert!(e.contains(key), "{e}");
     };
-    bad(
-        SmcConfig {
-            particles: 31,
-            ..SmcConfig::default()
-        },
-        "sampler.particles",
-    );
-    bad(
-        SmcConfig {
-            ess_target: 1.0,
-            ..SmcConfig::default()
-        },
-        "sampler.ess_target",
-    );
-    bad(
-        SmcConfig {
-            ess_target: f64::NAN,
-            ..SmcConfig::default()
-        },
-        "sampler.ess_target",
-    );
-    bad(
-        SmcConfig {
-            ess_target: 0.0,
-            ..SmcConfig::default()
-        },
-        "sampler.ess_target",
-    );
-    bad(
-        SmcConfig {
-            max_correlation: 1.5,
-            ..SmcConfig::default()
-        },
-        "sampler.max_correlation",
-    );
-    bad(
-        SmcConfig {
-            final_sweeps: 0,
-            ..SmcConfig::default()
-        },
-        "sampler.final_sweeps",
-    );
+    let d = SmcConfig::default();
+    for (config, key) in [
+        (SmcConfig { particles: 31, ..d }, "sampler.particles"),
+        (
+            SmcConfig {
+                ess_target: 1.0,
+                ..d
+            },
+            "sampler.ess_target",
+        ),
+        (
+            SmcConfig {
+                ess_target: f64::NAN,
+                ..d
+            },
+            "sampler.ess_target",
+        ),
+        (
+            SmcConfig {
+                ess_target: 0.0,
+                ..d
+            },
+            "sampler.ess_target",
+        ),
+        (
+            SmcConfig {
+                max_correlation: 1.5,
+                ..d
+            },
+            "sampler.max_correlation",
+        ),
+        (
+            SmcConfig {
+                final_sweeps: 0,
+                ..d
+            },
+            "sampler.final_sweeps",
+        ),
+    ] {
+        bad(config, key);
+    }
 }

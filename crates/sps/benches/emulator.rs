@@ -1,7 +1,7 @@
 //! `cargo bench -p popcosmos-sps`: photulator stack throughput (see `popcosmos_sps::bench`).
 //!
 //! Run with `RAYON_NUM_THREADS` exported (candle otherwise re-reads /proc/cpuinfo on every
-//! matmul; rust-stack-notes §3.3). Set `BENCH_SECONDS` to change the time per configuration and
+//! matmul). Set `BENCH_SECONDS` to change the time per configuration and
 //! `BENCH_TENSOR_PATH=1` to time the batched candle path instead of the fused CPU kernel.
 
 use std::time::Duration;

@@ -1,11 +1,11 @@
-//! The speculator activation (Alsing+20 eq. 8; spec §2.1) as one fused op.
+//! The speculator activation (Alsing+20 eq. 8) as one fused op.
 //!
 //! `act(y) = (β + (1 − β) σ(α y)) y` with per-unit α, β, optionally applied to `y = x + bias`
 //! so the bias add of a dense layer rides along for free.
 //!
 //! Why fused: composed from candle ops the activation is 5 kernels and 5 full-size temporaries,
 //! and candle's sigmoid is a serial libm loop; on CPU that costs more than the matmuls
-//! (rust-stack-notes §3.2). The CPU path here is one pass over contiguous f32 with a
+//! (measured in docs/benchmarks.md). The CPU path here is one pass over contiguous f32 with a
 //! vectorisable polynomial exp (Cody–Waite range reduction + the Cephes `expf` polynomial,
 //! ≈1e-7 relative), compiled for AVX2 when the CPU has it, and rayon-parallel on the current
 //! rayon pool above [`PAR_MIN_ELEMS`] elements. On CUDA (cargo feature `cuda`) it is one

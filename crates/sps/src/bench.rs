@@ -3,7 +3,7 @@
 //! Thread control: each thread count gets a dedicated rayon `ThreadPool` and the timed loop
 //! runs inside `pool.install`. That governs both the fused activation (it uses the *current*
 //! rayon pool) and candle's gemm, whose `Parallelism::Rayon(n)` splits work with `par_iter`
-//! on the current pool (rust-stack-notes §3.3): with a 1-thread pool its `n` chunks run one
+//! on the current pool: with a 1-thread pool its `n` chunks run one
 //! after another. candle's own element-wise kernels use a separate persistent "barrier pool"
 //! (sized once from `CANDLE_NUM_THREADS`/`RAYON_NUM_THREADS`) above 64 k elements; the forward
 //! keeps its element-wise ops below that size, and the `cpu/wall` column (process CPU time /

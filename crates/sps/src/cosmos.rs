@@ -1,4 +1,4 @@
-//! The COSMOS SPS forward model: θ → model photometry (spec §3 steps 2–6).
+//! The COSMOS SPS forward model: θ → model photometry.
 //!
 //! `flux_nmgy_b = 10^((22.5 − M_b(θ₁₅) − N)/2.5) + Σ_l α_l F_bl(θ^power)` and
 //! `line_sigma_nmgy_b = Σ_l e^{γ_l} (1 + α_l) F_bl(θ^power)`, with α = `emline_offsets`,
@@ -193,7 +193,7 @@ impl SpsModel for CosmosSps {
                 line_sigma_nmgy: None,
             });
         };
-        // [n, bands, 2]: Σ_l α_l F_bl and Σ_l e^{γ_l}(1+α_l) F_bl (spec §3 steps 4 and 6).
+        // [n, bands, 2]: Σ_l α_l F_bl and Σ_l e^{γ_l}(1+α_l) F_bl.
         let sums = lines
             .emulator
             .contract(&theta_to_power(&flat)?, &lines.weights)?;

@@ -1,4 +1,4 @@
-//! Derived physical quantities from θ (spec §1.4–1.5, `pop_cosmos.utils`).
+//! Derived physical quantities from θ (`pop_cosmos.utils`).
 //!
 //! Host f64 code, meant for posterior samples after sampling. Cosmology is astropy `Planck18`
 //! ([`popcosmos_api::cosmology::Planck18`], tabulated once per process), so there is no
@@ -61,8 +61,7 @@ pub fn n_from_log10_mass(log10_mass: f64, z: f64) -> f64 {
     planck18().distmod(z.max(Z_MIN_DISTMOD)) - 2.5 * log10_mass
 }
 
-/// Lookback-time edges (Gyr) of the 7 SFH bins for a galaxy whose universe is `t_univ` old
-/// (spec §1.4).
+/// Lookback-time edges (Gyr) of the 7 SFH bins for a galaxy whose universe is `t_univ` old.
 pub fn sfh_bin_edges_gyr(t_univ_gyr: f64) -> [f64; N_SFH_BINS + 1] {
     let lo = 0.1f64.log10();
     let hi = (0.85 * t_univ_gyr).log10();

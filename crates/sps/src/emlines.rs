@@ -1,4 +1,4 @@
-//! Emission-line emulator (`pop_cosmos.emlines.EmLineEmulator`; spec §3.2, models/README §4).
+//! Emission-line emulator (`pop_cosmos.emlines.EmLineEmulator`).
 //!
 //! A speculator network 16 → 128 → 128 → 128 → 32 (activation on the hidden layers only)
 //! predicts 32 PCA coefficients, decoded to "absolute magnitudes" of 128 emission lines per
@@ -12,12 +12,12 @@
 //! **Input convention (reproduces the reference code path):** the network input is
 //! θ^power — N first, √dust2, everything else as in θ (ln f_AGN, ln τ_AGN, …), exactly what
 //! `CatalogueGenerator.forward` passes — even though the stored input shift/scale look like
-//! moments of linear τ₂/f_AGN/τ_AGN (spec §3.2 caveat). The T25 calibration was fitted through
+//! moments of linear τ₂/f_AGN/τ_AGN. The T25 calibration was fitted through
 //! this path, so we reproduce it; see [`crate::photulator::theta_to_power`].
 //!
 //! On CPU the bandpass sum and the contraction over lines run in one fused kernel
 //! ([`EmLineEmulator::contract`]), so `F` is never materialised when only `Σ_l w_lk F_bl` is
-//! needed (the data model needs k = 2 such sums, spec §3 steps 4 and 6).
+//! needed (the data model needs k = 2 such sums).
 
 use std::path::Path;
 
@@ -34,7 +34,7 @@ pub const BUILTIN_WEIGHTS: &[u8] =
     include_bytes!("../../../assets/models/emline_emulator.safetensors");
 const BUILTIN_NAME: &str = "emline_emulator.safetensors";
 
-/// L☉ / (4π (10 pc)²) in erg s⁻¹ cm⁻² (spec §3.2).
+/// L☉ / (4π (10 pc)²) in erg s⁻¹ cm⁻².
 pub const LSUN_AT_10PC: f64 = 3.214_388_202_429_568_5e-7;
 
 const N_IN: usize = 16;
@@ -135,7 +135,7 @@ const AB_ZP_CGS: f64 = 3631e-23;
 
 /// Response B_b(λ) of a filter to a line at observed λ, in the units of the App. B models:
 /// a line of flux F (erg s⁻¹ cm⁻²) at λ adds F · λ · B_b(λ) · 10⁹ nmgy to the band, since
-/// ⟨f_ν⟩ = F λ T(λ) / (c ∫ T dλ/λ) for a photon-counting filter (AB; spec §3.2).
+/// ⟨f_ν⟩ = F λ T(λ) / (c ∫ T dλ/λ) for a photon-counting filter (AB).
 pub fn filter_line_response(filter: &popcosmos_api::FilterCurve, lambda_aa: f64) -> f64 {
     let (w, t) = (&filter.wavelength_aa, &filter.transmission);
     let norm: f64 = (1..w.len())
@@ -393,7 +393,7 @@ impl EmLineEmulator {
         let n_param = theta16t.i((.., 0..1))?;
         let z = theta16t.i((.., N_IN - 1..N_IN))?;
         let lam = (z + 1.0)?.broadcast_mul(&self.line_lambdas)?;
-        // 10^(9 − 0.4 N) · C = M_formed (10 pc / d_L)² · 10⁹ · C  (spec §3.2).
+        // 10^(9 − 0.4 N) · C = M_formed (10 pc / d_L)² · 10⁹ · C.
         let ln10 = std::f64::consts::LN_10;
         let norm = (n_param.affine(-0.4 * ln10, 9.0 * ln10)?.exp()? * LSUN_AT_10PC)?;
         let factor = lam.mul(&lum)?.broadcast_mul(&norm)?;

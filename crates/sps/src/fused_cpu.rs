@@ -117,7 +117,7 @@ impl PackedPhotulator {
     /// θ₁₅ rows (row-major `[n, n_in]`) → absolute magnitudes `[n, bands]`.
     pub fn absolute_magnitudes(&self, x: &[f32]) -> Vec<f32> {
         let n = x.len() / self.n_in;
-        // Standardise once for all bands (spec §2.1).
+        // Standardise once for all bands.
         let xs: Vec<f32> = x
             .chunks_exact(self.n_in)
             .flat_map(|row| {

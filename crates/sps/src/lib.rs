@@ -3,18 +3,18 @@
 //! Turns physical stellar-population parameters θ into model photometry and derived
 //! quantities, reproducing the PyTorch reference (`pop_cosmos`, `speculator`) numerically.
 //!
-//! * [`photulator::Photulator`]: 26 per-band networks (spec §2.1), evaluated as batched
+//! * [`photulator::Photulator`]: 26 per-band networks, evaluated as batched
 //!   matmuls over stacked `[bands, in, out]` weights; θ₁₅ `[n, 15]` → absolute magnitudes
 //!   `[n, bands]` (AB, per M☉ formed, at 10 pc). Helpers give apparent magnitudes, fluxes and
 //!   asinh magnitudes.
-//! * [`emlines::EmLineEmulator`]: emission-line emulator and bandpass models (spec §3.2):
+//! * [`emlines::EmLineEmulator`]: emission-line emulator and bandpass models:
 //!   θ^power → line band contributions `F[n, bands, 44]` nmgy, or contracted sums
 //!   `Σ_l F_bl w_lk` via [`emlines::EmLineEmulator::contract`].
-//! * [`stellar_mass::StellarMassEmulator`]: surviving mass fraction (spec §1.5).
+//! * [`stellar_mass::StellarMassEmulator`]: surviving mass fraction.
 //! * [`derived`]: log10 M_formed, mass-weighted age, SFR, sSFR, remaining mass (host f64,
 //!   astropy-Planck18 cosmology).
 //! * [`cosmos::CosmosSps`]: the [`popcosmos_api::SpsModel`] implementation combining them with
-//!   a [`popcosmos_api::Calibration`] (spec §3 steps 2–6; no zero points).
+//!   a [`popcosmos_api::Calibration`] (no zero points).
 //! * [`spectrum`]: the Speculator Prospector-α **spectrum** emulator and
 //!   [`spectrum::SpectrumPhotometry`] — observed-frame AB photometry through any filter
 //!   curves (redshifting, Madau IGM, 1 + z bandwidth factor), in the photulator convention.
@@ -23,7 +23,7 @@
 //! * [`fused_cpu`]: whole-network CPU kernel for the photulator (AVX2/FMA micro-kernel).
 //! * [`bench`]: CPU throughput benchmark of the photulator stack.
 //!
-//! ## Other surveys (issue #6)
+//! ## Other surveys
 //! [`CosmosSps`] works for any band set: build it with
 //! [`CosmosSps::for_filter_set`]`(photulator, &filters, &calibration)` — a photulator set for
 //! the survey (bundled `builtin:photulator_kids9` / `builtin:photulator_lsst6`, or one from
@@ -32,7 +32,7 @@
 //! bandpass fits) and a calibration with 44 line offsets / scatters. Filter curves:
 //! [`popcosmos_api::FilterCurve`]; bundled under `assets/filters/{cosmos,kids,lsst}/`.
 //!
-//! ## Input conventions (spec §1.3)
+//! ## Input conventions
 //! * θ `[..., 16]`, physical, in the order of [`popcosmos_api::PARAM_NAMES`]: N first
 //!   (N = μ(z) − 2.5 log10 M_formed), dust2 **linear**, z last. This is what
 //!   [`cosmos::CosmosSps`] and the stellar-mass emulator take.
@@ -41,7 +41,7 @@
 //! * The emission-line emulator takes θ^power = θ with dust2 → √dust2, **N kept first**
 //!   ([`photulator::theta_to_power`]).
 //!
-//! ## The line-emulator input quirk (spec §3.2 [VERIFY])
+//! ## The line-emulator input quirk
 //! The line network's stored input standardisation matches a training set in *linear*
 //! τ₂ / f_AGN / τ_AGN with z ≤ 4.5, but the reference pipeline feeds it √τ₂ and ln f_AGN /
 //! ln τ_AGN. The published calibration (line offsets, scatters, zero points) was fitted through

@@ -1,10 +1,9 @@
-//! The COSMOS "Photulator" stack: 26 per-band speculator networks θ₁₅ → absolute magnitude
-//! (spec §2.1, models/README §1).
+//! The COSMOS "Photulator" stack: 26 per-band speculator networks θ₁₅ → absolute magnitude.
 //!
 //! All bands are evaluated at once: the per-band weights are stacked into `[bands, in, out]`
 //! tensors, so each layer is one batched matmul `[bands, n, in] @ [bands, in, out]` followed by
 //! the fused bias + activation op ([`crate::activation`]). The activation is applied after
-//! every layer **including the 1-unit output layer** (spec §2.1, App. C.3).
+//! every layer **including the 1-unit output layer**.
 //!
 //! ```no_run
 //! # fn main() -> popcosmos_api::Result<()> {
@@ -35,7 +34,7 @@ pub const BUILTIN_WEIGHTS: &[u8] =
 pub const BUILTIN_CARD: &str = include_str!("../../../assets/models/photulator_cosmos26.json");
 const BUILTIN_NAME: &str = "photulator_cosmos26.safetensors";
 
-/// Number of photulator inputs (θ without N, dust2 → √dust2; spec §1.3).
+/// Number of photulator inputs (θ without N, dust2 → √dust2).
 pub const N_INPUTS: usize = 15;
 
 /// 2.5 / ln 10 (Pogson), as in `speculator.flux2asinhmag`.
@@ -253,7 +252,7 @@ impl Photulator {
         &self.device
     }
 
-    /// Asinh-magnitude softening f_b per band, nanomaggies (spec §2.3).
+    /// Asinh-magnitude softening f_b per band, nanomaggies.
     pub fn flux_softening_nmgy(&self) -> &[f32] {
         &self.flux_softening_nmgy
     }
@@ -340,7 +339,7 @@ impl Photulator {
             let pre = h.matmul(&layer.weight)?;
             h = speculator_activation(&pre, &layer.alpha, &layer.beta, Some(&layer.bias))?;
         }
-        // [bands, n, 1] → [n, bands], then de-standardise (spec §2.1).
+        // [bands, n, 1] → [n, bands], then de-standardise.
         let out = h.squeeze(2)?.t()?;
         Ok(out
             .broadcast_mul(&self.output_scale)?
@@ -385,7 +384,7 @@ impl Photulator {
 }
 
 /// Physical θ `[..., 16]` (N first, dust2 linear) → photulator input `[..., 15]`: drop N and
-/// replace dust2 by √dust2 (spec §1.3).
+/// replace dust2 by √dust2.
 pub fn theta_to_photulator_input(theta: &Tensor) -> Result<Tensor> {
     let theta = theta.to_dtype(DType::F32)?;
     let d = theta.dim(D::Minus1)?;
@@ -405,7 +404,7 @@ pub fn theta_to_photulator_input(theta: &Tensor) -> Result<Tensor> {
 }
 
 /// Physical θ `[..., 16]` → θ^power (dust2 → √dust2, N kept first), the emission-line emulator
-/// input of the reference code path (spec §1.3, §3.2).
+/// input of the reference code path.
 pub fn theta_to_power(theta: &Tensor) -> Result<Tensor> {
     let theta = theta.to_dtype(DType::F32)?;
     let d = theta.dim(D::Minus1)?;
@@ -425,8 +424,8 @@ pub fn mag_to_flux_nmgy(mag: &Tensor) -> Result<Tensor> {
     Ok(mag.affine(-k, 22.5 * k)?.exp()?)
 }
 
-/// Lupton+99 asinh magnitude of fluxes `[..., bands]` with softening `[bands]` (both nmgy;
-/// spec §2.3): −(2.5/ln10)·[asinh(f/2b) − ln(10⁹/b)].
+/// Lupton+99 asinh magnitude of fluxes `[..., bands]` with softening `[bands]` (both nmgy):
+/// −(2.5/ln10)·[asinh(f/2b) − ln(10⁹/b)].
 pub fn flux_to_asinh_mag(flux_nmgy: &Tensor, softening_nmgy: &Tensor) -> Result<Tensor> {
     let b = softening_nmgy.to_dtype(DType::F32)?;
     let x = flux_nmgy.broadcast_div(&b.affine(2.0, 0.0)?)?;

@@ -1,4 +1,4 @@
-//! Surviving-stellar-mass-fraction emulator (spec §1.5, §7.4; models/README §3).
+//! Surviving-stellar-mass-fraction emulator.
 //!
 //! `Mfrac = tanh(L2(tanh(L1(tanh(L0((θ − shift)/scale))))))` — tanh after every layer,
 //! **including the output** — on the raw θ `[n, 16]` (N first, dust2 linear, *not* √dust2).

@@ -1,13 +1,13 @@
-//! Training per-band photulators from a teacher (issue #6 item 2).
+//! Training per-band photulators from a teacher.
 //!
-//! Same architecture and activation as the COSMOS photulators (spec §2.1): one network per
+//! Same architecture and activation as the COSMOS photulators: one network per
 //! band, 15 → 128 → 128 → 128 → 128 → 1, the speculator activation
 //! a(y) = [β + (1 − β) σ(α y)] y with per-unit trainable α, β after **every** layer, the
 //! output de-standardised as M = out · output_scale + output_shift. The loss is each band's
 //! mean-squared error in standardised units; bands are independent networks.
 //!
 //! The result ([`TrainedPhotulators::save`]) has the tensor layout of
-//! `photulator_cosmos26.safetensors` (models/README §1) plus the JSON sidecar, so it loads
+//! `photulator_cosmos26.safetensors` plus the JSON sidecar, so it loads
 //! with [`crate::Photulator::load`] unchanged.
 //!
 //! **Why hand-written backpropagation.** candle's CPU autograd on these small `[256, 128]`

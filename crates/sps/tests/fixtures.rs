@@ -324,7 +324,7 @@ fn mock_catalogue_noiseless_fluxes() {
         .map(|i| (absmag[i] - absmag_ref[i]).abs())
         .fold(0.0, f64::max);
 
-    // Line-error term: σ̂ = Z sqrt((σ_nm/Z)² + σ_em²), error floor 0 (spec §3 step 8).
+    // Line-error term: σ̂ = Z sqrt((σ_nm/Z)² + σ_em²), error floor 0.
     let ln_sig = v("ln_sigma_maggies");
     let sig_ref = v("flux_sigma_maggies");
     let nine_ln10 = 9.0 * std::f64::consts::LN_10;

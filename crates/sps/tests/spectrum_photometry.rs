@@ -1,4 +1,4 @@
-//! Spectrum emulator → photometry (issue #6): the Speculator forward pass against an
+//! Spectrum emulator → photometry: the Speculator forward pass against an
 //! independent f64 implementation, exact AB magnitudes of a flat f_ν spectrum with the 1 + z
 //! bandwidth factor, the batched integration against a direct f64 quadrature, filter-curve
 //! line responses against the COSMOS App. B models, and a tiny photulator training run that

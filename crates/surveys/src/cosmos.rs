@@ -1,4 +1,4 @@
-//! The COSMOS2020 26-band survey of pop-cosmos (spec §2.1 band table, §3.1 calibration).
+//! The COSMOS2020 26-band survey of pop-cosmos.
 
 use popcosmos_api::{Band, Calibration, Result, Survey};
 use serde::Deserialize;
@@ -117,7 +117,7 @@ mod tests {
         assert_eq!(s.bands[0].name, "u_megaprime_sagem");
         assert_eq!(s.bands[24].name, "irac1_cosmos");
         assert_eq!(s.bands[24].label, "Ch1");
-        // Spec §3.1 table (to the printed precision).
+        // Leistedt+23 calibration table (to the printed precision).
         assert!((s.calibration.zero_points[1] - 1.0830942).abs() < 1e-7);
         assert!((s.calibration.zero_points[17] - 1.1472832).abs() < 1e-7);
         assert!((s.calibration.error_floors[0] - 0.1).abs() < 1e-7);

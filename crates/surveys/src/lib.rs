@@ -1,7 +1,7 @@
 //! # popcosmos-surveys — photometric surveys: bands, filter curves, calibration
 //!
 //! A survey fixes the band order of every flux vector, the asinh softening per band and
-//! the calibration of the data model (spec §3.1): multiplicative zero points, fractional
+//! the calibration of the data model: multiplicative zero points, fractional
 //! error floors and the emission-line offsets / scatters.
 //!
 //! Built in:

@@ -1,5 +1,4 @@
-//! flowfusion `PopulationModelDiffusion[Conditional]` → `popcosmos/diffusion/v1` (spec §5.1,
-//! §7.1).
+//! flowfusion `PopulationModelDiffusion[Conditional]` → `popcosmos/diffusion/v1`.
 
 use std::collections::BTreeMap;
 use std::path::Path;

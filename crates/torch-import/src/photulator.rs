@@ -1,5 +1,4 @@
 //! speculator `Photulator` `.pt` files (one per band) → `pop-cosmos-rs/photulator-stack/v1`
-//! (spec §2.1, §7.2).
 
 use std::collections::BTreeMap;
 use std::path::Path;

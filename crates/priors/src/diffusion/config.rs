@@ -1,4 +1,4 @@
-//! Serde configuration of a score-based diffusion model (spec §5.1), stored as JSON in the
+//! Serde configuration of a score-based diffusion model, stored as JSON in the
 //! `config` metadata entry of its safetensors file (format `popcosmos/diffusion/v1`).
 
 use serde::{Deserialize, Serialize};
@@ -37,7 +37,7 @@ pub enum Activation {
     Silu,
 }
 
-/// The forward SDE (spec §5.1). `t_max` is T; `epsilon` the lower end of the time interval.
+/// The forward SDE. `t_max` is T; `epsilon` the lower end of the time interval.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum SdeConfig {

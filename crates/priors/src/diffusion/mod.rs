@@ -1,4 +1,4 @@
-//! Score-based diffusion models (spec §5.1, §3.3): the flowfusion score network, VP / sub-VP /
+//! Score-based diffusion models: the flowfusion score network, VP / sub-VP /
 //! VE SDEs, probability-flow log-densities with the exact divergence, ODE and SDE sampling,
 //! denoising score-matching training, and the [`DiffusionPrior`] wrapper used in manifests.
 

@@ -1,5 +1,5 @@
 //! A diffusion model on a standardised variable: loading, probability-flow log-density,
-//! ODE and SDE sampling (spec §5.1, §3.3).
+//! ODE and SDE sampling.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -15,7 +15,7 @@ use super::score_net::ScoreNet;
 
 /// safetensors `format` metadata of files written by this crate and by `import-torch`.
 pub const FORMAT: &str = "popcosmos/diffusion/v1";
-/// Format of the bundled pop-cosmos uncertainty model (config implied, spec §3.3).
+/// Format of the bundled pop-cosmos uncertainty model (config implied).
 pub const NOISE_MODEL_FORMAT: &str = "pop-cosmos-rs/noise-model/v1";
 
 /// How the divergence ∇·f̃ is computed along the log-density ODE.
@@ -248,7 +248,7 @@ impl DiffusionModel {
         Ok((x.broadcast_mul(&a)? - s.broadcast_mul(&half_g2)?)?)
     }
 
-    /// ln p(x) by the probability-flow ODE from ε to T (spec §5.1), for physical `x` `[n, D]`
+    /// ln p(x) by the probability-flow ODE from ε to T, for physical `x` `[n, D]`
     /// and physical conditioning `c` `[n, C]`. The density is that of the *standardised* x,
     /// as in the reference; subtract Σ ln x_scale for the physical density.
     pub fn log_prob(
@@ -480,7 +480,7 @@ impl VectorField for AugmentedFlow<'_> {
     }
 }
 
-/// The implied config of the bundled pop-cosmos uncertainty model (spec §3.3, §7.1).
+/// The implied config of the bundled pop-cosmos uncertainty model.
 fn noise_model_config(t: &HashMap<String, Tensor>) -> std::result::Result<DiffusionConfig, String> {
     let len = |k: &str| {
         t.get(k)

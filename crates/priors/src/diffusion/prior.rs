@@ -130,7 +130,7 @@ impl Prior for DiffusionPrior {
 
     fn sample(&self, n: usize, rng: &mut dyn RandomSource, device: &Device) -> Result<Tensor> {
         let mut rows: Vec<Vec<f32>> = Vec::with_capacity(n);
-        // Guard non-finite draws (spec §5.3) by redrawing them.
+        // Guard non-finite draws by redrawing them.
         for _round in 0..16 {
             let need = n - rows.len();
             if need == 0 {

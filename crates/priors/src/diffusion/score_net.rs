@@ -1,4 +1,4 @@
-//! The flowfusion score network (spec §5.1): Fourier time embedding + MLP, with a forward-mode
+//! The flowfusion score network: Fourier time embedding + MLP, with a forward-mode
 //! tangent pass giving the exact trace of the d×d input Jacobian in one batched sweep.
 
 use candle_core::{D, DType, Device, Module, Tensor};

@@ -1,4 +1,4 @@
-//! Denoising score-matching training of a [`DiffusionModel`] (spec §5.1): Adam with cosine
+//! Denoising score-matching training of a [`DiffusionModel`]: Adam with cosine
 //! learning-rate decay, an exponential moving average (EMA) of the weights, held-out loss,
 //! and checkpoints that a later run resumes from.
 //!

@@ -1,5 +1,5 @@
 //! Speculator spectrum emulator → observed-frame AB photometry through any filter set
-//! (issue #6; spec §2.4, Alsing+20 eq. 2).
+//! (Alsing+20 eq. 2).
 //!
 //! * [`speculator::SpeculatorSegment`]: one PCA spectrum emulator segment.
 //! * [`SpectrumEmulator`]: the three Prospector-α segments concatenated into one rest-frame
@@ -7,7 +7,7 @@
 //! * [`igm`]: Madau (1995) mean IGM attenuation.
 //! * [`SpectrumPhotometry`]: θ `[n, 16]` → per-band absolute magnitudes in the photulator
 //!   convention (AB mag per M☉ formed "at 10 pc", so that f_nmgy = 10^((22.5 − M_b − N)/2.5),
-//!   N = μ(z) − 2.5 log10 M_formed; spec §1, §2.1).
+//!   N = μ(z) − 2.5 log10 M_formed).
 //!
 //! ## Units of the emulator output
 //! The sidecars call the output "ln l_ν [L☉ Hz⁻¹] per M☉"; numerically it is the rest-frame
@@ -48,7 +48,7 @@
 //! at all gets M = 99 ([`MAGGIES_FLOOR`]). Hence
 //! M_b = −2.5 log10[(1 + z) ⟨l_ν⟩_b], and m_b = M_b + N exactly as for the photulators.
 //!
-//! ## Parameter mapping and validity (spec §2.4)
+//! ## Parameter mapping and validity
 //! The emulator takes θ₁₄ = photulator input without log U: [log Z, r₁..r₆, √τ₂, n, τ₁/τ₂,
 //! ln f_AGN, ln τ_AGN, log Z_gas, z] ([`theta_to_speculator_input`]). Its z input only sets
 //! the age of the Universe (SFH bin edges) and was trained on 0.5 ≤ z ≤ 2.5 (= stored

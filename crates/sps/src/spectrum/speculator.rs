@@ -1,4 +1,4 @@
-//! One Speculator spectrum-emulator segment (Alsing+20; spec §2.4, models/README §5).
+//! One Speculator spectrum-emulator segment (Alsing+20).
 //!
 //! θ₁₄ `[n, 14]` → ln l_ν `[n, n_λ]` (rest frame, per M☉ formed; numerically f_ν at 10 pc in
 //! maggies, see [`super`]):
@@ -24,7 +24,7 @@ use crate::emlines::{Dense, speculator_pca};
 use crate::weights::{WeightFile, parse_card, read_sidecar};
 use popcosmos_api::{Error, Result};
 
-/// Number of spectrum-emulator inputs: θ without N and without log U (spec §2.4).
+/// Number of spectrum-emulator inputs: θ without N and without log U.
 pub const N_INPUTS: usize = 14;
 
 /// Architecture read from the JSON sidecar.
@@ -91,7 +91,7 @@ impl SpeculatorSegment {
                 .t()?
                 .contiguous()?;
             let bias = file.get(&format!("{p}.bias"), &[n_out])?;
-            // Hidden layers only: the output layer is linear (spec §2.4).
+            // Hidden layers only: the output layer is linear.
             let act = if k + 1 < n_layers {
                 Some((
                     file.get(&format!("{p}.alpha"), &[n_out])?,
