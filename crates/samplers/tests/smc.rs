@@ -62,25 +62,22 @@ impl Mixture {
         }
     }
 
-    fn log_evidence(&self) -> f64 {
-        let terms: Vec<f64> = self
-            .means
+    /// ln(w_k Z_k) of each mode: its share of the evidence under the prior 𝒩(0, I).
+    fn mode_log_masses(&self) -> Vec<f64> {
+        self.means
             .iter()
             .zip(&self.sigmas)
             .zip(&self.log_weights)
             .map(|((m, s), w)| w + gauss_log_norm(m, 1.0 + s * s))
-            .collect();
-        log_sum_exp(&terms)
+            .collect()
+    }
+
+    fn log_evidence(&self) -> f64 {
+        log_sum_exp(&self.mode_log_masses())
     }
 
     fn posterior_weights(&self) -> Vec<f64> {
-        let terms: Vec<f64> = self
-            .means
-            .iter()
-            .zip(&self.sigmas)
-            .zip(&self.log_weights)
-            .map(|((m, s), w)| w + gauss_log_norm(m, 1.0 + s * s))
-            .collect();
+        let terms = self.mode_log_masses();
         let z = log_sum_exp(&terms);
         terms.iter().map(|t| (t - z).exp()).collect()
     }
