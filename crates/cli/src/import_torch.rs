@@ -109,32 +109,30 @@ fn photulator_card(
     sources: &[String],
 ) -> Result<PathBuf> {
     let template = popcosmos_models::builtin::builtin("photulator_cosmos26")?;
-    let mut card =
+    let template =
         popcosmos_models::ModelCard::from_bytes(template.card_text.as_bytes(), template.card_file)?;
-    let bytes = std::fs::read(weights).with_context(|| weights.display().to_string())?;
     let bands: Vec<String> = serde_json::from_str(
         imported
             .metadata
             .get("bands")
             .context("imported photulators carry no `bands` metadata")?,
     )?;
-    let file = weights
-        .file_name()
-        .and_then(|f| f.to_str())
-        .context("output file name")?
-        .to_string();
-    card.name = file.trim_end_matches(".safetensors").to_string();
-    card.description = format!(
-        "Photulator stack ({} bands) imported from .pt files",
-        bands.len()
-    );
-    card.file = file;
-    card.size_bytes = bytes.len() as u64;
-    card.sha256 = popcosmos_models::verify::sha256_hex(&bytes);
-    card.bands = bands;
-    card.provenance.converted_from = Some(sources.join(", "));
-    card.provenance.notes = Some("popcosmos-cli import-torch".into());
-    let path = popcosmos_models::card::card_path_for(weights);
-    std::fs::write(&path, card.to_yaml()).with_context(|| path.display().to_string())?;
-    Ok(path)
+    let card = popcosmos_models::ModelCard {
+        description: format!(
+            "Photulator stack ({} bands) imported from .pt files",
+            bands.len()
+        ),
+        parameters: template.parameters,
+        bands,
+        units: template.units,
+        provenance: popcosmos_models::card::Provenance {
+            converted_from: Some(sources.join(", ")),
+            notes: Some("popcosmos-cli import-torch".into()),
+            ..template.provenance
+        },
+        citations: template.citations,
+        license: template.license,
+        ..popcosmos_models::ModelCard::for_weights(weights, template.architecture)?
+    };
+    Ok(card.write_beside(weights)?)
 }

@@ -328,53 +328,38 @@ pub fn write_card_for(
     description: &str,
     notes: &str,
 ) -> Result<PathBuf> {
-    let bytes = std::fs::read(weights).with_context(|| weights.display().to_string())?;
-    let parameters = names
-        .iter()
-        .map(|n| popcosmos_models::card::Parameter {
-            name: n.clone(),
-            unit: "as in the training samples".into(),
-            min: None,
-            max: None,
-        })
-        .collect();
-    let file = weights
-        .file_name()
-        .and_then(|f| f.to_str())
-        .context("output file name")?
-        .to_string();
+    use popcosmos_models::card::{Architecture, Parameter, Provenance, Units};
     let card = popcosmos_models::ModelCard {
-        schema: popcosmos_models::card::CARD_SCHEMA,
-        name: file.trim_end_matches(".safetensors").to_string(),
         description: description.to_string(),
-        file,
-        format: popcosmos_models::card::WeightFormat::Safetensors,
-        size_bytes: bytes.len() as u64,
-        sha256: popcosmos_models::verify::sha256_hex(&bytes),
-        architecture: popcosmos_models::card::Architecture {
-            kind: kind.into(),
-            layers,
-            activation: activation.into(),
-        },
-        parameters,
-        bands: Vec::new(),
-        units: popcosmos_models::card::Units {
+        parameters: names
+            .iter()
+            .map(|n| Parameter {
+                name: n.clone(),
+                unit: "as in the training samples".into(),
+                min: None,
+                max: None,
+            })
+            .collect(),
+        units: Units {
             input: "the modelled columns (config.names), physical units of the samples".into(),
             output: format!("{kind} model; config in the safetensors metadata"),
         },
-        provenance: popcosmos_models::card::Provenance {
+        provenance: Provenance {
             source: "popcosmos-cli".into(),
-            commit: None,
             code: Some(format!("crates/priors/src/{kind}")),
-            converted_from: None,
             notes: Some(notes.to_string()),
+            ..Default::default()
         },
-        citations: Vec::new(),
-        license: "MIT".into(),
+        ..popcosmos_models::ModelCard::for_weights(
+            weights,
+            Architecture {
+                kind: kind.into(),
+                layers,
+                activation: activation.into(),
+            },
+        )?
     };
-    let path = popcosmos_models::card::card_path_for(weights);
-    std::fs::write(&path, card.to_yaml()).with_context(|| path.display().to_string())?;
-    Ok(path)
+    Ok(card.write_beside(weights)?)
 }
 
 #[derive(clap::Args)]

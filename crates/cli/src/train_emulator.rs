@@ -607,53 +607,31 @@ fn write_photulator_card(
     bands: &[String],
     args: &TrainEmulatorArgs,
 ) -> Result<PathBuf> {
+    // Parameters and activation as the COSMOS set's card, z up to z_max.
     let cosmos = popcosmos_models::builtin::builtin("photulator_cosmos26")?;
-    let mut parameters =
-        popcosmos_models::ModelCard::from_bytes(cosmos.card_text.as_bytes(), cosmos.card_file)?
-            .parameters;
+    let cosmos =
+        popcosmos_models::ModelCard::from_bytes(cosmos.card_text.as_bytes(), cosmos.card_file)?;
+    let mut parameters = cosmos.parameters;
     if let Some(z) = parameters.iter_mut().find(|p| p.name == "z") {
         z.max = Some(args.z_max);
     }
-    let bytes = std::fs::read(weights).with_context(|| weights.display().to_string())?;
-    let file = weights
-        .file_name()
-        .and_then(|f| f.to_str())
-        .context("output file name")?
-        .to_string();
+    use popcosmos_models::card::{Architecture, Provenance, Units};
     let card = popcosmos_models::ModelCard {
-        schema: popcosmos_models::card::CARD_SCHEMA,
-        name: file.trim_end_matches(".safetensors").to_string(),
         description: args.description.clone().unwrap_or_else(|| {
             format!(
                 "Photulator set for {} bands trained by popcosmos-cli train-emulator, theta15 -> absolute AB magnitude per solar mass formed",
                 bands.len()
             )
         }),
-        file,
-        format: popcosmos_models::card::WeightFormat::Safetensors,
-        size_bytes: bytes.len() as u64,
-        sha256: popcosmos_models::verify::sha256_hex(&bytes),
-        architecture: popcosmos_models::card::Architecture {
-            kind: "photulator".into(),
-            layers: {
-                let mut l = vec![15];
-                l.extend(&args.hidden);
-                l.push(1);
-                l
-            },
-            activation: "a(y) = (beta + (1 - beta) * sigmoid(alpha * y)) * y, elementwise with per-unit alpha, beta; applied after EVERY layer including the last (output) layer".into(),
-        },
         parameters,
         bands: bands.to_vec(),
-        units: popcosmos_models::card::Units {
+        units: Units {
             input: "theta15 = physical theta without N, dust2 replaced by sqrt(dust2) (popcosmos-sps theta_to_photulator_input); gaslog10U is accepted but the teacher ignores it".into(),
             output: "absolute AB magnitude per solar mass formed (m = M + N), one column per band in the order of `bands`".into(),
         },
-        provenance: popcosmos_models::card::Provenance {
+        provenance: Provenance {
             source: "popcosmos-cli train-emulator".into(),
-            commit: None,
             code: Some("crates/sps/src/train.rs, crates/sps/src/spectrum".into()),
-            converted_from: None,
             notes: Some(format!(
                 "teacher: Speculator Prospector-alpha spectrum emulators (Alsing+20, justinalsing/speculator@3c93274, MIT) + Madau (1995) IGM, magnitudes soft-capped at {} (width {}); {} training / {} held-out draws, {} steps of {}, lr {} -> {}, seed {}; initial networks: {}; {}; {}; see docs/emulators.md",
                 args.mag_cap, args.cap_width, args.train, args.heldout, args.steps, args.batch, args.lr, args.lr_end, args.seed,
@@ -671,14 +649,19 @@ fn write_photulator_card(
                     Some(eps) => format!("loss weighted by {eps} + P(m < {OBSERVABLE_MAG})"),
                 }
             )),
+            ..Default::default()
         },
         citations: vec![
             "Alsing J. et al. 2020, ApJS 249, 5 (SPECULATOR), arXiv:1911.11778".into(),
             "Madau P. 1995, ApJ 441, 18".into(),
         ],
-        license: "MIT".into(),
+        ..popcosmos_models::ModelCard::for_weights(
+            weights,
+            Architecture {
+                layers: [&[15][..], &args.hidden, &[1]].concat(),
+                ..cosmos.architecture
+            },
+        )?
     };
-    let path = popcosmos_models::card::card_path_for(weights);
-    std::fs::write(&path, card.to_yaml()).with_context(|| path.display().to_string())?;
-    Ok(path)
+    Ok(card.write_beside(weights)?)
 }

@@ -73,14 +73,14 @@ pub struct Parameter {
     pub max: Option<f64>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Units {
     pub input: String,
     pub output: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Provenance {
     /// Where the trained model was published.
@@ -118,6 +118,54 @@ impl ModelCard {
     pub fn from_path(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| ModelError::io(path, e))?;
         Self::from_bytes(&bytes, &path.display().to_string())
+    }
+
+    /// The card of the weights file `weights` as it is on disk: its name (the file name without
+    /// `.safetensors`), file name, size and sha256 are read from the file, the architecture is
+    /// given; description, parameters, bands, units, provenance and citations are blank and the
+    /// licence is MIT (the project's), for the caller to fill in with struct update syntax.
+    pub fn for_weights(weights: &Path, architecture: Architecture) -> Result<Self> {
+        let bytes = std::fs::read(weights).map_err(|e| ModelError::io(weights, e))?;
+        let file = weights
+            .file_name()
+            .and_then(|f| f.to_str())
+            .ok_or_else(|| ModelError::Card {
+                file: weights.display().to_string(),
+                message: "the weights path has no UTF-8 file name".into(),
+            })?
+            .to_string();
+        Ok(Self {
+            schema: CARD_SCHEMA,
+            name: file.trim_end_matches(".safetensors").to_string(),
+            description: String::new(),
+            file,
+            format: WeightFormat::Safetensors,
+            size_bytes: bytes.len() as u64,
+            sha256: crate::verify::sha256_hex(&bytes),
+            architecture,
+            parameters: Vec::new(),
+            bands: Vec::new(),
+            units: Units::default(),
+            provenance: Provenance::default(),
+            citations: Vec::new(),
+            license: "MIT".into(),
+        })
+    }
+
+    /// Write the card next to `weights` (where [`card_path_for`] looks: an existing
+    /// `x.card.json` is replaced as JSON, otherwise `x.card.yaml`); returns its path.
+    pub fn write_beside(&self, weights: &Path) -> Result<PathBuf> {
+        let path = card_path_for(weights);
+        let text = if path.extension().is_some_and(|e| e == "json") {
+            serde_json::to_string_pretty(self).map_err(|e| ModelError::Card {
+                file: path.display().to_string(),
+                message: e.to_string(),
+            })?
+        } else {
+            self.to_yaml()
+        };
+        std::fs::write(&path, text).map_err(|e| ModelError::io(&path, e))?;
+        Ok(path)
     }
 
     /// The card as YAML.
@@ -240,6 +288,41 @@ mod tests {
                 &card,
             );
         }
+    }
+
+    #[test]
+    fn cards_for_written_weights_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let weights = dir.path().join("net.safetensors");
+        std::fs::write(&weights, b"not really weights").unwrap();
+        let arch = Architecture {
+            kind: "flow".into(),
+            layers: vec![16, 16],
+            activation: "silu".into(),
+        };
+        let card = ModelCard {
+            description: "test".into(),
+            ..ModelCard::for_weights(&weights, arch).unwrap()
+        };
+        assert_eq!(
+            (card.name.as_str(), card.file.as_str()),
+            ("net", "net.safetensors")
+        );
+        assert_eq!(card.size_bytes, 18);
+        assert_eq!(
+            card.sha256,
+            crate::verify::sha256_hex(b"not really weights")
+        );
+        let path = card.write_beside(&weights).unwrap();
+        assert_eq!(path, dir.path().join("net.card.yaml"));
+        assert_eq!(ModelCard::from_path(&path).unwrap(), card);
+        // A JSON card already there stays JSON.
+        std::fs::remove_file(&path).unwrap();
+        let json = dir.path().join("net.card.json");
+        std::fs::write(&json, "{}").unwrap();
+        assert_eq!(card.write_beside(&weights).unwrap(), json);
+        assert_eq!(ModelCard::from_path(&json).unwrap(), card);
+        assert!(ModelCard::for_weights(&dir.path().join("missing"), card.architecture).is_err());
     }
 
     fn edited(find: &str, replace: &str) -> String {
