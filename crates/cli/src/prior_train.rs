@@ -5,12 +5,14 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 use indicatif::{ProgressBar, ProgressStyle};
 use popcosmos_api::{HostRng, N_PARAMS, PARAM_NAMES, params::phi_row_to_theta};
 use popcosmos_catalog::results::{ResultSchema, ResultTable, write_table};
 use popcosmos_priors::PriorSpec;
-use popcosmos_priors::diffusion::{Activation, DiffusionModel, SdeConfig, TrainOptions, Trainer};
+use popcosmos_priors::diffusion::{
+    Activation, DiffusionModel, FitOptions, SdeConfig, TrainOptions,
+};
 
 /// Latent-φ column name of parameter `name` in sample tables.
 pub fn phi_column(name: &str) -> String {
@@ -129,7 +131,8 @@ pub struct TrainPriorArgs {
     pub description: String,
 }
 
-fn read_columns(path: &Path, cols: &[String]) -> Result<(Vec<f32>, usize)> {
+/// The columns `cols` of a table as row-major f32 rows.
+fn read_columns(path: &Path, cols: &[String]) -> Result<Vec<f32>> {
     let mut data: Vec<Vec<f64>> = Vec::with_capacity(cols.len());
     for c in cols {
         let v = popcosmos_catalog::read_column_f64(path, c)
@@ -149,11 +152,7 @@ fn read_columns(path: &Path, cols: &[String]) -> Result<(Vec<f32>, usize)> {
             flat.push(col[i] as f32);
         }
     }
-    Ok((flat, n))
-}
-
-fn checkpoint_path(output: &Path) -> PathBuf {
-    output.with_extension("checkpoint.safetensors")
+    Ok(flat)
 }
 
 pub fn train_prior(args: &TrainPriorArgs) -> Result<()> {
@@ -162,130 +161,71 @@ pub fn train_prior(args: &TrainPriorArgs) -> Result<()> {
     } else {
         args.columns.clone()
     };
-    let device = Device::Cpu;
-    let (x, n) = read_columns(&args.samples, &columns)?;
-    let d = columns.len();
+    let x = read_columns(&args.samples, &columns)?;
     let c = if args.conditional.is_empty() {
         None
     } else {
-        Some(read_columns(&args.samples, &args.conditional)?.0)
-    };
-    if n < 100 {
-        bail!(
-            "{}: only {n} rows; need at least 100 samples",
-            args.samples.display()
-        );
-    }
-    // Deterministic hold-out split: a seeded permutation.
-    let mut order: Vec<usize> = (0..n).collect();
-    {
-        use rand::seq::SliceRandom;
-        order.shuffle(HostRng::seed_from_u64(args.seed ^ 0x401d).inner());
-    }
-    let n_hold = ((n as f64 * args.holdout).round() as usize).clamp(1, n / 2);
-    let split = |idx: &[usize], src: &[f32], w: usize| -> Vec<f32> {
-        idx.iter()
-            .flat_map(|&i| src[i * w..(i + 1) * w].iter().copied())
-            .collect()
-    };
-    let (hold_idx, train_idx) = order.split_at(n_hold);
-    let to_t = |v: Vec<f32>, rows: usize, w: usize| Tensor::from_vec(v, (rows, w), &device);
-    let train_x = to_t(split(train_idx, &x, d), train_idx.len(), d)?;
-    let hold_x = to_t(split(hold_idx, &x, d), n_hold, d)?;
-    let (train_c, hold_c) = match &c {
-        Some(c) => {
-            let w = args.conditional.len();
-            (
-                Some(to_t(split(train_idx, c, w), train_idx.len(), w)?),
-                Some(to_t(split(hold_idx, c, w), n_hold, w)?),
-            )
-        }
-        None => (None, None),
+        Some(read_columns(&args.samples, &args.conditional)?)
     };
     let activation = match args.activation.as_str() {
         "silu" => Activation::Silu,
         "tanh" => Activation::Tanh,
         other => bail!("--activation: '{other}' is not silu or tanh"),
     };
-    let opts = TrainOptions {
-        hidden: args.hidden.clone(),
-        activation,
-        embedding_dim: args.embedding_dim,
-        steps: args.steps,
-        batch_size: args.batch_size,
-        learning_rate: args.learning_rate,
-        ema_decay: args.ema_decay,
-        seed: args.seed,
-        sde: SdeConfig::vp_default(),
-        ..TrainOptions::default()
+    let opts = FitOptions {
+        train: TrainOptions {
+            hidden: args.hidden.clone(),
+            activation,
+            embedding_dim: args.embedding_dim,
+            steps: args.steps,
+            batch_size: args.batch_size,
+            learning_rate: args.learning_rate,
+            ema_decay: args.ema_decay,
+            seed: args.seed,
+            sde: SdeConfig::vp_default(),
+            ..TrainOptions::default()
+        },
+        holdout: args.holdout,
+        checkpoint: Some(args.output.with_extension("checkpoint.safetensors")),
+        checkpoint_every: args.checkpoint_every,
+        resume: args.resume,
+        metadata: HashMap::from([("samples".into(), args.samples.display().to_string())]),
     };
-    let mut trainer = Trainer::new(
-        &train_x,
-        train_c.as_ref(),
-        columns.clone(),
-        args.conditional.clone(),
-        opts,
-        &device,
-    )?;
-    let ckpt = checkpoint_path(&args.output);
-    if args.resume {
-        trainer
-            .resume(&ckpt)
-            .with_context(|| format!("resuming from {}", ckpt.display()))?;
-        eprintln!("resumed at step {}", trainer.step_count());
-    }
-    let mut meta = HashMap::new();
-    meta.insert("samples".to_string(), args.samples.display().to_string());
-    meta.insert("train_rows".to_string(), train_idx.len().to_string());
     let bar = ProgressBar::new(args.steps as u64).with_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} steps  loss {msg}  [{elapsed}<{eta}]")
             .expect("template"),
     );
-    bar.set_position(trainer.step_count() as u64);
-    // A different stream after a resume, so resumed runs do not replay the same batches.
-    let mut rng = HostRng::seed_from_u64(args.seed.wrapping_add(trainer.step_count() as u64));
-    let mut smooth = f64::NAN;
     let t0 = std::time::Instant::now();
-    while trainer.step_count() < args.steps {
-        let loss = trainer.step(&mut rng)?;
-        smooth = if smooth.is_nan() {
-            loss
-        } else {
-            0.99 * smooth + 0.01 * loss
-        };
-        bar.set_position(trainer.step_count() as u64);
-        if trainer.step_count() % 50 == 0 {
-            bar.set_message(format!("{smooth:.3}"));
-        }
-        if args.checkpoint_every > 0 && trainer.step_count() % args.checkpoint_every == 0 {
-            trainer.save(&ckpt, &meta)?;
-        }
-    }
+    let fitted = popcosmos_priors::diffusion::train::fit(
+        &x,
+        c.as_deref(),
+        columns,
+        args.conditional.clone(),
+        &opts,
+        &Device::Cpu,
+        &mut |step, loss| {
+            if loss.is_nan() && step > 0 {
+                eprintln!("resumed at step {step}");
+            }
+            bar.set_position(step as u64);
+            if step % 50 == 0 && !loss.is_nan() {
+                bar.set_message(format!("{loss:.3}"));
+            }
+        },
+    )
+    .with_context(|| args.samples.display().to_string())?;
     bar.finish();
     let secs = t0.elapsed().as_secs_f64();
-    let mut eval_rng = HostRng::seed_from_u64(7);
-    let hold_loss = trainer.evaluate(&hold_x, hold_c.as_ref(), 20, &mut eval_rng)?;
-    let train_loss = trainer.evaluate(&train_x, train_c.as_ref(), 20, &mut eval_rng)?;
-    meta.insert("train_step".into(), trainer.step_count().to_string());
-    meta.insert("heldout_dsm_loss".into(), format!("{hold_loss:.5}"));
-    meta.insert("train_dsm_loss".into(), format!("{train_loss:.5}"));
-    let model = trainer.model()?;
-    let tensors = popcosmos_priors::diffusion::train::model_tensors(&model)?;
-    meta.remove("train_options");
-    meta.insert(
-        "train_options".into(),
-        serde_json::to_string(trainer.options())?,
-    );
-    popcosmos_priors::diffusion::train::write_model(&model, tensors, meta, &args.output)?;
+    fitted.write(&args.output)?;
     let card = write_card(
-        &model,
+        &fitted.model,
         &args.output,
         &args.description,
         &format!("trained on {}", args.samples.display()),
     )?;
     println!(
-        "trained {} steps in {secs:.0} s; EMA model DSM loss: held-out {hold_loss:.4}, train {train_loss:.4}",
-        trainer.step_count()
+        "trained {} steps in {secs:.0} s; EMA model DSM loss: held-out {:.4}, train {:.4}",
+        fitted.steps, fitted.heldout_loss, fitted.train_loss
     );
     println!("wrote {} and {}", args.output.display(), card.display());
     Ok(())

@@ -343,3 +343,51 @@ fn learns_a_conditional_density() {
     );
     assert!(e.err().unwrap().to_string().contains("conditioning"));
 }
+
+/// `fit`: the seeded hold-out split, a run resumed from its checkpoint starts at the
+/// checkpoint's step, and too few rows are refused.
+#[test]
+fn fit_resumes_from_its_checkpoint() {
+    use popcosmos_priors::diffusion::{FitOptions, train::fit};
+    let x: Vec<f32> = draws(400, 1).flatten_all().unwrap().to_vec1().unwrap();
+    let names = vec!["a".to_string(), "b".to_string()];
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = dir.path().join("ck.safetensors");
+    let opts = |steps, resume| FitOptions {
+        train: options(steps),
+        holdout: 0.1,
+        checkpoint: Some(ckpt.clone()),
+        checkpoint_every: 10,
+        resume,
+        metadata: Default::default(),
+    };
+    let run = |o: &FitOptions| {
+        let mut seen = Vec::new();
+        let f = fit(
+            &x,
+            None,
+            names.clone(),
+            vec![],
+            o,
+            &Device::Cpu,
+            &mut |s, _| seen.push(s),
+        );
+        (f.unwrap(), seen)
+    };
+    let (whole, _) = run(&opts(20, false));
+    assert_eq!(whole.metadata["train_rows"], "360");
+    run(&opts(10, false));
+    let (resumed, seen) = run(&opts(20, true));
+    assert_eq!((seen[0], resumed.steps), (10, 20));
+    assert!(resumed.heldout_loss.is_finite() && resumed.metadata["train_step"] == "20");
+    let few = fit(
+        &x[..100],
+        None,
+        names,
+        vec![],
+        &opts(5, false),
+        &Device::Cpu,
+        &mut |_, _| {},
+    );
+    assert!(few.err().unwrap().to_string().contains("only 50 rows"));
+}

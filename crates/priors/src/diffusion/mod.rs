@@ -14,4 +14,4 @@ pub use model::{DiffusionModel, Divergence, LogProbOptions, LogProbOutput};
 pub use ode::{OdeSolver, OdeStats};
 pub use prior::DiffusionPrior;
 pub use score_net::ScoreNet;
-pub use train::{TrainOptions, Trainer};
+pub use train::{FitOptions, Fitted, TrainOptions, Trainer};

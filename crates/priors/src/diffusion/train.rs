@@ -327,6 +327,143 @@ impl Trainer {
     }
 }
 
+/// A whole training run on a table of samples ([`fit`]).
+#[derive(Debug, Clone)]
+pub struct FitOptions {
+    pub train: TrainOptions,
+    /// Fraction of rows held out (a seeded permutation) to measure the loss on unseen draws;
+    /// at least one row and at most half of them.
+    pub holdout: f64,
+    /// Where the resumable checkpoint goes, written every `checkpoint_every` steps (0: never).
+    pub checkpoint: Option<std::path::PathBuf>,
+    pub checkpoint_every: usize,
+    /// Continue from `checkpoint` instead of starting afresh.
+    pub resume: bool,
+    /// Extra metadata stored in checkpoints and the final model (e.g. the samples' source).
+    pub metadata: HashMap<String, String>,
+}
+
+/// What [`fit`] returns: the EMA model, its denoising score-matching losses and the metadata
+/// to store with it ([`Fitted::write`]).
+pub struct Fitted {
+    pub model: DiffusionModel,
+    pub heldout_loss: f64,
+    pub train_loss: f64,
+    /// Optimiser steps taken in all, resumed ones included.
+    pub steps: usize,
+    pub metadata: HashMap<String, String>,
+}
+
+impl Fitted {
+    /// Write the model with its metadata as `popcosmos/diffusion/v1`, atomically.
+    pub fn write(&self, path: &Path) -> Result<()> {
+        write_model(
+            &self.model,
+            model_tensors(&self.model)?,
+            self.metadata.clone(),
+            path,
+        )
+    }
+}
+
+/// Fewest sample rows [`fit`] trains on.
+pub const MIN_FIT_ROWS: usize = 100;
+
+/// Train a diffusion model on `samples` (`[n, names.len()]` row-major, physical units) with
+/// optional `conditions` (`[n, conditional_names.len()]`): seeded hold-out split, the
+/// optimiser loop with checkpoints (and resume), then the EMA model's held-out and training
+/// losses (20 batches each). `on_step(step, smoothed_loss)` is called once before the first
+/// step (loss NaN; the step is where a resumed run starts) and after every step, with an
+/// exponential moving average (weight 0.01) of the batch losses.
+pub fn fit(
+    samples: &[f32],
+    conditions: Option<&[f32]>,
+    names: Vec<String>,
+    conditional_names: Vec<String>,
+    opts: &FitOptions,
+    device: &Device,
+    on_step: &mut dyn FnMut(usize, f64),
+) -> Result<Fitted> {
+    use rand::seq::SliceRandom;
+    let (d, w) = (names.len(), conditional_names.len());
+    let n = samples.len() / d.max(1);
+    if n < MIN_FIT_ROWS {
+        return Err(Error::Invalid(format!(
+            "only {n} rows; need at least {MIN_FIT_ROWS} samples"
+        )));
+    }
+    let mut order: Vec<usize> = (0..n).collect();
+    order.shuffle(popcosmos_api::HostRng::seed_from_u64(opts.train.seed ^ 0x401d).inner());
+    let n_hold = ((n as f64 * opts.holdout).round() as usize).clamp(1, n / 2);
+    let (hold_idx, train_idx) = order.split_at(n_hold);
+    let rows = |idx: &[usize], src: &[f32], w: usize| -> Result<Tensor> {
+        let v: Vec<f32> = idx
+            .iter()
+            .flat_map(|&i| src[i * w..(i + 1) * w].iter().copied())
+            .collect();
+        Ok(Tensor::from_vec(v, (idx.len(), w), device)?)
+    };
+    let (train_x, hold_x) = (rows(train_idx, samples, d)?, rows(hold_idx, samples, d)?);
+    let (train_c, hold_c) = match conditions {
+        Some(c) => (Some(rows(train_idx, c, w)?), Some(rows(hold_idx, c, w)?)),
+        None => (None, None),
+    };
+    let mut trainer = Trainer::new(
+        &train_x,
+        train_c.as_ref(),
+        names,
+        conditional_names,
+        opts.train.clone(),
+        device,
+    )?;
+    if let (true, Some(ckpt)) = (opts.resume, &opts.checkpoint) {
+        trainer
+            .resume(ckpt)
+            .map_err(|e| Error::Invalid(format!("resuming from {}: {e}", ckpt.display())))?;
+    }
+    let mut meta = opts.metadata.clone();
+    meta.insert("train_rows".to_string(), train_idx.len().to_string());
+    // A different stream after a resume, so resumed runs do not replay the same batches.
+    let mut rng = popcosmos_api::HostRng::seed_from_u64(
+        opts.train.seed.wrapping_add(trainer.step_count() as u64),
+    );
+    let mut smooth = f64::NAN;
+    on_step(trainer.step_count(), smooth);
+    while trainer.step_count() < opts.train.steps {
+        let loss = trainer.step(&mut rng)?;
+        smooth = if smooth.is_nan() {
+            loss
+        } else {
+            0.99 * smooth + 0.01 * loss
+        };
+        on_step(trainer.step_count(), smooth);
+        if let Some(ckpt) = &opts.checkpoint
+            && opts.checkpoint_every > 0
+            && trainer.step_count() % opts.checkpoint_every == 0
+        {
+            trainer.save(ckpt, &meta)?;
+        }
+    }
+    let mut eval_rng = popcosmos_api::HostRng::seed_from_u64(7);
+    let heldout_loss = trainer.evaluate(&hold_x, hold_c.as_ref(), 20, &mut eval_rng)?;
+    let train_loss = trainer.evaluate(&train_x, train_c.as_ref(), 20, &mut eval_rng)?;
+    meta.insert("train_step".into(), trainer.step_count().to_string());
+    meta.insert("heldout_dsm_loss".into(), format!("{heldout_loss:.5}"));
+    meta.insert("train_dsm_loss".into(), format!("{train_loss:.5}"));
+    meta.insert(
+        "train_options".into(),
+        serde_json::to_string(trainer.options())
+            .map_err(|e| Error::Invalid(format!("train_options: {e}")))?,
+    );
+    Ok(Fitted {
+        model: trainer.model()?,
+        heldout_loss,
+        train_loss,
+        steps: trainer.step_count(),
+        metadata: meta,
+    })
+}
+
 /// Re-draw the initial weights from the seeded stream (candle's VarMap initialisation uses
 /// an unseeded generator): weights 𝒩(0, 2/fan_in) (Kaiming), biases U(±1/√fan_in).
 fn seed_weights(varmap: &VarMap, rng: &mut popcosmos_api::HostRng) -> Result<()> {
