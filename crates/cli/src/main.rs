@@ -5,6 +5,7 @@ mod bench_gpu;
 mod calibrate;
 mod demo;
 mod evaluate;
+mod fit_population;
 mod import_torch;
 mod merge;
 mod mock;
@@ -82,6 +83,12 @@ enum Command {
     Reweight(reweight::ReweightArgs),
     /// Fit per-band zero points (and error floors) on spec-z galaxies → calibration.yaml.
     Calibrate(calibrate::CalibrateArgs),
+    /// Learn the population prior, zero points and error floors from the catalogue's
+    /// photometry alone (no redshifts) → a flow prior, its card and a calibration file.
+    FitPopulation(fit_population::FitPopulationArgs),
+    /// Mock catalogue through the population forward model (the manifest's prior, the
+    /// catalogue's error model and missing-band patterns).
+    SimulatePopulation(fit_population::SimulatePopulationArgs),
     /// Check a manifest, its weights and every catalogue value without sampling.
     Validate { manifest: PathBuf },
     /// Forward model: physical parameter rows → magnitudes and fluxes per band.
@@ -196,6 +203,8 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Reweight(args) => reweight::reweight(&args),
         Command::Distill(args) => prior_train::distill(&args),
         Command::Calibrate(args) => calibrate::run(&args),
+        Command::FitPopulation(args) => fit_population::fit_population(&args),
+        Command::SimulatePopulation(args) => fit_population::simulate_population(&args),
         Command::Validate { manifest } => validate(&manifest),
         Command::Predict {
             params,

@@ -11,11 +11,13 @@
 
 mod corner;
 mod photoz;
+mod population;
 mod sed;
 mod style;
 
 pub use corner::corner_plot;
 pub use photoz::photoz_plot;
+pub use population::{PopulationPlotData, population_plots};
 pub use sed::sed_plot;
 
 #[cfg(test)]

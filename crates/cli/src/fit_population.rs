@@ -1,0 +1,677 @@
+//! `popcosmos-cli fit-population`: learn the population prior (and the zero points and error
+//! floors) from a manifest's catalogue photometry alone; `simulate-population`: a mock
+//! catalogue through the same forward model.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use popcosmos_api::{Calibration, HostRng, N_PARAMS, PARAM_NAMES, Prior, RandomSource, Survey};
+use popcosmos_inference::likelihood::LikelihoodSpec;
+use popcosmos_inference::{Manifest, Pipeline};
+use popcosmos_population::data::Selection;
+use popcosmos_population::{
+    Distance, EmpiricalErrorModel, FitOptions, ForwardModel, ObservedSet, PopulationFit,
+};
+use popcosmos_priors::flow::FlowModel;
+use popcosmos_surveys::calibration_file::{BandCalibration, CalibrationFile};
+
+/// The flow a fit starts from: the bundled Prospector-α-like population.
+pub const DEFAULT_INITIAL: &str = "builtin:popcosmos_prior_flow";
+
+#[derive(clap::Args)]
+pub struct FitPopulationArgs {
+    /// Run manifest: its survey, catalogue, SPS, likelihood and calibration are used; its
+    /// truth columns are never read.
+    pub manifest: PathBuf,
+    /// Population weights to write (`.safetensors`); next to it go the model card, the
+    /// calibration file (`.calibration.yaml`), the fit report (`.fit.json`) and the
+    /// checkpoint (`.checkpoint.safetensors`).
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Optimiser steps.
+    #[arg(long, default_value_t = FitOptions::default().steps)]
+    pub steps: usize,
+    /// Simulated and observed galaxies per step.
+    #[arg(long, default_value_t = FitOptions::default().batch_size)]
+    pub batch_size: usize,
+    /// Distance between catalogues: `sliced-wasserstein` or `sinkhorn`.
+    #[arg(long, default_value = "sliced-wasserstein")]
+    pub distance: String,
+    #[arg(long, default_value_t = FitOptions::default().flow_learning_rate)]
+    pub flow_lr: f64,
+    #[arg(long, default_value_t = FitOptions::default().calibration_learning_rate)]
+    pub calibration_lr: f64,
+    /// Keep the manifest's zero points fixed.
+    #[arg(long)]
+    pub fixed_zero_points: bool,
+    /// Keep the manifest's error floors fixed.
+    #[arg(long)]
+    pub fixed_error_floors: bool,
+    /// Starting population (a flow over φ: `builtin:`, a path with a card, `hf://`).
+    #[arg(long, default_value = DEFAULT_INITIAL)]
+    pub initial: String,
+    /// Explicit selection: drop rows fainter than --max-mag in this band (name or label),
+    /// and cut simulated galaxies the same way.
+    #[arg(long, requires = "max_mag")]
+    pub select_band: Option<String>,
+    #[arg(long, requires = "select_band")]
+    pub max_mag: Option<f64>,
+    /// Fewest usable rows to fit on.
+    #[arg(long, default_value_t = FitOptions::default().min_galaxies)]
+    pub min_galaxies: usize,
+    /// Steps between checkpoints.
+    #[arg(long, default_value_t = 100)]
+    pub checkpoint_every: usize,
+    /// Seed (default: the manifest's).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Continue from the checkpoint next to --output.
+    #[arg(long)]
+    pub resume: bool,
+    /// Write the diagnostic plots (PNG) into this folder.
+    #[arg(long)]
+    pub plots: Option<PathBuf>,
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+fn sibling(output: &Path, suffix: &str) -> PathBuf {
+    let stem = output
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let stem = stem
+        .strip_suffix(".safetensors")
+        .unwrap_or(&stem)
+        .to_string();
+    output.with_file_name(format!("{stem}{suffix}"))
+}
+
+/// The manifest's pipeline with its truth columns dropped, the catalogue read in full.
+struct Loaded {
+    pipeline: Pipeline,
+    chunk: popcosmos_catalog::ObservedChunk,
+    catalogue: PathBuf,
+    sha256: String,
+}
+
+fn load(manifest: &Path) -> Result<Loaded> {
+    let mut m = Manifest::load(manifest)?;
+    // A population fit must not see redshifts: no truth column is read at all.
+    m.catalogue.truth_columns.clear();
+    let catalogue = m.catalogue.path.clone();
+    let pipeline = Pipeline::new(m)?;
+    let bands = pipeline.survey.band_names();
+    let mut reader = popcosmos_catalog::CatalogueReader::open(&pipeline.manifest.catalogue, &bands)
+        .with_context(|| format!("reading {}", catalogue.display()))?;
+    let chunk = reader
+        .read_all()
+        .with_context(|| format!("reading {}", catalogue.display()))?;
+    let bytes = std::fs::read(&catalogue).with_context(|| catalogue.display().to_string())?;
+    let sha256 = popcosmos_models::verify::sha256_hex(&bytes);
+    Ok(Loaded {
+        pipeline,
+        chunk,
+        catalogue,
+        sha256,
+    })
+}
+
+fn nu_of(spec: &LikelihoodSpec) -> Option<f64> {
+    match spec {
+        LikelihoodSpec::StudentT { nu } => Some(*nu),
+        LikelihoodSpec::Gaussian {} => None,
+    }
+}
+
+fn initial_flow(reference: &str, pipeline: &Pipeline) -> Result<FlowModel> {
+    let (bytes, source) =
+        popcosmos_inference::manifest::load_weights("--initial", reference, "flow")?;
+    Ok(FlowModel::from_bytes(&bytes, &source, &pipeline.device)?)
+}
+
+pub fn fit_population(args: &FitPopulationArgs) -> Result<()> {
+    let checkpoint = sibling(&args.output, ".checkpoint.safetensors");
+    if !args.resume {
+        for p in [&args.output, &checkpoint] {
+            if p.exists() {
+                bail!(
+                    "{} exists; use --resume to continue that fit or choose another --output \
+                     (nothing is overwritten)",
+                    p.display()
+                );
+            }
+        }
+    }
+    let distance = match args.distance.as_str() {
+        "sliced-wasserstein" => Distance::default(),
+        "sinkhorn" => Distance::Sinkhorn {
+            blur: 0.05,
+            scaling: 0.7,
+        },
+        other => bail!("--distance: '{other}' is not one of sliced-wasserstein, sinkhorn"),
+    };
+    let t0 = std::time::Instant::now();
+    let loaded = load(&args.manifest)?;
+    let pipeline = &loaded.pipeline;
+    let options = FitOptions {
+        steps: args.steps,
+        batch_size: args.batch_size,
+        flow_learning_rate: args.flow_lr,
+        calibration_learning_rate: args.calibration_lr,
+        distance,
+        fit_zero_points: !args.fixed_zero_points,
+        fit_error_floors: !args.fixed_error_floors,
+        min_galaxies: args.min_galaxies,
+        seed: args.seed.unwrap_or(pipeline.manifest.seed),
+        ..Default::default()
+    };
+    options.validate().map_err(|e| anyhow::anyhow!("--{e}"))?;
+    let selection = args.select_band.clone().map(|band| Selection {
+        band,
+        max_mag: args.max_mag.expect("clap requires --max-mag"),
+    });
+    let source = loaded.catalogue.display().to_string();
+    let set = ObservedSet::new(
+        &loaded.chunk,
+        pipeline.survey.bands(),
+        selection.as_ref(),
+        options.min_galaxies,
+        &source,
+    )?;
+    if !args.quiet {
+        eprintln!(
+            "{source}: {} usable rows ({} without any measured band skipped, {} cut by the \
+             selection); no redshift column read",
+            set.len(),
+            set.rows_without_data,
+            set.rows_cut
+        );
+    }
+    let errors = EmpiricalErrorModel::new(&set, options.error_neighbours);
+    let forward = ForwardModel::new(
+        &pipeline.sps,
+        &set,
+        &errors,
+        nu_of(&pipeline.manifest.likelihood),
+    )?;
+    let init = initial_flow(&args.initial, pipeline)?;
+    let calibration = pipeline.survey.calibration().clone();
+    let mut fit = PopulationFit::new(&init, &calibration, forward, &set, options.clone())?;
+    if args.resume {
+        if !checkpoint.exists() {
+            bail!("--resume: no checkpoint {}", checkpoint.display());
+        }
+        fit.resume(&checkpoint)?;
+        if !args.quiet {
+            eprintln!(
+                "resumed {} at step {}",
+                checkpoint.display(),
+                fit.step_count()
+            );
+        }
+    }
+    let bar = if args.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(options.steps as u64)
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} steps  ETA {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_position(fit.step_count() as u64);
+    let mut recent = std::collections::VecDeque::new();
+    while fit.step_count() < options.steps {
+        let record = match fit.step() {
+            Ok(r) => r,
+            Err(e) => {
+                bar.abandon();
+                return Err(anyhow::anyhow!(
+                    "{e} (last good checkpoint: {})",
+                    checkpoint.display()
+                ));
+            }
+        };
+        recent.push_back(record.distance);
+        if recent.len() > 50 {
+            recent.pop_front();
+        }
+        bar.set_message(format!(
+            "distance {:.4}",
+            recent.iter().sum::<f64>() / recent.len() as f64
+        ));
+        bar.inc(1);
+        if fit.step_count() % args.checkpoint_every.max(1) == 0 || fit.step_count() == options.steps
+        {
+            fit.save_checkpoint(&checkpoint)?;
+        }
+    }
+    bar.finish();
+    let ks = fit.error_model_ks(&errors, 8192)?;
+    let report = fit.report(ks, t0.elapsed().as_secs_f64())?;
+    write_outputs(args, &loaded, &fit, &report, selection.as_ref())?;
+    if let Some(dir) = &args.plots {
+        plot(dir, &fit, &set, &init)?;
+    }
+    if !args.quiet {
+        print_summary(&report, pipeline.survey.as_ref());
+        eprintln!(
+            "wrote {} (+ card, {}, {}) in {:.0} s",
+            args.output.display(),
+            sibling(&args.output, ".calibration.yaml").display(),
+            sibling(&args.output, ".fit.json").display(),
+            t0.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
+/// (z, log10 M_formed) of `n` draws from a flow.
+fn z_logm(flow: &FlowModel, n: usize, seed: u64) -> Result<Vec<(f64, f64)>> {
+    let mut rng = HostRng::seed_from_u64(seed);
+    let theta: Vec<Vec<f64>> = popcosmos_api::params::phi_to_theta(&flow.sample(n, &mut rng)?)?
+        .to_dtype(candle_core::DType::F64)?
+        .to_vec2()?;
+    Ok(theta
+        .iter()
+        .map(|t| {
+            let z = t[popcosmos_api::params::IDX_Z];
+            (
+                z,
+                popcosmos_sps::derived::log10_mass_formed(t[popcosmos_api::params::IDX_N], z),
+            )
+        })
+        .collect())
+}
+
+fn plot(dir: &Path, fit: &PopulationFit, set: &ObservedSet, init: &FlowModel) -> Result<()> {
+    let nb = set.n_bands;
+    let mags =
+        |features: &candle_core::Tensor, mask: &candle_core::Tensor| -> Result<Vec<Vec<f64>>> {
+            let f: Vec<Vec<f32>> = features.detach().to_vec2()?;
+            let m: Vec<Vec<f32>> = mask.to_vec2()?;
+            Ok(f.iter()
+                .zip(&m)
+                .map(|(r, mr)| {
+                    (0..nb)
+                        .map(|b| {
+                            if mr[b] > 0.0 {
+                                set.feature_shift[b] + set.feature_scale[b] * r[b] as f64
+                            } else {
+                                f64::NAN
+                            }
+                        })
+                        .collect()
+                })
+                .collect())
+        };
+    let n = 8192.min(4 * set.len());
+    let mut rng = HostRng::seed_from_u64(fit.options().seed ^ 0x5eed);
+    let sim = fit.simulate(n, &mut rng)?;
+    let simulated = mags(&sim.features, &sim.mask)?;
+    let rows: Vec<u32> = (0..set.len() as u32).collect();
+    let observed = mags(
+        &set.features(&rows, &candle_core::Device::Cpu)?,
+        &set.masks(&rows, &candle_core::Device::Cpu)?,
+    )?;
+    let fitted = z_logm(&fit.model()?, 20_000, 1)?;
+    let initial = z_logm(init, 20_000, 1)?;
+    crate::plots::population_plots(
+        dir,
+        &crate::plots::PopulationPlotData {
+            labels: &set.labels,
+            observed: &observed,
+            simulated: &simulated,
+            fitted: &fitted,
+            initial: &initial,
+        },
+    )
+}
+
+fn print_summary(report: &popcosmos_population::FitReport, survey: &dyn Survey) {
+    println!(
+        "{:<8} {:>10} {:>10} {:>8}",
+        "band", "zero_point", "floor", "KS_err"
+    );
+    for (b, band) in survey.bands().iter().enumerate() {
+        println!(
+            "{:<8} {:>10.4} {:>10.4} {:>8.3}",
+            band.label, report.zero_points[b], report.error_floors[b], report.error_model_ks[b]
+        );
+    }
+}
+
+fn round6(x: f64) -> f64 {
+    (x * 1e6).round() / 1e6
+}
+
+fn write_outputs(
+    args: &FitPopulationArgs,
+    loaded: &Loaded,
+    fit: &PopulationFit,
+    report: &popcosmos_population::FitReport,
+    selection: Option<&Selection>,
+) -> Result<()> {
+    let pipeline = &loaded.pipeline;
+    let survey = pipeline.survey.as_ref();
+    let learned_on = format!(
+        "{} (sha256 {}), {} usable rows of {}{}; photometry only: no redshift or other truth \
+         column was read",
+        loaded.catalogue.display(),
+        loaded.sha256,
+        report.rows_used,
+        loaded.chunk.len(),
+        selection.map_or(String::new(), |s| format!(
+            ", selection {} <= {}",
+            s.band, s.max_mag
+        ))
+    );
+    let mut meta = HashMap::new();
+    meta.insert("population_fit".into(), serde_json::to_string(report)?);
+    let model = fit.model()?;
+    model.save(&args.output, &meta)?;
+    let curve: Vec<String> = report
+        .loss_curve
+        .iter()
+        .step_by((report.loss_curve.len() / 10).max(1))
+        .map(|(s, d)| format!("{s}:{d:.4}"))
+        .collect();
+    let zps: Vec<String> = survey
+        .bands()
+        .iter()
+        .zip(&report.zero_points)
+        .map(|(b, z)| format!("{} {z:.4}", b.label))
+        .collect();
+    let notes = format!(
+        "popcosmos-cli fit-population {} --steps {} --seed {} (distance {:?}, batch {}). \
+         Learned on {learned_on}. Survey {}; bands {}. Fitted zero points: {}. Loss curve \
+         (step:distance): {}. Started from {}.",
+        args.manifest.display(),
+        report.options.steps,
+        report.options.seed,
+        report.options.distance,
+        report.options.batch_size,
+        survey.name(),
+        survey
+            .bands()
+            .iter()
+            .map(|b| b.label.as_str())
+            .collect::<Vec<_>>()
+            .join(","),
+        zps.join(", "),
+        curve.join(" "),
+        args.initial
+    );
+    write_card(&args.output, survey, &model, &notes)?;
+    let bands = survey
+        .bands()
+        .iter()
+        .enumerate()
+        .map(|(b, band)| BandCalibration {
+            band: band.name.clone(),
+            label: (band.label != band.name).then(|| band.label.clone()),
+            zero_point: round6(report.zero_points[b]),
+            error_floor: Some(round6(report.error_floors[b])),
+            n_galaxies: Some(report.band_counts[b]),
+        })
+        .collect();
+    let mut provenance = BTreeMap::new();
+    provenance.insert(
+        "created_by".into(),
+        serde_json::json!(format!(
+            "popcosmos-cli {} fit-population",
+            env!("CARGO_PKG_VERSION")
+        )),
+    );
+    provenance.insert("learned_on".into(), serde_json::json!(learned_on));
+    provenance.insert(
+        "population".into(),
+        serde_json::json!(args.output.display().to_string()),
+    );
+    provenance.insert("seed".into(), serde_json::json!(report.options.seed));
+    CalibrationFile {
+        survey: survey.name().to_string(),
+        bands,
+        provenance,
+    }
+    .save(&sibling(&args.output, ".calibration.yaml"))?;
+    let path = sibling(&args.output, ".fit.json");
+    std::fs::write(&path, serde_json::to_string_pretty(report)?)
+        .with_context(|| path.display().to_string())?;
+    Ok(())
+}
+
+fn write_card(weights: &Path, survey: &dyn Survey, model: &FlowModel, notes: &str) -> Result<()> {
+    let bytes = std::fs::read(weights).with_context(|| weights.display().to_string())?;
+    let file = weights
+        .file_name()
+        .and_then(|f| f.to_str())
+        .context("output file name")?
+        .to_string();
+    let cfg = model.config();
+    let card = popcosmos_models::ModelCard {
+        schema: popcosmos_models::card::CARD_SCHEMA,
+        name: file.trim_end_matches(".safetensors").to_string(),
+        description: format!(
+            "population prior over the 16 latent parameters fitted to {} photometry (no redshifts)",
+            survey.name()
+        ),
+        file,
+        format: popcosmos_models::card::WeightFormat::Safetensors,
+        size_bytes: bytes.len() as u64,
+        sha256: popcosmos_models::verify::sha256_hex(&bytes),
+        architecture: popcosmos_models::card::Architecture {
+            kind: "flow".into(),
+            layers: vec![N_PARAMS; cfg.layers() + 1],
+            activation: format!(
+                "{} rational-quadratic spline couplings, conditioners MLP {:?} SiLU",
+                cfg.layers(),
+                cfg.hidden
+            ),
+        },
+        parameters: PARAM_NAMES
+            .iter()
+            .map(|n| popcosmos_models::card::Parameter {
+                name: format!("phi_{n}"),
+                unit: "latent phi".into(),
+                min: None,
+                max: None,
+            })
+            .collect(),
+        bands: survey.bands().iter().map(|b| b.name.clone()).collect(),
+        units: popcosmos_models::card::Units {
+            input: "latent phi [16]".into(),
+            output: "ln q(phi), exact (change of variables)".into(),
+        },
+        provenance: popcosmos_models::card::Provenance {
+            source: "popcosmos-cli fit-population".into(),
+            commit: None,
+            code: Some("crates/population".into()),
+            converted_from: None,
+            notes: Some(notes.to_string()),
+        },
+        citations: vec![
+            "Alsing et al. 2024, ApJS 274, 12 (pop-cosmos)".into(),
+            "Thorp et al. 2024, ApJ 975, 145".into(),
+        ],
+        license: "MIT".into(),
+    };
+    let path = popcosmos_models::card::card_path_for(weights);
+    std::fs::write(&path, card.to_yaml()).with_context(|| path.display().to_string())?;
+    Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct SimulatePopulationArgs {
+    /// Manifest whose survey, SPS, likelihood and catalogue (for its error model and
+    /// missing-band patterns) are used; its prior is the population simulated.
+    pub manifest: PathBuf,
+    /// Mock catalogue to write (CSV: id, flux_<band>, fluxerr_<band>, true_<param>).
+    #[arg(short, long)]
+    pub output: PathBuf,
+    #[arg(short, long, default_value_t = 10_000)]
+    pub n: usize,
+    /// Tilt the population by exp(a z + b log10 M_formed) (importance resampling), to make
+    /// a truth population that differs from the manifest's prior: `a,b`.
+    #[arg(long, value_delimiter = ',', num_args = 2)]
+    pub tilt: Option<Vec<f64>>,
+    /// Multiply these bands' zero points (`label=factor,…`, e.g. `g=1.05,i=0.95`).
+    #[arg(long, value_delimiter = ',')]
+    pub zero_point_offsets: Vec<String>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+/// Draw `n` latent rows from `prior`, tilted by exp(a z + b log10 M) when asked.
+pub fn tilted_draws(
+    prior: &dyn Prior,
+    n: usize,
+    tilt: Option<(f64, f64)>,
+    rng: &mut dyn RandomSource,
+    device: &candle_core::Device,
+) -> Result<candle_core::Tensor> {
+    let Some((a, b)) = tilt else {
+        return Ok(prior.sample(n, rng, device)?);
+    };
+    let pool = 10 * n;
+    let phi = prior.sample(pool, rng, device)?;
+    let theta: Vec<Vec<f64>> = popcosmos_api::params::phi_to_theta(&phi)?
+        .to_dtype(candle_core::DType::F64)?
+        .to_vec2()?;
+    let logw: Vec<f64> = theta
+        .iter()
+        .map(|t| {
+            let z = t[popcosmos_api::params::IDX_Z];
+            let logm =
+                popcosmos_sps::derived::log10_mass_formed(t[popcosmos_api::params::IDX_N], z);
+            a * z + b * logm
+        })
+        .collect();
+    let max = logw.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let w: Vec<f64> = logw.iter().map(|l| (l - max).exp()).collect();
+    let total: f64 = w.iter().sum();
+    let mut cum = Vec::with_capacity(pool);
+    let mut c = 0.0;
+    for x in &w {
+        c += x / total;
+        cum.push(c);
+    }
+    let idx: Vec<u32> = (0..n)
+        .map(|_| {
+            let u = rng.next_f64();
+            cum.partition_point(|&x| x < u).min(pool - 1) as u32
+        })
+        .collect();
+    let idx = candle_core::Tensor::from_vec(idx, n, device)?;
+    Ok(phi.index_select(&idx, 0)?)
+}
+
+pub fn simulate_population(args: &SimulatePopulationArgs) -> Result<()> {
+    if args.output.exists() {
+        bail!(
+            "{} exists; choose another --output (nothing is overwritten)",
+            args.output.display()
+        );
+    }
+    let loaded = load(&args.manifest)?;
+    let pipeline = &loaded.pipeline;
+    let source = loaded.catalogue.display().to_string();
+    let set = ObservedSet::new(&loaded.chunk, pipeline.survey.bands(), None, 1, &source)?;
+    let errors = EmpiricalErrorModel::new(&set, FitOptions::default().error_neighbours);
+    let forward = ForwardModel::new(
+        &pipeline.sps,
+        &set,
+        &errors,
+        nu_of(&pipeline.manifest.likelihood),
+    )?;
+    let mut calibration: Calibration = pipeline.survey.calibration().clone();
+    for spec in &args.zero_point_offsets {
+        let (label, factor) = spec
+            .split_once('=')
+            .with_context(|| format!("--zero-point-offsets: '{spec}' is not label=factor"))?;
+        let factor: f64 = factor
+            .parse()
+            .with_context(|| format!("--zero-point-offsets: '{factor}' is not a number"))?;
+        let b = pipeline
+            .survey
+            .bands()
+            .iter()
+            .position(|x| x.label == label || x.name == label)
+            .with_context(|| format!("--zero-point-offsets: no band '{label}'"))?;
+        calibration.zero_points[b] *= factor;
+    }
+    let mut rng = HostRng::seed_from_u64(args.seed.unwrap_or(pipeline.manifest.seed));
+    let tilt = args.tilt.as_ref().map(|v| (v[0], v[1]));
+    let phi = tilted_draws(
+        pipeline.prior.as_ref(),
+        args.n,
+        tilt,
+        &mut rng,
+        &pipeline.device,
+    )?;
+    let dev = &pipeline.device;
+    let ln_zp = candle_core::Tensor::from_vec(
+        calibration
+            .zero_points
+            .iter()
+            .map(|z| z.ln() as f32)
+            .collect::<Vec<_>>(),
+        set.n_bands,
+        dev,
+    )?;
+    let floors = candle_core::Tensor::from_vec(
+        calibration
+            .error_floors
+            .iter()
+            .map(|e| *e as f32)
+            .collect::<Vec<_>>(),
+        set.n_bands,
+        dev,
+    )?;
+    // In chunks: the emulators' memory grows with the batch.
+    let mut rows = String::from("id");
+    for b in pipeline.survey.bands() {
+        rows += &format!(",flux_{0},fluxerr_{0}", b.label);
+    }
+    for n in PARAM_NAMES {
+        rows += &format!(",true_{n}");
+    }
+    rows.push('\n');
+    let nb = set.n_bands;
+    for start in (0..args.n).step_by(4096) {
+        let len = 4096.min(args.n - start);
+        let part = phi.narrow(0, start, len)?;
+        let sim = forward.simulate(&part, &ln_zp, &floors, &mut rng)?;
+        let flux: Vec<f32> = sim.flux_nmgy.flatten_all()?.to_vec1()?;
+        let mask: Vec<f32> = sim.mask.flatten_all()?.to_vec1()?;
+        let theta: Vec<Vec<f64>> = popcosmos_api::params::phi_to_theta(&part)?
+            .to_dtype(candle_core::DType::F64)?
+            .to_vec2()?;
+        for i in 0..len {
+            rows += &format!("mock{:06}", start + i);
+            for b in 0..nb {
+                let k = i * nb + b;
+                if mask[k] > 0.0 {
+                    rows += &format!(",{:.6e},{:.6e}", flux[k], sim.sigma_nmgy[k]);
+                } else {
+                    rows += ",nan,nan";
+                }
+            }
+            for v in &theta[i] {
+                rows += &format!(",{v:.6e}");
+            }
+            rows.push('\n');
+        }
+    }
+    std::fs::write(&args.output, rows).with_context(|| args.output.display().to_string())?;
+    eprintln!(
+        "wrote {} ({} galaxies; errors and missing bands from {source})",
+        args.output.display(),
+        args.n
+    );
+    Ok(())
+}

@@ -1,0 +1,571 @@
+//! The population fit: Adam on the flow's weights, the zero points and the error floors,
+//! minimising the distance between simulated and observed minibatches.
+//!
+//! * The flow starts from a given prior (the bundled Prospector-α-like flow by default), so
+//!   the fit moves a sensible population rather than learning one from noise.
+//! * Zero points: ln Z_b with a weak Gaussian prior around the starting values (a penalty
+//!   `zero_point_prior_weight` × mean_b((ln Z_b − ln Z_b⁰)/`zero_point_prior_sigma`)²). Their
+//!   common scale is degenerate with the galaxies' N (mass), so after each step the geometric
+//!   mean is reset to its starting value, as `calibrate` does.
+//! * Error floors: ln ε_b, kept in [`FLOOR_RANGE`].
+//! * Every step draws its randomness from a generator seeded by (seed, step), so a run is
+//!   deterministic for a seed and a resumed run draws the same minibatches; the Adam moments
+//!   restart on resume (a short transient), as in the flow trainer.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{Optimizer, ParamsAdamW, VarBuilder, VarMap};
+use popcosmos_api::{Calibration, Error, HostRng, N_PARAMS, RandomSource, Result, Shape};
+use popcosmos_priors::flow::{FlowModel, write_model};
+use serde::{Deserialize, Serialize};
+
+use crate::data::ObservedSet;
+use crate::distance::Distance;
+use crate::forward::ForwardModel;
+
+/// Fractional error floors are kept in this range.
+pub const FLOOR_RANGE: (f64, f64) = (0.005, 0.3);
+
+/// Settings of a population fit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FitOptions {
+    /// Optimiser steps.
+    pub steps: usize,
+    /// Simulated (and observed) galaxies per step.
+    pub batch_size: usize,
+    /// Adam learning rate of the flow's weights (cosine decay to 10 %).
+    pub flow_learning_rate: f64,
+    /// Adam learning rate of ln Z and ln ε (cosine decay to 10 %).
+    pub calibration_learning_rate: f64,
+    pub distance: Distance,
+    pub fit_zero_points: bool,
+    /// Width of the weak prior on ln Z around the start.
+    pub zero_point_prior_sigma: f64,
+    pub zero_point_prior_weight: f64,
+    pub fit_error_floors: bool,
+    /// Catalogue galaxies among which a simulated galaxy's flux error is drawn.
+    pub error_neighbours: usize,
+    /// Fewest usable catalogue rows a fit runs on.
+    pub min_galaxies: usize,
+    /// Gradient-norm clip of the flow's weights (0 = none).
+    pub max_grad_norm: f64,
+    pub seed: u64,
+}
+
+impl Default for FitOptions {
+    fn default() -> Self {
+        Self {
+            steps: 1500,
+            batch_size: 1024,
+            flow_learning_rate: 2e-4,
+            calibration_learning_rate: 2e-3,
+            distance: Distance::default(),
+            fit_zero_points: true,
+            zero_point_prior_sigma: 0.05,
+            zero_point_prior_weight: 1e-3,
+            fit_error_floors: true,
+            error_neighbours: 50,
+            min_galaxies: 500,
+            max_grad_norm: 1.0,
+            seed: 1,
+        }
+    }
+}
+
+impl FitOptions {
+    /// Check the settings (names the option).
+    pub fn validate(&self) -> Result<()> {
+        let bad = |k: &str, v: String| Err(Error::Invalid(format!("{k}: {v}")));
+        if self.steps == 0 {
+            return bad("steps", "must be >= 1".into());
+        }
+        if !(16..=1 << 20).contains(&self.batch_size) {
+            return bad(
+                "batch_size",
+                format!("must be in [16, 1048576], got {}", self.batch_size),
+            );
+        }
+        for (k, v) in [
+            ("flow_learning_rate", self.flow_learning_rate),
+            ("calibration_learning_rate", self.calibration_learning_rate),
+            ("zero_point_prior_sigma", self.zero_point_prior_sigma),
+        ] {
+            if !(v.is_finite() && v > 0.0) {
+                return bad(k, format!("must be finite and > 0, got {v}"));
+            }
+        }
+        if !(self.zero_point_prior_weight.is_finite() && self.zero_point_prior_weight >= 0.0) {
+            return bad("zero_point_prior_weight", "must be finite and >= 0".into());
+        }
+        if !(self.max_grad_norm.is_finite() && self.max_grad_norm >= 0.0) {
+            return bad("max_grad_norm", "must be finite and >= 0".into());
+        }
+        if self.error_neighbours == 0 {
+            return bad("error_neighbours", "must be >= 1".into());
+        }
+        self.distance.validate()
+    }
+}
+
+/// One step's numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct StepRecord {
+    pub step: usize,
+    /// The distance (without the zero-point penalty).
+    pub distance: f64,
+    /// Simulated galaxies that passed the selection.
+    pub kept: usize,
+}
+
+/// What a finished (or interrupted) fit reports.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FitReport {
+    pub options: FitOptions,
+    pub steps_done: usize,
+    pub rows_used: usize,
+    pub rows_without_data: usize,
+    pub rows_cut: usize,
+    pub band_labels: Vec<String>,
+    /// Rows with a measurement, per band.
+    pub band_counts: Vec<usize>,
+    pub zero_points: Vec<f64>,
+    pub error_floors: Vec<f64>,
+    /// Distance averaged over blocks of steps: (last step of the block, mean).
+    pub loss_curve: Vec<(usize, f64)>,
+    /// Per-band KS statistic of drawn vs catalogue flux errors, on a fresh simulation.
+    pub error_model_ks: Vec<f64>,
+    pub seconds: f64,
+}
+
+/// A population fit in progress.
+pub struct PopulationFit<'a> {
+    options: FitOptions,
+    forward: ForwardModel<'a>,
+    set: &'a ObservedSet,
+    flow_vars: VarMap,
+    flow: FlowModel,
+    ln_zero_points: Var,
+    ln_error_floors: Var,
+    start_ln_zero_points: Vec<f64>,
+    flow_optimizer: candle_nn::AdamW,
+    calibration_optimizer: Option<candle_nn::AdamW>,
+    step: usize,
+    history: Vec<StepRecord>,
+    device: Device,
+}
+
+fn sorted_vars(varmap: &VarMap) -> Vec<Var> {
+    let vars = varmap.data().lock().expect("varmap lock");
+    let mut named: Vec<(&String, &Var)> = vars.iter().collect();
+    named.sort_by(|a, b| a.0.cmp(b.0));
+    named.into_iter().map(|(_, v)| v.clone()).collect()
+}
+
+fn host_vec(t: &Tensor) -> Result<Vec<f64>> {
+    Ok(t.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?)
+}
+
+fn f32_tensor(v: &[f64], device: &Device) -> Result<Tensor> {
+    Ok(Tensor::from_vec(
+        v.iter().map(|x| *x as f32).collect::<Vec<_>>(),
+        v.len(),
+        device,
+    )?)
+}
+
+impl<'a> PopulationFit<'a> {
+    /// Start from the flow `initial` (its weights are copied into trainable variables) and
+    /// the survey's `calibration`.
+    pub fn new(
+        initial: &FlowModel,
+        calibration: &Calibration,
+        forward: ForwardModel<'a>,
+        set: &'a ObservedSet,
+        options: FitOptions,
+    ) -> Result<Self> {
+        options.validate()?;
+        if initial.dim() != N_PARAMS {
+            return Err(Error::Invalid(format!(
+                "initial population: the flow must model the {N_PARAMS} latent parameters, \
+                 it has {}",
+                initial.dim()
+            )));
+        }
+        let nb = set.n_bands;
+        if calibration.zero_points.len() != nb || calibration.error_floors.len() != nb {
+            return Err(Error::Invalid(format!(
+                "calibration: {} zero points and {} floors for {nb} bands",
+                calibration.zero_points.len(),
+                calibration.error_floors.len()
+            )));
+        }
+        let device = forward.device().clone();
+        let flow_vars = VarMap::new();
+        {
+            let mut vars = flow_vars.data().lock().expect("varmap lock");
+            for (name, t) in initial.tensors()? {
+                if name != "x_shift" && name != "x_scale" {
+                    vars.insert(name, Var::from_tensor(&t.to_device(&device)?)?);
+                }
+            }
+        }
+        let flow = FlowModel::new(
+            initial.config().clone(),
+            VarBuilder::from_varmap(&flow_vars, DType::F32, &device),
+            initial.x_shift().clone(),
+            initial.x_scale().clone(),
+        )?;
+        let start_ln_zero_points: Vec<f64> =
+            calibration.zero_points.iter().map(|z| z.ln()).collect();
+        let floors: Vec<f64> = calibration
+            .error_floors
+            .iter()
+            .map(|e| e.clamp(FLOOR_RANGE.0, FLOOR_RANGE.1).ln())
+            .collect();
+        let ln_zero_points = Var::from_tensor(&f32_tensor(&start_ln_zero_points, &device)?)?;
+        let ln_error_floors = Var::from_tensor(&f32_tensor(&floors, &device)?)?;
+        let flow_optimizer = candle_nn::AdamW::new(
+            sorted_vars(&flow_vars),
+            ParamsAdamW {
+                lr: options.flow_learning_rate,
+                weight_decay: 0.0,
+                ..Default::default()
+            },
+        )?;
+        let mut cal_vars = Vec::new();
+        if options.fit_zero_points {
+            cal_vars.push(ln_zero_points.clone());
+        }
+        if options.fit_error_floors {
+            cal_vars.push(ln_error_floors.clone());
+        }
+        let calibration_optimizer = if cal_vars.is_empty() {
+            None
+        } else {
+            Some(candle_nn::AdamW::new(
+                cal_vars,
+                ParamsAdamW {
+                    lr: options.calibration_learning_rate,
+                    weight_decay: 0.0,
+                    ..Default::default()
+                },
+            )?)
+        };
+        Ok(Self {
+            options,
+            forward,
+            set,
+            flow_vars,
+            flow,
+            ln_zero_points,
+            ln_error_floors,
+            start_ln_zero_points,
+            flow_optimizer,
+            calibration_optimizer,
+            step: 0,
+            history: Vec::new(),
+            device,
+        })
+    }
+
+    pub fn step_count(&self) -> usize {
+        self.step
+    }
+
+    pub fn options(&self) -> &FitOptions {
+        &self.options
+    }
+
+    pub fn history(&self) -> &[StepRecord] {
+        &self.history
+    }
+
+    /// The current population (a copy of the flow with the current weights).
+    pub fn model(&self) -> Result<FlowModel> {
+        FlowModel::from_tensors(
+            self.flow.config().clone(),
+            self.flow.tensors()?,
+            "population fit",
+            &self.device,
+        )
+    }
+
+    pub fn zero_points(&self) -> Result<Vec<f64>> {
+        Ok(host_vec(self.ln_zero_points.as_tensor())?
+            .into_iter()
+            .map(f64::exp)
+            .collect())
+    }
+
+    pub fn error_floors(&self) -> Result<Vec<f64>> {
+        Ok(host_vec(self.ln_error_floors.as_tensor())?
+            .into_iter()
+            .map(f64::exp)
+            .collect())
+    }
+
+    fn learning_rate_factor(&self) -> f64 {
+        let frac = (self.step as f64 / self.options.steps.max(1) as f64).min(1.0);
+        0.1 + 0.9 * 0.5 * (1.0 + (std::f64::consts::PI * frac).cos())
+    }
+
+    /// The generator of step `step` (independent of how the run got there).
+    fn step_rng(&self, step: usize) -> HostRng {
+        HostRng::seed_from_u64(
+            self.options
+                .seed
+                .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                .wrapping_add(step as u64),
+        )
+    }
+
+    /// Draw `n` galaxies from the current population and simulate their observed rows.
+    pub fn simulate(
+        &self,
+        n: usize,
+        rng: &mut dyn RandomSource,
+    ) -> Result<crate::forward::Simulated> {
+        let z = rng.normal(&Shape::from((n, N_PARAMS)), &self.device)?;
+        let phi = self.flow.sample_from_base(&z)?;
+        self.forward.simulate(
+            &phi,
+            self.ln_zero_points.as_tensor(),
+            &self.ln_error_floors.as_tensor().exp()?,
+            rng,
+        )
+    }
+
+    /// One optimiser step; returns its record. A non-finite loss stops the fit with an error
+    /// (the last checkpoint is untouched).
+    pub fn step(&mut self) -> Result<StepRecord> {
+        let mut rng = self.step_rng(self.step);
+        let n = self.options.batch_size;
+        let sim = self.simulate(n, &mut rng)?;
+        let kept = sim.kept.len();
+        if kept < 16 {
+            return Err(Error::Invalid(format!(
+                "step {}: only {kept} of {n} simulated galaxies pass the selection; the \
+                 population has drifted away from the catalogue (lower the learning rates)",
+                self.step
+            )));
+        }
+        let rows = rng.indices(kept, self.set.len());
+        let observed = self.set.features(&rows, &self.device)?;
+        let distance = self
+            .options
+            .distance
+            .evaluate(&sim.features, &observed, &mut rng)?;
+        let value = distance.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        if !value.is_finite() {
+            return Err(Error::Invalid(format!(
+                "step {}: the distance became {value}; stopping (the last checkpoint is kept). \
+                 Lower the learning rates or check the catalogue for extreme fluxes",
+                self.step
+            )));
+        }
+        let mut loss = distance;
+        if self.options.fit_zero_points && self.options.zero_point_prior_weight > 0.0 {
+            let start = f32_tensor(&self.start_ln_zero_points, &self.device)?;
+            let penalty = (self.ln_zero_points.as_tensor() - start)?
+                .affine(1.0 / self.options.zero_point_prior_sigma, 0.0)?
+                .sqr()?
+                .mean_all()?
+                .affine(self.options.zero_point_prior_weight, 0.0)?;
+            loss = (loss + penalty)?;
+        }
+        let mut grads = loss.backward()?;
+        if self.options.max_grad_norm > 0.0 {
+            clip(
+                &mut grads,
+                &sorted_vars(&self.flow_vars),
+                self.options.max_grad_norm,
+            )?;
+        }
+        let f = self.learning_rate_factor();
+        self.flow_optimizer
+            .set_learning_rate(self.options.flow_learning_rate * f);
+        self.flow_optimizer.step(&grads)?;
+        if let Some(opt) = &mut self.calibration_optimizer {
+            opt.set_learning_rate(self.options.calibration_learning_rate * f);
+            opt.step(&grads)?;
+        }
+        self.project_calibration()?;
+        let record = StepRecord {
+            step: self.step,
+            distance: value,
+            kept,
+        };
+        self.history.push(record);
+        self.step += 1;
+        Ok(record)
+    }
+
+    /// Hold the geometric mean of Z at its start and the floors in range.
+    fn project_calibration(&mut self) -> Result<()> {
+        let mut z = host_vec(self.ln_zero_points.as_tensor())?;
+        let shift = self.start_ln_zero_points.iter().sum::<f64>() / z.len() as f64
+            - z.iter().sum::<f64>() / z.len() as f64;
+        z.iter_mut().for_each(|v| *v += shift);
+        self.ln_zero_points.set(&f32_tensor(&z, &self.device)?)?;
+        let e: Vec<f64> = host_vec(self.ln_error_floors.as_tensor())?
+            .into_iter()
+            .map(|v| v.clamp(FLOOR_RANGE.0.ln(), FLOOR_RANGE.1.ln()))
+            .collect();
+        self.ln_error_floors.set(&f32_tensor(&e, &self.device)?)?;
+        Ok(())
+    }
+
+    /// Mean distance per block of `block` steps.
+    pub fn loss_curve(&self, block: usize) -> Vec<(usize, f64)> {
+        self.history
+            .chunks(block.max(1))
+            .map(|c| {
+                (
+                    c.last().expect("non-empty chunk").step,
+                    c.iter().map(|r| r.distance).sum::<f64>() / c.len() as f64,
+                )
+            })
+            .collect()
+    }
+
+    /// Per-band KS of drawn vs catalogue flux errors on `n` fresh simulated galaxies.
+    pub fn error_model_ks(
+        &self,
+        errors: &crate::EmpiricalErrorModel,
+        n: usize,
+    ) -> Result<Vec<f64>> {
+        let mut rng = self.step_rng(usize::MAX);
+        let sim = self.simulate(n, &mut rng)?;
+        let mask: Vec<f32> = sim.mask.flatten_all()?.to_vec1()?;
+        Ok(errors.ks_against(&sim.sigma_nmgy, &mask))
+    }
+
+    /// Write a checkpoint: the flow (loadable as a prior) plus, under `fit.*`, the zero
+    /// points, floors, step, options and history.
+    pub fn save_checkpoint(&self, path: &Path) -> Result<()> {
+        let model = self.model()?;
+        let mut tensors = model.tensors()?;
+        tensors.insert(
+            "fit.ln_zero_points".into(),
+            self.ln_zero_points.as_tensor().detach().copy()?,
+        );
+        tensors.insert(
+            "fit.ln_error_floors".into(),
+            self.ln_error_floors.as_tensor().detach().copy()?,
+        );
+        let mut meta = HashMap::new();
+        meta.insert("fit_step".into(), self.step.to_string());
+        meta.insert(
+            "fit_options".into(),
+            serde_json::to_string(&self.options).expect("serialisable"),
+        );
+        meta.insert(
+            "fit_history".into(),
+            serde_json::to_string(&self.history).expect("serialisable"),
+        );
+        write_model(&model, tensors, meta, path)
+    }
+
+    /// Continue from a checkpoint written by [`PopulationFit::save_checkpoint`] with the same
+    /// options (checked, except `steps`, which may be raised).
+    pub fn resume(&mut self, path: &Path) -> Result<()> {
+        let file = path.display().to_string();
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let fmt = |m: String| Error::Format {
+            file: file.clone(),
+            message: m,
+        };
+        let meta = popcosmos_priors::weights_io::read_metadata(&bytes, &file)?;
+        let get = |k: &str| {
+            meta.get(k)
+                .ok_or_else(|| fmt(format!("not a population-fit checkpoint (no `{k}`)")))
+        };
+        let step: usize = get("fit_step")?
+            .parse()
+            .map_err(|e| fmt(format!("fit_step: {e}")))?;
+        let saved: FitOptions = serde_json::from_str(get("fit_options")?)
+            .map_err(|e| fmt(format!("fit_options: {e}")))?;
+        let mut a = saved.clone();
+        a.steps = self.options.steps;
+        if a != self.options {
+            return Err(fmt(format!(
+                "the checkpoint was written with other options ({}); resume with the same ones",
+                serde_json::to_string(&saved).expect("serialisable")
+            )));
+        }
+        let history: Vec<StepRecord> = serde_json::from_str(get("fit_history")?)
+            .map_err(|e| fmt(format!("fit_history: {e}")))?;
+        let tensors = popcosmos_priors::weights_io::read_tensors(&bytes, &file, &self.device)?;
+        let t = |k: &str| {
+            tensors
+                .get(k)
+                .ok_or_else(|| fmt(format!("missing tensor `{k}`")))
+        };
+        for (name, var) in self.flow_vars.data().lock().expect("varmap lock").iter() {
+            var.set(t(name)?)?;
+        }
+        self.ln_zero_points.set(t("fit.ln_zero_points")?)?;
+        self.ln_error_floors.set(t("fit.ln_error_floors")?)?;
+        self.step = step;
+        self.history = history;
+        Ok(())
+    }
+
+    /// The report of the fit so far.
+    pub fn report(&self, error_model_ks: Vec<f64>, seconds: f64) -> Result<FitReport> {
+        Ok(FitReport {
+            options: self.options.clone(),
+            steps_done: self.step,
+            rows_used: self.set.len(),
+            rows_without_data: self.set.rows_without_data,
+            rows_cut: self.set.rows_cut,
+            band_labels: self.set.labels.clone(),
+            band_counts: (0..self.set.n_bands)
+                .map(|b| {
+                    self.set
+                        .mask
+                        .iter()
+                        .skip(b)
+                        .step_by(self.set.n_bands)
+                        .filter(|m| **m > 0.0)
+                        .count()
+                })
+                .collect(),
+            zero_points: self.zero_points()?,
+            error_floors: self.error_floors()?,
+            loss_curve: self.loss_curve(50),
+            error_model_ks,
+            seconds,
+        })
+    }
+}
+
+/// Scale the gradients of `vars` so that their joint norm is at most `max_norm`.
+fn clip(grads: &mut candle_core::backprop::GradStore, vars: &[Var], max_norm: f64) -> Result<()> {
+    let mut sq = Vec::with_capacity(vars.len());
+    for v in vars {
+        if let Some(g) = grads.get(v.as_tensor()) {
+            sq.push(g.sqr()?.sum_all()?);
+        }
+    }
+    if sq.is_empty() {
+        return Ok(());
+    }
+    let total = Tensor::stack(&sq, 0)?
+        .sum_all()?
+        .to_dtype(DType::F64)?
+        .to_scalar::<f64>()?
+        .sqrt();
+    if total > max_norm {
+        let s = max_norm / total;
+        for v in vars {
+            if let Some(g) = grads.remove(v.as_tensor()) {
+                grads.insert(v.as_tensor(), (g * s)?);
+            }
+        }
+    }
+    Ok(())
+}
