@@ -15,16 +15,18 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 use popcosmos_api::filters::FilterCurve;
 use popcosmos_api::{HostRng, N_PARAMS};
 use popcosmos_priors::prospector::ProspectorAlphaPrior;
 use popcosmos_sps::Photulator;
 use popcosmos_sps::photulator::theta_to_photulator_input;
 use popcosmos_sps::spectrum::SpectrumPhotometry;
-use popcosmos_sps::train::{
-    TrainOptions, TrainedPhotulators, WarmStart, band_stats, soft_cap_magnitude,
+use popcosmos_sps::train::teacher::{
+    OBSERVABLE_MAG, Observability, checkpoint_path, closest_band, heldout_accuracy,
+    observable_delta, rms as rms_of, soft_capped, teacher_magnitudes, theta_tensor,
 };
+use popcosmos_sps::train::{TrainOptions, TrainedPhotulators, WarmStart};
 use popcosmos_sps::weights::WeightFile;
 use rand::Rng;
 
@@ -145,41 +147,6 @@ pub fn training_draws(n: usize, z_max: f64, seed: u64) -> Vec<[f64; N_PARAMS]> {
     rows
 }
 
-fn theta_tensor(rows: &[[f64; N_PARAMS]], device: &Device) -> Result<Tensor> {
-    let flat: Vec<f32> = rows.iter().flatten().map(|&v| v as f32).collect();
-    Ok(Tensor::from_vec(flat, (rows.len(), N_PARAMS), device)?)
-}
-
-/// Host rows (one `Vec` per draw).
-type Rows = Vec<Vec<f32>>;
-
-/// Photulator inputs and raw teacher magnitudes (99 where a band gets no flux) for `rows`.
-fn teacher(
-    spec: &SpectrumPhotometry,
-    rows: &[[f64; N_PARAMS]],
-    device: &Device,
-    label: &str,
-) -> Result<(Rows, Rows)> {
-    let (mut x, mut y) = (
-        Vec::with_capacity(rows.len()),
-        Vec::with_capacity(rows.len()),
-    );
-    let t0 = std::time::Instant::now();
-    for (k, chunk) in rows.chunks(2048).enumerate() {
-        let th = theta_tensor(chunk, device)?;
-        let m = spec.absolute_magnitudes(&th)?.to_vec2::<f32>()?;
-        y.extend(m);
-        x.extend(theta_to_photulator_input(&th)?.to_vec2::<f32>()?);
-        eprintln!(
-            "teacher {label}: {}/{} draws ({:.0} s)",
-            ((k + 1) * 2048).min(rows.len()),
-            rows.len(),
-            t0.elapsed().as_secs_f64()
-        );
-    }
-    Ok((x, y))
-}
-
 pub fn train_emulator(args: &TrainEmulatorArgs) -> Result<()> {
     let device = Device::Cpu;
     let filters = read_filter_dir(&args.filters, args.bands.as_deref())?;
@@ -188,19 +155,23 @@ pub fn train_emulator(args: &TrainEmulatorArgs) -> Result<()> {
     let spec = SpectrumPhotometry::builtin(&filters, &device)?;
     let rows = training_draws(args.train + args.heldout, args.z_max, args.seed);
     let (train_rows, held_rows) = rows.split_at(args.train);
-    let (xt, yt_raw) = teacher(&spec, train_rows, &device, "train")?;
-    let (xh, yh_raw) = teacher(&spec, held_rows, &device, "held-out")?;
-    let cap = |rows: Rows| -> Rows {
-        rows.into_iter()
-            .map(|r| {
-                r.into_iter()
-                    .map(|m| soft_cap_magnitude(m, args.mag_cap as f32, args.cap_width as f32))
-                    .collect()
-            })
-            .collect()
+    let teacher = |rows: &[[f64; N_PARAMS]], label: &str| {
+        let t0 = std::time::Instant::now();
+        teacher_magnitudes(&spec, rows, &device, &mut |done| {
+            eprintln!(
+                "teacher {label}: {done}/{} draws ({:.0} s)",
+                rows.len(),
+                t0.elapsed().as_secs_f64()
+            )
+        })
     };
-    let yt = cap(yt_raw.clone());
-    let yh = cap(yh_raw.clone());
+    let (xt, yt_raw) = teacher(train_rows, "train")?;
+    let (xh, yh_raw) = teacher(held_rows, "held-out")?;
+    let (cap, width) = (args.mag_cap as f32, args.cap_width as f32);
+    let (yt, yh) = (
+        soft_capped(&yt_raw, cap, width),
+        soft_capped(&yh_raw, cap, width),
+    );
     let init = match &args.init {
         Some(spec) => Some(warm_start(spec, args, &filters)?),
         None => None,
@@ -224,32 +195,17 @@ pub fn train_emulator(args: &TrainEmulatorArgs) -> Result<()> {
         ),
     };
     let observability = Observability::new(train_rows);
-    let weights: Option<Rows> = match args.observable_weighting {
+    let weights = match args.observable_weighting {
         None => None,
         Some(eps) if !(eps.is_finite() && eps >= 0.0) => {
             bail!("--observable-weighting: EPS must be finite and ≥ 0, got {eps}")
         }
         Some(eps) => Some(
-            yt_raw
-                .iter()
-                .map(|r| {
-                    r.iter()
-                        .map(|&m| (eps + observability.probability(m as f64)) as f32)
-                        .collect()
-                })
-                .collect(),
+            observability
+                .loss_weights(eps, &yt_raw, &names)
+                .context("--observable-weighting")?,
         ),
     };
-    if let Some(w) = &weights {
-        // All-zero weights would leave a band untrained without a word (EPS = 0 and a band
-        // no training draw is observable in).
-        if let Some(b) = (0..names.len()).find(|&b| w.iter().all(|r| r[b] == 0.0)) {
-            bail!(
-                "--observable-weighting: no training draw is observable (m < {OBSERVABLE_MAG}) in band {}; give EPS > 0",
-                names[b]
-            );
-        }
-    }
     let opts = TrainOptions {
         hidden: args.hidden.clone(),
         steps: args.steps,
@@ -367,71 +323,6 @@ pub fn train_emulator(args: &TrainEmulatorArgs) -> Result<()> {
     Ok(())
 }
 
-/// Distribution of N = m − M over the training draws: how likely a draw of absolute magnitude
-/// M is to be observable (m < [`OBSERVABLE_MAG`]).
-struct Observability {
-    /// N of every training draw, ascending.
-    n_sorted: Vec<f64>,
-}
-
-impl Observability {
-    fn new(rows: &[[f64; N_PARAMS]]) -> Self {
-        let mut n_sorted: Vec<f64> = rows
-            .iter()
-            .map(|r| r[popcosmos_api::params::IDX_N])
-            .collect();
-        n_sorted.sort_by(f64::total_cmp);
-        Self { n_sorted }
-    }
-
-    /// P(N < OBSERVABLE_MAG − M) over the training draws (0 for a band without flux).
-    fn probability(&self, abs_mag: f64) -> f64 {
-        let limit = OBSERVABLE_MAG - abs_mag;
-        self.n_sorted.partition_point(|&n| n < limit) as f64 / self.n_sorted.len().max(1) as f64
-    }
-
-    /// RMS of Δ = network − teacher in band `b` over every draw, each weighted by
-    /// [`Self::probability`] of its teacher magnitude: the expected RMS over observable draws,
-    /// with far less scatter than the few draws that happen to be observable.
-    fn weighted_rms(&self, pred: &[Vec<f32>], teacher: &[Vec<f32>], b: usize) -> f64 {
-        let (mut num, mut den) = (0.0f64, 0.0f64);
-        for (p, t) in pred.iter().zip(teacher) {
-            let w = self.probability(t[b] as f64);
-            num += w * ((p[b] - t[b]) as f64).powi(2);
-            den += w;
-        }
-        // NaN, not 0, when no draw can be observable in the band.
-        if den > 0.0 {
-            (num / den).sqrt()
-        } else {
-            f64::NAN
-        }
-    }
-}
-
-/// Δ = network − teacher in band `b` on the draws observable in it (m = M + N <
-/// [`OBSERVABLE_MAG`]).
-fn observable_delta(
-    held: &[[f64; N_PARAMS]],
-    pred: &[Vec<f32>],
-    teacher: &[Vec<f32>],
-    b: usize,
-) -> Vec<f64> {
-    (0..held.len())
-        .filter(|&r| teacher[r][b] as f64 + held[r][popcosmos_api::params::IDX_N] < OBSERVABLE_MAG)
-        .map(|r| (pred[r][b] - teacher[r][b]) as f64)
-        .collect()
-}
-
-/// `OUT.checkpoint.safetensors`: the networks at the last evaluation step of a running job.
-pub fn checkpoint_path(output: &Path) -> PathBuf {
-    output.with_extension("checkpoint.safetensors")
-}
-
-/// Apparent magnitude (m = M + N of the draw) below which a band counts as observable: two
-/// magnitudes beyond the deepest survey we ship (LSST 10-year u ≈ 26).
-const OBSERVABLE_MAG: f64 = 28.0;
-
 /// Held-out Δ = network − teacher per band: against the soft-capped target on every draw;
 /// against the raw teacher where the band sees flux (teacher M < cap − 8 widths), split at the
 /// spectrum emulator's z = 2.5 training edge; and where the draw is observable in the band
@@ -453,74 +344,28 @@ fn print_heldout_table(
     println!(
         "| band | pivot (Å) | all draws vs capped target: RMS | sees flux: n | mean Δ | RMS | p95 | max | z ≤ 2.5: RMS | p95 | z > 2.5: RMS | p95 | m < {OBSERVABLE_MAG}: n | RMS | p95 | P(m < {OBSERVABLE_MAG})-weighted RMS |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
-    let all = band_stats(pred, target);
-    for (b, f) in filters.iter().enumerate() {
-        let delta = |keep: &dyn Fn(usize) -> bool| -> Vec<f64> {
-            (0..held.len())
-                .filter(|&r| teacher[r][b] < seen && keep(r))
-                .map(|r| (pred[r][b] - teacher[r][b]) as f64)
-                .collect()
-        };
-        let z = |r: usize| held[r][popcosmos_api::params::IDX_Z];
-        let d = delta(&|_| true);
-        let (lo, hi) = (delta(&|r| z(r) <= 2.5), delta(&|r| z(r) > 2.5));
-        let observable = observable_delta(held, pred, teacher, b);
+    let bands = heldout_accuracy(held, pred, (target, teacher), observability, seen);
+    for (f, a) in filters.iter().zip(bands) {
         println!(
             "| {} | {:.0} | {:.4} | {} | {:+.4} | {:.4} | {:.4} | {:.3} | {:.4} | {:.4} | {:.4} | {:.4} | {} | {:.4} | {:.4} | {:.4} |",
             f.name,
             f.pivot_wavelength_aa(),
-            all[b].rms,
-            d.len(),
-            d.iter().sum::<f64>() / d.len().max(1) as f64,
-            rms_of(&d),
-            abs_quantile(&d, 0.95),
-            abs_quantile(&d, 1.0),
-            rms_of(&lo),
-            abs_quantile(&lo, 0.95),
-            rms_of(&hi),
-            abs_quantile(&hi, 0.95),
-            observable.len(),
-            rms_of(&observable),
-            abs_quantile(&observable, 0.95),
-            observability.weighted_rms(pred, teacher, b),
+            a.capped_rms,
+            a.seen,
+            a.seen_mean,
+            a.seen_spread.rms,
+            a.seen_spread.p95,
+            a.seen_max,
+            a.low_z.rms,
+            a.low_z.p95,
+            a.high_z.rms,
+            a.high_z.p95,
+            a.observable,
+            a.observable_spread.rms,
+            a.observable_spread.p95,
+            a.weighted_rms,
         );
     }
-}
-
-fn rms_of(d: &[f64]) -> f64 {
-    (d.iter().map(|v| v * v).sum::<f64>() / d.len().max(1) as f64).sqrt()
-}
-
-/// Quantile `q` of |d| (nearest rank); NaN for an empty slice.
-fn abs_quantile(d: &[f64], q: f64) -> f64 {
-    let mut a: Vec<f64> = d.iter().map(|v| v.abs()).collect();
-    if a.is_empty() {
-        return f64::NAN;
-    }
-    a.sort_by(f64::total_cmp);
-    a[((q * a.len() as f64).ceil() as usize).clamp(1, a.len()) - 1]
-}
-
-/// Normalised overlap ∫ min(T̂_a, T̂_b) d ln λ of two filter curves (each scaled to
-/// ∫ T̂ d ln λ = 1): 1 for identical curves, 0 for disjoint ones.
-pub fn filter_overlap(a: &FilterCurve, b: &FilterCurve) -> f64 {
-    let lo = a.wavelength_aa[0].min(b.wavelength_aa[0]).ln();
-    let hi = a.wavelength_aa[a.wavelength_aa.len() - 1]
-        .max(b.wavelength_aa[b.wavelength_aa.len() - 1])
-        .ln();
-    const N: usize = 4000;
-    let du = (hi - lo) / N as f64;
-    let sample = |f: &FilterCurve| -> Vec<f64> {
-        let v: Vec<f64> = (0..=N)
-            .map(|k| f.transmission_at((lo + k as f64 * du).exp()).max(0.0))
-            .collect();
-        let norm = v.iter().sum::<f64>() * du;
-        v.into_iter()
-            .map(|t| t / norm.max(f64::MIN_POSITIVE))
-            .collect()
-    };
-    let (ta, tb) = (sample(a), sample(b));
-    ta.iter().zip(&tb).map(|(x, y)| x.min(*y)).sum::<f64>() * du
 }
 
 /// The warm start of `--init`: source bands from `--init-bands` or by largest filter overlap.
@@ -572,11 +417,7 @@ fn warm_start(spec: &str, args: &TrainEmulatorArgs, targets: &[FilterCurve]) -> 
             targets
                 .iter()
                 .map(|t| {
-                    let (best, overlap) = sources
-                        .iter()
-                        .map(|s| (s, filter_overlap(t, s)))
-                        .max_by(|a, b| a.1.total_cmp(&b.1))
-                        .expect("non-empty source set");
+                    let (best, overlap) = closest_band(t, &sources).expect("non-empty source set");
                     eprintln!(
                         "init: {} ← {} (filter overlap {overlap:.2})",
                         t.name, best.name

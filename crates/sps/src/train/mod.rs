@@ -34,6 +34,8 @@ use rand::seq::SliceRandom;
 use rand_distr::{Distribution, StandardNormal};
 use rayon::prelude::*;
 
+pub mod teacher;
+
 use crate::fastmath::fast_exp;
 use crate::photulator::N_INPUTS;
 use crate::weights::WeightFile;
