@@ -11,6 +11,46 @@ use popcosmos_catalog::commit::{CHAINS_DIR, COMMIT_DIR, OutputLock, read_commits
 use popcosmos_catalog::list_parts;
 use popcosmos_inference::Manifest;
 
+#[derive(clap::Args)]
+pub struct DemoArgs {
+    /// Output folder: new, empty, or a previous popcosmos output (only its popcosmos files
+    /// are replaced; any other non-empty folder is refused).
+    #[arg(long, default_value = "out/cosmos-demo")]
+    output: PathBuf,
+}
+
+/// `run` + `evaluate` of the built-in demo manifest, inside `args.output`.
+pub fn run(args: &DemoArgs) -> Result<()> {
+    let output = args.output.as_path();
+    // Never delete what popcosmos did not write.
+    prepare_output(output)?;
+    // The built-in manifest and catalogue, written inside the output folder.
+    let input = DemoInput::write(&output.join(INPUT_DIR))?;
+    let mut m = input.manifest()?;
+    m.output.dir = output.to_path_buf();
+    let catalogue = m.catalogue.path.clone();
+    eprintln!(
+        "popcosmos demo: {} galaxies of {} (COSMOS2020, 2.5 ≤ z_spec < 8.3)",
+        count_lines(&catalogue)?,
+        catalogue.display()
+    );
+    let out = crate::run::run_manifest(m, &Default::default(), false)?;
+    crate::evaluate::evaluate(&crate::evaluate::EvaluateArgs {
+        results: out.clone(),
+        truth: format!("{}:zspec", catalogue.display()),
+        id_column: "id".into(),
+        json: Some(out.join("metrics.json")),
+        plots: Some(out.join("plots")),
+        manifest: None,
+        galaxy: None,
+    })
+}
+
+fn count_lines(path: &Path) -> Result<usize> {
+    let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
+    Ok(text.lines().count().saturating_sub(1))
+}
+
 /// The demo manifest (`examples/cosmos-demo.yaml`), built into the binary.
 pub const MANIFEST_YAML: &str = include_str!("../../../examples/cosmos-demo.yaml");
 /// The demo catalogue (`examples/data/cosmos2020_demo.csv`): 100 COSMOS2020 galaxies.

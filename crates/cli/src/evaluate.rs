@@ -9,13 +9,27 @@ use popcosmos_catalog::{
 };
 use popcosmos_inference::Manifest;
 
+#[derive(clap::Args)]
 pub struct EvaluateArgs {
+    /// Results folder (run output) or a single results file.
     pub results: PathBuf,
+    /// `CATALOGUE:COLUMN` holding the true redshift, rows matched by id.
+    #[arg(long)]
     pub truth: String,
+    /// Id column of the truth catalogue.
+    #[arg(long, default_value = "id")]
     pub id_column: String,
+    /// Write the metrics as JSON here.
+    #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Write PNG plots into this folder (z_phot vs z_spec; corner and SED with --manifest).
+    #[arg(long)]
     pub plots: Option<PathBuf>,
+    /// The run's manifest (enables the corner and SED plots of one galaxy).
+    #[arg(long)]
     pub manifest: Option<PathBuf>,
+    /// Galaxy id for the corner/SED plots (default: the first one).
+    #[arg(long)]
     pub galaxy: Option<String>,
 }
 

@@ -1,10 +1,17 @@
 //! `popcosmos-cli merge OUTDIR`: check and combine the shard folders of a sharded run.
 
-use std::path::Path;
+use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 
-pub fn merge(dir: &Path) -> Result<()> {
+#[derive(clap::Args)]
+pub struct MergeArgs {
+    /// The manifest's output.dir (holding shard-IIIII-of-NNNNN folders).
+    dir: PathBuf,
+}
+
+pub fn merge(args: &MergeArgs) -> Result<()> {
+    let dir = &args.dir;
     let s = popcosmos_inference::shard::merge_shards(dir)
         .with_context(|| format!("merging the shards of {}", dir.display()))?;
     println!(

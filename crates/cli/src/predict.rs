@@ -9,7 +9,7 @@
 //!   Leistedt+23 line offsets (the model flux the likelihood compares with, before zero
 //!   points), and `line_sigma_nmgy_<band>` = Σ_l e^{γ_l}(1 + α_l) F_bl.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use popcosmos_api::{Device, N_PARAMS, PARAM_NAMES, SpsModel, Survey, Tensor, params};
@@ -23,7 +23,21 @@ pub const LOG10M_RANGE: (f64, f64) = (4.0, 15.0);
 /// (μ from 28.2 to 49.1) lies inside it.
 pub const N_RANGE: (f64, f64) = (-20.0, 60.0);
 
-pub fn predict(input: &Path, output: &Path, lines: bool) -> Result<()> {
+#[derive(clap::Args)]
+pub struct PredictArgs {
+    params: PathBuf,
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Leave out the emission-line columns.
+    #[arg(long)]
+    no_lines: bool,
+}
+
+pub fn run(args: &PredictArgs) -> Result<()> {
+    predict(&args.params, &args.output, !args.no_lines)
+}
+
+fn predict(input: &Path, output: &Path, lines: bool) -> Result<()> {
     let mut rdr = csv::Reader::from_path(input)
         .with_context(|| format!("{}: cannot open", input.display()))?;
     let headers = rdr
