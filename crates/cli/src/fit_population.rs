@@ -241,8 +241,16 @@ pub fn fit_population(args: &FitPopulationArgs) -> Result<()> {
             recent.pop_front();
         }
         bar.set_message(format!(
-            "distance {:.4}",
-            recent.iter().sum::<f64>() / recent.len() as f64
+            "distance {:.4}{}",
+            recent.iter().sum::<f64>() / recent.len() as f64,
+            if record.non_finite + record.non_finite_gradients > 0 {
+                format!(
+                    " ({} non-finite galaxies, {} gradients)",
+                    record.non_finite, record.non_finite_gradients
+                )
+            } else {
+                String::new()
+            }
         ));
         bar.inc(1);
         if fit.step_count() % args.checkpoint_every.max(1) == 0 || fit.step_count() == options.steps

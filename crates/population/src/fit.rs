@@ -116,8 +116,14 @@ pub struct StepRecord {
     pub step: usize,
     /// The distance (without the zero-point penalty).
     pub distance: f64,
-    /// Simulated galaxies that passed the selection.
+    /// Simulated galaxies that passed the selection (and were finite).
     pub kept: usize,
+    /// Simulated galaxies dropped as non-finite.
+    #[serde(default)]
+    pub non_finite: usize,
+    /// Gradient entries that were not finite (set to 0 for the step).
+    #[serde(default)]
+    pub non_finite_gradients: usize,
 }
 
 /// What a finished (or interrupted) fit reports.
@@ -343,8 +349,19 @@ impl<'a> PopulationFit<'a> {
     pub fn step(&mut self) -> Result<StepRecord> {
         let mut rng = self.step_rng(self.step);
         let n = self.options.batch_size;
-        let sim = self.simulate(n, &mut rng)?;
-        let kept = sim.kept.len();
+        let mut sim = self.simulate(n, &mut rng)?;
+        // Rows whose simulation is not finite (e.g. an emulator overflow far outside its
+        // training box) are dropped and counted; a sort needs a total order.
+        let feats: Vec<Vec<f32>> = sim.features.detach().to_vec2()?;
+        let finite: Vec<u32> = (0..feats.len() as u32)
+            .filter(|&i| feats[i as usize].iter().all(|v| v.is_finite()))
+            .collect();
+        let non_finite = feats.len() - finite.len();
+        if non_finite > 0 {
+            let idx = Tensor::from_vec(finite.clone(), finite.len(), &self.device)?;
+            sim.features = sim.features.index_select(&idx, 0)?;
+        }
+        let kept = finite.len();
         if kept < 16 {
             return Err(Error::Invalid(format!(
                 "step {}: only {kept} of {n} simulated galaxies pass the selection; the \
@@ -377,6 +394,8 @@ impl<'a> PopulationFit<'a> {
             loss = (loss + penalty)?;
         }
         let mut grads = loss.backward()?;
+        let non_finite_gradients = sanitise(&mut grads, &sorted_vars(&self.flow_vars))?
+            + sanitise(&mut grads, &[self.ln_zero_points.clone(), self.ln_error_floors.clone()])?;
         if self.options.max_grad_norm > 0.0 {
             clip(
                 &mut grads,
@@ -397,6 +416,8 @@ impl<'a> PopulationFit<'a> {
             step: self.step,
             distance: value,
             kept,
+            non_finite,
+            non_finite_gradients,
         };
         self.history.push(record);
         self.step += 1;
@@ -541,6 +562,24 @@ impl<'a> PopulationFit<'a> {
             seconds,
         })
     }
+}
+
+/// Zero the non-finite entries of the gradients of `vars`; returns how many there were.
+fn sanitise(grads: &mut candle_core::backprop::GradStore, vars: &[Var]) -> Result<usize> {
+    let mut count = 0;
+    for v in vars {
+        if let Some(g) = grads.get(v.as_tensor()) {
+            let finite = g.abs()?.lt(f64::INFINITY)?;
+            let bad = g.elem_count()
+                - finite.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()? as usize;
+            if bad > 0 {
+                let g = finite.where_cond(g, &g.zeros_like()?)?;
+                grads.insert(v.as_tensor(), g);
+                count += bad;
+            }
+        }
+    }
+    Ok(count)
 }
 
 /// Scale the gradients of `vars` so that their joint norm is at most `max_norm`.
