@@ -525,13 +525,25 @@ pub struct SimulatePopulationArgs {
     pub n: usize,
     /// Tilt the population by exp(a z + b log10 M_formed) (importance resampling), to make
     /// a truth population that differs from the manifest's prior: `a,b`.
-    #[arg(long, value_delimiter = ',', num_args = 2)]
-    pub tilt: Option<Vec<f64>>,
+    #[arg(long, value_parser = parse_tilt)]
+    pub tilt: Option<(f64, f64)>,
     /// Multiply these bands' zero points (`label=factor,…`, e.g. `g=1.05,i=0.95`).
     #[arg(long, value_delimiter = ',')]
     pub zero_point_offsets: Vec<String>,
     #[arg(long)]
     pub seed: Option<u64>,
+}
+
+fn parse_tilt(s: &str) -> std::result::Result<(f64, f64), String> {
+    let v: Vec<f64> = s
+        .split(',')
+        .map(|x| x.trim().parse::<f64>())
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| format!("'{s}': {e}"))?;
+    match v[..] {
+        [a, b] if a.is_finite() && b.is_finite() => Ok((a, b)),
+        _ => Err(format!("'{s}' is not two finite numbers a,b")),
+    }
 }
 
 /// Draw `n` latent rows from `prior`, tilted by exp(a z + b log10 M) when asked.
@@ -613,7 +625,7 @@ pub fn simulate_population(args: &SimulatePopulationArgs) -> Result<()> {
         calibration.zero_points[b] *= factor;
     }
     let mut rng = HostRng::seed_from_u64(args.seed.unwrap_or(pipeline.manifest.seed));
-    let tilt = args.tilt.as_ref().map(|v| (v[0], v[1]));
+    let tilt = args.tilt;
     let phi = tilted_draws(
         pipeline.prior.as_ref(),
         args.n,
@@ -648,7 +660,7 @@ pub fn simulate_population(args: &SimulatePopulationArgs) -> Result<()> {
     for n in PARAM_NAMES {
         rows += &format!(",true_{n}");
     }
-    rows.push('\n');
+    rows += ",true_log10M_formed\n";
     let nb = set.n_bands;
     for start in (0..args.n).step_by(4096) {
         let len = 4096.min(args.n - start);
@@ -672,7 +684,14 @@ pub fn simulate_population(args: &SimulatePopulationArgs) -> Result<()> {
             for v in &theta[i] {
                 rows += &format!(",{v:.6e}");
             }
-            rows.push('\n');
+            let (z, n) = (
+                theta[i][popcosmos_api::params::IDX_Z],
+                theta[i][popcosmos_api::params::IDX_N],
+            );
+            rows += &format!(
+                ",{:.6}\n",
+                popcosmos_sps::derived::log10_mass_formed(n, z)
+            );
         }
     }
     std::fs::write(&args.output, rows).with_context(|| args.output.display().to_string())?;
