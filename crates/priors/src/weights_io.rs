@@ -177,3 +177,28 @@ pub fn write_model_file<C: Serialize>(
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
     Ok(())
 }
+
+/// Re-draw a trainer's initial weights from the seeded stream, names sorted (candle's VarMap
+/// initialisation uses an unseeded generator): weights 𝒩(0, 2/fan_in) (Kaiming), biases U(±1/√fan_in).
+pub fn seed_weights(varmap: &VarMap, rng: &mut popcosmos_api::HostRng) -> Result<()> {
+    use popcosmos_api::RandomSource as _;
+    let vars = varmap.data().lock().expect("varmap lock");
+    let mut names: Vec<&String> = vars.keys().collect();
+    names.sort();
+    for name in names {
+        let var = &vars[name.as_str()];
+        let shape = var.as_tensor().shape().clone();
+        let dev = var.as_tensor().device().clone();
+        let fresh = if name.ends_with("weight") {
+            let fan_in = shape.dims()[1] as f64;
+            (rng.normal(&shape, &dev)? * (2.0 / fan_in).sqrt())?
+        } else {
+            let fan_in = vars[name.replace("bias", "weight").as_str()]
+                .as_tensor()
+                .dim(1)? as f64;
+            (rng.uniform(&shape, &dev)?.affine(2.0, -1.0)? / fan_in.sqrt())?
+        };
+        var.set(&fresh)?;
+    }
+    Ok(())
+}

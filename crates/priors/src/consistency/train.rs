@@ -297,7 +297,7 @@ impl Trainer {
         let varmap = VarMap::new();
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
         let net = ScoreNet::with_frequencies(&config.net_config(), freqs, vb)?;
-        seed_weights(&varmap, &mut HostRng::seed_from_u64(opts.seed))?;
+        crate::weights_io::seed_weights(&varmap, &mut HostRng::seed_from_u64(opts.seed))?;
         let optimizer = candle_nn::AdamW::new(
             sorted_vars(&varmap),
             ParamsAdamW {
@@ -520,29 +520,6 @@ pub fn distill(
         progress(s + 1, loss);
     }
     trainer.model()
-}
-
-/// Initial weights from the seeded stream (names sorted): 𝒩(0, 2/fan_in) weights (Kaiming),
-/// U(±1/√fan_in) biases.
-fn seed_weights(varmap: &VarMap, rng: &mut HostRng) -> Result<()> {
-    let vars = varmap.data().lock().expect("varmap lock");
-    let mut names: Vec<&String> = vars.keys().collect();
-    names.sort();
-    for name in names {
-        let var = &vars[name.as_str()];
-        let shape = var.as_tensor().shape().clone();
-        let dev = var.as_tensor().device().clone();
-        let fresh = if name.ends_with("weight") {
-            let fan_in = shape.dims()[1] as f64;
-            (rng.normal(&shape, &dev)? * (2.0 / fan_in).sqrt())?
-        } else {
-            let w = name.trim_end_matches("bias").to_string() + "weight";
-            let fan_in = vars[w.as_str()].as_tensor().dim(1)? as f64;
-            (rng.uniform(&shape, &dev)?.affine(2.0, -1.0)? / fan_in.sqrt())?
-        };
-        var.set(&fresh)?;
-    }
-    Ok(())
 }
 
 fn sorted_vars(varmap: &VarMap) -> Vec<Var> {

@@ -142,7 +142,7 @@ impl Trainer {
         let varmap = VarMap::new();
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
         let net = ScoreNet::with_frequencies(&config, freqs, vb)?;
-        seed_weights(&varmap, &mut rng)?;
+        crate::weights_io::seed_weights(&varmap, &mut rng)?;
         let optimizer = candle_nn::AdamW::new(
             varmap.all_vars(),
             ParamsAdamW {
@@ -462,30 +462,6 @@ pub fn fit(
         steps: trainer.step_count(),
         metadata: meta,
     })
-}
-
-/// Re-draw the initial weights from the seeded stream (candle's VarMap initialisation uses
-/// an unseeded generator): weights 𝒩(0, 2/fan_in) (Kaiming), biases U(±1/√fan_in).
-fn seed_weights(varmap: &VarMap, rng: &mut popcosmos_api::HostRng) -> Result<()> {
-    let vars = varmap.data().lock().expect("varmap lock");
-    let mut names: Vec<&String> = vars.keys().collect();
-    names.sort();
-    for name in names {
-        let var = &vars[name.as_str()];
-        let shape = var.as_tensor().shape().clone();
-        let dev = var.as_tensor().device().clone();
-        let fresh = if name.ends_with("weight") {
-            let fan_in = shape.dims()[1] as f64;
-            (rng.normal(&shape, &dev)? * (2.0 / fan_in).sqrt())?
-        } else {
-            let fan_in = vars[name.replace("bias", "weight").as_str()]
-                .as_tensor()
-                .dim(1)? as f64;
-            (rng.uniform(&shape, &dev)?.affine(2.0, -1.0)? / fan_in.sqrt())?
-        };
-        var.set(&fresh)?;
-    }
-    Ok(())
 }
 
 /// The tensors of a model in the `popcosmos/diffusion/v1` layout.
