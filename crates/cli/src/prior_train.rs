@@ -131,6 +131,14 @@ pub struct TrainPriorArgs {
     pub description: String,
 }
 
+/// A progress bar over optimiser steps showing `what` (a loss) as its message.
+fn steps_bar(steps: usize, what: &str) -> ProgressBar {
+    let template =
+        format!("{{bar:40}} {{pos}}/{{len}} steps  {what} {{msg}}  [{{elapsed}}<{{eta}}]");
+    ProgressBar::new(steps as u64)
+        .with_style(ProgressStyle::with_template(&template).expect("template"))
+}
+
 /// The columns `cols` of a table as row-major f32 rows.
 fn read_columns(path: &Path, cols: &[String]) -> Result<Vec<f32>> {
     let mut data: Vec<Vec<f64>> = Vec::with_capacity(cols.len());
@@ -191,10 +199,7 @@ pub fn train_prior(args: &TrainPriorArgs) -> Result<()> {
         resume: args.resume,
         metadata: HashMap::from([("samples".into(), args.samples.display().to_string())]),
     };
-    let bar = ProgressBar::new(args.steps as u64).with_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} steps  loss {msg}  [{elapsed}<{eta}]")
-            .expect("template"),
-    );
+    let bar = steps_bar(args.steps, "loss");
     let t0 = std::time::Instant::now();
     let fitted = popcosmos_priors::diffusion::train::fit(
         &x,
@@ -347,7 +352,7 @@ pub enum DistillModel {
 /// Consistency distillation (`distill --model consistency`): trains, saves with a card,
 /// and prints the 1/2/4-step two-sample report against the teacher's ODE sampler.
 fn distill_consistency(args: &DistillArgs, teacher: &DiffusionModel, source: &str) -> Result<()> {
-    use popcosmos_priors::consistency::{self, Trainer};
+    use popcosmos_priors::consistency;
     // The settings measured in docs/priors.md (examples/consistency_report.rs).
     let opts = consistency::TrainOptions {
         steps: args.steps,
@@ -359,24 +364,17 @@ fn distill_consistency(args: &DistillArgs, teacher: &DiffusionModel, source: &st
     };
     let mut rng = HostRng::seed_from_u64(args.seed);
     let t0 = std::time::Instant::now();
-    let mut trainer = Trainer::new(teacher, opts.clone(), &mut rng)?;
-    let bar = ProgressBar::new(args.steps as u64).with_style(
-        ProgressStyle::with_template(
-            "{bar:40} {pos}/{len} steps  CD loss {msg}  [{elapsed}<{eta}]",
-        )
-        .expect("template"),
-    );
+    let bar = steps_bar(args.steps, "CD loss");
     let mut window = 0.0;
-    for step in 0..args.steps {
-        window += trainer.step(&mut rng)?;
-        if (step + 1) % 50 == 0 {
+    let model = consistency::distill(teacher, &opts, &mut rng, &mut |step, loss| {
+        window += loss;
+        if step % 50 == 0 {
             bar.set_message(format!("{:.5}", window / 50.0));
             window = 0.0;
         }
         bar.inc(1);
-    }
+    })?;
     bar.finish();
-    let model = trainer.model()?;
     let mut meta = HashMap::new();
     meta.insert("teacher".to_string(), source.to_string());
     meta.insert("train_options".to_string(), serde_json::to_string(&opts)?);
@@ -445,10 +443,7 @@ pub fn distill(args: &DistillArgs) -> Result<()> {
         },
         ..Default::default()
     };
-    let bar = ProgressBar::new(args.steps as u64).with_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} steps  nll {msg}  [{elapsed}<{eta}]")
-            .expect("template"),
-    );
+    let bar = steps_bar(args.steps, "nll");
     let mut rng = HostRng::seed_from_u64(args.seed);
     let t0 = std::time::Instant::now();
     let (model, report) =

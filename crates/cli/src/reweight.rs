@@ -78,20 +78,16 @@ fn check_chains_complete(run_dir: &Path) -> Result<()> {
         }
     }
     // Every galaxy of the summary must have chain rows.
-    let summary: HashSet<String> = popcosmos_catalog::list_parts(run_dir)?
-        .iter()
-        .map(popcosmos_catalog::part_ids)
-        .collect::<Result<Vec<_>, _>>()?
-        .into_iter()
-        .flatten()
-        .collect();
-    let chains: HashSet<String> = popcosmos_catalog::list_parts(run_dir.join("chains"))?
-        .iter()
-        .map(popcosmos_catalog::part_ids)
-        .collect::<Result<Vec<_>, _>>()?
-        .into_iter()
-        .flatten()
-        .collect();
+    let ids = |dir: &Path| -> Result<HashSet<String>> {
+        let parts = popcosmos_catalog::list_parts(dir)?;
+        let ids = parts.iter().map(popcosmos_catalog::part_ids);
+        Ok(ids
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .flatten()
+            .collect())
+    };
+    let (summary, chains) = (ids(run_dir)?, ids(&run_dir.join("chains"))?);
     let mut missing: Vec<&String> = summary.difference(&chains).collect();
     if !missing.is_empty() {
         missing.sort();
