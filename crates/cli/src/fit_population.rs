@@ -43,6 +43,9 @@ pub struct FitPopulationArgs {
     pub flow_lr: f64,
     #[arg(long, default_value_t = FitOptions::default().calibration_learning_rate)]
     pub calibration_lr: f64,
+    /// Weight of KL(fitted ‖ starting population) added to the distance (0 = none).
+    #[arg(long, default_value_t = FitOptions::default().prior_weight)]
+    pub prior_weight: f64,
     /// Keep the manifest's zero points fixed.
     #[arg(long)]
     pub fixed_zero_points: bool,
@@ -165,6 +168,7 @@ pub fn fit_population(args: &FitPopulationArgs) -> Result<()> {
         fit_zero_points: !args.fixed_zero_points,
         fit_error_floors: !args.fixed_error_floors,
         min_galaxies: args.min_galaxies,
+        prior_weight: args.prior_weight,
         seed: args.seed.unwrap_or(pipeline.manifest.seed),
         ..Default::default()
     };

@@ -50,6 +50,12 @@ pub struct FitOptions {
     pub error_neighbours: usize,
     /// Fewest usable catalogue rows a fit runs on.
     pub min_galaxies: usize,
+    /// Weight λ of KL(q ‖ q₀), the divergence of the fitted population from the starting
+    /// one (a reparameterised Monte Carlo estimate on each step's draws), added to the
+    /// distance. Photometry alone leaves directions of the population unconstrained (e.g.
+    /// faint low-z dwarfs vs distant massive galaxies of the same colours); the penalty keeps
+    /// those where the starting population puts them. 0 = none.
+    pub prior_weight: f64,
     /// Gradient-norm clip of the flow's weights (0 = none).
     pub max_grad_norm: f64,
     pub seed: u64,
@@ -69,6 +75,7 @@ impl Default for FitOptions {
             fit_error_floors: true,
             error_neighbours: 50,
             min_galaxies: 500,
+            prior_weight: 0.0,
             max_grad_norm: 1.0,
             seed: 1,
         }
@@ -100,6 +107,9 @@ impl FitOptions {
         if !(self.zero_point_prior_weight.is_finite() && self.zero_point_prior_weight >= 0.0) {
             return bad("zero_point_prior_weight", "must be finite and >= 0".into());
         }
+        if !(self.prior_weight.is_finite() && self.prior_weight >= 0.0) {
+            return bad("prior_weight", format!("must be finite and >= 0, got {}", self.prior_weight));
+        }
         if !(self.max_grad_norm.is_finite() && self.max_grad_norm >= 0.0) {
             return bad("max_grad_norm", "must be finite and >= 0".into());
         }
@@ -124,6 +134,9 @@ pub struct StepRecord {
     /// Gradient entries that were not finite (set to 0 for the step).
     #[serde(default)]
     pub non_finite_gradients: usize,
+    /// Monte Carlo estimate of KL(q ‖ q₀) on the step's draws (nats; NaN when not computed).
+    #[serde(default)]
+    pub kl_to_start: f64,
 }
 
 /// What a finished (or interrupted) fit reports.
@@ -153,6 +166,8 @@ pub struct PopulationFit<'a> {
     set: &'a ObservedSet,
     flow_vars: VarMap,
     flow: FlowModel,
+    /// The starting population q₀ (fixed), for the KL penalty.
+    start: FlowModel,
     ln_zero_points: Var,
     ln_error_floors: Var,
     start_ln_zero_points: Vec<f64>,
@@ -266,6 +281,7 @@ impl<'a> PopulationFit<'a> {
             set,
             flow_vars,
             flow,
+            start: initial.clone(),
             ln_zero_points,
             ln_error_floors,
             start_ln_zero_points,
@@ -349,7 +365,7 @@ impl<'a> PopulationFit<'a> {
     pub fn step(&mut self) -> Result<StepRecord> {
         let mut rng = self.step_rng(self.step);
         let n = self.options.batch_size;
-        let mut sim = self.simulate(n, &mut rng)?;
+        let (mut sim, ln_ratio) = self.simulate_with_kl(n, &mut rng)?;
         // Rows whose simulation is not finite (e.g. an emulator overflow far outside its
         // training box) are dropped and counted; a sort needs a total order.
         let feats: Vec<Vec<f32>> = sim.features.detach().to_vec2()?;
@@ -362,10 +378,19 @@ impl<'a> PopulationFit<'a> {
             sim.features = sim.features.index_select(&idx, 0)?;
         }
         let kept = finite.len();
+        if non_finite * 2 > sim.kept.len() {
+            return Err(Error::Invalid(format!(
+                "step {}: the simulated photometry is not finite for {non_finite} of {} \
+                 galaxies (a loss that becomes NaN); stopping. Lower the learning rates",
+                self.step,
+                sim.kept.len()
+            )));
+        }
         if kept < 16 {
             return Err(Error::Invalid(format!(
                 "step {}: only {kept} of {n} simulated galaxies pass the selection; the \
-                 population has drifted away from the catalogue (lower the learning rates)",
+                 population makes too few galaxies this bright. Raise the batch size, loosen \
+                 the selection, or fit without one (the catalogue as given)",
                 self.step
             )));
         }
@@ -384,6 +409,22 @@ impl<'a> PopulationFit<'a> {
             )));
         }
         let mut loss = distance;
+        // Non-finite ratios (draws far in a tail) carry no usable gradient: average the rest.
+        let ratio: Vec<f32> = ln_ratio.detach().to_dtype(DType::F32)?.to_vec1()?;
+        let ok: Vec<u32> = (0..ratio.len() as u32)
+            .filter(|&i| ratio[i as usize].is_finite())
+            .collect();
+        let kl_to_start = if ok.is_empty() {
+            f64::NAN
+        } else {
+            let idx = Tensor::from_vec(ok.clone(), ok.len(), &self.device)?;
+            let kl = ln_ratio.index_select(&idx, 0)?.mean_all()?;
+            let value = kl.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            if self.options.prior_weight > 0.0 {
+                loss = (loss + kl.affine(self.options.prior_weight, 0.0)?)?;
+            }
+            value
+        };
         if self.options.fit_zero_points && self.options.zero_point_prior_weight > 0.0 {
             let start = f32_tensor(&self.start_ln_zero_points, &self.device)?;
             let penalty = (self.ln_zero_points.as_tensor() - start)?
@@ -418,6 +459,7 @@ impl<'a> PopulationFit<'a> {
             kept,
             non_finite,
             non_finite_gradients,
+            kl_to_start,
         };
         self.history.push(record);
         self.step += 1;
