@@ -350,14 +350,25 @@ impl<'a> PopulationFit<'a> {
         n: usize,
         rng: &mut dyn RandomSource,
     ) -> Result<crate::forward::Simulated> {
+        Ok(self.simulate_with_kl(n, rng)?.0)
+    }
+
+    /// [`Self::simulate`] plus the per-draw ln q(φ) − ln q₀(φ) `[n]` (tracked).
+    fn simulate_with_kl(
+        &self,
+        n: usize,
+        rng: &mut dyn RandomSource,
+    ) -> Result<(crate::forward::Simulated, Tensor)> {
         let z = rng.normal(&Shape::from((n, N_PARAMS)), &self.device)?;
-        let phi = self.flow.sample_from_base(&z)?;
-        self.forward.simulate(
+        let (phi, ln_q) = self.flow.sample_with_log_prob(&z)?;
+        let ln_ratio = (ln_q - self.start.log_prob(&phi)?)?;
+        let sim = self.forward.simulate(
             &phi,
             self.ln_zero_points.as_tensor(),
             &self.ln_error_floors.as_tensor().exp()?,
             rng,
-        )
+        )?;
+        Ok((sim, ln_ratio))
     }
 
     /// One optimiser step; returns its record. A non-finite loss stops the fit with an error
