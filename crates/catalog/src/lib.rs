@@ -21,6 +21,8 @@
 //! * [`ObservedChunk::to_observations`] makes the `[galaxies, bands]` tensors of
 //!   [`popcosmos_api::Observations`].
 //! * [`read_column_f64`] / [`read_ids`] read single columns (truth tables).
+//! * [`CatalogueReader::from_memory`] streams a [`MemoryTable`] (named in-memory columns, as
+//!   the Python package passes them) through the same checks.
 //!
 //! ## Output: [`ResultsWriter`]
 //! * [`ResultsWriter::create`]`(dir, schema, format, resume)`; each
@@ -56,6 +58,7 @@
 pub mod commit;
 pub mod error;
 mod fits;
+mod memory;
 pub mod metrics;
 pub mod reader;
 pub mod results;
@@ -66,6 +69,7 @@ pub use commit::{
     BatchCommit, CommitReport, OutputLock, Recovered, RunOutput, check_commits, read_commits,
 };
 pub use error::{CatalogError, Result};
+pub use memory::MemoryTable;
 pub use metrics::{
     OUTLIER_THRESHOLD, PhotozMetrics, coverage, match_by_id, median, photoz_metrics,
 };

@@ -102,14 +102,9 @@ impl CatalogueReader {
     pub fn open(spec: &CatalogueSpec, band_names: &[String]) -> Result<Self> {
         let bands = spec.band_columns(band_names)?;
         let format = spec.resolved_format()?;
-        let mut columns = Vec::with_capacity(2 * bands.len() + spec.truth_columns.len());
-        for b in &bands {
-            columns.push(b.flux.clone());
-            columns.push(b.error.clone());
-        }
-        columns.extend(spec.truth_columns.iter().cloned());
+        let columns = Self::needed_columns(spec, &bands);
         // The catalogue the manifest names cannot be opened: say which key names it.
-        let mut source = open_source(&spec.path, format, Some(&spec.id_column), &columns).map_err(
+        let source = open_source(&spec.path, format, Some(&spec.id_column), &columns).map_err(
             |e| match e {
                 CatalogError::Io { file, source } => CatalogError::Io {
                     file: format!("catalogue.path: {file}"),
@@ -118,6 +113,39 @@ impl CatalogueReader {
                 other => other,
             },
         )?;
+        Self::from_source(spec, bands, columns, source)
+    }
+
+    /// Stream an in-memory table (see [`crate::MemoryTable`]) with the checks and unit
+    /// conversions of [`CatalogueReader::open`]; `spec.path` only names the table in errors.
+    pub fn from_memory(
+        spec: &CatalogueSpec,
+        band_names: &[String],
+        table: crate::MemoryTable,
+    ) -> Result<Self> {
+        let bands = spec.band_columns(band_names)?;
+        let columns = Self::needed_columns(spec, &bands);
+        let source = table.into_source(&spec.path, &spec.id_column, &columns)?;
+        Self::from_source(spec, bands, columns, source)
+    }
+
+    /// Flux and error column of every band, then the truth columns.
+    fn needed_columns(spec: &CatalogueSpec, bands: &[BandColumns]) -> Vec<String> {
+        let mut columns = Vec::with_capacity(2 * bands.len() + spec.truth_columns.len());
+        for b in bands {
+            columns.push(b.flux.clone());
+            columns.push(b.error.clone());
+        }
+        columns.extend(spec.truth_columns.iter().cloned());
+        columns
+    }
+
+    fn from_source(
+        spec: &CatalogueSpec,
+        bands: Vec<BandColumns>,
+        columns: Vec<String>,
+        mut source: Box<dyn RowSource>,
+    ) -> Result<Self> {
         let mut id = String::new();
         let mut values = vec![0.0; columns.len()];
         if !source.next_row(&mut id, &mut values)? {

@@ -8,6 +8,9 @@
 //! * [`manifest`]: the YAML run manifest (unknown keys rejected, errors with line/column).
 //! * [`pipeline`]: the batch loop — catalogue chunks → sampler → per-galaxy percentiles,
 //!   MAP, diagnostics and flags → atomic Parquet/CSV parts, a run record, `--resume`.
+//! * [`memory`]: runs on in-memory tables (the Python package): [`Pipeline::fit_reader`]
+//!   (`run`'s summaries and chains, bit-identical, without an output folder), `predict` and
+//!   `sample-prior` as functions.
 //! * [`record`]: the typed run record `run.json` and the `--resume` settings check.
 //! * [`reweight`]: prior swap on stored chains by importance weights p_new/p_run (e.g. the
 //!   posterior under the diffusion prior from a run made with its distilled flow).
@@ -22,6 +25,7 @@ pub mod calibration;
 pub mod init;
 pub mod likelihood;
 pub mod manifest;
+pub mod memory;
 pub mod mock;
 pub mod pipeline;
 pub mod posterior;

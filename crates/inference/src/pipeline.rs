@@ -179,39 +179,47 @@ pub(crate) struct SamplerReport {
     pub flags: Vec<Vec<String>>,
 }
 
+/// The survey of a manifest's `survey:` section and the emulator set of its `sps:` section
+/// restricted to the survey's bands (the model photometry of `run` and `predict`).
+pub fn survey_and_sps(
+    spec: &popcosmos_surveys::SurveySpec,
+    sps_spec: &crate::manifest::SpsSpec,
+    device: &Device,
+) -> Result<(Box<dyn Survey>, CosmosSps)> {
+    let survey = spec.build()?;
+    let calibration = survey.calibration().clone();
+    let mut sps = if sps_spec.weights == "builtin" && survey.name() == "cosmos" {
+        CosmosSps::builtin(&calibration, device)?
+    } else {
+        // Any emulator set whose bands include the survey's (selected in survey order).
+        let filters = spec.build_defined().map(|s| s.filters).unwrap_or_default();
+        crate::sps_bands::build_sps(
+            sps_spec,
+            &survey.band_names(),
+            &filters,
+            &calibration,
+            device,
+        )?
+    };
+    if !sps_spec.emission_lines {
+        sps = sps.without_emission_lines();
+    }
+    if sps.band_names() != survey.band_names().as_slice() {
+        return Err(Error::Invalid(format!(
+            "sps.weights: emulator bands {:?} do not match survey '{}' bands {:?}",
+            sps.band_names(),
+            survey.name(),
+            survey.band_names()
+        )));
+    }
+    Ok((survey, sps))
+}
+
 impl Pipeline {
     pub fn new(manifest: Manifest) -> Result<Self> {
         let device = popcosmos_api::parse_device(&manifest.device)?;
-        let survey = manifest.survey.build()?;
+        let (survey, sps) = survey_and_sps(&manifest.survey, &manifest.sps, &device)?;
         let calibration = survey.calibration().clone();
-        let mut sps = if manifest.sps.weights == "builtin" && survey.name() == "cosmos" {
-            CosmosSps::builtin(&calibration, &device)?
-        } else {
-            // Any emulator set whose bands include the survey's (selected in survey order).
-            let filters = manifest
-                .survey
-                .build_defined()
-                .map(|s| s.filters)
-                .unwrap_or_default();
-            crate::sps_bands::build_sps(
-                &manifest.sps,
-                &survey.band_names(),
-                &filters,
-                &calibration,
-                &device,
-            )?
-        };
-        if !manifest.sps.emission_lines {
-            sps = sps.without_emission_lines();
-        }
-        if sps.band_names() != survey.band_names().as_slice() {
-            return Err(Error::Invalid(format!(
-                "sps.weights: emulator bands {:?} do not match survey '{}' bands {:?}",
-                sps.band_names(),
-                survey.name(),
-                survey.band_names()
-            )));
-        }
         let stellar_mass = StellarMassEmulator::builtin(&device)?;
         let prior = crate::manifest::build_prior(&manifest.prior, &device)?;
         let likelihood = PhotometricLikelihood::new(manifest.likelihood, &calibration, &device)?;
@@ -353,17 +361,7 @@ impl Pipeline {
             if library.is_none() {
                 progress(Progress::Stage("building the initialisation library"));
                 let t = Instant::now();
-                let mut rng = HostRng::seed_from_u64(batch_seed(m.seed, u64::MAX));
-                library = Some(InitLibrary::build(
-                    self.prior.as_ref(),
-                    // SMC starts from prior draws only.
-                    (!m.sampler.kind.is_smc())
-                        .then_some(&popcosmos_priors::UniformPrior::new() as &dyn Prior),
-                    &self.sps,
-                    m.init.library_size,
-                    m.sps.rows_per_call(&self.device),
-                    &mut rng,
-                )?);
+                library = Some(self.init_library()?);
                 summary.seconds_library = t.elapsed().as_secs_f64();
                 progress(Progress::Stage("sampling"));
             }
@@ -390,6 +388,23 @@ impl Pipeline {
         let complete = summary.galaxies_computed + summary.galaxies_skipped == total;
         self.write_record(&out_dir, started, &summary, &batch_seconds, complete)?;
         Ok(summary)
+    }
+
+    /// The initialisation library of every batch, from its own random stream (so it is the
+    /// same whichever batches a run computes).
+    pub(crate) fn init_library(&self) -> Result<InitLibrary> {
+        let m = &self.manifest;
+        let mut rng = HostRng::seed_from_u64(batch_seed(m.seed, u64::MAX));
+        InitLibrary::build(
+            self.prior.as_ref(),
+            // SMC starts from prior draws only.
+            (!m.sampler.kind.is_smc())
+                .then_some(&popcosmos_priors::UniformPrior::new() as &dyn Prior),
+            &self.sps,
+            m.init.library_size,
+            m.sps.rows_per_call(&self.device),
+            &mut rng,
+        )
     }
 
     fn write_record(
