@@ -155,12 +155,17 @@ fn n_moments(flow: &FlowModel) -> (f64, f64) {
 }
 
 fn run(distance: Distance, steps: usize) -> (FlowModel, Vec<f64>) {
+    run_with(distance, steps, 0.0)
+}
+
+fn run_with(distance: Distance, steps: usize, prior_weight: f64) -> (FlowModel, Vec<f64>) {
     let sps = ToySps::new(false);
     let set = ObservedSet::new(&observed(3000, 2), &bands(), None, 500, "toy").unwrap();
     let errors = EmpiricalErrorModel::new(&set, 20);
     let forward = ForwardModel::new(&sps, &set, &errors, None).unwrap();
     let mut opts = options(steps);
     opts.distance = distance;
+    opts.prior_weight = prior_weight;
     let mut fit = PopulationFit::new(&start_flow(), &calibration(), forward, &set, opts).unwrap();
     while fit.step_count() < steps {
         fit.step().unwrap();
@@ -182,7 +187,10 @@ fn sliced_wasserstein_fit_moves_the_population_to_the_truth() {
     assert!(last < 0.2 * first, "distance {first} → {last}");
 }
 
+/// Slow in a debug build (about a minute per 100 steps on 2 cores); the Sinkhorn maths is
+/// checked by the unit tests of `distance`.
 #[test]
+#[ignore]
 fn sinkhorn_fit_moves_the_population_to_the_truth() {
     let (flow, _) = run(
         Distance::Sinkhorn {
@@ -194,6 +202,16 @@ fn sinkhorn_fit_moves_the_population_to_the_truth() {
     let (m, s) = n_moments(&flow);
     assert!((m - 1.0).abs() < 0.15, "mean N {m} (truth 1)");
     assert!((s - 0.5).abs() < 0.15, "sd N {s} (truth 0.5)");
+}
+
+#[test]
+fn the_kl_penalty_holds_the_population_near_the_start() {
+    // With a heavy penalty the fit trades the distance for staying near 𝒩(0, 1): the mean
+    // of N moves much less than the unpenalised fit's (which reaches the truth, 1).
+    let (flow, d) = run_with(Distance::default(), 60, 5.0);
+    let (m, _) = n_moments(&flow);
+    assert!(m > 0.0 && m < 0.6, "mean N {m}");
+    assert!(d.iter().all(|v| v.is_finite()));
 }
 
 #[test]
@@ -231,7 +249,11 @@ fn a_fit_is_deterministic_for_a_seed_and_resumes_from_its_checkpoint() {
         PopulationFit::new(&start_flow(), &calibration(), forward, &set, opts.clone()).unwrap();
     resumed.resume(&ckpt).unwrap();
     assert_eq!(resumed.step_count(), 3);
-    assert_eq!(resumed.history(), &a.history()[..3]);
+    // The history comes back through JSON (to the last bit or one ulp).
+    for (r, o) in resumed.history().iter().zip(&a.history()[..3]) {
+        assert_eq!((r.step, r.kept), (o.step, o.kept));
+        assert!((r.distance - o.distance).abs() <= 1e-12 * o.distance.abs());
+    }
     resumed.step().unwrap();
     // Same minibatch draws as the uninterrupted run at step 3 (seeded per step); the
     // distance differs only through the restarted Adam moments, i.e. not at all here since
