@@ -3,6 +3,7 @@ manifest and seed, and the same from every input type."""
 
 import json
 import subprocess
+import sys
 import threading
 import time
 
@@ -158,7 +159,9 @@ CTRL_C = r"""
 import json, os, signal, sys, threading, time
 import popcosmos
 m = json.loads(sys.argv[1])
+# 50 batches of 400 steps: far longer than the signal's delay on any machine.
 m["galaxies_per_batch"] = 2
+m["sampler"].update(steps=400, burn_in=200)
 pipe = popcosmos.Pipeline.from_manifest(m)
 cat = popcosmos.demo.catalogue()
 threading.Timer(float(sys.argv[2]), lambda: os.kill(os.getpid(), signal.SIGINT)).start()
@@ -176,13 +179,14 @@ sys.exit(1)
 
 
 def test_ctrl_c_stops_a_fit_cleanly(manifest):
-    # A whole fit of 50 batches takes far longer than the signal's delay plus one batch.
+    """SIGINT during a fit raises KeyboardInterrupt at the next batch boundary."""
     m = json.loads(json.dumps(manifest))
-    start = time.perf_counter()
     p = subprocess.run(
-        [__import__("sys").executable, "-c", CTRL_C, json.dumps(m), "3"],
-        capture_output=True, text=True, timeout=600,
+        [sys.executable, "-c", CTRL_C, json.dumps(m), "2"],
+        capture_output=True, text=True, timeout=900,
     )
     assert p.returncode == 0, p.stdout + p.stderr
-    assert "interrupted after" in p.stdout and "fit again" in p.stdout
-    assert time.perf_counter() - start < 300
+    assert "fit again" in p.stdout
+    after = float(p.stdout.split("interrupted after")[1].split()[0])
+    # The signal comes 2 s in; one batch of 2 galaxies is a few seconds on 2 cores.
+    assert 1.5 <= after < 60, after
