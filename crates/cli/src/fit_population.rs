@@ -692,10 +692,7 @@ pub fn simulate_population(args: &SimulatePopulationArgs) -> Result<()> {
                 theta[i][popcosmos_api::params::IDX_Z],
                 theta[i][popcosmos_api::params::IDX_N],
             );
-            rows += &format!(
-                ",{:.6}\n",
-                popcosmos_sps::derived::log10_mass_formed(n, z)
-            );
+            rows += &format!(",{:.6}\n", popcosmos_sps::derived::log10_mass_formed(n, z));
         }
     }
     std::fs::write(&args.output, rows).with_context(|| args.output.display().to_string())?;

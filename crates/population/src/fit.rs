@@ -108,7 +108,10 @@ impl FitOptions {
             return bad("zero_point_prior_weight", "must be finite and >= 0".into());
         }
         if !(self.prior_weight.is_finite() && self.prior_weight >= 0.0) {
-            return bad("prior_weight", format!("must be finite and >= 0, got {}", self.prior_weight));
+            return bad(
+                "prior_weight",
+                format!("must be finite and >= 0, got {}", self.prior_weight),
+            );
         }
         if !(self.max_grad_norm.is_finite() && self.max_grad_norm >= 0.0) {
             return bad("max_grad_norm", "must be finite and >= 0".into());
@@ -447,7 +450,10 @@ impl<'a> PopulationFit<'a> {
         }
         let mut grads = loss.backward()?;
         let non_finite_gradients = sanitise(&mut grads, &sorted_vars(&self.flow_vars))?
-            + sanitise(&mut grads, &[self.ln_zero_points.clone(), self.ln_error_floors.clone()])?;
+            + sanitise(
+                &mut grads,
+                &[self.ln_zero_points.clone(), self.ln_error_floors.clone()],
+            )?;
         if self.options.max_grad_norm > 0.0 {
             clip(
                 &mut grads,

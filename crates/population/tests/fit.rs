@@ -94,7 +94,8 @@ fn observed(rows: usize, seed: u64) -> ObservedChunk {
         for b in 0..BANDS {
             let f = toy_flux(n, b);
             let s = 0.05 + 0.03 * f;
-            c.flux_nmgy.push((f + s * g[r * (1 + BANDS) + 1 + b] as f64) as f32);
+            c.flux_nmgy
+                .push((f + s * g[r * (1 + BANDS) + 1 + b] as f64) as f32);
             c.flux_err_nmgy.push(s as f32);
             c.mask.push(1.0);
         }
@@ -225,8 +226,7 @@ fn a_fit_is_deterministic_for_a_seed_and_resumes_from_its_checkpoint() {
     let fit_n = |steps: usize| {
         let forward = ForwardModel::new(&sps, &set, &errors, Some(2.0)).unwrap();
         let mut f =
-            PopulationFit::new(&start_flow(), &calibration(), forward, &set, opts.clone())
-                .unwrap();
+            PopulationFit::new(&start_flow(), &calibration(), forward, &set, opts.clone()).unwrap();
         while f.step_count() < steps {
             f.step().unwrap();
         }
@@ -267,7 +267,10 @@ fn a_fit_is_deterministic_for_a_seed_and_resumes_from_its_checkpoint() {
     other.batch_size = 128;
     let mut f = PopulationFit::new(&start_flow(), &calibration(), forward, &set, other).unwrap();
     let e = f.resume(&ckpt).unwrap_err().to_string();
-    assert!(e.contains("other options") && e.contains("p.checkpoint"), "{e}");
+    assert!(
+        e.contains("other options") && e.contains("p.checkpoint"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -276,8 +279,8 @@ fn a_non_finite_simulation_stops_the_fit_with_a_clear_error() {
     let set = ObservedSet::new(&observed(1000, 4), &bands(), None, 500, "toy").unwrap();
     let errors = EmpiricalErrorModel::new(&set, 20);
     let forward = ForwardModel::new(&sps, &set, &errors, None).unwrap();
-    let mut f = PopulationFit::new(&start_flow(), &calibration(), forward, &set, options(5))
-        .unwrap();
+    let mut f =
+        PopulationFit::new(&start_flow(), &calibration(), forward, &set, options(5)).unwrap();
     let e = f.step().unwrap_err().to_string();
     assert!(e.contains("not finite") && e.contains("NaN"), "{e}");
     assert_eq!(f.step_count(), 0);
