@@ -127,3 +127,22 @@ def test_manifest_round_trip(pipe, manifest):
     # The manifest it reports builds the same pipeline.
     again = popcosmos.Pipeline.from_manifest(m)
     assert again.manifest == m
+
+
+def test_type_stubs_match_the_modules():
+    """Every name the .pyi stubs declare exists, and the extension has nothing undeclared."""
+    import ast
+    from pathlib import Path
+
+    import popcosmos._popcosmos as ext
+
+    def declared(stub):
+        tree = ast.parse((Path(popcosmos.__file__).parent / stub).read_text())
+        return {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))} | {
+            n.target.id for n in tree.body if isinstance(n, ast.AnnAssign)
+        }
+
+    public = {n for n in dir(ext) if not n.startswith("__")} | {"__version__"}
+    assert declared("_popcosmos.pyi") == public
+    assert declared("__init__.pyi") <= set(dir(popcosmos))
+    assert {"Pipeline", "Fit", "predict", "sample_prior", "evaluate", "read_results"} <= declared("__init__.pyi")
