@@ -277,6 +277,29 @@ pub fn prepare_output(dir: &Path) -> Result<()> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn bundled_eazy_redshifts_are_demo_galaxies_with_finite_values() {
+        let demo = std::str::from_utf8(CATALOGUE_CSV).unwrap();
+        let ids: std::collections::HashSet<&str> = demo
+            .lines()
+            .skip(1)
+            .map(|l| l.split(',').next().unwrap())
+            .collect();
+        let rows: Vec<(&str, f64)> = EAZY_CSV
+            .lines()
+            .skip(1)
+            .map(|l| {
+                let (id, z) = l.split_once(',').unwrap();
+                (id, z.parse().unwrap())
+            })
+            .collect();
+        assert_eq!(rows.len(), 97);
+        for (id, z) in rows {
+            assert!(ids.contains(id), "{id} is not a demo galaxy");
+            assert!(z.is_finite() && (0.0..10.0).contains(&z), "{id}: {z}");
+        }
+    }
+
     fn touch(path: &Path, text: &str) {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(path, text).unwrap();
