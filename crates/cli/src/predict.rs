@@ -12,16 +12,9 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use popcosmos_api::{Device, N_PARAMS, PARAM_NAMES, SpsModel, Survey, Tensor, params};
-use popcosmos_sps::{CosmosSps, photulator};
-use popcosmos_surveys::{CalibrationChoice, Cosmos};
-
-/// Accepted `log10M` (stellar mass formed, M☉): from dwarfs to the most massive galaxies,
-/// wider than any prior's 7–13.
-pub const LOG10M_RANGE: (f64, f64) = (4.0, 15.0);
-/// Accepted `N` (magnitudes, μ(z) − 2.5 log10 M): `LOG10M_RANGE` at 0 < z ≤ 6
-/// (μ from 28.2 to 49.1) lies inside it.
-pub const N_RANGE: (f64, f64) = (-20.0, 60.0);
+use popcosmos_api::{N_PARAMS, PARAM_NAMES, params};
+use popcosmos_inference::memory::{LOG10M_RANGE, N_RANGE, predict_photometry};
+use popcosmos_surveys::{CalibrationChoice, SurveySpec};
 
 #[derive(clap::Args)]
 pub struct PredictArgs {
@@ -61,7 +54,7 @@ fn predict(input: &Path, output: &Path, lines: bool) -> Result<()> {
             ),
         }
     }
-    let mut theta: Vec<f32> = Vec::new();
+    let mut rows: Vec<[f64; N_PARAMS]> = Vec::new();
     for (r, rec) in rdr.records().enumerate() {
         let rec = rec.with_context(|| format!("{}: row {}", input.display(), r + 1))?;
         let mut row = [0.0f64; N_PARAMS];
@@ -107,57 +100,30 @@ fn predict(input: &Path, output: &Path, lines: bool) -> Result<()> {
             }
             row[p] = v;
         }
-        if mass_col.1 {
-            row[0] = popcosmos_sps::derived::n_from_log10_mass(row[0], row[params::IDX_Z]);
-        }
-        theta.extend(row.iter().map(|v| *v as f32));
+        rows.push(row);
     }
-    let n = theta.len() / N_PARAMS;
+    let n = rows.len();
     if n == 0 {
         bail!("{}: no parameter rows", input.display());
     }
-    let device = Device::Cpu;
-    let survey = Cosmos::new(CalibrationChoice::Leistedt23);
-    let sps = CosmosSps::builtin(survey.calibration(), &device)?;
-    let theta = Tensor::from_vec(theta, (n, N_PARAMS), &device)?;
-    let x = photulator::theta_to_photulator_input(&theta)?;
-    let n_param = theta.narrow(1, 0, 1)?.contiguous()?;
-    let mag = sps.photulator().magnitudes(&x, &n_param)?;
-    let flux = photulator::mag_to_flux_nmgy(&mag)?;
-    let soft: Vec<f32> = survey
-        .bands()
-        .iter()
-        .map(|b| b.flux_softening_nmgy as f32)
+    // The checked rows go through the library's forward model (the one the Python package
+    // uses), on the COSMOS bands with the Leistedt+23 line terms.
+    let mass_name = if mass_col.1 { "log10M" } else { "N" };
+    let columns: Vec<(String, Vec<f64>)> = (0..N_PARAMS)
+        .map(|p| {
+            let name = if p == 0 { mass_name } else { PARAM_NAMES[p] };
+            (name.to_string(), rows.iter().map(|r| r[p]).collect())
+        })
         .collect();
-    let soft = Tensor::from_vec(soft, survey.bands().len(), &device)?;
-    let asinh = photulator::flux_to_asinh_mag(&flux, &soft)?;
-    let mut blocks = vec![
-        ("mag_", mag.to_vec2::<f32>()?),
-        ("flux_nmgy_", flux.to_vec2::<f32>()?),
-        ("asinh_mag_", asinh.to_vec2::<f32>()?),
-    ];
-    if lines {
-        let m = sps.photometry(&theta)?;
-        blocks.push(("flux_lines_nmgy_", m.flux_nmgy.to_vec2::<f32>()?));
-        if let Some(s) = m.line_sigma_nmgy {
-            blocks.push(("line_sigma_nmgy_", s.to_vec2::<f32>()?));
-        }
-    }
+    let mut survey = SurveySpec::named("cosmos");
+    survey.calibration = Some(CalibrationChoice::Leistedt23);
+    let blocks = predict_photometry(&input.display().to_string(), &columns, &survey, lines)?;
     let mut w = csv::Writer::from_path(output)
         .with_context(|| format!("{}: cannot create", output.display()))?;
-    let mut header = Vec::new();
-    for (prefix, _) in &blocks {
-        for b in survey.bands() {
-            header.push(format!("{prefix}{}", b.name));
-        }
-    }
-    w.write_record(&header)?;
+    w.write_record(blocks.iter().map(|(name, _)| name))?;
     for r in 0..n {
-        let mut rec = Vec::with_capacity(header.len());
-        for (_, v) in &blocks {
-            rec.extend(v[r].iter().map(|x| format!("{x:.7e}")));
-        }
-        w.write_record(&rec)?;
+        // The values are f32 model outputs widened exactly to f64, so they print as before.
+        w.write_record(blocks.iter().map(|(_, v)| format!("{:.7e}", v[r])))?;
     }
     w.flush()?;
     eprintln!("{n} rows → {}", output.display());
