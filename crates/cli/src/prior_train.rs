@@ -5,10 +5,10 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use candle_core::{DType, Device};
+use candle_core::Device;
 use indicatif::{ProgressBar, ProgressStyle};
-use popcosmos_api::{HostRng, N_PARAMS, PARAM_NAMES, params::phi_row_to_theta};
-use popcosmos_catalog::results::{ResultSchema, ResultTable, write_table};
+use popcosmos_api::{HostRng, PARAM_NAMES};
+use popcosmos_catalog::results::{ResultSchema, write_table};
 use popcosmos_priors::PriorSpec;
 use popcosmos_priors::diffusion::{
     Activation, DiffusionModel, FitOptions, SdeConfig, TrainOptions,
@@ -49,27 +49,8 @@ pub fn sample_prior(args: &SamplePriorArgs) -> Result<()> {
     let spec = parse_prior(&args.prior)?;
     let device = Device::Cpu;
     let prior = popcosmos_inference::manifest::build_prior(&spec, &device)?;
-    let mut rng = HostRng::seed_from_u64(args.seed);
-    let phi = prior.sample(args.draws, &mut rng, &device)?;
-    let phi = phi.to_dtype(DType::F64)?.to_vec2::<f64>()?;
-    let mut table = ResultTable::default();
-    let mut cols: Vec<String> = PARAM_NAMES.iter().map(|s| s.to_string()).collect();
-    cols.push("log10M_formed".into());
-    cols.extend(PARAM_NAMES.iter().map(|n| phi_column(n)));
-    let mut data: Vec<Vec<f64>> = vec![Vec::with_capacity(phi.len()); cols.len()];
-    for (i, row) in phi.iter().enumerate() {
-        table.ids.push(format!("draw{i:08}"));
-        let theta = phi_row_to_theta(row);
-        for k in 0..N_PARAMS {
-            data[k].push(theta[k]);
-            data[N_PARAMS + 1 + k].push(row[k]);
-        }
-        let mu = popcosmos_api::cosmology::pade::distmod(theta[popcosmos_api::params::IDX_Z]);
-        data[N_PARAMS].push(-0.4 * (theta[0] - mu));
-    }
-    for (c, v) in cols.iter().zip(data) {
-        table.columns.insert(c.clone(), v);
-    }
+    let (cols, table) =
+        popcosmos_inference::memory::prior_table(prior.as_ref(), args.draws, args.seed)?;
     let mut schema = ResultSchema::new(cols);
     schema.string_columns.clear();
     write_table(&args.output, &schema, &table)?;

@@ -107,8 +107,17 @@ pub fn phi_column(name: &str) -> String {
 /// parameters, `log10M_formed` (the Prospector-α prior's Padé distance modulus) and the
 /// latent coordinates `phi_<name>`, in that column order.
 pub fn prior_draws(spec: &PriorSpec, n: usize, seed: u64) -> Result<(Vec<String>, ResultTable)> {
+    let prior = crate::manifest::build_prior(spec, &Device::Cpu)?;
+    prior_table(prior.as_ref(), n, seed)
+}
+
+/// [`prior_draws`] of an already built prior.
+pub fn prior_table(
+    prior: &dyn popcosmos_api::Prior,
+    n: usize,
+    seed: u64,
+) -> Result<(Vec<String>, ResultTable)> {
     let device = Device::Cpu;
-    let prior = crate::manifest::build_prior(spec, &device)?;
     let mut rng = HostRng::seed_from_u64(seed);
     let phi = prior.sample(n, &mut rng, &device)?;
     let phi = phi.to_dtype(DType::F64)?.to_vec2::<f64>()?;
