@@ -158,6 +158,9 @@ def test_plain_progress_line(pipe, catalogue, capsys, monkeypatch):
 CTRL_C = r"""
 import json, os, signal, sys, threading, time
 import popcosmos
+# A shell that starts this in the background (CI under `nohup … &`) hands it SIGINT ignored,
+# and Python then installs no KeyboardInterrupt handler: install it, as a terminal would have.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 m = json.loads(sys.argv[1])
 # 50 batches of 400 steps: far longer than the signal's delay on any machine.
 m["galaxies_per_batch"] = 2
