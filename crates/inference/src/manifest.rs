@@ -945,14 +945,14 @@ impl Manifest {
         }
         let pz = self.output.pz_step;
         if pz != 0.0 {
-            real_range("output.pz_step", pz, Closed(MIN_PZ_STEP), Closed(1.0)).map_err(|e| {
-                match e {
+            real_range("output.pz_step", pz, Closed(MIN_PZ_STEP), Closed(1.0)).map_err(
+                |e| match e {
                     Error::Config { key, message } => {
                         Error::config(key, format!("{message} (or 0 for no p(z) columns)"))
                     }
                     e => e,
-                }
-            })?;
+                },
+            )?;
         }
         if let PriorSpec::Diffusion {
             fast_sampler: Some(fast),
@@ -1003,7 +1003,12 @@ impl Manifest {
     /// nothing that stays. Errors name `output.dir`.
     pub fn check_output_dir(&self) -> Result<()> {
         let dir = &self.output.dir;
-        let bad = |why: String| Err(Error::config("output.dir", format!("{}: {why}", dir.display())));
+        let bad = |why: String| {
+            Err(Error::config(
+                "output.dir",
+                format!("{}: {why}", dir.display()),
+            ))
+        };
         let mut existing = dir.as_path();
         while !existing.exists() {
             match existing.parent() {
@@ -1155,4 +1160,68 @@ pub fn load_weights(key: &str, reference: &str, kind: &str) -> Result<(Vec<u8>, 
         )));
     }
     Ok((model.bytes.into_owned(), model.source))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `Manifest::from_yaml` of a valid manifest with `extra` appended (or replacing its
+    /// `output` section).
+    fn parse(extra: &str) -> Result<Manifest> {
+        let output = if extra.starts_with("output:") {
+            ""
+        } else {
+            "output: {dir: out}\n"
+        };
+        let text = format!(
+            "survey: {{name: cosmos}}\ncatalogue: {{path: x.csv, units: nanomaggies}}\nprior: {{kind: uniform}}\n\
+             {output}{extra}"
+        );
+        Manifest::from_yaml(&text, "m.yaml")
+    }
+
+    #[test]
+    fn bad_values_are_config_errors_naming_their_key() {
+        parse("").unwrap();
+        for (extra, key) in [
+            ("sampler: {walkers: 3}\n", "sampler.walkers"),
+            ("sampler: {steps: 0}\n", "sampler.steps"),
+            ("sampler: {kind: smc, particles: 8}\n", "sampler.particles"),
+            (
+                "sampler: {kind: smc, ess_target: 1.5}\n",
+                "sampler.ess_target",
+            ),
+            (
+                "sampler: {moves: [{kind: stretch, weight: -1}]}\n",
+                "sampler.moves[0].weight",
+            ),
+            ("init: {library_size: 5}\n", "init.library_size"),
+            ("likelihood: {kind: student-t, nu: -1}\n", "likelihood.nu"),
+            ("output: {dir: out, pz_step: 0.0001}\n", "output.pz_step"),
+            ("sps: {weights: 'hf://org'}\n", "sps.weights"),
+            ("device: tpu\n", "device"),
+            ("galaxies_per_batch: 0\n", "galaxies_per_batch"),
+        ] {
+            let e = parse(extra).unwrap_err();
+            let shown = e.to_string();
+            match e {
+                Error::Config { key: k, message } => {
+                    assert_eq!(k, key, "{extra}");
+                    assert_eq!(shown, format!("{k}: {message}"));
+                }
+                other => panic!("{extra}: expected Error::Config, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_format_errors_naming_the_file() {
+        let e = parse("colour: blue\n").unwrap_err();
+        assert!(
+            matches!(&e, Error::Format { file, .. } if file == "m.yaml"),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("colour"), "{e}");
+    }
 }

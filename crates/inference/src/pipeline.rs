@@ -268,9 +268,7 @@ impl Pipeline {
         };
         if !options.resume
             && out_dir.exists()
-            && !popcosmos_catalog::list_parts(&out_dir)
-                ?
-                .is_empty()
+            && !popcosmos_catalog::list_parts(&out_dir)?.is_empty()
         {
             return Err(Error::config(
                 "output.dir",
@@ -302,8 +300,7 @@ impl Pipeline {
             format,
             m.output.chains,
             options.resume,
-        )
-        ?;
+        )?;
         let done = recovered.done_ids;
 
         let total = self.scan_catalogue()?;
@@ -378,9 +375,7 @@ impl Pipeline {
                 .iter()
                 .filter(|f| !f.is_empty())
                 .count();
-            output
-                .commit_batch(b, &table, chains.as_ref())
-                ?;
+            output.commit_batch(b, &table, chains.as_ref())?;
             let dt = t.elapsed().as_secs_f64();
             batch_seconds.push(dt);
             summary.seconds_sampling += dt;

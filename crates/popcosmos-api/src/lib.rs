@@ -342,7 +342,10 @@ mod tests {
         let x = Tensor::new(&[[[1f32, -2.0]]], &Device::Cpu).unwrap();
         let (lp, g) = target.grad_log_density(&x).unwrap();
         assert_eq!(lp.flatten_all().unwrap().to_vec1::<f32>().unwrap(), [-2.5]);
-        assert_eq!(g.flatten_all().unwrap().to_vec1::<f32>().unwrap(), [-1.0, 2.0]);
+        assert_eq!(
+            g.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            [-1.0, 2.0]
+        );
     }
 
     #[test]
@@ -350,7 +353,10 @@ mod tests {
         let detached = |x: &Tensor| -> Result<Tensor> { Ok(x.detach().sqr()?.sum(2)?) };
         let x = Tensor::new(&[[[1f32, -2.0]]], &Device::Cpu).unwrap();
         let e = detached.grad_log_density(&x).unwrap_err().to_string();
-        assert!(e.contains("no gradient") && e.contains("not differentiable"), "{e}");
+        assert!(
+            e.contains("no gradient") && e.contains("not differentiable"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -57,9 +57,12 @@ impl Distance {
     /// Check the settings (names the key).
     pub fn validate(&self) -> Result<()> {
         match *self {
-            Distance::SlicedWasserstein { projections } if projections > 100_000 => Err(
-                Error::config("distance.projections", format!("at most 100000, got {projections}")),
-            ),
+            Distance::SlicedWasserstein { projections } if projections > 100_000 => {
+                Err(Error::config(
+                    "distance.projections",
+                    format!("at most 100000, got {projections}"),
+                ))
+            }
             Distance::Sinkhorn { blur, scaling } => {
                 if !(blur.is_finite() && blur > 0.0) {
                     return Err(Error::config(

@@ -283,7 +283,11 @@ impl Photulator {
     fn check_input(&self, theta15: &Tensor) -> Result<usize> {
         match theta15.dims() {
             [n, N_INPUTS] => Ok(*n),
-            d => Err(Error::shape("photulator input", format!("[n, {N_INPUTS}]"), d)),
+            d => Err(Error::shape(
+                "photulator input",
+                format!("[n, {N_INPUTS}]"),
+                d,
+            )),
         }
     }
 

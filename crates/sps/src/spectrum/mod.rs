@@ -103,7 +103,11 @@ const BUILTIN_SEGMENTS: [(&str, &[u8], &str); 3] = [
 pub fn theta_to_speculator_input(theta: &Tensor) -> Result<Tensor> {
     let theta = theta.to_dtype(DType::F32)?;
     if theta.dim(D::Minus1)? != N_PARAMS {
-        return Err(Error::shape("theta", format!("[..., {N_PARAMS}]"), theta.dims()));
+        return Err(Error::shape(
+            "theta",
+            format!("[..., {N_PARAMS}]"),
+            theta.dims(),
+        ));
     }
     // θ index of log U (gaslog10U), which the spectrum emulator does not take.
     let gas_u = IDX_Z - 1;
