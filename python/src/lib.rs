@@ -34,31 +34,28 @@ const DEMO_CATALOGUE_CSV: &str = include_str!("../../examples/data/cosmos2020_de
 
 // ------------------------------------------------------------------ errors
 
-/// The manifest key a message starts with (`sampler.walkers: must be …`), or the field serde
-/// names as unknown or missing.
-fn manifest_key(message: &str) -> Option<String> {
-    for marker in ["unknown field `", "missing field `"] {
-        if let Some(i) = message.find(marker) {
-            let rest = &message[i + marker.len()..];
-            return rest.find('`').map(|j| rest[..j].to_string());
-        }
-    }
-    let (head, _) = message.split_once(": ")?;
-    let is_key = !head.is_empty()
-        && head
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '[' | ']'));
-    is_key.then(|| head.to_string())
+/// The field a serde parse error names as unknown or missing (`unknown field `wlakers``).
+fn serde_field(message: &str) -> Option<String> {
+    ["unknown field `", "missing field `"].iter().find_map(|marker| {
+        let rest = &message[message.find(marker)? + marker.len()..];
+        rest.find('`').map(|j| rest[..j].to_string())
+    })
 }
 
-fn manifest_error(message: String) -> PyErr {
-    let key = manifest_key(&message);
+fn manifest_error(message: String, key: Option<String>) -> PyErr {
     Python::attach(|py| {
-        let err = ManifestError::new_err(message.clone());
-        let value = err.value(py);
-        let _ = value.setattr("key", key);
+        let err = ManifestError::new_err(message);
+        let _ = err.value(py).setattr("key", key);
         err
     })
+}
+
+/// A parse error of the manifest section `section`, keyed by the field it names, else the
+/// section.
+fn parse_error(section: &str, e: impl std::fmt::Display) -> PyErr {
+    let message = e.to_string();
+    let key = serde_field(&message).unwrap_or_else(|| section.to_string());
+    manifest_error(format!("{section}: {message}"), Some(key))
 }
 
 fn io_error(path: String, source: &std::io::Error) -> PyErr {
@@ -70,11 +67,17 @@ fn io_error(path: String, source: &std::io::Error) -> PyErr {
     }
 }
 
-/// A manifest problem (reading, parsing or building what it names).
+/// A manifest problem (reading, parsing or building what it names); `key` is that of an
+/// [`Error::Config`], or the field a YAML parse error names.
 fn manifest_err(e: Error) -> PyErr {
+    let message = e.to_string();
     match e {
         Error::Io { path, source } => io_error(path, &source),
-        other => manifest_error(other.to_string()),
+        Error::Config { key, .. } => manifest_error(message, Some(key)),
+        _ => {
+            let key = serde_field(&message);
+            manifest_error(message, key)
+        }
     }
 }
 
@@ -248,7 +251,7 @@ impl Pipeline {
         let spec = &self.manifest.catalogue;
         let bands = spec
             .band_columns(&self.bands)
-            .map_err(|e| manifest_error(format!("catalogue.bands: {e}")))?;
+            .map_err(|e| manifest_err(Error::config("catalogue.bands", e.to_string())))?;
         Ok((
             spec.id_column.clone(),
             bands
@@ -428,7 +431,7 @@ fn sample_prior<'py>(
         format!("{{kind: {spec}}}")
     };
     let spec: popcosmos_priors::PriorSpec =
-        serde_saphyr::from_str(&text).map_err(|e| manifest_error(format!("prior: {e}")))?;
+        serde_saphyr::from_str(&text).map_err(|e| parse_error("prior", e))?;
     if n == 0 {
         return Err(PyValueError::new_err("n: at least one draw is needed"));
     }
@@ -449,7 +452,7 @@ fn predict<'py>(
     lines: bool,
 ) -> PyResult<Bound<'py, PyList>> {
     let survey: popcosmos_surveys::SurveySpec =
-        serde_json::from_str(survey).map_err(|e| manifest_error(format!("survey: {e}")))?;
+        serde_json::from_str(survey).map_err(|e| parse_error("survey", e))?;
     // A survey that cannot be built is a `survey:` problem, not one of the parameters.
     survey.build().map_err(manifest_err)?;
     let columns = columns
@@ -513,12 +516,12 @@ fn list_models<'py>(py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
     };
     for m in BUILTIN {
         let card = popcosmos_models::ModelCard::from_bytes(m.card_text.as_bytes(), m.card_file)
-            .map_err(|e| input_err(Error::Invalid(e.to_string())))?;
+            .map_err(|e| PyValueError::new_err(e.to_string()))?;
         out.append(row(format!("builtin:{}", m.name), &card, "bundled")?)?;
     }
     for (r, card_path) in hub::list_cached(&cfg) {
         let card = popcosmos_models::ModelCard::from_path(&card_path)
-            .map_err(|e| input_err(Error::Invalid(e.to_string())))?;
+            .map_err(|e| PyValueError::new_err(e.to_string()))?;
         out.append(row(r.to_string(), &card, &card_path.display().to_string())?)?;
     }
     Ok(out)
@@ -559,7 +562,7 @@ fn demo_files() -> (&'static str, &'static str) {
 #[pyfunction]
 fn yaml_to_json(text: &str) -> PyResult<String> {
     let v: serde_json::Value =
-        serde_saphyr::from_str(text).map_err(|e| manifest_error(format!("manifest: {e}")))?;
+        serde_saphyr::from_str(text).map_err(|e| parse_error("manifest", e))?;
     Ok(v.to_string())
 }
 

@@ -104,6 +104,9 @@ impl From<CatalogError> for popcosmos_api::Error {
     fn from(e: CatalogError) -> Self {
         match e {
             CatalogError::Io { file, source } => popcosmos_api::Error::Io { path: file, source },
+            CatalogError::Format { file, message } => {
+                popcosmos_api::Error::Format { file, message }
+            }
             other => popcosmos_api::Error::Invalid(other.to_string()),
         }
     }

@@ -170,25 +170,31 @@ pub fn calibrate(
     options: &CalibrationOptions,
     progress: &mut dyn FnMut(usize, usize, usize),
 ) -> Result<CalibrationOutcome> {
-    let bad = |m: String| popcosmos_api::Error::Invalid(m);
+    let bad = |key: &str, m: String| popcosmos_api::Error::config(key, m);
     let truth = galaxies.truth.get(&options.truth_column).ok_or_else(|| {
-        bad(format!(
-            "--truth: column '{}' was not read from the catalogue",
-            options.truth_column
-        ))
+        bad(
+            "--truth",
+            format!(
+                "column '{}' was not read from the catalogue",
+                options.truth_column
+            ),
+        )
     })?;
     // Galaxies whose truth is inside the prior's redshift range.
     let rows: Vec<usize> = (0..galaxies.len())
         .filter(|&i| truth[i].is_finite() && truth[i] > LOWER[IDX_Z] && truth[i] < UPPER[IDX_Z])
         .collect();
     if rows.is_empty() {
-        return Err(bad(format!(
-            "--truth: no galaxy has a finite '{}' inside the prior's redshift range ({}, {})",
-            options.truth_column, LOWER[IDX_Z], UPPER[IDX_Z]
-        )));
+        return Err(bad(
+            "--truth",
+            format!(
+                "no galaxy has a finite '{}' inside the prior's redshift range ({}, {})",
+                options.truth_column, LOWER[IDX_Z], UPPER[IDX_Z]
+            ),
+        ));
     }
     if options.iterations == 0 {
-        return Err(bad("--iterations: must be ≥ 1".into()));
+        return Err(bad("--iterations", "must be ≥ 1".into()));
     }
     let nb = galaxies.n_bands;
     let band_names = pipeline.survey.band_names();
@@ -205,10 +211,13 @@ pub fn calibrate(
                 .position(|b| b == r)
                 .or_else(|| labels.iter().position(|l| l == r))
                 .ok_or_else(|| {
-                    bad(format!(
-                        "--reference-band: '{r}' is not a band of the survey (bands: {})",
-                        band_names.join(", ")
-                    ))
+                    bad(
+                        "--reference-band",
+                        format!(
+                            "'{r}' is not a band of the survey (bands: {})",
+                            band_names.join(", ")
+                        ),
+                    )
                 })?,
         ),
         None => None,

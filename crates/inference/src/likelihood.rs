@@ -47,9 +47,10 @@ impl LikelihoodSpec {
         if let LikelihoodSpec::StudentT { nu } = self
             && !(nu.is_finite() && *nu > 0.0)
         {
-            return Err(popcosmos_api::Error::Invalid(format!(
-                "likelihood.nu: degrees of freedom must be positive and finite, got {nu}"
-            )));
+            return Err(popcosmos_api::Error::config(
+                "likelihood.nu",
+                format!("degrees of freedom must be positive and finite, got {nu}"),
+            ));
         }
         Ok(())
     }

@@ -99,22 +99,29 @@ impl SpsSpec {
         }
         self.weights
             .parse()
-            .map_err(|e| Error::Invalid(format!("sps.weights: {e}")))
+            .map_err(|e: popcosmos_models::ModelError| Error::config("sps.weights", e.to_string()))
     }
 
-    /// Resolve (downloading `hf://` files unless `HF_HUB_OFFLINE=1`), verify against the
-    /// model card, and build the photulator with the card's band list and layer widths.
-    pub fn load_photulator(&self, device: &candle_core::Device) -> Result<Photulator> {
+    /// Resolve (downloading `hf://` files unless `HF_HUB_OFFLINE=1`) and verify against the
+    /// model card, which must be a photulator's.
+    pub fn load_model(&self) -> Result<popcosmos_models::LoadedModel> {
         let hub = popcosmos_models::HubConfig::from_env();
         let model = popcosmos_models::load(&self.weight_ref()?, &hub)
-            .map_err(|e| Error::Invalid(format!("sps.weights: {e}")))?;
+            .map_err(|e| Error::config("sps.weights", e.to_string()))?;
         let kind = &model.card.architecture.kind;
         if kind != "photulator" {
-            return Err(Error::Invalid(format!(
-                "sps.weights: {} is a '{kind}' model, not a photulator",
-                model.source
-            )));
+            return Err(Error::config(
+                "sps.weights",
+                format!("{} is a '{kind}' model, not a photulator", model.source),
+            ));
         }
+        Ok(model)
+    }
+
+    /// [`SpsSpec::load_model`], built into the photulator with the card's band list and
+    /// layer widths.
+    pub fn load_photulator(&self, device: &candle_core::Device) -> Result<Photulator> {
+        let model = self.load_model()?;
         let config = PhotulatorConfig {
             bands: model.card.bands.clone(),
             architecture: model.card.architecture.layers.clone(),
@@ -578,9 +585,9 @@ impl Manifest {
         let survey = self.survey.build_defined()?;
         let columns: Vec<popcosmos_catalog::BandColumns> = if uses_label {
             let (Some(fp), Some(ep)) = (&c.flux_pattern, &c.error_pattern) else {
-                return Err(Error::Invalid(
-                    "catalogue.flux_pattern: flux_pattern and error_pattern must be given together"
-                        .into(),
+                return Err(Error::config(
+                    "catalogue.flux_pattern",
+                    "flux_pattern and error_pattern must be given together",
                 ));
             };
             let expand = |p: &str, b: &popcosmos_api::Band| {
@@ -656,7 +663,7 @@ impl Manifest {
 
     /// Semantic checks that serde cannot express; errors name the manifest key.
     pub fn validate(&self) -> Result<()> {
-        let bad = |key: &str, msg: String| Err(Error::Invalid(format!("{key}: {msg}")));
+        let bad = |key: &str, msg: String| Err(Error::config(key, msg));
         self.prior.validate()?;
         if let PriorSpec::Diffusion { weights, .. } | PriorSpec::Flow { weights } = &self.prior
             && let Err(e) = weights.parse::<popcosmos_models::WeightRef>()
@@ -846,7 +853,7 @@ impl Manifest {
         }
         self.likelihood.validate()?;
         popcosmos_api::parse_device(&self.device)
-            .map_err(|e| Error::Invalid(format!("device: {e}")))?;
+            .map_err(|e| Error::config("device", e.to_string()))?;
         self.validate_ranges()
     }
 
@@ -938,8 +945,14 @@ impl Manifest {
         }
         let pz = self.output.pz_step;
         if pz != 0.0 {
-            real_range("output.pz_step", pz, Closed(MIN_PZ_STEP), Closed(1.0))
-                .map_err(|e| Error::Invalid(format!("{e} (or 0 for no p(z) columns)")))?;
+            real_range("output.pz_step", pz, Closed(MIN_PZ_STEP), Closed(1.0)).map_err(
+                |e| match e {
+                    Error::Config { key, message } => {
+                        Error::config(key, format!("{message} (or 0 for no p(z) columns)"))
+                    }
+                    e => e,
+                },
+            )?;
         }
         if let PriorSpec::Diffusion {
             fast_sampler: Some(fast),
@@ -966,9 +979,10 @@ impl Manifest {
         }
         match self.catalogue.upper_limits {
             popcosmos_catalog::UpperLimitConvention::FlagValue(v) if !v.is_finite() => {
-                return Err(Error::Invalid(format!(
-                    "catalogue.upper_limits.flag_value: must be a finite number, got {v}"
-                )));
+                return Err(Error::config(
+                    "catalogue.upper_limits.flag_value",
+                    format!("must be a finite number, got {v}"),
+                ));
             }
             popcosmos_catalog::UpperLimitConvention::SnrBelow(v) => {
                 real_range(
@@ -990,10 +1004,10 @@ impl Manifest {
     pub fn check_output_dir(&self) -> Result<()> {
         let dir = &self.output.dir;
         let bad = |why: String| {
-            Err(Error::Invalid(format!(
-                "output.dir: {}: {why}",
-                dir.display()
-            )))
+            Err(Error::config(
+                "output.dir",
+                format!("{}: {why}", dir.display()),
+            ))
         };
         let mut existing = dir.as_path();
         while !existing.exists() {
@@ -1096,9 +1110,10 @@ fn real_range(key: &str, value: f64, lo: Bound, hi: Bound) -> Result<()> {
     if value.is_finite() && lo_ok && hi_ok {
         Ok(())
     } else {
-        Err(Error::Invalid(format!(
-            "{key}: must be a finite number in {lo_s}, {hi_s}, got {value}"
-        )))
+        Err(Error::config(
+            key,
+            format!("must be a finite number in {lo_s}, {hi_s}, got {value}"),
+        ))
     }
 }
 
@@ -1107,9 +1122,10 @@ fn int_range(key: &str, value: usize, lo: usize, hi: usize) -> Result<()> {
     if (lo..=hi).contains(&value) {
         Ok(())
     } else {
-        Err(Error::Invalid(format!(
-            "{key}: must be an integer in [{lo}, {hi}], got {value}"
-        )))
+        Err(Error::config(
+            key,
+            format!("must be an integer in [{lo}, {hi}], got {value}"),
+        ))
     }
 }
 
@@ -1123,9 +1139,7 @@ pub fn build_prior(
         load_weights("prior.weights", w, kind)
     })
     .map_err(|e| match e {
-        Error::Invalid(m) if !m.starts_with("prior.") => {
-            Error::Invalid(format!("prior.weights: {m}"))
-        }
+        Error::Invalid(m) => Error::config("prior.weights", m),
         other => other,
     })
 }
@@ -1133,18 +1147,81 @@ pub fn build_prior(
 /// Resolve and verify a weights reference whose model card must be of `kind`; errors start
 /// with `key` (the manifest key or command-line option).
 pub fn load_weights(key: &str, reference: &str, kind: &str) -> Result<(Vec<u8>, String)> {
-    let r: popcosmos_models::WeightRef = reference
-        .parse()
-        .map_err(|e| Error::Invalid(format!("{key}: {e}")))?;
+    let bad = |message: String| Error::config(key, message);
+    let r = reference.parse::<popcosmos_models::WeightRef>();
+    let r = r.map_err(|e| bad(e.to_string()))?;
     let hub = popcosmos_models::HubConfig::from_env();
-    let model =
-        popcosmos_models::load(&r, &hub).map_err(|e| Error::Invalid(format!("{key}: {e}")))?;
+    let model = popcosmos_models::load(&r, &hub).map_err(|e| bad(e.to_string()))?;
     let found = &model.card.architecture.kind;
     if found != kind {
-        return Err(Error::Invalid(format!(
-            "{key}: {} is a '{found}' model, not a {kind} prior",
+        return Err(bad(format!(
+            "{} is a '{found}' model, not a {kind} prior",
             model.source
         )));
     }
     Ok((model.bytes.into_owned(), model.source))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `Manifest::from_yaml` of a valid manifest with `extra` appended (or replacing its
+    /// `output` section).
+    fn parse(extra: &str) -> Result<Manifest> {
+        let output = if extra.starts_with("output:") {
+            ""
+        } else {
+            "output: {dir: out}\n"
+        };
+        let text = format!(
+            "survey: {{name: cosmos}}\ncatalogue: {{path: x.csv, units: nanomaggies}}\nprior: {{kind: uniform}}\n\
+             {output}{extra}"
+        );
+        Manifest::from_yaml(&text, "m.yaml")
+    }
+
+    #[test]
+    fn bad_values_are_config_errors_naming_their_key() {
+        parse("").unwrap();
+        for (extra, key) in [
+            ("sampler: {walkers: 3}\n", "sampler.walkers"),
+            ("sampler: {steps: 0}\n", "sampler.steps"),
+            ("sampler: {kind: smc, particles: 8}\n", "sampler.particles"),
+            (
+                "sampler: {kind: smc, ess_target: 1.5}\n",
+                "sampler.ess_target",
+            ),
+            (
+                "sampler: {moves: [{kind: stretch, weight: -1}]}\n",
+                "sampler.moves[0].weight",
+            ),
+            ("init: {library_size: 5}\n", "init.library_size"),
+            ("likelihood: {kind: student-t, nu: -1}\n", "likelihood.nu"),
+            ("output: {dir: out, pz_step: 0.0001}\n", "output.pz_step"),
+            ("sps: {weights: 'hf://org'}\n", "sps.weights"),
+            ("device: tpu\n", "device"),
+            ("galaxies_per_batch: 0\n", "galaxies_per_batch"),
+        ] {
+            let e = parse(extra).unwrap_err();
+            let shown = e.to_string();
+            match e {
+                Error::Config { key: k, message } => {
+                    assert_eq!(k, key, "{extra}");
+                    assert_eq!(shown, format!("{k}: {message}"));
+                }
+                other => panic!("{extra}: expected Error::Config, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_format_errors_naming_the_file() {
+        let e = parse("colour: blue\n").unwrap_err();
+        assert!(
+            matches!(&e, Error::Format { file, .. } if file == "m.yaml"),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("colour"), "{e}");
+    }
 }

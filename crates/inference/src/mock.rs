@@ -458,6 +458,6 @@ impl MockCatalogue {
             .collect();
         let mut schema = ResultSchema::new(cols);
         schema.string_columns.clear();
-        write_table(path, &schema, &t).map_err(|e| Error::Invalid(e.to_string()))
+        Ok(write_table(path, &schema, &t)?)
     }
 }

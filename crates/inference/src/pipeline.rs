@@ -205,12 +205,15 @@ pub fn survey_and_sps(
         sps = sps.without_emission_lines();
     }
     if sps.band_names() != survey.band_names().as_slice() {
-        return Err(Error::Invalid(format!(
-            "sps.weights: emulator bands {:?} do not match survey '{}' bands {:?}",
-            sps.band_names(),
-            survey.name(),
-            survey.band_names()
-        )));
+        return Err(Error::config(
+            "sps.weights",
+            format!(
+                "emulator bands {:?} do not match survey '{}' bands {:?}",
+                sps.band_names(),
+                survey.name(),
+                survey.band_names()
+            ),
+        ));
     }
     Ok((survey, sps))
 }
@@ -235,18 +238,17 @@ impl Pipeline {
     }
 
     fn open_reader(&self) -> Result<CatalogueReader> {
-        CatalogueReader::open(&self.manifest.catalogue, &self.survey.band_names())
-            .map_err(|e| Error::Invalid(e.to_string()))
+        Ok(CatalogueReader::open(
+            &self.manifest.catalogue,
+            &self.survey.band_names(),
+        )?)
     }
 
     /// Count catalogue rows (one streaming pass) and check every value.
     pub fn scan_catalogue(&self) -> Result<usize> {
         let mut reader = self.open_reader()?;
         let mut n = 0;
-        while let Some(c) = reader
-            .next_chunk(65536)
-            .map_err(|e| Error::Invalid(e.to_string()))?
-        {
+        while let Some(c) = reader.next_chunk(65536)? {
             n += c.len();
         }
         Ok(n)
@@ -266,20 +268,22 @@ impl Pipeline {
         };
         if !options.resume
             && out_dir.exists()
-            && !popcosmos_catalog::list_parts(&out_dir)
-                .map_err(cat)?
-                .is_empty()
+            && !popcosmos_catalog::list_parts(&out_dir)?.is_empty()
         {
-            return Err(Error::Invalid(format!(
-                "output.dir: {} already holds results; use --resume to continue that run or choose another folder",
-                out_dir.display()
-            )));
+            return Err(Error::config(
+                "output.dir",
+                format!(
+                    "{} already holds results; use --resume to continue that run or choose \
+                     another folder",
+                    out_dir.display()
+                ),
+            ));
         }
         std::fs::create_dir_all(&out_dir).map_err(|e| Error::io(&out_dir, e))?;
         // One run per output folder at a time; the kernel drops the lock when this process
         // ends, however it ends.
         let _lock = popcosmos_catalog::OutputLock::acquire(&out_dir)
-            .map_err(|e| Error::Invalid(format!("output.dir: {e}")))?;
+            .map_err(|e| Error::config("output.dir", e.to_string()))?;
         if options.resume {
             // Before anything is deleted: the stored settings must match the manifest.
             crate::record::check_resume(&out_dir, m)?;
@@ -296,16 +300,15 @@ impl Pipeline {
             format,
             m.output.chains,
             options.resume,
-        )
-        .map_err(cat)?;
+        )?;
         let done = recovered.done_ids;
 
         let total = self.scan_catalogue()?;
         if total == 0 {
-            return Err(Error::Invalid(format!(
-                "catalogue.path: {} has no galaxies",
-                m.catalogue.path.display()
-            )));
+            return Err(Error::config(
+                "catalogue.path",
+                format!("{} has no galaxies", m.catalogue.path.display()),
+            ));
         }
         // Batches (global indices, so seeds match an unsharded run) and rows of this run.
         let batch_size = m.galaxies_per_batch as u64;
@@ -338,7 +341,7 @@ impl Pipeline {
         let mut library: Option<InitLibrary> = None;
         let mut reader = self.open_reader()?;
         let mut batch_index = 0u64;
-        while let Some(chunk) = reader.next_chunk(m.galaxies_per_batch).map_err(cat)? {
+        while let Some(chunk) = reader.next_chunk(m.galaxies_per_batch)? {
             let b = batch_index;
             batch_index += 1;
             if b >= batches.end {
@@ -372,9 +375,7 @@ impl Pipeline {
                 .iter()
                 .filter(|f| !f.is_empty())
                 .count();
-            output
-                .commit_batch(b, &table, chains.as_ref())
-                .map_err(cat)?;
+            output.commit_batch(b, &table, chains.as_ref())?;
             let dt = t.elapsed().as_secs_f64();
             batch_seconds.push(dt);
             summary.seconds_sampling += dt;
@@ -523,8 +524,9 @@ impl Pipeline {
         let run = |init: Tensor, target: &dyn LogDensity, rng: &mut HostRng| match s.kind {
             SamplerKind::Ensemble => warmup.run_ensemble(init, target, rng, config),
             SamplerKind::Hmc => warmup.run_hmc(init, target, rng, config),
-            SamplerKind::Smc | SamplerKind::Library => Err(Error::Invalid(
-                "sampler.kind: SMC runs start from the library, not from walkers".into(),
+            SamplerKind::Smc | SamplerKind::Library => Err(Error::config(
+                "sampler.kind",
+                "SMC runs start from the library, not from walkers",
             )),
         };
         if !s.whiten {
@@ -716,10 +718,6 @@ fn sampler_move(spec: &MoveSpec) -> (MoveKind, f64) {
             weight,
         ),
     }
-}
-
-fn cat(e: popcosmos_catalog::CatalogError) -> Error {
-    Error::Invalid(e.to_string())
 }
 
 /// Linear-interpolated percentiles [`PERCENTILES`] (numpy's default); NaNs are ignored.

@@ -53,7 +53,10 @@ impl RunRecord {
     pub fn write(&self, dir: &Path) -> Result<()> {
         let path = dir.join(RECORD_FILE);
         let tmp = dir.join(format!(".{RECORD_FILE}.tmp"));
-        let text = serde_json::to_string_pretty(self).map_err(|e| Error::Invalid(e.to_string()))?;
+        let text = serde_json::to_string_pretty(self).map_err(|e| Error::Format {
+            file: path.display().to_string(),
+            message: e.to_string(),
+        })?;
         {
             use std::io::Write;
             let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
@@ -155,9 +158,7 @@ pub fn resume_mismatches(stored: &Manifest, current: &Manifest) -> Vec<String> {
 pub fn check_resume(dir: &Path, current: &Manifest) -> Result<()> {
     let path = dir.join(RECORD_FILE);
     if !path.exists() {
-        let has_parts = !popcosmos_catalog::list_parts(dir)
-            .map_err(|e| Error::Invalid(e.to_string()))?
-            .is_empty();
+        let has_parts = !popcosmos_catalog::list_parts(dir)?.is_empty();
         if has_parts {
             return Err(Error::Invalid(format!(
                 "--resume: {} holds results but no {RECORD_FILE}, so the settings they were made \

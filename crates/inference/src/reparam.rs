@@ -17,7 +17,7 @@
 //!    kurtosis-25–40 tails of the Student-t SFR-ratio priors in φ.
 
 use popcosmos_api::{
-    DType, Error, LogDensity, N_PARAMS, Prior, Result, Tensor,
+    DType, Error, LogDensity, N_PARAMS, Prior, Result, SupportConstraints, Tensor,
     cosmology::pade,
     params::{
         ACKLAM_A, ACKLAM_B, ACKLAM_C, ACKLAM_D, ACKLAM_P_LOW, IDX_N, IDX_Z, LOWER, UPPER,
@@ -34,8 +34,7 @@ const EDGE: f64 = 1e-7;
 /// ψ ↔ φ for one run.
 #[derive(Debug, Clone)]
 pub struct SamplingSpace {
-    gas_offset: bool,
-    mass_range: Option<(f64, f64)>,
+    support: SupportConstraints,
     whitening: Option<MarginalWhitening>,
 }
 
@@ -44,8 +43,7 @@ impl SamplingSpace {
     /// the marginal whitening only when there are at least `min_draws` draws.
     pub fn fit(prior_phi: &Tensor, prior: &dyn Prior, min_draws: usize) -> Result<Self> {
         let mut space = Self {
-            gas_offset: prior.gas_metallicity_above_stellar(),
-            mass_range: prior.log10_mass_formed_range(),
+            support: prior.support_constraints(),
             whitening: None,
         };
         if prior_phi.dim(0)? >= min_draws {
@@ -63,7 +61,7 @@ impl SamplingSpace {
                 (psi.clone(), Tensor::zeros(shape, DType::F32, psi.device())?)
             }
         };
-        if !self.gas_offset && self.mass_range.is_none() {
+        if self.support == SupportConstraints::default() {
             return Ok((coupled, log_j));
         }
         let (phi, log_j_c) = self.couple(&coupled)?;
@@ -102,14 +100,16 @@ impl SamplingSpace {
 
     /// φ → coupled coordinates (column 13 replaced by u, column 0 by w), on the host.
     fn uncouple(&self, phi: &Tensor) -> Result<Tensor> {
-        if !self.gas_offset && self.mass_range.is_none() {
+        if self.support == SupportConstraints::default() {
             return Ok(phi.clone());
         }
         let shape = phi.shape().clone();
         if *phi.dims().last().unwrap_or(&0) != N_PARAMS {
-            return Err(Error::Invalid(format!(
-                "sampling space: expected {N_PARAMS} parameters, got shape {shape:?}"
-            )));
+            return Err(Error::shape(
+                "sampling-space φ",
+                format!("[..., {N_PARAMS}]"),
+                phi.dims(),
+            ));
         }
         let mut v = phi
             .to_dtype(DType::F64)?
@@ -117,13 +117,13 @@ impl SamplingSpace {
             .flatten_all()?
             .to_vec1::<f64>()?;
         for row in v.chunks_exact_mut(N_PARAMS) {
-            if self.gas_offset {
+            if self.support.gas_metallicity_above_stellar {
                 let zstar = theta_of(IDX_ZSTAR, row[IDX_ZSTAR]);
                 let zgas = theta_of(IDX_ZGAS, row[IDX_ZGAS]);
                 let frac = ((zgas - zstar) / (UPPER[IDX_ZGAS] - zstar)).clamp(EDGE, 1.0 - EDGE);
                 row[IDX_ZGAS] = normal_quantile(frac);
             }
-            if let Some((lo, hi)) = self.mass_range {
+            if let Some((lo, hi)) = self.support.log10_mass_formed_range {
                 let z = theta_of(IDX_Z, row[IDX_Z]);
                 let log10m = (pade::distmod(z) - row[IDX_N]) / 2.5;
                 row[IDX_N] = normal_quantile(((log10m - lo) / (hi - lo)).clamp(EDGE, 1.0 - EDGE));
@@ -148,7 +148,7 @@ impl SamplingSpace {
         let col = |i: usize| -> Result<Tensor> { Ok(x.narrow(last, i, 1)?.to_dtype(DType::F64)?) };
         let mut cols: Vec<Tensor> = (0..N_PARAMS).map(col).collect::<Result<_>>()?;
         let mut log_j = cols[0].zeros_like()?;
-        if self.gas_offset {
+        if self.support.gas_metallicity_above_stellar {
             let (lo_s, r_s) = (LOWER[IDX_ZSTAR], UPPER[IDX_ZSTAR] - LOWER[IDX_ZSTAR]);
             let (lo_g, hi_g) = (LOWER[IDX_ZGAS], UPPER[IDX_ZGAS]);
             let r_g = hi_g - lo_g;
@@ -166,7 +166,7 @@ impl SamplingSpace {
             log_j = (log_j + lj)?;
             cols[IDX_ZGAS] = phi_gas;
         }
-        if let Some((lo, hi)) = self.mass_range {
+        if let Some((lo, hi)) = self.support.log10_mass_formed_range {
             // N = μ(z) − 2.5 (lo + (hi − lo) Φ(w)); ln|∂N/∂w| = ln(2.5 (hi − lo)) + ln 𝒩(w).
             let z = cdf(&cols[IDX_Z])?.affine(UPPER[IDX_Z] - LOWER[IDX_Z], LOWER[IDX_Z])?;
             let w = &cols[IDX_N];

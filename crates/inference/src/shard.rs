@@ -35,6 +35,7 @@ use std::str::FromStr;
 use popcosmos_catalog::{CatalogError, list_parts, merge_parts_tagged, part_ids, read_ids};
 use serde::{Deserialize, Serialize};
 
+use crate::manifest::Manifest;
 use crate::record::{RecordSummary, RunRecord};
 
 /// One shard of a run: `index` of `count` (0-based).
@@ -181,6 +182,42 @@ pub struct ShardRecord {
     pub end_batch: u64,
 }
 
+/// The `run.json` of a merged folder, written by [`merge_shards`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MergedRecord {
+    pub popcosmos_version: String,
+    /// Always true: tells a merge from an unsharded run's [`RunRecord`].
+    pub merged: bool,
+    pub merged_unix: u64,
+    pub manifest: Manifest,
+    pub seed: u64,
+    pub shard_count: u64,
+    pub checked_against_catalogue: bool,
+    pub summary: MergedSummary,
+    pub shards: Vec<MergedShard>,
+    pub complete: bool,
+}
+
+/// Totals over the shards of a merge.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MergedSummary {
+    pub galaxies_total: u64,
+    pub galaxies_flagged: u64,
+    /// Across all attempts of every shard's last run (resumed runs count only their own work).
+    pub seconds_sampling: f64,
+    pub seconds_library: f64,
+}
+
+/// One shard of a merge, from its own `run.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MergedShard {
+    pub shard: ShardRecord,
+    pub dir: PathBuf,
+    pub device: String,
+    pub started_unix: u64,
+    pub summary: RecordSummary,
+}
+
 /// What [`merge_shards`] wrote.
 #[derive(Debug, Clone, Serialize)]
 pub struct MergeSummary {
@@ -209,13 +246,18 @@ fn read_record(path: &Path) -> Result<RunRecord, ShardError> {
     })
 }
 
-/// A merged folder's `run.json` (written by [`merge_shards`]), untyped.
-fn read_json(path: &Path) -> Result<serde_json::Value, ShardError> {
+/// A folder's `run.json` as the record of a merge; `None` when it is another record (an
+/// unsharded run's). Errors name the file.
+fn read_merged(path: &Path) -> Result<Option<MergedRecord>, ShardError> {
     let text = std::fs::read_to_string(path).map_err(|e| io(path, e))?;
-    serde_json::from_str(&text).map_err(|e| ShardError::Record {
-        file: path.display().to_string(),
-        message: e.to_string(),
-    })
+    match serde_json::from_str::<MergedRecord>(&text) {
+        Ok(r) => Ok(Some(r).filter(|r| r.merged)),
+        Err(e) if e.classify() == serde_json::error::Category::Data => Ok(None),
+        Err(e) => Err(ShardError::Record {
+            file: path.display().to_string(),
+            message: e.to_string(),
+        }),
+    }
 }
 
 /// Check and merge the shard folders of `dir` (see the module docs). Nothing is written
@@ -418,8 +460,7 @@ pub fn merge_shards(dir: &Path) -> Result<MergeSummary, ShardError> {
     let merged_record = dir.join("run.json");
     let old_parts = list_parts(dir)?;
     if !old_parts.is_empty() {
-        let earlier_merge = merged_record.exists()
-            && read_json(&merged_record)?["merged"] == serde_json::Value::Bool(true);
+        let earlier_merge = merged_record.exists() && read_merged(&merged_record)?.is_some();
         if !earlier_merge {
             return Err(ShardError::NotMergeOutput { dir: shown() });
         }
@@ -448,38 +489,43 @@ pub fn merge_shards(dir: &Path) -> Result<MergeSummary, ShardError> {
     };
     let flagged = sum(|s| s.galaxies_flagged as f64) as u64;
     let galaxies: u64 = counts.iter().sum();
-    let record = serde_json::json!({
-        "popcosmos_version": env!("CARGO_PKG_VERSION"),
-        "merged": true,
-        "merged_unix": std::time::SystemTime::now()
+    let record = MergedRecord {
+        popcosmos_version: env!("CARGO_PKG_VERSION").into(),
+        merged: true,
+        merged_unix: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0),
-        "manifest": first.record.manifest,
-        "seed": first.record.seed,
-        "shard_count": count,
-        "checked_against_catalogue": catalogue_ids.is_some(),
-        "summary": {
-            "galaxies_total": galaxies,
-            "galaxies_flagged": flagged,
-            // Across all attempts of every shard's last run (resumed runs count only their own work).
-            "seconds_sampling": sum(|s| s.seconds_sampling),
-            "seconds_library": sum(|s| s.seconds_library),
+        manifest: first.record.manifest.clone(),
+        seed: first.record.seed,
+        shard_count: count,
+        checked_against_catalogue: catalogue_ids.is_some(),
+        summary: MergedSummary {
+            galaxies_total: galaxies,
+            galaxies_flagged: flagged,
+            seconds_sampling: sum(|s| s.seconds_sampling),
+            seconds_library: sum(|s| s.seconds_library),
         },
-        "shards": runs.iter().map(|r| serde_json::json!({
-            "shard": r.info,
-            "dir": r.dir,
-            "device": r.record.device,
-            "started_unix": r.record.started_unix,
-            "summary": r.record.summary,
-        })).collect::<Vec<_>>(),
-        "complete": true,
-    });
+        shards: runs
+            .iter()
+            .map(|r| MergedShard {
+                shard: r.info.clone(),
+                dir: r.dir.clone(),
+                device: r.record.device.clone(),
+                started_unix: r.record.started_unix,
+                summary: r.record.summary.clone(),
+            })
+            .collect(),
+        complete: true,
+    };
     let tmp = dir.join(".run.json.tmp");
-    let text = serde_json::to_string_pretty(&record).map_err(|e| ShardError::Record {
-        file: merged_record.display().to_string(),
-        message: e.to_string(),
-    })?;
+    // Through a `Value`: keys sorted at every level, as merged records have always been.
+    let text = serde_json::to_value(&record)
+        .and_then(|v| serde_json::to_string_pretty(&v))
+        .map_err(|e| ShardError::Record {
+            file: merged_record.display().to_string(),
+            message: e.to_string(),
+        })?;
     std::fs::write(&tmp, text).map_err(|e| io(&tmp, e))?;
     std::fs::rename(&tmp, &merged_record).map_err(|e| io(&merged_record, e))?;
     Ok(MergeSummary {
@@ -495,6 +541,89 @@ pub fn merge_shards(dir: &Path) -> Result<MergeSummary, ShardError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn manifest() -> Manifest {
+        Manifest::from_yaml(
+            "survey: {name: cosmos}\ncatalogue: {path: x.csv, units: nanomaggies}\nprior: {kind: uniform}\n\
+             output: {dir: out}\n",
+            "m.yaml",
+        )
+        .unwrap()
+    }
+
+    fn merged_record() -> MergedRecord {
+        let shard = Shard { index: 1, count: 2 }.record(10, 3);
+        let summary = RecordSummary {
+            galaxies_total: 4,
+            galaxies_computed: 4,
+            galaxies_skipped: 0,
+            galaxies_flagged: 1,
+            batches_computed: 2,
+            seconds_library: 0.5,
+            seconds_sampling: 1.25,
+            seconds_total: 2.0,
+            output_dir: "out/shard-00001-of-00002".into(),
+            shard: Some(shard.clone()),
+        };
+        MergedRecord {
+            popcosmos_version: "0.1.0".into(),
+            merged: true,
+            merged_unix: 1_700_000_000,
+            manifest: manifest(),
+            seed: 7,
+            shard_count: 2,
+            checked_against_catalogue: true,
+            summary: MergedSummary {
+                galaxies_total: 10,
+                galaxies_flagged: 1,
+                seconds_sampling: 1.25,
+                seconds_library: 0.5,
+            },
+            shards: vec![MergedShard {
+                shard,
+                dir: "out/shard-00001-of-00002".into(),
+                device: "cpu".into(),
+                started_unix: 1_699_999_000,
+                summary,
+            }],
+            complete: true,
+        }
+    }
+
+    #[test]
+    fn merged_run_json_round_trips_as_the_struct() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run.json");
+        let record = merged_record();
+        let text = serde_json::to_string_pretty(&serde_json::to_value(&record).unwrap()).unwrap();
+        std::fs::write(&path, &text).unwrap();
+        let back = read_merged(&path).unwrap().expect("a merged record");
+        assert_eq!(
+            serde_json::to_value(&back).unwrap(),
+            serde_json::to_value(&record).unwrap()
+        );
+        assert_eq!(back.summary, record.summary);
+        assert_eq!(back.shards[0].shard, record.shards[0].shard);
+        assert_eq!(back.shards[0].summary, record.shards[0].summary);
+        assert_eq!(back.manifest.seed, record.manifest.seed);
+
+        // An unsharded run's record is not a merge; a broken file is an error naming it.
+        let run = RunRecord {
+            popcosmos_version: "0.1.0".into(),
+            manifest: manifest(),
+            seed: 7,
+            device: "cpu".into(),
+            started_unix: 0,
+            summary: record.shards[0].summary.clone(),
+            batch_seconds: vec![],
+            complete: true,
+        };
+        std::fs::write(&path, serde_json::to_string(&run).unwrap()).unwrap();
+        assert!(read_merged(&path).unwrap().is_none());
+        std::fs::write(&path, &text[..text.len() / 2]).unwrap();
+        let e = read_merged(&path).unwrap_err().to_string();
+        assert!(e.starts_with(&path.display().to_string()), "{e}");
+    }
 
     #[test]
     fn parses_and_rejects_shard_specs() {

@@ -175,9 +175,10 @@ impl Pipeline {
                 )?
             }
             kind => {
-                return Err(Error::Invalid(format!(
-                    "sampler.kind: {kind:?} is not an SMC sampler"
-                )));
+                return Err(Error::config(
+                    "sampler.kind",
+                    format!("{kind:?} is not an SMC sampler"),
+                ));
             }
         };
         Ok((space.chain_to_phi(&chain_psi)?, diag))

@@ -32,11 +32,14 @@ pub fn band_selection(available: &[String], wanted: &[String], source: &str) -> 
         .iter()
         .map(|w| {
             available.iter().position(|a| a == w).ok_or_else(|| {
-                Error::Invalid(format!(
-                    "sps.weights: survey band '{w}' is not a band of the emulator set {source} \
-                     (its bands: {})",
-                    available.join(", ")
-                ))
+                Error::config(
+                    "sps.weights",
+                    format!(
+                        "survey band '{w}' is not a band of the emulator set {source} (its \
+                         bands: {})",
+                        available.join(", ")
+                    ),
+                )
             })
         })
         .collect()
@@ -99,16 +102,7 @@ pub fn build_sps(
     calibration: &Calibration,
     device: &Device,
 ) -> Result<CosmosSps> {
-    let hub = popcosmos_models::HubConfig::from_env();
-    let model = popcosmos_models::load(&spec.weight_ref()?, &hub)
-        .map_err(|e| Error::Invalid(format!("sps.weights: {e}")))?;
-    let kind = &model.card.architecture.kind;
-    if kind != "photulator" {
-        return Err(Error::Invalid(format!(
-            "sps.weights: {} is a '{kind}' model, not a photulator",
-            model.source
-        )));
-    }
+    let model = spec.load_model()?;
     let all_bands = model.card.bands.clone();
     let cosmos_bands = PhotulatorConfig::builtin()?.bands;
     let from_filters = |photulator: Photulator| -> Result<CosmosSps> {
@@ -116,14 +110,17 @@ pub fn build_sps(
             return CosmosSps::new(photulator, None, calibration);
         }
         if filters.len() != survey_bands.len() {
-            return Err(Error::Invalid(format!(
-                "sps.emission_lines: the emulator set {} is not the COSMOS set, so the line \
-                 band responses come from the survey's filter curves, but the survey has {} \
-                 curves for {} bands (set sps.emission_lines: false)",
-                model.source,
-                filters.len(),
-                survey_bands.len()
-            )));
+            return Err(Error::config(
+                "sps.emission_lines",
+                format!(
+                    "the emulator set {} is not the COSMOS set, so the line band responses \
+                     come from the survey's filter curves, but the survey has {} curves for {} \
+                     bands (set sps.emission_lines: false)",
+                    model.source,
+                    filters.len(),
+                    survey_bands.len()
+                ),
+            ));
         }
         // Curves carry their file stem; the photulator checks them by band name.
         let named: Vec<popcosmos_api::FilterCurve> = filters
@@ -175,10 +172,13 @@ pub fn build_sps(
             let line_keep =
                 band_selection(&cosmos_card, survey_bands, "emline_emulator (COSMOS bands)")
                     .map_err(|e| {
-                        Error::Invalid(format!(
-                            "sps.emission_lines: no emission-line bandpass model for a survey band \
-                         ({e}); set sps.emission_lines: false"
-                        ))
+                        Error::config(
+                            "sps.emission_lines",
+                            format!(
+                                "no emission-line bandpass model for a survey band ({e}); set \
+                                 sps.emission_lines: false"
+                            ),
+                        )
                     })?;
             let lbytes = select_band_tensors(
                 popcosmos_sps::emlines::BUILTIN_WEIGHTS,

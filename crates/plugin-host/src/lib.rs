@@ -738,10 +738,8 @@ impl Prior for PluginPrior {
     fn log_prob(&self, phi: &Tensor) -> Result<Tensor> {
         let dims = phi.dims();
         if dims.last() != Some(&N_PARAMS) {
-            return Err(Error::Invalid(format!(
-                "prior '{}': φ must be [..., {N_PARAMS}], got {dims:?}",
-                self.name
-            )));
+            let what = format!("prior '{}': φ", self.name);
+            return Err(Error::shape(what, format!("[..., {N_PARAMS}]"), dims));
         }
         if phi.track_op() {
             // The plugin runs on host buffers: it has no gradient, and silently dropping

@@ -56,7 +56,17 @@ pub enum Error {
     /// A model card / JSON sidecar is malformed.
     #[error("{file}: {message}")]
     Format { file: String, message: String },
-    /// Invalid user input (names the offending key, column or row).
+    /// A manifest or settings key has a bad value (`sampler.particles: must be …`).
+    #[error("{key}: {message}")]
+    Config { key: String, message: String },
+    /// A tensor or array argument has the wrong shape.
+    #[error("{what} must be {expected}, got {found}")]
+    Shape {
+        what: String,
+        expected: String,
+        found: String,
+    },
+    /// Other invalid input (names the offending column, row or value).
     #[error("{0}")]
     Invalid(String),
 }
@@ -67,6 +77,27 @@ impl Error {
         Error::Io {
             path: path.as_ref().display().to_string(),
             source,
+        }
+    }
+
+    /// A bad value of the manifest or settings key `key` (a dotted path, `sampler.walkers`).
+    pub fn config(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::Config {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    /// `what` must have the shape `expected` but has `found` (its dims, shown with `{:?}`).
+    pub fn shape(
+        what: impl Into<String>,
+        expected: impl Into<String>,
+        found: impl std::fmt::Debug,
+    ) -> Self {
+        Error::Shape {
+            what: what.into(),
+            expected: expected.into(),
+            found: format!("{found:?}"),
         }
     }
 }
@@ -102,17 +133,23 @@ pub trait Prior: Send + Sync {
     fn log_prob(&self, phi: &Tensor) -> Result<Tensor>;
     /// Draw `n` latent vectors `[n, 16]`.
     fn sample(&self, n: usize, rng: &mut dyn RandomSource, device: &Device) -> Result<Tensor>;
-    /// Whether the support requires log10 Z_gas > log10 Z* (the Prospector-α prior does).
-    /// Samplers then move in Z_gas − Z* instead of Z_gas, so that wall is not in their way.
-    fn gas_metallicity_above_stellar(&self) -> bool {
-        false
+    /// Walls of the support the sampler can map away (none by default).
+    fn support_constraints(&self) -> SupportConstraints {
+        SupportConstraints::default()
     }
+}
+
+/// Walls of a prior's support, for the reparameterisation of the sampling space
+/// (`popcosmos_inference::reparam`); the default has none.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct SupportConstraints {
+    /// The support requires log10 Z_gas > log10 Z* (the Prospector-α prior does). Samplers
+    /// then move in Z_gas − Z* instead of Z_gas, so that wall is not in their way.
+    pub gas_metallicity_above_stellar: bool,
     /// The (lower, upper) bounds on log10(M_formed/M☉) of the support, if it has them (the
     /// Prospector-α prior: 7 and 13). Samplers then move in log M given z instead of N, so
     /// the diagonal wall N = μ(z) − 2.5·bound is not in their way.
-    fn log10_mass_formed_range(&self) -> Option<(f64, f64)> {
-        None
-    }
+    pub log10_mass_formed_range: Option<(f64, f64)>,
 }
 
 /// Observed photometry of a batch of galaxies.
@@ -138,15 +175,20 @@ pub trait Likelihood: Send + Sync {
 pub trait LogDensity {
     fn log_density(&self, position: &Tensor) -> Result<Tensor>;
     /// Gradient of the log-density with respect to the position (same shape), for
-    /// gradient-based kernels. The default uses candle autograd through `log_density`.
+    /// gradient-based kernels. The default uses candle autograd through `log_density`; a
+    /// log-density that does not depend on the position through candle ops (computed on the
+    /// host, or detached) is an error rather than a silent zero gradient.
     fn grad_log_density(&self, position: &Tensor) -> Result<(Tensor, Tensor)> {
         let var = candle_core::Var::from_tensor(position)?;
         let lp = self.log_density(var.as_tensor())?;
         let grads = lp.sum_all()?.backward()?;
-        let g = grads
-            .get(var.as_tensor())
-            .cloned()
-            .unwrap_or(position.zeros_like()?);
+        let g = grads.get(var.as_tensor()).cloned().ok_or_else(|| {
+            Error::Invalid(
+                "the log-density has no gradient with respect to the position (it is not \
+                 differentiable through candle autograd); use a gradient-free sampler"
+                    .into(),
+            )
+        })?;
         Ok((lp.detach(), g))
     }
 }
@@ -287,5 +329,41 @@ pub fn parse_device(spec: &str) -> Result<Device> {
         None => Err(Error::Invalid(format!(
             "device '{s}': expected 'cpu', 'cuda' or 'cuda:N'"
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gradient_of_a_differentiable_log_density() {
+        let target = |x: &Tensor| -> Result<Tensor> { Ok((x.sqr()? * -0.5)?.sum(2)?) };
+        let x = Tensor::new(&[[[1f32, -2.0]]], &Device::Cpu).unwrap();
+        let (lp, g) = target.grad_log_density(&x).unwrap();
+        assert_eq!(lp.flatten_all().unwrap().to_vec1::<f32>().unwrap(), [-2.5]);
+        assert_eq!(
+            g.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            [-1.0, 2.0]
+        );
+    }
+
+    #[test]
+    fn a_log_density_without_gradient_is_an_error_not_a_zero_gradient() {
+        let detached = |x: &Tensor| -> Result<Tensor> { Ok(x.detach().sqr()?.sum(2)?) };
+        let x = Tensor::new(&[[[1f32, -2.0]]], &Device::Cpu).unwrap();
+        let e = detached.grad_log_density(&x).unwrap_err().to_string();
+        assert!(
+            e.contains("no gradient") && e.contains("not differentiable"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn config_and_shape_errors_name_their_key_and_shapes() {
+        let e = Error::config("sampler.particles", "must be ≥ 32, got 4");
+        assert_eq!(e.to_string(), "sampler.particles: must be ≥ 32, got 4");
+        let e = Error::shape("theta", "[n, 16]", [3usize, 15]);
+        assert_eq!(e.to_string(), "theta must be [n, 16], got [3, 15]");
     }
 }

@@ -82,17 +82,20 @@ impl ObservedSet {
                     .iter()
                     .position(|x| x.name == s.band || x.label == s.band)
                     .ok_or_else(|| {
-                        Error::Invalid(format!(
-                            "selection.band: '{}' is not a band of this survey ({})",
-                            s.band,
-                            labels.join(", ")
-                        ))
+                        Error::config(
+                            "selection.band",
+                            format!(
+                                "'{}' is not a band of this survey ({})",
+                                s.band,
+                                labels.join(", ")
+                            ),
+                        )
                     })?;
                 if !s.max_mag.is_finite() {
-                    return Err(Error::Invalid(format!(
-                        "selection.max_mag: must be finite, got {}",
-                        s.max_mag
-                    )));
+                    return Err(Error::config(
+                        "selection.max_mag",
+                        format!("must be finite, got {}", s.max_mag),
+                    ));
                 }
                 Some((b, s.max_mag))
             }

@@ -58,20 +58,23 @@ impl Distance {
     pub fn validate(&self) -> Result<()> {
         match *self {
             Distance::SlicedWasserstein { projections } if projections > 100_000 => {
-                Err(Error::Invalid(format!(
-                    "distance.projections: at most 100000, got {projections}"
-                )))
+                Err(Error::config(
+                    "distance.projections",
+                    format!("at most 100000, got {projections}"),
+                ))
             }
             Distance::Sinkhorn { blur, scaling } => {
                 if !(blur.is_finite() && blur > 0.0) {
-                    return Err(Error::Invalid(format!(
-                        "distance.blur: must be finite and > 0, got {blur}"
-                    )));
+                    return Err(Error::config(
+                        "distance.blur",
+                        format!("must be finite and > 0, got {blur}"),
+                    ));
                 }
                 if !(scaling > 0.0 && scaling < 1.0) {
-                    return Err(Error::Invalid(format!(
-                        "distance.scaling: must be in (0, 1), got {scaling}"
-                    )));
+                    return Err(Error::config(
+                        "distance.scaling",
+                        format!("must be in (0, 1), got {scaling}"),
+                    ));
                 }
                 Ok(())
             }
@@ -88,11 +91,11 @@ impl Distance {
     ) -> Result<Tensor> {
         let (n, d) = sim.dims2()?;
         if obs.dims2()? != (n, d) {
-            return Err(Error::Invalid(format!(
-                "distance: simulated {:?} and observed {:?} batches differ in shape",
-                sim.dims(),
-                obs.dims()
-            )));
+            return Err(Error::shape(
+                "distance: the observed batch",
+                format!("{:?} as the simulated one", sim.dims()),
+                obs.dims(),
+            ));
         }
         match *self {
             Distance::SlicedWasserstein { projections } => {

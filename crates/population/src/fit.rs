@@ -85,7 +85,7 @@ impl Default for FitOptions {
 impl FitOptions {
     /// Check the settings (names the option).
     pub fn validate(&self) -> Result<()> {
-        let bad = |k: &str, v: String| Err(Error::Invalid(format!("{k}: {v}")));
+        let bad = |k: &str, v: String| Err(Error::config(k, v));
         if self.steps == 0 {
             return bad("steps", "must be >= 1".into());
         }

@@ -148,9 +148,10 @@ impl PriorSpec {
     /// [`PriorSpec::build_with`].
     pub fn build(&self) -> Result<Box<dyn Prior>> {
         self.build_with(&Device::Cpu, &|w: &str, _kind: &str| {
-            Err(popcosmos_api::Error::Invalid(format!(
-                "prior.weights: no loader for '{w}' (use PriorSpec::build_with)"
-            )))
+            Err(popcosmos_api::Error::config(
+                "prior.weights",
+                format!("no loader for '{w}' (use PriorSpec::build_with)"),
+            ))
         })
     }
 
@@ -183,7 +184,7 @@ impl PriorSpec {
             }
             PriorSpec::Plugin { path, config } => Box::new(
                 popcosmos_plugin_host::load_prior(path, config)
-                    .map_err(|e| popcosmos_api::Error::Invalid(format!("prior.path: {e}")))?,
+                    .map_err(|e| popcosmos_api::Error::config("prior.path", e.to_string()))?,
             ),
         })
     }
@@ -197,7 +198,7 @@ impl PriorSpec {
             ..
         } = self
         {
-            let bad = |key: &str, e: String| popcosmos_api::Error::Invalid(format!("{key}: {e}"));
+            let bad = popcosmos_api::Error::config;
             log_prob
                 .solver
                 .validate()

@@ -12,7 +12,7 @@ use std::sync::OnceLock;
 use candle_core::{DType, Device, Tensor};
 use popcosmos_api::cosmology::pade;
 use popcosmos_api::params::{self, LOWER, N_PARAMS, UPPER};
-use popcosmos_api::{HostRng, Prior, RandomSource, Result};
+use popcosmos_api::{HostRng, Prior, RandomSource, Result, SupportConstraints};
 use rand::Rng;
 use rand_distr::StandardNormal;
 
@@ -519,12 +519,11 @@ impl Prior for ProspectorAlphaPrior {
         })
     }
 
-    fn gas_metallicity_above_stellar(&self) -> bool {
-        true
-    }
-
-    fn log10_mass_formed_range(&self) -> Option<(f64, f64)> {
-        Some((LOG10M_MIN, LOG10M_MAX))
+    fn support_constraints(&self) -> SupportConstraints {
+        SupportConstraints {
+            gas_metallicity_above_stellar: true,
+            log10_mass_formed_range: Some((LOG10M_MIN, LOG10M_MAX)),
+        }
     }
 }
 

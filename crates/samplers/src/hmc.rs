@@ -93,11 +93,11 @@ impl Hmc {
             _ => false,
         };
         if !ok {
-            return Err(Error::Invalid(format!(
-                "HMC step size must be [galaxies] or [walkers, galaxies] = [{walkers}, \
-                 {galaxies}], got {:?}",
-                step_size.dims()
-            )));
+            return Err(Error::shape(
+                "HMC step size",
+                format!("[galaxies] or [walkers, galaxies] = [{walkers}, {galaxies}]"),
+                step_size.dims(),
+            ));
         }
         let step_size = step_size.to_dtype(position.dtype())?;
         let (log_prob, grad) = target.grad_log_density(&position)?;

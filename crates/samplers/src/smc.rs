@@ -87,7 +87,7 @@ impl Default for SmcConfig {
 impl SmcConfig {
     /// Check every setting for a target of dimension `dim`.
     pub fn validate(&self, dim: usize) -> Result<()> {
-        let bad = |key: &str, why: String| Err(Error::Invalid(format!("sampler.{key}: {why}")));
+        let bad = |key: &str, why: String| Err(Error::config(format!("sampler.{key}"), why));
         if self.particles < 2 * dim || self.particles < 4 {
             return bad(
                 "particles",

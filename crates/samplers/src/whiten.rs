@@ -136,12 +136,9 @@ impl MarginalWhitening {
     /// Per element of ψ `[..., dim]`: the index of its segment's slope
     /// (i·(KNOTS−1) + j) and of its left knot (i·KNOTS + j), both u32, and ψ minus that knot.
     fn segments(&self, psi: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
-        let d = *psi.dims().last().unwrap_or(&0);
-        if d != self.dim {
-            return Err(Error::Invalid(format!(
-                "whitening fitted for {} dimensions, got {d}",
-                self.dim
-            )));
+        if psi.dims().last() != Some(&self.dim) {
+            let expected = format!("[..., {}] (the dimensions it was fitted for)", self.dim);
+            return Err(Error::shape("whitened ψ", expected, psi.dims()));
         }
         let psi = psi.to_dtype(DType::F32)?;
         let j = ((&psi - self.psi0)? / self.step)?

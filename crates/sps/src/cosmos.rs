@@ -141,9 +141,7 @@ impl CosmosSps {
     fn flatten(theta: &Tensor) -> Result<(Tensor, Vec<usize>)> {
         let dims = theta.dims();
         if dims.last() != Some(&N_PARAMS) {
-            return Err(Error::Invalid(format!(
-                "theta must have shape [..., {N_PARAMS}], got {dims:?}"
-            )));
+            return Err(Error::shape("theta", format!("[..., {N_PARAMS}]"), dims));
         }
         let lead = dims[..dims.len() - 1].to_vec();
         let n = lead.iter().product::<usize>();

@@ -352,9 +352,8 @@ impl EmLineEmulator {
         match theta16t.dims() {
             [_, N_IN] => {}
             d => {
-                return Err(Error::Invalid(format!(
-                    "line emulator input must be [n, {N_IN}], got {d:?}"
-                )));
+                let expected = format!("[n, {N_IN}]");
+                return Err(Error::shape("line emulator input", expected, d));
             }
         }
         speculator_pca(
@@ -417,11 +416,7 @@ impl EmLineEmulator {
         let w = weights.to_dtype(DType::F32)?.to_device(&self.device)?;
         let k = match w.dims() {
             [l, k] if *l == nl => *k,
-            d => {
-                return Err(Error::Invalid(format!(
-                    "line weights must be [{nl}, k], got {d:?}"
-                )));
-            }
+            d => return Err(Error::shape("line weights", format!("[{nl}, k]"), d)),
         };
         if self.device.is_cpu() && self.tabulated.is_none() {
             let op = BandpassContract {

@@ -283,9 +283,11 @@ impl Photulator {
     fn check_input(&self, theta15: &Tensor) -> Result<usize> {
         match theta15.dims() {
             [n, N_INPUTS] => Ok(*n),
-            d => Err(Error::Invalid(format!(
-                "photulator input must be [n, {N_INPUTS}], got {d:?}"
-            ))),
+            d => Err(Error::shape(
+                "photulator input",
+                format!("[n, {N_INPUTS}]"),
+                d,
+            )),
         }
     }
 
@@ -389,9 +391,7 @@ pub fn theta_to_photulator_input(theta: &Tensor) -> Result<Tensor> {
     let theta = theta.to_dtype(DType::F32)?;
     let d = theta.dim(D::Minus1)?;
     if d != popcosmos_api::N_PARAMS {
-        return Err(Error::Invalid(format!(
-            "theta must have 16 columns, got {d}"
-        )));
+        return Err(Error::shape("theta", "[..., 16]", theta.dims()));
     }
     Ok(Tensor::cat(
         &[

@@ -58,11 +58,7 @@ impl StellarMassEmulator {
     pub fn mass_fraction(&self, theta: &Tensor) -> Result<Tensor> {
         let n = match theta.dims() {
             [n, N_PARAMS] => *n,
-            d => {
-                return Err(Error::Invalid(format!(
-                    "theta must be [n, {N_PARAMS}], got {d:?}"
-                )));
-            }
+            d => return Err(Error::shape("theta", format!("[n, {N_PARAMS}]"), d)),
         };
         let mut h = theta
             .to_dtype(DType::F32)?

@@ -108,7 +108,8 @@ impl CalibrationFile {
         calibration: &mut Calibration,
         source: &str,
     ) -> Result<()> {
-        let bad = |msg: String| Error::Invalid(format!("survey.calibration_file: {source}: {msg}"));
+        let bad =
+            |msg: String| Error::config("survey.calibration_file", format!("{source}: {msg}"));
         if !self.survey.eq_ignore_ascii_case(survey_name) {
             return Err(bad(format!(
                 "fitted for survey '{}', but the manifest's survey is '{survey_name}'",

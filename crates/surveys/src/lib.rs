@@ -112,20 +112,24 @@ impl SurveySpec {
     /// A survey from a plugin library (`survey: {plugin: PATH, plugin_config: "…"}`).
     fn plugin_survey(&self, path: &std::path::Path) -> Result<DefinedSurvey> {
         if self.file.is_some() {
-            return Err(Error::Invalid(
-                "survey.plugin: give either `file:` or `plugin:`, not both".into(),
+            return Err(Error::config(
+                "survey.plugin",
+                "give either `file:` or `plugin:`, not both",
             ));
         }
         let config = self.plugin_config.as_deref().unwrap_or("");
         let (name, bands, filters, calibration) = popcosmos_plugin_host::load_survey(path, config)
-            .map_err(|e| Error::Invalid(format!("survey.plugin: {e}")))?
+            .map_err(|e| Error::config("survey.plugin", e.to_string()))?
             .into_parts();
         if !self.name.is_empty() && !self.name.eq_ignore_ascii_case(&name) {
-            return Err(Error::Invalid(format!(
-                "survey.name: '{}' does not match the name '{name}' of survey.plugin {}",
-                self.name,
-                path.display()
-            )));
+            return Err(Error::config(
+                "survey.name",
+                format!(
+                    "'{}' does not match the name '{name}' of survey.plugin {}",
+                    self.name,
+                    path.display()
+                ),
+            ));
         }
         Ok(DefinedSurvey {
             name,
@@ -142,14 +146,17 @@ impl SurveySpec {
             (Some(plugin), _) => self.plugin_survey(plugin)?,
             (None, Some(path)) => {
                 let s = SurveyDefinition::load(path)
-                    .map_err(|e| Error::Invalid(format!("survey.file: {e}")))?;
+                    .map_err(|e| Error::config("survey.file", e.to_string()))?;
                 if !self.name.is_empty() && !self.name.eq_ignore_ascii_case(&s.name) {
-                    return Err(Error::Invalid(format!(
-                        "survey.name: '{}' does not match name '{}' in survey.file {}",
-                        self.name,
-                        s.name,
-                        path.display()
-                    )));
+                    return Err(Error::config(
+                        "survey.name",
+                        format!(
+                            "'{}' does not match name '{}' in survey.file {}",
+                            self.name,
+                            s.name,
+                            path.display()
+                        ),
+                    ));
                 }
                 s
             }
@@ -158,18 +165,21 @@ impl SurveySpec {
                 "kids" | "kids-viking" | "kv450" => builtin::kids(),
                 "lsst" => builtin::lsst(),
                 "" => {
-                    return Err(Error::Invalid(
-                        "survey: give `name:` (a built-in survey: cosmos, kids, lsst) or \
-                         `file:` (a YAML survey definition)"
-                            .into(),
+                    return Err(Error::config(
+                        "survey",
+                        "give `name:` (a built-in survey: cosmos, kids, lsst) or `file:` (a \
+                         YAML survey definition)",
                     ));
                 }
                 other => {
-                    return Err(Error::Invalid(format!(
-                        "survey.name: unknown survey '{other}' (built-in surveys: {}; or give \
-                         `file:` with a YAML survey definition)",
-                        BUILTIN_SURVEYS.join(", ")
-                    )));
+                    return Err(Error::config(
+                        "survey.name",
+                        format!(
+                            "unknown survey '{other}' (built-in surveys: {}; or give `file:` \
+                             with a YAML survey definition)",
+                            BUILTIN_SURVEYS.join(", ")
+                        ),
+                    ));
                 }
             },
         };
@@ -178,11 +188,14 @@ impl SurveySpec {
             CalibrationChoice::Nominal => {}
             CalibrationChoice::Leistedt23 => {
                 if survey.name != "cosmos" {
-                    return Err(Error::Invalid(format!(
-                        "survey.calibration: leistedt23 is the COSMOS calibration; survey '{}' \
-                         has nominal or uncalibrated (fitted values: calibration_file)",
-                        survey.name
-                    )));
+                    return Err(Error::config(
+                        "survey.calibration",
+                        format!(
+                            "leistedt23 is the COSMOS calibration; survey '{}' has nominal or \
+                             uncalibrated (fitted values: calibration_file)",
+                            survey.name
+                        ),
+                    ));
                 }
             }
             CalibrationChoice::Uncalibrated => {
@@ -192,7 +205,7 @@ impl SurveySpec {
         }
         if let Some(path) = &self.calibration_file {
             let file = CalibrationFile::load(path)
-                .map_err(|e| Error::Invalid(format!("survey.calibration_file: {e}")))?;
+                .map_err(|e| Error::config("survey.calibration_file", e.to_string()))?;
             let name = survey.name.clone();
             file.apply(
                 &name,
@@ -204,20 +217,20 @@ impl SurveySpec {
         if let Some(zp) = &self.zero_points {
             check_len("survey.zero_points", zp, n)?;
             if let Some(i) = zp.iter().position(|v| !(v.is_finite() && *v > 0.0)) {
-                return Err(Error::Invalid(format!(
-                    "survey.zero_points[{i}]: must be a positive finite number, got {}",
-                    zp[i]
-                )));
+                return Err(Error::config(
+                    format!("survey.zero_points[{i}]"),
+                    format!("must be a positive finite number, got {}", zp[i]),
+                ));
             }
             survey.calibration.zero_points = zp.clone();
         }
         if let Some(ef) = &self.error_floors {
             check_len("survey.error_floors", ef, n)?;
             if let Some(i) = ef.iter().position(|v| !(v.is_finite() && *v >= 0.0)) {
-                return Err(Error::Invalid(format!(
-                    "survey.error_floors[{i}]: must be a non-negative finite number, got {}",
-                    ef[i]
-                )));
+                return Err(Error::config(
+                    format!("survey.error_floors[{i}]"),
+                    format!("must be a non-negative finite number, got {}", ef[i]),
+                ));
             }
             survey.calibration.error_floors = ef.clone();
         }
@@ -227,10 +240,10 @@ impl SurveySpec {
 
 fn check_len(key: &str, v: &[f64], n: usize) -> Result<()> {
     if v.len() != n {
-        return Err(Error::Invalid(format!(
-            "{key}: expected {n} values (one per band), got {}",
-            v.len()
-        )));
+        return Err(Error::config(
+            key,
+            format!("expected {n} values (one per band), got {}", v.len()),
+        ));
     }
     Ok(())
 }

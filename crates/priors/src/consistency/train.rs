@@ -262,10 +262,11 @@ impl Trainer {
         let device = teacher.device().clone();
         let (n, d) = samples.dims2()?;
         if d != tcfg.dim || n < 1 {
-            return Err(Error::Invalid(format!(
-                "consistency distillation: need [n >= 1, {}] samples, got [{n}, {d}]",
-                tcfg.dim
-            )));
+            return Err(Error::shape(
+                "consistency distillation: samples",
+                format!("[n >= 1, {}]", tcfg.dim),
+                [n, d],
+            ));
         }
         // A private f32 copy of the teacher with detached weights (a model assembled from
         // trainable variables would otherwise extend every teacher evaluation's graph).

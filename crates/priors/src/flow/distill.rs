@@ -96,11 +96,11 @@ pub fn distill(
     }
     opts.sample_solver
         .validate()
-        .map_err(|e| Error::Invalid(format!("distill.sample_solver: {e}")))?;
+        .map_err(|e| Error::config("distill.sample_solver", e))?;
     opts.teacher_log_prob
         .solver
         .validate()
-        .map_err(|e| Error::Invalid(format!("distill.teacher_log_prob.solver: {e}")))?;
+        .map_err(|e| Error::config("distill.teacher_log_prob.solver", e))?;
     let d = cfg.dim;
 
     let train = teacher_samples(teacher, opts.n_samples, opts, rng)?.to_device(device)?;

@@ -340,12 +340,10 @@ impl FlowModel {
     }
 
     fn check_input(&self, x: &Tensor) -> Result<Tensor> {
-        let (_, d) = x.dims2()?;
+        let (n, d) = x.dims2()?;
         if d != self.config.dim {
-            return Err(Error::Invalid(format!(
-                "flow input has {d} columns, the model has dim {}",
-                self.config.dim
-            )));
+            let expected = format!("[n, {}] (the model's dim)", self.config.dim);
+            return Err(Error::shape("flow input", expected, [n, d]));
         }
         Ok(x.to_device(self.device())?.to_dtype(self.dtype())?)
     }

@@ -46,10 +46,8 @@ impl Prior for FlowPrior {
     fn log_prob(&self, phi: &Tensor) -> Result<Tensor> {
         let dims = phi.dims().to_vec();
         if dims.last() != Some(&N_PARAMS) {
-            return Err(Error::Invalid(format!(
-                "{}: φ must have shape [..., {N_PARAMS}] (got {dims:?})",
-                self.name
-            )));
+            let what = format!("{}: φ", self.name);
+            return Err(Error::shape(what, format!("[..., {N_PARAMS}]"), dims));
         }
         let lead = &dims[..dims.len() - 1];
         let n: usize = lead.iter().product();

@@ -143,12 +143,11 @@ pub fn rq_spline(
     let (pn, pm, pk) = params.dims3()?;
     let k = cfg.bins;
     if (pn, pm, pk) != (n, m, cfg.n_params()) {
-        return Err(Error::Invalid(format!(
-            "rq_spline: params {:?} for input {:?} with {k} bins (expected [{n}, {m}, {}])",
+        return Err(Error::shape(
+            format!("rq_spline: params for input {:?} with {k} bins", x.dims()),
+            format!("[{n}, {m}, {}]", cfg.n_params()),
             params.dims(),
-            x.dims(),
-            cfg.n_params()
-        )));
+        ));
     }
     let bound = cfg.tail_bound;
     let dtype = x.dtype();

@@ -102,11 +102,12 @@ const BUILTIN_SEGMENTS: [(&str, &[u8], &str); 3] = [
 /// Physical θ `[n, 16]` → spectrum-emulator input θ₁₄ `[n, 14]`: drop N and log U, dust2 → √dust2.
 pub fn theta_to_speculator_input(theta: &Tensor) -> Result<Tensor> {
     let theta = theta.to_dtype(DType::F32)?;
-    let d = theta.dim(D::Minus1)?;
-    if d != N_PARAMS {
-        return Err(Error::Invalid(format!(
-            "theta must have {N_PARAMS} columns, got {d}"
-        )));
+    if theta.dim(D::Minus1)? != N_PARAMS {
+        return Err(Error::shape(
+            "theta",
+            format!("[..., {N_PARAMS}]"),
+            theta.dims(),
+        ));
     }
     // θ index of log U (gaslog10U), which the spectrum emulator does not take.
     let gas_u = IDX_Z - 1;
@@ -496,11 +497,7 @@ impl SpectrumPhotometry {
     pub fn absolute_magnitudes(&self, theta: &Tensor) -> Result<Tensor> {
         let n = match theta.dims() {
             [n, N_PARAMS] => *n,
-            d => {
-                return Err(Error::Invalid(format!(
-                    "theta must be [n, {N_PARAMS}], got {d:?}"
-                )));
-            }
+            d => return Err(Error::shape("theta", format!("[n, {N_PARAMS}]"), d)),
         };
         let rows = self.options.rows_per_pass;
         let mut parts = Vec::with_capacity(n.div_ceil(rows));

@@ -151,9 +151,8 @@ impl SpeculatorSegment {
         match theta14.dims() {
             [_, N_INPUTS] => {}
             d => {
-                return Err(Error::Invalid(format!(
-                    "spectrum emulator input must be [n, {N_INPUTS}], got {d:?}"
-                )));
+                let expected = format!("[n, {N_INPUTS}]");
+                return Err(Error::shape("spectrum emulator input", expected, d));
             }
         }
         speculator_pca(
