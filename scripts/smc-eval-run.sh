@@ -3,32 +3,27 @@
 # current folder, which holds kids_eval.csv (scripts/photoz-subsets.py) and cosmos2020_demo.csv.
 # Usage: POPCOSMOS=path/to/popcosmos-cli [MAXB=N] scripts/smc-eval-run.sh NAME kids|cosmos SAMPLER_YAML SEED LIBRARY
 name=$1; survey=$2; sampler=$3; seed=$4; lib=$5
+# The survey's lines; the sampler, initialisation and output lines are shared.
 if [ $survey = kids ]; then
-cat > $name.yaml <<EOT
-survey: {name: kids}
+head='survey: {name: kids}
 catalogue: {path: kids_eval.csv, id_column: id, units: nanomaggies, truth_columns: [zspec], missing_values: [-99.0, 1.0e+29]}
 sps: {weights: "builtin:photulator_kids9", emission_lines: true}
-prior: {kind: prospector-alpha}
-sampler: $sampler
-init: {library_size: $lib}
-output: {dir: $name}
-seed: $seed
-galaxies_per_batch: 50
-EOT
+prior: {kind: prospector-alpha}'
 else
-cat > $name.yaml <<EOT
-survey: {name: cosmos, calibration: leistedt23}
+head='survey: {name: cosmos, calibration: leistedt23}
 catalogue: {path: cosmos2020_demo.csv, id_column: id, units: mjy, flux_pattern: "flux_{band}", error_pattern: "fluxerr_{band}", upper_limits: negative_error, truth_columns: [zspec]}
 sps: {kind: cosmos-photulator, emission_lines: true}
 prior: {kind: prospector-alpha}
-likelihood: {kind: student-t, nu: 2}
+likelihood: {kind: student-t, nu: 2}'
+fi
+cat > $name.yaml <<EOT
+$head
 sampler: $sampler
 init: {library_size: $lib}
 output: {dir: $name}
 seed: $seed
 galaxies_per_batch: 50
 EOT
-fi
 rm -rf $name
 start=$(date +%s)
 RAYON_NUM_THREADS=${THREADS:-1} ${POPCOSMOS:-popcosmos-cli} run $name.yaml --quiet ${MAXB:+--max-batches $MAXB} > $name.log 2>&1

@@ -3,22 +3,53 @@
 mod common;
 use common::*;
 
+use std::path::{Path, PathBuf};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
-fn read(dir: &std::path::Path) -> popcosmos_catalog::ResultTable {
+fn read(dir: &Path) -> popcosmos_catalog::ResultTable {
     popcosmos_catalog::read_results(dir).unwrap()
+}
+
+/// The 6-galaxy test catalogue (3 batches of 2).
+fn tiny_catalogue() -> PathBuf {
+    repo().join("tests/data/cosmos_tiny.csv")
+}
+
+/// `popcosmos-cli ARGS`, which must succeed.
+fn ok(args: &[&str]) -> Output {
+    let o = run(args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    o
+}
+
+/// Write [`tiny_manifest`] over the tiny catalogue, edited by `edit`, to `dir/{stem}.yaml`
+/// with output folder `dir/{stem}`; returns (manifest, output folder).
+fn write_tiny(dir: &Path, stem: &str, edit: impl FnOnce(String) -> String) -> (PathBuf, PathBuf) {
+    let (m, out) = (dir.join(format!("{stem}.yaml")), dir.join(stem));
+    std::fs::write(&m, edit(tiny_manifest(&tiny_catalogue(), &out, ""))).unwrap();
+    (m, out)
+}
+
+/// [`write_tiny`] (stem `out`), then `run` it to completion.
+fn run_tiny(dir: &Path, edit: impl FnOnce(String) -> String) -> (PathBuf, PathBuf) {
+    let (m, out) = write_tiny(dir, "out", edit);
+    ok(&["run", m.to_str().unwrap(), "--quiet"]);
+    (m, out)
+}
+
+/// `reweight RUN --to PRIOR -o OUT EXTRA..`.
+fn reweight(run_dir: &Path, to: &str, out: &Path, extra: &[&str]) -> Output {
+    let (run_dir, out) = (run_dir.to_str().unwrap(), out.to_str().unwrap());
+    run(&[&["reweight", run_dir, "--to", to, "-o", out][..], extra].concat())
 }
 
 #[test]
 fn run_writes_summaries_and_resume_after_kill_matches_uninterrupted_run() {
     let dir = tempdir("resume");
-    let cat = repo().join("tests/data/cosmos_tiny.csv"); // 6 real galaxies → 3 batches of 2
     // Uninterrupted reference run.
-    let full_out = dir.join("full");
-    let m_full = dir.join("full.yaml");
-    std::fs::write(&m_full, tiny_manifest(&cat, &full_out, "")).unwrap();
-    let o = run(&["run", m_full.to_str().unwrap(), "--quiet"]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let (m_full, full_out) = write_tiny(&dir, "full", |m| m);
+    ok(&["run", m_full.to_str().unwrap(), "--quiet"]);
     let full = read(&full_out);
     assert_eq!(full.len(), 6);
     // Percentiles are ordered and z lies in the prior range.
@@ -39,9 +70,7 @@ fn run_writes_summaries_and_resume_after_kill_matches_uninterrupted_run() {
     assert_eq!(record["seed"], 7);
 
     // Interrupted run: kill the process as soon as the first part is on disk.
-    let out = dir.join("killed");
-    let m = dir.join("killed.yaml");
-    std::fs::write(&m, tiny_manifest(&cat, &out, "")).unwrap();
+    let (m, out) = write_tiny(&dir, "killed", |m| m);
     let mut child = cli()
         .args(["run", m.to_str().unwrap(), "--quiet"])
         .spawn()
@@ -72,8 +101,7 @@ fn run_writes_summaries_and_resume_after_kill_matches_uninterrupted_run() {
         "{}",
         stderr(&o)
     );
-    let o = run(&["run", m.to_str().unwrap(), "--resume", "--quiet"]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    ok(&["run", m.to_str().unwrap(), "--resume", "--quiet"]);
     let resumed = read(&out);
     // Every galaxy exactly once, identical to the uninterrupted run.
     let mut ids = resumed.ids.clone();
@@ -96,18 +124,11 @@ fn run_writes_summaries_and_resume_after_kill_matches_uninterrupted_run() {
 #[test]
 fn evaluate_reports_metrics_as_json() {
     let dir = tempdir("evaluate");
-    let cat = repo().join("tests/data/cosmos_tiny.csv");
-    let out = dir.join("out");
-    let m = dir.join("m.yaml");
-    std::fs::write(&m, tiny_manifest(&cat, &out, "")).unwrap();
-    assert!(
-        run(&["run", m.to_str().unwrap(), "--quiet"])
-            .status
-            .success()
-    );
+    let cat = tiny_catalogue();
+    let (_, out) = run_tiny(&dir, |m| m);
     let json = dir.join("metrics.json");
     let truth = format!("{}:zspec", cat.display());
-    let o = run(&[
+    ok(&[
         "evaluate",
         out.to_str().unwrap(),
         "--truth",
@@ -115,7 +136,6 @@ fn evaluate_reports_metrics_as_json() {
         "--json",
         json.to_str().unwrap(),
     ]);
-    assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     // Recompute the metrics from the results and the truth column.
@@ -164,13 +184,12 @@ fn predict_reproduces_photulator_fixture_rows() {
     }
     std::fs::write(&input, text).unwrap();
     let output = dir.join("fluxes.csv");
-    let o = run(&[
+    ok(&[
         "predict",
         input.to_str().unwrap(),
         "-o",
         output.to_str().unwrap(),
     ]);
-    assert!(o.status.success(), "{}", stderr(&o));
     let mut rdr = csv::Reader::from_path(&output).unwrap();
     let header = rdr.headers().unwrap().clone();
     assert_eq!(header.get(0), Some("mag_u_megaprime_sagem"));
@@ -196,18 +215,14 @@ fn hmc_sampler_runs_from_the_manifest_and_adapts_its_step_size() {
     // The HMC kernel through the whole pipeline (autograd through emulators, lines,
     // likelihood and prior). Dual averaging targets 0.8 acceptance during burn-in; the
     // post-burn-in acceptance must land near it for every galaxy.
-    let dir = tempdir("hmc");
-    let cat = repo().join("tests/data/cosmos_tiny.csv");
-    let out = dir.join("out");
-    let m = dir.join("m.yaml");
-    let manifest = tiny_manifest(&cat, &out, "").replace(
-        "sampler: {walkers: 32, steps: 16, burn_in: 8}",
-        "sampler: {kind: hmc, walkers: 4, steps: 60, burn_in: 40, leapfrog_steps: 4, target_accept: 0.8}",
-    );
-    assert!(manifest.contains("kind: hmc"));
-    std::fs::write(&m, manifest).unwrap();
-    let o = run(&["run", m.to_str().unwrap(), "--quiet"]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let (_, out) = run_tiny(&tempdir("hmc"), |m| {
+        let m = m.replace(
+            "sampler: {walkers: 32, steps: 16, burn_in: 8}",
+            "sampler: {kind: hmc, walkers: 4, steps: 60, burn_in: 40, leapfrog_steps: 4, target_accept: 0.8}",
+        );
+        assert!(m.contains("kind: hmc"));
+        m
+    });
     let res = read(&out);
     let acc = res.column("acceptance").unwrap();
     let z = res.column("z_p50").unwrap();
@@ -222,21 +237,17 @@ fn hmc_sampler_runs_from_the_manifest_and_adapts_its_step_size() {
 #[test]
 fn diffusion_prior_runs_from_the_manifest() {
     // `prior: {kind: diffusion}` with the bundled population prior, cheap fixed-step solvers.
-    let dir = tempdir("diffusion");
-    let cat = repo().join("tests/data/cosmos_tiny.csv");
-    let out = dir.join("out");
-    let m = dir.join("m.yaml");
-    let manifest = tiny_manifest(&cat, &out, "")
-        .replace(
-            "prior: {kind: prospector-alpha}",
-            "prior: {kind: diffusion, log_prob: {solver: {method: rk4, steps: 4}}, sample_solver: {method: rk4, steps: 8}}",
-        )
-        .replace("sampler: {walkers: 32, steps: 16, burn_in: 8}", "sampler: {walkers: 32, steps: 6, burn_in: 3}")
-        .replace("library_size: 1500", "library_size: 200");
-    assert!(manifest.contains("kind: diffusion") && manifest.contains("library_size: 200"));
-    std::fs::write(&m, manifest).unwrap();
-    let o = run(&["run", m.to_str().unwrap(), "--quiet"]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let (_, out) = run_tiny(&tempdir("diffusion"), |m| {
+        let m = m
+            .replace(
+                "prior: {kind: prospector-alpha}",
+                "prior: {kind: diffusion, log_prob: {solver: {method: rk4, steps: 4}}, sample_solver: {method: rk4, steps: 8}}",
+            )
+            .replace("sampler: {walkers: 32, steps: 16, burn_in: 8}", "sampler: {walkers: 32, steps: 6, burn_in: 3}")
+            .replace("library_size: 1500", "library_size: 200");
+        assert!(m.contains("kind: diffusion") && m.contains("library_size: 200"));
+        m
+    });
     let res = read(&out);
     assert_eq!(res.len(), 6);
     for &zm in res.column("z_p50").unwrap() {
@@ -290,22 +301,19 @@ fn flow_prior_runs_from_the_manifest_with_hmc() {
     card.sha256 = popcosmos_models::verify::sha256_hex(&bytes);
     std::fs::write(dir.join("flow.card.yaml"), card.to_yaml()).unwrap();
 
-    let cat = repo().join("tests/data/cosmos_tiny.csv");
-    let out = dir.join("out");
-    let m = dir.join("m.yaml");
-    let manifest = tiny_manifest(&cat, &out, "")
-        .replace(
-            "prior: {kind: prospector-alpha}",
-            &format!("prior: {{kind: flow, weights: {}}}", weights.display()),
-        )
-        .replace(
-            "sampler: {walkers: 32, steps: 16, burn_in: 8}",
-            "sampler: {kind: hmc, walkers: 4, steps: 30, burn_in: 20, leapfrog_steps: 4, target_accept: 0.8}",
-        );
-    assert!(manifest.contains("kind: flow") && manifest.contains("kind: hmc"));
-    std::fs::write(&m, manifest).unwrap();
-    let o = run(&["run", m.to_str().unwrap(), "--quiet"]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let (m, out) = run_tiny(&dir, |m| {
+        let m = m
+            .replace(
+                "prior: {kind: prospector-alpha}",
+                &format!("prior: {{kind: flow, weights: {}}}", weights.display()),
+            )
+            .replace(
+                "sampler: {walkers: 32, steps: 16, burn_in: 8}",
+                "sampler: {kind: hmc, walkers: 4, steps: 30, burn_in: 20, leapfrog_steps: 4, target_accept: 0.8}",
+            );
+        assert!(m.contains("kind: flow") && m.contains("kind: hmc"));
+        m
+    });
     let res = read(&out);
     assert_eq!(res.len(), 6);
     for (&a, &zm) in res
@@ -338,27 +346,15 @@ fn reweight_swaps_the_prior_on_a_runs_chains() {
     // galaxy keeps its draws, the summary file has the run's percentile columns plus the
     // importance diagnostics; reweighting to the run's own prior gives equal weights.
     let dir = tempdir("reweight");
-    let cat = repo().join("tests/data/cosmos_tiny.csv");
-    let out = dir.join("out");
-    let m = dir.join("m.yaml");
-    let manifest = tiny_manifest(&cat, &out, "")
-        .replace("prior: {kind: prospector-alpha}", "prior: {kind: uniform}")
-        .replace(
-            "output: {dir: ",
-            "output: {chains: true, chain_thin: 2, dir: ",
-        );
-    std::fs::write(&m, manifest).unwrap();
-    let o = run(&["run", m.to_str().unwrap(), "--quiet"]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let (_, out) = run_tiny(&dir, |m| {
+        m.replace("prior: {kind: prospector-alpha}", "prior: {kind: uniform}")
+            .replace(
+                "output: {dir: ",
+                "output: {chains: true, chain_thin: 2, dir: ",
+            )
+    });
     let same = dir.join("same.parquet");
-    let o = run(&[
-        "reweight",
-        out.to_str().unwrap(),
-        "--to",
-        "uniform",
-        "-o",
-        same.to_str().unwrap(),
-    ]);
+    let o = reweight(&out, "uniform", &same, &[]);
     assert!(o.status.success(), "{}", stderr(&o));
     let t = popcosmos_catalog::results::read_results(&same).unwrap();
     assert_eq!(t.len(), 6);
@@ -373,14 +369,7 @@ fn reweight_swaps_the_prior_on_a_runs_chains() {
         "{ess:?}"
     );
     let swapped = dir.join("swapped.parquet");
-    let o = run(&[
-        "reweight",
-        out.to_str().unwrap(),
-        "--to",
-        "prospector-alpha",
-        "-o",
-        swapped.to_str().unwrap(),
-    ]);
+    let o = reweight(&out, "prospector-alpha", &swapped, &[]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(String::from_utf8_lossy(&o.stdout).contains("median |Δ|/σ"));
     let t = popcosmos_catalog::results::read_results(&swapped).unwrap();
@@ -388,16 +377,7 @@ fn reweight_swaps_the_prior_on_a_runs_chains() {
     assert!(ess.iter().all(|e| *e > 0.0 && *e < 128.0), "{ess:?}");
     assert!(t.column("z_p50").unwrap().iter().all(|z| z.is_finite()));
     // No chains → a clear error naming the folder.
-    let o = run(&[
-        "reweight",
-        dir.to_str().unwrap(),
-        "--to",
-        "uniform",
-        "--from",
-        "uniform",
-        "-o",
-        swapped.to_str().unwrap(),
-    ]);
+    let o = reweight(&dir, "uniform", &swapped, &["--from", "uniform"]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("chains"), "{}", stderr(&o));
 }

@@ -4,7 +4,7 @@
 mod common;
 use common::*;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 fn read(dir: &Path) -> popcosmos_catalog::ResultTable {
     popcosmos_catalog::read_results(dir).unwrap()
@@ -18,20 +18,24 @@ fn merge(out: &Path) -> std::process::Output {
     run(&["merge", out.to_str().unwrap()])
 }
 
+/// Write [`tiny_manifest`] over the 6-galaxy test catalogue to `dir/{stem}.yaml`, with
+/// output folder `dir/{stem}`; returns (manifest, output folder).
+fn write_tiny(dir: &Path, stem: &str) -> (PathBuf, PathBuf) {
+    let (m, out) = (dir.join(format!("{stem}.yaml")), dir.join(stem));
+    let cat = repo().join("tests/data/cosmos_tiny.csv");
+    std::fs::write(&m, tiny_manifest(&cat, &out, "")).unwrap();
+    (m, out)
+}
+
 #[test]
 fn four_shards_merge_to_the_unsharded_run_and_merge_refuses_duplicates_and_gaps() {
     let dir = tempdir("shard");
     // 6 real galaxies in batches of 2 → 3 batches; 4 shards get 0, 1, 1 and 1 batches.
-    let cat = repo().join("tests/data/cosmos_tiny.csv");
-    let single = dir.join("single");
-    let m_single = dir.join("single.yaml");
-    std::fs::write(&m_single, tiny_manifest(&cat, &single, "")).unwrap();
+    let (m_single, single) = write_tiny(&dir, "single");
     let o = run(&["run", m_single.to_str().unwrap(), "--quiet"]);
     assert!(o.status.success(), "{}", stderr(&o));
 
-    let out = dir.join("sharded");
-    let m = dir.join("sharded.yaml");
-    std::fs::write(&m, tiny_manifest(&cat, &out, "")).unwrap();
+    let (m, out) = write_tiny(&dir, "sharded");
     // Shards in reverse order: the partition must not depend on which ran first.
     for i in (0..4).rev() {
         let spec = format!("{i}/4");
@@ -137,10 +141,7 @@ fn four_shards_merge_to_the_unsharded_run_and_merge_refuses_duplicates_and_gaps(
 
 #[test]
 fn bad_shard_specs_are_rejected_by_the_cli() {
-    let dir = tempdir("shard-bad");
-    let cat = repo().join("tests/data/cosmos_tiny.csv");
-    let m = dir.join("m.yaml");
-    std::fs::write(&m, tiny_manifest(&cat, &dir.join("out"), "")).unwrap();
+    let (m, _) = write_tiny(&tempdir("shard-bad"), "out");
     for bad in ["4/4", "1", "x/2"] {
         let o = run(&["run", m.to_str().unwrap(), "--shard", bad, "--quiet"]);
         assert!(!o.status.success());
@@ -151,21 +152,14 @@ fn bad_shard_specs_are_rejected_by_the_cli() {
 #[test]
 fn slurm_writes_an_array_script_over_the_manifest() {
     let dir = tempdir("slurm-script");
-    let cat = repo().join("tests/data/cosmos_tiny.csv");
-    let out = dir.join("out");
-    let m = dir.join("m.yaml");
-    std::fs::write(&m, tiny_manifest(&cat, &out, "")).unwrap();
+    let (m, out) = write_tiny(&dir, "out");
     let script = dir.join("job.sbatch");
-    let o = run(&[
-        "slurm",
-        m.to_str().unwrap(),
-        "--array",
-        "4",
-        "--time",
-        "01:00:00",
-        "-o",
-        script.to_str().unwrap(),
-    ]);
+    // `slurm m.yaml --array 4 --time TIME EXTRA..`
+    let slurm = |time: &str, extra: &[&str]| {
+        let array = ["slurm", m.to_str().unwrap(), "--array", "4", "--time", time];
+        run(&[&array[..], extra].concat())
+    };
+    let o = slurm("01:00:00", &["-o", script.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
     let s = std::fs::read_to_string(&script).unwrap();
     assert!(s.contains("#SBATCH --array=0-3\n") && s.contains("#SBATCH --requeue\n"));
@@ -182,14 +176,7 @@ fn slurm_writes_an_array_script_over_the_manifest() {
         "run '{}' --shard \"${{shard}}/4\" --resume",
         m_abs.display()
     )));
-    let o = run(&[
-        "slurm",
-        m.to_str().unwrap(),
-        "--array",
-        "4",
-        "--time",
-        "24h",
-    ]);
+    let o = slurm("24h", &[]);
     assert!(!o.status.success() && stderr(&o).contains("HH:MM:SS"));
     // The planner needs no manifest.
     let o = run(&["slurm", "--plan", "1e6", "--time", "24:00:00"]);

@@ -117,12 +117,9 @@ fn bench_inference(galaxies: usize, device: &str) -> Result<()> {
         let obs = first_galaxies(&pipeline, galaxies)?;
         let post = pipeline.posterior(&obs);
         let mut rng = popcosmos_api::HostRng::seed_from_u64(1);
-        let lib = popcosmos_inference::init::InitLibrary::build(
-            pipeline.prior.as_ref(),
+        let lib = init_library(
+            &pipeline,
             Some(&popcosmos_priors::UniformPrior::new()),
-            &pipeline.sps,
-            20000,
-            16384,
             &mut rng,
         )?;
         let init = lib.initial_walkers(&post, walkers, 8, 0.05, &mut rng)?;
@@ -180,6 +177,23 @@ fn first_galaxies(pipeline: &Pipeline, galaxies: usize) -> Result<popcosmos_api:
     Ok(chunk.to_observations(&pipeline.device)?)
 }
 
+/// A 20 000-draw initialisation library of the pipeline's prior (`broad`: part of it from
+/// that prior instead), built in batches of 16 384 rows.
+fn init_library(
+    pipeline: &Pipeline,
+    broad: Option<&dyn popcosmos_api::Prior>,
+    rng: &mut popcosmos_api::HostRng,
+) -> Result<popcosmos_inference::init::InitLibrary> {
+    Ok(popcosmos_inference::init::InitLibrary::build(
+        pipeline.prior.as_ref(),
+        broad,
+        &pipeline.sps,
+        20000,
+        16384,
+        rng,
+    )?)
+}
+
 /// The SMC row: the demo manifest with `sampler: {kind: smc}` (defaults), started from a
 /// 20 000-draw prior library; ESS is the median final-stage ESS of the incremental weights.
 fn bench_smc(m: &Manifest, galaxies: usize) -> Result<()> {
@@ -193,14 +207,7 @@ fn bench_smc(m: &Manifest, galaxies: usize) -> Result<()> {
     let obs = first_galaxies(&pipeline, galaxies)?;
     let post = pipeline.posterior(&obs);
     let mut rng = popcosmos_api::HostRng::seed_from_u64(1);
-    let lib = popcosmos_inference::init::InitLibrary::build(
-        pipeline.prior.as_ref(),
-        None,
-        &pipeline.sps,
-        20000,
-        16384,
-        &mut rng,
-    )?;
+    let lib = init_library(&pipeline, None, &mut rng)?;
     let t = Instant::now();
     let (_, diag) = pipeline.sample_smc(&post, &lib, &mut rng)?;
     if let Device::Cuda(_) = pipeline.device {

@@ -122,11 +122,17 @@ fn load(manifest: &Path) -> Result<Loaded> {
     })
 }
 
-fn nu_of(spec: &LikelihoodSpec) -> Option<f64> {
-    match spec {
-        LikelihoodSpec::StudentT { nu } => Some(*nu),
+/// The forward model of `set` under the manifest's SPS emulator and likelihood.
+fn forward_model<'a>(
+    pipeline: &'a Pipeline,
+    set: &'a ObservedSet,
+    errors: &'a EmpiricalErrorModel,
+) -> Result<ForwardModel<'a>> {
+    let nu = match pipeline.manifest.likelihood {
+        LikelihoodSpec::StudentT { nu } => Some(nu),
         LikelihoodSpec::Gaussian {} => None,
-    }
+    };
+    Ok(ForwardModel::new(&pipeline.sps, set, errors, nu)?)
 }
 
 fn initial_flow(reference: &str, pipeline: &Pipeline) -> Result<FlowModel> {
@@ -195,12 +201,7 @@ pub fn fit_population(args: &FitPopulationArgs) -> Result<()> {
         );
     }
     let errors = EmpiricalErrorModel::new(&set, options.error_neighbours);
-    let forward = ForwardModel::new(
-        &pipeline.sps,
-        &set,
-        &errors,
-        nu_of(&pipeline.manifest.likelihood),
-    )?;
+    let forward = forward_model(pipeline, &set, &errors)?;
     let init = initial_flow(&args.initial, pipeline)?;
     let calibration = pipeline.survey.calibration().clone();
     let mut fit = PopulationFit::new(&init, &calibration, forward, &set, options.clone())?;
@@ -606,12 +607,7 @@ pub fn simulate_population(args: &SimulatePopulationArgs) -> Result<()> {
     let source = loaded.catalogue.display().to_string();
     let set = ObservedSet::new(&loaded.chunk, pipeline.survey.bands(), None, 1, &source)?;
     let errors = EmpiricalErrorModel::new(&set, FitOptions::default().error_neighbours);
-    let forward = ForwardModel::new(
-        &pipeline.sps,
-        &set,
-        &errors,
-        nu_of(&pipeline.manifest.likelihood),
-    )?;
+    let forward = forward_model(pipeline, &set, &errors)?;
     let mut calibration: Calibration = pipeline.survey.calibration().clone();
     for spec in &args.zero_point_offsets {
         let (label, factor) = spec

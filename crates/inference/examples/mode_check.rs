@@ -5,8 +5,9 @@
 //! around zspec; then compare the *unconstrained* ln posterior at the best point of each.
 use candle_core::{IndexOp, Tensor};
 use popcosmos_api::{LogDensity, Prior, RandomSource, Result, params::IDX_Z, params::phi_to_theta};
-use popcosmos_inference::{Manifest, Pipeline, init::InitLibrary};
 use popcosmos_samplers::{RunConfig, sample};
+
+mod support;
 
 struct ZConstrained<'a> {
     base: &'a dyn Prior,
@@ -38,32 +39,15 @@ impl Prior for ZConstrained<'_> {
 
 fn main() -> Result<()> {
     popcosmos_api::configure_cpu_threads();
-    let path = std::env::args().nth(1).unwrap();
     let steps: usize = std::env::args()
         .nth(2)
         .map(|s| s.parse().unwrap())
         .unwrap_or(300);
-    let m = Manifest::load(std::path::Path::new(&path))?;
-    let p = Pipeline::new(m)?;
-    let mut reader =
-        popcosmos_catalog::CatalogueReader::open(&p.manifest.catalogue, &p.survey.band_names())
-            .unwrap();
-    let chunk = reader
-        .next_chunk(p.manifest.galaxies_per_batch)
-        .unwrap()
-        .unwrap();
+    let p = support::pipeline()?;
+    let (chunk, obs) = support::first_chunk(&p, p.manifest.galaxies_per_batch)?;
     let zspec: Vec<f32> = chunk.truth["zspec"].iter().map(|&v| v as f32).collect();
     let g = zspec.len();
-    let obs = chunk.to_observations(&p.device)?;
-    let mut rng = popcosmos_api::random::HostRng::seed_from_u64(7);
-    let lib = InitLibrary::build(
-        p.prior.as_ref(),
-        Some(&popcosmos_priors::UniformPrior::new()),
-        &p.sps,
-        p.manifest.init.library_size,
-        8192,
-        &mut rng,
-    )?;
+    let (lib, mut rng) = support::library(&p, p.manifest.init.library_size)?;
     let zs = Tensor::from_vec(zspec.clone(), g, &p.device)?;
     let zc = ZConstrained {
         base: p.prior.as_ref(),

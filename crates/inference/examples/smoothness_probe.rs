@@ -6,27 +6,14 @@
 //! second differences at h = 1e-3 (a smooth function gives ≈ h²·curvature ≈ 0).
 use candle_core::Tensor;
 use popcosmos_api::{LogDensity, N_PARAMS, Result};
-use popcosmos_inference::{Manifest, Pipeline, init::InitLibrary};
+
+mod support;
 
 fn main() -> Result<()> {
     popcosmos_api::configure_cpu_threads();
-    let path = std::env::args().nth(1).unwrap();
-    let m = Manifest::load(std::path::Path::new(&path))?;
-    let p = Pipeline::new(m)?;
-    let mut reader =
-        popcosmos_catalog::CatalogueReader::open(&p.manifest.catalogue, &p.survey.band_names())
-            .unwrap();
-    let chunk = reader.next_chunk(10).unwrap().unwrap();
-    let obs = chunk.to_observations(&p.device)?;
-    let mut rng = popcosmos_api::random::HostRng::seed_from_u64(7);
-    let lib = InitLibrary::build(
-        p.prior.as_ref(),
-        Some(&popcosmos_priors::UniformPrior::new()),
-        &p.sps,
-        30000,
-        8192,
-        &mut rng,
-    )?;
+    let p = support::pipeline()?;
+    let (_, obs) = support::first_chunk(&p, 10)?;
+    let (lib, mut rng) = support::library(&p, 30000)?;
     let post = p.posterior(&obs);
     let start = lib.initial_walkers(&post, 4, 1, 0.0, &mut rng)?;
     let best = popcosmos_inference::adam::refine_walkers(&post, &start, 300, 0.01, 0.0, &mut rng)?

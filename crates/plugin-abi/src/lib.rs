@@ -91,81 +91,47 @@ pub type EntryFn = unsafe extern "C" fn() -> *const PluginHeader;
 
 /// `create(config, config_len, handle_out, err)`: build the plugin object from a UTF-8
 /// configuration string (may be empty).
-pub type CreateFn = unsafe extern "C" fn(
-    config: *const u8,
-    config_len: usize,
-    handle_out: *mut Handle,
-    err: *mut ErrorBuf,
-) -> i32;
+pub type CreateFn = unsafe extern "C" fn(*const u8, usize, *mut Handle, *mut ErrorBuf) -> i32;
 /// `destroy(handle)`: release a handle from `create`. Must not fail.
-pub type DestroyFn = unsafe extern "C" fn(handle: Handle);
+pub type DestroyFn = unsafe extern "C" fn(Handle);
 /// `f(handle, buf, cap, len_out, err)`: a string property.
-pub type StrFn = unsafe extern "C" fn(
-    handle: Handle,
-    buf: *mut u8,
-    cap: usize,
-    len_out: *mut usize,
-    err: *mut ErrorBuf,
-) -> i32;
+pub type StrFn = unsafe extern "C" fn(Handle, *mut u8, usize, *mut usize, *mut ErrorBuf) -> i32;
 /// `f(handle, index, buf, cap, len_out, err)`: a string property of item `index`.
-pub type IndexedStrFn = unsafe extern "C" fn(
-    handle: Handle,
-    index: usize,
-    buf: *mut u8,
-    cap: usize,
-    len_out: *mut usize,
-    err: *mut ErrorBuf,
-) -> i32;
+pub type IndexedStrFn =
+    unsafe extern "C" fn(Handle, usize, *mut u8, usize, *mut usize, *mut ErrorBuf) -> i32;
 /// `f(handle, out, err)`: a count.
-pub type CountFn = unsafe extern "C" fn(handle: Handle, out: *mut usize, err: *mut ErrorBuf) -> i32;
+pub type CountFn = unsafe extern "C" fn(Handle, *mut usize, *mut ErrorBuf) -> i32;
 /// `band_values(handle, band, out, err)`.
-pub type BandValuesFn = unsafe extern "C" fn(
-    handle: Handle,
-    band: usize,
-    out: *mut BandValues,
-    err: *mut ErrorBuf,
-) -> i32;
+pub type BandValuesFn = unsafe extern "C" fn(Handle, usize, *mut BandValues, *mut ErrorBuf) -> i32;
 /// `line_values(handle, line, out, err)`.
-pub type LineValuesFn = unsafe extern "C" fn(
-    handle: Handle,
-    line: usize,
-    out: *mut LineValues,
-    err: *mut ErrorBuf,
-) -> i32;
+pub type LineValuesFn = unsafe extern "C" fn(Handle, usize, *mut LineValues, *mut ErrorBuf) -> i32;
 /// `filter_curve(handle, band, wavelength_aa, transmission, cap, out_len, err)`: the band's
 /// filter curve (observed-frame Å, increasing; photon-counting response), at most `cap`
 /// points into each array; `*out_len` = number of points (0 = no curve for this band).
 pub type FilterCurveFn = unsafe extern "C" fn(
-    handle: Handle,
-    band: usize,
-    wavelength_aa: *mut f64,
-    transmission: *mut f64,
-    cap: usize,
-    out_len: *mut usize,
-    err: *mut ErrorBuf,
+    Handle,
+    usize,
+    *mut f64,
+    *mut f64,
+    usize,
+    *mut usize,
+    *mut ErrorBuf,
 ) -> i32;
 /// `log_prob(handle, phi[n·dim], n, out, out_cap, out_len, err)`: ln p(φ) per row
 /// (−∞ outside the support).
 pub type LogProbFn = unsafe extern "C" fn(
-    handle: Handle,
-    phi: *const f32,
-    n: usize,
-    out: *mut f32,
-    out_cap: usize,
-    out_len: *mut usize,
-    err: *mut ErrorBuf,
+    Handle,
+    *const f32,
+    usize,
+    *mut f32,
+    usize,
+    *mut usize,
+    *mut ErrorBuf,
 ) -> i32;
 /// `sample(handle, n, seed, out, out_cap, out_len, err)`: `n` draws, row-major `[n, dim]`,
 /// a deterministic function of `(seed, n)`.
-pub type SampleFn = unsafe extern "C" fn(
-    handle: Handle,
-    n: usize,
-    seed: u64,
-    out: *mut f32,
-    out_cap: usize,
-    out_len: *mut usize,
-    err: *mut ErrorBuf,
-) -> i32;
+pub type SampleFn =
+    unsafe extern "C" fn(Handle, usize, u64, *mut f32, usize, *mut usize, *mut ErrorBuf) -> i32;
 
 /// Numbers of one band.
 #[repr(C)]
@@ -289,41 +255,38 @@ pub trait PriorPlugin: Sized + Send + Sync + 'static {
     fn sample(&self, n: usize, seed: u64) -> Result<Vec<f32>, String>;
 }
 
-/// Build a survey vtable for `T` (used by [`declare_survey_plugin!`]). `name` and `version`
-/// must end with a NUL byte.
-pub const fn survey_vtable<T: SurveyPlugin>(
-    name: &'static str,
-    version: &'static str,
-) -> SurveyVTable {
-    SurveyVTable {
-        header: header(KIND_SURVEY, name, version),
-        create: shim::survey_create::<T>,
-        destroy: shim::destroy::<T>,
-        name: shim::survey_name::<T>,
-        n_bands: shim::n_bands::<T>,
-        band_name: shim::band_name::<T>,
-        band_label: shim::band_label::<T>,
-        band_values: shim::band_values::<T>,
-        n_lines: shim::n_lines::<T>,
-        line_values: shim::line_values::<T>,
-        filter_curve: shim::filter_curve::<T>,
+/// `pub const fn $builder<T: $plugin>(name, version) -> $vtable`: the vtable of a plugin
+/// kind; `destroy` is the same for every kind, every other field is the shim of its name.
+macro_rules! vtable_builder {
+    ($(#[$doc:meta])* $builder:ident<$plugin:ident> -> $vtable:ident = $kind:ident
+        { create: $create:ident, name: $name:ident, $($field:ident),* }) => {
+        $(#[$doc])*
+        pub const fn $builder<T: $plugin>(name: &'static str, version: &'static str) -> $vtable {
+            $vtable {
+                header: header($kind, name, version),
+                create: shim::$create::<T>,
+                destroy: shim::destroy::<T>,
+                name: shim::$name::<T>,
+                $($field: shim::$field::<T>,)*
+            }
+        }
+    };
+}
+
+vtable_builder! {
+    /// Build a survey vtable for `T` (used by [`declare_survey_plugin!`]). `name` and
+    /// `version` must end with a NUL byte.
+    survey_vtable<SurveyPlugin> -> SurveyVTable = KIND_SURVEY {
+        create: survey_create, name: survey_name,
+        n_bands, band_name, band_label, band_values, n_lines, line_values, filter_curve
     }
 }
 
-/// Build a prior vtable for `T` (used by [`declare_prior_plugin!`]). `name` and `version`
-/// must end with a NUL byte.
-pub const fn prior_vtable<T: PriorPlugin>(
-    name: &'static str,
-    version: &'static str,
-) -> PriorVTable {
-    PriorVTable {
-        header: header(KIND_PRIOR, name, version),
-        create: shim::prior_create::<T>,
-        destroy: shim::destroy::<T>,
-        name: shim::prior_name::<T>,
-        dim: shim::dim::<T>,
-        log_prob: shim::log_prob::<T>,
-        sample: shim::sample::<T>,
+vtable_builder! {
+    /// Build a prior vtable for `T` (used by [`declare_prior_plugin!`]). `name` and `version`
+    /// must end with a NUL byte.
+    prior_vtable<PriorPlugin> -> PriorVTable = KIND_PRIOR {
+        create: prior_create, name: prior_name, dim, log_prob, sample
     }
 }
 
@@ -349,15 +312,7 @@ const fn header(kind: u32, name: &'static str, version: &'static str) -> PluginH
 #[macro_export]
 macro_rules! declare_survey_plugin {
     ($ty:ty) => {
-        /// popcosmos plugin entry point (see the popcosmos-plugin-abi crate).
-        #[unsafe(no_mangle)]
-        pub extern "C" fn popcosmos_plugin_entry() -> *const $crate::PluginHeader {
-            static VTABLE: $crate::SurveyVTable = $crate::survey_vtable::<$ty>(
-                concat!(env!("CARGO_PKG_NAME"), "\0"),
-                concat!(env!("CARGO_PKG_VERSION"), "\0"),
-            );
-            &VTABLE.header
-        }
+        $crate::__declare_plugin!(SurveyVTable, survey_vtable, $ty);
     };
 }
 
@@ -369,10 +324,20 @@ macro_rules! declare_survey_plugin {
 #[macro_export]
 macro_rules! declare_prior_plugin {
     ($ty:ty) => {
+        $crate::__declare_plugin!(PriorVTable, prior_vtable, $ty);
+    };
+}
+
+/// The entry symbol of [`declare_survey_plugin!`] / [`declare_prior_plugin!`]: a static
+/// `$vtable` built by `$builder::<$ty>` with the package's name and version.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __declare_plugin {
+    ($vtable:ident, $builder:ident, $ty:ty) => {
         /// popcosmos plugin entry point (see the popcosmos-plugin-abi crate).
         #[unsafe(no_mangle)]
         pub extern "C" fn popcosmos_plugin_entry() -> *const $crate::PluginHeader {
-            static VTABLE: $crate::PriorVTable = $crate::prior_vtable::<$ty>(
+            static VTABLE: $crate::$vtable = $crate::$builder::<$ty>(
                 concat!(env!("CARGO_PKG_NAME"), "\0"),
                 concat!(env!("CARGO_PKG_VERSION"), "\0"),
             );
@@ -427,25 +392,41 @@ mod shim {
         e.len = msg.len();
     }
 
-    /// Copy `s` (truncated to `cap`) into `buf` and store its full length in `len_out`.
-    unsafe fn write_str(
-        s: &str,
-        buf: *mut u8,
+    /// Copy `values` (at most `cap`) to `out` and store their full number in `len_out`;
+    /// `what` names the buffer in the null-pointer error.
+    unsafe fn write_slice<V: Copy>(
+        values: &[V],
+        out: *mut V,
         cap: usize,
         len_out: *mut usize,
+        what: &str,
     ) -> Result<(), String> {
         if len_out.is_null() {
             return Err("null length pointer".into());
         }
-        let n = s.len().min(cap);
+        let n = values.len().min(cap);
         if n > 0 {
-            if buf.is_null() {
-                return Err("null string buffer".into());
+            if out.is_null() {
+                return Err(format!("null {what} buffer"));
             }
-            unsafe { std::ptr::copy_nonoverlapping(s.as_ptr(), buf, n) };
+            unsafe { std::ptr::copy_nonoverlapping(values.as_ptr(), out, n) };
         }
-        unsafe { *len_out = s.len() };
+        unsafe { *len_out = values.len() };
         Ok(())
+    }
+
+    /// Copy the string from `get` (truncated to `cap`) into `buf` and store its full length
+    /// in `len_out`.
+    unsafe fn write_string(
+        buf: *mut u8,
+        cap: usize,
+        len_out: *mut usize,
+        err: *mut ErrorBuf,
+        get: impl FnOnce() -> Result<String, String>,
+    ) -> i32 {
+        guard(err, || unsafe {
+            write_slice(get()?.as_bytes(), buf, cap, len_out, "string")
+        })
     }
 
     unsafe fn this<'a, T>(handle: Handle) -> Result<&'a T, String> {
@@ -459,45 +440,43 @@ mod shim {
         format!("{what} index {i} out of range (the plugin has {n})")
     }
 
-    /// Copy `values` (at most `cap`) to `out` and report their number in `out_len`.
-    unsafe fn write_values(
-        values: &[f32],
-        out: *mut f32,
-        cap: usize,
-        out_len: *mut usize,
-    ) -> Result<(), String> {
-        if out_len.is_null() {
-            return Err("null length pointer".into());
+    fn write_count(out: *mut usize, n: usize) -> Result<(), String> {
+        if out.is_null() {
+            return Err("null output pointer".into());
         }
-        let n = values.len().min(cap);
-        if n > 0 {
-            if out.is_null() {
-                return Err("null output buffer".into());
-            }
-            unsafe { std::ptr::copy_nonoverlapping(values.as_ptr(), out, n) };
-        }
-        unsafe { *out_len = values.len() };
+        unsafe { *out = n };
         Ok(())
     }
 
-    /// `create` for a [`SurveyPlugin`].
-    pub unsafe extern "C" fn survey_create<T: SurveyPlugin>(
-        config: *const u8,
-        config_len: usize,
-        handle_out: *mut Handle,
-        err: *mut ErrorBuf,
-    ) -> i32 {
-        unsafe { create_with(config, config_len, handle_out, err, T::create) }
+    /// `$create` and `$name` (the `create` and `name` entries) for a `$plugin` type.
+    macro_rules! kind_shims {
+        ($($plugin:ident: $create:ident, $name:ident;)*) => {$(
+            #[doc = concat!("`create` for a [`", stringify!($plugin), "`].")]
+            pub unsafe extern "C" fn $create<T: $plugin>(
+                config: *const u8,
+                config_len: usize,
+                handle_out: *mut Handle,
+                err: *mut ErrorBuf,
+            ) -> i32 {
+                unsafe { create_with(config, config_len, handle_out, err, T::create) }
+            }
+
+            #[doc = concat!("`name` for a [`", stringify!($plugin), "`].")]
+            pub unsafe extern "C" fn $name<T: $plugin>(
+                handle: Handle,
+                buf: *mut u8,
+                cap: usize,
+                len_out: *mut usize,
+                err: *mut ErrorBuf,
+            ) -> i32 {
+                unsafe { write_string(buf, cap, len_out, err, || Ok(this::<T>(handle)?.name())) }
+            }
+        )*};
     }
 
-    /// `create` for a [`PriorPlugin`].
-    pub unsafe extern "C" fn prior_create<T: PriorPlugin>(
-        config: *const u8,
-        config_len: usize,
-        handle_out: *mut Handle,
-        err: *mut ErrorBuf,
-    ) -> i32 {
-        unsafe { create_with(config, config_len, handle_out, err, T::create) }
+    kind_shims! {
+        SurveyPlugin: survey_create, survey_name;
+        PriorPlugin: prior_create, prior_name;
     }
 
     unsafe fn create_with<T>(
@@ -536,35 +515,26 @@ mod shim {
         }
     }
 
-    pub unsafe extern "C" fn survey_name<T: SurveyPlugin>(
-        handle: Handle,
-        buf: *mut u8,
-        cap: usize,
-        len_out: *mut usize,
-        err: *mut ErrorBuf,
-    ) -> i32 {
-        guard(err, || unsafe {
-            write_str(&this::<T>(handle)?.name(), buf, cap, len_out)
-        })
+    /// Count entries: `$name` writes `$count` of the `$plugin` `$p` to `out`.
+    macro_rules! count_shims {
+        ($($name:ident<$plugin:ident>(|$p:ident| $count:expr);)*) => {$(
+            pub unsafe extern "C" fn $name<T: $plugin>(
+                handle: Handle,
+                out: *mut usize,
+                err: *mut ErrorBuf,
+            ) -> i32 {
+                guard(err, || {
+                    let $p = unsafe { this::<T>(handle)? };
+                    write_count(out, $count)
+                })
+            }
+        )*};
     }
 
-    pub unsafe extern "C" fn n_bands<T: SurveyPlugin>(
-        handle: Handle,
-        out: *mut usize,
-        err: *mut ErrorBuf,
-    ) -> i32 {
-        guard(err, || {
-            let n = unsafe { this::<T>(handle)? }.bands().len();
-            write_count(out, n)
-        })
-    }
-
-    fn write_count(out: *mut usize, n: usize) -> Result<(), String> {
-        if out.is_null() {
-            return Err("null output pointer".into());
-        }
-        unsafe { *out = n };
-        Ok(())
+    count_shims! {
+        n_bands<SurveyPlugin>(|s| s.bands().len());
+        n_lines<SurveyPlugin>(|s| s.emission_lines().len());
+        dim<PriorPlugin>(|p| p.dim());
     }
 
     fn band<T: SurveyPlugin>(handle: Handle, i: usize) -> Result<BandDef, String> {
@@ -576,31 +546,24 @@ mod shim {
         Ok(bands.swap_remove(i))
     }
 
-    pub unsafe extern "C" fn band_name<T: SurveyPlugin>(
-        handle: Handle,
-        band: usize,
-        buf: *mut u8,
-        cap: usize,
-        len_out: *mut usize,
-        err: *mut ErrorBuf,
-    ) -> i32 {
-        guard(err, || unsafe {
-            write_str(&self::band::<T>(handle, band)?.name, buf, cap, len_out)
-        })
+    /// Band strings: `$name` writes the `$field` of a band.
+    macro_rules! band_str_shims {
+        ($($name:ident: $field:ident),*) => {$(
+            pub unsafe extern "C" fn $name<T: SurveyPlugin>(
+                handle: Handle,
+                band: usize,
+                buf: *mut u8,
+                cap: usize,
+                len_out: *mut usize,
+                err: *mut ErrorBuf,
+            ) -> i32 {
+                let get = || Ok(self::band::<T>(handle, band)?.$field);
+                unsafe { write_string(buf, cap, len_out, err, get) }
+            }
+        )*};
     }
 
-    pub unsafe extern "C" fn band_label<T: SurveyPlugin>(
-        handle: Handle,
-        band: usize,
-        buf: *mut u8,
-        cap: usize,
-        len_out: *mut usize,
-        err: *mut ErrorBuf,
-    ) -> i32 {
-        guard(err, || unsafe {
-            write_str(&self::band::<T>(handle, band)?.label, buf, cap, len_out)
-        })
-    }
+    band_str_shims!(band_name: name, band_label: label);
 
     pub unsafe extern "C" fn band_values<T: SurveyPlugin>(
         handle: Handle,
@@ -621,16 +584,6 @@ mod shim {
                 }
             };
             Ok(())
-        })
-    }
-
-    pub unsafe extern "C" fn n_lines<T: SurveyPlugin>(
-        handle: Handle,
-        out: *mut usize,
-        err: *mut ErrorBuf,
-    ) -> i32 {
-        guard(err, || {
-            write_count(out, unsafe { this::<T>(handle)? }.emission_lines().len())
         })
     }
 
@@ -702,65 +655,47 @@ mod shim {
         })
     }
 
-    pub unsafe extern "C" fn prior_name<T: PriorPlugin>(
-        handle: Handle,
-        buf: *mut u8,
-        cap: usize,
-        len_out: *mut usize,
-        err: *mut ErrorBuf,
-    ) -> i32 {
-        guard(err, || unsafe {
-            write_str(&this::<T>(handle)?.name(), buf, cap, len_out)
-        })
+    /// Row-output entries of a prior: `$name(handle, $args.., out, out_cap, out_len, err)`
+    /// writes the values `$values` of the prior `$p` (at most `out_cap`) to `out`.
+    macro_rules! rows_shims {
+        ($($name:ident($($arg:ident: $ty:ty),*) |$p:ident| $values:expr;)*) => {$(
+            pub unsafe extern "C" fn $name<T: PriorPlugin>(
+                handle: Handle,
+                $($arg: $ty,)*
+                out: *mut f32,
+                out_cap: usize,
+                out_len: *mut usize,
+                err: *mut ErrorBuf,
+            ) -> i32 {
+                guard(err, || {
+                    let $p = unsafe { this::<T>(handle)? };
+                    let values = $values?;
+                    unsafe { write_slice(&values, out, out_cap, out_len, "output") }
+                })
+            }
+        )*};
     }
 
-    pub unsafe extern "C" fn dim<T: PriorPlugin>(
-        handle: Handle,
-        out: *mut usize,
-        err: *mut ErrorBuf,
-    ) -> i32 {
-        guard(err, || {
-            write_count(out, unsafe { this::<T>(handle)? }.dim())
-        })
+    rows_shims! {
+        log_prob(phi: *const f32, n: usize) |prior| unsafe { log_prob_rows(prior, phi, n) };
+        sample(n: usize, seed: u64) |prior| prior.sample(n, seed);
     }
 
-    pub unsafe extern "C" fn log_prob<T: PriorPlugin>(
-        handle: Handle,
+    /// `log_prob` of `n` rows of `phi` (`n · dim` values; null only when that is 0).
+    unsafe fn log_prob_rows<T: PriorPlugin>(
+        prior: &T,
         phi: *const f32,
         n: usize,
-        out: *mut f32,
-        out_cap: usize,
-        out_len: *mut usize,
-        err: *mut ErrorBuf,
-    ) -> i32 {
-        guard(err, || {
-            let prior = unsafe { this::<T>(handle)? };
-            let len = n.checked_mul(prior.dim()).ok_or("batch size overflows")?;
-            let phi = if len == 0 {
-                &[][..]
-            } else if phi.is_null() {
-                return Err("null φ buffer".into());
-            } else {
-                unsafe { std::slice::from_raw_parts(phi, len) }
-            };
-            let lp = prior.log_prob(phi, n)?;
-            unsafe { write_values(&lp, out, out_cap, out_len) }
-        })
-    }
-
-    pub unsafe extern "C" fn sample<T: PriorPlugin>(
-        handle: Handle,
-        n: usize,
-        seed: u64,
-        out: *mut f32,
-        out_cap: usize,
-        out_len: *mut usize,
-        err: *mut ErrorBuf,
-    ) -> i32 {
-        guard(err, || {
-            let draws = unsafe { this::<T>(handle)? }.sample(n, seed)?;
-            unsafe { write_values(&draws, out, out_cap, out_len) }
-        })
+    ) -> Result<Vec<f32>, String> {
+        let len = n.checked_mul(prior.dim()).ok_or("batch size overflows")?;
+        let phi = if len == 0 {
+            &[][..]
+        } else if phi.is_null() {
+            return Err("null φ buffer".into());
+        } else {
+            unsafe { std::slice::from_raw_parts(phi, len) }
+        };
+        prior.log_prob(phi, n)
     }
 }
 

@@ -16,12 +16,7 @@ fn main() -> anyhow::Result<()> {
     let reference = {
         let m64 = model.to_dtype(DType::F64)?;
         let tight = LogProbOptions {
-            solver: OdeSolver::Dopri5 {
-                atol: 1e-8,
-                rtol: 1e-8,
-                min_step: 0.0,
-                max_steps: 100_000,
-            },
+            solver: OdeSolver::tight(),
             ..Default::default()
         };
         m64.log_prob(&phi.narrow(0, 0, 16)?, None, &tight, None)?

@@ -135,6 +135,30 @@ pub(crate) fn mask_to_neg_inf(finite: &Tensor, log_prob: &Tensor) -> Result<Tens
     Ok(finite.where_cond(log_prob, &neg_inf)?)
 }
 
+/// A learned prior's ln p of φ `[..., 16]`, row by row: φ flattened to `[n, 16]` on `device`
+/// in `dtype`, rows with a non-finite coordinate evaluated by `per_row` at 0 and masked to −∞;
+/// returns f32 `[...]` on φ's device.
+pub(crate) fn log_prob_by_rows(
+    phi: &Tensor,
+    device: &Device,
+    dtype: DType,
+    per_row: impl FnOnce(&Tensor) -> Result<Tensor>,
+) -> Result<Tensor> {
+    let dims = phi.dims();
+    let lead = &dims[..dims.len() - 1];
+    let n: usize = lead.iter().product();
+    let flat = phi
+        .reshape((n, N_PARAMS))?
+        .to_device(device)?
+        .to_dtype(dtype)?;
+    let (finite, safe) = finite_rows(&flat)?;
+    let lp = mask_to_neg_inf(&finite, &per_row(&safe)?)?;
+    Ok(lp
+        .to_dtype(DType::F32)?
+        .reshape(lead)?
+        .to_device(phi.device())?)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

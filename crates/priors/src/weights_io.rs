@@ -1,10 +1,11 @@
 //! Shared safetensors I/O of the learned priors: every model file carries its `format` and a
-//! JSON `config` in the safetensors metadata, and is written atomically.
+//! JSON `config` in the safetensors metadata, and is written atomically. Also the pieces of
+//! training state the trainers share (standardisation, learning rate, EMA, checkpoints).
 
 use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
 use popcosmos_api::{Error, Result};
 use serde::{Serialize, de::DeserializeOwned};
@@ -84,6 +85,71 @@ pub fn vector(
     Ok(t.flatten_all()?.to_device(device)?)
 }
 
+/// The `config` of a model file of format `format` (checked by `validate`, whose message
+/// becomes a format error) and its tensors (f32 on `device`).
+pub fn read_model<C: DeserializeOwned>(
+    bytes: &[u8],
+    file: &str,
+    format: &str,
+    device: &Device,
+    validate: impl FnOnce(&C) -> std::result::Result<(), String>,
+) -> Result<(C, HashMap<String, Tensor>)> {
+    let meta = read_metadata(bytes, file)?;
+    check_format(&meta, format, file)?;
+    let config: C = read_config(&meta, file)?;
+    validate(&config).map_err(|message| format_error(file, message))?;
+    Ok((config, read_tensors(bytes, file, device)?))
+}
+
+/// The standardisation `(x_shift, x_scale)` of a model file, `dim` elements each, on `device`.
+pub fn standardisation(
+    tensors: &HashMap<String, Tensor>,
+    dim: usize,
+    file: &str,
+    device: &Device,
+) -> Result<(Tensor, Tensor)> {
+    let get = |key: &str| vector(tensors, key, dim, file, device);
+    Ok((get("x_shift")?, get("x_scale")?))
+}
+
+/// The methods every learned model over a standardised variable shares, for a type with
+/// `x_shift` and `x_scale` fields and a `from_bytes` constructor: `load` (with the doc
+/// comment given), `dtype` and `device` (those of the field `$typed`), the standardisation
+/// and its two maps.
+macro_rules! standardised_model_methods {
+    ($(#[$load_doc:meta])* typed_by: $typed:ident) => {
+        $(#[$load_doc])*
+        pub fn load(path: impl AsRef<std::path::Path>, device: &Device) -> Result<Self> {
+            let path = path.as_ref();
+            let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+            Self::from_bytes(&bytes, &path.display().to_string(), device)
+        }
+        pub fn dtype(&self) -> DType {
+            self.$typed.dtype()
+        }
+        pub fn device(&self) -> &Device {
+            self.$typed.device()
+        }
+        pub fn x_shift(&self) -> &Tensor {
+            &self.x_shift
+        }
+        pub fn x_scale(&self) -> &Tensor {
+            &self.x_scale
+        }
+        /// Physical → standardised x.
+        pub fn standardise(&self, x: &Tensor) -> Result<Tensor> {
+            Ok(x.broadcast_sub(&self.x_shift)?
+                .broadcast_div(&self.x_scale)?)
+        }
+        /// Standardised → physical x.
+        pub fn unstandardise(&self, x: &Tensor) -> Result<Tensor> {
+            Ok(x.broadcast_mul(&self.x_scale)?
+                .broadcast_add(&self.x_shift)?)
+        }
+    };
+}
+pub(crate) use standardised_model_methods;
+
 /// The training step stored by a trainer's checkpoint (`train_step` metadata).
 pub fn checkpoint_step(meta: &HashMap<String, String>, file: &str) -> Result<usize> {
     meta.get("train_step")
@@ -94,6 +160,47 @@ pub fn checkpoint_step(meta: &HashMap<String, String>, file: &str) -> Result<usi
                 "not a training checkpoint (no `train_step` metadata)".into(),
             )
         })
+}
+
+/// Column means and standard deviations of training data `x` `[n, D]`; an error names the
+/// first column (of the `what` data) without a finite, positive spread.
+pub fn mean_std(x: &Tensor, what: &str) -> Result<(Tensor, Tensor)> {
+    let mean = x.mean(0)?;
+    let std = x.broadcast_sub(&mean)?.sqr()?.mean(0)?.sqrt()?;
+    let s: Vec<f32> = std.to_vec1()?;
+    if let Some(i) = s.iter().position(|v| !(v.is_finite() && *v > 0.0)) {
+        return Err(Error::Invalid(format!(
+            "{what} column {i} has zero or non-finite spread; drop it or fix the samples"
+        )));
+    }
+    Ok((mean, std))
+}
+
+/// The learning rate at `step` of `steps`: cosine decay from `lr` to `lr · final_fraction`.
+pub fn cosine_learning_rate(lr: f64, final_fraction: f64, step: usize, steps: usize) -> f64 {
+    let frac = step as f64 / steps.max(1) as f64;
+    let cosine = 0.5 * (1.0 + (std::f64::consts::PI * frac.min(1.0)).cos());
+    lr * (final_fraction + (1.0 - final_fraction) * cosine)
+}
+
+/// Move every `(name, average)` of `ema` towards the variable `name` of `varmap`:
+/// a ← `decay` · a + (1 − `decay`) · v, detached (an EMA must not chain every step into one
+/// autograd graph).
+pub fn update_ema(varmap: &VarMap, ema: &mut [(String, Tensor)], decay: f64) -> Result<()> {
+    let vars = varmap.data().lock().expect("varmap lock");
+    for (name, e) in ema.iter_mut() {
+        let v = vars[name.as_str()].as_tensor().detach();
+        *e = ((&*e * decay)? + (v * (1.0 - decay))?)?.detach();
+    }
+    Ok(())
+}
+
+/// A trainer's variables sorted by name (a fixed order keeps the optimiser reproducible).
+pub fn sorted_vars(varmap: &VarMap) -> Vec<Var> {
+    let vars = varmap.data().lock().expect("varmap lock");
+    let mut named: Vec<(&String, &Var)> = vars.iter().collect();
+    named.sort_by(|a, b| a.0.cmp(b.0));
+    named.into_iter().map(|(_, v)| v.clone()).collect()
 }
 
 /// A trainer's variables: detached copies, sorted by name.

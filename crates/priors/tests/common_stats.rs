@@ -1,6 +1,29 @@
 //! Small statistics helpers shared by the sampling tests.
 #![allow(dead_code)]
 
+/// `n` draws of `prior` (seeded by `rng`) as θ rows, after checking that every draw has a
+/// finite log-density.
+pub fn theta_draws(
+    prior: &dyn popcosmos_api::Prior,
+    n: usize,
+    rng: &mut dyn popcosmos_api::RandomSource,
+) -> Vec<Vec<f64>> {
+    use candle_core::{DType, Device};
+    let phi = prior.sample(n, rng, &Device::Cpu).unwrap();
+    assert_eq!(phi.dims(), &[n, 16]);
+    let lp = prior.log_prob(&phi).unwrap().to_vec1::<f32>().unwrap();
+    assert!(
+        lp.iter().all(|v| v.is_finite()),
+        "non-finite log_prob among draws"
+    );
+    popcosmos_api::params::phi_to_theta(&phi)
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_vec2::<f64>()
+        .unwrap()
+}
+
 /// One-sample Kolmogorov–Smirnov statistic against a CDF, and its asymptotic p-value.
 pub use popcosmos_api::stats::ks_one_sample as ks_test;
 

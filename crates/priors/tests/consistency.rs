@@ -2,38 +2,19 @@
 //! distillation of a small diffusion teacher on a correlated 2-D Gaussian, the file round
 //! trip, and the classifier two-sample test.
 
+mod support;
+
 use std::collections::HashMap;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use popcosmos_api::{HostRng, RandomSource, Shape, testing::max_abs_diff};
 use popcosmos_priors::consistency::{
     self, CdLoss, ClassifierOptions, ConsistencyModel, TeacherStep, TrainOptions, Trainer,
 };
-use popcosmos_priors::diffusion::{self, Activation, DiffusionModel, OdeSolver, SdeConfig};
-
-const MU: [f64; 2] = [1.0, -2.0];
-// Σ = L Lᵀ with L = [[2, 0], [1.2, 0.5]] → σ₁ = 2, σ₂ = 1.3, ρ = 0.923.
-const L: [[f64; 2]; 2] = [[2.0, 0.0], [1.2, 0.5]];
-
-fn gaussian_draws(n: usize, seed: u64) -> Tensor {
-    let mut rng = HostRng::seed_from_u64(seed);
-    let z: Vec<Vec<f32>> = rng
-        .normal(&Shape::from((n, 2)), &Device::Cpu)
-        .unwrap()
-        .to_vec2()
-        .unwrap();
-    let x: Vec<f32> = z
-        .iter()
-        .flat_map(|r| {
-            let (a, b) = (r[0] as f64, r[1] as f64);
-            [
-                (MU[0] + L[0][0] * a) as f32,
-                (MU[1] + L[1][0] * a + L[1][1] * b) as f32,
-            ]
-        })
-        .collect();
-    Tensor::from_vec(x, (n, 2), &Device::Cpu).unwrap()
-}
+use popcosmos_priors::diffusion::{self, DiffusionModel, OdeSolver};
+use support::{
+    file_metadata, gaussian_draws, moments, note, reseed_trainer, toy_diffusion_options,
+};
 
 fn bundled_teacher() -> DiffusionModel {
     let path = concat!(
@@ -48,73 +29,44 @@ fn bundled_teacher() -> DiffusionModel {
 /// resumes from), so the teacher is the same on every run.
 fn toy_teacher(steps: usize) -> DiffusionModel {
     let opts = diffusion::TrainOptions {
-        hidden: vec![64, 64],
-        activation: Activation::Silu,
-        embedding_dim: 16,
-        fourier_scale: 4.0,
-        no_sigma: false,
-        sde: SdeConfig::vp_default(),
-        steps,
         batch_size: 512,
         learning_rate: 1e-2,
-        final_lr_fraction: 0.05,
         ema_decay: 0.98,
-        seed: 2,
+        ..toy_diffusion_options(steps)
     };
     let dev = Device::Cpu;
     let mut t =
         diffusion::Trainer::new(&gaussian_draws(20_000, 1), None, vec![], vec![], opts, &dev)
             .unwrap();
     // Seeded initial weights: rewrite the step-0 checkpoint's raw and EMA weights.
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("init.safetensors");
-    t.save(&path, &HashMap::new()).unwrap();
-    let bytes = std::fs::read(&path).unwrap();
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
-    let meta = meta.metadata().clone().unwrap();
-    let mut tensors: Vec<(String, Tensor)> = candle_core::safetensors::load_buffer(&bytes, &dev)
-        .unwrap()
-        .into_iter()
-        .collect();
-    tensors.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut rng = HostRng::seed_from_u64(20);
-    let mut fresh: HashMap<String, Tensor> = HashMap::new();
-    for (name, v) in &tensors {
-        if let Some(layer) = name.strip_prefix("train.raw.") {
-            let w = if layer.ends_with("weight") {
+    reseed_trainer(&mut t, |tensors| {
+        let mut rng = HostRng::seed_from_u64(20);
+        let mut raw: Vec<String> = tensors
+            .keys()
+            .filter(|k| k.starts_with("train.raw."))
+            .cloned()
+            .collect();
+        raw.sort();
+        for name in raw {
+            let v = &tensors[&name];
+            let w = if name.ends_with("weight") {
                 (rng.normal(v.shape(), &dev).unwrap() * (2.0 / v.dim(1).unwrap() as f64).sqrt())
                     .unwrap()
             } else {
                 (rng.uniform(v.shape(), &dev).unwrap().affine(0.2, -0.1)).unwrap()
             };
-            fresh.insert(format!("score_net.{layer}"), w.clone());
-            fresh.insert(name.clone(), w);
+            let ema = format!("score_net.{}", &name["train.raw.".len()..]);
+            if let Some(e) = tensors.get_mut(&ema) {
+                *e = w.clone();
+            }
+            tensors.insert(name, w);
         }
-    }
-    for (name, v) in tensors.iter_mut() {
-        if let Some(w) = fresh.get(name) {
-            *v = w.clone();
-        }
-    }
-    safetensors::serialize_to_file(tensors, Some(meta), &path).unwrap();
-    t.resume(&path).unwrap();
+    });
     let mut rng = HostRng::seed_from_u64(3);
     for _ in 0..steps {
         t.step(&mut rng).unwrap();
     }
     t.model().unwrap()
-}
-
-fn moments(x: &Tensor) -> ([f64; 2], [f64; 2]) {
-    let s: Vec<Vec<f64>> = x.to_dtype(DType::F64).unwrap().to_vec2().unwrap();
-    let n = s.len() as f64;
-    let mut m = [0.0; 2];
-    let mut v = [0.0; 2];
-    for j in 0..2 {
-        m[j] = s.iter().map(|r| r[j]).sum::<f64>() / n;
-        v[j] = (s.iter().map(|r| (r[j] - m[j]).powi(2)).sum::<f64>() / n).sqrt();
-    }
-    (m, v)
 }
 
 /// A seeded, untrained (32×32) consistency model for `teacher` (8 cheap teacher draws).
@@ -200,7 +152,7 @@ fn distils_a_small_teacher() {
     let (t_x, _) = teacher
         .sample_ode(&base, None, &OdeSolver::Rk4 { steps: 40 })
         .unwrap();
-    let (tm, ts) = moments(&t_x);
+    let (tm, ts, _) = moments(&t_x);
     eprintln!(
         "teacher   mean ({:.3}, {:.3}) sd ({:.3}, {:.3})",
         tm[0], tm[1], ts[0], ts[1]
@@ -208,7 +160,7 @@ fn distils_a_small_teacher() {
     let mut errs = Vec::new();
     for steps in [1, 2, 4] {
         let x = cm.sample(n, steps, &mut rng).unwrap();
-        let (m, s) = moments(&x);
+        let (m, s, _) = moments(&x);
         // Mean error in teacher sd units and relative sd error, worst coordinate.
         let err_m = (0..2)
             .map(|j| (m[j] - tm[j]).abs() / ts[j])
@@ -266,14 +218,8 @@ fn save_load_round_trip() {
     let cm = trainer.model().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("cm.safetensors");
-    cm.save(
-        &path,
-        &HashMap::from([("note".to_string(), "test".to_string())]),
-    )
-    .unwrap();
-    let bytes = std::fs::read(&path).unwrap();
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
-    let meta = meta.metadata().clone().unwrap();
+    cm.save(&path, &note()).unwrap();
+    let meta = file_metadata(&path);
     assert_eq!(meta["format"], consistency::FORMAT);
     assert_eq!(meta["note"], "test");
     let loaded = ConsistencyModel::load(&path, &Device::Cpu).unwrap();

@@ -165,12 +165,7 @@ fn adaptive_sampling_matches_converged_solution() {
     );
 
     let m64 = m.to_dtype(DType::F64).unwrap();
-    let tight = OdeSolver::Dopri5 {
-        atol: 1e-8,
-        rtol: 1e-8,
-        min_step: 0.0,
-        max_steps: 100_000,
-    };
+    let tight = OdeSolver::tight();
     let base = f["base_sigma"]
         .narrow(0, 0, 8)
         .unwrap()
@@ -228,12 +223,7 @@ fn log_prob_matches_reference() {
 
     let m64 = m.to_dtype(DType::F64).unwrap();
     let tight = LogProbOptions {
-        solver: OdeSolver::Dopri5 {
-            atol: 1e-8,
-            rtol: 1e-8,
-            min_step: 0.0,
-            max_steps: 100_000,
-        },
+        solver: OdeSolver::tight(),
         ..Default::default()
     };
     let (x4, c4) = (x.narrow(0, 0, 4).unwrap(), c.narrow(0, 0, 4).unwrap());

@@ -1,55 +1,18 @@
 //! Denoising score-matching training recovers a known density: a correlated 2-D Gaussian
 //! whose log-density and moments are exact. Also checkpoint/resume and the prior wrapper.
 
+mod support;
+
 use candle_core::{DType, Device, Tensor};
 use popcosmos_api::{HostRng, Prior, RandomSource, Shape, testing::max_abs_diff};
-use popcosmos_priors::diffusion::{
-    Activation, DiffusionModel, LogProbOptions, OdeSolver, SdeConfig, TrainOptions, Trainer,
-};
-
-const MU: [f64; 2] = [1.0, -2.0];
-// Σ = L Lᵀ with L = [[2, 0], [1.2, 0.5]] → σ₁ = 2, σ₂ = 1.3, ρ = 0.923.
-const L: [[f64; 2]; 2] = [[2.0, 0.0], [1.2, 0.5]];
-
-fn draws(n: usize, seed: u64) -> Tensor {
-    let mut rng = HostRng::seed_from_u64(seed);
-    let z = rng.normal(&Shape::from((n, 2)), &Device::Cpu).unwrap();
-    let z: Vec<Vec<f32>> = z.to_vec2().unwrap();
-    let x: Vec<f32> = z
-        .iter()
-        .flat_map(|r| {
-            let (a, b) = (r[0] as f64, r[1] as f64);
-            [
-                (MU[0] + L[0][0] * a) as f32,
-                (MU[1] + L[1][0] * a + L[1][1] * b) as f32,
-            ]
-        })
-        .collect();
-    Tensor::from_vec(x, (n, 2), &Device::Cpu).unwrap()
-}
+use popcosmos_priors::diffusion::{DiffusionModel, LogProbOptions, OdeSolver, Trainer};
+use support::{L, MU, gaussian_draws as draws, moments, toy_diffusion_options as options};
 
 fn log_density(x: &[f64]) -> f64 {
     // Solve L u = x − μ; ln p = −½|u|² − ln(2π) − ln det L.
     let u0 = (x[0] - MU[0]) / L[0][0];
     let u1 = (x[1] - MU[1] - L[1][0] * u0) / L[1][1];
     -0.5 * (u0 * u0 + u1 * u1) - (2.0 * std::f64::consts::PI).ln() - (L[0][0] * L[1][1]).ln()
-}
-
-fn options(steps: usize) -> TrainOptions {
-    TrainOptions {
-        hidden: vec![64, 64],
-        activation: Activation::Silu,
-        embedding_dim: 16,
-        fourier_scale: 4.0,
-        no_sigma: false,
-        sde: SdeConfig::vp_default(),
-        steps,
-        batch_size: 256,
-        learning_rate: 3e-3,
-        final_lr_fraction: 0.05,
-        ema_decay: 0.995,
-        seed: 2,
-    }
 }
 
 fn train(steps: usize) -> (Trainer, DiffusionModel) {
@@ -108,40 +71,20 @@ fn learns_a_correlated_gaussian() {
     let (s, _) = model
         .sample_ode(&base, None, &OdeSolver::Rk4 { steps: 60 })
         .unwrap();
-    let s: Vec<Vec<f64>> = s.to_dtype(DType::F64).unwrap().to_vec2().unwrap();
-    let m0 = s.iter().map(|r| r[0]).sum::<f64>() / n as f64;
-    let m1 = s.iter().map(|r| r[1]).sum::<f64>() / n as f64;
-    let v0 = s.iter().map(|r| (r[0] - m0).powi(2)).sum::<f64>() / n as f64;
-    let v1 = s.iter().map(|r| (r[1] - m1).powi(2)).sum::<f64>() / n as f64;
-    let c01 = s.iter().map(|r| (r[0] - m0) * (r[1] - m1)).sum::<f64>() / n as f64;
-    let rho = c01 / (v0 * v1).sqrt();
-    eprintln!(
-        "sample mean ({m0:.3}, {m1:.3}) sd ({:.3}, {:.3}) rho {rho:.3}",
-        v0.sqrt(),
-        v1.sqrt()
-    );
+    let ([m0, m1], [sd0, sd1], rho) = moments(&s);
+    eprintln!("sample mean ({m0:.3}, {m1:.3}) sd ({sd0:.3}, {sd1:.3}) rho {rho:.3}");
     // Standard errors with n = 4000: mean 0.03 / 0.02, sd ~1%, ρ ~0.003; allow ~3σ + fit error.
     assert!((m0 - 1.0).abs() < 0.1 && (m1 + 2.0).abs() < 0.07);
     // (The fit itself is ~5% wide in sd after 1500 steps; runs vary at the 1e−3 level.)
-    assert!((v0.sqrt() / 2.0 - 1.0).abs() < 0.08 && (v1.sqrt() / 1.3 - 1.0).abs() < 0.08);
+    assert!((sd0 / 2.0 - 1.0).abs() < 0.08 && (sd1 / 1.3 - 1.0).abs() < 0.08);
     assert!((rho - 1.2 / 1.3).abs() < 0.02, "rho {rho}");
 
     // Reverse-SDE sampling (Euler–Maruyama predictor + one Langevin corrector step).
     let s = model.sample_sde(n, None, 200, 1, 0.16, &mut rng).unwrap();
-    let s: Vec<Vec<f64>> = s.to_dtype(DType::F64).unwrap().to_vec2().unwrap();
-    let m0 = s.iter().map(|r| r[0]).sum::<f64>() / n as f64;
-    let m1 = s.iter().map(|r| r[1]).sum::<f64>() / n as f64;
-    let v0 = s.iter().map(|r| (r[0] - m0).powi(2)).sum::<f64>() / n as f64;
-    let v1 = s.iter().map(|r| (r[1] - m1).powi(2)).sum::<f64>() / n as f64;
-    let c01 = s.iter().map(|r| (r[0] - m0) * (r[1] - m1)).sum::<f64>() / n as f64;
-    let rho = c01 / (v0 * v1).sqrt();
-    eprintln!(
-        "SDE sample mean ({m0:.3}, {m1:.3}) sd ({:.3}, {:.3}) rho {rho:.3}",
-        v0.sqrt(),
-        v1.sqrt()
-    );
+    let ([m0, m1], [sd0, sd1], rho) = moments(&s);
+    eprintln!("SDE sample mean ({m0:.3}, {m1:.3}) sd ({sd0:.3}, {sd1:.3}) rho {rho:.3}");
     assert!((m0 - 1.0).abs() < 0.12 && (m1 + 2.0).abs() < 0.09);
-    assert!((v0.sqrt() / 2.0 - 1.0).abs() < 0.08 && (v1.sqrt() / 1.3 - 1.0).abs() < 0.08);
+    assert!((sd0 / 2.0 - 1.0).abs() < 0.08 && (sd1 / 1.3 - 1.0).abs() < 0.08);
     assert!((rho - 1.2 / 1.3).abs() < 0.03, "rho {rho}");
 
     // Hutchinson: unbiased for the exact log-density; average 400 probes at one point.

@@ -2,6 +2,8 @@
 //! normalisation and change of variables, maximum-likelihood training on a known density,
 //! checkpoints, the 16-D prior wrapper, and distillation from a small diffusion teacher.
 
+mod support;
+
 use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor, Var};
@@ -11,6 +13,7 @@ use popcosmos_priors::flow::{
     self, DistillOptions, FlowConfig, FlowModel, FlowPrior, SplineConfig, TrainOptions, Trainer,
     rq_spline,
 };
+use support::{file_metadata, gaussian_draws, note, reseed_trainer, toy_diffusion_options};
 
 const LN_2PI: f64 = 1.837_877_066_409_345_5;
 
@@ -419,14 +422,9 @@ fn checkpoint_and_file_round_trip() {
     }
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ck.safetensors");
-    t.save(
-        &path,
-        &HashMap::from([("note".to_string(), "test".to_string())]),
-    )
-    .unwrap();
+    t.save(&path, &note()).unwrap();
     let bytes = std::fs::read(&path).unwrap();
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
-    let meta = meta.metadata().clone().unwrap();
+    let meta = file_metadata(&path);
     assert_eq!(meta["format"], flow::FORMAT);
     assert_eq!(meta["format"], "popcosmos/flow/v1");
     let cfg: FlowConfig = serde_json::from_str(&meta["config"]).unwrap();
@@ -598,61 +596,35 @@ fn prior_shapes_guards_and_gradient() {
 // ---------------------------------------------------------------------------------------
 // 5. Distillation.
 
-const MU: [f64; 2] = [1.0, -2.0];
-// Σ = L Lᵀ with L = [[2, 0], [1.2, 0.5]].
-const L: [[f64; 2]; 2] = [[2.0, 0.0], [1.2, 0.5]];
-
-fn gaussian_draws(n: usize, seed: u64) -> Tensor {
-    let mut rng = HostRng::seed_from_u64(seed);
-    let rows: Vec<Vec<f64>> = v2(&rng.normal(&Shape::from((n, 2)), &Device::Cpu).unwrap())
-        .into_iter()
-        .map(|r| {
-            vec![
-                MU[0] + L[0][0] * r[0],
-                MU[1] + L[1][0] * r[0] + L[1][1] * r[1],
-            ]
-        })
-        .collect();
-    t2(&rows, DType::F32)
-}
-
 const TEACHER_STEPS: usize = 500;
 
 /// candle's CPU initialiser is not seeded: make the teacher reproducible by resuming its
 /// trainer from a step-0 checkpoint whose network weights are drawn from a seeded stream
 /// (𝒩(0, 1/fan_in) weights, zero biases; raw and EMA weights equal).
 fn seed_diffusion_weights(t: &mut diffusion::Trainer, seed: u64) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("init.safetensors");
-    t.save(&path, &HashMap::new()).unwrap();
-    let bytes = std::fs::read(&path).unwrap();
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
-    let meta = meta.metadata().clone().unwrap();
-    let mut tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).unwrap();
-    let mut rng = HostRng::seed_from_u64(seed);
-    let mut keys: Vec<String> = tensors
-        .keys()
-        .filter(|k| k.starts_with("score_net.layer."))
-        .cloned()
-        .collect();
-    keys.sort();
-    for k in keys {
-        let v = &tensors[&k];
-        let new = if k.ends_with(".weight") {
-            let fan_in = v.dim(1).unwrap() as f64;
-            (rng.normal(&Shape::from(v.dims()), &Device::Cpu).unwrap() / fan_in.sqrt()).unwrap()
-        } else {
-            v.zeros_like().unwrap()
-        };
-        tensors.insert(
-            format!("train.raw.{}", &k["score_net.".len()..]),
-            new.clone(),
-        );
-        tensors.insert(k, new);
-    }
-    safetensors::serialize_to_file(tensors.into_iter().collect::<Vec<_>>(), Some(meta), &path)
-        .unwrap();
-    t.resume(&path).unwrap();
+    reseed_trainer(t, |tensors| {
+        let mut rng = HostRng::seed_from_u64(seed);
+        let mut keys: Vec<String> = tensors
+            .keys()
+            .filter(|k| k.starts_with("score_net.layer."))
+            .cloned()
+            .collect();
+        keys.sort();
+        for k in keys {
+            let v = &tensors[&k];
+            let new = if k.ends_with(".weight") {
+                let fan_in = v.dim(1).unwrap() as f64;
+                (rng.normal(&Shape::from(v.dims()), &Device::Cpu).unwrap() / fan_in.sqrt()).unwrap()
+            } else {
+                v.zeros_like().unwrap()
+            };
+            tensors.insert(
+                format!("train.raw.{}", &k["score_net.".len()..]),
+                new.clone(),
+            );
+            tensors.insert(k, new);
+        }
+    });
     assert_eq!(t.step_count(), 0);
 }
 
@@ -663,17 +635,8 @@ fn seed_diffusion_weights(t: &mut diffusion::Trainer, seed: u64) {
 fn distills_a_small_diffusion_teacher() {
     let topts = diffusion::TrainOptions {
         hidden: vec![32, 32],
-        activation: diffusion::Activation::Silu,
-        embedding_dim: 16,
-        fourier_scale: 4.0,
-        no_sigma: false,
-        sde: diffusion::SdeConfig::vp_default(),
-        steps: TEACHER_STEPS,
-        batch_size: 256,
-        learning_rate: 3e-3,
-        final_lr_fraction: 0.05,
         ema_decay: 0.98,
-        seed: 2,
+        ..toy_diffusion_options(TEACHER_STEPS)
     };
     let mut dt = diffusion::Trainer::new(
         &gaussian_draws(10_000, 1),

@@ -5,7 +5,7 @@ mod common_stats;
 use candle_core::{DType, Device, Tensor};
 use common_stats::*;
 use popcosmos_api::cosmology::pade;
-use popcosmos_api::params::{LOWER, N_PARAMS, UPPER, phi_to_theta};
+use popcosmos_api::params::{LOWER, N_PARAMS, UPPER};
 use popcosmos_api::{HostRng, Prior, RandomSource};
 use popcosmos_priors::prospector::{
     self, ln_dvdz, ln_mass_function, ln_mass_metallicity, log_prob_row,
@@ -136,21 +136,8 @@ fn prior_spec_round_trips_and_builds() {
 /// Draws through the public path (φ f32 → θ via the f32 probit map), as MCMC would see them.
 fn draws(n: usize, seed: u64) -> (Vec<[f64; N_PARAMS]>, Vec<f64>) {
     let prior = ProspectorAlphaPrior::new();
-    let mut rng = HostRng::seed_from_u64(seed);
-    let phi = prior.sample(n, &mut rng, &Device::Cpu).unwrap();
-    assert_eq!(phi.dims(), &[n, 16]);
     // (c) every draw has a finite log-density.
-    let lp = prior.log_prob(&phi).unwrap().to_vec1::<f32>().unwrap();
-    assert!(
-        lp.iter().all(|v| v.is_finite()),
-        "non-finite log_prob among draws"
-    );
-    let theta = phi_to_theta(&phi)
-        .unwrap()
-        .to_dtype(DType::F64)
-        .unwrap()
-        .to_vec2::<f64>()
-        .unwrap();
+    let theta = theta_draws(&prior, n, &mut HostRng::seed_from_u64(seed));
     let theta: Vec<[f64; N_PARAMS]> = theta.into_iter().map(|r| r.try_into().unwrap()).collect();
     let log10m = theta
         .iter()

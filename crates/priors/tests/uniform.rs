@@ -3,9 +3,9 @@
 mod common_stats;
 
 use candle_core::{DType, Device, Tensor};
-use common_stats::ks_test;
+use common_stats::{ks_test, theta_draws};
 use popcosmos_api::cosmology::pade;
-use popcosmos_api::params::{LOWER, N_PARAMS, UPPER, phi_to_theta};
+use popcosmos_api::params::{LOWER, N_PARAMS, UPPER};
 use popcosmos_api::{HostRng, Prior};
 use popcosmos_priors::UniformPrior;
 
@@ -69,17 +69,7 @@ fn log_prob_matches_closed_form() {
 fn samples_are_uniform_within_bounds() {
     let prior = UniformPrior::new();
     let n = 100_000;
-    let phi = prior
-        .sample(n, &mut HostRng::seed_from_u64(9), &Device::Cpu)
-        .unwrap();
-    let lp = prior.log_prob(&phi).unwrap().to_vec1::<f32>().unwrap();
-    assert!(lp.iter().all(|v| v.is_finite()));
-    let theta = phi_to_theta(&phi)
-        .unwrap()
-        .to_dtype(DType::F64)
-        .unwrap()
-        .to_vec2::<f64>()
-        .unwrap();
+    let theta = theta_draws(&prior, n, &mut HostRng::seed_from_u64(9));
     for t in &theta {
         for i in 1..N_PARAMS {
             assert!(t[i] >= LOWER[i] && t[i] <= UPPER[i], "param {i}: {}", t[i]);

@@ -150,14 +150,7 @@ impl Move for GlobalMove {
             let u = r.matmul(&chol_inv.t()?)?;
             let maha = (u.sqr()?.sum(2)?.t()? / (self.scale * self.scale))?;
             // log-density up to terms shared by x and y (they cancel in q(x)/q(y)).
-            Ok(if self.nu > 0 {
-                let nu = self.nu as f64;
-                ((maha / nu)? + 1.0)?
-                    .log()?
-                    .affine(-(nu + d as f64) / 2.0, 0.0)?
-            } else {
-                maha.affine(-0.5, 0.0)?
-            })
+            log_kernel(maha, self.nu, d)
         };
         let log_factor = (log_q(&x)? - log_q(&y)?)?;
         Ok(Proposal {
@@ -165,6 +158,19 @@ impl Move for GlobalMove {
             log_factor: log_factor.to_dtype(dtype)?,
         })
     }
+}
+
+/// ln of the multivariate-t kernel with ν = `nu` (ν = 0: the Gaussian kernel) at the squared
+/// Mahalanobis distances `maha`, in `d` dimensions, up to the normalisation.
+pub(crate) fn log_kernel(maha: Tensor, nu: u32, d: usize) -> Result<Tensor> {
+    Ok(if nu > 0 {
+        let nu = nu as f64;
+        ((maha / nu)? + 1.0)?
+            .log()?
+            .affine(-(nu + d as f64) / 2.0, 0.0)?
+    } else {
+        maha.affine(-0.5, 0.0)?
+    })
 }
 
 /// Lower Cholesky factors of a batch of symmetric matrices `[g, d, d]` (after a small ridge),

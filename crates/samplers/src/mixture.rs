@@ -17,7 +17,7 @@
 use popcosmos_api::{DType, Error, RandomSource, Result, Tensor};
 
 use crate::ensemble::{Move, Proposal};
-use crate::global::{cholesky, lower_inverse};
+use crate::global::{cholesky, log_kernel, lower_inverse};
 
 /// Mixture-of-t independence proposal, one component per k-means cluster of the complement.
 #[derive(Debug, Clone, Copy)]
@@ -148,14 +148,7 @@ impl ClusteredGlobalMove {
             let r = pg.broadcast_sub(&mix.mean.narrow(1, c, 1)?)?; // [g, n, d]
             let li = chol_inv.narrow(1, c, 1)?.squeeze(1)?; // [g, d, d]
             let maha = r.matmul(&li.t()?)?.sqr()?.sum(2)?; // [g, n]
-            let kernel = if self.nu > 0 {
-                let nu = self.nu as f64;
-                ((maha / nu)? + 1.0)?
-                    .log()?
-                    .affine(-(nu + d as f64) / 2.0, 0.0)?
-            } else {
-                maha.affine(-0.5, 0.0)?
-            };
+            let kernel = log_kernel(maha, self.nu, d)?;
             let norm = (mix.log_weight.narrow(1, c, 1)? - mix.log_det.narrow(1, c, 1)?)?;
             terms.push(kernel.broadcast_add(&norm)?);
         }

@@ -105,6 +105,26 @@ fn rhat_detects_chains_that_disagree() {
     assert!(r > 1.2, "rhat {r}");
 }
 
+/// A chain of `samples` `[kept][walkers][galaxies][dim]` with zero log-densities, kept from
+/// step 0 of `kept`.
+fn chain(samples: Vec<f32>, shape: (usize, usize, usize, usize), acceptance: Vec<f64>) -> Chain {
+    let (kept, walkers, galaxies, dim) = shape;
+    Chain {
+        samples,
+        log_prob: vec![0.0; kept * walkers * galaxies],
+        kept,
+        walkers,
+        galaxies,
+        dim,
+        acceptance,
+        config: RunConfig {
+            n_steps: kept,
+            burn_in: 0,
+            thin: 1,
+        },
+    }
+}
+
 #[test]
 fn galaxy_layouts_and_flags() {
     // Two galaxies, 2 parameters: galaxy 0 well mixed, galaxy 1's walkers disagree.
@@ -122,20 +142,7 @@ fn galaxy_layouts_and_flags() {
             }
         }
     }
-    let chain = Chain {
-        samples,
-        log_prob: vec![0.0; kept * walkers * galaxies],
-        kept,
-        walkers,
-        galaxies,
-        dim,
-        acceptance: vec![0.3, 0.01],
-        config: RunConfig {
-            n_steps: kept,
-            burn_in: 0,
-            thin: 1,
-        },
-    };
+    let chain = chain(samples, (kept, walkers, galaxies, dim), vec![0.3, 0.01]);
     let diag = diagnose_chain(&chain);
     let thresholds = Thresholds {
         min_ess_bulk: 400.0,
@@ -173,20 +180,7 @@ fn diagnostics_scale_to_many_walkers() {
     let samples: Vec<f32> = (0..kept * walkers * galaxies * dim)
         .map(|_| normal(&mut rng) as f32)
         .collect();
-    let chain = Chain {
-        samples,
-        log_prob: vec![0.0; kept * walkers * galaxies],
-        kept,
-        walkers,
-        galaxies,
-        dim,
-        acceptance: vec![0.3; galaxies],
-        config: RunConfig {
-            n_steps: kept,
-            burn_in: 0,
-            thin: 1,
-        },
-    };
+    let chain = chain(samples, (kept, walkers, galaxies, dim), vec![0.3; galaxies]);
     let start = std::time::Instant::now();
     let diag = diagnose_chain(&chain);
     let per_galaxy = start.elapsed().as_secs_f64() / galaxies as f64;

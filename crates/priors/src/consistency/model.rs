@@ -209,47 +209,26 @@ pub struct ConsistencyModel {
 }
 
 impl ConsistencyModel {
-    /// Read a `popcosmos/consistency/v1` safetensors file.
-    pub fn load(path: impl AsRef<Path>, device: &Device) -> Result<Self> {
-        let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        Self::from_bytes(&bytes, &path.display().to_string(), device)
+    crate::weights_io::standardised_model_methods! {
+        /// Read a `popcosmos/consistency/v1` safetensors file.
+        typed_by: net
     }
 
     /// Parse safetensors bytes; `name` is used in error messages.
     pub fn from_bytes(bytes: &[u8], name: &str, device: &Device) -> Result<Self> {
-        let fmt_err = |message: String| Error::Format {
-            file: name.to_string(),
-            message,
-        };
-        let (_, meta) = safetensors::SafeTensors::read_metadata(bytes)
-            .map_err(|e| fmt_err(format!("not a valid safetensors file: {e}")))?;
-        let meta = meta.metadata().clone().unwrap_or_default();
-        match meta.get("format").map(String::as_str) {
-            Some(FORMAT) => {}
-            other => {
-                return Err(fmt_err(format!(
-                    "unknown format {other:?} (expected `{FORMAT}`)"
-                )));
-            }
-        }
-        let json = meta
-            .get("config")
-            .ok_or_else(|| fmt_err("metadata has no `config` entry".into()))?;
-        let config: ConsistencyConfig =
-            serde_json::from_str(json).map_err(|e| fmt_err(format!("metadata `config`: {e}")))?;
-        config.validate().map_err(fmt_err)?;
-        let tensors = candle_core::safetensors::load_buffer(bytes, device)
-            .map_err(|e| fmt_err(format!("not a valid safetensors file: {e}")))?;
-        let tensors: HashMap<String, Tensor> = tensors
-            .into_iter()
-            .map(|(k, v)| Ok((k, v.to_dtype(DType::F32)?)))
-            .collect::<Result<_>>()?;
+        let (config, tensors) = crate::weights_io::read_model(
+            bytes,
+            name,
+            FORMAT,
+            device,
+            ConsistencyConfig::validate,
+        )?;
         Self::from_tensors(config, tensors, name, device)
     }
 
-    /// Build from a config and named tensors (`net.time_embedding.W`,
-    /// `net.layer.{i}.{weight,bias}`, `x_shift`, `x_scale`).
+    /// The model of `config` with the weights `tensors` (`net.time_embedding.W`,
+    /// `net.layer.{i}.{weight,bias}`, `x_shift`, `x_scale`: the layout of [`Self::tensors`]);
+    /// `name` labels errors.
     pub fn from_tensors(
         config: ConsistencyConfig,
         tensors: HashMap<String, Tensor>,
@@ -260,9 +239,8 @@ impl ConsistencyModel {
             file: name.to_string(),
             message,
         })?;
-        let d = config.dim;
-        let get = |key: &str| crate::weights_io::vector(&tensors, key, d, name, device);
-        let (x_shift, x_scale) = (get("x_shift")?, get("x_scale")?);
+        let (x_shift, x_scale) =
+            crate::weights_io::standardisation(&tensors, config.dim, name, device)?;
         let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
         let net = ScoreNet::new(&config.net_config(), vb.pp("net")).map_err(|e| Error::Format {
             file: name.to_string(),
@@ -326,29 +304,6 @@ impl ConsistencyModel {
     }
     pub fn net(&self) -> &ScoreNet {
         &self.net
-    }
-    pub fn dtype(&self) -> DType {
-        self.net.dtype()
-    }
-    pub fn device(&self) -> &Device {
-        self.net.device()
-    }
-    pub fn x_shift(&self) -> &Tensor {
-        &self.x_shift
-    }
-    pub fn x_scale(&self) -> &Tensor {
-        &self.x_scale
-    }
-
-    /// Physical → standardised x.
-    pub fn standardise(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(x.broadcast_sub(&self.x_shift)?
-            .broadcast_div(&self.x_scale)?)
-    }
-    /// Standardised → physical x.
-    pub fn unstandardise(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(x.broadcast_mul(&self.x_scale)?
-            .broadcast_add(&self.x_shift)?)
     }
 
     /// The coefficients of f_θ at time `t`.
@@ -461,48 +416,18 @@ impl ConsistencyModel {
 pub fn write_model(
     model: &ConsistencyModel,
     tensors: HashMap<String, Tensor>,
-    mut meta: HashMap<String, String>,
+    meta: HashMap<String, String>,
     path: &Path,
 ) -> Result<()> {
-    meta.insert("format".into(), FORMAT.into());
-    meta.insert(
-        "config".into(),
-        serde_json::to_string(model.config()).expect("serialisable"),
-    );
-    let tmp = path.with_extension("safetensors.partial");
-    let mut sorted: Vec<(String, Tensor)> = tensors
-        .into_iter()
-        .map(|(k, v)| Ok((k, v.to_dtype(DType::F32)?.to_device(&Device::Cpu)?)))
-        .collect::<Result<_>>()?;
-    sorted.sort_by(|a, b| a.0.cmp(&b.0));
-    safetensors::serialize_to_file(sorted, Some(meta), &tmp).map_err(|e| Error::Format {
-        file: tmp.display().to_string(),
-        message: format!("cannot write safetensors: {e}"),
-    })?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
-    Ok(())
+    crate::weights_io::write_model_file(tensors, meta, FORMAT, model.config(), path)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn sdes() -> Vec<SdeConfig> {
-        vec![
-            SdeConfig::vp_default(),
-            SdeConfig::SubVp {
-                beta_min: 0.1,
-                beta_max: 20.0,
-                t_max: 1.0,
-                epsilon: 1e-3,
-            },
-            SdeConfig::Ve {
-                sigma_min: 0.01,
-                sigma_max: 50.0,
-                t_max: 1.0,
-                epsilon: 1e-5,
-            },
-        ]
+    fn sdes() -> [SdeConfig; 3] {
+        crate::diffusion::config::one_sde_of_each_kind(50.0)
     }
 
     #[test]

@@ -17,7 +17,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::{DType, Tensor, Var};
+use candle_core::{DType, Tensor};
 use candle_nn::{Optimizer, ParamsAdamW, VarBuilder, VarMap};
 use popcosmos_api::{Error, HostRng, RandomSource, Result, Shape};
 use serde::{Deserialize, Serialize};
@@ -27,7 +27,10 @@ use super::model::{
     time_of_noise_level, write_model,
 };
 use crate::diffusion::{Activation, DiffusionModel, OdeSolver, ScoreNet, SdeConfig};
-use crate::weights_io::{checkpoint, read_checkpoint, restore_raw, snapshot, tensor};
+use crate::weights_io::{
+    checkpoint, cosine_learning_rate, read_checkpoint, restore_raw, snapshot, sorted_vars, tensor,
+    update_ema,
+};
 
 /// One probability-flow step of the teacher between adjacent discretisation times.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -344,10 +347,8 @@ impl Trainer {
     }
 
     fn learning_rate(&self) -> f64 {
-        let frac = self.step as f64 / self.opts.steps.max(1) as f64;
-        let cosine = 0.5 * (1.0 + (std::f64::consts::PI * frac.min(1.0)).cos());
-        let f = self.opts.final_lr_fraction;
-        self.opts.learning_rate * (f + (1.0 - f) * cosine)
+        let o = &self.opts;
+        cosine_learning_rate(o.learning_rate, o.final_lr_fraction, self.step, o.steps)
     }
 
     /// The consistency-distillation loss on a random batch (module docs), differentiable
@@ -411,23 +412,12 @@ impl Trainer {
         self.optimizer.set_learning_rate(self.learning_rate());
         let loss = self.loss(rng)?;
         self.optimizer.backward_step(&loss)?;
-        {
-            let vars = self.varmap.data().lock().expect("varmap lock");
-            // The slow EMA warms up (decay min(d, (1 + k)/(10 + k)) at step k) so that short
-            // runs do not keep a share of the random initial weights.
-            let k = self.step as f64;
-            let ema_decay = self.opts.ema_decay.min((1.0 + k) / (10.0 + k));
-            for (list, decay) in [
-                (&mut self.target, self.opts.target_decay),
-                (&mut self.ema, ema_decay),
-            ] {
-                for (name, e) in list.iter_mut() {
-                    // detach: an EMA of a variable must not grow an autograd graph.
-                    let v = vars[name.as_str()].as_tensor().detach();
-                    *e = ((&*e * decay)? + (v * (1.0 - decay))?)?.detach();
-                }
-            }
-        }
+        update_ema(&self.varmap, &mut self.target, self.opts.target_decay)?;
+        // The slow EMA warms up (decay min(d, (1 + k)/(10 + k)) at step k) so that short
+        // runs do not keep a share of the random initial weights.
+        let k = self.step as f64;
+        let ema_decay = self.opts.ema_decay.min((1.0 + k) / (10.0 + k));
+        update_ema(&self.varmap, &mut self.ema, ema_decay)?;
         self.step += 1;
         Ok(loss.to_dtype(DType::F64)?.to_scalar::<f64>()?)
     }
@@ -521,13 +511,6 @@ pub fn distill(
         progress(s + 1, loss);
     }
     trainer.model()
-}
-
-fn sorted_vars(varmap: &VarMap) -> Vec<Var> {
-    let vars = varmap.data().lock().expect("varmap lock");
-    let mut v: Vec<(&String, &Var)> = vars.iter().collect();
-    v.sort_by(|a, b| a.0.cmp(b.0));
-    v.into_iter().map(|(_, v)| v.clone()).collect()
 }
 
 #[cfg(test)]

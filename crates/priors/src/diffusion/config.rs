@@ -209,6 +209,27 @@ impl SdeConfig {
     }
 }
 
+/// One SDE of each kind for tests: the default VP, a sub-VP with the VP's β range and a VE
+/// from σ_min = 0.01 to `ve_sigma_max`.
+#[cfg(test)]
+pub(crate) fn one_sde_of_each_kind(ve_sigma_max: f64) -> [SdeConfig; 3] {
+    [
+        SdeConfig::vp_default(),
+        SdeConfig::SubVp {
+            beta_min: 0.1,
+            beta_max: 20.0,
+            t_max: 1.0,
+            epsilon: 1e-3,
+        },
+        SdeConfig::Ve {
+            sigma_min: 0.01,
+            sigma_max: ve_sigma_max,
+            t_max: 1.0,
+            epsilon: 1e-5,
+        },
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -217,22 +238,7 @@ mod tests {
     /// (with the mean coefficient solving dm/dt = a m), checked by finite differences.
     #[test]
     fn marginals_solve_the_moment_odes() {
-        let sdes = [
-            SdeConfig::vp_default(),
-            SdeConfig::SubVp {
-                beta_min: 0.1,
-                beta_max: 20.0,
-                t_max: 1.0,
-                epsilon: 1e-3,
-            },
-            SdeConfig::Ve {
-                sigma_min: 0.01,
-                sigma_max: 10.0,
-                t_max: 1.0,
-                epsilon: 1e-5,
-            },
-        ];
-        for sde in sdes {
+        for sde in one_sde_of_each_kind(10.0) {
             for &t in &[0.05, 0.3, 0.7, 0.95] {
                 let h = 1e-6;
                 let (m0, s0) = sde.marginal(t - h);

@@ -2,7 +2,6 @@
 //! ODE and SDE sampling.
 
 use std::collections::HashMap;
-use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
@@ -65,11 +64,39 @@ pub struct DiffusionModel {
 }
 
 impl DiffusionModel {
-    /// Read a `popcosmos/diffusion/v1` (or bundled noise-model) safetensors file.
-    pub fn load(path: impl AsRef<Path>, device: &Device) -> Result<Self> {
-        let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        Self::from_bytes(&bytes, &path.display().to_string(), device)
+    crate::weights_io::standardised_model_methods! {
+        /// Read a `popcosmos/diffusion/v1` (or bundled noise-model) safetensors file.
+        typed_by: net
+    }
+
+    /// Build from a config and named tensors (`score_net.*`, `x_shift`, `x_scale`,
+    /// optional `conditional_shift`, `conditional_scale`).
+    pub fn from_tensors(
+        config: DiffusionConfig,
+        tensors: HashMap<String, Tensor>,
+        name: &str,
+        device: &Device,
+    ) -> Result<Self> {
+        let get =
+            |key: &str, len: usize| crate::weights_io::vector(&tensors, key, len, name, device);
+        let (d, c) = (config.dim, config.conditional_dim);
+        let x_shift = get("x_shift", d)?;
+        let x_scale = get("x_scale", d)?;
+        let cond = if c > 0 {
+            Some((get("conditional_shift", c)?, get("conditional_scale", c)?))
+        } else {
+            None
+        };
+        let vb = VarBuilder::from_tensors(tensors.clone(), DType::F32, device);
+        let net = ScoreNet::new(&config, vb.pp("score_net")).map_err(|e| Error::Format {
+            file: name.to_string(),
+            message: format!("score network does not match its config: {e}"),
+        })?;
+        let model = Self::from_parts(config, net, x_shift, x_scale, cond);
+        Ok(Self {
+            extras: tensors,
+            ..model
+        })
     }
 
     /// Parse safetensors bytes; `name` is used in error messages.
@@ -89,43 +116,6 @@ impl DiffusionModel {
         };
         config.sde.validate().map_err(fmt_err)?;
         Self::from_tensors(config, tensors, name, device)
-    }
-
-    /// Build from a config and named tensors (`score_net.*`, `x_shift`, `x_scale`,
-    /// optional `conditional_shift`, `conditional_scale`).
-    pub fn from_tensors(
-        config: DiffusionConfig,
-        tensors: HashMap<String, Tensor>,
-        name: &str,
-        device: &Device,
-    ) -> Result<Self> {
-        let get =
-            |key: &str, len: usize| crate::weights_io::vector(&tensors, key, len, name, device);
-        let (d, c) = (config.dim, config.conditional_dim);
-        let x_shift = get("x_shift", d)?;
-        let x_scale = get("x_scale", d)?;
-        let (cond_shift, cond_scale) = if c > 0 {
-            (
-                Some(get("conditional_shift", c)?),
-                Some(get("conditional_scale", c)?),
-            )
-        } else {
-            (None, None)
-        };
-        let vb = VarBuilder::from_tensors(tensors.clone(), DType::F32, device);
-        let net = ScoreNet::new(&config, vb.pp("score_net")).map_err(|e| Error::Format {
-            file: name.to_string(),
-            message: format!("score network does not match its config: {e}"),
-        })?;
-        Ok(Self {
-            config,
-            net,
-            x_shift,
-            x_scale,
-            cond_shift,
-            cond_scale,
-            extras: tensors,
-        })
     }
 
     /// Assemble from parts (used by training).
@@ -174,18 +164,6 @@ impl DiffusionModel {
     pub fn score_net(&self) -> &ScoreNet {
         &self.net
     }
-    pub fn dtype(&self) -> DType {
-        self.net.dtype()
-    }
-    pub fn device(&self) -> &Device {
-        self.net.device()
-    }
-    pub fn x_shift(&self) -> &Tensor {
-        &self.x_shift
-    }
-    pub fn x_scale(&self) -> &Tensor {
-        &self.x_scale
-    }
     /// (shift, scale) of the conditioning inputs, for conditional models.
     pub fn conditional_norm(&self) -> Option<(&Tensor, &Tensor)> {
         self.cond_shift.as_ref().zip(self.cond_scale.as_ref())
@@ -195,16 +173,6 @@ impl DiffusionModel {
         self.extras.get(key)
     }
 
-    /// Physical → standardised x.
-    pub fn standardise(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(x.broadcast_sub(&self.x_shift)?
-            .broadcast_div(&self.x_scale)?)
-    }
-    /// Standardised → physical x.
-    pub fn unstandardise(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(x.broadcast_mul(&self.x_scale)?
-            .broadcast_add(&self.x_shift)?)
-    }
     /// Physical conditioning → standardised (None for unconditional models).
     pub fn standardise_conditional(&self, c: Option<&Tensor>) -> Result<Option<Tensor>> {
         match (c, &self.cond_shift, &self.cond_scale) {
@@ -218,6 +186,12 @@ impl DiffusionModel {
                 "conditioning inputs given to an unconditional diffusion model".into(),
             )),
         }
+    }
+
+    /// [`Self::standardise_conditional`] of `c` converted to the model's float type.
+    fn conditional_in_dtype(&self, c: Option<&Tensor>) -> Result<Option<Tensor>> {
+        let c = c.map(|c| c.to_dtype(self.dtype())).transpose()?;
+        self.standardise_conditional(c.as_ref())
     }
 
     fn time_column(&self, t: &[f64]) -> Result<Tensor> {
@@ -259,8 +233,7 @@ impl DiffusionModel {
         rng: Option<&mut dyn RandomSource>,
     ) -> Result<LogProbOutput> {
         let x_std = self.standardise(&x.to_dtype(self.dtype())?)?;
-        let c_std = self
-            .standardise_conditional(c.map(|c| c.to_dtype(self.dtype())).transpose()?.as_ref())?;
+        let c_std = self.conditional_in_dtype(c)?;
         self.log_prob_standardised(&x_std, c_std.as_ref(), opts, rng)
     }
 
@@ -319,8 +292,7 @@ impl DiffusionModel {
         c: Option<&Tensor>,
         solver: &OdeSolver,
     ) -> Result<(Tensor, OdeStats)> {
-        let c_std = self
-            .standardise_conditional(c.map(|c| c.to_dtype(self.dtype())).transpose()?.as_ref())?;
+        let c_std = self.conditional_in_dtype(c)?;
         let x_t = (base.to_dtype(self.dtype())? * self.config.sde.prior_std())?;
         let (x0, stats) = self.solve_standardised(&x_t, c_std.as_ref(), solver, None)?;
         Ok((self.unstandardise(&x0)?, stats))
@@ -361,8 +333,7 @@ impl DiffusionModel {
         if steps == 0 {
             return Err(Error::Invalid("sample_sde: steps must be >= 1".into()));
         }
-        let c_std = self
-            .standardise_conditional(c.map(|c| c.to_dtype(self.dtype())).transpose()?.as_ref())?;
+        let c_std = self.conditional_in_dtype(c)?;
         let c_std = c_std.as_ref();
         let sde = self.config.sde;
         let d = self.config.dim;

@@ -65,6 +65,17 @@ impl Default for OdeSolver {
 }
 
 impl OdeSolver {
+    /// dopri5 with atol = rtol = 1e−8 and no minimum step: a converged reference solve (of an
+    /// f64 model) for checking the cheaper solvers.
+    pub fn tight() -> Self {
+        OdeSolver::Dopri5 {
+            atol: 1e-8,
+            rtol: 1e-8,
+            min_step: 0.0,
+            max_steps: default_max_steps(),
+        }
+    }
+
     pub fn validate(&self) -> std::result::Result<(), String> {
         match *self {
             OdeSolver::Dopri5 { atol, rtol, .. } if !(atol > 0.0 && rtol >= 0.0) => Err(format!(

@@ -100,32 +100,20 @@ impl Prior for DiffusionPrior {
     }
 
     fn log_prob(&self, phi: &Tensor) -> Result<Tensor> {
-        let dims = phi.dims().to_vec();
-        let lead = &dims[..dims.len() - 1];
-        let n: usize = lead.iter().product();
-        let out_device = phi.device().clone();
-        let flat = phi
-            .detach()
-            .reshape((n, N_PARAMS))?
-            .to_device(self.model.device())?
-            .to_dtype(self.model.dtype())?;
         // Rows with a non-finite coordinate get −∞ without entering the ODE.
-        let (finite, safe) = crate::common::finite_rows(&flat)?;
-        let mut probe_rng;
-        let rng: Option<&mut dyn RandomSource> = match self.options.divergence {
-            Divergence::Exact => None,
-            Divergence::Hutchinson => {
-                probe_rng = self.probe_rng.lock().expect("probe rng");
-                Some(&mut *probe_rng)
-            }
-        };
-        let out = self.model.log_prob(&safe, None, &self.options, rng)?;
-        let lp = (out.log_prob - self.log_scale_sum)?;
-        let lp = crate::common::mask_to_neg_inf(&finite, &lp)?;
-        Ok(lp
-            .to_dtype(DType::F32)?
-            .reshape(lead)?
-            .to_device(&out_device)?)
+        let (device, dtype) = (self.model.device(), self.model.dtype());
+        crate::common::log_prob_by_rows(&phi.detach(), device, dtype, |safe| {
+            let mut probe_rng;
+            let rng: Option<&mut dyn RandomSource> = match self.options.divergence {
+                Divergence::Exact => None,
+                Divergence::Hutchinson => {
+                    probe_rng = self.probe_rng.lock().expect("probe rng");
+                    Some(&mut *probe_rng)
+                }
+            };
+            let out = self.model.log_prob(safe, None, &self.options, rng)?;
+            Ok((out.log_prob - self.log_scale_sum)?)
+        })
     }
 
     fn sample(&self, n: usize, rng: &mut dyn RandomSource, device: &Device) -> Result<Tensor> {

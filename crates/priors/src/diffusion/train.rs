@@ -16,7 +16,10 @@ use serde::{Deserialize, Serialize};
 use super::config::{Activation, DiffusionConfig, SdeConfig};
 use super::model::{DiffusionModel, FORMAT};
 use super::score_net::ScoreNet;
-use crate::weights_io::{checkpoint, read_checkpoint, restore_raw, snapshot, tensor};
+use crate::weights_io::{
+    checkpoint, cosine_learning_rate, mean_std, read_checkpoint, restore_raw, snapshot, tensor,
+    update_ema,
+};
 
 /// Architecture and optimiser settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -73,18 +76,6 @@ pub struct Trainer {
     cond_norm: Option<(Tensor, Tensor)>,
     step: usize,
     device: Device,
-}
-
-fn mean_std(x: &Tensor, what: &str) -> Result<(Tensor, Tensor)> {
-    let mean = x.mean(0)?;
-    let std = x.broadcast_sub(&mean)?.sqr()?.mean(0)?.sqrt()?;
-    let s: Vec<f32> = std.to_vec1()?;
-    if let Some(i) = s.iter().position(|v| !(v.is_finite() && *v > 0.0)) {
-        return Err(Error::Invalid(format!(
-            "{what} column {i} has zero or non-finite spread; drop it or fix the samples"
-        )));
-    }
-    Ok((mean, std))
 }
 
 impl Trainer {
@@ -222,21 +213,12 @@ impl Trainer {
     pub fn step(&mut self, rng: &mut dyn RandomSource) -> Result<f64> {
         let n = self.data.dim(0)?;
         let rows = rng.indices(self.opts.batch_size, n);
-        let frac = self.step as f64 / self.opts.steps.max(1) as f64;
-        let cosine = 0.5 * (1.0 + (std::f64::consts::PI * frac.min(1.0)).cos());
-        let f = self.opts.final_lr_fraction;
-        self.optimizer
-            .set_learning_rate(self.opts.learning_rate * (f + (1.0 - f) * cosine));
+        let o = &self.opts;
+        let lr = cosine_learning_rate(o.learning_rate, o.final_lr_fraction, self.step, o.steps);
+        self.optimizer.set_learning_rate(lr);
         let loss = self.loss(&rows, rng)?;
         self.optimizer.backward_step(&loss)?;
-        let d = self.opts.ema_decay;
-        let vars = self.varmap.data().lock().expect("varmap lock");
-        for (name, e) in self.ema.iter_mut() {
-            // Detached: the EMA must not chain every step into one autograd graph.
-            let v = vars[name.as_str()].as_tensor().detach();
-            *e = ((&*e * d)? + (v * (1.0 - d))?)?.detach();
-        }
-        drop(vars);
+        update_ema(&self.varmap, &mut self.ema, self.opts.ema_decay)?;
         self.step += 1;
         Ok(loss.to_dtype(DType::F64)?.to_scalar::<f64>()?)
     }

@@ -4,7 +4,7 @@
 //! error, per-parameter two-sample Kolmogorov–Smirnov statistics).
 
 use candle_core::{DType, Device, Tensor};
-use popcosmos_api::{Error, RandomSource, Result, Shape, stats::ks_two_sample};
+use popcosmos_api::{Error, RandomSource, Result, stats::ks_two_sample};
 use serde::{Deserialize, Serialize};
 
 use super::model::FlowModel;
@@ -191,36 +191,22 @@ pub fn distill(
 }
 
 /// `n` finite teacher samples `[n', D]` (n' ≤ n after dropping non-finite rows) on the
-/// teacher's device, drawn in chunks by the PF-ODE.
+/// teacher's device, drawn in chunks by the PF-ODE
+/// ([`crate::consistency::teacher_samples`]); at least 2 of them.
 fn teacher_samples(
     teacher: &DiffusionModel,
     n: usize,
     opts: &DistillOptions,
     rng: &mut dyn RandomSource,
 ) -> Result<Tensor> {
-    let d = teacher.config().dim;
-    let mut rows: Vec<f32> = Vec::with_capacity(n * d);
-    let mut kept = 0usize;
-    let mut done = 0usize;
-    while done < n {
-        let len = opts.chunk_size.min(n - done);
-        let base = rng.normal(&Shape::from((len, d)), teacher.device())?;
-        let (x, _) = teacher.sample_ode(&base, None, &opts.sample_solver)?;
-        let x: Vec<f32> = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-        for r in x.chunks_exact(d) {
-            if r.iter().all(|v| v.is_finite()) {
-                rows.extend_from_slice(r);
-                kept += 1;
-            }
-        }
-        done += len;
-    }
-    if kept < 2 {
+    let x =
+        crate::consistency::teacher_samples(teacher, n, opts.chunk_size, &opts.sample_solver, rng)?;
+    if x.dim(0)? < 2 {
         return Err(Error::Invalid(
             "distill: the teacher produced fewer than 2 finite samples".into(),
         ));
     }
-    Ok(Tensor::from_vec(rows, (kept, d), teacher.device())?)
+    Ok(x)
 }
 
 fn columns(x: &Tensor, d: usize) -> Result<Vec<Vec<f64>>> {

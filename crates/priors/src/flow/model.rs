@@ -222,28 +222,21 @@ impl FlowModel {
         Self::new(config, vb, x_shift, x_scale)
     }
 
-    /// Read a `popcosmos/flow/v1` safetensors file.
-    pub fn load(path: impl AsRef<Path>, device: &Device) -> Result<Self> {
-        let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        Self::from_bytes(&bytes, &path.display().to_string(), device)
+    crate::weights_io::standardised_model_methods! {
+        /// Read a `popcosmos/flow/v1` safetensors file.
+        typed_by: x_scale
     }
 
     /// Parse safetensors bytes; `name` is used in error messages.
     pub fn from_bytes(bytes: &[u8], name: &str, device: &Device) -> Result<Self> {
-        use crate::weights_io;
-        let meta = weights_io::read_metadata(bytes, name)?;
-        weights_io::check_format(&meta, FORMAT, name)?;
-        let config: FlowConfig = weights_io::read_config(&meta, name)?;
-        config.validate().map_err(|e| Error::Format {
-            file: name.to_string(),
-            message: format!("metadata `config`: {e}"),
-        })?;
-        let tensors = weights_io::read_tensors(bytes, name, device)?;
+        let validate = |c: &FlowConfig| c.validate().map_err(|e| format!("metadata `config`: {e}"));
+        let (config, tensors) =
+            crate::weights_io::read_model(bytes, name, FORMAT, device, validate)?;
         Self::from_tensors(config, tensors, name, device)
     }
 
-    /// Build from a config and named tensors (the layout of [`FlowModel::tensors`]).
+    /// The flow of `config` with the weights `tensors` (the layout of [`FlowModel::tensors`],
+    /// any float type and device); `name` labels errors.
     pub fn from_tensors(
         config: FlowConfig,
         tensors: HashMap<String, Tensor>,
@@ -254,9 +247,8 @@ impl FlowModel {
             .into_iter()
             .map(|(k, v)| Ok((k, v.to_dtype(DType::F32)?.to_device(device)?)))
             .collect::<Result<_>>()?;
-        let d = config.dim;
-        let get = |key: &str| crate::weights_io::vector(&tensors, key, d, name, device);
-        let (x_shift, x_scale) = (get("x_shift")?, get("x_scale")?);
+        let (x_shift, x_scale) =
+            crate::weights_io::standardisation(&tensors, config.dim, name, device)?;
         let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
         Self::new(config, vb, x_shift, x_scale).map_err(|e| Error::Format {
             file: name.to_string(),
@@ -311,32 +303,9 @@ impl FlowModel {
     pub fn dim(&self) -> usize {
         self.config.dim
     }
-    pub fn dtype(&self) -> DType {
-        self.x_scale.dtype()
-    }
-    pub fn device(&self) -> &Device {
-        self.x_scale.device()
-    }
-    pub fn x_shift(&self) -> &Tensor {
-        &self.x_shift
-    }
-    pub fn x_scale(&self) -> &Tensor {
-        &self.x_scale
-    }
     /// Σ ln x_scale: ln q(physical x) = ln q(standardised x) − this.
     pub fn log_scale_sum(&self) -> f64 {
         self.log_scale_sum
-    }
-
-    /// Physical → standardised x.
-    pub fn standardise(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(x.broadcast_sub(&self.x_shift)?
-            .broadcast_div(&self.x_scale)?)
-    }
-    /// Standardised → physical x.
-    pub fn unstandardise(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(x.broadcast_mul(&self.x_scale)?
-            .broadcast_add(&self.x_shift)?)
     }
 
     fn check_input(&self, x: &Tensor) -> Result<Tensor> {

@@ -49,21 +49,9 @@ impl Prior for FlowPrior {
             let what = format!("{}: φ", self.name);
             return Err(Error::shape(what, format!("[..., {N_PARAMS}]"), dims));
         }
-        let lead = &dims[..dims.len() - 1];
-        let n: usize = lead.iter().product();
-        let out_device = phi.device().clone();
-        let flat = phi
-            .reshape((n, N_PARAMS))?
-            .to_device(self.model.device())?
-            .to_dtype(self.model.dtype())?;
         // Rows with a non-finite coordinate are evaluated at 0 and masked to −∞.
-        let (finite, safe) = crate::common::finite_rows(&flat)?;
-        let lp = self.model.log_prob(&safe)?;
-        let lp = crate::common::mask_to_neg_inf(&finite, &lp)?;
-        Ok(lp
-            .to_dtype(DType::F32)?
-            .reshape(lead)?
-            .to_device(&out_device)?)
+        let (device, dtype) = (self.model.device(), self.model.dtype());
+        crate::common::log_prob_by_rows(phi, device, dtype, |safe| self.model.log_prob(safe))
     }
 
     fn sample(&self, n: usize, rng: &mut dyn RandomSource, device: &Device) -> Result<Tensor> {

@@ -17,7 +17,10 @@ use serde::{Deserialize, Serialize};
 use super::config::{FlowConfig, default_masks};
 use super::model::{FlowModel, init_tensors, write_model};
 use super::spline::SplineConfig;
-use crate::weights_io::{checkpoint, read_checkpoint, restore_raw, snapshot, tensor};
+use crate::weights_io::{
+    checkpoint, cosine_learning_rate, mean_std, read_checkpoint, restore_raw, snapshot,
+    sorted_vars, tensor, update_ema,
+};
 
 /// Architecture and optimiser settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -128,25 +131,6 @@ pub struct Trainer {
     device: Device,
 }
 
-fn mean_std(x: &Tensor) -> Result<(Tensor, Tensor)> {
-    let mean = x.mean(0)?;
-    let std = x.broadcast_sub(&mean)?.sqr()?.mean(0)?.sqrt()?;
-    let s: Vec<f32> = std.to_vec1()?;
-    if let Some(i) = s.iter().position(|v| !(v.is_finite() && *v > 0.0)) {
-        return Err(Error::Invalid(format!(
-            "sample column {i} has zero or non-finite spread; drop it or fix the samples"
-        )));
-    }
-    Ok((mean, std))
-}
-
-fn sorted_vars(varmap: &VarMap) -> Vec<Var> {
-    let vars = varmap.data().lock().expect("varmap lock");
-    let mut named: Vec<(&String, &Var)> = vars.iter().collect();
-    named.sort_by(|a, b| a.0.cmp(b.0));
-    named.into_iter().map(|(_, v)| v.clone()).collect()
-}
-
 impl Trainer {
     /// Prepare training on `samples` `[n, D]` (physical units); `names` are stored in the
     /// model's config.
@@ -164,7 +148,7 @@ impl Trainer {
         }
         let config = opts.flow_config(d, names);
         config.validate().map_err(Error::Invalid)?;
-        let (x_shift, x_scale) = mean_std(&samples)?;
+        let (x_shift, x_scale) = mean_std(&samples, "sample")?;
         let data = samples.broadcast_sub(&x_shift)?.broadcast_div(&x_scale)?;
         let mut rng = popcosmos_api::HostRng::seed_from_u64(opts.seed);
         let varmap = VarMap::new();
@@ -214,10 +198,8 @@ impl Trainer {
 
     /// Learning rate at the current step (cosine decay to `final_lr_fraction`).
     pub fn learning_rate(&self) -> f64 {
-        let frac = self.step as f64 / self.opts.steps.max(1) as f64;
-        let cosine = 0.5 * (1.0 + (std::f64::consts::PI * frac.min(1.0)).cos());
-        let f = self.opts.final_lr_fraction;
-        self.opts.learning_rate * (f + (1.0 - f) * cosine)
+        let o = &self.opts;
+        cosine_learning_rate(o.learning_rate, o.final_lr_fraction, self.step, o.steps)
     }
 
     /// One optimiser step on a random batch; returns the batch's mean NLL of the
@@ -259,14 +241,8 @@ impl Trainer {
         }
         self.optimizer.set_learning_rate(self.learning_rate());
         self.optimizer.step(&grads)?;
-        let d = self.opts.ema_decay;
-        if d > 0.0 {
-            let vars = self.varmap.data().lock().expect("varmap lock");
-            for (name, e) in self.ema.iter_mut() {
-                // Detached: the EMA must not chain every step into one autograd graph.
-                let v = vars[name.as_str()].as_tensor().detach();
-                *e = ((&*e * d)? + (v * (1.0 - d))?)?.detach();
-            }
+        if self.opts.ema_decay > 0.0 {
+            update_ema(&self.varmap, &mut self.ema, self.opts.ema_decay)?;
         }
         self.step += 1;
         Ok(loss_value + self.flow.log_scale_sum())
