@@ -291,6 +291,21 @@ pub struct SamplerSpec {
     /// SMC: sweeps at β = 1 whose states are all kept as posterior draws.
     #[serde(default = "default_final_sweeps")]
     pub final_sweeps: usize,
+    /// SMC: griddy-Gibbs updates of z per stage (and one before each final sweep): every
+    /// particle's z is redrawn from its conditional p(z | the rest, N held) tabulated on
+    /// `z_grid` points (0 = off).
+    #[serde(default = "default_z_gibbs")]
+    pub z_gibbs: usize,
+    /// SMC: points of that z grid (uniform in ln(1 + z) over the prior's z range).
+    #[serde(default = "default_z_grid")]
+    pub z_grid: usize,
+}
+
+fn default_z_gibbs() -> usize {
+    popcosmos_samplers::SmcConfig::default().grid_gibbs
+}
+fn default_z_grid() -> usize {
+    64
 }
 
 fn default_particles() -> usize {
@@ -335,6 +350,7 @@ impl SamplerSpec {
             max_correlation: self.max_correlation,
             max_stages: self.max_stages,
             final_sweeps: self.final_sweeps,
+            grid_gibbs: self.z_gibbs,
         }
     }
 }
@@ -429,6 +445,8 @@ impl Default for SamplerSpec {
             max_correlation: default_max_correlation(),
             max_stages: default_max_stages(),
             final_sweeps: default_final_sweeps(),
+            z_gibbs: default_z_gibbs(),
+            z_grid: default_z_grid(),
         }
     }
 }
@@ -887,6 +905,8 @@ impl Manifest {
         int_range("sampler.max_sweeps", s.max_sweeps, s.min_sweeps, MAX_SWEEPS)?;
         int_range("sampler.max_stages", s.max_stages, 1, MAX_STAGES)?;
         int_range("sampler.final_sweeps", s.final_sweeps, 1, MAX_SWEEPS)?;
+        int_range("sampler.z_gibbs", s.z_gibbs, 0, MAX_SWEEPS)?;
+        int_range("sampler.z_grid", s.z_grid, 2, MAX_Z_GRID)?;
         s.smc_config().validate(popcosmos_api::N_PARAMS)?;
         for (i, m) in s.moves().iter().enumerate() {
             let key = |k: &str| format!("sampler.moves[{i}].{k}");
@@ -1077,6 +1097,8 @@ pub const MAX_LEAPFROG: usize = 10_000;
 pub const MAX_PARTICLES: usize = 1 << 20;
 /// Upper bound of `sampler.max_sweeps` and `sampler.final_sweeps`.
 pub const MAX_SWEEPS: usize = 10_000;
+/// Upper bound of `sampler.z_grid`.
+pub const MAX_Z_GRID: usize = 4096;
 /// Upper bound of `sampler.max_stages`.
 pub const MAX_STAGES: usize = 100_000;
 /// Upper bound of a clustered move's `components`.

@@ -15,11 +15,11 @@
 
 use popcosmos_api::{
     DType, Error, HostRng, N_PARAMS, Observations, RandomSource, Result, Tensor,
-    params::{IDX_Z, UPPER, phi_to_theta},
+    params::{IDX_Z, LOWER, UPPER, normal_quantile, phi_to_theta},
 };
 use popcosmos_catalog::{ObservedChunk, ResultTable};
 use popcosmos_samplers::{
-    Chain, Reference, RunConfig, Smc, SmcDiagnostics, SmcStatus, TemperedTarget,
+    Chain, GridChart, Reference, RunConfig, Smc, SmcDiagnostics, SmcStatus, TemperedTarget,
     smc::{next_temperature, systematic_resample},
 };
 
@@ -95,6 +95,23 @@ pub fn pz_density(z: &[f64], grid: &[f64], step: f64) -> Vec<f64> {
 struct TemperedPosterior<'a> {
     posterior: &'a Posterior<'a>,
     space: &'a SamplingSpace,
+    /// φ_z of the griddy-Gibbs z grid (empty: no z updates).
+    z_grid: Vec<f64>,
+}
+
+/// φ_z at `points` redshifts uniform in ln(1 + z) over the prior's z range (a hair inside its
+/// ends, where φ_z = Φ⁻¹(·) is finite): a grid whose spacing is a fixed fraction of 1 + z,
+/// like the photo-z error.
+pub fn z_grid_phi(points: usize) -> Vec<f64> {
+    let (lo, hi) = (LOWER[IDX_Z], UPPER[IDX_Z]);
+    let margin = 1e-3 * (hi - lo);
+    let (a, b) = ((1.0 + lo + margin).ln(), (1.0 + hi - margin).ln());
+    (0..points)
+        .map(|k| {
+            let z = (a + (b - a) * k as f64 / (points - 1).max(1) as f64).exp() - 1.0;
+            normal_quantile((z - lo) / (hi - lo))
+        })
+        .collect()
 }
 
 fn observation_rows(obs: &Observations, galaxies: &Tensor) -> Result<Observations> {
@@ -105,18 +122,54 @@ fn observation_rows(obs: &Observations, galaxies: &Tensor) -> Result<Observation
     })
 }
 
-impl TemperedTarget for TemperedPosterior<'_> {
-    fn log_prior_and_like(&self, psi: &Tensor, galaxies: &Tensor) -> Result<(Tensor, Tensor)> {
-        let (phi, log_j) = self.space.to_phi(psi)?;
+impl TemperedPosterior<'_> {
+    /// (ln p(φ), ln L) of latent positions φ for columns `galaxies`.
+    fn in_phi(&self, phi: &Tensor, galaxies: &Tensor) -> Result<(Tensor, Tensor)> {
         let obs = if galaxies.dim(0)? == self.posterior.obs.flux_nmgy.dim(0)? {
             self.posterior.obs.clone()
         } else {
             observation_rows(self.posterior.obs, galaxies)?
         };
-        let model = self.posterior.model_photometry(&phi)?;
+        let model = self.posterior.model_photometry(phi)?;
         let ll = self.posterior.likelihood.log_like(&model, &obs)?;
-        let lp = (self.posterior.prior.log_prob(&phi)? + log_j)?;
-        Ok((lp, ll))
+        Ok((self.posterior.prior.log_prob(phi)?, ll))
+    }
+}
+
+impl TemperedTarget for TemperedPosterior<'_> {
+    fn log_prior_and_like(&self, psi: &Tensor, galaxies: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (phi, log_j) = self.space.to_phi(psi)?;
+        let (lp, ll) = self.in_phi(&phi, galaxies)?;
+        Ok(((lp + log_j)?, ll))
+    }
+
+    fn grid_chart(&self) -> Option<&dyn GridChart> {
+        (!self.z_grid.is_empty()).then_some(self as &dyn GridChart)
+    }
+}
+
+/// z moves in the latent φ: there N, the apparent-magnitude normalisation
+/// (N = μ(z) − 2.5 log M), stays put while z changes, so the conditional p(z | ·) is set by
+/// the colours, as in template fitting, not by the distance dimming at fixed mass.
+impl GridChart for TemperedPosterior<'_> {
+    fn to_chart(&self, psi: &Tensor) -> Result<(Tensor, Tensor)> {
+        self.space.to_phi(psi)
+    }
+
+    fn from_chart(&self, phi: &Tensor) -> Result<Tensor> {
+        self.space.from_phi(phi)
+    }
+
+    fn log_prior_and_like(&self, phi: &Tensor, galaxies: &Tensor) -> Result<(Tensor, Tensor)> {
+        self.in_phi(phi, galaxies)
+    }
+
+    fn axis(&self) -> usize {
+        IDX_Z
+    }
+
+    fn grid(&self) -> &[f64] {
+        &self.z_grid
     }
 }
 
@@ -163,7 +216,15 @@ impl Pipeline {
             SamplerKind::Library => library_posterior(in_psi, &log_like, s.particles, rng)?,
             SamplerKind::Smc => {
                 let smc = Smc::new(s.smc_config(), self.ensemble_moves(None)?, N_PARAMS)?;
-                let target = TemperedPosterior { posterior, space };
+                let target = TemperedPosterior {
+                    posterior,
+                    space,
+                    z_grid: if s.z_gibbs > 0 {
+                        z_grid_phi(s.z_grid)
+                    } else {
+                        Vec::new()
+                    },
+                };
                 smc.run(
                     &Reference {
                         position: &in_psi.psi,
@@ -286,6 +347,8 @@ fn library_posterior(
             unique_fraction: f64::NAN,
             acceptance: f64::NAN,
             sweeps: 0,
+            grid_acceptance: f64::NAN,
+            grid_updates: 0,
             status: SmcStatus::NoFiniteLikelihood,
         };
         // Target ESS 0: the whole step to β = 1.

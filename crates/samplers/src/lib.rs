@@ -88,6 +88,7 @@
 pub mod diagnostics;
 pub mod ensemble;
 pub mod global;
+pub mod grid_gibbs;
 pub mod hmc;
 pub mod mixture;
 pub mod prune;
@@ -103,6 +104,7 @@ pub use ensemble::{
     StretchMove,
 };
 pub use global::GlobalMove;
+pub use grid_gibbs::{GridChart, PiecewiseExponential};
 pub use hmc::{DualAveraging, Hmc, HmcInfo, HmcState};
 pub use mixture::ClusteredGlobalMove;
 pub use prune::prune_stuck_walkers;

@@ -40,6 +40,7 @@ use popcosmos_api::{DType, Error, RandomSource, Result, Tensor};
 use rayon::prelude::*;
 
 use crate::ensemble::{EnsembleSampler, metropolis_accept};
+use crate::grid_gibbs::{GridChart, GridState, grid_gibbs_update, ridge_slopes};
 use crate::run::{Chain, RunConfig};
 use crate::sanitize_log_prob;
 
@@ -49,6 +50,12 @@ pub trait TemperedTarget {
     /// column j belongs to the batch's galaxy `galaxies[j]` (`u32` indices on the device).
     /// NaN is read as −∞.
     fn log_prior_and_like(&self, position: &Tensor, galaxies: &Tensor) -> Result<(Tensor, Tensor)>;
+
+    /// A chart with one coordinate to update by griddy Gibbs ([`crate::grid_gibbs`]), used
+    /// when [`SmcConfig::grid_gibbs`] > 0.
+    fn grid_chart(&self) -> Option<&dyn GridChart> {
+        None
+    }
 }
 
 /// Settings of the tempered SMC.
@@ -68,6 +75,9 @@ pub struct SmcConfig {
     pub max_stages: usize,
     /// Sweeps at β = 1 whose states are all kept (≥ 1).
     pub final_sweeps: usize,
+    /// Griddy-Gibbs updates of the target's chart axis ([`TemperedTarget::grid_chart`]) at
+    /// the start of each stage's rejuvenation, and one before each final sweep when > 0.
+    pub grid_gibbs: usize,
 }
 
 impl Default for SmcConfig {
@@ -80,6 +90,7 @@ impl Default for SmcConfig {
             max_correlation: 0.2,
             max_stages: 200,
             final_sweeps: 4,
+            grid_gibbs: 0,
         }
     }
 }
@@ -169,6 +180,10 @@ pub struct SmcDiagnostics {
     pub acceptance: f64,
     /// Move sweeps run (all stages and the final sweeps).
     pub sweeps: usize,
+    /// Mean acceptance of the griddy-Gibbs updates (NaN when none ran).
+    pub grid_acceptance: f64,
+    /// Griddy-Gibbs updates run.
+    pub grid_updates: usize,
     pub status: SmcStatus,
 }
 
@@ -183,6 +198,8 @@ impl SmcDiagnostics {
             unique_fraction: f64::NAN,
             acceptance: f64::NAN,
             sweeps: 0,
+            grid_acceptance: f64::NAN,
+            grid_updates: 0,
             status: SmcStatus::Converged,
         }
     }
@@ -283,12 +300,9 @@ pub struct Smc {
     pub moves: EnsembleSampler,
 }
 
-/// Particles of the active galaxies with their cached log-prior and log-likelihood.
-struct Particles {
-    position: Tensor, // [n, a, d]
-    log_prior: Tensor,
-    log_like: Tensor,
-}
+/// Particles of the active galaxies `[n, a, d]` with their cached log-prior and
+/// log-likelihood.
+type Particles = GridState;
 
 impl Particles {
     fn columns(&self, cols: &Tensor) -> Result<Self> {
@@ -541,7 +555,11 @@ impl Smc {
                 movable.len(),
                 &device,
             )?;
+            let host_betas: Vec<f64> = movable.iter().map(|&i| beta[i as usize]).collect();
             for _ in 0..c.final_sweeps {
+                if c.grid_gibbs > 0 {
+                    sub = self.grid_update(sub, &movable, &host_betas, target, rng, &mut diag)?;
+                }
                 let (next, acc) = self.sweep(sub, &cols, &betas, target, rng)?;
                 sub = next;
                 let acc = acc.to_dtype(DType::F64)?.mean(0)?.to_vec1::<f64>()?;
@@ -604,6 +622,10 @@ impl Smc {
         let c = &self.config;
         let device = sub.position.device().clone();
         let start = sub.position.to_dtype(DType::F64)?;
+        let betas: Vec<f64> = active.iter().map(|&g| beta[g as usize]).collect();
+        for _ in 0..c.grid_gibbs {
+            sub = self.grid_update(sub, active, &betas, target, rng, diag)?;
+        }
         let mut sweeping: Vec<usize> = (0..active.len()).collect();
         let mut done = vec![0usize; active.len()];
         while !sweeping.is_empty() {
@@ -643,6 +665,73 @@ impl Smc {
                 .collect();
         }
         Ok(sub)
+    }
+
+    /// One griddy-Gibbs update of columns `cols` (galaxy indices) at inverse temperatures
+    /// `betas`, when the target has a chart; books its acceptance.
+    fn grid_update(
+        &self,
+        p: Particles,
+        cols: &[u32],
+        betas: &[f64],
+        target: &dyn TemperedTarget,
+        rng: &mut dyn RandomSource,
+        diag: &mut [SmcDiagnostics],
+    ) -> Result<Particles> {
+        let Some(chart) = target.grid_chart() else {
+            return Ok(p);
+        };
+        let galaxies = index_tensor(cols, p.position.device())?;
+        let eval = |x: &Tensor| target.log_prior_and_like(x, &galaxies);
+        let mut uniforms = |k: usize| (0..k).map(|_| rng.next_f64()).collect::<Vec<f64>>();
+        // Red/blue halves: each half moves along the ridge fitted to the other.
+        let n = p.position.dim(0)?;
+        let halves = [(0, n / 2), (n / 2, n - n / 2)];
+        let mut parts: Vec<Particles> = Vec::with_capacity(2);
+        let mut accepted = Vec::with_capacity(2);
+        for (h, &(start, len)) in halves.iter().enumerate() {
+            let (o_start, o_len) = halves[1 - h];
+            let other = match parts.first() {
+                Some(updated) => updated.position.clone(),
+                None => p.position.narrow(0, o_start, o_len)?,
+            };
+            let slopes = ridge_slopes(&chart.to_chart(&other)?.0, chart.axis())?;
+            let half = Particles {
+                position: p.position.narrow(0, start, len)?,
+                log_prior: p.log_prior.narrow(0, start, len)?,
+                log_like: p.log_like.narrow(0, start, len)?,
+            };
+            let (next, acc) = grid_gibbs_update(
+                chart,
+                &eval,
+                &half,
+                &galaxies,
+                betas,
+                &slopes,
+                &mut uniforms,
+            )?;
+            parts.push(next);
+            accepted.push(acc);
+        }
+        let cat = |f: fn(&Particles) -> &Tensor| Tensor::cat(&[f(&parts[0]), f(&parts[1])], 0);
+        let next = Particles {
+            position: cat(|q| &q.position)?,
+            log_prior: cat(|q| &q.log_prior)?,
+            log_like: cat(|q| &q.log_like)?,
+        };
+        let acc = Tensor::cat(&accepted, 0)?;
+        let acc = acc.to_dtype(DType::F64)?.mean(0)?.to_vec1::<f64>()?;
+        for (&gal, a) in cols.iter().zip(acc) {
+            let d = &mut diag[gal as usize];
+            let total = if d.grid_updates == 0 {
+                0.0
+            } else {
+                d.grid_acceptance * d.grid_updates as f64
+            };
+            d.grid_updates += 1;
+            d.grid_acceptance = (total + a) / d.grid_updates as f64;
+        }
+        Ok(next)
     }
 
     /// One red/blue sweep on π_β = p L^β; returns the new particles and the acceptance
