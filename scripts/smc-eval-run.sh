@@ -7,7 +7,7 @@ if [ $survey = kids ]; then
 cat > $name.yaml <<EOT
 survey: {name: kids}
 catalogue: {path: kids_eval.csv, id_column: id, units: nanomaggies, truth_columns: [zspec], missing_values: [-99.0, 1.0e+29]}
-sps: {weights: "builtin:photulator_kids9", emission_lines: true}
+sps: {kind: photulator, weights: "builtin:photulator_kids9", emission_lines: true}
 prior: {kind: prospector-alpha}
 sampler: $sampler
 init: {library_size: $lib}
@@ -19,7 +19,7 @@ else
 cat > $name.yaml <<EOT
 survey: {name: cosmos, calibration: leistedt23}
 catalogue: {path: cosmos2020_demo.csv, id_column: id, units: mjy, flux_pattern: "flux_{band}", error_pattern: "fluxerr_{band}", upper_limits: negative_error, truth_columns: [zspec]}
-sps: {kind: cosmos-photulator, emission_lines: true}
+sps: {kind: photulator, emission_lines: true}
 prior: {kind: prospector-alpha}
 likelihood: {kind: student-t, nu: 2}
 sampler: $sampler

@@ -162,8 +162,10 @@ fn manifest(catalogue: &Path, out: &Path, key: (&str, &str, &str, &str), value: 
     set("output", "dir", out.display().to_string());
     set("likelihood", "kind", "student-t".into());
     let (_, section, field, template) = key;
-    if section == "prior" {
-        set("prior", "kind", "diffusion".into());
+    match section {
+        "prior" => set("prior", "kind", "diffusion".into()),
+        "sps" => set("sps", "kind", "photulator".into()),
+        _ => {}
     }
     let list = |v: &str, fill: &str| {
         std::iter::once(v)

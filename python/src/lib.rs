@@ -202,7 +202,7 @@ struct Pipeline {
 /// reading the manifest.
 fn build_pipeline(py: Python<'_>, mut m: Manifest) -> PyResult<Pipeline> {
     m.apply_survey_columns().map_err(manifest_err)?;
-    let inner = py.detach(|| RustPipeline::new(m)).map_err(manifest_err)?;
+    let inner = py.detach(|| RustPipeline::new(m, &HubConfig::from_env())).map_err(manifest_err)?;
     Ok(Pipeline {
         manifest: inner.manifest.clone(),
         bands: inner.survey.band_names(),
@@ -433,7 +433,7 @@ fn sample_prior<'py>(
         return Err(PyValueError::new_err("n: at least one draw is needed"));
     }
     let (order, table) = py
-        .detach(|| popcosmos_inference::memory::prior_draws(&spec, n, seed))
+        .detach(|| popcosmos_inference::memory::prior_draws(&spec, n, seed, &HubConfig::from_env()))
         .map_err(manifest_err)?;
     let out = table_to_py(py, &table, &order)?;
     Ok((order, out))
@@ -458,7 +458,8 @@ fn predict<'py>(
         .collect::<PyResult<Vec<_>>>()?;
     let out = py
         .detach(|| {
-            popcosmos_inference::memory::predict_photometry("params", &columns, &survey, lines)
+            let hub = HubConfig::from_env();
+            popcosmos_inference::memory::predict_photometry("params", &columns, &survey, lines, &hub)
         })
         .map_err(input_err)?;
     let list = PyList::empty(py);

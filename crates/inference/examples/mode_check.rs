@@ -6,6 +6,7 @@
 use candle_core::{IndexOp, Tensor};
 use popcosmos_api::{LogDensity, Prior, RandomSource, Result, params::IDX_Z, params::phi_to_theta};
 use popcosmos_inference::{Manifest, Pipeline, init::InitLibrary};
+use popcosmos_models::HubConfig;
 use popcosmos_samplers::{RunConfig, sample};
 
 struct ZConstrained<'a> {
@@ -44,7 +45,7 @@ fn main() -> Result<()> {
         .map(|s| s.parse().unwrap())
         .unwrap_or(300);
     let m = Manifest::load(std::path::Path::new(&path))?;
-    let p = Pipeline::new(m)?;
+    let p = Pipeline::new(m, &HubConfig::from_env())?;
     let mut reader =
         popcosmos_catalog::CatalogueReader::open(&p.manifest.catalogue, &p.survey.band_names())
             .unwrap();

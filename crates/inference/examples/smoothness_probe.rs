@@ -7,12 +7,13 @@
 use candle_core::Tensor;
 use popcosmos_api::{LogDensity, N_PARAMS, Result};
 use popcosmos_inference::{Manifest, Pipeline, init::InitLibrary};
+use popcosmos_models::HubConfig;
 
 fn main() -> Result<()> {
     popcosmos_api::configure_cpu_threads();
     let path = std::env::args().nth(1).unwrap();
     let m = Manifest::load(std::path::Path::new(&path))?;
-    let p = Pipeline::new(m)?;
+    let p = Pipeline::new(m, &HubConfig::from_env())?;
     let mut reader =
         popcosmos_catalog::CatalogueReader::open(&p.manifest.catalogue, &p.survey.band_names())
             .unwrap();

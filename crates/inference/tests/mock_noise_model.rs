@@ -113,7 +113,11 @@ fn noise_model_reproduces_reference_uncertainties() {
 #[test]
 fn selected_mock_obeys_the_cut_and_its_noise_law() {
     let survey = popcosmos_surveys::Cosmos::new(popcosmos_surveys::CalibrationChoice::Leistedt23);
-    let sps = popcosmos_sps::CosmosSps::builtin(survey.calibration(), &Device::Cpu).unwrap();
+    let sps = popcosmos_sps::PhotulatorSps::builtin(
+        &popcosmos_sps::LineCalibration::leistedt23(),
+        &Device::Cpu,
+    )
+    .unwrap();
     let prior = popcosmos_priors::ProspectorAlphaPrior::new();
     let nm = NoiseModel::builtin(&Device::Cpu).unwrap();
     let ch1 = survey
