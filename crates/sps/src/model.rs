@@ -69,21 +69,6 @@ struct LineModel {
     weights: Tensor,
 }
 
-/// Positions of `wanted` in `available`; the error names the missing band and the set.
-fn band_selection(available: &[String], wanted: &[String], set: &str) -> Result<Vec<usize>> {
-    wanted
-        .iter()
-        .map(|w| {
-            available.iter().position(|a| a == w).ok_or_else(|| {
-                Error::Invalid(format!(
-                    "survey band '{w}' is not a band of the emulator set {set} (its bands: {})",
-                    available.join(", ")
-                ))
-            })
-        })
-        .collect()
-}
-
 impl PhotulatorSps {
     /// The bundled COSMOS photulators and emission-line emulator.
     pub fn builtin(lines: &LineCalibration, device: &Device) -> Result<Self> {
@@ -164,7 +149,8 @@ impl PhotulatorSps {
     /// grizy survey costs 6/26 of the COSMOS set instead of computing 26 bands and discarding
     /// 20). Emission lines (`lines`; `None` = continuum only): for the COSMOS set the bundled
     /// line bandpass models of the selected bands; for any other set band responses from the
-    /// survey's `filters` (one curve per survey band, in order; [`Self::for_filter_set`]).
+    /// survey's `filters` (one curve per survey band, in order;
+    /// [`EmLineEmulator::with_filter_curves`]).
     pub fn for_survey(
         set: &WeightFile,
         config: PhotulatorConfig,
@@ -173,37 +159,35 @@ impl PhotulatorSps {
         lines: Option<&LineCalibration>,
         device: &Device,
     ) -> Result<Self> {
-        let keep = band_selection(&config.bands, survey_bands, set.name())?;
+        let keep = survey_bands
+            .iter()
+            .map(|b| {
+                config.bands.iter().position(|a| a == b).ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "survey band '{b}' is not a band of the emulator set {} (its bands: {})",
+                        set.name(),
+                        config.bands.join(", ")
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
         let is_cosmos = config.bands == PhotulatorConfig::builtin()?.bands;
-        let full = config.bands == survey_bands;
-        let subset = |file: &WeightFile, stacked: &[&str]| {
-            let name = if full {
-                file.name().to_string()
-            } else {
-                format!("{} (bands {})", file.name(), survey_bands.join(","))
-            };
-            file.select_bands(&keep, stacked, name)
-        };
         let config = PhotulatorConfig {
             bands: survey_bands.to_vec(),
             ..config
         };
-        let photulator =
-            Photulator::from_weights(&subset(set, &PHOTULATOR_STACKED)?, config, device)?;
+        let set = set.select_bands(&keep, &PHOTULATOR_STACKED)?;
+        let photulator = Photulator::from_weights(&set, config, device)?;
         let Some(lines) = lines else {
             return Self::new(photulator, None);
         };
-        if is_cosmos {
-            let emlines = WeightFile::from_bytes(
-                emlines::BUILTIN_WEIGHTS,
-                "emline_emulator.safetensors",
-                device,
-            )?;
-            let emulator =
-                EmLineEmulator::from_weights(&subset(&emlines, &EMLINE_STACKED)?, device)?;
-            return Self::new(photulator, Some((emulator, lines)));
-        }
-        if filters.len() != survey_bands.len() {
+        let emulator = if is_cosmos {
+            let name = "emline_emulator.safetensors";
+            let file = WeightFile::from_bytes(emlines::BUILTIN_WEIGHTS, name, device)?;
+            EmLineEmulator::from_weights(&file.select_bands(&keep, &EMLINE_STACKED)?, device)?
+        } else if filters.len() == survey_bands.len() {
+            EmLineEmulator::builtin(device)?.with_filter_curves(filters)?
+        } else {
             return Err(Error::Invalid(format!(
                 "the emulator set {} is not the COSMOS set, so the emission-line band responses \
                  come from the survey's filter curves, but the survey has {} curves for {} bands \
@@ -212,17 +196,8 @@ impl PhotulatorSps {
                 filters.len(),
                 survey_bands.len()
             )));
-        }
-        // Curves carry their file stem; the photulator checks them by band name.
-        let named: Vec<FilterCurve> = filters
-            .iter()
-            .zip(survey_bands)
-            .map(|(f, b)| FilterCurve {
-                name: b.clone(),
-                ..f.clone()
-            })
-            .collect();
-        Self::for_filter_set(photulator, &named, lines)
+        };
+        Self::new(photulator, Some((emulator, lines)))
     }
 
     /// Drop the emission-line component (continuum-only model).

@@ -73,10 +73,10 @@ impl WeightFile {
             })
     }
 
-    /// The bands `keep` (in that order) of a stacked per-band model, named `name`: tensors
-    /// `band.{b}.*` renumbered, the per-band `stacked` tensors (band = first axis)
-    /// row-selected, the others shared.
-    pub fn select_bands(&self, keep: &[usize], stacked: &[&str], name: String) -> Result<Self> {
+    /// The bands `keep` (in that order) of a stacked per-band model: tensors `band.{b}.*`
+    /// renumbered, the per-band `stacked` tensors (band = first axis) row-selected, the others
+    /// shared.
+    pub fn select_bands(&self, keep: &[usize], stacked: &[&str]) -> Result<Self> {
         let idx: Vec<u32> = keep.iter().map(|&b| b as u32).collect();
         let mut tensors = HashMap::new();
         for (key, t) in &self.tensors {
@@ -95,7 +95,10 @@ impl WeightFile {
                 tensors.insert(key.clone(), t.clone());
             }
         }
-        Ok(Self { name, tensors })
+        Ok(Self {
+            name: self.name.clone(),
+            tensors,
+        })
     }
 
     /// A tensor of `shape` copied to the host as f32 values (for constants used in host code).
