@@ -131,12 +131,9 @@ fn nu_of(spec: &LikelihoodSpec) -> Option<f64> {
 }
 
 fn initial_flow(reference: &str, pipeline: &Pipeline) -> Result<FlowModel> {
-    let (bytes, source) = popcosmos_inference::manifest::load_weights(
-        "--initial",
-        reference,
-        "flow",
-        &HubConfig::from_env(),
-    )?;
+    let hub = HubConfig::from_env();
+    let (bytes, source) =
+        popcosmos_inference::manifest::load_weights("--initial", reference, "flow", &hub)?;
     Ok(FlowModel::from_bytes(&bytes, &source, &pipeline.device)?)
 }
 

@@ -118,13 +118,8 @@ fn predict(input: &Path, output: &Path, lines: bool) -> Result<()> {
         .collect();
     let mut survey = SurveySpec::named("cosmos");
     survey.calibration = Some(CalibrationChoice::Leistedt23);
-    let blocks = predict_photometry(
-        &input.display().to_string(),
-        &columns,
-        &survey,
-        lines,
-        &HubConfig::from_env(),
-    )?;
+    let hub = HubConfig::from_env();
+    let blocks = predict_photometry(&input.display().to_string(), &columns, &survey, lines, &hub)?;
     let mut w = csv::Writer::from_path(output)
         .with_context(|| format!("{}: cannot create", output.display()))?;
     w.write_record(blocks.iter().map(|(name, _)| name))?;

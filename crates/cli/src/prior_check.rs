@@ -76,13 +76,11 @@ fn thetas(phi: &Tensor) -> Result<Vec<[f64; N_PARAMS]>> {
 }
 
 pub fn compare(args: &ComparePriorsArgs) -> Result<PriorComparison> {
-    let device = Device::Cpu;
+    let (device, hub) = (Device::Cpu, HubConfig::from_env());
     let build = |s: &str| -> Result<Box<dyn Prior>> {
         let spec = crate::prior_train::parse_prior(s)?;
         Ok(popcosmos_inference::manifest::build_prior(
-            &spec,
-            &device,
-            &HubConfig::from_env(),
+            &spec, &device, &hub,
         )?)
     };
     let q = build(&args.model).context("--model")?;

@@ -399,12 +399,9 @@ pub fn distill(args: &DistillArgs) -> Result<()> {
         bail!("--teacher: must be a diffusion prior (kind: diffusion), got {spec:?}");
     };
     let device = Device::Cpu;
-    let (bytes, source) = popcosmos_inference::manifest::load_weights(
-        "--teacher",
-        weights,
-        "diffusion",
-        &HubConfig::from_env(),
-    )?;
+    let hub = HubConfig::from_env();
+    let (bytes, source) =
+        popcosmos_inference::manifest::load_weights("--teacher", weights, "diffusion", &hub)?;
     let teacher = DiffusionModel::from_bytes(&bytes, &source, &device)?;
     if args.model == DistillModel::Consistency {
         return distill_consistency(args, &teacher, &source);

@@ -324,6 +324,15 @@ impl Caller<'_> {
     }
 }
 
+/// Name, bands, calibration, filter curves and emission-line terms read from a survey plugin.
+type SurveyParts = (
+    String,
+    Vec<Band>,
+    Calibration,
+    Vec<FilterCurve>,
+    Vec<LineValues>,
+);
+
 /// A survey loaded from a plugin (its data copied and validated at load time).
 #[derive(Debug, Clone)]
 pub struct PluginSurvey {
@@ -359,18 +368,7 @@ impl PluginSurvey {
         })
     }
 
-    #[allow(clippy::type_complexity)]
-    fn read(
-        c: &Caller,
-        vt: &abi::SurveyVTable,
-        h: abi::Handle,
-    ) -> Result<(
-        String,
-        Vec<Band>,
-        Calibration,
-        Vec<FilterCurve>,
-        Vec<LineValues>,
-    )> {
+    fn read(c: &Caller, vt: &abi::SurveyVTable, h: abi::Handle) -> Result<SurveyParts> {
         let bad = |m: String| fail(c.path, m);
         // SAFETY (all calls below): live handle, host-owned buffers of the stated sizes.
         let name = c.string("name", |b, cap, len, e| unsafe {
