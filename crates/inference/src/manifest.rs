@@ -121,13 +121,8 @@ impl SpsSpec {
         device: &Device,
     ) -> Result<PhotulatorSps> {
         let Self::Photulator { emission_lines, .. } = self;
-        let model = load_model(
-            "sps.weights",
-            &self.weight_ref()?,
-            "photulator",
-            "photulator",
-            hub,
-        )?;
+        let r = self.weight_ref()?;
+        let model = load_model("sps.weights", &r, "photulator", "photulator", hub)?;
         let config = PhotulatorConfig {
             bands: model.card.bands.clone(),
             architecture: model.card.architecture.layers.clone(),
