@@ -348,6 +348,14 @@ mod tests {
     }
 
     #[test]
+    fn leistedt23_line_terms() {
+        let l = LineCalibration::leistedt23();
+        assert_eq!((l.offsets.len(), l.ln_scatters.len()), (44, 44));
+        // Appendix A: [O III] 5007 σ = 2.6403e−02 → ln σ.
+        assert!((l.ln_scatters[43] - 2.6403e-2f64.ln()).abs() < 1e-3);
+    }
+
+    #[test]
     fn unknown_band_is_named() {
         let (set, config) = cosmos_set();
         let bands = ["hsc_g".to_string(), "omegacam_u".to_string()];
