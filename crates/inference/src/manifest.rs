@@ -23,7 +23,7 @@ use crate::likelihood::LikelihoodSpec;
 pub struct Manifest {
     pub survey: SurveySpec,
     pub catalogue: CatalogueSpec,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "sps_with_default_kind")]
     pub sps: SpsSpec,
     pub prior: PriorSpec,
     #[serde(default)]
@@ -75,6 +75,19 @@ pub enum SpsSpec {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         max_rows: Option<usize>,
     },
+}
+
+/// `sps:` without `kind` is the photulator, the only SPS kind today, so manifests written
+/// before the section was tagged keep working.
+fn sps_with_default_kind<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<SpsSpec, D::Error> {
+    use serde::de::Error as _;
+    let mut value = serde_json::Value::deserialize(d)?;
+    if let serde_json::Value::Object(map) = &mut value {
+        map.entry("kind").or_insert_with(|| "photulator".into());
+    }
+    SpsSpec::deserialize(value).map_err(D::Error::custom)
 }
 
 /// The bundled 26-band COSMOS photulator set.
