@@ -7,12 +7,12 @@ name=$1; survey=$2; sampler=$3; seed=$4; lib=$5
 if [ $survey = kids ]; then
 head='survey: {name: kids}
 catalogue: {path: kids_eval.csv, id_column: id, units: nanomaggies, truth_columns: [zspec], missing_values: [-99.0, 1.0e+29]}
-sps: {weights: "builtin:photulator_kids9", emission_lines: true}
+sps: {kind: photulator, weights: "builtin:photulator_kids9", emission_lines: true}
 prior: {kind: prospector-alpha}'
 else
 head='survey: {name: cosmos, calibration: leistedt23}
 catalogue: {path: cosmos2020_demo.csv, id_column: id, units: mjy, flux_pattern: "flux_{band}", error_pattern: "fluxerr_{band}", upper_limits: negative_error, truth_columns: [zspec]}
-sps: {kind: cosmos-photulator, emission_lines: true}
+sps: {kind: photulator, emission_lines: true}
 prior: {kind: prospector-alpha}
 likelihood: {kind: student-t, nu: 2}'
 fi

@@ -118,8 +118,10 @@ fn manifest(catalogue: &Path, out: &Path, (key, template): (&str, &str), value: 
     set("output", "dir", out.display().to_string());
     set("likelihood", "kind", "student-t".into());
     let (section, field) = section_field(key);
-    if section == "prior" {
-        set("prior", "kind", "diffusion".into());
+    match section {
+        "prior" => set("prior", "kind", "diffusion".into()),
+        "sps" => set("sps", "kind", "photulator".into()),
+        _ => {}
     }
     let list = |v: &str, fill: &str| {
         std::iter::once(v)

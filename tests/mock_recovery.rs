@@ -13,6 +13,7 @@ mod common;
 use common::*;
 
 use popcosmos_api::{HostRng, Survey};
+use popcosmos_sps::{LineCalibration, PhotulatorSps};
 
 #[test]
 #[ignore = "slow science check (~minutes in release)"]
@@ -24,7 +25,7 @@ fn mock_posteriors_have_nominal_coverage() {
     let dir = tempdir("mock-recovery");
     let survey = popcosmos_surveys::Cosmos::new(popcosmos_surveys::CalibrationChoice::Leistedt23);
     let device = candle_core::Device::Cpu;
-    let sps = popcosmos_sps::CosmosSps::builtin(survey.calibration(), &device).unwrap();
+    let sps = PhotulatorSps::builtin(&LineCalibration::leistedt23(), &device).unwrap();
     let prior = popcosmos_priors::ProspectorAlphaPrior::new();
     // Error templates: the real per-band errors of the demo galaxies (nmgy; NaN = missing).
     let spec: popcosmos_catalog::CatalogueSpec = serde_json::from_value(serde_json::json!({

@@ -16,7 +16,7 @@ fn manifest(dir: &Path, catalogue: &Path, extra: &str) -> PathBuf {
         format!(
             "survey: {{name: kids}}\ncatalogue: {{path: {}, id_column: id, units: nanomaggies, \
              truth_columns: [zspec], missing_values: [-99.0, 1.0e+29]}}\n\
-             sps: {{weights: \"builtin:photulator_kids9\", emission_lines: true}}\n\
+             sps: {{kind: photulator, weights: \"builtin:photulator_kids9\", emission_lines: true}}\n\
              prior: {{kind: prospector-alpha}}\noutput: {{dir: {}}}\nseed: 3\n{extra}",
             catalogue.display(),
             dir.join("out").display()

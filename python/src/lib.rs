@@ -36,10 +36,12 @@ const DEMO_CATALOGUE_CSV: &str = include_str!("../../examples/data/cosmos2020_de
 
 /// The field a serde parse error names as unknown or missing (`unknown field `wlakers``).
 fn serde_field(message: &str) -> Option<String> {
-    ["unknown field `", "missing field `"].iter().find_map(|marker| {
-        let rest = &message[message.find(marker)? + marker.len()..];
-        rest.find('`').map(|j| rest[..j].to_string())
-    })
+    ["unknown field `", "missing field `"]
+        .iter()
+        .find_map(|marker| {
+            let rest = &message[message.find(marker)? + marker.len()..];
+            rest.find('`').map(|j| rest[..j].to_string())
+        })
 }
 
 fn manifest_error(message: String, key: Option<String>) -> PyErr {
@@ -205,7 +207,9 @@ struct Pipeline {
 /// reading the manifest.
 fn build_pipeline(py: Python<'_>, mut m: Manifest) -> PyResult<Pipeline> {
     m.apply_survey_columns().map_err(manifest_err)?;
-    let inner = py.detach(|| RustPipeline::new(m)).map_err(manifest_err)?;
+    let inner = py
+        .detach(|| RustPipeline::new(m, &HubConfig::from_env()))
+        .map_err(manifest_err)?;
     Ok(Pipeline {
         manifest: inner.manifest.clone(),
         bands: inner.survey.band_names(),
@@ -436,7 +440,7 @@ fn sample_prior<'py>(
         return Err(PyValueError::new_err("n: at least one draw is needed"));
     }
     let (order, table) = py
-        .detach(|| popcosmos_inference::memory::prior_draws(&spec, n, seed))
+        .detach(|| popcosmos_inference::memory::prior_draws(&spec, n, seed, &HubConfig::from_env()))
         .map_err(manifest_err)?;
     let out = table_to_py(py, &table, &order)?;
     Ok((order, out))
@@ -461,7 +465,10 @@ fn predict<'py>(
         .collect::<PyResult<Vec<_>>>()?;
     let out = py
         .detach(|| {
-            popcosmos_inference::memory::predict_photometry("params", &columns, &survey, lines)
+            let hub = HubConfig::from_env();
+            popcosmos_inference::memory::predict_photometry(
+                "params", &columns, &survey, lines, &hub,
+            )
         })
         .map_err(input_err)?;
     let list = PyList::empty(py);

@@ -6,6 +6,7 @@ use anyhow::Result;
 use clap::Subcommand;
 use popcosmos_api::Device;
 use popcosmos_inference::{Manifest, Pipeline, manifest::SamplerSpec};
+use popcosmos_models::HubConfig;
 use popcosmos_samplers::{
     diagnostics::diagnose_chain,
     ensemble::EnsembleSampler,
@@ -113,7 +114,7 @@ fn bench_inference(galaxies: usize, device: &str) -> Result<()> {
             burn_in: burn,
             ..m.sampler.clone()
         };
-        let pipeline = Pipeline::new(mm)?;
+        let pipeline = Pipeline::new(mm, &HubConfig::from_env())?;
         let obs = first_galaxies(&pipeline, galaxies)?;
         let post = pipeline.posterior(&obs);
         let mut rng = popcosmos_api::HostRng::seed_from_u64(1);
@@ -203,7 +204,7 @@ fn bench_smc(m: &Manifest, galaxies: usize) -> Result<()> {
         moves: None,
         ..SamplerSpec::default()
     };
-    let pipeline = Pipeline::new(mm)?;
+    let pipeline = Pipeline::new(mm, &HubConfig::from_env())?;
     let obs = first_galaxies(&pipeline, galaxies)?;
     let post = pipeline.posterior(&obs);
     let mut rng = popcosmos_api::HostRng::seed_from_u64(1);

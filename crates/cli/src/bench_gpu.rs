@@ -14,7 +14,8 @@ use candle_core::{DType, Device, Tensor};
 use popcosmos_api::LogDensity;
 use popcosmos_api::{HostRng, Observations, SpsModel, params::phi_to_theta};
 use popcosmos_api::{Likelihood, Sampler};
-use popcosmos_inference::{Manifest, Pipeline};
+use popcosmos_inference::Pipeline;
+use popcosmos_models::HubConfig;
 use popcosmos_samplers::{EnsembleSampler, RunConfig, sample};
 
 use crate::demo::DemoInput;
@@ -86,11 +87,17 @@ fn max_abs(a: &Tensor, b: &Tensor) -> Result<f64> {
         .fold(0.0, f64::max))
 }
 
-fn demo_manifest(input: &DemoInput, device: &str, prior: &str) -> Result<Manifest> {
+/// The demo manifest's pipeline on `device` with `prior`.
+fn demo_pipeline(
+    input: &DemoInput,
+    device: &str,
+    prior: &str,
+    hub: &HubConfig,
+) -> Result<Pipeline> {
     let mut m = input.manifest()?;
     m.device = device.to_string();
     m.prior = crate::prior_train::parse_prior(prior)?;
-    Ok(m)
+    Ok(Pipeline::new(m, hub)?)
 }
 
 /// The demo galaxies' observations, tiled to `n` galaxies.
@@ -111,6 +118,7 @@ fn tiled_observations(p: &Pipeline, n: usize) -> Result<Observations> {
 
 pub fn run(args: &GpuBenchArgs) -> Result<()> {
     let dev = popcosmos_api::parse_device(&args.device)?;
+    let hub = HubConfig::from_env();
     let priors: Vec<&str> = args
         .priors
         .split(';')
@@ -168,7 +176,7 @@ pub fn run(args: &GpuBenchArgs) -> Result<()> {
         && let Some(&n) = args.galaxies.iter().min()
     {
         popcosmos_sps::activation::set_device_kernel(false);
-        let p = Pipeline::new(demo_manifest(&input, &args.device, "prospector-alpha")?)?;
+        let p = demo_pipeline(&input, &args.device, "prospector-alpha", &hub)?;
         time_run(
             &p,
             n,
@@ -182,11 +190,11 @@ pub fn run(args: &GpuBenchArgs) -> Result<()> {
     if !args.runs_only
         && let Some(&n) = args.galaxies.iter().max()
     {
-        let p = Pipeline::new(demo_manifest(&input, &args.device, "prospector-alpha")?)?;
+        let p = demo_pipeline(&input, &args.device, "prospector-alpha", &hub)?;
         time_run(&p, n, args.steps, args, "Prospector-α, no kept chain")?;
     }
     for spec in &priors {
-        let p = Pipeline::new(demo_manifest(&input, &args.device, spec)?)
+        let p = demo_pipeline(&input, &args.device, spec, &hub)
             .with_context(|| format!("prior {spec}"))?;
         let galaxies = if p.prior.name().contains("diffusion") {
             &args.diffusion_galaxies
@@ -263,10 +271,10 @@ fn checks(
     priors: &[&str],
     fused_ok: bool,
 ) -> Result<()> {
-    let dev = dev.clone();
+    let (dev, hub) = (dev.clone(), HubConfig::from_env());
     // 1. Correctness against the CPU on 2048 prior draws.
-    let cpu = Pipeline::new(demo_manifest(input, "cpu", "prospector-alpha")?)?;
-    let gpu = Pipeline::new(demo_manifest(input, &args.device, "prospector-alpha")?)?;
+    let cpu = demo_pipeline(input, "cpu", "prospector-alpha", &hub)?;
+    let gpu = demo_pipeline(input, &args.device, "prospector-alpha", &hub)?;
     let mut rng = HostRng::seed_from_u64(3);
     let phi = cpu.prior.sample(2048, &mut rng, &Device::Cpu)?;
     let theta = phi_to_theta(&phi)?;
@@ -294,10 +302,12 @@ fn checks(
         let pc = popcosmos_inference::manifest::build_prior(
             &crate::prior_train::parse_prior(spec)?,
             &Device::Cpu,
+            &hub,
         )?;
         let pg = popcosmos_inference::manifest::build_prior(
             &crate::prior_train::parse_prior(spec)?,
             &dev,
+            &hub,
         )?;
         let x = phi.narrow(0, 0, 256)?;
         println!(

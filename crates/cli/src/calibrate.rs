@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use popcosmos_inference::calibration::{CalibrationOptions, calibrate, subset};
 use popcosmos_inference::{Manifest, Pipeline};
+use popcosmos_models::HubConfig;
 use popcosmos_surveys::calibration_file::{BandCalibration, CalibrationFile};
 
 #[derive(clap::Args)]
@@ -47,7 +48,7 @@ pub fn run(args: &CalibrateArgs) -> Result<()> {
         m.catalogue.truth_columns.push(args.truth.clone());
     }
     let catalogue = m.catalogue.path.clone();
-    let mut pipeline = Pipeline::new(m)?;
+    let mut pipeline = Pipeline::new(m, &HubConfig::from_env())?;
     let bands = pipeline.survey.band_names();
     let mut reader = popcosmos_catalog::CatalogueReader::open(&pipeline.manifest.catalogue, &bands)
         .with_context(|| format!("reading {}", catalogue.display()))?;

@@ -8,6 +8,7 @@ use popcosmos_catalog::{
     CatalogueReader, match_by_id, photoz_metrics, read_column_f64, read_ids, read_results,
 };
 use popcosmos_inference::Manifest;
+use popcosmos_models::HubConfig;
 
 #[derive(clap::Args)]
 pub struct EvaluateArgs {
@@ -276,7 +277,7 @@ fn galaxy_plots_with(m: Manifest, results: &Path, galaxy: Option<&str>, dir: &Pa
     )?;
 
     // SED: observed fluxes vs model fluxes (with zero points) from the chain draws.
-    let pipeline = popcosmos_inference::Pipeline::new(m)?;
+    let pipeline = popcosmos_inference::Pipeline::new(m, &HubConfig::from_env())?;
     let mut reader =
         CatalogueReader::open(&pipeline.manifest.catalogue, &pipeline.survey.band_names())?;
     let mut obs = None;

@@ -10,6 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use popcosmos_api::{Calibration, HostRng, N_PARAMS, PARAM_NAMES, Prior, RandomSource, Survey};
 use popcosmos_inference::likelihood::LikelihoodSpec;
 use popcosmos_inference::{Manifest, Pipeline};
+use popcosmos_models::HubConfig;
 use popcosmos_population::data::Selection;
 use popcosmos_population::{
     Distance, EmpiricalErrorModel, FitOptions, ForwardModel, ObservedSet, PopulationFit,
@@ -105,7 +106,7 @@ fn load(manifest: &Path) -> Result<Loaded> {
     // A population fit must not see redshifts: no truth column is read at all.
     m.catalogue.truth_columns.clear();
     let catalogue = m.catalogue.path.clone();
-    let pipeline = Pipeline::new(m)?;
+    let pipeline = Pipeline::new(m, &HubConfig::from_env())?;
     let bands = pipeline.survey.band_names();
     let mut reader = popcosmos_catalog::CatalogueReader::open(&pipeline.manifest.catalogue, &bands)
         .with_context(|| format!("reading {}", catalogue.display()))?;
@@ -136,8 +137,9 @@ fn forward_model<'a>(
 }
 
 fn initial_flow(reference: &str, pipeline: &Pipeline) -> Result<FlowModel> {
+    let hub = HubConfig::from_env();
     let (bytes, source) =
-        popcosmos_inference::manifest::load_weights("--initial", reference, "flow")?;
+        popcosmos_inference::manifest::load_weights("--initial", reference, "flow", &hub)?;
     Ok(FlowModel::from_bytes(&bytes, &source, &pipeline.device)?)
 }
 

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use popcosmos_api::{HostRng, Survey};
 use popcosmos_inference::mock::{MockErrors, NoiseModel, Selection, simulate_selected};
+use popcosmos_models::HubConfig;
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ErrorSource {
@@ -70,13 +71,14 @@ pub fn mock(args: &MockArgs) -> Result<()> {
     {
         Some(path) => {
             let m = popcosmos_inference::Manifest::load(path)?;
-            let p = popcosmos_inference::Pipeline::new(m)?;
+            let p = popcosmos_inference::Pipeline::new(m, &HubConfig::from_env())?;
             (p.survey, Box::new(p.sps), p.prior)
         }
         None => {
             let survey =
                 popcosmos_surveys::Cosmos::new(popcosmos_surveys::CalibrationChoice::Leistedt23);
-            let sps = popcosmos_sps::CosmosSps::builtin(survey.calibration(), &device)?;
+            let lines = popcosmos_sps::LineCalibration::leistedt23();
+            let sps = popcosmos_sps::PhotulatorSps::builtin(&lines, &device)?;
             let prior: Box<dyn popcosmos_api::Prior> =
                 Box::new(popcosmos_priors::ProspectorAlphaPrior::new());
             (Box::new(survey), Box::new(sps), prior)

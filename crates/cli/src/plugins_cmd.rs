@@ -78,13 +78,9 @@ fn print_survey(s: &popcosmos_plugin_host::PluginSurvey) {
             format!("{} curves", s.filters().len())
         }
     );
-    println!("emission lines  {}", cal.emline_offsets.len());
-    for (l, (a, g)) in cal
-        .emline_offsets
-        .iter()
-        .zip(&cal.ln_emline_scatters)
-        .enumerate()
-    {
+    println!("emission lines  {}", s.emission_lines().len());
+    for (l, v) in s.emission_lines().iter().enumerate() {
+        let (a, g) = (v.offset, v.ln_scatter);
         println!("  {l:>3}  offset {a:>9.4}  ln scatter {g:>9.4}");
     }
 }

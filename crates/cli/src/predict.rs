@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use popcosmos_api::{N_PARAMS, PARAM_NAMES, params};
 use popcosmos_inference::memory::{LOG10M_RANGE, N_RANGE, predict_photometry};
+use popcosmos_models::HubConfig;
 use popcosmos_surveys::{CalibrationChoice, SurveySpec};
 
 #[derive(clap::Args)]
@@ -117,7 +118,8 @@ fn predict(input: &Path, output: &Path, lines: bool) -> Result<()> {
         .collect();
     let mut survey = SurveySpec::named("cosmos");
     survey.calibration = Some(CalibrationChoice::Leistedt23);
-    let blocks = predict_photometry(&input.display().to_string(), &columns, &survey, lines)?;
+    let hub = HubConfig::from_env();
+    let blocks = predict_photometry(&input.display().to_string(), &columns, &survey, lines, &hub)?;
     let mut w = csv::Writer::from_path(output)
         .with_context(|| format!("{}: cannot create", output.display()))?;
     w.write_record(blocks.iter().map(|(name, _)| name))?;

@@ -10,6 +10,7 @@ use candle_core::{DType, Device, Tensor};
 use popcosmos_api::{
     HostRng, N_PARAMS, PARAM_NAMES, Prior, params::phi_row_to_theta, stats::ks_two_sample,
 };
+use popcosmos_models::HubConfig;
 use serde::Serialize;
 
 #[derive(clap::Args)]
@@ -75,10 +76,12 @@ fn thetas(phi: &Tensor) -> Result<Vec<[f64; N_PARAMS]>> {
 }
 
 pub fn compare(args: &ComparePriorsArgs) -> Result<PriorComparison> {
-    let device = Device::Cpu;
+    let (device, hub) = (Device::Cpu, HubConfig::from_env());
     let build = |s: &str| -> Result<Box<dyn Prior>> {
         let spec = crate::prior_train::parse_prior(s)?;
-        Ok(popcosmos_inference::manifest::build_prior(&spec, &device)?)
+        Ok(popcosmos_inference::manifest::build_prior(
+            &spec, &device, &hub,
+        )?)
     };
     let q = build(&args.model).context("--model")?;
     let p = build(&args.reference).context("--reference")?;

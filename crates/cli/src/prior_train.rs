@@ -9,6 +9,7 @@ use candle_core::Device;
 use indicatif::{ProgressBar, ProgressStyle};
 use popcosmos_api::{HostRng, PARAM_NAMES};
 use popcosmos_catalog::results::{ResultSchema, write_table};
+use popcosmos_models::HubConfig;
 use popcosmos_priors::PriorSpec;
 use popcosmos_priors::diffusion::{
     Activation, DiffusionModel, FitOptions, SdeConfig, TrainOptions,
@@ -48,7 +49,7 @@ pub fn parse_prior(s: &str) -> Result<PriorSpec> {
 pub fn sample_prior(args: &SamplePriorArgs) -> Result<()> {
     let spec = parse_prior(&args.prior)?;
     let device = Device::Cpu;
-    let prior = popcosmos_inference::manifest::build_prior(&spec, &device)?;
+    let prior = popcosmos_inference::manifest::build_prior(&spec, &device, &HubConfig::from_env())?;
     let (cols, table) =
         popcosmos_inference::memory::prior_table(prior.as_ref(), args.draws, args.seed)?;
     let mut schema = ResultSchema::new(cols);
@@ -398,8 +399,9 @@ pub fn distill(args: &DistillArgs) -> Result<()> {
         bail!("--teacher: must be a diffusion prior (kind: diffusion), got {spec:?}");
     };
     let device = Device::Cpu;
+    let hub = HubConfig::from_env();
     let (bytes, source) =
-        popcosmos_inference::manifest::load_weights("--teacher", weights, "diffusion")?;
+        popcosmos_inference::manifest::load_weights("--teacher", weights, "diffusion", &hub)?;
     let teacher = DiffusionModel::from_bytes(&bytes, &source, &device)?;
     if args.model == DistillModel::Consistency {
         return distill_consistency(args, &teacher, &source);

@@ -12,6 +12,7 @@ use popcosmos_inference::reweight;
 use popcosmos_priors::PriorSpec;
 
 use crate::prior_train::parse_prior;
+use popcosmos_models::HubConfig;
 
 #[derive(Args)]
 pub struct ReweightArgs {
@@ -135,9 +136,11 @@ pub fn reweight(args: &ReweightArgs) -> Result<()> {
     }
     check_chains_complete(&args.run_dir)?;
     let chains = read_results(&chains_dir).with_context(|| chains_dir.display().to_string())?;
-    let from =
-        popcosmos_inference::manifest::build_prior(&from_spec, &device).context("--from prior")?;
-    let to = popcosmos_inference::manifest::build_prior(&to_spec, &device).context("--to prior")?;
+    let hub = HubConfig::from_env();
+    let from = popcosmos_inference::manifest::build_prior(&from_spec, &device, &hub)
+        .context("--from prior")?;
+    let to = popcosmos_inference::manifest::build_prior(&to_spec, &device, &hub)
+        .context("--to prior")?;
     let t0 = std::time::Instant::now();
     let galaxies = reweight::reweight_chains(&chains, from.as_ref(), to.as_ref(), &device)?;
     let seconds = t0.elapsed().as_secs_f64();

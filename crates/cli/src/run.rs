@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
 use popcosmos_inference::{Manifest, Pipeline, Progress, RunOptions};
+use popcosmos_models::HubConfig;
 
 #[derive(clap::Args)]
 pub struct RunArgs {
@@ -39,7 +40,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
 
 /// Run a manifest with a progress bar; returns the output folder.
 pub fn run_manifest(m: Manifest, options: &RunOptions, quiet: bool) -> Result<PathBuf> {
-    let pipeline = Pipeline::new(m)?;
+    let pipeline = Pipeline::new(m, &HubConfig::from_env())?;
     let bar = if quiet {
         ProgressBar::hidden()
     } else {
@@ -84,7 +85,7 @@ pub fn validate(args: &ValidateArgs) -> Result<()> {
     let path = &args.manifest;
     let m = Manifest::load(path)?;
     m.check_output_dir()?;
-    let pipeline = Pipeline::new(m)?;
+    let pipeline = Pipeline::new(m, &HubConfig::from_env())?;
     let n = pipeline.scan_catalogue()?;
     if n == 0 {
         anyhow::bail!(

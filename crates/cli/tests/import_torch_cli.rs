@@ -58,7 +58,7 @@ fn photulators_import_verify_and_load_in_a_manifest() {
     // A manifest using the imported weights validates.
     let m = dir.path().join("m.yaml");
     let text = format!(
-        "survey: {{name: cosmos}}\ncatalogue: {{path: {cat}, id_column: id, units: mjy, flux_pattern: \"flux_{{band}}\", error_pattern: \"fluxerr_{{band}}\", upper_limits: negative_error}}\nsps: {{weights: {w}}}\nprior: {{kind: prospector-alpha}}\nsampler: {{walkers: 32, steps: 4, burn_in: 2}}\noutput: {{dir: {o}}}\n",
+        "survey: {{name: cosmos}}\ncatalogue: {{path: {cat}, id_column: id, units: mjy, flux_pattern: \"flux_{{band}}\", error_pattern: \"fluxerr_{{band}}\", upper_limits: negative_error}}\nsps: {{kind: photulator, weights: {w}}}\nprior: {{kind: prospector-alpha}}\nsampler: {{walkers: 32, steps: 4, burn_in: 2}}\noutput: {{dir: {o}}}\n",
         cat = repo().join("tests/data/cosmos_tiny.csv").display(),
         w = out.display(),
         o = dir.path().join("out").display()

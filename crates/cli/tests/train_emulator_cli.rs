@@ -206,12 +206,22 @@ fn warm_start_from_a_bundled_survey_set_keeps_its_own_networks() {
 
 /// The bundled `builtin:photulator_kids9` set, loaded as a manifest would (card verified).
 fn bundled_kids9() -> popcosmos_sps::Photulator {
-    popcosmos_inference::manifest::SpsSpec {
+    let kids = popcosmos_surveys::SurveySpec::named("kids")
+        .build_defined()
+        .unwrap();
+    popcosmos_inference::manifest::SpsSpec::Photulator {
         weights: "builtin:photulator_kids9".into(),
-        ..Default::default()
+        emission_lines: false,
+        max_rows: None,
     }
-    .load_photulator(&candle_core::Device::Cpu)
+    .build(
+        &kids,
+        &popcosmos_models::HubConfig::from_env(),
+        &candle_core::Device::Cpu,
+    )
     .unwrap()
+    .photulator()
+    .clone()
 }
 
 /// Absolute magnitudes `[rows][bands]` of `p` for θ₁₅ rows.

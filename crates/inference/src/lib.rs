@@ -16,7 +16,6 @@
 //!   posterior under the diffusion prior from a run made with its distilled flow).
 //! * [`calibration`]: per-band zero points (and error floors) from spec-z galaxies with the
 //!   redshift pinned at the truth (`popcosmos-cli calibrate`).
-//! * [`sps_bands`]: the emulator set restricted to the survey's bands.
 //! * [`shard`]: `run --shard I/N` (contiguous, batch-aligned row ranges whose results are
 //!   bit-identical to an unsharded run) and [`shard::merge_shards`] for `merge OUTDIR`.
 
@@ -34,7 +33,6 @@ pub mod reparam;
 pub mod reweight;
 pub mod shard;
 pub mod smc;
-pub mod sps_bands;
 
 pub use likelihood::{LikelihoodSpec, PhotometricLikelihood};
 pub use manifest::Manifest;

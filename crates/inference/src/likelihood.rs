@@ -128,8 +128,6 @@ mod tests {
         Calibration {
             zero_points: vec![zp; n],
             error_floors: vec![floor; n],
-            emline_offsets: vec![],
-            ln_emline_scatters: vec![],
         }
     }
 

@@ -5,13 +5,14 @@
 
 use std::path::{Path, PathBuf};
 
-use popcosmos_api::{Error, Result};
+use popcosmos_api::{Device, Error, Result, Survey};
 use popcosmos_catalog::CatalogueSpec;
+use popcosmos_models::{HubConfig, LoadedModel, WeightRef};
 use popcosmos_priors::PriorSpec;
-use popcosmos_sps::Photulator;
 use popcosmos_sps::photulator::PhotulatorConfig;
 use popcosmos_sps::weights::WeightFile;
-use popcosmos_surveys::SurveySpec;
+use popcosmos_sps::{LineCalibration, PhotulatorSps};
+use popcosmos_surveys::{DefinedSurvey, SurveySpec};
 use serde::{Deserialize, Serialize};
 
 use crate::likelihood::LikelihoodSpec;
@@ -22,7 +23,7 @@ use crate::likelihood::LikelihoodSpec;
 pub struct Manifest {
     pub survey: SurveySpec,
     pub catalogue: CatalogueSpec,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "sps_with_default_kind")]
     pub sps: SpsSpec,
     pub prior: PriorSpec,
     #[serde(default)]
@@ -52,91 +53,121 @@ fn default_batch() -> usize {
     100
 }
 
-/// SPS model section.
+/// SPS model section, e.g. `sps: {kind: photulator, weights: builtin:photulator_kids9}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SpsSpec {
-    /// `cosmos-photulator` (the 26-band pop-cosmos emulators).
-    #[serde(default = "default_sps_kind")]
-    pub kind: String,
-    /// Include the emission-line emulator terms.
-    #[serde(default = "yes")]
-    pub emission_lines: bool,
-    /// Photulator weights: `builtin` (bundled default), `builtin:NAME`,
-    /// `hf://ORG/REPO[@REVISION]/FILE` or a path to a safetensors file with a model card next
-    /// to it (docs/models.md). Every form except `builtin` is checked against its card's sha256.
-    #[serde(default = "builtin")]
-    pub weights: String,
-    /// Largest number of parameter rows per emulator call; default [`SpsSpec::rows_per_call`]
-    /// (16 384 on a CPU, 262 144 on CUDA, where the `[26, rows, 128]` activations are 3.5 GB).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_rows: Option<usize>,
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum SpsSpec {
+    /// A photulator emulator set restricted to the survey's bands, plus the emission-line
+    /// emulator ([`PhotulatorSps::for_survey`]); `cosmos-photulator` is its former name.
+    #[serde(alias = "cosmos-photulator")]
+    Photulator {
+        /// Photulator weights: `builtin:NAME`, `hf://ORG/REPO[@REVISION]/FILE` or a path to a
+        /// safetensors file with a model card next to it (docs/models.md), each checked
+        /// against its card's sha256. Default: the 26-band COSMOS set.
+        #[serde(default = "default_photulator_weights")]
+        weights: String,
+        /// Include the emission-line emulator terms.
+        #[serde(default = "yes")]
+        emission_lines: bool,
+        /// Largest number of parameter rows per emulator call; default
+        /// [`SpsSpec::rows_per_call`] (16 384 on a CPU, 262 144 on CUDA, where the
+        /// `[26, rows, 128]` activations are 3.5 GB).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_rows: Option<usize>,
+    },
 }
 
-fn default_sps_kind() -> String {
-    "cosmos-photulator".into()
+/// `sps:` without `kind` is the photulator, the only SPS kind today, so manifests written
+/// before the section was tagged keep working.
+fn sps_with_default_kind<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<SpsSpec, D::Error> {
+    use serde::de::Error as _;
+    let mut value = serde_json::Value::deserialize(d)?;
+    if let serde_json::Value::Object(map) = &mut value {
+        map.entry("kind").or_insert_with(|| "photulator".into());
+    }
+    SpsSpec::deserialize(value).map_err(D::Error::custom)
+}
+
+/// The bundled 26-band COSMOS photulator set.
+pub const DEFAULT_PHOTULATOR_WEIGHTS: &str = "builtin:photulator_cosmos26";
+
+fn default_photulator_weights() -> String {
+    DEFAULT_PHOTULATOR_WEIGHTS.into()
 }
 fn yes() -> bool {
     true
 }
-fn builtin() -> String {
-    "builtin".into()
-}
+
 impl SpsSpec {
     /// Rows per emulator call on `device`: `max_rows` if set, else 16 384 on a CPU (cache-sized
     /// passes) and 262 144 on CUDA (fewer, fuller kernels).
-    pub fn rows_per_call(&self, device: &popcosmos_api::Device) -> usize {
-        self.max_rows
-            .unwrap_or(if device.is_cpu() { 16_384 } else { 262_144 })
+    pub fn rows_per_call(&self, device: &Device) -> usize {
+        let Self::Photulator { max_rows, .. } = self;
+        max_rows.unwrap_or(if device.is_cpu() { 16_384 } else { 262_144 })
     }
 
-    /// The parsed `weights` reference (`builtin` means `builtin:photulator_cosmos26`).
-    pub fn weight_ref(&self) -> Result<popcosmos_models::WeightRef> {
-        if self.weights == "builtin" {
-            return Ok(popcosmos_models::WeightRef::Builtin(
-                "photulator_cosmos26".into(),
-            ));
+    /// The parsed `weights` reference.
+    pub fn weight_ref(&self) -> Result<WeightRef> {
+        let Self::Photulator { weights, .. } = self;
+        if weights == "builtin" {
+            return Err(Error::Invalid(format!(
+                "sps.weights: 'builtin' is no longer accepted; write \
+                 {DEFAULT_PHOTULATOR_WEIGHTS} (the bundled COSMOS set, checked against its \
+                 model card like every reference)"
+            )));
         }
-        self.weights
+        weights
             .parse()
             .map_err(|e: popcosmos_models::ModelError| Error::config("sps.weights", e.to_string()))
     }
 
-    /// Resolve (downloading `hf://` files unless `HF_HUB_OFFLINE=1`) and verify against the
-    /// model card, which must be a photulator's.
-    pub fn load_model(&self) -> Result<popcosmos_models::LoadedModel> {
-        let hub = popcosmos_models::HubConfig::from_env();
-        let model = popcosmos_models::load(&self.weight_ref()?, &hub)
-            .map_err(|e| Error::config("sps.weights", e.to_string()))?;
-        let kind = &model.card.architecture.kind;
-        if kind != "photulator" {
-            return Err(Error::config(
-                "sps.weights",
-                format!("{} is a '{kind}' model, not a photulator", model.source),
-            ));
-        }
-        Ok(model)
-    }
-
-    /// [`SpsSpec::load_model`], built into the photulator with the card's band list and
-    /// layer widths.
-    pub fn load_photulator(&self, device: &candle_core::Device) -> Result<Photulator> {
-        let model = self.load_model()?;
+    /// The SPS model of `survey`: the `weights` set (resolved through `hub`, verified against
+    /// its model card, whose kind must be `photulator`) restricted to the survey's bands, with
+    /// the survey's filter curves for the emission-line responses of non-COSMOS sets and a
+    /// survey plugin's emission-line terms in place of the Leistedt+23 ones.
+    pub fn build(
+        &self,
+        survey: &DefinedSurvey,
+        hub: &HubConfig,
+        device: &Device,
+    ) -> Result<PhotulatorSps> {
+        let Self::Photulator { emission_lines, .. } = self;
+        let r = self.weight_ref()?;
+        let model = load_model("sps.weights", &r, "photulator", "photulator", hub)?;
         let config = PhotulatorConfig {
             bands: model.card.bands.clone(),
             architecture: model.card.architecture.layers.clone(),
         };
-        let file = WeightFile::from_bytes(&model.bytes, model.source.clone(), device)?;
-        Photulator::from_weights(&file, config, device)
+        let set = WeightFile::from_bytes(&model.bytes, model.source.clone(), device)?;
+        let lines = emission_lines.then(|| match survey.emission_lines.as_slice() {
+            [] => LineCalibration::leistedt23(),
+            given => LineCalibration {
+                offsets: given.iter().map(|l| l.offset).collect(),
+                ln_scatters: given.iter().map(|l| l.ln_scatter).collect(),
+            },
+        });
+        PhotulatorSps::for_survey(
+            &set,
+            config,
+            &survey.band_names(),
+            &survey.filters,
+            lines.as_ref(),
+            device,
+        )
+        .map_err(|e| match e {
+            Error::Invalid(m) => Error::Invalid(format!("sps.weights: {m}")),
+            other => other,
+        })
     }
 }
 
 impl Default for SpsSpec {
     fn default() -> Self {
-        Self {
-            kind: default_sps_kind(),
+        Self::Photulator {
+            weights: default_photulator_weights(),
             emission_lines: true,
-            weights: builtin(),
             max_rows: None,
         }
     }
@@ -651,24 +682,25 @@ impl Manifest {
         if let Some(p) = &mut self.survey.calibration_file {
             fix(p);
         }
-        if let Ok(popcosmos_models::WeightRef::Path(mut p)) = self.sps.weight_ref() {
-            fix(&mut p);
-            self.sps.weights = p.display().to_string();
-        }
+        // Weight references that are paths.
+        let fix_weights = |w: &mut String| {
+            if let Ok(WeightRef::Path(mut p)) = w.parse() {
+                fix(&mut p);
+                *w = p.display().to_string();
+            }
+        };
+        let SpsSpec::Photulator { weights, .. } = &mut self.sps;
+        fix_weights(weights);
         if let PriorSpec::Diffusion { weights, .. } | PriorSpec::Flow { weights } = &mut self.prior
-            && let Ok(popcosmos_models::WeightRef::Path(mut p)) = weights.parse()
         {
-            fix(&mut p);
-            *weights = p.display().to_string();
+            fix_weights(weights);
         }
         if let PriorSpec::Diffusion {
             fast_sampler: Some(fast),
             ..
         } = &mut self.prior
-            && let Ok(popcosmos_models::WeightRef::Path(mut p)) = fast.weights.parse()
         {
-            fix(&mut p);
-            fast.weights = p.display().to_string();
+            fix_weights(&mut fast.weights);
         }
         // Plugin libraries (docs/plugins.md).
         if let Some(p) = &mut self.survey.plugin {
@@ -684,7 +716,7 @@ impl Manifest {
         let bad = |key: &str, msg: String| Err(Error::config(key, msg));
         self.prior.validate()?;
         if let PriorSpec::Diffusion { weights, .. } | PriorSpec::Flow { weights } = &self.prior
-            && let Err(e) = weights.parse::<popcosmos_models::WeightRef>()
+            && let Err(e) = weights.parse::<WeightRef>()
         {
             return bad("prior.weights", e.to_string());
         }
@@ -692,7 +724,7 @@ impl Manifest {
             fast_sampler: Some(fast),
             ..
         } = &self.prior
-            && let Err(e) = fast.weights.parse::<popcosmos_models::WeightRef>()
+            && let Err(e) = fast.weights.parse::<WeightRef>()
         {
             return bad("prior.fast_sampler.weights", e.to_string());
         }
@@ -856,15 +888,6 @@ impl Manifest {
         if self.galaxies_per_batch == 0 {
             return bad("galaxies_per_batch", "must be ≥ 1".into());
         }
-        if self.sps.kind != "cosmos-photulator" {
-            return bad(
-                "sps.kind",
-                format!(
-                    "unknown SPS model '{}' (known: cosmos-photulator)",
-                    self.sps.kind
-                ),
-            );
-        }
         self.sps.weight_ref()?;
         if self.output.chain_thin == 0 {
             return bad("output.chain_thin", "must be ≥ 1".into());
@@ -885,7 +908,11 @@ impl Manifest {
             1,
             MAX_GALAXIES_PER_BATCH,
         )?;
-        if let Some(rows) = self.sps.max_rows {
+        if let SpsSpec::Photulator {
+            max_rows: Some(rows),
+            ..
+        } = self.sps
+        {
             int_range("sps.max_rows", rows, 1, MAX_SPS_ROWS)?;
         }
         int_range("sampler.walkers", s.walkers, 4, MAX_WALKERS)?;
@@ -1152,13 +1179,15 @@ fn int_range(key: &str, value: usize, lo: usize, hi: usize) -> Result<()> {
 }
 
 /// Build the manifest's prior; `weights` references of learned priors are resolved through
-/// the model zoo (`builtin:`, card-checked paths, `hf://`) and their card's kind is checked.
+/// the model zoo (`builtin:`, card-checked paths, `hf://` through `hub`) and their card's kind
+/// is checked.
 pub fn build_prior(
     spec: &PriorSpec,
-    device: &candle_core::Device,
+    device: &Device,
+    hub: &HubConfig,
 ) -> Result<Box<dyn popcosmos_api::Prior>> {
     spec.build_with(device, &|w: &str, kind: &str| {
-        load_weights("prior.weights", w, kind)
+        load_weights("prior.weights", w, kind, hub)
     })
     .map_err(|e| match e {
         Error::Invalid(m) => Error::config("prior.weights", m),
@@ -1168,20 +1197,38 @@ pub fn build_prior(
 
 /// Resolve and verify a weights reference whose model card must be of `kind`; errors start
 /// with `key` (the manifest key or command-line option).
-pub fn load_weights(key: &str, reference: &str, kind: &str) -> Result<(Vec<u8>, String)> {
-    let bad = |message: String| Error::config(key, message);
-    let r = reference.parse::<popcosmos_models::WeightRef>();
-    let r = r.map_err(|e| bad(e.to_string()))?;
-    let hub = popcosmos_models::HubConfig::from_env();
-    let model = popcosmos_models::load(&r, &hub).map_err(|e| bad(e.to_string()))?;
+pub fn load_weights(
+    key: &str,
+    reference: &str,
+    kind: &str,
+    hub: &HubConfig,
+) -> Result<(Vec<u8>, String)> {
+    let r = reference
+        .parse()
+        .map_err(|e: popcosmos_models::ModelError| Error::config(key, e.to_string()))?;
+    let model = load_model(key, &r, kind, &format!("{kind} prior"), hub)?;
+    Ok((model.bytes.into_owned(), model.source))
+}
+
+/// Resolve and verify `reference`, whose model card must be of `kind` (`what` it is called in
+/// the error otherwise).
+fn load_model(
+    key: &str,
+    reference: &WeightRef,
+    kind: &str,
+    what: &str,
+    hub: &HubConfig,
+) -> Result<LoadedModel> {
+    let model =
+        popcosmos_models::load(reference, hub).map_err(|e| Error::config(key, e.to_string()))?;
     let found = &model.card.architecture.kind;
     if found != kind {
-        return Err(bad(format!(
-            "{} is a '{found}' model, not a {kind} prior",
-            model.source
-        )));
+        return Err(Error::config(
+            key,
+            format!("{} is a '{found}' model, not a {what}", model.source),
+        ));
     }
-    Ok((model.bytes.into_owned(), model.source))
+    Ok(model)
 }
 
 #[cfg(test)]

@@ -9,10 +9,11 @@ use std::ops::ControlFlow;
 use std::time::Instant;
 
 use popcosmos_api::{
-    DType, Device, Error, HostRng, N_PARAMS, PARAM_NAMES, Result, SpsModel, Tensor,
+    DType, Device, Error, HostRng, N_PARAMS, PARAM_NAMES, Result, SpsModel, Survey, Tensor,
     params::{self, phi_row_to_theta},
 };
 use popcosmos_catalog::{CatalogueReader, ResultTable};
+use popcosmos_models::HubConfig;
 use popcosmos_priors::PriorSpec;
 use popcosmos_sps::photulator;
 use popcosmos_surveys::SurveySpec;
@@ -106,8 +107,13 @@ pub fn phi_column(name: &str) -> String {
 /// `n` draws of a prior as `sample-prior` writes them: ids `drawNNNNNNNN`, the 16 physical
 /// parameters, `log10M_formed` (the Prospector-α prior's Padé distance modulus) and the
 /// latent coordinates `phi_<name>`, in that column order.
-pub fn prior_draws(spec: &PriorSpec, n: usize, seed: u64) -> Result<(Vec<String>, ResultTable)> {
-    let prior = crate::manifest::build_prior(spec, &Device::Cpu)?;
+pub fn prior_draws(
+    spec: &PriorSpec,
+    n: usize,
+    seed: u64,
+    hub: &HubConfig,
+) -> Result<(Vec<String>, ResultTable)> {
+    let prior = crate::manifest::build_prior(spec, &Device::Cpu, hub)?;
     prior_table(prior.as_ref(), n, seed)
 }
 
@@ -158,6 +164,7 @@ pub fn predict_photometry(
     columns: &[(String, Vec<f64>)],
     survey: &SurveySpec,
     lines: bool,
+    hub: &HubConfig,
 ) -> Result<Vec<(String, Vec<f64>)>> {
     let bad = |msg: String| Error::Invalid(format!("{source}: {msg}"));
     let find = |name: &str| columns.iter().find(|(c, _)| c == name);
@@ -212,7 +219,8 @@ pub fn predict_photometry(
         theta.extend(row.iter().map(|v| *v as f32));
     }
     let device = Device::Cpu;
-    let (survey, sps) = crate::pipeline::survey_and_sps(survey, &SpsSpec::default(), &device)?;
+    let survey = survey.build_defined()?;
+    let sps = SpsSpec::default().build(&survey, hub, &device)?;
     let theta = Tensor::from_vec(theta, (n, N_PARAMS), &device)?;
     let x = photulator::theta_to_photulator_input(&theta)?;
     let n_param = theta.narrow(1, 0, 1)?.contiguous()?;

@@ -12,17 +12,18 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use popcosmos_api::{
-    Device, Error, HostRng, Likelihood, LogDensity, N_PARAMS, PARAM_NAMES, Prior, Result, SpsModel,
-    Survey, Tensor, params::phi_to_theta,
+    Device, Error, HostRng, Likelihood, LogDensity, N_PARAMS, PARAM_NAMES, Prior, Result, Survey,
+    Tensor, params::phi_to_theta,
 };
 use popcosmos_catalog::{CatalogueReader, ObservedChunk, ResultSchema, ResultTable, TableFormat};
+use popcosmos_models::HubConfig;
 use popcosmos_samplers::{
     ClusteredGlobalMove, EnsembleSampler, MoveKind, WarmupConfig,
     diagnostics::{Thresholds, diagnose_chain},
     global::FittedProposal,
     run::{Chain, RunConfig},
 };
-use popcosmos_sps::{CosmosSps, StellarMassEmulator, derived::derived_from_tensor};
+use popcosmos_sps::{PhotulatorSps, StellarMassEmulator, derived::derived_from_tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::init::InitLibrary;
@@ -74,7 +75,7 @@ pub struct Pipeline {
     pub manifest: Manifest,
     pub device: Device,
     pub survey: Box<dyn Survey>,
-    pub sps: CosmosSps,
+    pub sps: PhotulatorSps,
     pub stellar_mass: StellarMassEmulator,
     pub prior: Box<dyn Prior>,
     pub likelihood: PhotometricLikelihood,
@@ -179,57 +180,21 @@ pub(crate) struct SamplerReport {
     pub flags: Vec<Vec<String>>,
 }
 
-/// The survey of a manifest's `survey:` section and the emulator set of its `sps:` section
-/// restricted to the survey's bands (the model photometry of `run` and `predict`).
-pub fn survey_and_sps(
-    spec: &popcosmos_surveys::SurveySpec,
-    sps_spec: &crate::manifest::SpsSpec,
-    device: &Device,
-) -> Result<(Box<dyn Survey>, CosmosSps)> {
-    let survey = spec.build()?;
-    let calibration = survey.calibration().clone();
-    let mut sps = if sps_spec.weights == "builtin" && survey.name() == "cosmos" {
-        CosmosSps::builtin(&calibration, device)?
-    } else {
-        // Any emulator set whose bands include the survey's (selected in survey order).
-        let filters = spec.build_defined().map(|s| s.filters).unwrap_or_default();
-        crate::sps_bands::build_sps(
-            sps_spec,
-            &survey.band_names(),
-            &filters,
-            &calibration,
-            device,
-        )?
-    };
-    if !sps_spec.emission_lines {
-        sps = sps.without_emission_lines();
-    }
-    if sps.band_names() != survey.band_names().as_slice() {
-        return Err(Error::config(
-            "sps.weights",
-            format!(
-                "emulator bands {:?} do not match survey '{}' bands {:?}",
-                sps.band_names(),
-                survey.name(),
-                survey.band_names()
-            ),
-        ));
-    }
-    Ok((survey, sps))
-}
-
 impl Pipeline {
-    pub fn new(manifest: Manifest) -> Result<Self> {
+    /// Build the survey, the SPS model, the prior and the likelihood of `manifest`; weight
+    /// references are resolved through `hub`.
+    pub fn new(manifest: Manifest, hub: &HubConfig) -> Result<Self> {
         let device = popcosmos_api::parse_device(&manifest.device)?;
-        let (survey, sps) = survey_and_sps(&manifest.survey, &manifest.sps, &device)?;
-        let calibration = survey.calibration().clone();
+        let survey = manifest.survey.build_defined()?;
+        let sps = manifest.sps.build(&survey, hub, &device)?;
         let stellar_mass = StellarMassEmulator::builtin(&device)?;
-        let prior = crate::manifest::build_prior(&manifest.prior, &device)?;
-        let likelihood = PhotometricLikelihood::new(manifest.likelihood, &calibration, &device)?;
+        let prior = crate::manifest::build_prior(&manifest.prior, &device, hub)?;
+        let likelihood =
+            PhotometricLikelihood::new(manifest.likelihood, survey.calibration(), &device)?;
         Ok(Self {
             manifest,
             device,
-            survey,
+            survey: Box::new(survey),
             sps,
             stellar_mass,
             prior,

@@ -4,6 +4,7 @@
 use candle_core::{DType, Device};
 use popcosmos_api::{HostRng, Prior};
 use popcosmos_inference::manifest::build_prior;
+use popcosmos_models::HubConfig;
 use popcosmos_priors::{PriorSpec, ProspectorAlphaPrior};
 
 /// The flow was distilled from the bundled diffusion prior, itself trained on draws of the
@@ -26,7 +27,7 @@ fn log_prob(prior: &dyn Prior, x: &candle_core::Tensor) -> Vec<f64> {
 #[test]
 fn bundled_flow_is_the_default_and_close_to_its_population() {
     let spec: PriorSpec = serde_saphyr::from_str("{kind: flow}").unwrap();
-    let flow = build_prior(&spec, &Device::Cpu).unwrap();
+    let flow = build_prior(&spec, &Device::Cpu, &HubConfig::from_env()).unwrap();
     let pa = ProspectorAlphaPrior::new();
     let n = 2000;
     let x = pa

@@ -14,6 +14,7 @@ use candle_core::{Device, Tensor};
 use popcosmos_api::{HostRng, N_PARAMS, RandomSource, SpsModel, params::phi_to_theta};
 use popcosmos_inference::calibration::{CalibrationOptions, calibrate};
 use popcosmos_inference::{Manifest, Pipeline};
+use popcosmos_models::HubConfig;
 
 const BANDS: [(&str, &str); 6] = [
     ("u_megaprime_sagem", "u"),
@@ -108,9 +109,9 @@ fn run(n: usize, walkers: usize, steps: usize, library: usize) -> Vec<f64> {
     // A first pipeline (same survey and SPS) makes the mock.
     std::fs::write(dir.path().join("mock.csv"), "id,zspec\n").unwrap();
     let m = manifest(dir.path(), "mock.csv", walkers, steps, library);
-    let maker = Pipeline::new(m.clone()).unwrap();
+    let maker = Pipeline::new(m.clone(), &HubConfig::from_env()).unwrap();
     write_mock(dir.path(), &maker, n, 11);
-    let mut pipeline = Pipeline::new(m).unwrap();
+    let mut pipeline = Pipeline::new(m, &HubConfig::from_env()).unwrap();
     assert_eq!(pipeline.survey.band_names().len(), 6);
     let all = popcosmos_catalog::CatalogueReader::open(
         &pipeline.manifest.catalogue,
@@ -189,7 +190,7 @@ fn calibration_file_loads_through_the_manifest() {
         (cols[1].band.as_str(), cols[1].flux.as_str()),
         ("hsc_g", "F_g")
     );
-    let p = Pipeline::new(m).unwrap();
+    let p = Pipeline::new(m, &HubConfig::from_env()).unwrap();
     assert_eq!(p.survey.calibration().zero_points, zps.to_vec());
     assert_eq!(p.survey.calibration().error_floors, vec![0.04; 6]);
     // A calibration file with a band the survey lacks.
@@ -215,7 +216,10 @@ fn kids_survey_on_the_cosmos_set_names_the_missing_band() {
         "m.yaml",
     )
     .unwrap();
-    let e = Pipeline::new(m).err().unwrap().to_string();
+    let e = Pipeline::new(m, &HubConfig::from_env())
+        .err()
+        .unwrap()
+        .to_string();
     assert!(
         e.contains("sps.weights") && e.contains("KiDSVIKING_aibn139_u"),
         "{e}"

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use candle_core::{DType, Device, Tensor};
 use popcosmos_api::{HostRng, Survey};
 use popcosmos_inference::mock::{MockErrors, NoiseModel, Selection, simulate_selected};
+use popcosmos_sps::{LineCalibration, PhotulatorSps};
 
 fn fixture() -> HashMap<String, Tensor> {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -113,7 +114,7 @@ fn noise_model_reproduces_reference_uncertainties() {
 #[test]
 fn selected_mock_obeys_the_cut_and_its_noise_law() {
     let survey = popcosmos_surveys::Cosmos::new(popcosmos_surveys::CalibrationChoice::Leistedt23);
-    let sps = popcosmos_sps::CosmosSps::builtin(survey.calibration(), &Device::Cpu).unwrap();
+    let sps = PhotulatorSps::builtin(&LineCalibration::leistedt23(), &Device::Cpu).unwrap();
     let prior = popcosmos_priors::ProspectorAlphaPrior::new();
     let nm = NoiseModel::builtin(&Device::Cpu).unwrap();
     let ch1 = survey

@@ -9,6 +9,7 @@ use std::path::Path;
 use popcosmos_api::{HostRng, LogDensity, N_PARAMS, Prior, Result, Tensor, params::phi_to_theta};
 use popcosmos_inference::init::InitLibrary;
 use popcosmos_inference::{Manifest, Pipeline};
+use popcosmos_models::HubConfig;
 use popcosmos_samplers::RunConfig;
 
 struct PriorOnly<'a>(&'a dyn Prior);
@@ -52,7 +53,7 @@ fn sampler_in_prior_coordinates_reproduces_the_prior() {
     );
     let path = dir.join("manifest.yaml");
     std::fs::write(&path, text).unwrap();
-    let pipeline = Pipeline::new(Manifest::load(&path).unwrap()).unwrap();
+    let pipeline = Pipeline::new(Manifest::load(&path).unwrap(), &HubConfig::from_env()).unwrap();
     let dev = pipeline.device.clone();
     let prior = pipeline.prior.as_ref();
 

@@ -5,18 +5,19 @@
 use candle_core::{Device, Tensor};
 use popcosmos_api::SpsModel;
 use popcosmos_inference::{Manifest, Pipeline};
+use popcosmos_models::HubConfig;
 
 fn pipeline(survey: &str, weights: &str) -> Pipeline {
     let m = Manifest::from_yaml(
         &format!(
-            "survey: {{name: {survey}}}\nsps: {{weights: '{weights}'}}\n\
+            "survey: {{name: {survey}}}\nsps: {{kind: photulator, weights: '{weights}'}}\n\
              catalogue: {{path: x.csv, units: nanomaggies}}\nprior: {{kind: uniform}}\n\
              output: {{dir: out}}\n"
         ),
         "m.yaml",
     )
     .unwrap();
-    Pipeline::new(m).unwrap()
+    Pipeline::new(m, &HubConfig::from_env()).unwrap()
 }
 
 #[test]

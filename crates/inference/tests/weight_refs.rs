@@ -2,8 +2,10 @@
 
 use std::path::Path;
 
+use popcosmos_api::SpsModel;
 use popcosmos_inference::Manifest;
-use popcosmos_models::WeightRef;
+use popcosmos_inference::manifest::SpsSpec;
+use popcosmos_models::{HubConfig, WeightRef};
 
 fn demo_with_weights(weights: &str) -> String {
     let text = std::fs::read_to_string(
@@ -21,7 +23,6 @@ fn demo_with_weights(weights: &str) -> String {
 fn references_survive_path_resolution_and_paths_are_made_absolute() {
     let base = Path::new("/data/run");
     for (weights, expected) in [
-        ("builtin", WeightRef::Builtin("photulator_cosmos26".into())),
         (
             "builtin:photulator_cosmos26",
             WeightRef::Builtin("photulator_cosmos26".into()),
@@ -49,11 +50,21 @@ fn malformed_references_fail_validation_naming_the_key() {
             .starts_with("sps.weights: bad weight reference"),
         "{e}"
     );
+    // The former spelling of the bundled set, which skipped the card check.
+    let e = Manifest::from_yaml(&demo_with_weights("builtin"), "m.yaml").unwrap_err();
+    assert!(
+        e.to_string().starts_with("sps.weights: 'builtin'")
+            && e.to_string().contains("builtin:photulator_cosmos26"),
+        "{e}"
+    );
 }
 
 #[test]
 fn local_weights_are_verified_against_their_card() {
-    let dev = candle_core::Device::Cpu;
+    let (dev, hub) = (candle_core::Device::Cpu, HubConfig::from_env());
+    let cosmos = popcosmos_surveys::SurveySpec::named("cosmos")
+        .build_defined()
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let m = popcosmos_models::builtin::builtin("photulator_cosmos26").unwrap();
     let path = dir.path().join("photulator_cosmos26.safetensors");
@@ -62,7 +73,7 @@ fn local_weights_are_verified_against_their_card() {
         .sps;
 
     std::fs::write(&path, m.bytes).unwrap();
-    let e = spec.load_photulator(&dev).unwrap_err().to_string();
+    let e = spec.build(&cosmos, &hub, &dev).unwrap_err().to_string();
     assert!(e.contains("no model card"), "{e}");
 
     std::fs::write(
@@ -70,18 +81,19 @@ fn local_weights_are_verified_against_their_card() {
         m.card_text,
     )
     .unwrap();
-    let p = spec.load_photulator(&dev).unwrap();
-    assert_eq!(p.n_bands(), 26);
+    let p = spec.build(&cosmos, &hub, &dev).unwrap();
+    assert_eq!(p.band_names().len(), 26);
 
     std::fs::write(&path, &m.bytes[..m.bytes.len() / 2]).unwrap();
-    let e = spec.load_photulator(&dev).unwrap_err().to_string();
+    let e = spec.build(&cosmos, &hub, &dev).unwrap_err().to_string();
     assert!(
         e.contains(path.to_str().unwrap()) && e.contains("truncated"),
         "{e}"
     );
 
     // A card of another kind is refused before its tensors are looked at.
-    spec.weights = "builtin:stellar_mass_emulator".into();
-    let e = spec.load_photulator(&dev).unwrap_err().to_string();
+    let SpsSpec::Photulator { weights, .. } = &mut spec;
+    *weights = "builtin:stellar_mass_emulator".into();
+    let e = spec.build(&cosmos, &hub, &dev).unwrap_err().to_string();
     assert!(e.contains("'stellar-mass' model, not a photulator"), "{e}");
 }

@@ -29,7 +29,7 @@ use popcosmos_api::{
 };
 use popcosmos_plugin_abi as abi;
 
-pub use abi::{ABI_VERSION, ENTRY_SYMBOL};
+pub use abi::{ABI_VERSION, ENTRY_SYMBOL, LineValues};
 
 /// Which trait a plugin implements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -324,6 +324,15 @@ impl Caller<'_> {
     }
 }
 
+/// Name, bands, calibration, filter curves and emission-line terms read from a survey plugin.
+type SurveyParts = (
+    String,
+    Vec<Band>,
+    Calibration,
+    Vec<FilterCurve>,
+    Vec<LineValues>,
+);
+
 /// A survey loaded from a plugin (its data copied and validated at load time).
 #[derive(Debug, Clone)]
 pub struct PluginSurvey {
@@ -333,6 +342,8 @@ pub struct PluginSurvey {
     calibration: Calibration,
     /// One curve per band, or empty when the plugin gives none.
     filters: Vec<FilterCurve>,
+    /// The plugin's emission-line terms (none if it gives none).
+    emission_lines: Vec<LineValues>,
 }
 
 impl PluginSurvey {
@@ -346,22 +357,18 @@ impl PluginSurvey {
         let read = Self::read(&c, vt, h);
         // SAFETY: handle from this vtable's `create`, released once.
         unsafe { (vt.destroy)(h) };
-        let (name, bands, calibration, filters) = read?;
+        let (name, bands, calibration, filters, emission_lines) = read?;
         Ok(Self {
             info: lib.info,
             name,
             bands,
             calibration,
             filters,
+            emission_lines,
         })
     }
 
-    #[allow(clippy::type_complexity)]
-    fn read(
-        c: &Caller,
-        vt: &abi::SurveyVTable,
-        h: abi::Handle,
-    ) -> Result<(String, Vec<Band>, Calibration, Vec<FilterCurve>)> {
+    fn read(c: &Caller, vt: &abi::SurveyVTable, h: abi::Handle) -> Result<SurveyParts> {
         let bad = |m: String| fail(c.path, m);
         // SAFETY (all calls below): live handle, host-owned buffers of the stated sizes.
         let name = c.string("name", |b, cap, len, e| unsafe {
@@ -378,8 +385,6 @@ impl PluginSurvey {
         let mut cal = Calibration {
             zero_points: Vec::with_capacity(n_bands),
             error_floors: Vec::with_capacity(n_bands),
-            emline_offsets: Vec::new(),
-            ln_emline_scatters: Vec::new(),
         };
         for i in 0..n_bands {
             let name = c.string(&format!("band_name({i})"), |b, cap, len, e| unsafe {
@@ -433,8 +438,9 @@ impl PluginSurvey {
                 "implausible number of emission lines: {n_lines}"
             )));
         }
+        let mut lines = Vec::with_capacity(n_lines);
         for l in 0..n_lines {
-            let mut v = abi::LineValues {
+            let mut v = LineValues {
                 offset: f64::NAN,
                 ln_scatter: f64::NAN,
             };
@@ -447,11 +453,10 @@ impl PluginSurvey {
                     v.offset, v.ln_scatter
                 )));
             }
-            cal.emline_offsets.push(v.offset);
-            cal.ln_emline_scatters.push(v.ln_scatter);
+            lines.push(v);
         }
         let filters = Self::read_filters(c, vt, h, &bands)?;
-        Ok((name, bands, cal, filters))
+        Ok((name, bands, cal, filters, lines))
     }
 
     /// Filter curves: every band or none, each checked (≥ 2 points, finite, wavelengths
@@ -540,6 +545,11 @@ impl PluginSurvey {
     /// Filter curves, one per band in band order; empty when the plugin gives none.
     pub fn filters(&self) -> &[FilterCurve] {
         &self.filters
+    }
+
+    /// Emission-line offsets and ln scatters, one per line; empty when the plugin gives none.
+    pub fn emission_lines(&self) -> &[LineValues] {
+        &self.emission_lines
     }
 
     /// `(name, bands, filter curves, calibration)`, for building other survey types.

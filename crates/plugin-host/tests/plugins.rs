@@ -89,7 +89,7 @@ fn example_survey_has_the_sdss_bands_and_calibration() {
     }
     assert!((c.zero_points[0] - 0.963829).abs() < 1e-6);
     assert_eq!(c.error_floors, [0.02, 0.01, 0.01, 0.01, 0.01]);
-    assert!(c.emline_offsets.is_empty() && c.ln_emline_scatters.is_empty());
+    assert!(s.emission_lines().is_empty());
     assert!(s.filters().is_empty(), "no SDSS curves are bundled");
 
     let raw = load_survey(&path, "calibration=uncalibrated").unwrap();
@@ -316,8 +316,11 @@ fn misbehaving_survey_gives_errors_not_crashes() {
     let path = lib("misbehaving-survey");
     let ok = load_survey(&path, "").unwrap();
     assert_eq!(ok.calibration().zero_points, [1.0, 1.1]);
-    assert_eq!(ok.calibration().emline_offsets, [0.5]);
-    assert_eq!(ok.calibration().ln_emline_scatters, [-2.0]);
+    let lines = ok.emission_lines();
+    assert_eq!(
+        (lines.len(), lines[0].offset, lines[0].ln_scatter),
+        (1, 0.5, -2.0)
+    );
     let f = ok.filters();
     assert_eq!(f.len(), 2);
     assert_eq!((f[0].name.as_str(), f[1].name.as_str()), ("a", "b"));

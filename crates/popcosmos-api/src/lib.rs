@@ -227,20 +227,17 @@ pub struct Band {
     pub flux_softening_nmgy: f64,
 }
 
-/// Per-band and per-line calibration of the data model.
+/// A survey's photometric calibration, applied by the likelihood (the emission-line terms of
+/// the data model belong to the SPS model).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
 pub struct Calibration {
     /// Multiplicative zero points Z_b (observed ≈ Z × model).
     pub zero_points: Vec<f64>,
     /// Fractional error floors ε_b (σ_floor = ε f).
     pub error_floors: Vec<f64>,
-    /// Emission-line offsets α_l (one per selected line).
-    pub emline_offsets: Vec<f64>,
-    /// ln of emission-line scatters γ_l.
-    pub ln_emline_scatters: Vec<f64>,
 }
 
-/// A photometric survey: its bands and the calibration of its data model.
+/// A photometric survey: its bands and their photometric calibration.
 pub trait Survey: Send + Sync {
     fn name(&self) -> &str;
     fn bands(&self) -> &[Band];

@@ -122,8 +122,6 @@ fn calibration() -> Calibration {
     Calibration {
         zero_points: vec![1.0; BANDS],
         error_floors: vec![0.01; BANDS],
-        emline_offsets: vec![],
-        ln_emline_scatters: vec![],
     }
 }
 

@@ -1,4 +1,4 @@
-//! # popcosmos-sps — neural SPS emulators for the COSMOS pop-cosmos model
+//! # popcosmos-sps — neural SPS emulators of the pop-cosmos model
 //!
 //! Turns physical stellar-population parameters θ into model photometry and derived
 //! quantities, reproducing the PyTorch reference (`pop_cosmos`, `speculator`) numerically.
@@ -13,8 +13,10 @@
 //! * [`stellar_mass::StellarMassEmulator`]: surviving mass fraction.
 //! * [`derived`]: log10 M_formed, mass-weighted age, SFR, sSFR, remaining mass (host f64,
 //!   astropy-Planck18 cosmology).
-//! * [`cosmos::CosmosSps`]: the [`popcosmos_api::SpsModel`] implementation combining them with
-//!   a [`popcosmos_api::Calibration`] (no zero points).
+//! * [`model::PhotulatorSps`]: the [`popcosmos_api::SpsModel`] of every survey, combining them
+//!   with the emission-line terms [`model::LineCalibration`] (no zero points: the likelihood
+//!   applies those); [`model::PhotulatorSps::for_survey`] builds it for a survey's bands from
+//!   any emulator set (a subset of the set's networks re-packed as one smaller stack).
 //! * [`spectrum`]: the Speculator Prospector-α **spectrum** emulator and
 //!   [`spectrum::SpectrumPhotometry`] — observed-frame AB photometry through any filter
 //!   curves (redshifting, Madau IGM, 1 + z bandwidth factor), in the photulator convention.
@@ -24,18 +26,18 @@
 //! * [`bench`]: CPU throughput benchmark of the photulator stack.
 //!
 //! ## Other surveys
-//! [`CosmosSps`] works for any band set: build it with
-//! [`CosmosSps::for_filter_set`]`(photulator, &filters, &calibration)` — a photulator set for
+//! [`PhotulatorSps`] works for any band set: build it with
+//! [`PhotulatorSps::for_filter_set`]`(photulator, &filters, &lines)` — a photulator set for
 //! the survey (bundled `builtin:photulator_kids9` / `builtin:photulator_lsst6`, or one from
 //! `train-emulator`), the survey's filter curves in the same band order (emission-line band
 //! responses F_bl are then computed from the curves themselves instead of the COSMOS
-//! bandpass fits) and a calibration with 44 line offsets / scatters. Filter curves:
+//! bandpass fits) and the 44 line offsets / scatters. Filter curves:
 //! [`popcosmos_api::FilterCurve`]; bundled under `assets/filters/{cosmos,kids,lsst}/`.
 //!
 //! ## Input conventions
 //! * θ `[..., 16]`, physical, in the order of [`popcosmos_api::PARAM_NAMES`]: N first
 //!   (N = μ(z) − 2.5 log10 M_formed), dust2 **linear**, z last. This is what
-//!   [`cosmos::CosmosSps`] and the stellar-mass emulator take.
+//!   [`model::PhotulatorSps`] and the stellar-mass emulator take.
 //! * The photulator takes θ₁₅ = θ[1:] with dust2 → √dust2
 //!   ([`photulator::theta_to_photulator_input`]); N only adds to the magnitudes.
 //! * The emission-line emulator takes θ^power = θ with dust2 → √dust2, **N kept first**
@@ -57,20 +59,20 @@
 
 pub mod activation;
 pub mod bench;
-pub mod cosmos;
 #[cfg(feature = "cuda")]
 mod cuda;
 pub mod derived;
 pub mod emlines;
 pub mod fastmath;
 pub mod fused_cpu;
+pub mod model;
 pub mod photulator;
 pub mod spectrum;
 pub mod stellar_mass;
 pub mod train;
 pub mod weights;
 
-pub use cosmos::CosmosSps;
 pub use emlines::EmLineEmulator;
+pub use model::{LineCalibration, PhotulatorSps};
 pub use photulator::Photulator;
 pub use stellar_mass::StellarMassEmulator;

@@ -73,6 +73,34 @@ impl WeightFile {
             })
     }
 
+    /// The bands `keep` (in that order) of a stacked per-band model: tensors `band.{b}.*`
+    /// renumbered, the per-band `stacked` tensors (band = first axis) row-selected, the others
+    /// shared.
+    pub fn select_bands(&self, keep: &[usize], stacked: &[&str]) -> Result<Self> {
+        let idx: Vec<u32> = keep.iter().map(|&b| b as u32).collect();
+        let mut tensors = HashMap::new();
+        for (key, t) in &self.tensors {
+            let band = key
+                .strip_prefix("band.")
+                .and_then(|rest| rest.split_once('.'))
+                .and_then(|(b, tail)| Some((b.parse::<usize>().ok()?, tail)));
+            if let Some((b, tail)) = band {
+                if let Some(new) = keep.iter().position(|&k| k == b) {
+                    tensors.insert(format!("band.{new}.{tail}"), t.clone());
+                }
+            } else if stacked.contains(&key.as_str()) {
+                let idx = Tensor::from_slice(&idx, idx.len(), t.device())?;
+                tensors.insert(key.clone(), t.index_select(&idx, 0)?.contiguous()?);
+            } else {
+                tensors.insert(key.clone(), t.clone());
+            }
+        }
+        Ok(Self {
+            name: self.name.clone(),
+            tensors,
+        })
+    }
+
     /// A tensor of `shape` copied to the host as f32 values (for constants used in host code).
     pub fn get_host(&self, tensor: &str, shape: &[usize]) -> Result<Vec<f32>> {
         Ok(self.get(tensor, shape)?.flatten_all()?.to_vec1::<f32>()?)

@@ -7,12 +7,14 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use candle_core::{DType, Device, IndexOp, Tensor};
-use popcosmos_api::{Calibration, SpsModel, testing::max_abs_diff};
+use popcosmos_api::{SpsModel, testing::max_abs_diff};
 use popcosmos_sps::derived::derived_quantities_batch;
 use popcosmos_sps::photulator::{
     flux_to_asinh_mag, mag_to_flux_nmgy, theta_to_photulator_input, theta_to_power,
 };
-use popcosmos_sps::{CosmosSps, EmLineEmulator, Photulator, StellarMassEmulator};
+use popcosmos_sps::{
+    EmLineEmulator, LineCalibration, Photulator, PhotulatorSps, StellarMassEmulator,
+};
 
 fn fixture(name: &str) -> Option<HashMap<String, Tensor>> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -281,18 +283,16 @@ fn mock_catalogue_noiseless_fluxes() {
         return;
     };
     let v = |k: &str| f64s(&fx[k]);
-    let calibration = Calibration {
-        zero_points: v("zero_points"),
-        error_floors: vec![0.0; 26],
-        emline_offsets: v("emline_offsets"),
-        ln_emline_scatters: v("ln_emline_scatters"),
+    let lines = LineCalibration {
+        offsets: v("emline_offsets"),
+        ln_scatters: v("ln_emline_scatters"),
     };
-    let sps = CosmosSps::builtin(&calibration, &Device::Cpu).unwrap();
+    let sps = PhotulatorSps::builtin(&lines, &Device::Cpu).unwrap();
     let theta = &fx["theta"];
     let phot = sps.photometry(theta).unwrap();
     let flux = f64s(&phot.flux_nmgy);
     let sigma_em = f64s(phot.line_sigma_nmgy.as_ref().unwrap());
-    let zp = &calibration.zero_points;
+    let zp = v("zero_points");
     let model_ref: Vec<f64> = v("model_flux_zp_maggies").iter().map(|f| f * 1e9).collect();
     let absmag_ref = v("absmag");
     let continuum = f64s(&sps.continuum_flux_nmgy(theta).unwrap());
@@ -361,13 +361,11 @@ fn cosmos_sps_shapes_and_options() {
         return;
     };
     let v = |k: &str| f64s(&fx[k]);
-    let calibration = Calibration {
-        zero_points: v("zero_points"),
-        error_floors: vec![0.0; 26],
-        emline_offsets: v("emline_offsets"),
-        ln_emline_scatters: v("ln_emline_scatters"),
+    let lines = LineCalibration {
+        offsets: v("emline_offsets"),
+        ln_scatters: v("ln_emline_scatters"),
     };
-    let sps = CosmosSps::builtin(&calibration, &Device::Cpu).unwrap();
+    let sps = PhotulatorSps::builtin(&lines, &Device::Cpu).unwrap();
     let theta = fx["theta"].i(0..6).unwrap();
     let flat = sps.photometry(&theta).unwrap();
     let nested = sps.photometry(&theta.reshape((2, 3, 16)).unwrap()).unwrap();
@@ -381,9 +379,9 @@ fn cosmos_sps_shapes_and_options() {
     let expect = sps.continuum_flux_nmgy(&theta).unwrap();
     assert_eq!(max_abs_diff(&c.flux_nmgy, &expect), 0.0);
     // Wrong calibration length is reported.
-    let mut bad = calibration.clone();
-    bad.emline_offsets.pop();
-    let err = CosmosSps::builtin(&bad, &Device::Cpu)
+    let mut bad = lines.clone();
+    bad.offsets.pop();
+    let err = PhotulatorSps::builtin(&bad, &Device::Cpu)
         .unwrap_err()
         .to_string();
     assert!(err.contains("43 emission-line offsets"), "{err}");

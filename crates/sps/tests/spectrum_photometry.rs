@@ -525,19 +525,17 @@ fn tiny_training_run_reduces_the_error_and_reloads_through_photulator() {
 
     // The generic SPS model over the trained set + filter-curve line responses.
     use popcosmos_api::SpsModel;
-    let cal = popcosmos_api::Calibration {
-        zero_points: vec![1.0; 2],
-        error_floors: vec![0.0; 2],
-        emline_offsets: vec![0.1; 44],
-        ln_emline_scatters: vec![-2.0; 44],
+    let cal = popcosmos_sps::LineCalibration {
+        offsets: vec![0.1; 44],
+        ln_scatters: vec![-2.0; 44],
     };
-    let sps = popcosmos_sps::CosmosSps::for_filter_set(loaded.clone(), &filters, &cal).unwrap();
+    let sps = popcosmos_sps::PhotulatorSps::for_filter_set(loaded.clone(), &filters, &cal).unwrap();
     let out = sps.photometry(&th.narrow(0, 0, 5).unwrap()).unwrap();
     assert_eq!(out.flux_nmgy.dims(), [5, 2]);
     let sig = out.line_sigma_nmgy.unwrap().to_vec2::<f32>().unwrap();
     assert!(sig.iter().flatten().all(|v| v.is_finite() && *v >= 0.0));
     let swapped = [filters[1].clone(), filters[0].clone()];
-    let err = popcosmos_sps::CosmosSps::for_filter_set(loaded, &swapped, &cal)
+    let err = popcosmos_sps::PhotulatorSps::for_filter_set(loaded, &swapped, &cal)
         .err()
         .unwrap()
         .to_string();

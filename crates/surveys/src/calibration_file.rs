@@ -187,8 +187,6 @@ mod tests {
         Calibration {
             zero_points: vec![1.0, 1.0],
             error_floors: vec![0.02, 0.02],
-            emline_offsets: vec![],
-            ln_emline_scatters: vec![],
         }
     }
 

@@ -15,8 +15,6 @@ struct Constants {
     COSMOS_FLUX_SOFTENING_nanomaggies: Vec<f64>,
     ZEROPOINTS_LEISTEDT23: Vec<f64>,
     ERRORFLOOR_LEISTEDT23: Vec<f64>,
-    EMLINEOFFSETS_LEISTEDT23: Vec<f64>,
-    EMLINEERRORS_LEISTEDT23: Vec<f64>,
 }
 
 /// Short labels in `COSMOS_FILTERS` order.
@@ -24,15 +22,6 @@ pub const COSMOS_LABELS: [&str; 26] = [
     "u", "g", "r", "i", "z", "y", "Y", "J", "H", "Ks", "IB427", "IB464", "IA484", "IB505", "IA527",
     "IB574", "IA624", "IA679", "IB709", "IA738", "IA767", "IB827", "NB711", "NB816", "Ch1", "Ch2",
 ];
-
-/// Leistedt+23 emission-line offsets α_l and ln scatters γ_l (44 lines); they describe the
-/// lines, not the survey, so every survey shares them.
-pub fn leistedt23_line_terms() -> (Vec<f64>, Vec<f64>) {
-    let c: Constants =
-        serde_json::from_str(CONSTANTS_JSON).expect("bundled constants are valid JSON");
-    let ln = c.EMLINEERRORS_LEISTEDT23.iter().map(|s| s.ln()).collect();
-    (c.EMLINEOFFSETS_LEISTEDT23, ln)
-}
 
 /// The COSMOS survey.
 #[derive(Debug, Clone)]
@@ -57,20 +46,14 @@ impl Cosmos {
             })
             .collect::<Vec<_>>();
         let n = bands.len();
-        // The constants store line *standard deviations*; the data model uses their logs.
-        let ln_emline_scatters = c.EMLINEERRORS_LEISTEDT23.iter().map(|s| s.ln()).collect();
         let calibration = match choice {
             CalibrationChoice::Leistedt23 | CalibrationChoice::Nominal => Calibration {
                 zero_points: c.ZEROPOINTS_LEISTEDT23,
                 error_floors: c.ERRORFLOOR_LEISTEDT23,
-                emline_offsets: c.EMLINEOFFSETS_LEISTEDT23,
-                ln_emline_scatters,
             },
             CalibrationChoice::Uncalibrated => Calibration {
                 zero_points: vec![1.0; n],
                 error_floors: vec![0.0; n],
-                emline_offsets: c.EMLINEOFFSETS_LEISTEDT23,
-                ln_emline_scatters,
             },
         };
         Self { bands, calibration }
@@ -90,6 +73,7 @@ impl Cosmos {
             filters,
             calibration: self.calibration,
             columns: None,
+            emission_lines: Vec::new(),
         })
     }
 }
@@ -122,9 +106,6 @@ mod tests {
         assert!((s.calibration.zero_points[17] - 1.1472832).abs() < 1e-7);
         assert!((s.calibration.error_floors[0] - 0.1).abs() < 1e-7);
         assert!((s.bands[3].flux_softening_nmgy - 0.00087932684).abs() < 1e-12);
-        assert_eq!(s.calibration.emline_offsets.len(), 44);
-        // Appendix A: [O III] 5007 σ = 2.6403e−02 → ln σ.
-        assert!((s.calibration.ln_emline_scatters[43] - 2.6403e-2f64.ln()).abs() < 1e-3);
         // Every band has a bundled filter curve.
         for b in &s.bands {
             let f = crate::filters::cosmos_filter(&b.name).unwrap();

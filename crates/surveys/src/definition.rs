@@ -18,9 +18,6 @@
 //!     flux_column: FLUX_U          # optional, overrides `columns`
 //!     error_column: FLUXERR_U
 //! ```
-//!
-//! Emission-line terms (offsets α_l, ln scatters γ_l) describe the lines, not the survey,
-//! so every defined survey uses the Leistedt+23 values shipped with pop-cosmos.
 
 use std::path::{Path, PathBuf};
 
@@ -57,6 +54,9 @@ pub struct DefinedSurvey {
     pub calibration: Calibration,
     /// Catalogue columns per band, when the definition gives a column map.
     pub columns: Option<Vec<BandColumnNames>>,
+    /// Emission-line terms a survey plugin gives, replacing the SPS model's own (Leistedt+23);
+    /// empty for every other survey.
+    pub emission_lines: Vec<popcosmos_plugin_host::LineValues>,
 }
 
 impl Survey for DefinedSurvey {
@@ -292,7 +292,6 @@ impl SurveyDefinition {
                     .into(),
             ));
         };
-        let (emline_offsets, ln_emline_scatters) = crate::cosmos::leistedt23_line_terms();
         Ok(DefinedSurvey {
             name: self.name.clone(),
             bands,
@@ -300,10 +299,9 @@ impl SurveyDefinition {
             calibration: Calibration {
                 zero_points,
                 error_floors,
-                emline_offsets,
-                ln_emline_scatters,
             },
             columns,
+            emission_lines: Vec::new(),
         })
     }
 }
@@ -343,7 +341,6 @@ mod tests {
         assert_eq!(s.bands[1].label, "hsc_r");
         assert_eq!(s.calibration.zero_points, vec![1.1, 1.0]);
         assert_eq!(s.calibration.error_floors, vec![0.02, 0.0]);
-        assert_eq!(s.calibration.emline_offsets.len(), 44);
         let c = s.columns.unwrap();
         assert_eq!((c[0].flux.as_str(), c[0].error.as_str()), ("f_g", "e_g"));
         assert_eq!((c[1].flux.as_str(), c[1].error.as_str()), ("R", "ER"));

@@ -1,8 +1,8 @@
 //! # popcosmos-surveys — photometric surveys: bands, filter curves, calibration
 //!
 //! A survey fixes the band order of every flux vector, the asinh softening per band and
-//! the calibration of the data model: multiplicative zero points, fractional
-//! error floors and the emission-line offsets / scatters.
+//! the photometric calibration the likelihood applies: multiplicative zero points and
+//! fractional error floors (the emission-line terms belong to the SPS model).
 //!
 //! Built in:
 //! * [`cosmos`] — the 26 COSMOS2020 bands of pop-cosmos in `COSMOS_FILTERS` order, with the
@@ -35,10 +35,10 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum CalibrationChoice {
-    /// Leistedt et al. (2023) zero points, error floors and emission-line terms (COSMOS only).
+    /// Leistedt et al. (2023) zero points and error floors (COSMOS only).
     #[default]
     Leistedt23,
-    /// Zero points 1, no error floor, Leistedt+23 emission-line terms.
+    /// Zero points 1, no error floor.
     Uncalibrated,
     /// The survey's own definition (COSMOS: Leistedt+23; KiDS / LSST / YAML surveys: their
     /// listed zero points and floors). The default when `calibration` is absent.
@@ -118,9 +118,10 @@ impl SurveySpec {
             ));
         }
         let config = self.plugin_config.as_deref().unwrap_or("");
-        let (name, bands, filters, calibration) = popcosmos_plugin_host::load_survey(path, config)
-            .map_err(|e| Error::config("survey.plugin", e.to_string()))?
-            .into_parts();
+        let plugin = popcosmos_plugin_host::load_survey(path, config)
+            .map_err(|e| Error::config("survey.plugin", e.to_string()))?;
+        let emission_lines = plugin.emission_lines().to_vec();
+        let (name, bands, filters, calibration) = plugin.into_parts();
         if !self.name.is_empty() && !self.name.eq_ignore_ascii_case(&name) {
             return Err(Error::config(
                 "survey.name",
@@ -137,6 +138,7 @@ impl SurveySpec {
             filters,
             calibration,
             columns: None,
+            emission_lines,
         })
     }
 

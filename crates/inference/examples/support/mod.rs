@@ -8,7 +8,8 @@ use popcosmos_inference::{Manifest, Pipeline, init::InitLibrary};
 /// The pipeline of the manifest at the first command-line argument.
 pub fn pipeline() -> Result<Pipeline> {
     let path = std::env::args().nth(1).unwrap();
-    Ok(Pipeline::new(Manifest::load(std::path::Path::new(&path))?)?)
+    let manifest = Manifest::load(std::path::Path::new(&path))?;
+    Pipeline::new(manifest, &popcosmos_models::HubConfig::from_env())
 }
 
 /// The first `rows` galaxies of `p`'s catalogue and their observations on `p`'s device.

@@ -1,0 +1,371 @@
+//! The SPS model of a survey: θ → model photometry.
+//!
+//! `flux_nmgy_b = 10^((22.5 − M_b(θ₁₅) − N)/2.5) + Σ_l α_l F_bl(θ^power)` and
+//! `line_sigma_nmgy_b = Σ_l e^{γ_l} (1 + α_l) F_bl(θ^power)`, with α, γ the
+//! [`LineCalibration`]. Zero points are *not* applied: the likelihood does that.
+
+use candle_core::{D, DType, Device, Tensor};
+use serde::Deserialize;
+
+use crate::emlines::{self, EmLineEmulator};
+use crate::photulator::{
+    Photulator, PhotulatorConfig, mag_to_flux_nmgy, theta_to_photulator_input, theta_to_power,
+};
+use crate::weights::WeightFile;
+use popcosmos_api::{Error, FilterCurve, ModelPhotometry, N_PARAMS, Result, SpsModel};
+
+/// Per-band scalars stacked over bands in a photulator file (first axis = band).
+const PHOTULATOR_STACKED: [&str; 3] = ["output_shift", "output_scale", "f_b"];
+/// Bandpass-model tensors of the emission-line emulator (`[bands, components]`).
+const EMLINE_STACKED: [&str; 4] = [
+    "bandpass.amps",
+    "bandpass.sigs",
+    "bandpass.betas",
+    "bandpass.locs",
+];
+
+/// The emission-line terms of the data model, one per line of the line emulator: offsets α_l
+/// and ln scatters γ_l. They describe the lines, not a survey.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LineCalibration {
+    pub offsets: Vec<f64>,
+    pub ln_scatters: Vec<f64>,
+}
+
+impl LineCalibration {
+    /// Leistedt et al. (2023), as shipped in `pop_cosmos.constants` (44 lines; see NOTICE).
+    pub fn leistedt23() -> Self {
+        #[derive(Deserialize)]
+        #[allow(non_snake_case)]
+        struct Constants {
+            EMLINEOFFSETS_LEISTEDT23: Vec<f64>,
+            EMLINEERRORS_LEISTEDT23: Vec<f64>,
+        }
+        let c: Constants = serde_json::from_str(include_str!(
+            "../../../assets/models/pop_cosmos_constants.json"
+        ))
+        .expect("bundled constants are valid JSON");
+        // The constants store line *standard deviations*; the data model uses their logs.
+        Self {
+            offsets: c.EMLINEOFFSETS_LEISTEDT23,
+            ln_scatters: c.EMLINEERRORS_LEISTEDT23.iter().map(|s| s.ln()).collect(),
+        }
+    }
+}
+
+/// Photulator stack plus (optionally) the emission-line emulator with its line calibration:
+/// the SPS model of any survey.
+#[derive(Debug, Clone)]
+pub struct PhotulatorSps {
+    photulator: Photulator,
+    lines: Option<LineModel>,
+    device: Device,
+}
+
+#[derive(Debug, Clone)]
+struct LineModel {
+    emulator: EmLineEmulator,
+    /// `[44, 2]`: column 0 = α_l, column 1 = e^{γ_l}(1 + α_l).
+    weights: Tensor,
+}
+
+impl PhotulatorSps {
+    /// The bundled COSMOS photulators and emission-line emulator.
+    pub fn builtin(lines: &LineCalibration, device: &Device) -> Result<Self> {
+        Self::new(
+            Photulator::builtin(device)?,
+            Some((EmLineEmulator::builtin(device)?, lines)),
+        )
+    }
+
+    /// Assemble from loaded emulators. With `lines = None` the model is continuum-only
+    /// (`line_sigma_nmgy = None`).
+    pub fn new(
+        photulator: Photulator,
+        lines: Option<(EmLineEmulator, &LineCalibration)>,
+    ) -> Result<Self> {
+        let device = photulator.device().clone();
+        let lines = match lines {
+            None => None,
+            Some((emulator, calibration)) => {
+                if emulator.n_bands() != photulator.n_bands() {
+                    return Err(Error::Invalid(format!(
+                        "line emulator has {} bands, photulator {}",
+                        emulator.n_bands(),
+                        photulator.n_bands()
+                    )));
+                }
+                let nl = emulator.n_lines();
+                let (a, g) = (&calibration.offsets, &calibration.ln_scatters);
+                if a.len() != nl || g.len() != nl {
+                    return Err(Error::Invalid(format!(
+                        "line calibration has {} emission-line offsets and {} ln scatters; the \
+                         line emulator has {nl} lines",
+                        a.len(),
+                        g.len()
+                    )));
+                }
+                let w: Vec<f32> = a
+                    .iter()
+                    .zip(g)
+                    .flat_map(|(&a, &g)| [a as f32, (g.exp() * (1.0 + a)) as f32])
+                    .collect();
+                let weights = Tensor::from_vec(w, (nl, 2), &device)?;
+                Some(LineModel { emulator, weights })
+            }
+        };
+        Ok(Self {
+            photulator,
+            lines,
+            device,
+        })
+    }
+
+    /// Any survey: a photulator set (e.g. trained by `popcosmos-cli train-emulator`, or
+    /// `builtin:photulator_kids9` / `builtin:photulator_lsst6`) plus the emission-line emulator
+    /// with band responses computed from the survey's own filter curves
+    /// ([`EmLineEmulator::with_filter_curves`]). `filters` must be in the photulator's band
+    /// order (checked by name).
+    pub fn for_filter_set(
+        photulator: Photulator,
+        filters: &[FilterCurve],
+        lines: &LineCalibration,
+    ) -> Result<Self> {
+        let names: Vec<&str> = filters.iter().map(|f| f.name.as_str()).collect();
+        if names != photulator.band_names() {
+            return Err(Error::Invalid(format!(
+                "filter curves {names:?} do not match the photulator bands {:?} (same names, \
+                 same order)",
+                photulator.band_names()
+            )));
+        }
+        let emulator = EmLineEmulator::builtin(photulator.device())?.with_filter_curves(filters)?;
+        Self::new(photulator, Some((emulator, lines)))
+    }
+
+    /// The SPS model of a survey from an emulator set: the networks of `survey_bands`, in that
+    /// order, of the stacked photulator file `set` whose bands and layer widths are `config`.
+    /// A survey using some of the set's bands runs on a re-packed subset model (a CFHT u + HSC
+    /// grizy survey costs 6/26 of the COSMOS set instead of computing 26 bands and discarding
+    /// 20). Emission lines (`lines`; `None` = continuum only): for the COSMOS set the bundled
+    /// line bandpass models of the selected bands; for any other set band responses from the
+    /// survey's `filters` (one curve per survey band, in order;
+    /// [`EmLineEmulator::with_filter_curves`]).
+    pub fn for_survey(
+        set: &WeightFile,
+        config: PhotulatorConfig,
+        survey_bands: &[String],
+        filters: &[FilterCurve],
+        lines: Option<&LineCalibration>,
+        device: &Device,
+    ) -> Result<Self> {
+        let keep = survey_bands
+            .iter()
+            .map(|b| {
+                config.bands.iter().position(|a| a == b).ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "survey band '{b}' is not a band of the emulator set {} (its bands: {})",
+                        set.name(),
+                        config.bands.join(", ")
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let is_cosmos = config.bands == PhotulatorConfig::builtin()?.bands;
+        let config = PhotulatorConfig {
+            bands: survey_bands.to_vec(),
+            ..config
+        };
+        let set = set.select_bands(&keep, &PHOTULATOR_STACKED)?;
+        let photulator = Photulator::from_weights(&set, config, device)?;
+        let Some(lines) = lines else {
+            return Self::new(photulator, None);
+        };
+        let emulator = if is_cosmos {
+            let name = "emline_emulator.safetensors";
+            let file = WeightFile::from_bytes(emlines::BUILTIN_WEIGHTS, name, device)?;
+            EmLineEmulator::from_weights(&file.select_bands(&keep, &EMLINE_STACKED)?, device)?
+        } else if filters.len() == survey_bands.len() {
+            EmLineEmulator::builtin(device)?.with_filter_curves(filters)?
+        } else {
+            return Err(Error::Invalid(format!(
+                "the emulator set {} is not the COSMOS set, so the emission-line band responses \
+                 come from the survey's filter curves, but the survey has {} curves for {} bands \
+                 (or turn the emission lines off)",
+                set.name(),
+                filters.len(),
+                survey_bands.len()
+            )));
+        };
+        Self::new(photulator, Some((emulator, lines)))
+    }
+
+    /// Drop the emission-line component (continuum-only model).
+    pub fn without_emission_lines(mut self) -> Self {
+        self.lines = None;
+        self
+    }
+
+    pub fn has_emission_lines(&self) -> bool {
+        self.lines.is_some()
+    }
+
+    pub fn photulator(&self) -> &Photulator {
+        &self.photulator
+    }
+
+    pub fn emission_lines(&self) -> Option<&EmLineEmulator> {
+        self.lines.as_ref().map(|l| &l.emulator)
+    }
+
+    /// Flatten `[..., 16]` to `[n, 16]`, returning the leading dims.
+    fn flatten(theta: &Tensor) -> Result<(Tensor, Vec<usize>)> {
+        let dims = theta.dims();
+        if dims.last() != Some(&N_PARAMS) {
+            return Err(Error::Invalid(format!(
+                "theta must have shape [..., {N_PARAMS}], got {dims:?}"
+            )));
+        }
+        let lead = dims[..dims.len() - 1].to_vec();
+        let n = lead.iter().product::<usize>();
+        Ok((theta.to_dtype(DType::F32)?.reshape((n, N_PARAMS))?, lead))
+    }
+
+    fn unflatten(t: Tensor, lead: &[usize], bands: usize) -> Result<Tensor> {
+        let mut shape = lead.to_vec();
+        shape.push(bands);
+        Ok(t.reshape(shape)?)
+    }
+
+    fn continuum_flat(&self, theta: &Tensor) -> Result<Tensor> {
+        let absmag = self
+            .photulator
+            .absolute_magnitudes(&theta_to_photulator_input(theta)?)?;
+        mag_to_flux_nmgy(&absmag.broadcast_add(&theta.narrow(D::Minus1, 0, 1)?)?)
+    }
+
+    /// Photulator fluxes only (no emission-line offsets), θ `[..., 16]` → `[..., bands]` nmgy.
+    pub fn continuum_flux_nmgy(&self, theta: &Tensor) -> Result<Tensor> {
+        let (flat, lead) = Self::flatten(theta)?;
+        Self::unflatten(
+            self.continuum_flat(&flat)?,
+            &lead,
+            self.photulator.n_bands(),
+        )
+    }
+}
+
+impl SpsModel for PhotulatorSps {
+    fn band_names(&self) -> &[String] {
+        self.photulator.band_names()
+    }
+
+    fn device(&self) -> &Device {
+        &self.device
+    }
+
+    fn photometry(&self, theta: &Tensor) -> Result<ModelPhotometry> {
+        let (flat, lead) = Self::flatten(theta)?;
+        let nb = self.photulator.n_bands();
+        let continuum = self.continuum_flat(&flat)?;
+        let Some(lines) = &self.lines else {
+            return Ok(ModelPhotometry {
+                flux_nmgy: Self::unflatten(continuum, &lead, nb)?,
+                line_sigma_nmgy: None,
+            });
+        };
+        // [n, bands, 2]: Σ_l α_l F_bl and Σ_l e^{γ_l}(1+α_l) F_bl.
+        let sums = lines
+            .emulator
+            .contract(&theta_to_power(&flat)?, &lines.weights)?;
+        let flux = (continuum + sums.narrow(2, 0, 1)?.squeeze(2)?)?;
+        let sigma = sums.narrow(2, 1, 1)?.squeeze(2)?;
+        Ok(ModelPhotometry {
+            flux_nmgy: Self::unflatten(flux, &lead, nb)?,
+            line_sigma_nmgy: Some(Self::unflatten(sigma.contiguous()?, &lead, nb)?),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use popcosmos_api::{HostRng, RandomSource, params::phi_to_theta};
+
+    fn cosmos_set() -> (WeightFile, PhotulatorConfig) {
+        let file = WeightFile::from_bytes(
+            crate::photulator::BUILTIN_WEIGHTS,
+            "photulator_cosmos26.safetensors",
+            &Device::Cpu,
+        )
+        .unwrap();
+        (file, PhotulatorConfig::builtin().unwrap())
+    }
+
+    /// The 8-band subset model equals the corresponding columns of the 26-band model
+    /// (continuum and line terms), to f32 round-off.
+    #[test]
+    fn band_subset_equals_full_model_columns() {
+        let dev = Device::Cpu;
+        let (set, config) = cosmos_set();
+        let all = config.bands.clone();
+        let lines = LineCalibration::leistedt23();
+        let full =
+            PhotulatorSps::for_survey(&set, config.clone(), &all, &[], Some(&lines), &dev).unwrap();
+        let pick = [0usize, 1, 2, 3, 4, 5, 9, 24];
+        let wanted: Vec<String> = pick.iter().map(|&i| all[i].clone()).collect();
+        let sub =
+            PhotulatorSps::for_survey(&set, config, &wanted, &[], Some(&lines), &dev).unwrap();
+        assert_eq!(sub.band_names(), wanted.as_slice());
+        let phi = HostRng::seed_from_u64(3)
+            .normal(&(64, N_PARAMS).into(), &dev)
+            .unwrap();
+        let theta = phi_to_theta(&phi).unwrap();
+        let a = full.photometry(&theta).unwrap();
+        let b = sub.photometry(&theta).unwrap();
+        let idx = Tensor::from_vec(
+            pick.iter().map(|&i| i as u32).collect::<Vec<_>>(),
+            pick.len(),
+            &dev,
+        )
+        .unwrap();
+        for (x, y) in [
+            (a.flux_nmgy, b.flux_nmgy),
+            (a.line_sigma_nmgy.unwrap(), b.line_sigma_nmgy.unwrap()),
+        ] {
+            let x = x
+                .index_select(&idx, 1)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            let y = y.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            for (p, q) in x.iter().zip(&y) {
+                assert!((p - q).abs() <= 1e-5 * p.abs().max(1e-6), "{p} vs {q}");
+            }
+        }
+    }
+
+    #[test]
+    fn leistedt23_line_terms() {
+        let l = LineCalibration::leistedt23();
+        assert_eq!((l.offsets.len(), l.ln_scatters.len()), (44, 44));
+        // Appendix A: [O III] 5007 σ = 2.6403e−02 → ln σ.
+        assert!((l.ln_scatters[43] - 2.6403e-2f64.ln()).abs() < 1e-3);
+    }
+
+    #[test]
+    fn unknown_band_is_named() {
+        let (set, config) = cosmos_set();
+        let bands = ["hsc_g".to_string(), "omegacam_u".to_string()];
+        let e = PhotulatorSps::for_survey(&set, config, &bands, &[], None, &Device::Cpu)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("omegacam_u") && e.contains("photulator_cosmos26"),
+            "{e}"
+        );
+    }
+}
