@@ -16,7 +16,7 @@ BATCH = 40
 
 def fast_manifest(directory: Path) -> dict:
     m = popcosmos.demo.manifest(directory)
-    m["sampler"].update(walkers=32, steps=16, burn_in=8)
+    m["sampler"].update(kind="ensemble", walkers=32, steps=16, burn_in=8)
     m["init"]["library_size"] = 1000
     m["galaxies_per_batch"] = BATCH
     m["output"]["chain_thin"] = 2

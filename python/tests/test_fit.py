@@ -164,7 +164,7 @@ signal.signal(signal.SIGINT, signal.default_int_handler)
 m = json.loads(sys.argv[1])
 # 50 batches of 400 steps: far longer than the signal's delay on any machine.
 m["galaxies_per_batch"] = 2
-m["sampler"].update(steps=400, burn_in=200)
+m["sampler"].update(kind="ensemble", steps=400, burn_in=200)
 pipe = popcosmos.Pipeline.from_manifest(m)
 cat = popcosmos.demo.catalogue()
 threading.Timer(float(sys.argv[2]), lambda: os.kill(os.getpid(), signal.SIGINT)).start()

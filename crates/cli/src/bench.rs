@@ -95,7 +95,7 @@ fn bench_inference(galaxies: usize, device: &str) -> Result<()> {
             true,
         ),
         (
-            "recommended (demo manifest: ψ coordinates, stretch/DE/global)",
+            "ensemble (demo manifest's ensemble keys: ψ coordinates, stretch/DE/global)",
             m.sampler.walkers,
             m.sampler.steps,
             m.sampler.burn_in,
@@ -109,6 +109,7 @@ fn bench_inference(galaxies: usize, device: &str) -> Result<()> {
     for (name, walkers, steps, burn, stretch_only) in configs {
         let mut mm = m.clone();
         mm.sampler = SamplerSpec {
+            kind: popcosmos_inference::manifest::SamplerKind::Ensemble,
             walkers,
             steps,
             burn_in: burn,
