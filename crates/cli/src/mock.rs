@@ -33,6 +33,10 @@ pub struct MockArgs {
     /// Where the flux uncertainties come from.
     #[arg(long, value_enum, default_value = "noise-model")]
     pub errors: ErrorSource,
+    /// Multiply the template errors by this before drawing the noise (e.g. 0.2: S/N × 5, for
+    /// coverage tests at high signal-to-noise); `--errors templates` only.
+    #[arg(long, default_value_t = 1.0)]
+    pub error_scale: f64,
     /// Selection `BAND<MAG` on the noisy AB magnitude, e.g. `irac1_cosmos<26`; `none` for no
     /// cut. Default: `irac1_cosmos<26` with the noise model, none with templates.
     #[arg(long)]
@@ -90,14 +94,26 @@ pub fn mock(args: &MockArgs) -> Result<()> {
         _ => "none",
     };
     let selection = parse_selection(args.select.as_deref().unwrap_or(default_select), &bands)?;
-    let templates;
+    let templates: Vec<Vec<f64>>;
     let noise;
     let errors = match args.errors {
         ErrorSource::Templates => {
-            templates = demo_error_templates(&*survey)?;
+            if !(args.error_scale.is_finite() && args.error_scale > 0.0) {
+                bail!(
+                    "--error-scale must be finite and > 0, got {}",
+                    args.error_scale
+                );
+            }
+            templates = demo_error_templates(&*survey)?
+                .into_iter()
+                .map(|row| row.into_iter().map(|e| e * args.error_scale).collect())
+                .collect();
             MockErrors::Templates(&templates)
         }
         ErrorSource::NoiseModel => {
+            if args.error_scale != 1.0 {
+                bail!("--error-scale applies to --errors templates only");
+            }
             noise = NoiseModel::builtin(&device)?;
             if noise.n_bands() != bands.len() {
                 bail!(

@@ -49,15 +49,7 @@ impl GalaxyDraws {
     /// Self-normalised weights (sum 1); draws with −∞ log-weight get 0. `None` when no draw
     /// has a finite weight (the target prior excludes every draw).
     pub fn normalised_weights(&self) -> Option<Vec<f64>> {
-        let max = self
-            .log_weight
-            .iter()
-            .copied()
-            .filter(|v| v.is_finite())
-            .fold(f64::NEG_INFINITY, f64::max);
-        if !max.is_finite() {
-            return None;
-        }
+        let max = popcosmos_samplers::finite_max(&self.log_weight)?;
         let w: Vec<f64> = self
             .log_weight
             .iter()

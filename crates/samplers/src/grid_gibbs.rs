@@ -66,14 +66,7 @@ fn mean_exp(s: f64) -> f64 {
 impl PiecewiseExponential {
     /// `None` when no segment has finite ends.
     pub fn new(grid: &[f64], values: &[f64]) -> Option<Self> {
-        let max = values
-            .iter()
-            .copied()
-            .filter(|v| v.is_finite())
-            .fold(f64::NEG_INFINITY, f64::max);
-        if !max.is_finite() {
-            return None;
-        }
+        let max = crate::finite_max(values)?;
         let mut cumulative = Vec::with_capacity(grid.len() - 1);
         let mut total = 0.0;
         for j in 0..grid.len() - 1 {

@@ -130,6 +130,16 @@ pub trait StepInfo {
     fn accepted(&self) -> &Tensor;
 }
 
+/// The largest finite value, `None` when there is none (log-weights with −∞ / NaN entries).
+pub fn finite_max(values: &[f64]) -> Option<f64> {
+    let max = values
+        .iter()
+        .copied()
+        .filter(|v| v.is_finite())
+        .fold(f64::NEG_INFINITY, f64::max);
+    max.is_finite().then_some(max)
+}
+
 /// Map NaN log-densities to −∞ (so they are never accepted).
 pub(crate) fn sanitize_log_prob(lp: &Tensor) -> Result<Tensor> {
     let is_nan = lp.ne(lp)?;

@@ -221,14 +221,7 @@ pub struct Reweighting {
 /// Normalised weights ∝ exp(δ·ℓ), their ln-mean over all n entries and their ESS; non-finite
 /// ℓ get weight 0. `None` when no ℓ is finite.
 pub fn incremental_weights(log_like: &[f64], delta: f64) -> Option<(Vec<f64>, f64, f64)> {
-    let max = log_like
-        .iter()
-        .copied()
-        .filter(|v| v.is_finite())
-        .fold(f64::NEG_INFINITY, f64::max);
-    if !max.is_finite() {
-        return None;
-    }
+    let max = crate::finite_max(log_like)?;
     let mut w: Vec<f64> = log_like
         .iter()
         .map(|&l| {

@@ -93,6 +93,29 @@ fn column(t: &Tensor, j: usize) -> Vec<f64> {
         .unwrap()
 }
 
+/// One update of one column at β = 1; the new state and its acceptance rate.
+fn update(
+    chart: &Chart,
+    state: &GridState,
+    slopes: &[f64],
+    rng: &mut HostRng,
+) -> Result<(GridState, f64)> {
+    let galaxies = Tensor::zeros(1, DType::U32, &Device::Cpu)?;
+    let eval = |x: &Tensor| chart.eval(x);
+    let mut uniforms = |k: usize| (0..k).map(|_| rng.next_f64()).collect::<Vec<f64>>();
+    let (next, acc) = grid_gibbs_update(
+        chart,
+        &eval,
+        state,
+        &galaxies,
+        &[1.0],
+        slopes,
+        &mut uniforms,
+    )?;
+    let rate = acc.to_dtype(DType::F64)?.mean_all()?.to_scalar::<f64>()?;
+    Ok((next, rate))
+}
+
 fn mean_var(v: &[f64]) -> (f64, f64) {
     let n = v.len() as f64;
     let m = v.iter().sum::<f64>() / n;
@@ -109,7 +132,6 @@ fn a_coarse_grid_leaves_a_correlated_gaussian_invariant_and_the_shear_moves_far(
     };
     let n = 4000;
     let mut rng = HostRng::seed_from_u64(11);
-    let galaxies = Tensor::zeros(1, DType::U32, &Device::Cpu)?;
     for shear in [false, true] {
         // Slopes from an independent exact sample, so each particle's kernel is fixed.
         let slopes = if shear {
@@ -122,19 +144,8 @@ fn a_coarse_grid_leaves_a_correlated_gaussian_invariant_and_the_shear_moves_far(
         let mut acceptance = 0.0;
         let updates = 8;
         for _ in 0..updates {
-            let eval = |x: &Tensor| chart.eval(x);
-            let mut uniforms = |k: usize| (0..k).map(|_| rng.next_f64()).collect::<Vec<f64>>();
-            let (next, acc) = grid_gibbs_update(
-                &chart,
-                &eval,
-                &state,
-                &galaxies,
-                &[1.0],
-                &slopes,
-                &mut uniforms,
-            )?;
-            acceptance +=
-                acc.to_dtype(DType::F64)?.mean_all()?.to_scalar::<f64>()? / updates as f64;
+            let (next, rate) = update(&chart, &state, &slopes, &mut rng)?;
+            acceptance += rate / updates as f64;
             state = next;
         }
         let (z, y1) = (column(&state.position, 0), column(&state.position, 1));
@@ -194,21 +205,9 @@ fn modes_of_different_widths_get_their_weights_in_one_update() -> Result<()> {
     let mut rng = HostRng::seed_from_u64(5);
     // Every particle starts in the wide mode.
     let state = state_of(&chart, Tensor::full(1.5f32, (n, 1, 1), &Device::Cpu)?)?;
-    let galaxies = Tensor::zeros(1, DType::U32, &Device::Cpu)?;
-    let eval = |x: &Tensor| chart.eval(x);
-    let mut uniforms = |k: usize| (0..k).map(|_| rng.next_f64()).collect::<Vec<f64>>();
-    let (next, acc) = grid_gibbs_update(
-        &chart,
-        &eval,
-        &state,
-        &galaxies,
-        &[1.0],
-        &[0.0],
-        &mut uniforms,
-    )?;
+    let (next, acceptance) = update(&chart, &state, &[0.0], &mut rng)?;
     let z = column(&next.position, 0);
     let narrow = z.iter().filter(|&&v| v < 0.0).count() as f64 / n as f64;
-    let acceptance = acc.to_dtype(DType::F64)?.mean_all()?.to_scalar::<f64>()?;
     let sigma = (0.3f64 * 0.7 / n as f64).sqrt();
     println!(
         "narrow-mode weight {narrow:.4} (truth 0.3, σ_MC {sigma:.4}), acceptance {acceptance:.3}"
