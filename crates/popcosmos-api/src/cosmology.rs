@@ -22,9 +22,13 @@ pub const GYR_S: f64 = 3.15576e16;
 /// astropy `Planck18` background cosmology.
 #[derive(Debug, Clone)]
 pub struct Planck18 {
+    /// Hubble constant, km/s/Mpc.
     pub h0: f64,
+    /// Matter density today (with the massive neutrinos' non-relativistic part excluded).
     pub om0: f64,
+    /// Photon density today.
     pub ogamma0: f64,
+    /// Dark-energy density today (flat: 1 − the rest).
     pub ode0: f64,
     /// m_ν / (k_B T_ν0) for the massive species.
     nu_y: f64,
@@ -52,6 +56,7 @@ impl Default for Planck18 {
 }
 
 impl Planck18 {
+    /// The Planck 2018 parameters (Planck Collaboration 2020, as in astropy).
     pub fn new() -> Self {
         let h0 = 67.66;
         let om0 = 0.30966;

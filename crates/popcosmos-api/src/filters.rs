@@ -7,6 +7,7 @@ use crate::{Error, Result};
 /// A filter transmission curve.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FilterCurve {
+    /// Filter name, e.g. `hsc_g`.
     pub name: String,
     /// Observed-frame wavelength, Å (increasing).
     pub wavelength_aa: Vec<f64>,

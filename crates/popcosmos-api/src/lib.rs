@@ -17,6 +17,8 @@
 //! * Observations are `[galaxies, bands]` and broadcast against `[walkers, galaxies, bands]`.
 //! * f32 on the device; reductions and diagnostics in f64 on the host.
 
+#![warn(missing_docs)]
+
 pub mod cosmology;
 pub mod filters;
 pub mod params;
@@ -38,32 +40,56 @@ pub enum Error {
     /// A file could not be read or written.
     #[error("{path}: {source}")]
     Io {
+        /// The file.
         path: String,
+        /// What the operating system said.
         #[source]
         source: std::io::Error,
     },
     /// A weights file lacks a tensor the model needs.
     #[error("{file}: missing tensor '{tensor}'")]
-    MissingTensor { file: String, tensor: String },
+    MissingTensor {
+        /// The weights file.
+        file: String,
+        /// The tensor's name.
+        tensor: String,
+    },
     /// A weights file has a tensor of the wrong shape (e.g. the wrong band count).
     #[error("{file}: tensor '{tensor}' has shape {found:?}, expected {expected:?}")]
     TensorShape {
+        /// The weights file.
         file: String,
+        /// The tensor's name.
         tensor: String,
+        /// The shape the model needs.
         expected: Vec<usize>,
+        /// The shape in the file.
         found: Vec<usize>,
     },
     /// A model card / JSON sidecar is malformed.
     #[error("{file}: {message}")]
-    Format { file: String, message: String },
+    Format {
+        /// The file.
+        file: String,
+        /// What is wrong, where.
+        message: String,
+    },
     /// A manifest or settings key has a bad value (`sampler.particles: must be …`).
     #[error("{key}: {message}")]
-    Config { key: String, message: String },
+    Config {
+        /// The dotted key, e.g. `sampler.particles`.
+        key: String,
+        /// Why its value is refused.
+        message: String,
+    },
     /// A tensor or array argument has the wrong shape.
     #[error("{what} must be {expected}, got {found}")]
     Shape {
+        /// The argument.
         what: String,
+        /// The shape it must have.
         expected: String,
+        /// The shape it has.
         found: String,
     },
     /// Other invalid input (names the offending column, row or value).
@@ -102,6 +128,7 @@ impl Error {
     }
 }
 
+/// Results of this workspace's library calls.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Model photometry for a batch of parameter vectors.
@@ -173,6 +200,7 @@ pub trait Likelihood: Send + Sync {
 
 /// A log-density over `[walkers, galaxies, dim]` positions → `[walkers, galaxies]`.
 pub trait LogDensity {
+    /// ln π of each position (NaN or −∞ outside the support).
     fn log_density(&self, position: &Tensor) -> Result<Tensor>;
     /// Gradient of the log-density with respect to the position (same shape), for
     /// gradient-based kernels. The default uses candle autograd through `log_density`; a
@@ -205,9 +233,13 @@ where
 /// An MCMC kernel in the blackjax style: `init` caches the log-density of the starting
 /// positions, `step` advances the whole `[walkers, galaxies, dim]` batch once.
 pub trait Sampler {
+    /// Positions with their cached log-densities.
     type State;
+    /// What one step did (acceptance and the like).
     type Info;
+    /// The state at `position`, with `target` evaluated there once.
     fn init(&self, position: Tensor, target: &dyn LogDensity) -> Result<Self::State>;
+    /// One step of every walker of every galaxy.
     fn step(
         &self,
         rng: &mut dyn RandomSource,
@@ -239,9 +271,13 @@ pub struct Calibration {
 
 /// A photometric survey: its bands and their photometric calibration.
 pub trait Survey: Send + Sync {
+    /// The survey's name in manifests (`cosmos`, `kids`, …).
     fn name(&self) -> &str;
+    /// Its bands, in catalogue order.
     fn bands(&self) -> &[Band];
+    /// Its photometric calibration (zero points and error floors).
     fn calibration(&self) -> &Calibration;
+    /// The bands' filter names.
     fn band_names(&self) -> Vec<String> {
         self.bands().iter().map(|b| b.name.clone()).collect()
     }

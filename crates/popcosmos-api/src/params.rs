@@ -211,6 +211,7 @@ pub const ACKLAM_A: [f64; 6] = [
     -3.066479806614716e+01,
     2.506628277459239e+00,
 ];
+/// Acklam's central denominator (see [`ACKLAM_A`]).
 pub const ACKLAM_B: [f64; 5] = [
     -5.447609879822406e+01,
     1.615858368580409e+02,
@@ -218,6 +219,7 @@ pub const ACKLAM_B: [f64; 5] = [
     6.680131188771972e+01,
     -1.328068155288572e+01,
 ];
+/// Acklam's tail numerator (see [`ACKLAM_A`]).
 pub const ACKLAM_C: [f64; 6] = [
     -7.784894002430293e-03,
     -3.223964580411365e-01,
@@ -226,6 +228,7 @@ pub const ACKLAM_C: [f64; 6] = [
     4.374664141464968e+00,
     2.938163982698783e+00,
 ];
+/// Acklam's tail denominator (see [`ACKLAM_A`]).
 pub const ACKLAM_D: [f64; 4] = [
     7.784695709041462e-03,
     3.224671290700398e-01,

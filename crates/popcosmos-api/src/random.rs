@@ -28,6 +28,7 @@ pub struct HostRng {
 }
 
 impl HostRng {
+    /// The generator seeded with `seed`.
     pub fn seed_from_u64(seed: u64) -> Self {
         Self {
             rng: rand_chacha::ChaCha8Rng::seed_from_u64(seed),

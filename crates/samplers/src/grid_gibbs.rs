@@ -124,8 +124,11 @@ impl PiecewiseExponential {
 /// Positions `[n, a, d]` with their cached log-prior and log-likelihood `[n, a]` (log-prior
 /// in the target's coordinates x).
 pub struct GridState {
+    /// Positions `[n, a, d]`.
     pub position: Tensor,
+    /// ln p of each position in the target's coordinates `[n, a]`.
     pub log_prior: Tensor,
+    /// ln L of each position `[n, a]`.
     pub log_like: Tensor,
 }
 

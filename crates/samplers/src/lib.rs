@@ -85,6 +85,8 @@
 //! Log-probabilities that are NaN are treated as −∞: such proposals are never accepted, and a
 //! walker sitting at −∞ accepts any finite proposal.
 
+#![warn(missing_docs)]
+
 pub mod diagnostics;
 pub mod ensemble;
 pub mod global;

@@ -34,8 +34,11 @@ pub struct Chain {
     pub log_prob: Vec<f32>,
     /// Number of kept draws.
     pub kept: usize,
+    /// Walkers (or particles) per kept draw.
     pub walkers: usize,
+    /// Galaxies of the batch.
     pub galaxies: usize,
+    /// Parameters per draw.
     pub dim: usize,
     /// Fraction of accepted proposals per galaxy over all post-burn-in steps and walkers.
     pub acceptance: Vec<f64>,

@@ -65,8 +65,9 @@ pub struct SmcConfig {
     pub particles: usize,
     /// Target ESS of each stage's incremental weights, as a fraction of `particles`, in (0, 1).
     pub ess_target: f64,
-    /// Fewest and most move sweeps per stage.
+    /// Fewest move sweeps per stage.
     pub min_sweeps: usize,
+    /// Most move sweeps per stage.
     pub max_sweeps: usize,
     /// Sweep until the particles' correlation with their positions at the start of the stage
     /// (largest over coordinates) falls below this, in (0, 1).
@@ -164,8 +165,9 @@ pub enum SmcStatus {
 /// Per-galaxy SMC diagnostics.
 #[derive(Debug, Clone, Copy)]
 pub struct SmcDiagnostics {
-    /// ln Z = ln ∫ p L, and its standard error.
+    /// ln Z = ln ∫ p L.
     pub log_evidence: f64,
+    /// Standard error of ln Z (first order, Σ 1/ESS − 1/n over stages).
     pub log_evidence_err: f64,
     /// Tempering stages (the reference stage included).
     pub stages: usize,
@@ -184,6 +186,7 @@ pub struct SmcDiagnostics {
     pub grid_acceptance: f64,
     /// Griddy-Gibbs updates run.
     pub grid_updates: usize,
+    /// How the run ended.
     pub status: SmcStatus,
 }
 
@@ -288,6 +291,7 @@ pub fn systematic_resample(weights: &[f64], n: usize, u: f64) -> Vec<u32> {
 
 /// The tempered SMC sampler: its settings and the MCMC moves used to rejuvenate.
 pub struct Smc {
+    /// Its settings.
     pub config: SmcConfig,
     /// Weighted ensemble moves (their red/blue sweeps leave each π_β invariant).
     pub moves: EnsembleSampler,

@@ -22,6 +22,7 @@ use crate::{StepInfo, sanitize_log_prob};
 
 /// An ensemble kernel run at several inverse temperatures with walker swaps.
 pub struct TemperedEnsemble {
+    /// The ensemble kernel run at every temperature.
     pub inner: EnsembleSampler,
     /// Inverse temperatures, β₀ = 1 first, decreasing, all > 0.
     pub betas: Vec<f64>,
@@ -30,6 +31,7 @@ pub struct TemperedEnsemble {
 /// What one tempered step did.
 #[derive(Debug, Clone)]
 pub struct TemperedInfo {
+    /// The inner ensemble's step over all temperatures (each a block of galaxies).
     pub inner: EnsembleInfo,
     /// Fraction of walkers swapped between temperatures k and k + 1 in this step.
     pub swap_fraction: Vec<f64>,

@@ -28,13 +28,24 @@ use crate::tempering::TemperedEnsemble;
 #[derive(Debug, Clone, Copy)]
 pub enum MoveKind {
     /// [`StretchMove`] with scale `a`.
-    Stretch { a: f64 },
+    Stretch {
+        /// Scale a > 1.
+        a: f64,
+    },
     /// [`DifferentialEvolutionMove`] (`gamma` `None`: 2.38/√(2d)); its σ is
     /// [`WarmupConfig::de_sigma`].
-    DifferentialEvolution { gamma: Option<f64> },
+    DifferentialEvolution {
+        /// Step scale γ.
+        gamma: Option<f64>,
+    },
     /// [`GlobalMove`]: a multivariate t (ν, scale) fitted to the complementary half, frozen
     /// on burn-in draws by [`WarmupConfig::run_ensemble`].
-    Global { nu: u32, scale: f64 },
+    Global {
+        /// Degrees of freedom of the t.
+        nu: u32,
+        /// Scale of its covariance.
+        scale: f64,
+    },
     /// [`ClusteredGlobalMove`]: a mixture of t components fitted to the complementary half.
     Clustered(ClusteredGlobalMove),
 }
