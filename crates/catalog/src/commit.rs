@@ -280,6 +280,7 @@ impl RunOutput {
         ))
     }
 
+    /// The output folder.
     pub fn dir(&self) -> &Path {
         &self.dir
     }
@@ -402,6 +403,7 @@ impl OutputLock {
         Ok(Self { _file: file, path })
     }
 
+    /// The lock file.
     pub fn path(&self) -> &Path {
         &self.path
     }

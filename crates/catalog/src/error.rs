@@ -9,53 +9,79 @@ pub enum CatalogError {
     /// The file (or directory) could not be read or written.
     #[error("{file}: {source}")]
     Io {
+        /// The file or directory.
         file: String,
+        /// The underlying I/O error.
         #[source]
         source: std::io::Error,
     },
     /// A column named in the spec (or needed by a helper) is not in the file.
     #[error("{file}: no column '{column}' (available: {available})")]
     MissingColumn {
+        /// The catalogue file.
         file: String,
+        /// The column that was looked for.
         column: String,
+        /// The file's columns, comma-separated.
         available: String,
     },
     /// One cell is invalid: unparseable, NaN / negative / zero uncertainty, …
     #[error("{file}: row {row}, column '{column}': {message}")]
     Value {
+        /// The catalogue file.
         file: String,
+        /// 1-based data row.
         row: usize,
+        /// The column of the bad cell.
         column: String,
+        /// What is wrong with the value.
         message: String,
     },
     /// A whole row is invalid (wrong field count, empty id, …).
     #[error("{file}: row {row}: {message}")]
     Row {
+        /// The catalogue file.
         file: String,
+        /// 1-based data row.
         row: usize,
+        /// What is wrong with the row.
         message: String,
     },
     /// The same id appears twice.
     #[error("{file}: column '{column}': duplicate id '{id}' (rows {first_row} and {row})")]
     DuplicateId {
+        /// The catalogue file.
         file: String,
+        /// The id column.
         column: String,
+        /// The repeated id.
         id: String,
+        /// 1-based data row of its first occurrence.
         first_row: usize,
+        /// 1-based data row of the repeat.
         row: usize,
     },
     /// The catalogue has a header but no data rows.
     #[error("{file}: catalogue is empty (no data rows)")]
-    Empty { file: String },
+    Empty {
+        /// The catalogue file.
+        file: String,
+    },
     /// The file is not a valid CSV / Parquet / FITS table, or a results part does not
     /// match the schema.
     #[error("{file}: {message}")]
-    Format { file: String, message: String },
+    Format {
+        /// The file.
+        file: String,
+        /// What is malformed.
+        message: String,
+    },
     /// The catalogue spec (manifest section) is inconsistent.
     #[error("catalogue spec: {0}")]
     Spec(String),
 }
 
+/// `Result` with [`CatalogError`] as the default error.
 pub type Result<T, E = CatalogError> = std::result::Result<T, E>;
 
 impl CatalogError {

@@ -55,6 +55,8 @@
 //! # Ok::<(), CatalogError>(())
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod commit;
 pub mod error;
 mod fits;

@@ -10,7 +10,9 @@ use crate::source::RowSource;
 /// them). Read with [`crate::CatalogueReader::from_memory`].
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct MemoryTable {
+    /// Galaxy ids, one per row (`None`: rows are numbered from 1).
     pub ids: Option<Vec<String>>,
+    /// `(name, values)` pairs, every column as long as the table.
     pub columns: Vec<(String, Vec<f64>)>,
 }
 
@@ -24,6 +26,7 @@ impl MemoryTable {
         }
     }
 
+    /// True when the table has no rows.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -26,7 +26,9 @@ pub const ABSURD_FLUX_NMGY: f64 = 1e20;
 pub struct ObservedChunk {
     /// 0-based index of the chunk's first row in the catalogue.
     pub row_offset: usize,
+    /// Galaxy ids, one per row.
     pub ids: Vec<String>,
+    /// Bands per row (the row stride of the flux, error and mask vectors).
     pub n_bands: usize,
     /// Observed flux, nanomaggies (0 where masked).
     pub flux_nmgy: Vec<f32>,
@@ -39,10 +41,12 @@ pub struct ObservedChunk {
 }
 
 impl ObservedChunk {
+    /// Galaxies in the chunk.
     pub fn len(&self) -> usize {
         self.ids.len()
     }
 
+    /// True when the chunk holds no galaxies.
     pub fn is_empty(&self) -> bool {
         self.ids.is_empty()
     }
@@ -170,6 +174,7 @@ impl CatalogueReader {
         })
     }
 
+    /// The catalogue's `path` from the spec (the file name used in errors).
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -179,6 +184,7 @@ impl CatalogueReader {
         &self.bands
     }
 
+    /// Number of bands.
     pub fn n_bands(&self) -> usize {
         self.bands.len()
     }

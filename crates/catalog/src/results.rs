@@ -21,14 +21,18 @@ use crate::error::{CatalogError, Result, display};
 /// The id column every results table starts with.
 pub const ID_COLUMN: &str = "id";
 
+/// File format of results and chain parts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TableFormat {
+    /// Apache Parquet (`.parquet`).
     Parquet,
+    /// Comma-separated values with a header row (`.csv`).
     Csv,
 }
 
 impl TableFormat {
+    /// File extension without the dot (`parquet`, `csv`).
     pub fn extension(self) -> &'static str {
         match self {
             TableFormat::Parquet => "parquet",
@@ -49,8 +53,11 @@ impl TableFormat {
 /// `int_columns` (i64), `columns` (f64), `string_columns`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResultSchema {
+    /// f64 columns (percentiles, MAP, diagnostics, …).
     pub columns: Vec<String>,
+    /// i64 columns (e.g. `step`, `walker` of chains).
     pub int_columns: Vec<String>,
+    /// String columns (e.g. `flags`).
     pub string_columns: Vec<String>,
 }
 
@@ -78,6 +85,8 @@ impl ResultSchema {
         }
     }
 
+    /// The Arrow schema of the files: `id`, then the int, f64 and string columns, all
+    /// nullable.
     pub fn arrow_schema(&self) -> SchemaRef {
         let mut fields = vec![Field::new(ID_COLUMN, DataType::Utf8, true)];
         fields.extend(
@@ -102,17 +111,23 @@ impl ResultSchema {
 /// A results table in memory (also the input of [`ResultsWriter::write_chunk`]).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ResultTable {
+    /// Row ids (the `id` column).
     pub ids: Vec<String>,
+    /// f64 columns by name, each as long as `ids`.
     pub columns: BTreeMap<String, Vec<f64>>,
+    /// i64 columns by name.
     pub ints: BTreeMap<String, Vec<i64>>,
+    /// String columns by name.
     pub strings: BTreeMap<String, Vec<String>>,
 }
 
 impl ResultTable {
+    /// Rows in the table.
     pub fn len(&self) -> usize {
         self.ids.len()
     }
 
+    /// True when the table has no rows.
     pub fn is_empty(&self) -> bool {
         self.ids.is_empty()
     }
@@ -296,10 +311,12 @@ impl ResultsWriter {
         })
     }
 
+    /// The output folder.
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 
+    /// The column layout every part is written with.
     pub fn schema(&self) -> &ResultSchema {
         &self.schema
     }

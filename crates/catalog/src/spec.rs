@@ -23,12 +23,15 @@ pub const NMGY_IN_JY: f64 = 3.631e-6;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CatalogueSpec {
+    /// The catalogue file (relative paths resolve against the manifest's folder).
     pub path: PathBuf,
     /// Inferred from the extension when absent (`.csv/.tsv/.txt`, `.fits/.fit`, `.parquet/.pq`).
     #[serde(default)]
     pub format: Option<CatalogueFormat>,
+    /// Column of unique galaxy ids (default `id`).
     #[serde(default = "default_id_column")]
     pub id_column: String,
+    /// Units of the flux and error columns, converted to nanomaggies on reading.
     pub units: FluxUnit,
     /// Explicit band → column mapping (alternative to the patterns).
     #[serde(default)]
@@ -39,6 +42,7 @@ pub struct CatalogueSpec {
     /// e.g. `"fluxerr_{band}"`.
     #[serde(default)]
     pub error_pattern: Option<String>,
+    /// How non-detections are marked (default: no convention).
     #[serde(default)]
     pub upper_limits: UpperLimitConvention,
     /// Sentinels meaning "no measurement" in a flux or error column (NaN and empty cells
@@ -62,11 +66,15 @@ pub fn default_missing_values() -> Vec<f64> {
     vec![-99.0, -99.9, -999.0, -999.99]
 }
 
+/// File format of a catalogue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CatalogueFormat {
+    /// Delimited text with a header row (`.csv`, `.tsv`, `.txt`).
     Csv,
+    /// A FITS binary table (`.fits`, `.fit`, `.fts`).
     Fits,
+    /// Apache Parquet (`.parquet`, `.pq`).
     Parquet,
 }
 
@@ -94,13 +102,18 @@ impl CatalogueFormat {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FluxUnit {
+    /// Nanomaggies (m_AB = 22.5 − 2.5 log10 f); also `nmgy`.
     #[serde(alias = "nmgy")]
     Nanomaggies,
+    /// Maggies (1 maggie = 10⁹ nmgy).
     Maggies,
+    /// Microjansky; also `uJy`, `microjansky`.
     #[serde(alias = "uJy", alias = "microjansky")]
     Ujy,
+    /// Millijansky; also `mJy`, `millijansky`.
     #[serde(alias = "mJy", alias = "millijansky")]
     Mjy,
+    /// Jansky; also `Jy`, `jansky`.
     #[serde(alias = "Jy", alias = "jansky")]
     Jy,
     /// AB magnitudes with magnitude errors: σ_f = f · 0.4 ln10 · σ_m.
@@ -143,7 +156,9 @@ impl FluxUnit {
 pub struct BandColumns {
     /// Survey band name.
     pub band: String,
+    /// Flux column.
     pub flux: String,
+    /// Flux-error (1σ) column.
     pub error: String,
 }
 

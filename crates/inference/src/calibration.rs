@@ -71,6 +71,7 @@ impl Default for CalibrationOptions {
 /// What a calibration found.
 #[derive(Debug, Clone)]
 pub struct CalibrationOutcome {
+    /// Fitted multiplicative zero points, one per band (observed ≈ Z × model).
     pub zero_points: Vec<f64>,
     /// Fitted floors (`None` unless requested).
     pub error_floors: Option<Vec<f64>>,
@@ -84,6 +85,7 @@ pub struct CalibrationOutcome {
 
 /// The posterior with the redshift coordinate pinned per galaxy.
 pub struct PinnedRedshift<'a> {
+    /// The full posterior whose z coordinate is pinned.
     pub inner: &'a Posterior<'a>,
     /// `[16]`: 1 everywhere except 0 at z.
     keep: Tensor,

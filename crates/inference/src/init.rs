@@ -76,10 +76,12 @@ impl InitLibrary {
         })
     }
 
+    /// Draws in the library.
     pub fn len(&self) -> usize {
         self.phi.dim(0).unwrap_or(0)
     }
 
+    /// True when the library holds no draws.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -19,6 +19,8 @@
 //! * [`shard`]: `run --shard I/N` (contiguous, batch-aligned row ranges whose results are
 //!   bit-identical to an unsharded run) and [`shard::merge_shards`] for `merge OUTDIR`.
 
+#![warn(missing_docs)]
+
 pub mod adam;
 pub mod calibration;
 pub mod init;

@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 pub enum LikelihoodSpec {
     /// Student-t with `nu` degrees of freedom (reference: ν = 2).
     StudentT {
+        /// Degrees of freedom ν > 0 (default 2).
         #[serde(default = "default_nu")]
         nu: f64,
     },
@@ -43,6 +44,7 @@ impl Default for LikelihoodSpec {
 }
 
 impl LikelihoodSpec {
+    /// Check that a Student-t ν is positive and finite (errors name `likelihood.nu`).
     pub fn validate(&self) -> popcosmos_api::Result<()> {
         if let LikelihoodSpec::StudentT { nu } = self
             && !(nu.is_finite() && *nu > 0.0)
@@ -70,6 +72,8 @@ fn ln_gamma(x: f64) -> f64 {
 }
 
 impl PhotometricLikelihood {
+    /// The likelihood of `spec` with `calibration`'s zero points and error floors (one per
+    /// band) as f32 tensors on `device`.
     pub fn new(spec: LikelihoodSpec, calibration: &Calibration, device: &Device) -> Result<Self> {
         spec.validate()?;
         let f32v = |v: &[f64]| v.iter().map(|x| *x as f32).collect::<Vec<_>>();

@@ -21,19 +21,28 @@ use crate::likelihood::LikelihoodSpec;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
+    /// The survey: bands, filter curves and calibration (zero points, error floors).
     pub survey: SurveySpec,
+    /// The input catalogue: file, flux units and band columns.
     pub catalogue: CatalogueSpec,
+    /// The SPS emulator that turns θ into model fluxes (default: the COSMOS photulator).
     #[serde(default, deserialize_with = "sps_with_default_kind")]
     pub sps: SpsSpec,
+    /// The population prior over the 16 latent parameters φ.
     pub prior: PriorSpec,
+    /// The per-band noise model (default: Student-t, ν = 2).
     #[serde(default)]
     pub likelihood: LikelihoodSpec,
+    /// Sampler kind and its settings.
     #[serde(default)]
     pub sampler: SamplerSpec,
+    /// Walker starts from the library of prior draws.
     #[serde(default)]
     pub init: InitSpec,
+    /// Convergence thresholds behind the output flags.
     #[serde(default)]
     pub diagnostics: DiagnosticsSpec,
+    /// Where and how results are written.
     pub output: OutputSpec,
     /// `cpu`, `cuda` or `cuda:N`.
     #[serde(default = "default_device")]
@@ -177,8 +186,10 @@ impl Default for SpsSpec {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum SamplerKind {
+    /// The affine-invariant ensemble sampler with the weighted `moves` (the default).
     #[default]
     Ensemble,
+    /// Hamiltonian Monte Carlo with step sizes adapted during burn-in.
     Hmc,
     /// Adaptive likelihood-tempered sequential Monte Carlo from prior draws
     /// (`popcosmos_samplers::smc`): weights the modes of a multimodal posterior correctly.
@@ -199,15 +210,21 @@ impl SamplerKind {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum MoveSpec {
+    /// Goodman & Weare stretch move.
     Stretch {
+        /// Scale parameter a > 1 (default 2).
         #[serde(default = "default_a")]
         a: f64,
+        /// Relative probability of choosing this move (default 1).
         #[serde(default = "one")]
         weight: f64,
     },
+    /// Differential-evolution move (ter Braak 2006).
     DifferentialEvolution {
+        /// Scale γ; absent uses the optimal 2.38/√(2d).
         #[serde(default)]
         gamma: Option<f64>,
+        /// Relative probability of choosing this move (default 1).
         #[serde(default = "one")]
         weight: f64,
     },
@@ -216,22 +233,29 @@ pub enum MoveSpec {
     /// burn-in, then frozen on the ensemble's draws from the second quarter of burn-in and
     /// refitted on those of the second half for the kept steps.
     Global {
+        /// Degrees of freedom of the proposal; 0 means Gaussian (default 5).
         #[serde(default = "default_global_nu")]
         nu: u32,
+        /// Scale of the proposal's covariance relative to the fitted one (default 1).
         #[serde(default = "one")]
         scale: f64,
+        /// Relative probability of choosing this move (default 1).
         #[serde(default = "one")]
         weight: f64,
     },
     /// Independence proposals from a mixture of t components, one per k-means cluster of the
     /// complementary half (one per mode of a multimodal posterior).
     Clustered {
+        /// Most mixture components (default 4).
         #[serde(default = "default_components")]
         components: usize,
+        /// Degrees of freedom of each component; 0 means Gaussian (default 5).
         #[serde(default = "default_global_nu")]
         nu: u32,
+        /// Scale of each component's covariance relative to its cluster's (default 1).
         #[serde(default = "one")]
         scale: f64,
+        /// Relative probability of choosing this move (default 1).
         #[serde(default = "one")]
         weight: f64,
     },
@@ -260,15 +284,20 @@ fn one() -> f64 {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SamplerSpec {
+    /// Which sampler runs (default: the ensemble sampler).
     #[serde(default)]
     pub kind: SamplerKind,
     /// Total walkers per galaxy (ensemble: split into two halves) or chains (HMC).
     #[serde(default = "default_walkers")]
     pub walkers: usize,
+    /// Ensemble / HMC: total steps, burn-in included (default 400).
     #[serde(default = "default_steps")]
     pub steps: usize,
+    /// Ensemble / HMC: steps discarded at the start, also HMC's adaptation window
+    /// (default 200; smaller than `steps`).
     #[serde(default = "default_burn")]
     pub burn_in: usize,
+    /// Ensemble / HMC: keep every `thin`-th step after burn-in (default 1).
     #[serde(default = "one_usize")]
     pub thin: usize,
     /// Ensemble moves (also SMC's rejuvenation moves). Default: stretch 0.3, differential
@@ -310,6 +339,7 @@ pub struct SamplerSpec {
     /// SMC: fewest / most move sweeps per stage.
     #[serde(default = "default_min_sweeps")]
     pub min_sweeps: usize,
+    /// SMC: most move sweeps per stage (see `min_sweeps`).
     #[serde(default = "default_max_sweeps")]
     pub max_sweeps: usize,
     /// SMC: sweep until every coordinate's correlation across particles with its value at the
@@ -498,6 +528,7 @@ pub struct InitSpec {
     /// Adam steps refining the best start point of each galaxy on −ln P (0 = off).
     #[serde(default)]
     pub adam_steps: usize,
+    /// Adam learning rate, a step size in latent φ (default 0.01).
     #[serde(default = "default_lr")]
     pub adam_learning_rate: f64,
 }
@@ -531,10 +562,13 @@ impl Default for InitSpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DiagnosticsSpec {
+    /// Largest acceptable rank-normalised split-R̂ (default 1.1).
     #[serde(default = "default_rhat")]
     pub max_rhat: f64,
+    /// Smallest acceptable bulk ESS (default 100); the tail-ESS threshold is half of it.
     #[serde(default = "default_ess")]
     pub min_ess_bulk: f64,
+    /// Smallest acceptable acceptance fraction (default 0.05).
     #[serde(default = "default_min_acc")]
     pub min_acceptance: f64,
 }
@@ -563,8 +597,10 @@ impl Default for DiagnosticsSpec {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum OutputFormat {
+    /// Apache Parquet parts (the default).
     #[default]
     Parquet,
+    /// CSV parts.
     Csv,
 }
 
@@ -574,6 +610,7 @@ pub enum OutputFormat {
 pub struct OutputSpec {
     /// Output folder (parts, run record, chains).
     pub dir: PathBuf,
+    /// File format of the result and chain parts (default Parquet).
     #[serde(default)]
     pub format: OutputFormat,
     /// Also write thinned chains.
@@ -668,6 +705,9 @@ impl Manifest {
         Ok(())
     }
 
+    /// Make relative paths absolute against `base` (the manifest's folder): catalogue,
+    /// output folder, survey file, calibration file and plugins, and weight references that
+    /// are paths.
     pub fn resolve_paths(&mut self, base: &Path) {
         let fix = |p: &mut PathBuf| {
             if p.is_relative() {
@@ -1130,8 +1170,9 @@ pub const MAX_Z_GRID: usize = 4096;
 pub const MAX_STAGES: usize = 100_000;
 /// Upper bound of a clustered move's `components`.
 pub const MAX_COMPONENTS: usize = 64;
-/// Bounds of `init.library_size`.
+/// Lower bound of `init.library_size`.
 pub const MIN_LIBRARY: usize = 100;
+/// Upper bound of `init.library_size`.
 pub const MAX_LIBRARY: usize = 10_000_000;
 /// Upper bound of `init.adam_steps`.
 pub const MAX_ADAM_STEPS: usize = 100_000;

@@ -29,7 +29,9 @@ pub struct Fit {
     /// The thinned chains in long format (id, step, walker, 16 parameters, log_prob) when
     /// `output.chains` is on.
     pub chains: Option<ResultTable>,
+    /// Wall-clock seconds spent building the initialisation library.
     pub seconds_library: f64,
+    /// Wall-clock seconds spent sampling and summarising the batches.
     pub seconds_sampling: f64,
 }
 

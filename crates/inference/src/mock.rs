@@ -15,10 +15,14 @@ use popcosmos_api::{
 pub struct MockCatalogue {
     /// Physical parameters `[galaxies][16]`.
     pub theta: Vec<[f64; 16]>,
+    /// Noisy observed flux (nmgy), zero points applied: Z (f + noise).
     pub flux_nmgy: Vec<f64>,
+    /// The template's measurement σ (nmgy; 1 where absent), without the line and floor
+    /// terms, which the likelihood adds itself.
     pub flux_err_nmgy: Vec<f64>,
     /// false where the template galaxy had no measurement (written as NaN).
     pub present: Vec<bool>,
+    /// Bands per galaxy (the row stride of the flux vectors).
     pub n_bands: usize,
 }
 
@@ -224,7 +228,9 @@ pub enum MockErrors<'a> {
 /// magnitude 22.5 − 2.5 log10 f̂ is below `max_mag` (e.g. IRAC ch1 < 26).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Selection {
+    /// Index of the selection band in survey order.
     pub band: usize,
+    /// Faintest kept AB magnitude (exclusive).
     pub max_mag: f64,
 }
 

@@ -72,12 +72,19 @@ pub(crate) const DERIVED_GETTERS: [fn(&popcosmos_sps::derived::DerivedQuantities
 
 /// Everything a run needs, built once from a manifest.
 pub struct Pipeline {
+    /// The run's manifest (validated, paths resolved).
     pub manifest: Manifest,
+    /// Where tensors live (`manifest.device`).
     pub device: Device,
+    /// The survey: bands and calibration.
     pub survey: Box<dyn Survey>,
+    /// The photulator SPS model restricted to the survey's bands.
     pub sps: PhotulatorSps,
+    /// The bundled surviving-stellar-mass-fraction emulator, for the derived masses.
     pub stellar_mass: StellarMassEmulator,
+    /// The population prior over φ.
     pub prior: Box<dyn Prior>,
+    /// The photometric likelihood with the survey's calibration.
     pub likelihood: PhotometricLikelihood,
 }
 
@@ -107,14 +114,23 @@ pub enum Progress {
 /// What a run did (stored in `run.json` as [`crate::record::RecordSummary`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunSummary {
+    /// Galaxies in the catalogue (or the shard).
     pub galaxies_total: usize,
+    /// Galaxies sampled by this invocation.
     pub galaxies_computed: usize,
+    /// Galaxies skipped because their batch was already on disk (`--resume`).
     pub galaxies_skipped: usize,
+    /// Galaxies computed by this invocation with at least one flag.
     pub galaxies_flagged: usize,
+    /// Batches sampled and committed by this invocation.
     pub batches_computed: usize,
+    /// Wall-clock seconds spent building the initialisation library.
     pub seconds_library: f64,
+    /// Wall-clock seconds spent on the computed batches (sampling, summaries, writing).
     pub seconds_sampling: f64,
+    /// Wall-clock seconds of the whole invocation.
     pub seconds_total: f64,
+    /// The folder the parts went to (`output.dir`, or its shard folder).
     pub output_dir: PathBuf,
     /// The shard's place in the catalogue (sharded runs only); `galaxies_total` is then
     /// the shard's row count.

@@ -8,8 +8,11 @@ use popcosmos_api::{
 
 /// Posterior over φ for a batch of galaxies sharing one SPS model, likelihood and prior.
 pub struct Posterior<'a> {
+    /// The SPS model giving model photometry from θ.
     pub sps: &'a dyn SpsModel,
+    /// The photometric likelihood ln L.
     pub likelihood: &'a dyn Likelihood,
+    /// The prior ln p(φ).
     pub prior: &'a dyn Prior,
     /// Observations `[galaxies, bands]`.
     pub obs: &'a Observations,

@@ -24,12 +24,19 @@ pub const RESUME_FREE_KEYS: [&str; 2] = ["output.dir", "device"];
 /// `run.json` of a run (or of one shard).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunRecord {
+    /// Version of popcosmos that wrote the record.
     pub popcosmos_version: String,
+    /// The run's manifest (paths resolved).
     pub manifest: Manifest,
+    /// The master seed (`manifest.seed`).
     pub seed: u64,
+    /// The device that sampled, as its debug text.
     pub device: String,
+    /// Start of the invocation that wrote the record, seconds since the Unix epoch.
     pub started_unix: u64,
+    /// Counts and timings so far.
     pub summary: RecordSummary,
+    /// Wall-clock seconds of each batch computed by the latest invocation, in order.
     #[serde(default)]
     pub batch_seconds: Vec<f64>,
     /// Every galaxy of the run (or shard) has committed results.

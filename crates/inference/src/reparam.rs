@@ -214,7 +214,9 @@ fn probit(v: &Tensor) -> Result<Tensor> {
 
 /// A φ-space target seen from ψ: ln p(φ(ψ)) + ln|∂φ/∂ψ|.
 pub struct InSamplingSpace<'a> {
+    /// The target over φ.
     pub target: &'a dyn LogDensity,
+    /// The map between ψ and φ.
     pub space: &'a SamplingSpace,
 }
 

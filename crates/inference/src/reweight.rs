@@ -30,6 +30,7 @@ const ROWS_PER_CALL: usize = 4096;
 /// The draws of one galaxy: θ rows (physical) and their importance log-weights.
 #[derive(Debug, Clone)]
 pub struct GalaxyDraws {
+    /// Galaxy id.
     pub id: String,
     /// Row-major `[n, 16]` physical parameters.
     pub theta: Vec<f64>,
@@ -38,10 +39,12 @@ pub struct GalaxyDraws {
 }
 
 impl GalaxyDraws {
+    /// Number of draws.
     pub fn len(&self) -> usize {
         self.log_weight.len()
     }
 
+    /// True when the galaxy has no draws.
     pub fn is_empty(&self) -> bool {
         self.log_weight.is_empty()
     }
@@ -255,11 +258,13 @@ pub struct ShiftStats {
     pub n: usize,
     /// Median and 95th percentile over galaxies of |Δ median| / σ_a, σ_a = (p84 − p16)/2 of `a`.
     pub median_abs_shift_sigma: f64,
+    /// 95th percentile over galaxies of |Δ median| / σ_a (see `median_abs_shift_sigma`).
     pub p95_abs_shift_sigma: f64,
     /// Mean of Δ median / σ_a (a systematic shift shows here).
     pub mean_shift_sigma: f64,
     /// Median over galaxies of the 68 % and 95 % interval-width ratios b / a.
     pub width68_ratio: f64,
+    /// Median over galaxies of the 95 % interval-width ratio b / a.
     pub width95_ratio: f64,
 }
 

@@ -41,52 +41,109 @@ use crate::record::{RecordSummary, RunRecord};
 /// One shard of a run: `index` of `count` (0-based).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Shard {
+    /// 0-based index I of the shard, `I < count`.
     pub index: u64,
+    /// Number of shards N the run is split into.
     pub count: u64,
 }
 
 /// Errors of shard parsing and merging; every message names the shard or galaxy id.
 #[derive(Debug, thiserror::Error)]
 pub enum ShardError {
+    /// A `--shard` argument that is not `I/N` with `0 ≤ I < N` (holds the argument).
     #[error("--shard {0}: expected I/N with 0 ≤ I < N (e.g. 0/4 … 3/4)")]
     Parse(String),
+    /// The output folder has no shard folders.
     #[error("{dir}: no shard folders (shard-IIIII-of-NNNNN) to merge")]
-    NoShards { dir: String },
+    NoShards {
+        /// The output folder.
+        dir: String,
+    },
+    /// Shard folders of different N lie side by side.
     #[error(
         "{dir}: shard folders of different partitions ({first} and {other} shards); remove the stale ones"
     )]
-    MixedCounts { dir: String, first: u64, other: u64 },
+    MixedCounts {
+        /// The output folder.
+        dir: String,
+        /// N of the first partition found.
+        first: u64,
+        /// N of another partition.
+        other: u64,
+    },
+    /// A shard of the partition has no folder.
     #[error(
         "gap: shard {shard} ({dir}) is missing; run it with `run MANIFEST --shard {shard} --resume`"
     )]
-    MissingShard { shard: String, dir: String },
+    MissingShard {
+        /// The shard, `I/N`.
+        shard: String,
+        /// The folder it should have.
+        dir: String,
+    },
+    /// A shard has no `run.json`, has not finished, or has uncommitted parts.
     #[error(
         "gap: shard {shard} ({dir}) is incomplete: {message}; rerun it with `run MANIFEST --shard {shard} --resume`"
     )]
     Incomplete {
+        /// The shard, `I/N`.
         shard: String,
+        /// The shard's folder.
         dir: String,
+        /// What is missing.
         message: String,
     },
+    /// A shard does not belong to the same run or partition (record, seed, catalogue,
+    /// batching, row range, or a galaxy found in the wrong shard).
     #[error("shard {shard}: {message}")]
-    Mismatch { shard: String, message: String },
+    Mismatch {
+        /// The shard, `I/N`.
+        shard: String,
+        /// What differs.
+        message: String,
+    },
+    /// A galaxy id appears twice across the shards' parts.
     #[error("duplicate galaxy id '{id}': in shard {first} and in shard {second}")]
     Duplicate {
+        /// The repeated galaxy id.
         id: String,
+        /// Shard and part file of its first occurrence.
         first: String,
+        /// Shard and part file of the repeat.
         second: String,
     },
+    /// A shard lacks results for some of its catalogue rows.
     #[error("gap: shard {shard}: {message}")]
-    Gap { shard: String, message: String },
+    Gap {
+        /// The shard, `I/N`.
+        shard: String,
+        /// Which galaxies or how many are missing.
+        message: String,
+    },
+    /// The output folder already holds parts that an earlier merge did not write.
     #[error("{dir}: holds results that are not a merge of shards; merge into a fresh output.dir")]
-    NotMergeOutput { dir: String },
+    NotMergeOutput {
+        /// The output folder.
+        dir: String,
+    },
+    /// A `run.json` cannot be read as the expected record, or the merged one cannot be
+    /// serialised.
     #[error("{file}: {message}")]
-    Record { file: String, message: String },
+    Record {
+        /// The record file.
+        file: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// Reading or writing a part failed.
     #[error(transparent)]
     Catalog(#[from] CatalogError),
+    /// A file or folder could not be read, written or removed.
     #[error("{path}: {source}")]
     Io {
+        /// The file or folder.
         path: String,
+        /// The underlying I/O error.
         #[source]
         source: std::io::Error,
     },
@@ -172,61 +229,91 @@ impl Shard {
 /// Where a shard sits in the catalogue (`run.json` → `summary.shard`; ends exclusive).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShardRecord {
+    /// 0-based shard index I.
     pub index: u64,
+    /// Number of shards N.
     pub count: u64,
+    /// Rows of the whole catalogue.
     pub catalogue_rows: u64,
+    /// The run's batch size B.
     pub galaxies_per_batch: u64,
+    /// First catalogue row of the shard (0-based).
     pub first_row: u64,
+    /// One past the shard's last catalogue row.
     pub end_row: u64,
+    /// First global batch index of the shard.
     pub first_batch: u64,
+    /// One past the shard's last global batch index.
     pub end_batch: u64,
 }
 
 /// The `run.json` of a merged folder, written by [`merge_shards`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MergedRecord {
+    /// Version of popcosmos that merged.
     pub popcosmos_version: String,
     /// Always true: tells a merge from an unsharded run's [`RunRecord`].
     pub merged: bool,
+    /// Time of the merge, seconds since the Unix epoch.
     pub merged_unix: u64,
+    /// The manifest of shard 0 (all shards share seed, catalogue and batching).
     pub manifest: Manifest,
+    /// The run's master seed.
     pub seed: u64,
+    /// Number of shards N.
     pub shard_count: u64,
+    /// Whether every shard's ids were checked against the catalogue's rows.
     pub checked_against_catalogue: bool,
+    /// Totals over the shards.
     pub summary: MergedSummary,
+    /// Each shard's place, folder and own summary, in shard order.
     pub shards: Vec<MergedShard>,
+    /// Always true: a merge is only written when every shard is complete.
     pub complete: bool,
 }
 
 /// Totals over the shards of a merge.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MergedSummary {
+    /// Galaxies in the merged parts.
     pub galaxies_total: u64,
+    /// Sum of the shards' flagged-galaxy counts.
     pub galaxies_flagged: u64,
     /// Across all attempts of every shard's last run (resumed runs count only their own work).
     pub seconds_sampling: f64,
+    /// Seconds building the initialisation library, summed over the shards.
     pub seconds_library: f64,
 }
 
 /// One shard of a merge, from its own `run.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MergedShard {
+    /// Where the shard sits in the catalogue.
     pub shard: ShardRecord,
+    /// The shard's folder.
     pub dir: PathBuf,
+    /// The device that sampled it.
     pub device: String,
+    /// Start of the shard's last invocation, seconds since the Unix epoch.
     pub started_unix: u64,
+    /// The shard's own counts and timings.
     pub summary: RecordSummary,
 }
 
 /// What [`merge_shards`] wrote.
 #[derive(Debug, Clone, Serialize)]
 pub struct MergeSummary {
+    /// Number of shards merged.
     pub shards: u64,
+    /// Galaxies in the merged parts.
     pub galaxies: u64,
+    /// Flagged galaxies over all shards.
     pub galaxies_flagged: u64,
     /// Whether the catalogue ids were compared too (false when it could not be read).
     pub checked_against_catalogue: bool,
+    /// The merged summary parts written, one per non-empty shard.
     pub parts: Vec<PathBuf>,
+    /// The merged `run.json`.
     pub record: PathBuf,
 }
 

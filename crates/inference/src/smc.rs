@@ -175,11 +175,15 @@ impl GridChart for TemperedPosterior<'_> {
 
 /// The library in ψ with ln p(ψ), for SMC's stage 0 (computed once per run).
 pub struct LibraryInPsi {
+    /// The library's draws in the sampling coordinates ψ, `[draws, 16]` f32.
     pub psi: Tensor,
+    /// ln p(ψ) = ln p(φ) + ln|∂φ/∂ψ| of each draw, `[draws]`.
     pub log_prior: Tensor,
 }
 
 impl LibraryInPsi {
+    /// Map `library`'s draws to ψ with its sampling space and add the log-Jacobian to their
+    /// ln p(φ).
     pub fn new(library: &InitLibrary) -> Result<Self> {
         let space = &library.sampling_space;
         let psi = space

@@ -20,6 +20,8 @@
 //! [`popcosmos_api::Error`] naming the plugin file, never a crash. Libraries stay loaded for
 //! the life of the process (unloading a Rust cdylib with live thread-locals is unsound).
 
+#![warn(missing_docs)]
+
 use std::ffi::{CStr, c_char};
 use std::path::{Path, PathBuf};
 
@@ -34,7 +36,9 @@ pub use abi::{ABI_VERSION, ENTRY_SYMBOL, LineValues};
 /// Which trait a plugin implements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PluginKind {
+    /// Bands, filter curves and calibration ([`popcosmos_api::Survey`]).
     Survey,
+    /// A prior density over the 16 latent parameters φ ([`popcosmos_api::Prior`]).
     Prior,
 }
 
@@ -52,20 +56,26 @@ impl std::fmt::Display for PluginKind {
 pub struct PluginInfo {
     /// The library file as given (for error messages).
     pub path: PathBuf,
+    /// The plugin ABI version from the header (equal to [`ABI_VERSION`] once opened).
     pub abi_version: u32,
+    /// Which trait the plugin implements.
     pub kind: PluginKind,
     /// Package name and version the plugin was built as.
     pub plugin_name: String,
+    /// The version string that goes with `plugin_name`.
     pub plugin_version: String,
 }
 
 /// A loaded plugin of either kind.
 pub enum Plugin {
+    /// A survey plugin.
     Survey(PluginSurvey),
+    /// A prior plugin.
     Prior(PluginPrior),
 }
 
 impl Plugin {
+    /// The plugin's header information, whichever kind it is.
     pub fn info(&self) -> &PluginInfo {
         match self {
             Plugin::Survey(s) => &s.info,
@@ -557,6 +567,7 @@ impl PluginSurvey {
         (self.name, self.bands, self.filters, self.calibration)
     }
 
+    /// The plugin's header information.
     pub fn info(&self) -> &PluginInfo {
         &self.info
     }
@@ -638,6 +649,7 @@ impl PluginPrior {
         Ok(prior)
     }
 
+    /// The plugin's header information.
     pub fn info(&self) -> &PluginInfo {
         &self.info
     }

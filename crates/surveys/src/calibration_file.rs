@@ -28,9 +28,12 @@ use serde::{Deserialize, Serialize};
 pub struct BandCalibration {
     /// Emulator band name or label.
     pub band: String,
+    /// The band's short label, for the reader (not used to match bands).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label: Option<String>,
+    /// Multiplicative zero point Z (observed flux ≈ Z × model flux); positive and finite.
     pub zero_point: f64,
+    /// Fractional error floor ε (σ_floor = ε f); absent keeps the survey's floor.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_floor: Option<f64>,
     /// Galaxies whose flux ratio entered the zero point.
@@ -44,6 +47,7 @@ pub struct BandCalibration {
 pub struct CalibrationFile {
     /// Survey the file was fitted for (checked against the manifest's survey name).
     pub survey: String,
+    /// One entry per survey band (any order; written in survey order).
     pub bands: Vec<BandCalibration>,
     /// Free-form record of how the file was made.
     #[serde(default)]

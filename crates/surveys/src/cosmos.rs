@@ -26,11 +26,15 @@ pub const COSMOS_LABELS: [&str; 26] = [
 /// The COSMOS survey.
 #[derive(Debug, Clone)]
 pub struct Cosmos {
+    /// The 26 bands in `COSMOS_FILTERS` order, with their asinh softenings (nmgy).
     pub bands: Vec<Band>,
+    /// Zero points and error floors of the chosen [`CalibrationChoice`].
     pub calibration: Calibration,
 }
 
 impl Cosmos {
+    /// The COSMOS survey with the Leistedt+23 calibration (`Leistedt23` or `Nominal`), or
+    /// unit zero points and no error floors (`Uncalibrated`).
     pub fn new(choice: CalibrationChoice) -> Self {
         let c: Constants =
             serde_json::from_str(CONSTANTS_JSON).expect("bundled constants are valid JSON");

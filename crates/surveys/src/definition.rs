@@ -38,15 +38,20 @@ pub fn softening_from_depth(depth_5sigma_ab: f64) -> f64 {
 /// Catalogue columns of one band.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BandColumnNames {
+    /// Emulator band name.
     pub band: String,
+    /// Flux column.
     pub flux: String,
+    /// Flux-error (1σ) column.
     pub error: String,
 }
 
 /// A survey given by a table of bands (built-in KiDS / LSST, or a YAML file).
 #[derive(Debug, Clone)]
 pub struct DefinedSurvey {
+    /// The survey's name in manifests and calibration files.
     pub name: String,
+    /// Bands in catalogue order (emulator name, label, asinh softening in nmgy).
     pub bands: Vec<Band>,
     /// One curve per band, in band order (empty for a plugin survey that gives no curves).
     pub filters: Vec<FilterCurve>,
@@ -85,7 +90,9 @@ impl DefinedSurvey {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ColumnPatterns {
+    /// Flux column pattern, e.g. `"flux_{label}"`.
     pub flux: String,
+    /// Flux-error column pattern, e.g. `"fluxerr_{label}"`.
     pub error: String,
 }
 
@@ -117,12 +124,16 @@ pub struct BandDefinition {
     /// 5σ point-source depth (AB), from which the softening follows ([`softening_from_depth`]).
     #[serde(default)]
     pub depth_5sigma_ab: Option<f64>,
+    /// Nominal multiplicative zero point (observed ≈ Z × model; default 1).
     #[serde(default = "one")]
     pub zero_point: f64,
+    /// Nominal fractional error floor (σ_floor = ε f; default 0).
     #[serde(default)]
     pub error_floor: f64,
+    /// Flux column of this band, overriding the file's `columns` (give with `error_column`).
     #[serde(default)]
     pub flux_column: Option<String>,
+    /// Flux-error column of this band (give with `flux_column`).
     #[serde(default)]
     pub error_column: Option<String>,
 }
@@ -135,12 +146,15 @@ fn one() -> f64 {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SurveyDefinition {
+    /// The survey's name (matched against calibration files).
     pub name: String,
+    /// Free-text description (not used by popcosmos).
     #[serde(default)]
     pub description: Option<String>,
     /// Default catalogue columns for every band (`{band}` / `{label}` placeholders).
     #[serde(default)]
     pub columns: Option<ColumnPatterns>,
+    /// The bands, in catalogue order.
     pub bands: Vec<BandDefinition>,
 }
 

@@ -15,6 +15,8 @@
 //! ([`calibration_file`], written by `popcosmos-cli calibrate`). Manifests select all of
 //! this with [`SurveySpec`]; filter curves are bundled (see NOTICE).
 
+#![warn(missing_docs)]
+
 pub mod builtin;
 pub mod calibration_file;
 pub mod cosmos;
