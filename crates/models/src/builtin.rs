@@ -5,10 +5,13 @@ use crate::error::{ModelError, Result};
 /// One bundled model: its card and its weights, both compiled in.
 #[derive(Debug)]
 pub struct BuiltinModel {
+    /// The `NAME` of `builtin:NAME` (the file stem under `assets/models/`).
     pub name: &'static str,
     /// Card file name under `assets/models/` (used in error messages).
     pub card_file: &'static str,
+    /// The card's YAML text.
     pub card_text: &'static str,
+    /// The safetensors bytes the card pins.
     pub bytes: &'static [u8],
 }
 

@@ -22,22 +22,28 @@ pub struct ModelCard {
     pub schema: u32,
     /// Short identifier (the builtin name for bundled models).
     pub name: String,
+    /// One-line human description of what the model computes.
     pub description: String,
     /// File name of the weights the card describes (no directories).
     pub file: String,
+    /// How the weights are stored.
     pub format: WeightFormat,
     /// Exact length of the file in bytes.
     pub size_bytes: u64,
     /// Lowercase hex sha256 of the file.
     pub sha256: String,
+    /// What the network is, for the loader and the reader.
     pub architecture: Architecture,
     /// Network inputs in order, with physical bounds where they exist.
     pub parameters: Vec<Parameter>,
     /// Output band (filter) names in order; empty for models without band outputs.
     #[serde(default)]
     pub bands: Vec<String>,
+    /// What the inputs and outputs mean physically.
     pub units: Units,
+    /// Where the model came from and how it was made.
     pub provenance: Provenance,
+    /// Full references of the papers to cite when using the model (e.g. Alsing+20, Alsing+24).
     #[serde(default)]
     pub citations: Vec<String>,
     /// SPDX identifier or licence text.
@@ -48,9 +54,11 @@ pub struct ModelCard {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum WeightFormat {
+    /// A safetensors file (`format: safetensors`).
     Safetensors,
 }
 
+/// The network a card describes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Architecture {
@@ -58,40 +66,52 @@ pub struct Architecture {
     pub kind: String,
     /// Layer widths, input first.
     pub layers: Vec<usize>,
+    /// The activation, in words (free text for readers; loaders do not parse it).
     pub activation: String,
 }
 
+/// One network input: its name, unit and trained range.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Parameter {
+    /// Parameter name, e.g. `log10Z`, `z`.
     pub name: String,
+    /// Unit in words, e.g. `dex (log10 Z*/Zsun)`, `redshift`.
     pub unit: String,
     /// Lower bound of the trained range; absent for unbounded inputs.
     #[serde(default)]
     pub min: Option<f64>,
+    /// Upper bound of the trained range; absent for unbounded inputs.
     #[serde(default)]
     pub max: Option<f64>,
 }
 
+/// The physical meaning of the network's inputs and outputs, in words.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Units {
+    /// What the input vector is, e.g. θ₁₅ with √dust2.
     pub input: String,
+    /// What the output is, e.g. absolute AB magnitude per M☉ formed, per band.
     pub output: String,
 }
 
+/// Where a model was published and how this file was made from it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Provenance {
     /// Where the trained model was published.
     pub source: String,
+    /// Commit of `source` the model was taken from, if known.
     #[serde(default)]
     pub commit: Option<String>,
     /// Code that defines the network, if different from `source`.
     #[serde(default)]
     pub code: Option<String>,
+    /// The original files this one was converted from, if it was converted.
     #[serde(default)]
     pub converted_from: Option<String>,
+    /// Free-text notes: how it was trained or converted, and how well it reproduces its source.
     #[serde(default)]
     pub notes: Option<String>,
 }

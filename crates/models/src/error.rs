@@ -8,14 +8,26 @@ use std::path::PathBuf;
 pub enum ModelError {
     /// A weight reference string that is neither a path, `builtin:NAME` nor `hf://ORG/REPO[@REV]/FILE`.
     #[error("bad weight reference '{reference}': {reason}")]
-    BadReference { reference: String, reason: String },
+    BadReference {
+        /// The reference as given.
+        reference: String,
+        /// Why it does not parse.
+        reason: String,
+    },
     /// `builtin:NAME` with a name that is not bundled.
     #[error("no bundled model '{name}' (bundled: {available})")]
-    UnknownBuiltin { name: String, available: String },
+    UnknownBuiltin {
+        /// The requested `NAME`.
+        name: String,
+        /// The bundled names, comma-separated.
+        available: String,
+    },
     /// A file could not be read, written or renamed.
     #[error("{}: {source}", path.display())]
     Io {
+        /// The file.
         path: PathBuf,
+        /// What the operating system said.
         #[source]
         source: std::io::Error,
     },
@@ -25,29 +37,50 @@ pub enum ModelError {
         file.display(),
         card.display()
     )]
-    MissingCard { file: PathBuf, card: PathBuf },
+    MissingCard {
+        /// The weights file.
+        file: PathBuf,
+        /// Where its card was looked for.
+        card: PathBuf,
+    },
     /// A model card that does not parse or violates the schema.
     #[error("{file}: bad model card: {message}")]
-    Card { file: String, message: String },
+    Card {
+        /// The card file.
+        file: String,
+        /// What is wrong with it.
+        message: String,
+    },
     /// The file has a different length than its card says: truncated or corrupted.
     #[error(
         "{file}: size {found} bytes, but the model card says {expected} bytes (truncated or corrupted file)"
     )]
     SizeMismatch {
+        /// The weights file.
         file: String,
+        /// `size_bytes` of the card.
         expected: u64,
+        /// The file's actual length in bytes.
         found: u64,
     },
     /// The file's sha256 differs from its card's: corrupted or a different model.
     #[error("{file}: sha256 {found} does not match the model card's {expected} (corrupted file)")]
     ChecksumMismatch {
+        /// The weights file.
         file: String,
+        /// `sha256` of the card (lowercase hex).
         expected: String,
+        /// The file's actual sha256 (lowercase hex).
         found: String,
     },
     /// The bytes are not a readable safetensors file.
     #[error("{file}: not a valid safetensors file: {message}")]
-    Safetensors { file: String, message: String },
+    Safetensors {
+        /// The weights file.
+        file: String,
+        /// What the safetensors reader said.
+        message: String,
+    },
     /// `HF_HUB_OFFLINE=1` and the reference is not in the cache.
     #[error(
         "{reference}: not in the Hugging Face cache {} and HF_HUB_OFFLINE is set; \
@@ -55,14 +88,19 @@ pub enum ModelError {
         cache_dir.display()
     )]
     OfflineCacheMiss {
+        /// The `hf://` reference.
         reference: String,
+        /// The Hugging Face cache that was searched.
         cache_dir: PathBuf,
     },
     /// The hub could not be reached or refused the request.
     #[error("{reference}: download from {endpoint} failed: {source}")]
     Download {
+        /// The `hf://` reference.
         reference: String,
+        /// The hub endpoint (`HF_ENDPOINT`).
         endpoint: String,
+        /// What hf-hub said.
         #[source]
         source: Box<hf_hub::api::sync::ApiError>,
     },

@@ -97,8 +97,11 @@ impl HubConfig {
 /// A hub file and its card in the local cache.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CachedFile {
+    /// The 40-hex commit of the snapshot the files belong to.
     pub commit: String,
+    /// The card's path in the snapshot.
     pub card: PathBuf,
+    /// The weights file's path in the snapshot.
     pub weights: PathBuf,
 }
 

@@ -29,6 +29,8 @@
 //!
 //! Every failure is a typed [`ModelError`]; nothing here panics on malformed input.
 
+#![warn(missing_docs)]
+
 pub mod builtin;
 pub mod card;
 pub mod error;

@@ -14,19 +14,30 @@ use crate::verify::verify_bytes;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Location {
     /// Compiled into the binary.
-    Builtin { name: String },
+    Builtin {
+        /// The `NAME` of `builtin:NAME`.
+        name: String,
+    },
     /// On disk: a local file or a file in the Hugging Face cache.
-    Files { card: PathBuf, weights: PathBuf },
+    Files {
+        /// The model card.
+        card: PathBuf,
+        /// The weights file.
+        weights: PathBuf,
+    },
 }
 
 /// A model whose weights passed the size and sha256 checks of its card. `bytes` are exactly
 /// the verified bytes, so nothing can change between the check and the parse.
 #[derive(Debug, Clone)]
 pub struct LoadedModel {
+    /// The model's card.
     pub card: ModelCard,
+    /// The verified weight bytes (borrowed for bundled models).
     pub bytes: Cow<'static, [u8]>,
     /// Human-readable origin for error messages (path, or `builtin:NAME`).
     pub source: String,
+    /// Where the card and weights were found.
     pub location: Location,
 }
 

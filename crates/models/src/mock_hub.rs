@@ -22,10 +22,15 @@ use crate::verify::sha256_hex;
 /// One file of one repo at one commit, reachable by branch name or commit.
 #[derive(Debug, Clone)]
 pub struct MockFile {
+    /// `ORG/REPO`.
     pub repo: String,
+    /// The branch that points at `commit`.
     pub branch: String,
+    /// The 40-hex commit.
     pub commit: String,
+    /// Path of the file inside the repo.
     pub path: String,
+    /// The file's contents.
     pub bytes: Vec<u8>,
 }
 

@@ -15,8 +15,11 @@ use crate::error::{ModelError, Result};
 /// | anything else | a local path |
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WeightRef {
+    /// A local file.
     Path(PathBuf),
+    /// `builtin:NAME`: the bundled model `NAME`.
     Builtin(String),
+    /// `hf://ORG/REPO[@REVISION]/FILE`.
     Hub(HubRef),
 }
 

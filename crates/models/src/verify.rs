@@ -42,6 +42,7 @@ pub fn verify_bytes(bytes: &[u8], card: &ModelCard, file: &str) -> Result<()> {
 /// What a safetensors file holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SafetensorsSummary {
+    /// Number of tensors.
     pub tensors: usize,
     /// Total number of scalar values.
     pub values: u64,

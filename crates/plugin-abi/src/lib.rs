@@ -40,6 +40,8 @@
 //! other change to the header or the vtables bumps [`ABI_VERSION`], and the host refuses a
 //! plugin built against another version with an error naming both versions.
 
+#![warn(missing_docs)]
+
 use std::ffi::{c_char, c_void};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
@@ -80,7 +82,9 @@ pub struct PluginHeader {
 /// Host-owned buffer for an error message.
 #[repr(C)]
 pub struct ErrorBuf {
+    /// Start of the host's buffer (UTF-8 bytes, not NUL-terminated); may be null.
     pub ptr: *mut u8,
+    /// Bytes writable at `ptr`; longer messages are truncated to it.
     pub cap: usize,
     /// Set by the plugin to the full message length in bytes (may exceed `cap`).
     pub len: usize,
@@ -158,19 +162,25 @@ pub struct LineValues {
 /// Survey plugin vtable ([`KIND_SURVEY`]).
 #[repr(C)]
 pub struct SurveyVTable {
+    /// ABI version, kind and plugin name; must stay first.
     pub header: PluginHeader,
+    /// Build a survey object from its configuration string.
     pub create: CreateFn,
+    /// Release a survey object.
     pub destroy: DestroyFn,
     /// Survey name.
     pub name: StrFn,
+    /// Number of bands.
     pub n_bands: CountFn,
     /// Filter name of a band (as the SPS emulator knows it, e.g. `sdss_u`).
     pub band_name: IndexedStrFn,
     /// Short label of a band (e.g. `u`).
     pub band_label: IndexedStrFn,
+    /// Softening, zero point and error floor of a band.
     pub band_values: BandValuesFn,
     /// Number of emission lines with a calibration (0 = none).
     pub n_lines: CountFn,
+    /// Calibration (offset, ln scatter) of an emission line.
     pub line_values: LineValuesFn,
     /// Filter curve of a band (optional: every band or none).
     pub filter_curve: FilterCurveFn,
@@ -179,14 +189,19 @@ pub struct SurveyVTable {
 /// Prior plugin vtable ([`KIND_PRIOR`]).
 #[repr(C)]
 pub struct PriorVTable {
+    /// ABI version, kind and plugin name; must stay first.
     pub header: PluginHeader,
+    /// Build a prior object from its configuration string.
     pub create: CreateFn,
+    /// Release a prior object.
     pub destroy: DestroyFn,
     /// Prior name (for run records).
     pub name: StrFn,
     /// Dimension of φ (16 for popcosmos).
     pub dim: CountFn,
+    /// Batched ln p(φ).
     pub log_prob: LogProbFn,
+    /// Seeded draws of φ.
     pub sample: SampleFn,
 }
 
@@ -198,17 +213,24 @@ unsafe impl Sync for PriorVTable {}
 /// One band of a [`SurveyPlugin`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct BandDef {
+    /// Filter name, as the SPS emulator knows it (e.g. `sdss_u`).
     pub name: String,
+    /// Short label for tables and plots (e.g. `u`).
     pub label: String,
+    /// Asinh-magnitude softening b, nanomaggies (> 0).
     pub flux_softening_nmgy: f64,
+    /// Multiplicative zero point Z_b (observed ≈ Z × model, > 0).
     pub zero_point: f64,
+    /// Fractional error floor ε_b (≥ 0).
     pub error_floor: f64,
 }
 
 /// One emission line of a [`SurveyPlugin`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LineDef {
+    /// Offset α_l.
     pub offset: f64,
+    /// ln of the scatter γ_l.
     pub ln_scatter: f64,
 }
 
@@ -225,7 +247,9 @@ pub struct FilterDef {
 pub trait SurveyPlugin: Sized + 'static {
     /// Build from the manifest's configuration string (empty if none).
     fn create(config: &str) -> Result<Self, String>;
+    /// Survey name (`cosmos`, `kids`, …).
     fn name(&self) -> String;
+    /// The bands, in catalogue order, with their calibration.
     fn bands(&self) -> Vec<BandDef>;
     /// Emission-line calibration, one entry per line of the SPS line emulator (none by
     /// default).
@@ -243,6 +267,7 @@ pub trait SurveyPlugin: Sized + 'static {
 pub trait PriorPlugin: Sized + Send + Sync + 'static {
     /// Build from the manifest's configuration string (empty if none).
     fn create(config: &str) -> Result<Self, String>;
+    /// Prior name (for run records).
     fn name(&self) -> String;
     /// Dimension of φ.
     fn dim(&self) -> usize {

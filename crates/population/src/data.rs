@@ -14,12 +14,14 @@ use popcosmos_catalog::ObservedChunk;
 pub struct Selection {
     /// Band name or label.
     pub band: String,
+    /// Faintest asinh AB magnitude kept in that band.
     pub max_mag: f64,
 }
 
 /// The rows a population fit is matched to.
 #[derive(Debug, Clone)]
 pub struct ObservedSet {
+    /// Number of bands.
     pub n_bands: usize,
     /// Band labels (for messages and plots).
     pub labels: Vec<String>,
@@ -34,6 +36,7 @@ pub struct ObservedSet {
     /// Asinh magnitude = shift + scale × feature, per band (median and 1.4826·MAD of the
     /// measured rows), so every band weighs alike in the distance.
     pub feature_shift: Vec<f64>,
+    /// The scale of the standardisation above, per band (mag).
     pub feature_scale: Vec<f64>,
     /// Rows dropped because no band was measured.
     pub rows_without_data: usize,
@@ -173,6 +176,7 @@ impl ObservedSet {
         self.flux_nmgy.len() / self.n_bands.max(1)
     }
 
+    /// No usable rows.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -22,11 +22,13 @@ use serde::{Deserialize, Serialize};
 pub enum Distance {
     /// Sliced Wasserstein with band axes, adjacent colours and random directions.
     SlicedWasserstein {
+        /// Random unit directions on top of the band axes and colours (default 64).
         #[serde(default = "default_projections")]
         projections: usize,
     },
     /// Debiased Sinkhorn divergence with blur √ε (standardised-magnitude units).
     Sinkhorn {
+        /// Final blur √ε of the annealing, standardised-magnitude units (default 0.05).
         #[serde(default = "default_blur")]
         blur: f64,
         /// ε ← ε·scaling² per annealing step.

@@ -40,6 +40,7 @@ impl EmpiricalErrorModel {
         }
     }
 
+    /// Number of bands.
     pub fn n_bands(&self) -> usize {
         self.bands.len()
     }

@@ -40,11 +40,15 @@ pub struct FitOptions {
     pub flow_learning_rate: f64,
     /// Adam learning rate of ln Z and ln ε (cosine decay to 10 %).
     pub calibration_learning_rate: f64,
+    /// The distance between simulated and observed minibatches.
     pub distance: Distance,
+    /// Fit the per-band zero points ln Z_b (else they stay at their starting values).
     pub fit_zero_points: bool,
     /// Width of the weak prior on ln Z around the start.
     pub zero_point_prior_sigma: f64,
+    /// Weight of that prior's penalty, added to the distance (0 = none).
     pub zero_point_prior_weight: f64,
+    /// Fit the per-band fractional error floors ln ε_b (else they stay at their starting values).
     pub fit_error_floors: bool,
     /// Catalogue galaxies among which a simulated galaxy's flux error is drawn.
     pub error_neighbours: usize,
@@ -58,6 +62,7 @@ pub struct FitOptions {
     pub prior_weight: f64,
     /// Gradient-norm clip of the flow's weights (0 = none).
     pub max_grad_norm: f64,
+    /// Seed of the run; step `k` draws from a generator seeded by (seed, k).
     pub seed: u64,
 }
 
@@ -126,6 +131,7 @@ impl FitOptions {
 /// One step's numbers.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct StepRecord {
+    /// Step index (0-based).
     pub step: usize,
     /// The distance (without the zero-point penalty).
     pub distance: f64,
@@ -145,20 +151,29 @@ pub struct StepRecord {
 /// What a finished (or interrupted) fit reports.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FitReport {
+    /// The settings of the fit.
     pub options: FitOptions,
+    /// Optimiser steps taken (over all resumes).
     pub steps_done: usize,
+    /// Usable catalogue rows the fit was matched to.
     pub rows_used: usize,
+    /// Catalogue rows dropped because no band was measured.
     pub rows_without_data: usize,
+    /// Catalogue rows dropped by the selection.
     pub rows_cut: usize,
+    /// Band labels, in catalogue order.
     pub band_labels: Vec<String>,
     /// Rows with a measurement, per band.
     pub band_counts: Vec<usize>,
+    /// Fitted multiplicative zero points Z_b, per band.
     pub zero_points: Vec<f64>,
+    /// Fitted fractional error floors ε_b, per band.
     pub error_floors: Vec<f64>,
     /// Distance averaged over blocks of steps: (last step of the block, mean).
     pub loss_curve: Vec<(usize, f64)>,
     /// Per-band KS statistic of drawn vs catalogue flux errors, on a fresh simulation.
     pub error_model_ks: Vec<f64>,
+    /// Wall-clock seconds, as measured by the caller of [`PopulationFit::report`].
     pub seconds: f64,
 }
 
@@ -296,14 +311,17 @@ impl<'a> PopulationFit<'a> {
         })
     }
 
+    /// Steps taken so far (including those before a resume).
     pub fn step_count(&self) -> usize {
         self.step
     }
 
+    /// The fit's settings.
     pub fn options(&self) -> &FitOptions {
         &self.options
     }
 
+    /// One record per step taken so far.
     pub fn history(&self) -> &[StepRecord] {
         &self.history
     }
@@ -318,6 +336,7 @@ impl<'a> PopulationFit<'a> {
         )
     }
 
+    /// The current multiplicative zero points Z_b, per band.
     pub fn zero_points(&self) -> Result<Vec<f64>> {
         Ok(host_vec(self.ln_zero_points.as_tensor())?
             .into_iter()
@@ -325,6 +344,7 @@ impl<'a> PopulationFit<'a> {
             .collect())
     }
 
+    /// The current fractional error floors ε_b, per band.
     pub fn error_floors(&self) -> Result<Vec<f64>> {
         Ok(host_vec(self.ln_error_floors.as_tensor())?
             .into_iter()

@@ -78,6 +78,7 @@ impl<'a> ForwardModel<'a> {
         })
     }
 
+    /// The device the forward model runs on.
     pub fn device(&self) -> &Device {
         &self.device
     }

@@ -18,6 +18,8 @@
 //! * [`fit::PopulationFit`]: the optimiser loop with checkpoints, resume and the outputs
 //!   (flow weights with a model card, a calibration file, a fit report).
 
+#![warn(missing_docs)]
+
 pub mod data;
 pub mod distance;
 pub mod errors;

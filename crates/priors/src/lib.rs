@@ -42,6 +42,8 @@
 //! hard boundary (log10 M = 7 or 13, Z_gas = Z*) is redrawn, so every returned draw has a
 //! finite log-density.
 
+#![warn(missing_docs)]
+
 pub mod consistency;
 pub mod diffusion;
 pub mod flow;

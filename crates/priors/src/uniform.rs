@@ -21,6 +21,7 @@ const LN_P_N_GIVEN_Z: f64 = -2.708_050_201_102_21; // −ln 15
 pub struct UniformPrior;
 
 impl UniformPrior {
+    /// The prior (it has no settings).
     pub fn new() -> Self {
         Self
     }

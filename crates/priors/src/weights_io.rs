@@ -124,15 +124,19 @@ macro_rules! standardised_model_methods {
             let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
             Self::from_bytes(&bytes, &path.display().to_string(), device)
         }
+        /// The dtype of the weights.
         pub fn dtype(&self) -> DType {
             self.$typed.dtype()
         }
+        /// The device the weights live on.
         pub fn device(&self) -> &Device {
             self.$typed.device()
         }
+        /// Shift of the standardisation, `[D]`: standardised x = (x − shift) / scale.
         pub fn x_shift(&self) -> &Tensor {
             &self.x_shift
         }
+        /// Scale of the standardisation, `[D]`.
         pub fn x_scale(&self) -> &Tensor {
             &self.x_scale
         }

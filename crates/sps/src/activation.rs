@@ -34,6 +34,7 @@ pub struct SpeculatorActivation {
 }
 
 impl SpeculatorActivation {
+    /// The op, with `bias` (shape of α) added to `x` first if given.
     pub fn new(bias: Option<Tensor>) -> Self {
         Self { bias }
     }

@@ -20,21 +20,26 @@ use popcosmos_api::{Error, Result};
 /// One benchmark measurement.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BenchRow {
+    /// Parameter vectors per call.
     pub batch: usize,
+    /// Threads of the rayon pool the calls ran in.
     pub threads: usize,
     /// Median wall time of one `absolute_magnitudes` call.
     pub seconds_per_call: f64,
     /// Parameter vectors per second, each giving all bands.
     pub galaxy_evals_per_s: f64,
+    /// Achieved GFLOP/s ([`flop_per_galaxy`] × galaxy evaluations per second).
     pub gflops: f64,
     /// Process CPU time / wall time over the timed calls (NaN where unavailable).
     pub cpu_per_wall: f64,
+    /// Number of timed calls.
     pub calls: usize,
 }
 
 /// A benchmark table with a `Display` rendering in Markdown.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BenchTable {
+    /// One row per (batch, threads) configuration.
     pub rows: Vec<BenchRow>,
     /// FLOP per galaxy evaluation used for the GFLOP/s column.
     pub flop_per_galaxy: f64,

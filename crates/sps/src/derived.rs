@@ -38,6 +38,7 @@ pub fn planck18() -> &'static Planck18 {
 /// Derived quantities of one parameter vector.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DerivedQuantities {
+    /// log10 of the stellar mass formed, M☉ (from N and z).
     pub log10_mass_formed: f64,
     /// Mass-weighted (lookback) age, Gyr.
     pub mass_weighted_age_gyr: f64,

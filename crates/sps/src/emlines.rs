@@ -326,10 +326,12 @@ impl EmLineEmulator {
         self.tabulated.is_some()
     }
 
+    /// The device the emulator's tensors live on.
     pub fn device(&self) -> &Device {
         &self.device
     }
 
+    /// Number of bands the line contributions are computed for.
     pub fn n_bands(&self) -> usize {
         match &self.tabulated {
             Some(t) => t.n_bands,

@@ -51,11 +51,17 @@ pub struct PackedPhotulator {
 
 /// Host copies of one layer: weight `[bands][in][out]`, bias/alpha/beta `[bands][out]`.
 pub struct HostLayer {
+    /// Input width.
     pub n_in: usize,
+    /// Output width.
     pub n_out: usize,
+    /// Weights `[bands][in][out]`, row-major.
     pub weight: Vec<f32>,
+    /// Biases `[bands][out]`.
     pub bias: Vec<f32>,
+    /// Speculator-activation α `[bands][out]`.
     pub alpha: Vec<f32>,
+    /// Speculator-activation β `[bands][out]`.
     pub beta: Vec<f32>,
 }
 

@@ -57,6 +57,8 @@
 //! paths; every tensor's presence and shape is checked at load time
 //! ([`popcosmos_api::Error::MissingTensor`] / [`popcosmos_api::Error::TensorShape`]).
 
+#![warn(missing_docs)]
+
 pub mod activation;
 pub mod bench;
 #[cfg(feature = "cuda")]

@@ -28,7 +28,9 @@ const EMLINE_STACKED: [&str; 4] = [
 /// and ln scatters γ_l. They describe the lines, not a survey.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LineCalibration {
+    /// Offsets α_l, one per line.
     pub offsets: Vec<f64>,
+    /// ln of the scatters γ_l, one per line.
     pub ln_scatters: Vec<f64>,
 }
 
@@ -206,14 +208,17 @@ impl PhotulatorSps {
         self
     }
 
+    /// Whether the model has the emission-line component.
     pub fn has_emission_lines(&self) -> bool {
         self.lines.is_some()
     }
 
+    /// The continuum photulator stack.
     pub fn photulator(&self) -> &Photulator {
         &self.photulator
     }
 
+    /// The emission-line emulator, if the model has the line component.
     pub fn emission_lines(&self) -> Option<&EmLineEmulator> {
         self.lines.as_ref().map(|l| &l.emulator)
     }

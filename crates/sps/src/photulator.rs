@@ -240,14 +240,17 @@ impl Photulator {
         &self.config.bands
     }
 
+    /// Number of bands (networks).
     pub fn n_bands(&self) -> usize {
         self.config.bands.len()
     }
 
+    /// The configuration read from the JSON sidecar.
     pub fn config(&self) -> &PhotulatorConfig {
         &self.config
     }
 
+    /// The device the stacked weights live on.
     pub fn device(&self) -> &Device {
         &self.device
     }

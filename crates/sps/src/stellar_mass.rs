@@ -26,6 +26,7 @@ pub struct StellarMassEmulator {
 }
 
 impl StellarMassEmulator {
+    /// The bundled weights ([`BUILTIN_WEIGHTS`]).
     pub fn builtin(device: &Device) -> Result<Self> {
         Self::from_weights(&WeightFile::from_bytes(
             BUILTIN_WEIGHTS,
@@ -34,6 +35,7 @@ impl StellarMassEmulator {
         )?)
     }
 
+    /// Weights from a safetensors file.
     pub fn load(path: impl AsRef<Path>, device: &Device) -> Result<Self> {
         Self::from_weights(&WeightFile::from_path(path, device)?)
     }

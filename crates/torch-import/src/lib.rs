@@ -59,6 +59,8 @@
 //! entries when they are stored; bool/complex/int8 storages are listed in
 //! [`TorchModule::skipped`] instead of loaded.
 
+#![warn(missing_docs)]
+
 mod diffusion;
 pub mod error;
 mod module;

@@ -15,10 +15,15 @@ use crate::scan;
 /// A plain (non-tensor) attribute of a pickled module, or an element of one.
 #[derive(Debug, Clone, PartialEq)]
 pub enum AttrValue {
+    /// Python `None`.
     None,
+    /// A Python bool.
     Bool(bool),
+    /// A Python int.
     Int(i64),
+    /// A Python float.
     Float(f64),
+    /// A Python str.
     Str(String),
     /// A Python list, tuple or set.
     List(Vec<AttrValue>),
@@ -33,7 +38,9 @@ pub enum AttrValue {
     /// A tensor inside a container attribute; the tensor itself is in
     /// [`TorchModule::tensors`] under the element's name (`<name>.<index>`).
     Tensor {
+        /// Its dtype as stored.
         dtype: DType,
+        /// Its shape.
         shape: Vec<usize>,
     },
     /// Something this reader does not decode (described).
@@ -58,6 +65,7 @@ impl AttrValue {
         }
     }
 
+    /// The value as bool (Python bool).
     pub fn as_bool(&self) -> Option<bool> {
         match *self {
             AttrValue::Bool(b) => Some(b),
@@ -65,6 +73,7 @@ impl AttrValue {
         }
     }
 
+    /// The value as str (Python str).
     pub fn as_str(&self) -> Option<&str> {
         match self {
             AttrValue::Str(s) => Some(s),
@@ -72,6 +81,7 @@ impl AttrValue {
         }
     }
 
+    /// The elements of a Python list, tuple or set.
     pub fn as_list(&self) -> Option<&[AttrValue]> {
         match self {
             AttrValue::List(l) => Some(l),

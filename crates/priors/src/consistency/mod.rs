@@ -43,7 +43,9 @@ pub struct ClassifierOptions {
     pub hidden: usize,
     /// Full-batch AdamW steps.
     pub steps: usize,
+    /// AdamW learning rate.
     pub learning_rate: f64,
+    /// AdamW decoupled weight decay.
     pub weight_decay: f64,
 }
 
@@ -229,6 +231,7 @@ pub struct CompareOptions {
     pub teacher_solver: OdeSolver,
     /// Rows per sampler call (teacher and consistency model alike).
     pub chunk_size: usize,
+    /// The classifier two-sample test.
     pub classifier: ClassifierOptions,
 }
 
@@ -254,7 +257,9 @@ pub struct ReportRow {
     pub seconds_per_sample: f64,
     /// Two-sample KS statistic per parameter.
     pub ks: Vec<f64>,
+    /// Largest of `ks`.
     pub ks_max: f64,
+    /// Mean of `ks`.
     pub ks_mean: f64,
     /// Classifier two-sample test ROC AUC (0.5 = indistinguishable).
     pub auc: f64,
@@ -266,7 +271,9 @@ pub struct ReportRow {
 pub struct Report {
     /// Samples per method (and reference teacher samples).
     pub n: usize,
+    /// Parameter names, the teacher's (`x0`, `x1`, … if it has none).
     pub names: Vec<String>,
+    /// Fresh teacher draws first, then one row per consistency step count.
     pub rows: Vec<ReportRow>,
 }
 

@@ -40,6 +40,7 @@ pub struct ConsistencyConfig {
     pub embedding_dim: usize,
     /// Hidden widths of F_θ; the network is `[E + D] + hidden + [D]`.
     pub hidden: Vec<usize>,
+    /// Activation after every layer of F_θ except the last.
     pub activation: Activation,
     /// The teacher's SDE: time range [ε, T], marginals μ(t), σ(t) and the base 𝒩(0, σ_T² I).
     pub sde: SdeConfig,
@@ -293,15 +294,19 @@ impl ConsistencyModel {
         write_model(self, self.tensors()?, extra_metadata.clone(), path.as_ref())
     }
 
+    /// Architecture, SDE and sampler defaults.
     pub fn config(&self) -> &ConsistencyConfig {
         &self.config
     }
+    /// The teacher's SDE.
     pub fn sde(&self) -> &SdeConfig {
         &self.config.sde
     }
+    /// Dimension D of the modelled variable.
     pub fn dim(&self) -> usize {
         self.config.dim
     }
+    /// The network F_θ.
     pub fn net(&self) -> &ScoreNet {
         &self.net
     }

@@ -36,6 +36,7 @@ use crate::weights_io::{
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TeacherStep {
+    /// Explicit Euler (one teacher evaluation).
     Euler,
     /// Explicit trapezoid (two teacher evaluations), as in Song et al.
     #[default]
@@ -51,7 +52,10 @@ pub enum CdLoss {
     /// √(‖Δ‖² + c²) − c (Song & Dhariwal 2023): quadratic below c, linear above, so rare
     /// far-out teacher samples (the bundled prior's ODE draws reach 100+ standard deviations
     /// in a few logsfr_ratio rows) do not dominate the gradient.
-    PseudoHuber { c: f64 },
+    PseudoHuber {
+        /// The scale c where the loss turns from quadratic to linear (standardised units).
+        c: f64,
+    },
 }
 
 impl Default for CdLoss {
@@ -66,6 +70,7 @@ impl Default for CdLoss {
 pub struct TrainOptions {
     /// Hidden widths of F_θ (the Fourier embedding is the teacher's).
     pub hidden: Vec<usize>,
+    /// Activation after every layer of F_θ except the last.
     pub activation: Activation,
     /// σ_d of the boundary parametrisation (1: the teacher's variable is standardised).
     pub sigma_data: f64,
@@ -79,11 +84,15 @@ pub struct TrainOptions {
     /// With integer n (`false`, Song et al.'s discrete CD) the model only learns the N
     /// schedule times and its multistep sampler snaps to them.
     pub continuous_times: bool,
+    /// The teacher's step between adjacent times.
     pub teacher_step: TeacherStep,
+    /// The consistency-distillation distance.
     pub loss: CdLoss,
     /// Optimiser steps.
     pub steps: usize,
+    /// Rows per mini-batch.
     pub batch_size: usize,
+    /// Initial learning rate.
     pub learning_rate: f64,
     /// Final learning rate as a fraction of the initial one (cosine decay).
     pub final_lr_fraction: f64,
@@ -130,6 +139,7 @@ impl Default for TrainOptions {
 }
 
 impl TrainOptions {
+    /// Check the settings (names the offending one).
     #[allow(clippy::neg_cmp_op_on_partial_ord)] // the negations also reject NaN
     pub fn validate(&self) -> std::result::Result<(), String> {
         if self.n_points < 2 {
@@ -328,12 +338,15 @@ impl Trainer {
         })
     }
 
+    /// Optimiser steps taken (resumed ones included).
     pub fn step_count(&self) -> usize {
         self.step
     }
+    /// The run's settings.
     pub fn options(&self) -> &TrainOptions {
         &self.opts
     }
+    /// The configuration of the model being trained.
     pub fn config(&self) -> &ConsistencyConfig {
         &self.config
     }

@@ -20,6 +20,7 @@ pub struct DiffusionConfig {
     pub activation: Activation,
     /// If true the network output is the score; otherwise score = output / σ(t).
     pub no_sigma: bool,
+    /// The forward SDE the network was trained with.
     pub sde: SdeConfig,
     /// Names of the D modelled columns (optional; e.g. the latent φ names for a population prior).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -33,7 +34,9 @@ pub struct DiffusionConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Activation {
+    /// tanh.
     Tanh,
+    /// SiLU (x σ(x)).
     Silu,
 }
 
@@ -43,23 +46,38 @@ pub enum Activation {
 pub enum SdeConfig {
     /// Variance preserving: β(t) = β_min + (β_max − β_min) t/T.
     Vp {
+        /// β at t = 0.
         beta_min: f64,
+        /// β at t = T.
         beta_max: f64,
+        /// T, the end of the diffusion time interval.
         t_max: f64,
+        /// ε, the lower end of the time interval (the data end: training times and the ODE stop
+        /// there rather than at 0).
         epsilon: f64,
     },
     /// Sub-variance preserving (same drift, g² = β(t)(1 − e^{−2∫β})).
     SubVp {
+        /// β at t = 0.
         beta_min: f64,
+        /// β at t = T.
         beta_max: f64,
+        /// T, the end of the diffusion time interval.
         t_max: f64,
+        /// ε, the lower end of the time interval (the data end: training times and the ODE stop
+        /// there rather than at 0).
         epsilon: f64,
     },
     /// Variance exploding: σ(t) = σ_min (σ_max/σ_min)^{t/T}, no drift.
     Ve {
+        /// σ at t = 0.
         sigma_min: f64,
+        /// σ at t = T.
         sigma_max: f64,
+        /// T, the end of the diffusion time interval.
         t_max: f64,
+        /// ε, the lower end of the time interval (the data end: training times and the ODE stop
+        /// there rather than at 0).
         epsilon: f64,
     },
 }
@@ -75,6 +93,7 @@ impl SdeConfig {
         }
     }
 
+    /// T, the end of the diffusion time interval.
     pub fn t_max(&self) -> f64 {
         match *self {
             SdeConfig::Vp { t_max, .. } | SdeConfig::SubVp { t_max, .. } => t_max,
@@ -82,6 +101,7 @@ impl SdeConfig {
         }
     }
 
+    /// ε, the lower end of the time interval.
     pub fn epsilon(&self) -> f64 {
         match *self {
             SdeConfig::Vp { epsilon, .. } | SdeConfig::SubVp { epsilon, .. } => epsilon,

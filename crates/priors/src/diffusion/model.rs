@@ -32,8 +32,10 @@ pub enum Divergence {
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogProbOptions {
+    /// The ODE solver of the log-density ODE.
     #[serde(default)]
     pub solver: OdeSolver,
+    /// How the divergence is computed.
     #[serde(default)]
     pub divergence: Divergence,
 }
@@ -47,6 +49,7 @@ pub struct LogProbOutput {
     pub x_t: Tensor,
     /// ∫ ∇·f̃ dt `[n]`.
     pub delta_log_prob: Tensor,
+    /// Work done by the solve.
     pub stats: OdeStats,
 }
 
@@ -155,12 +158,15 @@ impl DiffusionModel {
         })
     }
 
+    /// Architecture and SDE.
     pub fn config(&self) -> &DiffusionConfig {
         &self.config
     }
+    /// The forward SDE.
     pub fn sde(&self) -> &SdeConfig {
         &self.config.sde
     }
+    /// The score network.
     pub fn score_net(&self) -> &ScoreNet {
         &self.net
     }

@@ -31,7 +31,9 @@ pub trait VectorField {
 pub enum OdeSolver {
     /// Adaptive Dormand–Prince 5(4) with per-row error control.
     Dopri5 {
+        /// Absolute error tolerance.
         atol: f64,
+        /// Relative error tolerance.
         rtol: f64,
         /// Steps of at most this size are always accepted (torchdiffeq `min_step`).
         #[serde(default)]
@@ -41,11 +43,20 @@ pub enum OdeSolver {
         max_steps: usize,
     },
     /// Classic fixed-step RK4 in torchdiffeq's 3/8-rule form (`rk4`).
-    Rk4 { steps: usize },
+    Rk4 {
+        /// Number of equal steps over the time interval.
+        steps: usize,
+    },
     /// Fixed-step Heun (explicit trapezoid, 2nd order).
-    Heun { steps: usize },
+    Heun {
+        /// Number of equal steps over the time interval.
+        steps: usize,
+    },
     /// Fixed-step Euler (1st order).
-    Euler { steps: usize },
+    Euler {
+        /// Number of equal steps over the time interval.
+        steps: usize,
+    },
 }
 
 fn default_max_steps() -> usize {
@@ -76,6 +87,7 @@ impl OdeSolver {
         }
     }
 
+    /// Check the settings (dopri5: atol > 0, rtol ≥ 0; fixed-step: steps ≥ 1).
     pub fn validate(&self) -> std::result::Result<(), String> {
         match *self {
             OdeSolver::Dopri5 { atol, rtol, .. } if !(atol > 0.0 && rtol >= 0.0) => Err(format!(
@@ -98,8 +110,9 @@ pub struct OdeStats {
     pub row_evaluations: usize,
     /// Batched calls of the vector field.
     pub calls: usize,
-    /// Accepted and rejected steps, summed over rows.
+    /// Accepted steps, summed over rows.
     pub accepted: usize,
+    /// Rejected steps, summed over rows (0 for fixed-step solvers).
     pub rejected: usize,
 }
 

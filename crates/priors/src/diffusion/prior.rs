@@ -59,6 +59,7 @@ impl DiffusionPrior {
         })
     }
 
+    /// The diffusion model behind the prior.
     pub fn model(&self) -> &DiffusionModel {
         &self.model
     }

@@ -75,10 +75,12 @@ impl ScoreNet {
         self.layers.iter().map(|l| (l.weight(), l.bias()))
     }
 
+    /// The device the weights live on.
     pub fn device(&self) -> &Device {
         self.freqs.device()
     }
 
+    /// The weights' dtype (f32, or f64 for reference solves).
     pub fn dtype(&self) -> DType {
         self.freqs.dtype()
     }

@@ -25,19 +25,30 @@ use crate::weights_io::{
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainOptions {
+    /// Hidden layer widths of the score network.
     pub hidden: Vec<usize>,
+    /// Activation after every layer except the last.
     pub activation: Activation,
+    /// Length E of the Fourier time embedding.
     pub embedding_dim: usize,
     /// Standard deviation of the fixed Fourier frequencies (flowfusion: 16).
     pub fourier_scale: f64,
+    /// If true the network output is the score; otherwise score = output / σ(t).
     pub no_sigma: bool,
+    /// The forward SDE.
     pub sde: SdeConfig,
+    /// Optimiser steps.
     pub steps: usize,
+    /// Rows per mini-batch.
     pub batch_size: usize,
+    /// Initial Adam learning rate.
     pub learning_rate: f64,
     /// Final learning rate as a fraction of the initial one (cosine decay).
     pub final_lr_fraction: f64,
+    /// Decay of the exponential moving average of the weights (the model returned).
     pub ema_decay: f64,
+    /// Seed of the initial weights and Fourier frequencies; [`fit`] also derives its hold-out
+    /// split and mini-batch draws from it.
     pub seed: u64,
 }
 
@@ -160,9 +171,11 @@ impl Trainer {
         })
     }
 
+    /// Optimiser steps taken (resumed ones included).
     pub fn step_count(&self) -> usize {
         self.step
     }
+    /// The run's settings.
     pub fn options(&self) -> &TrainOptions {
         &self.opts
     }
@@ -312,12 +325,14 @@ impl Trainer {
 /// A whole training run on a table of samples ([`fit`]).
 #[derive(Debug, Clone)]
 pub struct FitOptions {
+    /// Architecture and optimiser settings.
     pub train: TrainOptions,
     /// Fraction of rows held out (a seeded permutation) to measure the loss on unseen draws;
     /// at least one row and at most half of them.
     pub holdout: f64,
     /// Where the resumable checkpoint goes, written every `checkpoint_every` steps (0: never).
     pub checkpoint: Option<std::path::PathBuf>,
+    /// Steps between checkpoints.
     pub checkpoint_every: usize,
     /// Continue from `checkpoint` instead of starting afresh.
     pub resume: bool,
@@ -328,11 +343,15 @@ pub struct FitOptions {
 /// What [`fit`] returns: the EMA model, its denoising score-matching losses and the metadata
 /// to store with it ([`Fitted::write`]).
 pub struct Fitted {
+    /// The EMA model.
     pub model: DiffusionModel,
+    /// Denoising score-matching loss of the EMA model on the held-out rows.
     pub heldout_loss: f64,
+    /// The same loss on the training rows.
     pub train_loss: f64,
     /// Optimiser steps taken in all, resumed ones included.
     pub steps: usize,
+    /// `FitOptions::metadata` plus the run's own entries (rows, steps, losses, options).
     pub metadata: HashMap<String, String>,
 }
 

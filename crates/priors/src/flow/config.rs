@@ -18,6 +18,7 @@ pub struct FlowConfig {
     pub dim: usize,
     /// Hidden layer widths of every conditioner MLP: `[D − |mask|] + hidden + [|mask|(3K−1)]`.
     pub hidden: Vec<usize>,
+    /// Shape of the coupling splines.
     pub spline: SplineConfig,
     /// Per-dimension invertible affine map before each coupling.
     #[serde(default)]
@@ -42,6 +43,7 @@ impl FlowConfig {
         }
     }
 
+    /// Number of coupling layers.
     pub fn layers(&self) -> usize {
         self.masks.len()
     }

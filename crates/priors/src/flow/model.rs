@@ -297,9 +297,11 @@ impl FlowModel {
         })
     }
 
+    /// The flow's architecture.
     pub fn config(&self) -> &FlowConfig {
         &self.config
     }
+    /// Dimension D of the modelled variable.
     pub fn dim(&self) -> usize {
         self.config.dim
     }

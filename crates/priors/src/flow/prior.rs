@@ -33,6 +33,7 @@ impl FlowPrior {
         })
     }
 
+    /// The flow behind the prior.
     pub fn model(&self) -> &FlowModel {
         &self.model
     }

@@ -24,10 +24,13 @@ pub struct SplineConfig {
     pub bins: usize,
     /// Half-width B of the spline interval [−B, B] (identity outside).
     pub tail_bound: f64,
+    /// Smallest bin width, as a fraction of the interval 2B (default 1e−3).
     #[serde(default = "default_min")]
     pub min_bin_width: f64,
+    /// Smallest bin height, as a fraction of the interval 2B (default 1e−3).
     #[serde(default = "default_min")]
     pub min_bin_height: f64,
+    /// Smallest knot derivative (default 1e−3).
     #[serde(default = "default_min")]
     pub min_derivative: f64,
 }

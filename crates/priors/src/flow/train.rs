@@ -30,11 +30,15 @@ pub struct TrainOptions {
     pub layers: usize,
     /// Hidden widths of each conditioner MLP.
     pub hidden: Vec<usize>,
+    /// Shape of the coupling splines.
     pub spline: SplineConfig,
     /// Per-dimension affine map before every coupling.
     pub actnorm: bool,
+    /// Optimiser steps.
     pub steps: usize,
+    /// Rows per mini-batch.
     pub batch_size: usize,
+    /// Initial learning rate.
     pub learning_rate: f64,
     /// Final learning rate as a fraction of the initial one (cosine decay).
     pub final_lr_fraction: f64,
@@ -186,12 +190,15 @@ impl Trainer {
         })
     }
 
+    /// Optimiser steps taken (resumed ones included).
     pub fn step_count(&self) -> usize {
         self.step
     }
+    /// The run's settings.
     pub fn options(&self) -> &TrainOptions {
         &self.opts
     }
+    /// The architecture being trained.
     pub fn config(&self) -> &FlowConfig {
         &self.config
     }

@@ -178,10 +178,12 @@ impl SpectrumEmulator {
         })
     }
 
+    /// The device the segments' tensors live on.
     pub fn device(&self) -> &Device {
         &self.device
     }
 
+    /// The segments, in increasing wavelength.
     pub fn segments(&self) -> &[SpeculatorSegment] {
         &self.segments
     }
@@ -422,6 +424,9 @@ impl SpectrumPhotometry {
         )
     }
 
+    /// `emulator` through `filters` (observed-frame curves; the output bands in their order),
+    /// with the filter knots and the ln λ lookup table prepared once. Errors on an empty filter
+    /// list or bad `options`.
     pub fn new(
         emulator: SpectrumEmulator,
         filters: &[FilterCurve],
@@ -481,14 +486,17 @@ impl SpectrumPhotometry {
         })
     }
 
+    /// Band (filter) names, in output order.
     pub fn band_names(&self) -> &[String] {
         &self.band_names
     }
 
+    /// The rest-frame spectrum emulator.
     pub fn emulator(&self) -> &SpectrumEmulator {
         &self.emulator
     }
 
+    /// The numerical options.
     pub fn options(&self) -> &PhotometryOptions {
         &self.options
     }

@@ -131,6 +131,7 @@ impl SpeculatorSegment {
         })
     }
 
+    /// The configuration read from the segment's JSON sidecar.
     pub fn config(&self) -> &SpeculatorConfig {
         &self.config
     }

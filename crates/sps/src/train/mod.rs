@@ -46,10 +46,15 @@ use popcosmos_api::{Error, HostRng, Result};
 pub struct TrainOptions {
     /// Hidden widths (COSMOS: 4 × 128).
     pub hidden: Vec<usize>,
+    /// Optimiser steps.
     pub steps: usize,
+    /// Rows per mini-batch (at most the training-set size).
     pub batch_size: usize,
+    /// Adam learning rate at the first step.
     pub lr_start: f64,
+    /// Adam learning rate after the last step (geometric decay from `lr_start`).
     pub lr_end: f64,
+    /// Seed of the initial weights and the mini-batch draws.
     pub seed: u64,
     /// Evaluate the held-out RMS every this many steps (0 = only at the end).
     pub eval_every: usize,
@@ -79,7 +84,9 @@ impl Default for TrainOptions {
 /// One progress report.
 #[derive(Debug, Clone)]
 pub struct TrainProgress {
+    /// Steps done (1-based).
     pub step: usize,
+    /// Learning rate for the next step.
     pub learning_rate: f64,
     /// Mean-squared error of the last mini-batch, standardised units, averaged over bands.
     pub batch_loss: f64,
@@ -134,10 +141,13 @@ impl Layout {
 /// Initial networks and standardisations taken from an existing photulator set.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WarmStart {
+    /// Input standardisation: x_std = (θ₁₅ − shift) / scale, per input.
     pub input_shift: Vec<f32>,
+    /// Input standardisation scale, per input.
     pub input_scale: Vec<f32>,
     /// Per target band.
     pub output_shift: Vec<f32>,
+    /// Per target band: M = out · output_scale + output_shift.
     pub output_scale: Vec<f32>,
     /// Layer widths including input and output.
     pub architecture: Vec<usize>,
@@ -714,10 +724,12 @@ impl TrainedPhotulators {
         Ok(band_stats(&self.predict(x), y))
     }
 
+    /// Band (filter) names, one network each.
     pub fn bands(&self) -> &[String] {
         &self.bands
     }
 
+    /// Layer widths including input and output.
     pub fn architecture(&self) -> &[usize] {
         &self.architecture
     }
@@ -838,8 +850,11 @@ pub fn soft_cap_magnitude(m: f32, cap: f32, width: f32) -> f32 {
 /// Held-out statistics of one band, magnitudes.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BandStats {
+    /// Mean of prediction − truth.
     pub mean: f64,
+    /// RMS of prediction − truth.
     pub rms: f64,
+    /// Largest |prediction − truth|.
     pub max_abs: f64,
 }
 

@@ -70,6 +70,7 @@ pub struct Observability {
 }
 
 impl Observability {
+    /// From the training draws θ (their N column).
     pub fn new(rows: &[[f64; N_PARAMS]]) -> Self {
         let mut n_sorted: Vec<f64> = rows.iter().map(|r| r[IDX_N]).collect();
         n_sorted.sort_by(f64::total_cmp);
@@ -154,7 +155,9 @@ pub fn abs_quantile(d: &[f64], q: f64) -> f64 {
 /// RMS and 95th percentile of |Δ|.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Spread {
+    /// RMS of Δ, mag.
     pub rms: f64,
+    /// 95th percentile of |Δ|, mag.
     pub p95: f64,
 }
 
@@ -174,14 +177,19 @@ pub struct HeldoutBand {
     pub capped_rms: f64,
     /// Draws where the band sees flux (teacher M below the cap by 8 widths).
     pub seen: usize,
+    /// Mean Δ over the seen draws, mag.
     pub seen_mean: f64,
+    /// Spread of Δ over the seen draws.
     pub seen_spread: Spread,
+    /// Largest |Δ| over the seen draws, mag.
     pub seen_max: f64,
     /// Seen draws at z ≤ 2.5 and z > 2.5 (the spectrum emulator's training edge).
     pub low_z: Spread,
+    /// Seen draws at z > 2.5.
     pub high_z: Spread,
     /// Draws observable in the band (m < [`OBSERVABLE_MAG`]).
     pub observable: usize,
+    /// Spread of Δ over the observable draws.
     pub observable_spread: Spread,
     /// [`Observability::weighted_rms`].
     pub weighted_rms: f64,
