@@ -130,7 +130,7 @@ pub fn ln_dvdz(z: f64) -> f64 {
 }
 
 /// The density over physical θ (all factors of the reference prior except the latent-normal
-/// Jacobian term), in f64: ln p_φ(φ(θ)) = this + Σ_{i≥1} ln 𝒩(φ_i; 0, 1). θ[0] is N.
+/// Jacobian term), in f64: ln p_φ(φ(θ)) = this + Σ_{i≥1} ln 𝒩(φ_i; 0, 1). θ\[0\] is N.
 /// −∞ outside the support.
 pub fn log_density_theta(theta: &[f64; N_PARAMS]) -> f64 {
     let z = theta[15];
@@ -340,7 +340,7 @@ impl ProspectorAlphaPrior {
         self.envelope.get_or_init(MassRedshiftEnvelope::build)
     }
 
-    /// One exact draw of physical θ (θ[0] = N) from exp(log_prob) (host, f64).
+    /// One exact draw of physical θ (θ\[0\] = N) from exp(log_prob) (host, f64).
     ///
     /// Construction (every factor either a normalised conditional or a rejection step, so
     /// the joint is exactly ∝ exp(log_prob)):

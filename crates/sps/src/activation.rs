@@ -9,7 +9,7 @@
 //! vectorisable polynomial exp (Cody–Waite range reduction + the Cephes `expf` polynomial,
 //! ≈1e-7 relative), compiled for AVX2 when the CPU has it, and rayon-parallel on the current
 //! rayon pool above [`PAR_MIN_ELEMS`] elements. On CUDA (cargo feature `cuda`) it is one
-//! grid-stride kernel compiled with NVRTC on first use ([`cuda`]): composed, the five kernels
+//! grid-stride kernel compiled with NVRTC on first use (the private `cuda` module): composed, the five kernels
 //! stream ~10 full-size tensors through memory per layer, fused two. Other devices use the
 //! composed candle ops. Gradients (w.r.t. x only; α, β and the bias are frozen
 //! weights) are provided through composed ops.

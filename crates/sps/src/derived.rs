@@ -9,7 +9,7 @@
 //!   s₀ = 1, s_j = 10^−(r₁+…+r_j), ŝ = s / Σ s_k Δt_k, m_j = ŝ_j Δt_j
 //! * log10 sSFR_formed = clip(log10((m₀ + m₁ + 10⁻²⁰)/0.1) − 9, −18, 0)   [yr⁻¹]
 //! * log10 SFR = log10 sSFR_formed + log10 M_formed                         [M☉ yr⁻¹]
-//! * mass-weighted age t_mw = Σ_j ŝ_j (edge²_{j+1} − edge²_j)/2              [Gyr]
+//! * mass-weighted age t_mw = Σ_j ŝ_j (edge²_{j+1} − edge²_j)/2              (Gyr)
 //! * with the surviving fraction Mfrac ([`crate::stellar_mass`]):
 //!   log10 M_remaining = log10 M_formed + log10 Mfrac,
 //!   log10 sSFR_remaining = log10 sSFR_formed − log10 Mfrac.

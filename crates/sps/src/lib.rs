@@ -23,7 +23,7 @@
 //! * [`train`]: training per-band photulators from a teacher (`popcosmos-cli train-emulator`).
 //! * [`activation`]: the fused speculator activation (candle `CustomOp3`, fast CPU path).
 //! * [`fused_cpu`]: whole-network CPU kernel for the photulator (AVX2/FMA micro-kernel).
-//! * [`bench`]: CPU throughput benchmark of the photulator stack.
+//! * [`bench`](mod@bench): CPU throughput benchmark of the photulator stack.
 //!
 //! ## Other surveys
 //! [`PhotulatorSps`] works for any band set: build it with
@@ -38,7 +38,7 @@
 //! * θ `[..., 16]`, physical, in the order of [`popcosmos_api::PARAM_NAMES`]: N first
 //!   (N = μ(z) − 2.5 log10 M_formed), dust2 **linear**, z last. This is what
 //!   [`model::PhotulatorSps`] and the stellar-mass emulator take.
-//! * The photulator takes θ₁₅ = θ[1:] with dust2 → √dust2
+//! * The photulator takes θ₁₅ = θ\[1:\] with dust2 → √dust2
 //!   ([`photulator::theta_to_photulator_input`]); N only adds to the magnitudes.
 //! * The emission-line emulator takes θ^power = θ with dust2 → √dust2, **N kept first**
 //!   ([`photulator::theta_to_power`]).
