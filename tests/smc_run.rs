@@ -38,7 +38,7 @@ fn smc_writes_evidence_pz_and_flags_a_galaxy_without_bands() {
     let dir = tempdir("smc-run");
     let m = smc_manifest(
         &dir,
-        "sampler: {kind: smc, particles: 64, max_sweeps: 4, final_sweeps: 2}",
+        "sampler: {kind: smc, particles: 64, max_sweeps: 4, final_sweeps: 2, islands: 2}",
     );
     let o = run(&["run", m.to_str().unwrap(), "--quiet"]);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -84,6 +84,16 @@ fn smc_writes_evidence_pz_and_flags_a_galaxy_without_bands() {
         let stages = t.column("smc_stages").unwrap()[gal];
         let unique = t.column("smc_unique_fraction").unwrap()[gal];
         assert!(stages >= 1.0 && unique > 0.0 && unique <= 1.0);
+        // Two islands: R̂ across them is written, and a galaxy above diagnostics.max_rhat
+        // (the tiny manifest's default, 1.1) carries the flag, and only then.
+        let rhat = t.column("smc_island_rhat").unwrap()[gal];
+        assert!(rhat.is_finite() && rhat > 0.5, "{id}: R̂ {rhat}");
+        assert_eq!(
+            flags[gal].contains("smc_island_rhat"),
+            rhat > 1.1,
+            "{id}: R̂ {rhat}, flags {}",
+            flags[gal]
+        );
     }
 }
 
@@ -125,6 +135,14 @@ fn bad_smc_settings_are_refused_by_key() {
             "sampler.max_correlation",
         ),
         ("sampler: {kind: smc, particles: 4096}", "init.library_size"),
+        (
+            "sampler: {kind: smc, particles: 64, islands: 3}",
+            "sampler.islands",
+        ),
+        (
+            "sampler: {kind: smc, particles: 32, islands: 2}",
+            "sampler.particles",
+        ),
     ] {
         let dir = tempdir("smc-bad");
         let m = smc_manifest(&dir, sampler);

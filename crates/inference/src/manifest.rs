@@ -360,6 +360,15 @@ pub struct SamplerSpec {
     /// SMC: points of that z grid (uniform in ln(1 + z) over the prior's z range).
     #[serde(default = "default_z_grid")]
     pub z_grid: usize,
+    /// SMC: independent particle populations per galaxy (`particles` split between them),
+    /// pooled; with 2 or more, R̂ across them is written as `smc_island_rhat` and a galaxy
+    /// above `diagnostics.max_rhat` is flagged (its answer depends on the seed).
+    #[serde(default = "default_islands")]
+    pub islands: usize,
+}
+
+fn default_islands() -> usize {
+    popcosmos_samplers::SmcConfig::default().islands
 }
 
 fn default_z_gibbs() -> usize {
@@ -412,6 +421,7 @@ impl SamplerSpec {
             max_stages: self.max_stages,
             final_sweeps: self.final_sweeps,
             grid_gibbs: self.z_gibbs,
+            islands: self.islands,
         }
     }
 }
@@ -508,6 +518,7 @@ impl Default for SamplerSpec {
             final_sweeps: default_final_sweeps(),
             z_gibbs: default_z_gibbs(),
             z_grid: default_z_grid(),
+            islands: default_islands(),
         }
     }
 }
@@ -974,6 +985,7 @@ impl Manifest {
         int_range("sampler.final_sweeps", s.final_sweeps, 1, MAX_SWEEPS)?;
         int_range("sampler.z_gibbs", s.z_gibbs, 0, MAX_SWEEPS)?;
         int_range("sampler.z_grid", s.z_grid, 2, MAX_Z_GRID)?;
+        int_range("sampler.islands", s.islands, 1, 16)?;
         s.smc_config().validate(popcosmos_api::N_PARAMS)?;
         for (i, m) in s.moves().iter().enumerate() {
             let key = |k: &str| format!("sampler.moves[{i}].{k}");

@@ -30,7 +30,7 @@ use crate::posterior::Posterior;
 use crate::reparam::SamplingSpace;
 
 /// Sampler columns of SMC and library runs (after `map_log_prob`).
-pub const SMC_COLUMNS: [&str; 7] = [
+pub const SMC_COLUMNS: [&str; 8] = [
     "acceptance",
     "log_evidence",
     "log_evidence_err",
@@ -38,6 +38,7 @@ pub const SMC_COLUMNS: [&str; 7] = [
     "smc_sweeps",
     "smc_ess",
     "smc_unique_fraction",
+    "smc_island_rhat",
 ];
 
 /// Fewest library draws that must carry a library-mode posterior (its ESS); below it the
@@ -261,7 +262,7 @@ impl Pipeline {
         let s = &m.sampler;
         let (chain, diag) = self.sample_smc(posterior, library, rng)?;
         let columns = result_columns_of(m);
-        let report = smc_report(&diag, s.kind, s.particles, m.diagnostics.min_acceptance);
+        let report = smc_report(&diag, s.kind, s.particles, &m.diagnostics);
         let mut table = self.summarise_with(chunk, &chain, report, &columns)?;
         // A galaxy without a finite likelihood has no posterior: NaN, not numbers that look real.
         for (gal, d) in diag.iter().enumerate() {
@@ -353,6 +354,7 @@ fn library_posterior(
             sweeps: 0,
             grid_acceptance: f64::NAN,
             grid_updates: 0,
+            island_rhat: f64::NAN,
             status: SmcStatus::NoFiniteLikelihood,
         };
         // Target ESS 0: the whole step to β = 1.
@@ -415,8 +417,9 @@ fn smc_report(
     diag: &[SmcDiagnostics],
     kind: SamplerKind,
     particles: usize,
-    min_acceptance: f64,
+    thresholds: &crate::manifest::DiagnosticsSpec,
 ) -> SamplerReport {
+    let min_acceptance = thresholds.min_acceptance;
     let columns = vec![
         diag.iter().map(|d| d.acceptance).collect(),
         diag.iter().map(|d| d.log_evidence).collect(),
@@ -425,6 +428,7 @@ fn smc_report(
         diag.iter().map(|d| d.sweeps as f64).collect(),
         diag.iter().map(|d| d.final_ess).collect(),
         diag.iter().map(|d| d.unique_fraction).collect(),
+        diag.iter().map(|d| d.island_rhat).collect(),
     ];
     let flags = diag
         .iter()
@@ -465,6 +469,12 @@ fn smc_report(
                     }
                     if d.final_ess < 0.25 * particles as f64 {
                         f.push(format!("smc_low_ess: {:.1}", d.final_ess));
+                    }
+                    if d.island_rhat > thresholds.max_rhat {
+                        f.push(format!(
+                            "smc_island_rhat: {:.3} > {} (the islands disagree)",
+                            d.island_rhat, thresholds.max_rhat
+                        ));
                     }
                 }
             }

@@ -79,6 +79,10 @@ pub struct SmcConfig {
     /// Griddy-Gibbs updates of the target's chart axis ([`TemperedTarget::grid_chart`]) at
     /// the start of each stage's rejuvenation, and one before each final sweep when > 0.
     pub grid_gibbs: usize,
+    /// Independent particle populations per galaxy (`particles` split evenly between them),
+    /// each with its own schedule and resampling; their draws are pooled. Two or more give
+    /// [`SmcDiagnostics::island_rhat`], the SMC analogue of R̂ across independent runs.
+    pub islands: usize,
 }
 
 impl Default for SmcConfig {
@@ -92,6 +96,7 @@ impl Default for SmcConfig {
             max_stages: 200,
             final_sweeps: 4,
             grid_gibbs: 0,
+            islands: 1,
         }
     }
 }
@@ -100,7 +105,29 @@ impl SmcConfig {
     /// Check every setting for a target of dimension `dim`.
     pub fn validate(&self, dim: usize) -> Result<()> {
         let bad = |key: &str, why: String| Err(Error::config(format!("sampler.{key}"), why));
-        if self.particles < 2 * dim || self.particles < 4 {
+        if self.islands == 0 || self.particles % self.islands != 0 {
+            return bad(
+                "islands",
+                format!(
+                    "must be ≥ 1 and divide sampler.particles ({}), got {}",
+                    self.particles, self.islands
+                ),
+            );
+        }
+        let per_island = self.particles / self.islands;
+        if per_island < 2 * dim || per_island < 4 {
+            if self.islands > 1 {
+                return bad(
+                    "particles",
+                    format!(
+                        "{} particles in {} islands leave {per_island} per island for a \
+                         {dim}-dimensional posterior; each needs at least {}",
+                        self.particles,
+                        self.islands,
+                        (2 * dim).max(4)
+                    ),
+                );
+            }
             return bad(
                 "particles",
                 format!(
@@ -186,6 +213,10 @@ pub struct SmcDiagnostics {
     pub grid_acceptance: f64,
     /// Griddy-Gibbs updates run.
     pub grid_updates: usize,
+    /// Gelman–Rubin R̂ across the islands' final draws, largest over coordinates: near 1
+    /// when the independent populations agree, above ~1.1 when the answer depends on the
+    /// random seed (a mode's weight, most often). NaN with one island.
+    pub island_rhat: f64,
     /// How the run ended.
     pub status: SmcStatus,
 }
@@ -203,6 +234,7 @@ impl SmcDiagnostics {
             sweeps: 0,
             grid_acceptance: f64::NAN,
             grid_updates: 0,
+            island_rhat: f64::NAN,
             status: SmcStatus::Converged,
         }
     }
@@ -385,14 +417,68 @@ impl Smc {
     /// ln p + ln L) and per-galaxy diagnostics. A galaxy without a finite likelihood keeps
     /// reference draws and the status [`SmcStatus::NoFiniteLikelihood`]; the others are
     /// unaffected.
+    ///
+    /// With `islands` = k > 1 each galaxy runs as k independent populations of
+    /// `particles / k` (k × galaxies columns of one batch); the chain pools their draws
+    /// (island i holds walkers i·n/k … (i+1)·n/k − 1) and the diagnostics combine them:
+    /// ln Z is the log-mean of the islands' estimates and [`SmcDiagnostics::island_rhat`]
+    /// measures their agreement.
     pub fn run(
         &self,
         reference: &Reference<'_>,
         target: &dyn TemperedTarget,
         rng: &mut dyn RandomSource,
     ) -> Result<(Chain, Vec<SmcDiagnostics>)> {
+        let k = self.config.islands.max(1);
+        if k == 1 {
+            return self.run_population(self.config.particles, reference, target, rng);
+        }
+        // Island i sees only its own block of the reference rows (−∞ elsewhere), so the
+        // islands share no draw and their disagreement measures the whole Monte Carlo error.
+        let (m, g) = reference.log_like.dims2()?;
+        let device = reference.log_like.device();
+        let own: Vec<u8> = (0..m)
+            .flat_map(|r| (0..k).map(move |i| u8::from(r * k / m == i)))
+            .collect();
+        let own = Tensor::from_vec(own, (m, k, 1), device)?.broadcast_as((m, k, g))?;
+        let repeated = reference
+            .log_like
+            .unsqueeze(1)?
+            .broadcast_as((m, k, g))?
+            .contiguous()?;
+        let log_like = own
+            .where_cond(
+                &repeated,
+                &repeated.ones_like()?.affine(0.0, f64::NEG_INFINITY)?,
+            )?
+            .reshape((m, k * g))?;
+        let islands = Islands::new(target, g);
+        let (chain, mut diag) = self.run_population(
+            self.config.particles / k,
+            &Reference {
+                position: reference.position,
+                log_prior: reference.log_prior,
+                log_like: &log_like,
+            },
+            &islands,
+            rng,
+        )?;
+        // Stage 1 averaged L^Δβ over all m rows, of which an island owns m/k.
+        for d in diag.iter_mut().filter(|d| d.log_evidence.is_finite()) {
+            d.log_evidence += (k as f64).ln();
+        }
+        Ok(pool_islands(chain, &diag, k, g))
+    }
+
+    /// [`Smc::run`] with `n` particles per column and no islands.
+    fn run_population(
+        &self,
+        n: usize,
+        reference: &Reference<'_>,
+        target: &dyn TemperedTarget,
+        rng: &mut dyn RandomSource,
+    ) -> Result<(Chain, Vec<SmcDiagnostics>)> {
         let c = &self.config;
-        let n = c.particles;
         let (m, g) = reference.log_like.dims2()?;
         let (_, d) = reference.position.dims2()?;
         let device = reference.position.device().clone();
@@ -798,6 +884,182 @@ impl Smc {
     }
 }
 
+/// A target whose batch columns are islands: column j is galaxy j mod g of `inner`.
+struct Islands<'a> {
+    inner: &'a dyn TemperedTarget,
+    chart: Option<IslandChart<'a>>,
+    galaxies: u32,
+}
+
+/// The inner target's chart, seen through [`Islands`]' columns.
+struct IslandChart<'a> {
+    inner: &'a dyn GridChart,
+    galaxies: u32,
+}
+
+/// Galaxy of each island column (`u32` on the device).
+fn island_galaxies(cols: &Tensor, g: u32) -> Result<Tensor> {
+    let host: Vec<u32> = cols.to_vec1::<u32>()?.into_iter().map(|c| c % g).collect();
+    index_tensor(&host, cols.device())
+}
+
+impl<'a> Islands<'a> {
+    fn new(inner: &'a dyn TemperedTarget, galaxies: usize) -> Self {
+        let galaxies = galaxies as u32;
+        Self {
+            inner,
+            chart: inner
+                .grid_chart()
+                .map(|inner| IslandChart { inner, galaxies }),
+            galaxies,
+        }
+    }
+}
+
+impl TemperedTarget for Islands<'_> {
+    fn log_prior_and_like(&self, position: &Tensor, cols: &Tensor) -> Result<(Tensor, Tensor)> {
+        self.inner
+            .log_prior_and_like(position, &island_galaxies(cols, self.galaxies)?)
+    }
+
+    fn grid_chart(&self) -> Option<&dyn GridChart> {
+        self.chart.as_ref().map(|c| c as &dyn GridChart)
+    }
+}
+
+impl GridChart for IslandChart<'_> {
+    fn to_chart(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
+        self.inner.to_chart(x)
+    }
+    fn from_chart(&self, chi: &Tensor) -> Result<Tensor> {
+        self.inner.from_chart(chi)
+    }
+    fn log_prior_and_like(&self, chi: &Tensor, cols: &Tensor) -> Result<(Tensor, Tensor)> {
+        self.inner
+            .log_prior_and_like(chi, &island_galaxies(cols, self.galaxies)?)
+    }
+    fn axis(&self) -> usize {
+        self.inner.axis()
+    }
+    fn grid(&self) -> &[f64] {
+        self.inner.grid()
+    }
+    fn grid_chunk(&self) -> usize {
+        self.inner.grid_chunk()
+    }
+}
+
+/// Pool a run over `k` islands × `g` galaxies (column i·g + a is island i of galaxy a) into
+/// one chain of k·n particles per galaxy, and combine the islands' diagnostics.
+fn pool_islands(
+    chain: Chain,
+    diag: &[SmcDiagnostics],
+    k: usize,
+    g: usize,
+) -> (Chain, Vec<SmcDiagnostics>) {
+    let (kept, n, d) = (chain.kept, chain.walkers, chain.dim);
+    let mut samples = vec![0f32; chain.samples.len()];
+    let mut log_prob = vec![0f32; chain.log_prob.len()];
+    for t in 0..kept {
+        for p in 0..n {
+            for i in 0..k {
+                for a in 0..g {
+                    let from = (t * n + p) * k * g + i * g + a;
+                    let to = (t * k * n + i * n + p) * g + a;
+                    log_prob[to] = chain.log_prob[from];
+                    samples[to * d..(to + 1) * d]
+                        .copy_from_slice(&chain.samples[from * d..(from + 1) * d]);
+                }
+            }
+        }
+    }
+    let pooled = Chain {
+        samples,
+        log_prob,
+        kept,
+        walkers: k * n,
+        galaxies: g,
+        dim: d,
+        acceptance: (0..g)
+            .map(|a| (0..k).map(|i| chain.acceptance[i * g + a]).sum::<f64>() / k as f64)
+            .collect(),
+        config: chain.config,
+    };
+    let combined = (0..g)
+        .map(|a| {
+            let parts: Vec<&SmcDiagnostics> = (0..k).map(|i| &diag[i * g + a]).collect();
+            let mean =
+                |f: fn(&SmcDiagnostics) -> f64| parts.iter().map(|x| f(x)).sum::<f64>() / k as f64;
+            let log_z: Vec<f64> = parts.iter().map(|x| x.log_evidence).collect();
+            let log_evidence = match crate::finite_max(&log_z) {
+                Some(top) => {
+                    top + (log_z.iter().map(|z| (z - top).exp()).sum::<f64>() / k as f64).ln()
+                }
+                None => f64::NEG_INFINITY,
+            };
+            let status = parts
+                .iter()
+                .map(|x| x.status)
+                .find(|s| *s != SmcStatus::Converged)
+                .unwrap_or(SmcStatus::Converged);
+            SmcDiagnostics {
+                log_evidence,
+                // The mean of k independent estimates (first order, equal weights).
+                log_evidence_err: (parts
+                    .iter()
+                    .map(|x| x.log_evidence_err.powi(2))
+                    .sum::<f64>())
+                .sqrt()
+                    / k as f64,
+                stages: parts.iter().map(|x| x.stages).max().unwrap_or(0),
+                beta: parts.iter().map(|x| x.beta).fold(f64::INFINITY, f64::min),
+                final_ess: parts.iter().map(|x| x.final_ess).sum(),
+                unique_fraction: mean(|x| x.unique_fraction),
+                acceptance: mean(|x| x.acceptance),
+                sweeps: parts.iter().map(|x| x.sweeps).sum(),
+                grid_acceptance: mean(|x| x.grid_acceptance),
+                grid_updates: parts.iter().map(|x| x.grid_updates).sum(),
+                island_rhat: island_rhat(&pooled, a, k),
+                status,
+            }
+        })
+        .collect();
+    (pooled, combined)
+}
+
+/// Gelman–Rubin R̂ (Gelman & Rubin 1992) of galaxy `a`'s pooled draws with the k islands as
+/// the chains, largest over coordinates: √((N−1)/N + B/W) with B the variance of the
+/// island means and W the mean within-island variance (N draws per island).
+fn island_rhat(chain: &Chain, a: usize, k: usize) -> f64 {
+    let (kept, w, g, d) = (chain.kept, chain.walkers, chain.galaxies, chain.dim);
+    let n = w / k;
+    let per = (kept * n) as f64;
+    let mut worst = f64::NAN;
+    for c in 0..d {
+        let mut means = vec![0f64; k];
+        let mut vars = vec![0f64; k];
+        for i in 0..k {
+            let x: Vec<f64> = (0..kept)
+                .flat_map(|t| (0..n).map(move |p| (t, i * n + p)))
+                .map(|(t, p)| chain.samples[((t * w + p) * g + a) * d + c] as f64)
+                .collect();
+            let m = x.iter().sum::<f64>() / per;
+            means[i] = m;
+            vars[i] = x.iter().map(|v| (v - m).powi(2)).sum::<f64>() / (per - 1.0);
+        }
+        let grand = means.iter().sum::<f64>() / k as f64;
+        let between = means.iter().map(|m| (m - grand).powi(2)).sum::<f64>() / (k as f64 - 1.0);
+        let within = vars.iter().sum::<f64>() / k as f64;
+        if within > 0.0 && within.is_finite() {
+            let r = ((per - 1.0) / per + between / within).sqrt();
+            if worst.is_nan() || r > worst {
+                worst = r;
+            }
+        }
+    }
+    worst
+}
+
 /// Largest over coordinates of the |correlation| across particles between `a` (f64) and `b`,
 /// `[n, g, d]` each → per column g.
 fn correlation(a: &Tensor, b: &Tensor) -> Result<Vec<f64>> {
@@ -832,6 +1094,79 @@ fn record_stage(diag: &mut SmcDiagnostics, r: &Reweighting, n: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A chain over 2 islands × 2 galaxies (columns i·2 + a), 1 kept state, 2 particles
+    /// each, d = 1, whose value encodes (island, particle, galaxy).
+    fn island_chain() -> (Chain, Vec<SmcDiagnostics>) {
+        let (k, n, g) = (2, 2, 2);
+        let mut samples = Vec::new();
+        for p in 0..n {
+            for i in 0..k {
+                for a in 0..g {
+                    samples.push((100 * i + 10 * p + a) as f32);
+                }
+            }
+        }
+        let mut diag = vec![SmcDiagnostics::new(); k * g];
+        for (j, d) in diag.iter_mut().enumerate() {
+            d.log_evidence = -(j as f64);
+            d.log_evidence_err = 0.3;
+            d.sweeps = 10;
+        }
+        let chain = Chain {
+            log_prob: samples.clone(),
+            samples,
+            kept: 1,
+            walkers: n,
+            galaxies: k * g,
+            dim: 1,
+            acceptance: vec![0.1, 0.2, 0.3, 0.4],
+            config: RunConfig {
+                n_steps: 1,
+                burn_in: 0,
+                thin: 1,
+            },
+        };
+        (chain, diag)
+    }
+
+    #[test]
+    fn islands_pool_into_one_population_per_galaxy() {
+        let (chain, diag) = island_chain();
+        let (pooled, combined) = pool_islands(chain, &diag, 2, 2);
+        assert_eq!((pooled.walkers, pooled.galaxies), (4, 2));
+        // Walker w = i·n + p of galaxy a holds 100 i + 10 p + a.
+        for w in 0..4 {
+            for a in 0..2 {
+                let (i, p) = (w / 2, w % 2);
+                assert_eq!(pooled.samples[w * 2 + a], (100 * i + 10 * p + a) as f32);
+                assert_eq!(pooled.log_prob[w * 2 + a], (100 * i + 10 * p + a) as f32);
+            }
+        }
+        // Galaxy 0 pools columns 0 and 2, galaxy 1 columns 1 and 3.
+        assert!((pooled.acceptance[0] - 0.2).abs() < 1e-12);
+        assert!((pooled.acceptance[1] - 0.3).abs() < 1e-12);
+        let want = ((1.0 + (-2f64).exp()) / 2.0).ln();
+        assert!((combined[0].log_evidence - want).abs() < 1e-12);
+        assert!((combined[0].log_evidence_err - 0.3 / 2f64.sqrt()).abs() < 1e-12);
+        assert_eq!(combined[0].sweeps, 20);
+    }
+
+    #[test]
+    fn island_rhat_is_gelman_rubin_across_islands() {
+        // Island 0 of galaxy 0 holds 0, 10 and island 1 holds 100, 110: N = 2 per island,
+        // W = 50, B (variance of the means 5 and 105) = 5000: R̂ = √(1/2 + 100).
+        let (chain, diag) = island_chain();
+        let (pooled, combined) = pool_islands(chain, &diag, 2, 2);
+        assert!((combined[0].island_rhat - (0.5f64 + 100.0).sqrt()).abs() < 1e-9);
+        assert!((island_rhat(&pooled, 1, 2) - combined[1].island_rhat).abs() < 1e-12);
+        // Identical islands: R̂ = √((N − 1)/N).
+        let mut same = pooled.clone();
+        for w in 2..4 {
+            same.samples[w * 2] = same.samples[(w - 2) * 2];
+        }
+        assert!((island_rhat(&same, 0, 2) - 0.5f64.sqrt()).abs() < 1e-9);
+    }
 
     #[test]
     fn incremental_weights_are_exact() {

@@ -480,6 +480,65 @@ fn a_galaxy_without_finite_likelihood_is_flagged_and_the_others_run() {
     }
 }
 
+/// Islands: two independent populations per galaxy, pooled. On a Gaussian posterior they
+/// agree (R̂ near 1), the pooled draws have the posterior's variance and ln Z is right; a
+/// galaxy without finite likelihood is still reported, in every island.
+#[test]
+fn islands_agree_on_a_gaussian_and_pool_their_draws() {
+    let dim = 4;
+    struct Narrow;
+    impl TemperedTarget for Narrow {
+        fn log_prior_and_like(&self, x: &Tensor, galaxies: &Tensor) -> Result<(Tensor, Tensor)> {
+            let lp = standard_normal_log_prior(x)?;
+            let ll = x.sqr()?.sum(2)?.affine(-0.5 / 0.01, 0.0)?;
+            let broken = galaxies.eq(1u32)?.unsqueeze(0)?.broadcast_as(ll.shape())?;
+            let nan = ll.ones_like()?.affine(0.0, f64::NAN)?;
+            Ok((lp, broken.where_cond(&nan, &ll)?))
+        }
+    }
+    let (chain, diag) = run_smc(
+        &Narrow,
+        dim,
+        3,
+        8000,
+        SmcConfig {
+            particles: 256,
+            islands: 2,
+            ..SmcConfig::default()
+        },
+        5,
+        &normal_draws(dim),
+    );
+    println!("{diag:#?}");
+    assert_eq!((chain.walkers, chain.galaxies), (256, 3));
+    assert_eq!(diag[1].status, SmcStatus::NoFiniteLikelihood);
+    for gal in [0, 2] {
+        let d = &diag[gal];
+        assert_eq!(d.status, SmcStatus::Converged);
+        assert!(d.island_rhat < 1.05, "R̂ {}", d.island_rhat);
+        let (k, w, g, dd) = (chain.kept, chain.walkers, chain.galaxies, chain.dim);
+        for island in 0..2 {
+            let v: Vec<f64> = (0..k)
+                .flat_map(|t| (island * w / 2..(island + 1) * w / 2).map(move |p| t * w + p))
+                .map(|s| chain.samples[(s * g + gal) * dd] as f64)
+                .collect();
+            let (_, sd) = mean_sd(&v);
+            assert!(
+                (sd * sd - 1.0 / 101.0).abs() < 0.004,
+                "galaxy {gal} island {island}: var {}",
+                sd * sd
+            );
+        }
+        let want = -0.5 * dim as f64 * 101f64.ln();
+        assert!(
+            (d.log_evidence - want).abs() < 3.0 * d.log_evidence_err,
+            "ln Z {} ± {} vs {want}",
+            d.log_evidence,
+            d.log_evidence_err
+        );
+    }
+}
+
 #[test]
 fn bad_settings_are_refused_by_name() {
     let bad = |c: SmcConfig, key: &str| {
@@ -492,6 +551,23 @@ fn bad_settings_are_refused_by_name() {
     let d = SmcConfig::default();
     for (config, key) in [
         (SmcConfig { particles: 31, ..d }, "sampler.particles"),
+        (
+            SmcConfig {
+                particles: 48,
+                islands: 2,
+                ..d
+            },
+            "sampler.particles",
+        ),
+        (
+            SmcConfig {
+                particles: 64,
+                islands: 3,
+                ..d
+            },
+            "sampler.islands",
+        ),
+        (SmcConfig { islands: 0, ..d }, "sampler.islands"),
         (
             SmcConfig {
                 ess_target: 1.0,
