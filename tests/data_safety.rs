@@ -141,7 +141,7 @@ fn kill_at_every_commit_rename_then_resume_gives_every_galaxy_and_chain_once() {
         let (m, out) = chains_manifest(&dir, &format!("kill{n}"));
         let o = cli()
             .args(["run", m.to_str().unwrap(), "--quiet"])
-            .env(popcosmos_catalog::commit::FAILPOINT_ENV, n.to_string())
+            .env(popcosmos_catalog::FAILPOINT_ENV, n.to_string())
             .output()
             .unwrap();
         assert!(!o.status.success(), "rename {n}: the run was killed");
@@ -184,7 +184,7 @@ fn results_and_truth(dir: &Path, empty_truth: bool) -> (std::path::PathBuf, std:
         .insert("flags".into(), vec![String::new(); ids.len()]);
     let schema = popcosmos_catalog::ResultSchema::new(cols.iter().map(|c| c.to_string()).collect());
     let results = dir.join("results.parquet");
-    popcosmos_catalog::results::write_table(&results, &schema, &t).unwrap();
+    popcosmos_catalog::write_table(&results, &schema, &t).unwrap();
     let truth = dir.join("truth.csv");
     let mut text = String::from("id,zspec\n");
     for (id, z) in ids.iter().zip(&zs) {
@@ -291,7 +291,7 @@ fn resume_with_changed_result_settings_is_refused_naming_the_keys() {
     let t = read(&out);
     assert_eq!(t.len(), 6);
     assert!(id_counts(&t.ids).values().all(|n| *n == 1));
-    let rec = popcosmos_inference::record::RunRecord::load(&out.join("run.json")).unwrap();
+    let rec = popcosmos_inference::RunRecord::load(&out.join("run.json")).unwrap();
     assert!(rec.complete);
     assert_eq!(rec.manifest.galaxies_per_batch, 2);
 }

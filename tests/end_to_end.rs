@@ -356,7 +356,7 @@ fn reweight_swaps_the_prior_on_a_runs_chains() {
     let same = dir.join("same.parquet");
     let o = reweight(&out, "uniform", &same, &[]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let t = popcosmos_catalog::results::read_results(&same).unwrap();
+    let t = popcosmos_catalog::read_results(&same).unwrap();
     assert_eq!(t.len(), 6);
     let (n, ess) = (
         t.column("n_draws").unwrap(),
@@ -372,7 +372,7 @@ fn reweight_swaps_the_prior_on_a_runs_chains() {
     let o = reweight(&out, "prospector-alpha", &swapped, &[]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(String::from_utf8_lossy(&o.stdout).contains("median |Δ|/σ"));
-    let t = popcosmos_catalog::results::read_results(&swapped).unwrap();
+    let t = popcosmos_catalog::read_results(&swapped).unwrap();
     let ess = t.column("importance_ess").unwrap();
     assert!(ess.iter().all(|e| *e > 0.0 && *e < 128.0), "{ess:?}");
     assert!(t.column("z_p50").unwrap().iter().all(|z| z.is_finite()));

@@ -267,7 +267,7 @@ impl Pipeline {
 
     /// Summary column names of this manifest's sampler (after `id`, before `flags`).
     fn result_columns(&self) -> Vec<String> {
-        popcosmos_inference::pipeline::result_columns_of(&self.manifest)
+        popcosmos_inference::result_columns_of(&self.manifest)
     }
 
     /// Fit an in-memory table. `columns` are (name, f64 bytes); `bands` (band, flux column,
@@ -440,7 +440,7 @@ fn sample_prior<'py>(
         return Err(PyValueError::new_err("n: at least one draw is needed"));
     }
     let (order, table) = py
-        .detach(|| popcosmos_inference::memory::prior_draws(&spec, n, seed, &HubConfig::from_env()))
+        .detach(|| popcosmos_inference::prior_draws(&spec, n, seed, &HubConfig::from_env()))
         .map_err(manifest_err)?;
     let out = table_to_py(py, &table, &order)?;
     Ok((order, out))
@@ -466,9 +466,7 @@ fn predict<'py>(
     let out = py
         .detach(|| {
             let hub = HubConfig::from_env();
-            popcosmos_inference::memory::predict_photometry(
-                "params", &columns, &survey, lines, &hub,
-            )
+            popcosmos_inference::predict_photometry("params", &columns, &survey, lines, &hub)
         })
         .map_err(input_err)?;
     let list = PyList::empty(py);

@@ -1,21 +1,6 @@
 //! A run's output folder as a unit: per-batch atomic commits of the summary and chain
-//! parts, and an advisory lock against two runs writing one folder.
-//!
-//! ## Commits
-//! A batch writes its summary part (`part-NNNNN.ext`), then its chain part
-//! (`chains/part-NNNNN.ext`), each atomically (temporary file, fsync, rename), and *last* a
-//! commit marker `commits/batch-BBBBBBBBBB.json` naming both parts. A batch is done only when
-//! its marker exists and every part it names is on disk. On resume ([`RunOutput::open`]
-//! with `resume`), parts no marker names are stray (a run killed between two renames) and
-//! are deleted, so their batch is recomputed and never counted as done; a marker whose parts
-//! are missing is deleted with its parts for the same reason. [`check_commits`] reports the
-//! same problems without changing anything (for readers such as `reweight`).
-//!
-//! ## Lock
-//! [`OutputLock::acquire`] takes an exclusive `flock` on `<dir>/.popcosmos.lock` (released
-//! by the kernel when the process exits or is killed, so a stale lock file never blocks a
-//! later run); a second run on the same folder is refused with a message naming the folder
-//! and the holder's pid.
+//! parts, and an advisory lock against two runs writing one folder (the protocol is
+//! described in the crate docs, *Commits and the lock*).
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fs::{self, File, OpenOptions};
@@ -185,7 +170,7 @@ pub struct RunOutput {
 impl RunOutput {
     /// Open `dir` for writing. Without `resume` a folder holding parts (or chain parts) is
     /// refused. With `resume`, uncommitted parts and broken markers are deleted (see the
-    /// module docs) and the committed batches returned; a folder with parts but no
+    /// crate docs) and the committed batches returned; a folder with parts but no
     /// `commits/` folder (written by an older version) is refused, since which of its
     /// batches are complete cannot be told.
     pub fn open(

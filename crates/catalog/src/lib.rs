@@ -37,7 +37,22 @@
 //!
 //! * [`RunOutput`] commits a run's summary and chain parts batch by batch (a marker in
 //!   `commits/` written last; uncommitted parts are recomputed on resume) and
-//!   [`OutputLock`] keeps a second run out of the folder (see [`commit`]).
+//!   [`OutputLock`] keeps a second run out of the folder (see *Commits and the lock*).
+//!
+//! ## Commits and the lock
+//! A batch writes its summary part (`part-NNNNN.ext`), then its chain part
+//! (`chains/part-NNNNN.ext`), each atomically (temporary file, fsync, rename), and *last* a
+//! commit marker `commits/batch-BBBBBBBBBB.json` naming both parts. A batch is done only when
+//! its marker exists and every part it names is on disk. On resume ([`RunOutput::open`]
+//! with `resume`), parts no marker names are stray (a run killed between two renames) and
+//! are deleted, so their batch is recomputed and never counted as done; a marker whose parts
+//! are missing is deleted with its parts for the same reason. [`check_commits`] reports the
+//! same problems without changing anything (for readers such as `reweight`).
+//!
+//! [`OutputLock::acquire`] takes an exclusive `flock` on `<dir>/.popcosmos.lock` (released
+//! by the kernel when the process exits or is killed, so a stale lock file never blocks a
+//! later run); a second run on the same folder is refused with a message naming the folder
+//! and the holder's pid.
 //!
 //! ## Metrics
 //! [`photoz_metrics`] (bias, σ_NMAD, outlier fraction, n), [`match_by_id`], [`coverage`].
@@ -57,18 +72,19 @@
 
 #![warn(missing_docs)]
 
-pub mod commit;
-pub mod error;
+mod commit;
+mod error;
 mod fits;
 mod memory;
-pub mod metrics;
-pub mod reader;
-pub mod results;
+mod metrics;
+mod reader;
+mod results;
 mod source;
-pub mod spec;
+mod spec;
 
 pub use commit::{
-    BatchCommit, CommitReport, OutputLock, Recovered, RunOutput, check_commits, read_commits,
+    BatchCommit, CHAINS_DIR, COMMIT_DIR, CommitReport, FAILPOINT_ENV, LOCK_FILE, OutputLock,
+    Recovered, RunOutput, check_commits, committed_batches, read_commits,
 };
 pub use error::{CatalogError, Result};
 pub use memory::MemoryTable;
@@ -78,7 +94,7 @@ pub use metrics::{
 pub use reader::{ABSURD_FLUX_NMGY, CatalogueReader, ObservedChunk};
 pub use results::{
     ID_COLUMN, ResultSchema, ResultTable, ResultsWriter, TableFormat, list_parts, merge_parts,
-    merge_parts_tagged, part_ids, read_results,
+    merge_parts_tagged, part_ids, read_results, write_table,
 };
 pub use source::{read_column_f64, read_ids};
 pub use spec::{

@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::path::Path;
 
-use popcosmos_catalog::commit::{COMMIT_DIR, LOCK_FILE};
 use popcosmos_catalog::*;
+use popcosmos_catalog::{COMMIT_DIR, LOCK_FILE};
 
 fn schema() -> ResultSchema {
     ResultSchema::new(vec!["z_med".into()])

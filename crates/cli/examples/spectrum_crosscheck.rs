@@ -26,7 +26,7 @@ fn main() -> anyhow::Result<()> {
     let filters = phot
         .band_names()
         .iter()
-        .map(|b| popcosmos_surveys::filters::cosmos_filter(b))
+        .map(|b| popcosmos_surveys::cosmos_filter(b))
         .collect::<Result<Vec<_>, _>>()?;
     let spec = SpectrumPhotometry::builtin(&filters, &device)?;
     let rows = ProspectorAlphaPrior::new().sample_theta(n, seed);

@@ -5,13 +5,9 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use clap::Subcommand;
 use popcosmos_api::Device;
-use popcosmos_inference::{Manifest, Pipeline, manifest::SamplerSpec};
+use popcosmos_inference::{Manifest, Pipeline, SamplerSpec};
 use popcosmos_models::HubConfig;
-use popcosmos_samplers::{
-    diagnostics::diagnose_chain,
-    ensemble::EnsembleSampler,
-    run::{RunConfig, sample},
-};
+use popcosmos_samplers::{EnsembleSampler, RunConfig, diagnose_chain, sample};
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
@@ -109,7 +105,7 @@ fn bench_inference(galaxies: usize, device: &str) -> Result<()> {
     for (name, walkers, steps, burn, stretch_only) in configs {
         let mut mm = m.clone();
         mm.sampler = SamplerSpec {
-            kind: popcosmos_inference::manifest::SamplerKind::Ensemble,
+            kind: popcosmos_inference::SamplerKind::Ensemble,
             walkers,
             steps,
             burn_in: burn,
@@ -185,8 +181,8 @@ fn init_library(
     pipeline: &Pipeline,
     broad: Option<&dyn popcosmos_api::Prior>,
     rng: &mut popcosmos_api::HostRng,
-) -> Result<popcosmos_inference::init::InitLibrary> {
-    Ok(popcosmos_inference::init::InitLibrary::build(
+) -> Result<popcosmos_inference::InitLibrary> {
+    Ok(popcosmos_inference::InitLibrary::build(
         pipeline.prior.as_ref(),
         broad,
         &pipeline.sps,
@@ -201,7 +197,7 @@ fn init_library(
 fn bench_smc(m: &Manifest, galaxies: usize) -> Result<()> {
     let mut mm = m.clone();
     mm.sampler = SamplerSpec {
-        kind: popcosmos_inference::manifest::SamplerKind::Smc,
+        kind: popcosmos_inference::SamplerKind::Smc,
         moves: None,
         ..SamplerSpec::default()
     };

@@ -299,16 +299,13 @@ fn checks(
         max_abs(&lp_gpu, &lp_cpu)?
     );
     for spec in priors {
-        let pc = popcosmos_inference::manifest::build_prior(
+        let pc = popcosmos_inference::build_prior(
             &crate::prior_train::parse_prior(spec)?,
             &Device::Cpu,
             &hub,
         )?;
-        let pg = popcosmos_inference::manifest::build_prior(
-            &crate::prior_train::parse_prior(spec)?,
-            &dev,
-            &hub,
-        )?;
+        let pg =
+            popcosmos_inference::build_prior(&crate::prior_train::parse_prior(spec)?, &dev, &hub)?;
         let x = phi.narrow(0, 0, 256)?;
         println!(
             "| prior log-density `{spec}` (256 rows), absolute | {:.2e} |",

@@ -6,10 +6,10 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use popcosmos_inference::calibration::{CalibrationOptions, calibrate, subset};
+use popcosmos_inference::{CalibrationOptions, calibrate, subset};
 use popcosmos_inference::{Manifest, Pipeline};
 use popcosmos_models::HubConfig;
-use popcosmos_surveys::calibration_file::{BandCalibration, CalibrationFile};
+use popcosmos_surveys::{BandCalibration, CalibrationFile};
 
 #[derive(clap::Args)]
 pub struct CalibrateArgs {

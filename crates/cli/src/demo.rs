@@ -7,8 +7,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use popcosmos_catalog::commit::{CHAINS_DIR, COMMIT_DIR, OutputLock, read_commits};
 use popcosmos_catalog::list_parts;
+use popcosmos_catalog::{CHAINS_DIR, COMMIT_DIR, OutputLock, read_commits};
 use popcosmos_inference::Manifest;
 
 #[derive(clap::Args)]
@@ -98,8 +98,8 @@ fn beside_eazy(out: &Path, catalogue: &Path) -> Result<()> {
         }
     }
     let (o, e) = (
-        popcosmos_catalog::metrics::photoz_metrics(&zo, &zs),
-        popcosmos_catalog::metrics::photoz_metrics(&ze, &zs),
+        popcosmos_catalog::photoz_metrics(&zo, &zs),
+        popcosmos_catalog::photoz_metrics(&ze, &zs),
     );
     println!(
         "\nBeside a template code on the same {} galaxies (EAZY: Brammer et al. 2008):\n\

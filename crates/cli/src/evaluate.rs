@@ -315,14 +315,14 @@ fn galaxy_plots_with(m: Manifest, results: &Path, galaxy: Option<&str>, dir: &Pa
     let mut hi = vec![0.0; nb];
     for b in 0..nb {
         let v: Vec<f64> = model.iter().map(|r| r[b] as f64 * zp[b] * ujy).collect();
-        let p = popcosmos_inference::pipeline::percentiles(&v);
+        let p = popcosmos_inference::percentiles(&v);
         (lo[b], med[b], hi[b]) = (p[1], p[2], p[3]);
     }
     let bands = pipeline.survey.bands();
     let lambda: Vec<f64> = bands
         .iter()
         .map(|b| {
-            popcosmos_surveys::filters::cosmos_filter(&b.name)
+            popcosmos_surveys::cosmos_filter(&b.name)
                 .map(|f| f.pivot_wavelength_aa() / 1e4)
                 .unwrap_or(f64::NAN)
         })
@@ -331,7 +331,7 @@ fn galaxy_plots_with(m: Manifest, results: &Path, galaxy: Option<&str>, dir: &Pa
     let of: Vec<f64> = flux.iter().map(|v| *v as f64 * ujy).collect();
     let oe: Vec<f64> = err.iter().map(|v| *v as f64 * ujy).collect();
     let used: Vec<bool> = mask.iter().map(|v| *v > 0.5).collect();
-    let zmed = popcosmos_inference::pipeline::percentiles(&z)[2];
+    let zmed = popcosmos_inference::percentiles(&z)[2];
     let sed = dir.join(format!("sed_{safe}.png"));
     crate::plots::sed_plot(
         &sed,

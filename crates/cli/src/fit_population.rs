@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use popcosmos_api::{Calibration, HostRng, N_PARAMS, PARAM_NAMES, Prior, RandomSource, Survey};
-use popcosmos_inference::likelihood::LikelihoodSpec;
+use popcosmos_inference::LikelihoodSpec;
 use popcosmos_inference::{Manifest, Pipeline};
 use popcosmos_models::HubConfig;
 use popcosmos_population::data::Selection;
@@ -16,7 +16,7 @@ use popcosmos_population::{
     Distance, EmpiricalErrorModel, FitOptions, ForwardModel, ObservedSet, PopulationFit,
 };
 use popcosmos_priors::flow::FlowModel;
-use popcosmos_surveys::calibration_file::{BandCalibration, CalibrationFile};
+use popcosmos_surveys::{BandCalibration, CalibrationFile};
 
 /// The flow a fit starts from: the bundled Prospector-α-like population.
 pub const DEFAULT_INITIAL: &str = "builtin:popcosmos_prior_flow";
@@ -138,8 +138,7 @@ fn forward_model<'a>(
 
 fn initial_flow(reference: &str, pipeline: &Pipeline) -> Result<FlowModel> {
     let hub = HubConfig::from_env();
-    let (bytes, source) =
-        popcosmos_inference::manifest::load_weights("--initial", reference, "flow", &hub)?;
+    let (bytes, source) = popcosmos_inference::load_weights("--initial", reference, "flow", &hub)?;
     Ok(FlowModel::from_bytes(&bytes, &source, &pipeline.device)?)
 }
 

@@ -12,7 +12,7 @@ pub struct MergeArgs {
 
 pub fn merge(args: &MergeArgs) -> Result<()> {
     let dir = &args.dir;
-    let s = popcosmos_inference::shard::merge_shards(dir)
+    let s = popcosmos_inference::merge_shards(dir)
         .with_context(|| format!("merging the shards of {}", dir.display()))?;
     println!(
         "merged {} shards: {} galaxies, each exactly once{} ({} flagged) → {} part file(s) in {}, record {}",

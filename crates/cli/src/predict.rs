@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use popcosmos_api::{N_PARAMS, PARAM_NAMES, params};
-use popcosmos_inference::memory::{LOG10M_RANGE, N_RANGE, predict_photometry};
+use popcosmos_inference::{LOG10M_RANGE, N_RANGE, predict_photometry};
 use popcosmos_models::HubConfig;
 use popcosmos_surveys::{CalibrationChoice, SurveySpec};
 

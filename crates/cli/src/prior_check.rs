@@ -79,9 +79,7 @@ pub fn compare(args: &ComparePriorsArgs) -> Result<PriorComparison> {
     let (device, hub) = (Device::Cpu, HubConfig::from_env());
     let build = |s: &str| -> Result<Box<dyn Prior>> {
         let spec = crate::prior_train::parse_prior(s)?;
-        Ok(popcosmos_inference::manifest::build_prior(
-            &spec, &device, &hub,
-        )?)
+        Ok(popcosmos_inference::build_prior(&spec, &device, &hub)?)
     };
     let q = build(&args.model).context("--model")?;
     let p = build(&args.reference).context("--reference")?;

@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use candle_core::Device;
 use indicatif::{ProgressBar, ProgressStyle};
 use popcosmos_api::{HostRng, PARAM_NAMES};
-use popcosmos_catalog::results::{ResultSchema, write_table};
+use popcosmos_catalog::{ResultSchema, write_table};
 use popcosmos_models::HubConfig;
 use popcosmos_priors::PriorSpec;
 use popcosmos_priors::diffusion::{
@@ -49,9 +49,8 @@ pub fn parse_prior(s: &str) -> Result<PriorSpec> {
 pub fn sample_prior(args: &SamplePriorArgs) -> Result<()> {
     let spec = parse_prior(&args.prior)?;
     let device = Device::Cpu;
-    let prior = popcosmos_inference::manifest::build_prior(&spec, &device, &HubConfig::from_env())?;
-    let (cols, table) =
-        popcosmos_inference::memory::prior_table(prior.as_ref(), args.draws, args.seed)?;
+    let prior = popcosmos_inference::build_prior(&spec, &device, &HubConfig::from_env())?;
+    let (cols, table) = popcosmos_inference::prior_table(prior.as_ref(), args.draws, args.seed)?;
     let mut schema = ResultSchema::new(cols);
     schema.string_columns.clear();
     write_table(&args.output, &schema, &table)?;
@@ -401,7 +400,7 @@ pub fn distill(args: &DistillArgs) -> Result<()> {
     let device = Device::Cpu;
     let hub = HubConfig::from_env();
     let (bytes, source) =
-        popcosmos_inference::manifest::load_weights("--teacher", weights, "diffusion", &hub)?;
+        popcosmos_inference::load_weights("--teacher", weights, "diffusion", &hub)?;
     let teacher = DiffusionModel::from_bytes(&bytes, &source, &device)?;
     if args.model == DistillModel::Consistency {
         return distill_consistency(args, &teacher, &source);

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use candle_core::Device;
 use clap::Args;
-use popcosmos_catalog::results::{ResultSchema, read_results, write_table};
+use popcosmos_catalog::{ResultSchema, read_results, write_table};
 use popcosmos_inference::reweight;
 use popcosmos_priors::PriorSpec;
 
@@ -137,10 +137,9 @@ pub fn reweight(args: &ReweightArgs) -> Result<()> {
     check_chains_complete(&args.run_dir)?;
     let chains = read_results(&chains_dir).with_context(|| chains_dir.display().to_string())?;
     let hub = HubConfig::from_env();
-    let from = popcosmos_inference::manifest::build_prior(&from_spec, &device, &hub)
-        .context("--from prior")?;
-    let to = popcosmos_inference::manifest::build_prior(&to_spec, &device, &hub)
-        .context("--to prior")?;
+    let from =
+        popcosmos_inference::build_prior(&from_spec, &device, &hub).context("--from prior")?;
+    let to = popcosmos_inference::build_prior(&to_spec, &device, &hub).context("--to prior")?;
     let t0 = std::time::Instant::now();
     let galaxies = reweight::reweight_chains(&chains, from.as_ref(), to.as_ref(), &device)?;
     let seconds = t0.elapsed().as_secs_f64();

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use candle_core::Device;
-use popcosmos_api::filters::FilterCurve;
+use popcosmos_api::FilterCurve;
 use popcosmos_api::{HostRng, N_PARAMS};
 use popcosmos_priors::prospector::ProspectorAlphaPrior;
 use popcosmos_sps::Photulator;
@@ -408,7 +408,7 @@ fn warm_start(spec: &str, args: &TrainEmulatorArgs, targets: &[FilterCurve]) -> 
                 (Some(dir), _) => read_filter_dir(dir, Some(&source_names))?,
                 (None, true) => source_names
                     .iter()
-                    .map(|n| popcosmos_surveys::filters::cosmos_filter(n))
+                    .map(|n| popcosmos_surveys::cosmos_filter(n))
                     .collect::<Result<_, _>>()?,
                 (None, false) => bail!(
                     "--init {spec}: give --init-filters DIR (its bands' curves) or --init-bands"

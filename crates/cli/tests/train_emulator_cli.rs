@@ -209,7 +209,7 @@ fn bundled_kids9() -> popcosmos_sps::Photulator {
     let kids = popcosmos_surveys::SurveySpec::named("kids")
         .build_defined()
         .unwrap();
-    popcosmos_inference::manifest::SpsSpec::Photulator {
+    popcosmos_inference::SpsSpec::Photulator {
         weights: "builtin:photulator_kids9".into(),
         emission_lines: false,
         max_rows: None,

@@ -16,13 +16,13 @@ fn main() -> Result<()> {
     let (lib, mut rng) = support::library(&p, 30000)?;
     let post = p.posterior(&obs);
     let start = lib.initial_walkers(&post, 4, 1, 0.0, &mut rng)?;
-    let best = popcosmos_inference::adam::refine_walkers(&post, &start, 300, 0.01, 0.0, &mut rng)?
+    let best = popcosmos_inference::refine_walkers(&post, &start, 300, 0.01, 0.0, &mut rng)?
         .narrow(0, 0, 1)?; // [1, G, 16]
     // Probe in the sampler's coordinates ψ.
     let space = &lib.sampling_space;
     let best = space.from_phi(&best)?;
     let phi_post = post;
-    let post = popcosmos_inference::reparam::InSamplingSpace {
+    let post = popcosmos_inference::InSamplingSpace {
         target: &phi_post,
         space,
     };

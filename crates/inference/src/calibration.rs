@@ -28,7 +28,7 @@ use popcosmos_api::{
     stats::median,
 };
 use popcosmos_catalog::ObservedChunk;
-use popcosmos_samplers::run::RunConfig;
+use popcosmos_samplers::RunConfig;
 
 use crate::init::InitLibrary;
 use crate::likelihood::PhotometricLikelihood;

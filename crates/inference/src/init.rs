@@ -25,11 +25,11 @@ pub struct InitLibrary {
     /// Model photometry `[draws, bands]`.
     pub model: ModelPhotometry,
     /// The sampler's coordinates, fitted to the prior half of the draws (see
-    /// [`crate::reparam`]); its marginal whitening is left out when the prior half has fewer
+    /// [`SamplingSpace`]); its marginal whitening is left out when the prior half has fewer
     /// than [`MIN_WHITENING_DRAWS`] draws.
     pub sampling_space: SamplingSpace,
     /// The draws in the sampling coordinates with ln p(ψ), made on first use (SMC).
-    pub in_psi: std::sync::OnceLock<std::result::Result<crate::smc::LibraryInPsi, String>>,
+    pub(crate) in_psi: std::sync::OnceLock<std::result::Result<crate::smc::LibraryInPsi, String>>,
 }
 
 impl InitLibrary {

@@ -192,7 +192,7 @@ pub enum SamplerKind {
     /// Hamiltonian Monte Carlo with step sizes adapted during burn-in.
     Hmc,
     /// Adaptive likelihood-tempered sequential Monte Carlo from prior draws
-    /// (`popcosmos_samplers::smc`): weights the modes of a multimodal posterior correctly.
+    /// ([`popcosmos_samplers::Smc`]): weights the modes of a multimodal posterior correctly.
     Smc,
     /// The start library importance-weighted by the likelihood (SMC's stage 0 taken straight
     /// to β = 1): a fast estimate whose quality its ESS column reports.
@@ -1147,7 +1147,7 @@ impl Manifest {
     }
 
     /// Whether `sampler.whiten` will fit its marginal whitening: it needs
-    /// [`crate::init::MIN_WHITENING_DRAWS`] prior draws, i.e. `init.library_size` ≥ 2000 for
+    /// [`crate::MIN_WHITENING_DRAWS`] prior draws, i.e. `init.library_size` ≥ 2000 for
     /// the ensemble and HMC (half the library is drawn from the prior) and ≥ 1000 for SMC.
     /// With fewer draws the sampler runs in the constraint-mapped coordinates only.
     pub fn whitening_fitted(&self) -> bool {

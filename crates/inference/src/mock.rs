@@ -413,7 +413,7 @@ impl MockCatalogue {
     /// Write as Parquet or CSV (by extension) with the same columns as [`Self::write_csv`]
     /// plus `z_true` and `log10M_true` (formed mass).
     pub fn write_table(&self, path: &std::path::Path, band_names: &[String]) -> Result<()> {
-        use popcosmos_catalog::results::{ResultSchema, ResultTable, write_table};
+        use popcosmos_catalog::{ResultSchema, ResultTable, write_table};
         let nb = self.n_bands;
         let mut t = ResultTable::default();
         let mut cols = Vec::new();

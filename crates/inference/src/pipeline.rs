@@ -18,10 +18,8 @@ use popcosmos_api::{
 use popcosmos_catalog::{CatalogueReader, ObservedChunk, ResultSchema, ResultTable, TableFormat};
 use popcosmos_models::HubConfig;
 use popcosmos_samplers::{
-    ClusteredGlobalMove, EnsembleSampler, MoveKind, WarmupConfig,
-    diagnostics::{Thresholds, diagnose_chain},
-    global::FittedProposal,
-    run::{Chain, RunConfig},
+    Chain, ClusteredGlobalMove, EnsembleSampler, FittedProposal, MoveKind, RunConfig, Thresholds,
+    WarmupConfig, diagnose_chain,
 };
 use popcosmos_sps::{PhotulatorSps, StellarMassEmulator, derived::derived_from_tensor};
 use serde::{Deserialize, Serialize};
@@ -96,7 +94,7 @@ pub struct RunOptions {
     /// Stop after this many newly computed batches (used to test interruption).
     pub max_batches: Option<usize>,
     /// Process only this shard's batches, into `output.dir/shard-IIIII-of-NNNNN`
-    /// (see [`crate::shard`]).
+    /// (see [`crate::Shard`]).
     pub shard: Option<crate::shard::Shard>,
 }
 
@@ -111,7 +109,7 @@ pub enum Progress {
     Stage(&'static str),
 }
 
-/// What a run did (stored in `run.json` as [`crate::record::RecordSummary`]).
+/// What a run did (stored in `run.json` as [`RunRecord::summary`](crate::RunRecord::summary)).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunSummary {
     /// Galaxies in the catalogue (or the shard).

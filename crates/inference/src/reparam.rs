@@ -12,9 +12,9 @@
 //!    becomes w with log M = lo + (hi − lo)·Φ(w) and N = μ(z) − 2.5 log M. The Leja+20 mass
 //!    function piles prior (and posterior) mass against log M = 7, i.e. against the diagonal
 //!    wall N = μ(z) − 17.5 (47 % of Prospector-α mocks have log M < 7.5).
-//! 2. **Marginal whitening** ([`popcosmos_samplers::whiten`]), fitted to the prior's draws
-//!    after step 1: every prior marginal becomes a standard normal, which removes the
-//!    kurtosis-25–40 tails of the Student-t SFR-ratio priors in φ.
+//! 2. **Marginal whitening** ([`popcosmos_samplers::MarginalWhitening`]), fitted to the
+//!    prior's draws after step 1: every prior marginal becomes a standard normal, which
+//!    removes the kurtosis-25–40 tails of the Student-t SFR-ratio priors in φ.
 
 use popcosmos_api::{
     DType, Error, LogDensity, N_PARAMS, Prior, Result, SupportConstraints, Tensor,

@@ -6,7 +6,7 @@
 //! evaluation.
 //! * `library`: each galaxy's posterior is the library importance-weighted by its likelihood
 //!   (SMC's stage 0 taken straight to β = 1); its ESS says how well the library covers it.
-//! * `smc`: [`popcosmos_samplers::smc`] tempers from the library to β = 1 with MCMC moves in
+//! * `smc`: [`popcosmos_samplers::Smc`] tempers from the library to β = 1 with MCMC moves in
 //!   ψ, galaxy by galaxy, and reports ln Z and its diagnostics.
 //!
 //! Both write p(z) on a grid as columns `pz_<z>` (density per unit z at bin centre z), from a
@@ -20,7 +20,7 @@ use popcosmos_api::{
 use popcosmos_catalog::{ObservedChunk, ResultTable};
 use popcosmos_samplers::{
     Chain, GridChart, Reference, RunConfig, Smc, SmcDiagnostics, SmcStatus, TemperedTarget,
-    smc::{next_temperature, systematic_resample},
+    next_temperature, systematic_resample,
 };
 
 use crate::init::InitLibrary;

@@ -3,7 +3,7 @@
 
 use candle_core::{DType, Device};
 use popcosmos_api::{HostRng, Prior};
-use popcosmos_inference::manifest::build_prior;
+use popcosmos_inference::build_prior;
 use popcosmos_models::HubConfig;
 use popcosmos_priors::{PriorSpec, ProspectorAlphaPrior};
 

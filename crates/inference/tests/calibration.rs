@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 use popcosmos_api::{HostRng, N_PARAMS, RandomSource, SpsModel, params::phi_to_theta};
-use popcosmos_inference::calibration::{CalibrationOptions, calibrate};
+use popcosmos_inference::{CalibrationOptions, calibrate};
 use popcosmos_inference::{Manifest, Pipeline};
 use popcosmos_models::HubConfig;
 

@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use popcosmos_api::{HostRng, LogDensity, N_PARAMS, Prior, Result, Tensor, params::phi_to_theta};
-use popcosmos_inference::init::InitLibrary;
+use popcosmos_inference::InitLibrary;
 use popcosmos_inference::{Manifest, Pipeline};
 use popcosmos_models::HubConfig;
 use popcosmos_samplers::RunConfig;

@@ -8,7 +8,7 @@ use candle_core::{DType, Device, Tensor};
 use popcosmos_api::params::{IDX_Z, N_PARAMS, PARAM_NAMES, phi_row_to_theta};
 use popcosmos_api::{HostRng, Prior, RandomSource, Result};
 use popcosmos_catalog::ResultTable;
-use popcosmos_inference::pipeline::PERCENTILES;
+use popcosmos_inference::PERCENTILES;
 use popcosmos_inference::reweight::{reweight_chains, shift_stats, summarise};
 
 /// Independent 𝒩(mean, sd²) on every φ coordinate.

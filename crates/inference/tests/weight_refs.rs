@@ -4,7 +4,7 @@ use std::path::Path;
 
 use popcosmos_api::SpsModel;
 use popcosmos_inference::Manifest;
-use popcosmos_inference::manifest::SpsSpec;
+use popcosmos_inference::SpsSpec;
 use popcosmos_models::{HubConfig, WeightRef};
 
 fn demo_with_weights(weights: &str) -> String {

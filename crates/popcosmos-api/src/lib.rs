@@ -19,11 +19,15 @@
 
 #![warn(missing_docs)]
 
+// Namespace: `Planck18` and the Padé approximations `cosmology::pade` share names (`distmod`, …).
 pub mod cosmology;
-pub mod filters;
+mod filters;
+// Namespace: parameter indices, bounds and the probit map (`params::LOWER`, `params::IDX_Z`).
 pub mod params;
-pub mod random;
+mod random;
+// Namespace: a family of free functions (`stats::median`, `stats::quantiles`, …).
 pub mod stats;
+// Namespace: test helpers (`testing::max_abs_diff`), kept apart from the library surface.
 pub mod testing;
 
 pub use candle_core::{DType, Device, Shape, Tensor};
@@ -167,7 +171,7 @@ pub trait Prior: Send + Sync {
 }
 
 /// Walls of a prior's support, for the reparameterisation of the sampling space
-/// (`popcosmos_inference::reparam`); the default has none.
+/// (`popcosmos_inference::SamplingSpace`); the default has none.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct SupportConstraints {
     /// The support requires log10 Z_gas > log10 Z* (the Prospector-α prior does). Samplers

@@ -8,14 +8,14 @@
 //! Kernels follow blackjax (`init(position) -> State`, `step(rng, state) -> (State, Info)`,
 //! the state caches the log-density) and implement [`popcosmos_api::Sampler`]:
 //!
-//! * [`ensemble`]: the affine-invariant ensemble sampler (Goodman & Weare 2010, parallel
+//! * [`EnsembleSampler`]: the affine-invariant ensemble sampler (Goodman & Weare 2010, parallel
 //!   red/blue halves of Foreman-Mackey+13) with pluggable, weighted moves in the emcee style:
 //!   - `pub trait Move: Send + Sync { fn name(&self) -> &str; fn propose(&self, rng: &mut dyn RandomSource, active: &Tensor, complement: &Tensor) -> Result<Proposal>; }`
 //!   - `pub struct Proposal { pub position: Tensor, pub log_factor: Tensor }`
 //!   - `pub struct StretchMove { pub a: f64 }` (default a = 2)
 //!   - `pub struct DifferentialEvolutionMove { pub gamma: Option<f64>, pub sigma: f64 }`
 //!     (default γ = 2.38/√(2d), σ = 1e-5)
-//!   - `pub struct GlobalMove { pub nu: u32, pub scale: f64 }` ([`global`]; default ν = 5,
+//!   - `pub struct GlobalMove { pub nu: u32, pub scale: f64 }` ([`GlobalMove`]; default ν = 5,
 //!     s = 1): independence proposals from a multivariate t fitted to the complementary
 //!     half, for jumps across broad or elongated posteriors
 //!   - `pub struct EnsembleSampler { pub moves: Vec<(Box<dyn Move>, f64)> }` with
@@ -23,10 +23,10 @@
 //!     `Default` (= stretch, a = 2)
 //!   - `pub struct EnsembleState { pub position: Tensor, pub log_prob: Tensor }`
 //!   - `pub struct EnsembleInfo { pub accepted: Tensor, pub move_names: [String; 2] }`
-//! * [`mixture`]: `ClusteredGlobalMove { components, nu, scale }`, independence proposals from
+//! * [`ClusteredGlobalMove`] `{ components, nu, scale }`: independence proposals from
 //!   a mixture of t components fitted by k-means to the complementary half (one per mode of a
 //!   multimodal posterior).
-//! * [`hmc`]: Hamiltonian Monte Carlo with candle-autograd gradients
+//! * [`Hmc`]: Hamiltonian Monte Carlo with candle-autograd gradients
 //!   ([`LogDensity::grad_log_density`]), per-galaxy (or per-chain) step sizes, unit or
 //!   diagonal mass matrix, fixed leapfrog count and per-galaxy dual-averaging step-size
 //!   adaptation (Hoffman & Gelman 2014) during warm-up:
@@ -36,7 +36,7 @@
 //!   - `Hmc::init_with_step_size(&self, position: Tensor, step_size: Tensor, target: &dyn LogDensity) -> Result<HmcState>`
 //!   - `pub struct HmcState { pub position, pub log_prob, pub grad, pub step_size, pub adaptation: DualAveraging, pub iteration: usize }`
 //!   - `pub struct HmcInfo { pub accepted: Tensor, pub accept_prob: Tensor, pub divergent: Tensor, pub step_size: Tensor }`
-//! * [`run`]: the driver,
+//! * [`sample`]: the driver,
 //!   `sample<K>(kernel: &K, init_position: Tensor, target: &dyn LogDensity, rng: &mut dyn RandomSource, config: &RunConfig, on_step: Option<OnStep<'_, K>>) -> Result<Chain>`
 //!   where `OnStep<'a, K> = &'a mut dyn FnMut(usize, &K::State, &K::Info)`
 //!   (and `run_from_state(kernel, state, target, rng, config, on_step) -> Result<(Chain, K::State)>`,
@@ -44,31 +44,31 @@
 //!   `RunConfig { n_steps, burn_in, thin }` and a host [`Chain`] (`samples` f32
 //!   `[kept, walkers, galaxies, dim]`, `log_prob` `[kept, walkers, galaxies]`, `acceptance`
 //!   per galaxy).
-//! * [`prune`]: burn-in repair,
+//! * [`prune_stuck_walkers`]: burn-in repair,
 //!   `prune_stuck_walkers(position, log_prob, max_deficit, jitter, rng) -> Result<(Tensor, Vec<u32>)>`
 //!   re-seeds walkers stuck more than `max_deficit` nats below the ensemble median from the
 //!   best half (per galaxy, batched).
-//! * [`smc`]: adaptive likelihood-tempered sequential Monte Carlo over `[particles, galaxies,
+//! * [`Smc`]: adaptive likelihood-tempered sequential Monte Carlo over `[particles, galaxies,
 //!   dim]` (per-galaxy temperature schedules, systematic resampling, ensemble-move
 //!   rejuvenation with an adaptive sweep count, log-evidence with its error):
 //!   `Smc::new(SmcConfig, EnsembleSampler, dim)?.run(&Reference, &dyn TemperedTarget, rng)
 //!   -> (Chain, Vec<SmcDiagnostics>)`.
-//! * [`tempering`]: parallel tempering of the ensemble,
+//! * [`TemperedEnsemble`]: parallel tempering of the ensemble,
 //!   `TemperedEnsemble::geometric(inner, temperatures, max_temperature) -> Result<Self>`
 //!   (positions `[walkers, K·galaxies, dim]`, temperature k of galaxy g in column k·G + g;
 //!   `replicate(start)`, `cold_chain(&Chain)`), with adjacent-temperature walker swaps after
 //!   every step; K = 1 is exactly the inner ensemble.
-//! * [`warmup`]: the burn-in schedule, apart from the kernels (blackjax's window adaptation):
-//!   `WarmupConfig { moves: Vec<(MoveKind, f64)>, temperatures, prune_deficit, prune_jitter,
-//!   de_sigma, hmc_initial_step, … }` (documented defaults) with `ensemble(fit)`,
+//! * [`WarmupConfig`]: the burn-in schedule, apart from the kernels (blackjax's window
+//!   adaptation): `WarmupConfig { moves: Vec<(MoveKind, f64)>, temperatures, prune_deficit,
+//!   prune_jitter, de_sigma, hmc_initial_step, … }` (documented defaults) with `ensemble(fit)`,
 //!   `run_ensemble(init, target, rng, &RunConfig)` (two burn-in halves: prune stuck walkers,
 //!   freeze the global move's proposal) and `run_hmc(…)` (dual-averaging step sizes).
-//! * [`whiten`]: marginal Gaussianisation of the sampling space,
+//! * [`MarginalWhitening`]: marginal Gaussianisation of the sampling space,
 //!   `MarginalWhitening::fit(draws [n, dim]) -> Result<Self>` (monotone piecewise-linear
 //!   ψ → x per dimension, fitted to reference draws such as the prior), `forward(ψ) -> (x,
 //!   log|J|)`, `inverse(x) -> ψ`.
-//! * [`diagnostics`]: host f64 diagnostics per galaxy and parameter — rank-normalised split-R̂
-//!   (max of bulk and folded/tail, Vehtari+21), bulk and tail ESS (Geyer initial monotone
+//! * [`diagnose_chain`]: host f64 diagnostics per galaxy and parameter — rank-normalised
+//!   split-R̂ (max of bulk and folded/tail, Vehtari+21), bulk and tail ESS (Geyer initial monotone
 //!   sequence), emcee-style integrated autocorrelation time (window c = 5), acceptance —
 //!   with [`Thresholds`] that *flag* (never drop) galaxies:
 //!   - `diagnose_galaxy(samples: &[f64], draws: usize, chains: usize, dim: usize, acceptance: Option<f64>) -> Diagnostics`
@@ -87,31 +87,37 @@
 
 #![warn(missing_docs)]
 
-pub mod diagnostics;
-pub mod ensemble;
-pub mod global;
-pub mod grid_gibbs;
-pub mod hmc;
-pub mod mixture;
-pub mod prune;
-pub mod run;
-pub mod smc;
-pub mod tempering;
-pub mod warmup;
-pub mod whiten;
+mod diagnostics;
+mod ensemble;
+mod global;
+mod grid_gibbs;
+mod hmc;
+mod mixture;
+mod prune;
+mod run;
+mod smc;
+mod tempering;
+mod warmup;
+mod whiten;
 
-pub use diagnostics::{Diagnostics, Thresholds, diagnose_chain, diagnose_galaxy};
+pub use diagnostics::{
+    Diagnostics, Thresholds, autocorr_time, diagnose_chain, diagnose_galaxy, ess_bulk, ess_tail,
+    rhat,
+};
 pub use ensemble::{
     DifferentialEvolutionMove, EnsembleInfo, EnsembleSampler, EnsembleState, Move, Proposal,
     StretchMove,
 };
-pub use global::GlobalMove;
-pub use grid_gibbs::{GridChart, PiecewiseExponential};
+pub use global::{FittedProposal, GlobalMove};
+pub use grid_gibbs::{GridChart, GridState, PiecewiseExponential, grid_gibbs_update, ridge_slopes};
 pub use hmc::{DualAveraging, Hmc, HmcInfo, HmcState};
 pub use mixture::ClusteredGlobalMove;
 pub use prune::prune_stuck_walkers;
 pub use run::{Chain, OnStep, RunConfig, run_from_state, sample};
-pub use smc::{Reference, Smc, SmcConfig, SmcDiagnostics, SmcStatus, TemperedTarget};
+pub use smc::{
+    Reference, Reweighting, Smc, SmcConfig, SmcDiagnostics, SmcStatus, TemperedTarget,
+    next_temperature, systematic_resample,
+};
 pub use tempering::{TemperedEnsemble, TemperedInfo};
 pub use warmup::{MoveKind, WarmupConfig};
 pub use whiten::MarginalWhitening;

@@ -51,7 +51,7 @@ pub trait TemperedTarget {
     /// NaN is read as −∞.
     fn log_prior_and_like(&self, position: &Tensor, galaxies: &Tensor) -> Result<(Tensor, Tensor)>;
 
-    /// A chart with one coordinate to update by griddy Gibbs ([`crate::grid_gibbs`]), used
+    /// A chart with one coordinate to update by griddy Gibbs ([`crate::grid_gibbs_update`]), used
     /// when [`SmcConfig::grid_gibbs`] > 0.
     fn grid_chart(&self) -> Option<&dyn GridChart> {
         None

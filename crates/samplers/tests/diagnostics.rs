@@ -1,8 +1,10 @@
 //! Diagnostics against processes with known answers.
 
 use popcosmos_api::HostRng;
-use popcosmos_samplers::diagnostics::{autocorr_time, ess_bulk, ess_tail, rhat};
-use popcosmos_samplers::{Chain, RunConfig, Thresholds, diagnose_chain, diagnose_galaxy};
+use popcosmos_samplers::{
+    Chain, RunConfig, Thresholds, autocorr_time, diagnose_chain, diagnose_galaxy, ess_bulk,
+    ess_tail, rhat,
+};
 use rand_distr::{Distribution, StandardNormal};
 
 fn normal(rng: &mut HostRng) -> f64 {

@@ -4,7 +4,7 @@
 //! weights two modes of different widths correctly in one update.
 
 use popcosmos_api::{DType, Device, HostRng, RandomSource, Result, Tensor};
-use popcosmos_samplers::grid_gibbs::{GridChart, GridState, grid_gibbs_update, ridge_slopes};
+use popcosmos_samplers::{GridChart, GridState, grid_gibbs_update, ridge_slopes};
 
 /// Identity chart over a density given as a host function of one row.
 struct Chart {

@@ -11,10 +11,9 @@ use std::sync::OnceLock;
 
 use common::GaussianBatch;
 use popcosmos_api::{Device, HostRng, RandomSource, Result, Sampler, Tensor};
-use popcosmos_samplers::diagnostics::{autocorr_time, ess_bulk};
 use popcosmos_samplers::{
     Chain, DifferentialEvolutionMove, EnsembleSampler, GlobalMove, Hmc, RunConfig, StretchMove,
-    diagnose_chain, sample,
+    autocorr_time, diagnose_chain, ess_bulk, sample,
 };
 
 const DIM: usize = 16;
@@ -417,7 +416,7 @@ fn global_move_is_exact_and_decorrelates_faster() {
     )
     .unwrap();
     let (draws, start) = tail_draws(&burn, 150);
-    let fit = popcosmos_samplers::global::FittedProposal::from_draws(&draws).unwrap();
+    let fit = popcosmos_samplers::FittedProposal::from_draws(&draws).unwrap();
     let config = RunConfig {
         n_steps: 1200,
         burn_in: 0,

@@ -1,7 +1,7 @@
 //! Filter transmission curves (photon-counting response, wavelength in Å), bundled for the
 //! built-in surveys (sources in each file's header and in NOTICE).
 
-pub use popcosmos_api::filters::FilterCurve;
+pub use popcosmos_api::FilterCurve;
 use popcosmos_api::{Error, Result};
 
 const COSMOS_FILTERS: &[(&str, &str)] = &[

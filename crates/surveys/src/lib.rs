@@ -5,28 +5,32 @@
 //! fractional error floors (the emission-line terms belong to the SPS model).
 //!
 //! Built in:
-//! * [`cosmos`] — the 26 COSMOS2020 bands of pop-cosmos in `COSMOS_FILTERS` order, with the
-//!   Leistedt+23 calibration shipped in `pop_cosmos.constants`;
-//! * [`builtin::kids`] — KiDS u g r i + VIKING Z Y J H Ks; [`builtin::lsst`] — LSST ugrizy
-//!   (zero points 1, documented error floors and softenings).
+//! * `cosmos` ([`Cosmos`]) — the 26 COSMOS2020 bands of pop-cosmos in `COSMOS_FILTERS` order,
+//!   with the Leistedt+23 calibration shipped in `pop_cosmos.constants`;
+//! * `kids` — KiDS u g r i + VIKING Z Y J H Ks; `lsst` — LSST ugrizy
+//!   (zero points 1, documented error floors and softenings); all three by name
+//!   ([`BUILTIN_SURVEYS`], [`SurveySpec::named`]).
 //!
-//! Any other survey is a YAML file ([`definition`]: filter files, band names, column map,
+//! Any other survey is a YAML file ([`SurveyDefinition`]: filter files, band names, column map,
 //! calibration). Fitted zero points / floors live in calibration files
-//! ([`calibration_file`], written by `popcosmos-cli calibrate`). Manifests select all of
+//! ([`CalibrationFile`], written by `popcosmos-cli calibrate`). Manifests select all of
 //! this with [`SurveySpec`]; filter curves are bundled (see NOTICE).
 
 #![warn(missing_docs)]
 
-pub mod builtin;
-pub mod calibration_file;
-pub mod cosmos;
-pub mod definition;
-pub mod filters;
+mod builtin;
+mod calibration_file;
+mod cosmos;
+mod definition;
+mod filters;
 
-pub use calibration_file::CalibrationFile;
+pub use calibration_file::{BandCalibration, CalibrationFile};
 pub use cosmos::Cosmos;
-pub use definition::{DefinedSurvey, SurveyDefinition};
-pub use filters::FilterCurve;
+pub use definition::{
+    BandColumnNames, BandDefinition, ColumnPatterns, DefinedSurvey, SurveyDefinition,
+    softening_from_depth,
+};
+pub use filters::{FilterCurve, cosmos_filter};
 
 use std::path::PathBuf;
 

@@ -1,9 +1,9 @@
 //! Set-up shared by the diagnostic examples: the pipeline of the manifest named on the
 //! command line, the first batch of its catalogue and a seeded initialisation library.
 
-use popcosmos_api::{Observations, Result, random::HostRng};
+use popcosmos_api::{HostRng, Observations, Result};
 use popcosmos_catalog::{CatalogueReader, ObservedChunk};
-use popcosmos_inference::{Manifest, Pipeline, init::InitLibrary};
+use popcosmos_inference::{InitLibrary, Manifest, Pipeline};
 
 /// The pipeline of the manifest at the first command-line argument.
 pub fn pipeline() -> Result<Pipeline> {

@@ -63,7 +63,7 @@ use std::path::Path;
 use candle_core::{D, DType, Device, Tensor};
 
 use crate::weights::{WeightFile, parse_card};
-use popcosmos_api::filters::FilterCurve;
+use popcosmos_api::FilterCurve;
 use popcosmos_api::params::{IDX_DUST2, IDX_Z};
 use popcosmos_api::{Error, N_PARAMS, Result};
 pub use speculator::{SpeculatorConfig, SpeculatorSegment};

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
-use popcosmos_api::filters::FilterCurve;
+use popcosmos_api::FilterCurve;
 use popcosmos_api::params::{IDX_N, IDX_Z};
 use popcosmos_api::{Error, N_PARAMS, Result};
 
