@@ -30,6 +30,12 @@
 //! likelihood pass. A galaxy that reaches β = 1 leaves the active set and costs nothing more
 //! until `final_sweeps` sweeps at β = 1, whose states are all kept as posterior draws.
 //!
+//! **Islands** (`islands` = k ≥ 2): each galaxy runs as k independent populations, each
+//! with its own schedule, resampling and disjoint share of the reference rows, and their
+//! draws are pooled. Gelman–Rubin R̂ across the islands then measures the whole Monte Carlo
+//! error of the run, mode weights included, the way R̂ across independent MCMC runs does.
+//! Its price is fewer particles per population.
+//!
 //! The evidence error is the usual first-order estimate Σ_t (1/ESS_t − 1/n_t) for the
 //! variance of ln Ẑ, which assumes the moves decorrelate the particles between stages.
 //!
