@@ -287,7 +287,7 @@ fn flow_prior_runs_from_the_manifest_with_hmc() {
     flow.save(&weights, &Default::default()).unwrap();
     let bytes = std::fs::read(&weights).unwrap();
     let mut card = popcosmos_models::ModelCard::from_bytes(
-        popcosmos_models::builtin::builtin("popcosmos_prior_diffusion")
+        popcosmos_models::builtin("popcosmos_prior_diffusion")
             .unwrap()
             .card_text
             .as_bytes(),
@@ -298,7 +298,7 @@ fn flow_prior_runs_from_the_manifest_with_hmc() {
     card.file = "flow.safetensors".into();
     card.architecture.kind = "flow".into();
     card.size_bytes = bytes.len() as u64;
-    card.sha256 = popcosmos_models::verify::sha256_hex(&bytes);
+    card.sha256 = popcosmos_models::sha256_hex(&bytes);
     std::fs::write(dir.join("flow.card.yaml"), card.to_yaml()).unwrap();
 
     let (m, out) = run_tiny(&dir, |m| {

@@ -87,7 +87,7 @@ galaxies_per_batch: 100
     let truth_m: Vec<f64> = mock
         .theta
         .iter()
-        .map(|t| popcosmos_sps::derived::log10_mass_formed(t[0], t[15]))
+        .map(|t| popcosmos_sps::log10_mass_formed(t[0], t[15]))
         .collect();
     let idx = |id: &str| id.trim_start_matches("mock").parse::<usize>().unwrap();
     let mut report = Vec::new();

@@ -4,9 +4,6 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = popcosmos_sps::weights::WeightFile::from_bytes(
-        data,
-        "fuzz.safetensors",
-        &candle_core::Device::Cpu,
-    );
+    let _ =
+        popcosmos_sps::WeightFile::from_bytes(data, "fuzz.safetensors", &candle_core::Device::Cpu);
 });

@@ -9,10 +9,9 @@
 //! Prints a markdown table (docs/emulators.md holds the committed one).
 
 use candle_core::{Device, Tensor};
-use popcosmos_priors::prospector::ProspectorAlphaPrior;
-use popcosmos_sps::Photulator;
+use popcosmos_priors::ProspectorAlphaPrior;
 use popcosmos_sps::photulator::theta_to_photulator_input;
-use popcosmos_sps::spectrum::SpectrumPhotometry;
+use popcosmos_sps::{Photulator, SpectrumPhotometry};
 
 /// Magnitudes fainter than this (bands beyond the Lyman limit) are compared as equal.
 const CAP: f32 = 45.0;

@@ -55,7 +55,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
                 threads = if all > 1 { vec![1, all] } else { vec![1] };
             }
             let p = popcosmos_sps::Photulator::builtin(&dev)?;
-            let table = popcosmos_sps::bench::bench_emulator(
+            let table = popcosmos_sps::bench_emulator(
                 &p,
                 &batches,
                 &threads,

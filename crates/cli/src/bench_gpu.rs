@@ -407,12 +407,8 @@ fn checks(
             .copied()
             .filter(|&b| fused || b <= 262_144)
             .collect();
-        let table = popcosmos_sps::bench::bench_emulator(
-            gpu.sps.photulator(),
-            &batches,
-            &threads,
-            seconds,
-        )?;
+        let table =
+            popcosmos_sps::bench_emulator(gpu.sps.photulator(), &batches, &threads, seconds)?;
         println!(
             "\nphotulator stack (26 bands) on {}, {name}; max |Δ mag| vs CPU on 2048 prior draws {err:.2e}:\n{table}",
             args.device

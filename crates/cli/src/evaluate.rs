@@ -243,7 +243,7 @@ fn galaxy_plots_with(m: Manifest, results: &Path, galaxy: Option<&str>, dir: &Pa
     let logm: Vec<f64> = n_param
         .iter()
         .zip(&z)
-        .map(|(n, z)| popcosmos_sps::derived::log10_mass_formed(*n, *z))
+        .map(|(n, z)| popcosmos_sps::log10_mass_formed(*n, *z))
         .collect();
     let names = [
         "z",

@@ -11,9 +11,8 @@ use popcosmos_api::{Calibration, HostRng, N_PARAMS, PARAM_NAMES, Prior, RandomSo
 use popcosmos_inference::LikelihoodSpec;
 use popcosmos_inference::{Manifest, Pipeline};
 use popcosmos_models::HubConfig;
-use popcosmos_population::data::Selection;
 use popcosmos_population::{
-    Distance, EmpiricalErrorModel, FitOptions, ForwardModel, ObservedSet, PopulationFit,
+    Distance, EmpiricalErrorModel, FitOptions, ForwardModel, ObservedSet, PopulationFit, Selection,
 };
 use popcosmos_priors::flow::FlowModel;
 use popcosmos_surveys::{BandCalibration, CalibrationFile};
@@ -114,7 +113,7 @@ fn load(manifest: &Path) -> Result<Loaded> {
         .read_all()
         .with_context(|| format!("reading {}", catalogue.display()))?;
     let bytes = std::fs::read(&catalogue).with_context(|| catalogue.display().to_string())?;
-    let sha256 = popcosmos_models::verify::sha256_hex(&bytes);
+    let sha256 = popcosmos_models::sha256_hex(&bytes);
     Ok(Loaded {
         pipeline,
         chunk,
@@ -296,7 +295,7 @@ fn z_logm(flow: &FlowModel, n: usize, seed: u64) -> Result<Vec<(f64, f64)>> {
             let z = t[popcosmos_api::params::IDX_Z];
             (
                 z,
-                popcosmos_sps::derived::log10_mass_formed(t[popcosmos_api::params::IDX_N], z),
+                popcosmos_sps::log10_mass_formed(t[popcosmos_api::params::IDX_N], z),
             )
         })
         .collect())
@@ -468,17 +467,17 @@ fn write_card(weights: &Path, survey: &dyn Survey, model: &FlowModel, notes: &st
         .to_string();
     let cfg = model.config();
     let card = popcosmos_models::ModelCard {
-        schema: popcosmos_models::card::CARD_SCHEMA,
+        schema: popcosmos_models::CARD_SCHEMA,
         name: file.trim_end_matches(".safetensors").to_string(),
         description: format!(
             "population prior over the 16 latent parameters fitted to {} photometry (no redshifts)",
             survey.name()
         ),
         file,
-        format: popcosmos_models::card::WeightFormat::Safetensors,
+        format: popcosmos_models::WeightFormat::Safetensors,
         size_bytes: bytes.len() as u64,
-        sha256: popcosmos_models::verify::sha256_hex(&bytes),
-        architecture: popcosmos_models::card::Architecture {
+        sha256: popcosmos_models::sha256_hex(&bytes),
+        architecture: popcosmos_models::Architecture {
             kind: "flow".into(),
             layers: vec![N_PARAMS; cfg.layers() + 1],
             activation: format!(
@@ -489,7 +488,7 @@ fn write_card(weights: &Path, survey: &dyn Survey, model: &FlowModel, notes: &st
         },
         parameters: PARAM_NAMES
             .iter()
-            .map(|n| popcosmos_models::card::Parameter {
+            .map(|n| popcosmos_models::Parameter {
                 name: format!("phi_{n}"),
                 unit: "latent phi".into(),
                 min: None,
@@ -497,11 +496,11 @@ fn write_card(weights: &Path, survey: &dyn Survey, model: &FlowModel, notes: &st
             })
             .collect(),
         bands: survey.bands().iter().map(|b| b.name.clone()).collect(),
-        units: popcosmos_models::card::Units {
+        units: popcosmos_models::Units {
             input: "latent phi [16]".into(),
             output: "ln q(phi), exact (change of variables)".into(),
         },
-        provenance: popcosmos_models::card::Provenance {
+        provenance: popcosmos_models::Provenance {
             source: "popcosmos-cli fit-population".into(),
             commit: None,
             code: Some("crates/population".into()),
@@ -514,7 +513,7 @@ fn write_card(weights: &Path, survey: &dyn Survey, model: &FlowModel, notes: &st
         ],
         license: "MIT".into(),
     };
-    let path = popcosmos_models::card::card_path_for(weights);
+    let path = popcosmos_models::card_path_for(weights);
     std::fs::write(&path, card.to_yaml()).with_context(|| path.display().to_string())?;
     Ok(())
 }
@@ -572,8 +571,7 @@ pub fn tilted_draws(
         .iter()
         .map(|t| {
             let z = t[popcosmos_api::params::IDX_Z];
-            let logm =
-                popcosmos_sps::derived::log10_mass_formed(t[popcosmos_api::params::IDX_N], z);
+            let logm = popcosmos_sps::log10_mass_formed(t[popcosmos_api::params::IDX_N], z);
             a * z + b * logm
         })
         .collect();
@@ -689,7 +687,7 @@ pub fn simulate_population(args: &SimulatePopulationArgs) -> Result<()> {
                 theta[i][popcosmos_api::params::IDX_Z],
                 theta[i][popcosmos_api::params::IDX_N],
             );
-            rows += &format!(",{:.6}\n", popcosmos_sps::derived::log10_mass_formed(n, z));
+            rows += &format!(",{:.6}\n", popcosmos_sps::log10_mass_formed(n, z));
         }
     }
     std::fs::write(&args.output, rows).with_context(|| args.output.display().to_string())?;

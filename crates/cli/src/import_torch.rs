@@ -108,7 +108,7 @@ fn photulator_card(
     weights: &std::path::Path,
     sources: &[String],
 ) -> Result<PathBuf> {
-    let template = popcosmos_models::builtin::builtin("photulator_cosmos26")?;
+    let template = popcosmos_models::builtin("photulator_cosmos26")?;
     let template =
         popcosmos_models::ModelCard::from_bytes(template.card_text.as_bytes(), template.card_file)?;
     let bands: Vec<String> = serde_json::from_str(
@@ -125,7 +125,7 @@ fn photulator_card(
         parameters: template.parameters,
         bands,
         units: template.units,
-        provenance: popcosmos_models::card::Provenance {
+        provenance: popcosmos_models::Provenance {
             converted_from: Some(sources.join(", ")),
             notes: Some("popcosmos-cli import-torch".into()),
             ..template.provenance

@@ -2,9 +2,10 @@
 
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
-use popcosmos_models::builtin::{BUILTIN, builtin};
-use popcosmos_models::verify::inspect_safetensors;
-use popcosmos_models::{HubConfig, LoadedModel, Location, WeightRef, hub, load, load_location};
+use popcosmos_models::{
+    BUILTIN, HubConfig, LoadedModel, Location, WeightRef, builtin, hub, inspect_safetensors, load,
+    load_location,
+};
 
 #[derive(Subcommand)]
 pub enum ModelsCommand {

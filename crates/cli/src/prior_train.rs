@@ -182,7 +182,7 @@ pub fn train_prior(args: &TrainPriorArgs) -> Result<()> {
     };
     let bar = steps_bar(args.steps, "loss");
     let t0 = std::time::Instant::now();
-    let fitted = popcosmos_priors::diffusion::train::fit(
+    let fitted = popcosmos_priors::diffusion::fit(
         &x,
         c.as_deref(),
         columns,
@@ -254,7 +254,7 @@ pub fn write_card_for(
     description: &str,
     notes: &str,
 ) -> Result<PathBuf> {
-    use popcosmos_models::card::{Architecture, Parameter, Provenance, Units};
+    use popcosmos_models::{Architecture, Parameter, Provenance, Units};
     let card = popcosmos_models::ModelCard {
         description: description.to_string(),
         parameters: names
@@ -405,8 +405,8 @@ pub fn distill(args: &DistillArgs) -> Result<()> {
     if args.model == DistillModel::Consistency {
         return distill_consistency(args, &teacher, &source);
     }
-    let opts = flow::distill::DistillOptions {
-        flow: flow::train::TrainOptions {
+    let opts = flow::DistillOptions {
+        flow: flow::TrainOptions {
             layers: args.layers,
             hidden: args.hidden.clone(),
             steps: args.steps,
@@ -428,13 +428,12 @@ pub fn distill(args: &DistillArgs) -> Result<()> {
     let bar = steps_bar(args.steps, "nll");
     let mut rng = HostRng::seed_from_u64(args.seed);
     let t0 = std::time::Instant::now();
-    let (model, report) =
-        flow::distill::distill(&teacher, &opts, &mut rng, &device, &mut |step, nll| {
-            bar.set_position(step as u64);
-            if step % 50 == 0 {
-                bar.set_message(format!("{nll:.3}"));
-            }
-        })?;
+    let (model, report) = flow::distill(&teacher, &opts, &mut rng, &device, &mut |step, nll| {
+        bar.set_position(step as u64);
+        if step % 50 == 0 {
+            bar.set_message(format!("{nll:.3}"));
+        }
+    })?;
     bar.finish();
     let mut meta = HashMap::new();
     meta.insert("teacher".to_string(), source.clone());

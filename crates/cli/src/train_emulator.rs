@@ -4,7 +4,7 @@
 //! Steps: filter curves from `--filters DIR` (every `*.txt`/`*.dat`/`*.res` file, bands in
 //! increasing pivot wavelength unless `--bands` fixes the order) → θ draws (Prospector-α prior,
 //! widened: z ~ U(0, z_max), √τ₂ ~ U(0, 2)) → teacher magnitudes from
-//! [`popcosmos_sps::spectrum::SpectrumPhotometry`] → [`popcosmos_sps::train`] → weights in the
+//! [`popcosmos_sps::SpectrumPhotometry`] → [`popcosmos_sps::train`] → weights in the
 //! COSMOS photulator layout + JSON sidecar + model card, reloaded through
 //! [`popcosmos_sps::Photulator`] for the held-out accuracy table.
 //!
@@ -18,16 +18,14 @@ use anyhow::{Context, Result, bail};
 use candle_core::Device;
 use popcosmos_api::FilterCurve;
 use popcosmos_api::{HostRng, N_PARAMS};
-use popcosmos_priors::prospector::ProspectorAlphaPrior;
-use popcosmos_sps::Photulator;
+use popcosmos_priors::ProspectorAlphaPrior;
 use popcosmos_sps::photulator::theta_to_photulator_input;
-use popcosmos_sps::spectrum::SpectrumPhotometry;
-use popcosmos_sps::train::teacher::{
+use popcosmos_sps::train::{
     OBSERVABLE_MAG, Observability, checkpoint_path, closest_band, heldout_accuracy,
     observable_delta, rms as rms_of, soft_capped, teacher_magnitudes, theta_tensor,
 };
 use popcosmos_sps::train::{TrainOptions, TrainedPhotulators, WarmStart};
-use popcosmos_sps::weights::WeightFile;
+use popcosmos_sps::{Photulator, SpectrumPhotometry, WeightFile};
 use rand::Rng;
 
 #[derive(clap::Args)]
@@ -449,14 +447,14 @@ fn write_photulator_card(
     args: &TrainEmulatorArgs,
 ) -> Result<PathBuf> {
     // Parameters and activation as the COSMOS set's card, z up to z_max.
-    let cosmos = popcosmos_models::builtin::builtin("photulator_cosmos26")?;
+    let cosmos = popcosmos_models::builtin("photulator_cosmos26")?;
     let cosmos =
         popcosmos_models::ModelCard::from_bytes(cosmos.card_text.as_bytes(), cosmos.card_file)?;
     let mut parameters = cosmos.parameters;
     if let Some(z) = parameters.iter_mut().find(|p| p.name == "z") {
         z.max = Some(args.z_max);
     }
-    use popcosmos_models::card::{Architecture, Provenance, Units};
+    use popcosmos_models::{Architecture, Provenance, Units};
     let card = popcosmos_models::ModelCard {
         description: args.description.clone().unwrap_or_else(|| {
             format!(

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use popcosmos_models::builtin::builtin;
+use popcosmos_models::builtin;
 use popcosmos_models::mock_hub::{MockFile, MockHub};
 
 const REPO: &str = "popcosmos-test/photulators";
@@ -116,7 +116,7 @@ fn fetch_list_info_verify_and_offline_use() {
     assert!(o.status.success(), "{out}");
     assert_eq!(
         out.matches("ok      ").count(),
-        popcosmos_models::builtin::BUILTIN.len() + 1,
+        popcosmos_models::BUILTIN.len() + 1,
         "every bundled model + 1 cached: {out}"
     );
 
@@ -153,7 +153,7 @@ fn fetch_list_info_verify_and_offline_use() {
         out.contains("FAILED") && out.contains(&path.display().to_string()),
         "{out}"
     );
-    let n_models = popcosmos_models::builtin::BUILTIN.len() + 1;
+    let n_models = popcosmos_models::BUILTIN.len() + 1;
     assert!(
         out.contains(&format!("1 of {n_models} models failed")),
         "{out}"

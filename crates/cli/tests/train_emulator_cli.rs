@@ -119,7 +119,7 @@ fn tiny_run_writes_a_loadable_verified_photulator_set() {
     assert_eq!(card.architecture.kind, "photulator");
     assert_eq!(card.architecture.layers, [15, 8, 8, 1]);
     let bytes = std::fs::read(&out).unwrap();
-    assert_eq!(card.sha256, popcosmos_models::verify::sha256_hex(&bytes));
+    assert_eq!(card.sha256, popcosmos_models::sha256_hex(&bytes));
     assert_eq!(card.bands, phot.band_names());
 }
 

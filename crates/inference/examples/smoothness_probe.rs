@@ -63,7 +63,7 @@ fn main() -> Result<()> {
                     .narrow(1, gi, 1)?
                     .flatten_all()?
                     .to_vec1::<f32>()?;
-                let logm = popcosmos_sps::derived::log10_mass_formed(th0[0] as f64, th0[15] as f64);
+                let logm = popcosmos_sps::log10_mass_formed(th0[0] as f64, th0[15] as f64);
                 println!(
                     "  galaxy {gi}: first non-finite at t = {:.3}: prior {:.2}; θ(best) = {:?} log10M {logm:.3}; θ(edge) N {:.4} z {:.4}",
                     ks[i] as f64 * h,

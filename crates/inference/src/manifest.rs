@@ -10,8 +10,7 @@ use popcosmos_catalog::CatalogueSpec;
 use popcosmos_models::{HubConfig, LoadedModel, WeightRef};
 use popcosmos_priors::PriorSpec;
 use popcosmos_sps::photulator::PhotulatorConfig;
-use popcosmos_sps::weights::WeightFile;
-use popcosmos_sps::{LineCalibration, PhotulatorSps};
+use popcosmos_sps::{LineCalibration, PhotulatorSps, WeightFile};
 use popcosmos_surveys::{DefinedSurvey, SurveySpec};
 use serde::{Deserialize, Serialize};
 

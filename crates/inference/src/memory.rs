@@ -216,7 +216,7 @@ pub fn predict_photometry(
             row[p] = x;
         }
         if is_log10m {
-            row[0] = popcosmos_sps::derived::n_from_log10_mass(row[0], row[params::IDX_Z]);
+            row[0] = popcosmos_sps::n_from_log10_mass(row[0], row[params::IDX_Z]);
         }
         theta.extend(row.iter().map(|v| *v as f32));
     }

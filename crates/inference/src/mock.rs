@@ -146,8 +146,8 @@ pub struct NoiseModel {
 impl NoiseModel {
     /// The bundled T25 model (`builtin:noise_model`, 26 COSMOS bands).
     pub fn builtin(device: &Device) -> Result<Self> {
-        let m = popcosmos_models::builtin::builtin("noise_model")
-            .map_err(|e| Error::Invalid(e.to_string()))?;
+        let m =
+            popcosmos_models::builtin("noise_model").map_err(|e| Error::Invalid(e.to_string()))?;
         let model = popcosmos_priors::diffusion::DiffusionModel::from_bytes(
             m.bytes,
             "builtin:noise_model",

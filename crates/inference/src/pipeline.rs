@@ -21,7 +21,7 @@ use popcosmos_samplers::{
     Chain, ClusteredGlobalMove, EnsembleSampler, FittedProposal, MoveKind, RunConfig, Thresholds,
     WarmupConfig, diagnose_chain,
 };
-use popcosmos_sps::{PhotulatorSps, StellarMassEmulator, derived::derived_from_tensor};
+use popcosmos_sps::{PhotulatorSps, StellarMassEmulator, derived_from_tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::init::InitLibrary;
@@ -60,7 +60,7 @@ pub(crate) fn percentile_columns() -> Vec<String> {
 }
 
 /// How each of [`DERIVED_NAMES`] is read from the derived quantities (same order).
-pub(crate) const DERIVED_GETTERS: [fn(&popcosmos_sps::derived::DerivedQuantities) -> f64; 5] = [
+pub(crate) const DERIVED_GETTERS: [fn(&popcosmos_sps::DerivedQuantities) -> f64; 5] = [
     |q| q.log10_mass_formed,
     |q| q.log10_mass_remaining,
     |q| q.log10_sfr,

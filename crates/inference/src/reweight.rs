@@ -15,8 +15,7 @@ use candle_core::{DType, Device, Tensor};
 use popcosmos_api::params::{IDX_Z, N_PARAMS, PARAM_NAMES, theta_to_phi_row};
 use popcosmos_api::{Error, Prior, Result};
 use popcosmos_catalog::ResultTable;
-use popcosmos_sps::StellarMassEmulator;
-use popcosmos_sps::derived::derived_from_tensor;
+use popcosmos_sps::{StellarMassEmulator, derived_from_tensor};
 
 use crate::pipeline::{DERIVED_GETTERS, PERCENTILES, percentile_columns};
 

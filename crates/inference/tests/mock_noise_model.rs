@@ -61,9 +61,7 @@ fn noise_model_reproduces_reference_uncertainties() {
     // (measured 3.5e−4). Check both against a converged f64 solve of 16 rows.
     assert!(err < 0.05, "max |Δ ln σ| = {err}");
     let model = popcosmos_priors::diffusion::DiffusionModel::from_bytes(
-        popcosmos_models::builtin::builtin("noise_model")
-            .unwrap()
-            .bytes,
+        popcosmos_models::builtin("noise_model").unwrap().bytes,
         "noise_model",
         &Device::Cpu,
     )

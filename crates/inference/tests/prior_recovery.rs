@@ -27,7 +27,7 @@ fn z_and_mass(phi: &Tensor) -> (Vec<f64>, Vec<f64>) {
         .iter()
         .map(|t| {
             let z = t[N_PARAMS - 1] as f64;
-            (z, popcosmos_sps::derived::log10_mass_formed(t[0] as f64, z))
+            (z, popcosmos_sps::log10_mass_formed(t[0] as f64, z))
         })
         .unzip()
 }

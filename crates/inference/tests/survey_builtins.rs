@@ -72,10 +72,10 @@ fn kids_and_lsst_run_on_their_emulator_sets() {
 fn bundled_emulator_sets_reproduce_their_teacher() {
     use popcosmos_api::FilterCurve;
     use popcosmos_api::params::{IDX_DUST2, IDX_N, IDX_Z};
-    use popcosmos_priors::prospector::ProspectorAlphaPrior;
+    use popcosmos_priors::ProspectorAlphaPrior;
     use popcosmos_sps::Photulator;
+    use popcosmos_sps::SpectrumPhotometry;
     use popcosmos_sps::photulator::theta_to_photulator_input;
-    use popcosmos_sps::spectrum::SpectrumPhotometry;
     const ASSETS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../assets");
     let dev = Device::Cpu;
     let n = 400;

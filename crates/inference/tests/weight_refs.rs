@@ -66,7 +66,7 @@ fn local_weights_are_verified_against_their_card() {
         .build_defined()
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let m = popcosmos_models::builtin::builtin("photulator_cosmos26").unwrap();
+    let m = popcosmos_models::builtin("photulator_cosmos26").unwrap();
     let path = dir.path().join("photulator_cosmos26.safetensors");
     let mut spec = Manifest::from_yaml(&demo_with_weights(path.to_str().unwrap()), "m.yaml")
         .unwrap()

@@ -4,7 +4,7 @@
 //! weight reference into verified bytes:
 //!
 //! * [`WeightRef`] parses the three reference forms: a local path, `builtin:NAME` (a model
-//!   bundled in the binary, [`builtin::BUILTIN`]) and `hf://ORG/REPO[@REVISION]/FILE`.
+//!   bundled in the binary, [`BUILTIN`]) and `hf://ORG/REPO[@REVISION]/FILE`.
 //! * [`ModelCard`] is the YAML/JSON sidecar of every model file (`x.safetensors` →
 //!   `x.card.yaml`): architecture, parameter order and bounds, band names, units, provenance,
 //!   licence, and the file's `size_bytes` and `sha256`.
@@ -17,7 +17,8 @@
 //! * [`hub`]: the standard Hugging Face cache layout (`models--ORG--REPO/{refs,blobs,snapshots}`),
 //!   offline lookup and verified downloads through hf-hub: nothing reaches the cache before
 //!   it matched its card.
-//! * [`verify`]: sha256 and a structural safetensors check ([`verify::inspect_safetensors`]).
+//! * [`sha256_hex`], [`verify_bytes`] and a structural safetensors check
+//!   ([`inspect_safetensors`]).
 //!
 //! ```no_run
 //! use popcosmos_models::{HubConfig, WeightRef, load};
@@ -31,18 +32,24 @@
 
 #![warn(missing_docs)]
 
-pub mod builtin;
-pub mod card;
-pub mod error;
+mod builtin;
+mod card;
+mod error;
+// Namespace: free functions over the Hugging Face cache (`hub::resolve`, `hub::list_cached`, …).
 pub mod hub;
 mod load;
+// Namespace: test helpers (`mock_hub::MockHub`), behind the `mock-hub` feature.
 #[cfg(feature = "mock-hub")]
 pub mod mock_hub;
-pub mod reference;
-pub mod verify;
+mod reference;
+mod verify;
 
-pub use card::ModelCard;
+pub use builtin::{BUILTIN, BuiltinModel, builtin};
+pub use card::{
+    Architecture, CARD_SCHEMA, ModelCard, Parameter, Provenance, Units, WeightFormat, card_path_for,
+};
 pub use error::{ModelError, Result};
 pub use hub::HubConfig;
 pub use load::{LoadedModel, Location, load, load_location, locate};
 pub use reference::{HubRef, WeightRef};
+pub use verify::{SafetensorsSummary, inspect_safetensors, sha256_hex, verify_bytes};

@@ -1,9 +1,10 @@
 //! Property-based fuzzing of the loading path: model cards, the safetensors check, the card
 //! checks and the SPS weight parser must return errors, never panic, on arbitrary bytes.
 
-use popcosmos_models::builtin::{BUILTIN, BuiltinModel, builtin};
-use popcosmos_models::verify::{inspect_safetensors, verify_bytes};
-use popcosmos_models::{HubConfig, ModelCard, ModelError, WeightRef, load};
+use popcosmos_models::{
+    BUILTIN, BuiltinModel, HubConfig, ModelCard, ModelError, WeightRef, builtin,
+    inspect_safetensors, load, verify_bytes,
+};
 use proptest::prelude::*;
 
 /// The bundled model these tests mutate (small, with a card).
@@ -80,7 +81,7 @@ proptest! {
             prop_assert!(e.to_string().starts_with("w.safetensors: not a valid safetensors file"), "{}", e);
         }
         // The parser the SPS emulators use behind the checksum gate.
-        let parsed = popcosmos_sps::weights::WeightFile::from_bytes(&bytes, "w.safetensors", &candle_core::Device::Cpu);
+        let parsed = popcosmos_sps::WeightFile::from_bytes(&bytes, "w.safetensors", &candle_core::Device::Cpu);
         if let Err(e) = parsed {
             prop_assert!(e.to_string().starts_with("w.safetensors: "), "{}", e);
         }

@@ -4,9 +4,8 @@
 
 use std::path::Path;
 
-use popcosmos_models::builtin::builtin;
 use popcosmos_models::mock_hub::{MockFile, MockHub};
-use popcosmos_models::{HubConfig, Location, ModelError, WeightRef, hub, load};
+use popcosmos_models::{HubConfig, Location, ModelError, WeightRef, builtin, hub, load};
 
 const REPO: &str = "popcosmos-test/emulators";
 const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
@@ -98,7 +97,7 @@ fn fresh_download_then_reuse_without_network() {
     );
     assert_eq!(
         blob.file_name().unwrap().to_str().unwrap(),
-        popcosmos_models::verify::sha256_hex(weights())
+        popcosmos_models::sha256_hex(weights())
     );
     assert_eq!(
         model.location,

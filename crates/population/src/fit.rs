@@ -578,7 +578,7 @@ impl<'a> PopulationFit<'a> {
             file: file.clone(),
             message: m,
         };
-        let meta = popcosmos_priors::weights_io::read_metadata(&bytes, &file)?;
+        let meta = popcosmos_priors::read_metadata(&bytes, &file)?;
         let get = |k: &str| {
             meta.get(k)
                 .ok_or_else(|| fmt(format!("not a population-fit checkpoint (no `{k}`)")))
@@ -598,7 +598,7 @@ impl<'a> PopulationFit<'a> {
         }
         let history: Vec<StepRecord> = serde_json::from_str(get("fit_history")?)
             .map_err(|e| fmt(format!("fit_history: {e}")))?;
-        let tensors = popcosmos_priors::weights_io::read_tensors(&bytes, &file, &self.device)?;
+        let tensors = popcosmos_priors::read_tensors(&bytes, &file, &self.device)?;
         let t = |k: &str| {
             tensors
                 .get(k)

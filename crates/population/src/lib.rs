@@ -8,26 +8,26 @@
 //! matches the observed one in distribution. Per-band zero points and error floors are fitted
 //! jointly. No truth column is ever read: the whole fit sees fluxes and their errors only.
 //!
-//! * [`data::ObservedSet`]: the catalogue as standardised asinh magnitudes, with the checks
+//! * [`ObservedSet`]: the catalogue as standardised asinh magnitudes, with the checks
 //!   a fit needs (enough usable rows, every band measured somewhere, all-missing rows dropped).
-//! * [`errors::EmpiricalErrorModel`]: per band, σ(f) drawn from the catalogue's own (flux,
+//! * [`EmpiricalErrorModel`]: per band, σ(f) drawn from the catalogue's own (flux,
 //!   error) pairs nearest in flux.
-//! * [`distance`]: the sliced Wasserstein distance and the debiased Sinkhorn divergence.
-//! * [`forward::ForwardModel`]: φ → simulated observed photometry, differentiable in the
+//! * [`Distance`]: the sliced Wasserstein distance and the debiased Sinkhorn divergence.
+//! * [`ForwardModel`]: φ → simulated observed photometry, differentiable in the
 //!   flow's weights, the zero points and the floors.
-//! * [`fit::PopulationFit`]: the optimiser loop with checkpoints, resume and the outputs
+//! * [`PopulationFit`]: the optimiser loop with checkpoints, resume and the outputs
 //!   (flow weights with a model card, a calibration file, a fit report).
 
 #![warn(missing_docs)]
 
-pub mod data;
-pub mod distance;
-pub mod errors;
-pub mod fit;
-pub mod forward;
+mod data;
+mod distance;
+mod errors;
+mod fit;
+mod forward;
 
-pub use data::ObservedSet;
+pub use data::{ObservedSet, Selection};
 pub use distance::Distance;
 pub use errors::EmpiricalErrorModel;
-pub use fit::{FitOptions, FitReport, PopulationFit};
-pub use forward::ForwardModel;
+pub use fit::{FitOptions, FitReport, PopulationFit, StepRecord};
+pub use forward::{ForwardModel, Simulated};

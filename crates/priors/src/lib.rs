@@ -44,17 +44,22 @@
 
 #![warn(missing_docs)]
 
+// Namespace: consistency models; `Trainer`, `TrainOptions`, `FORMAT` recur in each family.
 pub mod consistency;
+// Namespace: diffusion models (`diffusion::Trainer`, `diffusion::TrainOptions`, …).
 pub mod diffusion;
+// Namespace: normalizing flows (`flow::Trainer`, `flow::TrainOptions`, …).
 pub mod flow;
+// Namespace: the Prospector-α terms as host f64 functions (`prospector::log_prob_row`, …).
 pub mod prospector;
-pub mod uniform;
-pub mod weights_io;
+mod uniform;
+mod weights_io;
 
 mod common;
 
 pub use prospector::ProspectorAlphaPrior;
 pub use uniform::UniformPrior;
+pub use weights_io::{read_metadata, read_tensors};
 
 use popcosmos_api::{Device, Prior, Result};
 

@@ -235,9 +235,9 @@ fn save_load_round_trip() {
     }
     // Not a consistency model → a format error naming the expected format.
     let dpath = dir.path().join("diff.safetensors");
-    diffusion::train::write_model(
+    diffusion::write_model(
         &teacher,
-        diffusion::train::model_tensors(&teacher).unwrap(),
+        diffusion::model_tensors(&teacher).unwrap(),
         HashMap::new(),
         &dpath,
     )

@@ -158,8 +158,8 @@ fn checkpoint_round_trip() {
     assert!(err.contains("16 latent parameters"), "{err}");
     // A file without training metadata is refused by resume, naming the file.
     let plain = dir.path().join("plain.safetensors");
-    let tensors = popcosmos_priors::diffusion::train::model_tensors(&t.model().unwrap()).unwrap();
-    popcosmos_priors::diffusion::train::write_model(
+    let tensors = popcosmos_priors::diffusion::model_tensors(&t.model().unwrap()).unwrap();
+    popcosmos_priors::diffusion::write_model(
         &t.model().unwrap(),
         tensors,
         Default::default(),
@@ -291,7 +291,7 @@ fn learns_a_conditional_density() {
 /// checkpoint's step, and too few rows are refused.
 #[test]
 fn fit_resumes_from_its_checkpoint() {
-    use popcosmos_priors::diffusion::{FitOptions, train::fit};
+    use popcosmos_priors::diffusion::{FitOptions, fit};
     let x: Vec<f32> = draws(400, 1).flatten_all().unwrap().to_vec1().unwrap();
     let names = vec!["a".to_string(), "b".to_string()];
     let dir = tempfile::tempdir().unwrap();

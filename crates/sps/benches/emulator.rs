@@ -1,4 +1,4 @@
-//! `cargo bench -p popcosmos-sps`: photulator stack throughput (see `popcosmos_sps::bench`).
+//! `cargo bench -p popcosmos-sps`: photulator stack throughput (see `popcosmos_sps::bench_emulator`).
 //!
 //! Run with `RAYON_NUM_THREADS` exported (candle otherwise re-reads /proc/cpuinfo on every
 //! matmul). Set `BENCH_SECONDS` to change the time per configuration and
@@ -16,7 +16,7 @@ fn main() -> popcosmos_api::Result<()> {
         .and_then(|s| s.parse().ok())
         .unwrap_or(2.0);
     let device = candle_core::Device::Cpu;
-    let mut phot = popcosmos_sps::photulator::Photulator::builtin(&device)?;
+    let mut phot = popcosmos_sps::Photulator::builtin(&device)?;
     // BENCH_TENSOR_PATH=1 times the batched candle path instead of the fused CPU kernel.
     let tensor_path = std::env::var_os("BENCH_TENSOR_PATH").is_some();
     phot.set_fused_kernel(!tensor_path);
@@ -24,7 +24,7 @@ fn main() -> popcosmos_api::Result<()> {
     if all > 1 {
         threads.push(all);
     }
-    let table = popcosmos_sps::bench::bench_emulator(
+    let table = popcosmos_sps::bench_emulator(
         &phot,
         &[1, 64, 4096, 65536],
         &threads,

@@ -28,7 +28,8 @@ pub struct BenchRow {
     pub seconds_per_call: f64,
     /// Parameter vectors per second, each giving all bands.
     pub galaxy_evals_per_s: f64,
-    /// Achieved GFLOP/s ([`flop_per_galaxy`] × galaxy evaluations per second).
+    /// Achieved GFLOP/s (FLOP per galaxy evaluation, bands × 2 × Σ_layers in·out, × galaxy
+    /// evaluations per second).
     pub gflops: f64,
     /// Process CPU time / wall time over the timed calls (NaN where unavailable).
     pub cpu_per_wall: f64,

@@ -107,7 +107,8 @@ pub fn derived_quantities(theta: &[f64], mass_fraction: Option<f64>) -> DerivedQ
     }
 }
 
-/// [`derived_quantities`] over a flat row-major `[n, 16]` slice (parallel over rows).
+/// [`DerivedQuantities`] of every row of a flat row-major `[n, 16]` θ slice (N first, parallel
+/// over rows); `mass_fraction` holds the stellar-mass emulator output per row, if available.
 pub fn derived_quantities_batch(
     theta: &[f64],
     mass_fraction: Option<&[f64]>,

@@ -3,27 +3,29 @@
 //! Turns physical stellar-population parameters θ into model photometry and derived
 //! quantities, reproducing the PyTorch reference (`pop_cosmos`, `speculator`) numerically.
 //!
-//! * [`photulator::Photulator`]: 26 per-band networks, evaluated as batched
+//! * [`Photulator`]: 26 per-band networks, evaluated as batched
 //!   matmuls over stacked `[bands, in, out]` weights; θ₁₅ `[n, 15]` → absolute magnitudes
-//!   `[n, bands]` (AB, per M☉ formed, at 10 pc). Helpers give apparent magnitudes, fluxes and
-//!   asinh magnitudes.
-//! * [`emlines::EmLineEmulator`]: emission-line emulator and bandpass models:
+//!   `[n, bands]` (AB, per M☉ formed, at 10 pc). Helpers in [`photulator`] give apparent
+//!   magnitudes, fluxes and asinh magnitudes.
+//! * [`EmLineEmulator`]: emission-line emulator and bandpass models:
 //!   θ^power → line band contributions `F[n, bands, 44]` nmgy, or contracted sums
-//!   `Σ_l F_bl w_lk` via [`emlines::EmLineEmulator::contract`].
-//! * [`stellar_mass::StellarMassEmulator`]: surviving mass fraction.
-//! * [`derived`]: log10 M_formed, mass-weighted age, SFR, sSFR, remaining mass (host f64,
-//!   astropy-Planck18 cosmology).
-//! * [`model::PhotulatorSps`]: the [`popcosmos_api::SpsModel`] of every survey, combining them
-//!   with the emission-line terms [`model::LineCalibration`] (no zero points: the likelihood
-//!   applies those); [`model::PhotulatorSps::for_survey`] builds it for a survey's bands from
+//!   `Σ_l F_bl w_lk` via [`EmLineEmulator::contract`].
+//! * [`StellarMassEmulator`]: surviving mass fraction.
+//! * [`DerivedQuantities`] ([`derived_quantities_batch`], [`derived_from_tensor`],
+//!   [`log10_mass_formed`], [`n_from_log10_mass`]): log10 M_formed, mass-weighted age, SFR,
+//!   sSFR, remaining mass (host f64, astropy-Planck18 cosmology).
+//! * [`PhotulatorSps`]: the [`popcosmos_api::SpsModel`] of every survey, combining them
+//!   with the emission-line terms [`LineCalibration`] (no zero points: the likelihood
+//!   applies those); [`PhotulatorSps::for_survey`] builds it for a survey's bands from
 //!   any emulator set (a subset of the set's networks re-packed as one smaller stack).
-//! * [`spectrum`]: the Speculator Prospector-α **spectrum** emulator and
-//!   [`spectrum::SpectrumPhotometry`] — observed-frame AB photometry through any filter
+//! * [`SpectrumEmulator`]: the Speculator Prospector-α **spectrum** emulator, and
+//!   [`SpectrumPhotometry`] — observed-frame AB photometry through any filter
 //!   curves (redshifting, Madau IGM, 1 + z bandwidth factor), in the photulator convention.
 //! * [`train`]: training per-band photulators from a teacher (`popcosmos-cli train-emulator`).
 //! * [`activation`]: the fused speculator activation (candle `CustomOp3`, fast CPU path).
-//! * [`fused_cpu`]: whole-network CPU kernel for the photulator (AVX2/FMA micro-kernel).
-//! * [`bench`](mod@bench): CPU throughput benchmark of the photulator stack.
+//! * A whole-network CPU kernel for the photulator (AVX2/FMA micro-kernel;
+//!   [`Photulator::has_fused_kernel`]).
+//! * [`bench_emulator`]: CPU throughput benchmark of the photulator stack.
 //!
 //! ## Other surveys
 //! [`PhotulatorSps`] works for any band set: build it with
@@ -37,7 +39,7 @@
 //! ## Input conventions
 //! * θ `[..., 16]`, physical, in the order of [`popcosmos_api::PARAM_NAMES`]: N first
 //!   (N = μ(z) − 2.5 log10 M_formed), dust2 **linear**, z last. This is what
-//!   [`model::PhotulatorSps`] and the stellar-mass emulator take.
+//!   [`PhotulatorSps`] and the stellar-mass emulator take.
 //! * The photulator takes θ₁₅ = θ\[1:\] with dust2 → √dust2
 //!   ([`photulator::theta_to_photulator_input`]); N only adds to the magnitudes.
 //! * The emission-line emulator takes θ^power = θ with dust2 → √dust2, **N kept first**
@@ -59,22 +61,37 @@
 
 #![warn(missing_docs)]
 
+// Namespace: fused op, composed reference and kernel switch (`activation::composed`, …).
 pub mod activation;
-pub mod bench;
+mod bench;
 #[cfg(feature = "cuda")]
 mod cuda;
-pub mod derived;
+mod derived;
+// Namespace: every emulator module has its own `BUILTIN_WEIGHTS` (`emlines::BUILTIN_WEIGHTS`).
 pub mod emlines;
-pub mod fastmath;
-pub mod fused_cpu;
-pub mod model;
+mod fastmath;
+mod fused_cpu;
+mod model;
+// Namespace: `BUILTIN_WEIGHTS`, `N_INPUTS`, θ/flux conversions (`photulator::theta_to_power`).
 pub mod photulator;
-pub mod spectrum;
+mod spectrum;
+// Namespace: `stellar_mass::BUILTIN_WEIGHTS` (one per emulator module, see `emlines`).
 pub mod stellar_mass;
+// Namespace: photulator training and teacher helpers (`train::TrainOptions`, `train::rms`, …).
 pub mod train;
-pub mod weights;
+mod weights;
 
+pub use bench::{BenchRow, BenchTable, bench_emulator, uniform_inputs};
+pub use derived::{
+    DerivedQuantities, derived_from_tensor, derived_quantities_batch, log10_mass_formed,
+    n_from_log10_mass,
+};
 pub use emlines::EmLineEmulator;
 pub use model::{LineCalibration, PhotulatorSps};
 pub use photulator::Photulator;
+pub use spectrum::{
+    PhotometryOptions, SpectrumEmulator, SpectrumPhotometry, SpeculatorConfig, SpeculatorSegment,
+    madau95_tau, theta_to_speculator_input,
+};
 pub use stellar_mass::StellarMassEmulator;
+pub use weights::WeightFile;

@@ -7,7 +7,8 @@
 //!
 //! ```no_run
 //! # fn main() -> popcosmos_api::Result<()> {
-//! use popcosmos_sps::photulator::{Photulator, theta_to_photulator_input};
+//! use popcosmos_sps::Photulator;
+//! use popcosmos_sps::photulator::theta_to_photulator_input;
 //! let device = candle_core::Device::Cpu;
 //! let phot = Photulator::builtin(&device)?;
 //! let theta = candle_core::Tensor::zeros((4, 16), candle_core::DType::F32, &device)?;
@@ -271,8 +272,8 @@ impl Photulator {
         self.max_rows_per_pass = rows.filter(|&r| r > 0);
     }
 
-    /// Whether forward passes on this device can use the fused CPU kernel
-    /// ([`crate::fused_cpu`]; x86-64 with AVX2 and FMA).
+    /// Whether forward passes on this device can use the fused whole-network CPU kernel
+    /// (x86-64 with AVX2 and FMA).
     pub fn has_fused_kernel(&self) -> bool {
         self.packed.is_some()
     }

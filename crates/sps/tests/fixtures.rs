@@ -8,12 +8,12 @@ use std::path::PathBuf;
 
 use candle_core::{DType, Device, IndexOp, Tensor};
 use popcosmos_api::{SpsModel, testing::max_abs_diff};
-use popcosmos_sps::derived::derived_quantities_batch;
 use popcosmos_sps::photulator::{
     flux_to_asinh_mag, mag_to_flux_nmgy, theta_to_photulator_input, theta_to_power,
 };
 use popcosmos_sps::{
     EmLineEmulator, LineCalibration, Photulator, PhotulatorSps, StellarMassEmulator,
+    derived_quantities_batch,
 };
 
 fn fixture(name: &str) -> Option<HashMap<String, Tensor>> {
@@ -83,7 +83,7 @@ fn fused_kernel_matches_tensor_path() {
         return;
     }
     for n in [1usize, 5, 6, 47, 49, 300] {
-        let x = popcosmos_sps::bench::uniform_inputs(n, &Device::Cpu).unwrap();
+        let x = popcosmos_sps::uniform_inputs(n, &Device::Cpu).unwrap();
         // Stay in the populated region so magnitudes are O(10), not O(100).
         let x = x.affine(0.2, 0.0).unwrap();
         phot.set_fused_kernel(true);
@@ -227,7 +227,7 @@ fn emline_fixture() {
     assert!(e_k < 1e-4, "contract {e_k}");
 }
 
-type Getter = fn(&popcosmos_sps::derived::DerivedQuantities) -> f64;
+type Getter = fn(&popcosmos_sps::DerivedQuantities) -> f64;
 
 #[test]
 fn stellar_mass_fixture() {

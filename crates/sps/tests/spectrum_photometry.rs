@@ -6,9 +6,10 @@
 
 use candle_core::{DType, Device, Tensor};
 use popcosmos_api::FilterCurve;
-use popcosmos_sps::spectrum::igm::madau95_tau;
-use popcosmos_sps::spectrum::{SpectrumEmulator, SpectrumPhotometry, theta_to_speculator_input};
-use popcosmos_sps::{EmLineEmulator, Photulator, photulator};
+use popcosmos_sps::{
+    EmLineEmulator, Photulator, SpectrumEmulator, SpectrumPhotometry, madau95_tau, photulator,
+    theta_to_speculator_input,
+};
 use safetensors::SafeTensors;
 
 const ASSETS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../assets");
@@ -229,7 +230,7 @@ fn batched_photometry_matches_a_direct_quadrature() {
 
 #[test]
 fn knot_thinning_of_the_1_aa_lsst_curves_keeps_magnitudes_within_1e4_mag() {
-    use popcosmos_sps::spectrum::PhotometryOptions;
+    use popcosmos_sps::PhotometryOptions;
     let dev = Device::Cpu;
     let lsst: Vec<FilterCurve> = ["u", "g", "r", "i", "z", "y"]
         .iter()
@@ -469,7 +470,7 @@ fn tiny_training_run_reduces_the_error_and_reloads_through_photulator() {
     // Continue from the saved set, training only band J, once unweighted and once with the
     // loss weighted to the low-redshift rows: r must stay bit-identical, and the weighting
     // must buy accuracy where it points (held-out rows at z < 0.8).
-    let file = popcosmos_sps::weights::WeightFile::from_path(&path, &dev).unwrap();
+    let file = popcosmos_sps::WeightFile::from_path(&path, &dev).unwrap();
     let arch = [15, 16, 16, 1];
     let cont = |weight: Option<&[Vec<f32>]>| {
         let opts = TrainOptions {

@@ -62,7 +62,7 @@
 #![warn(missing_docs)]
 
 mod diffusion;
-pub mod error;
+mod error;
 mod module;
 mod photulator;
 mod scan;

@@ -14,8 +14,8 @@
 //!   0.5 = indistinguishable) for 1, 2 and 4 steps vs teacher ODE samples, with the wall time
 //!   per sample of each sampler and of the teacher's ODE sampler.
 
-pub mod model;
-pub mod train;
+mod model;
+mod train;
 
 pub use model::{
     Coefficients, ConsistencyConfig, ConsistencyModel, FORMAT, coefficients, noise_level,

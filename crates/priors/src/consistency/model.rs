@@ -432,7 +432,7 @@ mod tests {
     use super::*;
 
     fn sdes() -> [SdeConfig; 3] {
-        crate::diffusion::config::one_sde_of_each_kind(50.0)
+        crate::diffusion::one_sde_of_each_kind(50.0)
     }
 
     #[test]

@@ -283,7 +283,7 @@ impl Trainer {
         }
         // A private f32 copy of the teacher with detached weights (a model assembled from
         // trainable variables would otherwise extend every teacher evaluation's graph).
-        let tensors: HashMap<String, Tensor> = crate::diffusion::train::model_tensors(teacher)?
+        let tensors: HashMap<String, Tensor> = crate::diffusion::model_tensors(teacher)?
             .into_iter()
             .map(|(k, v)| (k, v.detach()))
             .collect();

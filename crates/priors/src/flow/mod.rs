@@ -13,12 +13,12 @@
 //! * [`FlowPrior`]: the 16-D flow as a [`popcosmos_api::Prior`] (physical-φ density,
 //!   −∞ for non-finite rows, differentiable).
 
-pub mod config;
-pub mod distill;
-pub mod model;
-pub mod prior;
-pub mod spline;
-pub mod train;
+mod config;
+mod distill;
+mod model;
+mod prior;
+mod spline;
+mod train;
 
 pub use config::{FlowConfig, default_masks};
 pub use distill::{DistillOptions, DistillReport, distill};

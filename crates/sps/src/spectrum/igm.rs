@@ -29,7 +29,8 @@ pub const LYMAN_LIMIT_AA: f64 = 912.0;
 const LINE_EXPONENT: f64 = 3.46;
 
 /// Madau (1995) effective optical depth at observed wavelength `lambda_obs_aa` for a source at
-/// redshift `z` (f64 reference; the batched version is [`madau95_tau_tensor`]).
+/// redshift `z` (f64 reference of the batched version that [`crate::SpectrumPhotometry`]
+/// applies).
 pub fn madau95_tau(lambda_obs_aa: f64, z: f64) -> f64 {
     let mut tau = 0.0;
     for (lj, a) in LYMAN_SERIES {

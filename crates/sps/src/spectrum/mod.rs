@@ -55,8 +55,8 @@
 //! shift ± 3 scale); by default [`SpectrumPhotometry`] clamps that *age* input to this range
 //! while redshifting, distance and IGM use the true z ([`PhotometryOptions::age_z_range`]).
 
-pub mod igm;
-pub mod speculator;
+mod igm;
+mod speculator;
 
 use std::path::Path;
 
@@ -66,6 +66,8 @@ use crate::weights::{WeightFile, parse_card};
 use popcosmos_api::FilterCurve;
 use popcosmos_api::params::{IDX_DUST2, IDX_Z};
 use popcosmos_api::{Error, N_PARAMS, Result};
+
+pub use igm::madau95_tau;
 pub use speculator::{SpeculatorConfig, SpeculatorSegment};
 
 /// Flux floor (maggies at 10 pc per M☉) = absolute magnitude 99, for bands with no flux.

@@ -34,7 +34,12 @@ use rand::seq::SliceRandom;
 use rand_distr::{Distribution, StandardNormal};
 use rayon::prelude::*;
 
-pub mod teacher;
+mod teacher;
+
+pub use teacher::{
+    HeldoutBand, OBSERVABLE_MAG, Observability, Spread, checkpoint_path, closest_band,
+    heldout_accuracy, observable_delta, rms, soft_capped, teacher_magnitudes, theta_tensor,
+};
 
 use crate::fastmath::fast_exp;
 use crate::photulator::N_INPUTS;

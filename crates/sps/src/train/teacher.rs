@@ -255,8 +255,8 @@ pub fn filter_overlap(a: &FilterCurve, b: &FilterCurve) -> f64 {
     ta.iter().zip(&tb).map(|(x, y)| x.min(*y)).sum::<f64>() * du
 }
 
-/// The source curve of largest [`filter_overlap`] with `target`, and that overlap; `None`
-/// for an empty source set.
+/// The source curve of largest normalised overlap ∫ min(T̂_a, T̂_b) d ln λ with `target`
+/// (each curve scaled to ∫ T̂ d ln λ = 1), and that overlap; `None` for an empty source set.
 pub fn closest_band<'a>(
     target: &FilterCurve,
     sources: &'a [FilterCurve],
