@@ -1,46 +1,4 @@
-//! Adaptive likelihood-tempered sequential Monte Carlo, batched over galaxies.
-//!
-//! Why: an MCMC ensemble started near the best library draw reports whichever mode of a
-//! multimodal p(z) its walkers found, and its answer moves with the seed and the start
-//! library. SMC moves a particle population from the prior (β = 0) to the posterior (β = 1)
-//! through π_β ∝ p(x) L(x)^β (Del Moral, Doucet & Jasra 2006; Neal 2001): importance
-//! reweighting between temperatures gives each mode the mass it deserves, resampling
-//! concentrates particles there, and MCMC moves at each temperature diversify them. The
-//! product of the stages' mean incremental weights estimates the evidence Z = ∫ p L.
-//!
-//! One stage, per galaxy (each galaxy has its own schedule):
-//! 1. **Next β** by bisection, so that the effective sample size of the incremental weights
-//!    L^{Δβ} is `ess_target` × particles (Jasra+11; after resampling the weights are equal,
-//!    so this is the conditional ESS of Zhou, Johansen & Aston 2016).
-//! 2. **Evidence**: ln Z += ln mean L^{Δβ}.
-//! 3. **Resample**: systematic.
-//! 4. **Rejuvenate**: sweeps of the ensemble moves ([`crate::ensemble::Move`]: stretch,
-//!    differential evolution, the global t fitted to the complementary half) on π_β, with the
-//!    red/blue split of Foreman-Mackey+13 so every sweep leaves π_β invariant. The number of
-//!    sweeps adapts per galaxy from the decorrelation it measures: sweeps go on until the
-//!    correlation across particles between each coordinate now and at the start of the stage
-//!    (largest over coordinates) is below `max_correlation`, within [`min_sweeps`,
-//!    `max_sweeps`]. Resampled duplicates start perfectly correlated, so this also bounds how
-//!    many remain identical.
-//!
-//! Stage 1 starts from a *reference sample* shared by every galaxy, M prior draws whose
-//! log-likelihoods the caller already has (the run's start library): its β is chosen so that
-//! the ESS over all M draws is `ess_target` × particles, then `particles` draws are
-//! resampled from it. A large library therefore jumps most of the way at the price of one
-//! likelihood pass. A galaxy that reaches β = 1 leaves the active set and costs nothing more
-//! until `final_sweeps` sweeps at β = 1, whose states are all kept as posterior draws.
-//!
-//! **Islands** (`islands` = k ≥ 2): each galaxy runs as k independent populations, each
-//! with its own schedule, resampling and disjoint share of the reference rows, and their
-//! draws are pooled. Gelman–Rubin R̂ across the islands then measures the whole Monte Carlo
-//! error of the run, mode weights included, the way R̂ across independent MCMC runs does.
-//! Its price is fewer particles per population.
-//!
-//! The evidence error is the usual first-order estimate Σ_t (1/ESS_t − 1/n_t) for the
-//! variance of ln Ẑ, which assumes the moves decorrelate the particles between stages.
-//!
-//! Host f64 work (bisection, evidence sums, resampling indices) is O(particles) per galaxy
-//! and stage; every target evaluation is one batched `[particles, galaxies, dim]` call.
+//! Adaptive likelihood-tempered sequential Monte Carlo, batched over galaxies: see [`Smc`].
 
 use popcosmos_api::{DType, Error, RandomSource, Result, Tensor};
 use rayon::prelude::*;
@@ -328,6 +286,50 @@ pub fn systematic_resample(weights: &[f64], n: usize, u: f64) -> Vec<u32> {
 }
 
 /// The tempered SMC sampler: its settings and the MCMC moves used to rejuvenate.
+///
+/// Adaptive likelihood-tempered sequential Monte Carlo, batched over galaxies.
+///
+/// Why: an MCMC ensemble started near the best library draw reports whichever mode of a
+/// multimodal p(z) its walkers found, and its answer moves with the seed and the start
+/// library. SMC moves a particle population from the prior (β = 0) to the posterior (β = 1)
+/// through π_β ∝ p(x) L(x)^β (Del Moral, Doucet & Jasra 2006; Neal 2001): importance
+/// reweighting between temperatures gives each mode the mass it deserves, resampling
+/// concentrates particles there, and MCMC moves at each temperature diversify them. The
+/// product of the stages' mean incremental weights estimates the evidence Z = ∫ p L.
+///
+/// One stage, per galaxy (each galaxy has its own schedule):
+/// 1. **Next β** by bisection, so that the effective sample size of the incremental weights
+///    L^{Δβ} is `ess_target` × particles (Jasra+11; after resampling the weights are equal,
+///    so this is the conditional ESS of Zhou, Johansen & Aston 2016).
+/// 2. **Evidence**: ln Z += ln mean L^{Δβ}.
+/// 3. **Resample**: systematic.
+/// 4. **Rejuvenate**: sweeps of the ensemble moves ([`crate::ensemble::Move`]: stretch,
+///    differential evolution, the global t fitted to the complementary half) on π_β, with the
+///    red/blue split of Foreman-Mackey+13 so every sweep leaves π_β invariant. The number of
+///    sweeps adapts per galaxy from the decorrelation it measures: sweeps go on until the
+///    correlation across particles between each coordinate now and at the start of the stage
+///    (largest over coordinates) is below `max_correlation`, within [`min_sweeps`,
+///    `max_sweeps`]. Resampled duplicates start perfectly correlated, so this also bounds how
+///    many remain identical.
+///
+/// Stage 1 starts from a *reference sample* shared by every galaxy, M prior draws whose
+/// log-likelihoods the caller already has (the run's start library): its β is chosen so that
+/// the ESS over all M draws is `ess_target` × particles, then `particles` draws are
+/// resampled from it. A large library therefore jumps most of the way at the price of one
+/// likelihood pass. A galaxy that reaches β = 1 leaves the active set and costs nothing more
+/// until `final_sweeps` sweeps at β = 1, whose states are all kept as posterior draws.
+///
+/// **Islands** (`islands` = k ≥ 2): each galaxy runs as k independent populations, each
+/// with its own schedule, resampling and disjoint share of the reference rows, and their
+/// draws are pooled. Gelman–Rubin R̂ across the islands then measures the whole Monte Carlo
+/// error of the run, mode weights included, the way R̂ across independent MCMC runs does.
+/// Its price is fewer particles per population.
+///
+/// The evidence error is the usual first-order estimate Σ_t (1/ESS_t − 1/n_t) for the
+/// variance of ln Ẑ, which assumes the moves decorrelate the particles between stages.
+///
+/// Host f64 work (bisection, evidence sums, resampling indices) is O(particles) per galaxy
+/// and stage; every target evaluation is one batched `[particles, galaxies, dim]` call.
 pub struct Smc {
     /// Its settings.
     pub config: SmcConfig,
