@@ -36,6 +36,7 @@ const KEYS: &[(&str, &str)] = &[
     ("sampler.max_correlation", "V"),
     ("sampler.max_stages", "V"),
     ("sampler.final_sweeps", "V"),
+    ("sampler.islands", "V"),
     ("sampler.moves[0].a", "[{kind: stretch, a: V}]"),
     ("sampler.moves[0].weight", "[{kind: stretch, weight: V}]"),
     (
@@ -56,6 +57,7 @@ const KEYS: &[(&str, &str)] = &[
     ("diagnostics.max_rhat", "V"),
     ("diagnostics.min_ess_bulk", "V"),
     ("diagnostics.min_acceptance", "V"),
+    ("diagnostics.max_z_spread", "V"),
     ("likelihood.nu", "V"),
     ("output.chain_thin", "V"),
     ("output.pz_step", "V"),

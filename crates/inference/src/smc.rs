@@ -30,7 +30,7 @@ use crate::posterior::Posterior;
 use crate::reparam::SamplingSpace;
 
 /// Sampler columns of SMC and library runs (after `map_log_prob`).
-pub const SMC_COLUMNS: [&str; 8] = [
+pub const SMC_COLUMNS: [&str; 9] = [
     "acceptance",
     "log_evidence",
     "log_evidence_err",
@@ -39,6 +39,7 @@ pub const SMC_COLUMNS: [&str; 8] = [
     "smc_ess",
     "smc_unique_fraction",
     "smc_island_rhat",
+    "smc_z_spread",
 ];
 
 /// Fewest library draws that must carry a library-mode posterior (its ESS); below it the
@@ -262,7 +263,9 @@ impl Pipeline {
         let s = &m.sampler;
         let (chain, diag) = self.sample_smc(posterior, library, rng)?;
         let columns = result_columns_of(m);
-        let report = smc_report(&diag, s.kind, s.particles, &m.diagnostics);
+        let z = draws_z(&chain)?;
+        let z_spread = island_z_spread(&z, &chain, s.islands);
+        let report = smc_report(&diag, &z_spread, s.kind, s.particles, &m.diagnostics);
         let mut table = self.summarise_with(chunk, &chain, report, &columns)?;
         // A galaxy without a finite likelihood has no posterior: NaN, not numbers that look real.
         for (gal, d) in diag.iter().enumerate() {
@@ -274,7 +277,7 @@ impl Pipeline {
                 }
             }
         }
-        self.add_pz(&mut table, &chain, &diag)?;
+        self.add_pz(&mut table, &z, &chain, &diag)?;
         let chains = m.output.chains.then(|| self.chain_rows(chunk, &chain));
         Ok((table, chains))
     }
@@ -283,6 +286,7 @@ impl Pipeline {
     fn add_pz(
         &self,
         table: &mut ResultTable,
+        z: &[f64],
         chain: &Chain,
         diag: &[SmcDiagnostics],
     ) -> Result<()> {
@@ -291,16 +295,7 @@ impl Pipeline {
         if grid.is_empty() {
             return Ok(());
         }
-        let (k, w, g, d) = (chain.kept, chain.walkers, chain.galaxies, chain.dim);
-        let z = phi_to_theta(
-            &chain
-                .samples_tensor(&popcosmos_api::Device::Cpu)?
-                .reshape((k * w * g, d))?,
-        )?
-        .narrow(1, IDX_Z, 1)?
-        .to_dtype(DType::F64)?
-        .flatten_all()?
-        .to_vec1::<f64>()?;
+        let (k, w, g) = (chain.kept, chain.walkers, chain.galaxies);
         let names = pz_columns(step);
         let mut cols = vec![Vec::with_capacity(g); grid.len()];
         for (gal, dg) in diag.iter().enumerate() {
@@ -412,9 +407,54 @@ fn library_posterior(
     Ok((chain, diag))
 }
 
+/// Redshift of every draw, `[kept × walkers × galaxies]` in the chain's order.
+fn draws_z(chain: &Chain) -> Result<Vec<f64>> {
+    let (k, w, g, d) = (chain.kept, chain.walkers, chain.galaxies, chain.dim);
+    Ok(phi_to_theta(
+        &chain
+            .samples_tensor(&popcosmos_api::Device::Cpu)?
+            .reshape((k * w * g, d))?,
+    )?
+    .narrow(1, IDX_Z, 1)?
+    .to_dtype(DType::F64)?
+    .flatten_all()?
+    .to_vec1::<f64>()?)
+}
+
+/// Per galaxy, the spread (max − min) of the islands' median redshifts over 1 + the pooled
+/// median: how far the answer moves between independent populations (NaN with one island).
+/// Island i holds walkers i·w/k … (i+1)·w/k − 1 of the pooled chain.
+fn island_z_spread(z: &[f64], chain: &Chain, islands: usize) -> Vec<f64> {
+    let (k, w, g) = (chain.kept, chain.walkers, chain.galaxies);
+    (0..g)
+        .map(|gal| {
+            if islands < 2 {
+                return f64::NAN;
+            }
+            let per = w / islands;
+            let draws = |walkers: std::ops::Range<usize>| -> Vec<f64> {
+                (0..k)
+                    .flat_map(|t| walkers.clone().map(move |p| z[(t * w + p) * g + gal]))
+                    .collect()
+            };
+            let medians: Vec<f64> = (0..islands)
+                .map(|i| popcosmos_api::stats::median(&draws(i * per..(i + 1) * per)))
+                .collect();
+            let pooled = popcosmos_api::stats::median(&draws(0..w));
+            let (lo, hi) = medians
+                .iter()
+                .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &m| {
+                    (a.min(m), b.max(m))
+                });
+            (hi - lo) / (1.0 + pooled)
+        })
+        .collect()
+}
+
 /// SMC columns and flags per galaxy.
 fn smc_report(
     diag: &[SmcDiagnostics],
+    z_spread: &[f64],
     kind: SamplerKind,
     particles: usize,
     thresholds: &crate::manifest::DiagnosticsSpec,
@@ -429,10 +469,12 @@ fn smc_report(
         diag.iter().map(|d| d.final_ess).collect(),
         diag.iter().map(|d| d.unique_fraction).collect(),
         diag.iter().map(|d| d.island_rhat).collect(),
+        z_spread.to_vec(),
     ];
     let flags = diag
         .iter()
-        .map(|d| {
+        .zip(z_spread)
+        .map(|(d, &spread)| {
             let mut f = Vec::new();
             match d.status {
                 SmcStatus::NoFiniteLikelihood => {
@@ -470,10 +512,10 @@ fn smc_report(
                     if d.final_ess < 0.25 * particles as f64 {
                         f.push(format!("smc_low_ess: {:.1}", d.final_ess));
                     }
-                    if d.island_rhat > thresholds.max_rhat {
+                    if spread > thresholds.max_z_spread {
                         f.push(format!(
-                            "smc_island_rhat: {:.3} > {} (the islands disagree)",
-                            d.island_rhat, thresholds.max_rhat
+                            "smc_z_spread: the islands' median z differ by {spread:.3} (1+z) > {}",
+                            thresholds.max_z_spread
                         ));
                     }
                 }
@@ -487,6 +529,39 @@ fn smc_report(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn island_z_spread_is_the_range_of_island_medians() {
+        // 2 kept states × 4 walkers (2 islands of 2) × 2 galaxies; galaxy 0's island 0 sits at
+        // z = 1.0 and island 1 at 1.3, galaxy 1's islands agree at 0.5.
+        let (k, w, g) = (2, 4, 2);
+        let mut z = vec![0.0; k * w * g];
+        for t in 0..k {
+            for p in 0..w {
+                z[(t * w + p) * g] = if p < 2 { 1.0 } else { 1.3 };
+                z[(t * w + p) * g + 1] = 0.5;
+            }
+        }
+        let chain = Chain {
+            samples: vec![0.0; k * w * g],
+            log_prob: vec![0.0; k * w * g],
+            kept: k,
+            walkers: w,
+            galaxies: g,
+            dim: 1,
+            acceptance: vec![0.0; g],
+            config: popcosmos_samplers::RunConfig {
+                n_steps: k,
+                burn_in: 0,
+                thin: 1,
+            },
+        };
+        let s = island_z_spread(&z, &chain, 2);
+        // Pooled median of galaxy 0: (1.0 + 1.3)/2.
+        assert!((s[0] - 0.3 / 2.15).abs() < 1e-12, "{}", s[0]);
+        assert_eq!(s[1], 0.0);
+        assert!(island_z_spread(&z, &chain, 1)[0].is_nan());
+    }
 
     #[test]
     fn pz_integrates_to_one_and_peaks_at_the_draws() {
