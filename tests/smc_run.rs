@@ -85,7 +85,7 @@ fn smc_writes_evidence_pz_and_flags_a_galaxy_without_bands() {
         let unique = t.column("smc_unique_fraction").unwrap()[gal];
         assert!(stages >= 1.0 && unique > 0.0 && unique <= 1.0);
         // Two islands: R̂ across them and the spread of their median z are written, and a
-        // galaxy whose spread exceeds diagnostics.max_z_spread (default 0.05) carries the
+        // galaxy whose spread exceeds diagnostics.max_z_spread (the default) carries the
         // flag, and only then.
         let rhat = t.column("smc_island_rhat").unwrap()[gal];
         assert!(rhat.is_finite() && rhat > 0.5, "{id}: R̂ {rhat}");
@@ -93,7 +93,7 @@ fn smc_writes_evidence_pz_and_flags_a_galaxy_without_bands() {
         assert!(spread.is_finite() && spread >= 0.0, "{id}: spread {spread}");
         assert_eq!(
             flags[gal].contains("smc_z_spread"),
-            spread > 0.05,
+            spread > popcosmos_inference::DiagnosticsSpec::default().max_z_spread,
             "{id}: spread {spread}, flags {}",
             flags[gal]
         );

@@ -171,7 +171,8 @@ pub struct SmcDiagnostics {
     pub unique_fraction: f64,
     /// Mean acceptance over all sweeps.
     pub acceptance: f64,
-    /// Move sweeps run (all stages and the final sweeps).
+    /// Move sweeps run (all stages and the final sweeps); with islands, summed over them, each
+    /// island's sweep moving its own share of the particles.
     pub sweeps: usize,
     /// Mean acceptance of the griddy-Gibbs updates (NaN when none ran).
     pub grid_acceptance: f64,
