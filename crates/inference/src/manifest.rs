@@ -365,6 +365,36 @@ pub struct SamplerSpec {
     /// `diagnostics.max_z_spread` is flagged (its photo-z depends on the seed).
     #[serde(default = "default_islands")]
     pub islands: usize,
+    /// SMC: independent draws per galaxy of the final importance stage (0 = off): a mixture
+    /// of t fitted to the final particles (`importance_components` k-means clusters, each
+    /// widened by `importance_scale`) proposes them and the posterior weighs them. They
+    /// replace the particles where their ESS (`smc_importance_ess`) reaches
+    /// `importance_min_ess`; the evidence is then the importance estimate.
+    #[serde(default = "default_importance_draws")]
+    pub importance_draws: usize,
+    /// SMC: most components of the importance proposal.
+    #[serde(default = "default_importance_components")]
+    pub importance_components: usize,
+    /// SMC: widening of each importance component's covariance (scale on its standard
+    /// deviations, > 0).
+    #[serde(default = "default_importance_scale")]
+    pub importance_scale: f64,
+    /// SMC: least importance ESS for the importance draws to replace the particles.
+    #[serde(default = "default_importance_min_ess")]
+    pub importance_min_ess: f64,
+}
+
+fn default_importance_draws() -> usize {
+    0
+}
+fn default_importance_components() -> usize {
+    popcosmos_samplers::SmcConfig::default().importance_components
+}
+fn default_importance_scale() -> f64 {
+    popcosmos_samplers::SmcConfig::default().importance_scale
+}
+fn default_importance_min_ess() -> f64 {
+    popcosmos_samplers::SmcConfig::default().importance_min_ess
 }
 
 /// Four islands of 128 at the default 512 particles: on the KiDS calibration rows and the
@@ -425,6 +455,10 @@ impl SamplerSpec {
             final_sweeps: self.final_sweeps,
             grid_gibbs: self.z_gibbs,
             islands: self.islands,
+            importance_draws: self.importance_draws,
+            importance_components: self.importance_components,
+            importance_scale: self.importance_scale,
+            importance_min_ess: self.importance_min_ess,
         }
     }
 }
@@ -522,6 +556,10 @@ impl Default for SamplerSpec {
             z_gibbs: default_z_gibbs(),
             z_grid: default_z_grid(),
             islands: default_islands(),
+            importance_draws: default_importance_draws(),
+            importance_components: default_importance_components(),
+            importance_scale: default_importance_scale(),
+            importance_min_ess: default_importance_min_ess(),
         }
     }
 }
@@ -1000,6 +1038,18 @@ impl Manifest {
         int_range("sampler.z_gibbs", s.z_gibbs, 0, MAX_SWEEPS)?;
         int_range("sampler.z_grid", s.z_grid, 2, MAX_Z_GRID)?;
         int_range("sampler.islands", s.islands, 1, 16)?;
+        int_range(
+            "sampler.importance_draws",
+            s.importance_draws,
+            0,
+            MAX_PARTICLES,
+        )?;
+        int_range(
+            "sampler.importance_components",
+            s.importance_components,
+            1,
+            64,
+        )?;
         s.smc_config().validate(popcosmos_api::N_PARAMS)?;
         for (i, m) in s.moves().iter().enumerate() {
             let key = |k: &str| format!("sampler.moves[{i}].{k}");

@@ -30,7 +30,7 @@ use crate::posterior::Posterior;
 use crate::reparam::SamplingSpace;
 
 /// Sampler columns of SMC and library runs (after `map_log_prob`).
-pub const SMC_COLUMNS: [&str; 9] = [
+pub const SMC_COLUMNS: [&str; 10] = [
     "acceptance",
     "log_evidence",
     "log_evidence_err",
@@ -40,6 +40,7 @@ pub const SMC_COLUMNS: [&str; 9] = [
     "smc_unique_fraction",
     "smc_island_rhat",
     "smc_z_spread",
+    "smc_importance_ess",
 ];
 
 /// Fewest library draws that must carry a library-mode posterior (its ESS); below it the
@@ -350,6 +351,7 @@ fn library_posterior(
             grid_acceptance: f64::NAN,
             grid_updates: 0,
             island_rhat: f64::NAN,
+            importance_ess: f64::NAN,
             status: SmcStatus::NoFiniteLikelihood,
         };
         // Target ESS 0: the whole step to β = 1.
@@ -470,6 +472,7 @@ fn smc_report(
         diag.iter().map(|d| d.unique_fraction).collect(),
         diag.iter().map(|d| d.island_rhat).collect(),
         z_spread.to_vec(),
+        diag.iter().map(|d| d.importance_ess).collect(),
     ];
     let flags = diag
         .iter()

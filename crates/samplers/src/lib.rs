@@ -92,6 +92,7 @@ mod ensemble;
 mod global;
 mod grid_gibbs;
 mod hmc;
+mod importance;
 mod mixture;
 mod prune;
 mod run;

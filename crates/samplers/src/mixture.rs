@@ -45,7 +45,7 @@ const LLOYD_STEPS: usize = 10;
 
 /// A fitted mixture per galaxy: log weights `[g, k]`, means `[g, k, d]`, Cholesky factors and
 /// inverses `[g·k, d, d]`, log-determinants ln|L| `[g, k]` (all f64).
-struct Mixture {
+pub(crate) struct Mixture {
     log_weight: Tensor,
     mean: Tensor,
     chol: Tensor,
@@ -54,7 +54,18 @@ struct Mixture {
 }
 
 impl ClusteredGlobalMove {
-    fn fit(&self, complement: &Tensor) -> Result<Mixture> {
+    /// Fit one component per k-means cluster of `complement` `[m, g, d]`, per galaxy, each
+    /// covariance shrunk towards the whole complement's (a proper MH proposal from small
+    /// clusters).
+    pub(crate) fn fit(&self, complement: &Tensor) -> Result<Mixture> {
+        self.fit_shrunk(complement, false)
+    }
+
+    /// [`ClusteredGlobalMove::fit`], with `own_diagonal` shrinking each cluster's covariance
+    /// towards its own diagonal instead (clusters with ≥ d + 1 members): for importance
+    /// sampling, where the whole cloud's covariance would smear a narrow mode's component
+    /// across the others and starve it of draws.
+    pub(crate) fn fit_shrunk(&self, complement: &Tensor, own_diagonal: bool) -> Result<Mixture> {
         let (m, g, d) = complement.dims3()?;
         let k = self.components.min(m / (d + 1)).max(1);
         let device = complement.device();
@@ -113,8 +124,20 @@ impl ClusteredGlobalMove {
                 .broadcast_mul(&w)?;
             let scatter = r.t()?.matmul(&r)?; // [g, d, d]
             let n_c = counts.narrow(1, c, 1)?.unsqueeze(2)?; // [g, 1, 1]
-            let cov = (scatter + global_cov.broadcast_mul(&(n_c.ones_like()? * prior_n)?)?)?
-                .broadcast_div(&(n_c + prior_n)?)?;
+            let towards_global = (&scatter
+                + global_cov.broadcast_mul(&(n_c.ones_like()? * prior_n)?)?)?
+            .broadcast_div(&(&n_c + prior_n)?)?;
+            let cov = if own_diagonal {
+                let eye = Tensor::eye(d, DType::F64, device)?.unsqueeze(0)?;
+                let own = (scatter.broadcast_mul(&eye)?)
+                    .broadcast_div(&n_c.clamp(1.0, f64::INFINITY)?)?;
+                let towards_own =
+                    (&scatter + (own * prior_n)?)?.broadcast_div(&(&n_c + prior_n)?)?;
+                let big = n_c.ge(prior_n + 1.0)?.broadcast_as(towards_own.shape())?;
+                big.where_cond(&towards_own, &towards_global)?
+            } else {
+                towards_global
+            };
             covs.push(cov);
         }
         let cov = (Tensor::stack(&covs, 1)? * (self.scale * self.scale))?.reshape((g * k, d, d))?;
@@ -137,6 +160,11 @@ impl ClusteredGlobalMove {
         })
     }
 
+    /// ln q(p) normalised, for p `[n, g, d]` f64 → `[n, g]`.
+    pub(crate) fn log_density_normalised(&self, mix: &Mixture, p: &Tensor) -> Result<Tensor> {
+        Ok((self.log_density(mix, p)? + log_norm(self.nu, p.dim(2)?))?)
+    }
+
     /// ln q(p) up to a constant shared by all points, for p `[n, g, d]` f64 → `[n, g]`.
     fn log_density(&self, mix: &Mixture, p: &Tensor) -> Result<Tensor> {
         let (n, g, d) = p.dims3()?;
@@ -157,30 +185,17 @@ impl ClusteredGlobalMove {
         let lse = (stacked.broadcast_sub(&max)?.exp()?.sum_keepdim(0)?.log()? + max)?;
         Ok(lse.squeeze(0)?.t()?.contiguous()?.reshape((n, g))?)
     }
-}
 
-impl Move for ClusteredGlobalMove {
-    fn name(&self) -> &str {
-        "clustered_global"
-    }
-
-    fn propose(
+    /// `n` draws per galaxy from the mixture, `[n, g, d]` f64.
+    pub(crate) fn sample(
         &self,
+        mix: &Mixture,
         rng: &mut dyn RandomSource,
-        active: &Tensor,
-        complement: &Tensor,
-    ) -> Result<Proposal> {
-        let (n, g, d) = active.dims3()?;
-        if self.components == 0 || !(self.scale.is_finite() && self.scale > 0.0) {
-            return Err(Error::Invalid(format!(
-                "clustered global move needs components ≥ 1 and a finite scale > 0, got {} and {}",
-                self.components, self.scale
-            )));
-        }
-        let device = active.device();
-        let mix = self.fit(complement)?;
-        let k = mix.mean.dim(1)?;
-        // Component of each proposal: the first c with u < cumulative weight.
+        n: usize,
+    ) -> Result<Tensor> {
+        let (g, k, d) = mix.mean.dims3()?;
+        let device = mix.mean.device();
+        // Component of each draw: the first c with u < cumulative weight.
         let cum = mix.log_weight.exp()?.cumsum(1)?; // [g, k]
         let u = rng.uniform(&(n, g).into(), device)?.to_dtype(DType::F64)?;
         let below = u
@@ -208,7 +223,62 @@ impl Move for ClusteredGlobalMove {
             let inv_sqrt = (w / self.nu as f64)?.sqrt()?.recip()?;
             step = step.broadcast_mul(&inv_sqrt.unsqueeze(1)?)?;
         }
-        let y = (step + mean)?.reshape((n, g, d))?;
+        Ok((step + mean)?.reshape((n, g, d))?)
+    }
+
+    fn check(&self) -> Result<()> {
+        if self.components == 0 || !(self.scale.is_finite() && self.scale > 0.0) {
+            return Err(Error::Invalid(format!(
+                "clustered global move needs components ≥ 1 and a finite scale > 0, got {} and {}",
+                self.components, self.scale
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// ln of the normalising constant of a d-dimensional standard t with ν degrees of freedom
+/// (Gaussian for ν = 0), so that [`log_kernel`] + this − ln|L| is a normalised log-density.
+fn log_norm(nu: u32, d: usize) -> f64 {
+    let half_d = d as f64 / 2.0;
+    if nu == 0 {
+        return -half_d * (2.0 * std::f64::consts::PI).ln();
+    }
+    let nu_f = nu as f64;
+    ln_gamma_half(nu as usize + d)
+        - ln_gamma_half(nu as usize)
+        - half_d * (nu_f * std::f64::consts::PI).ln()
+}
+
+/// ln Γ(m/2) for a positive integer m, exactly by the recurrence from Γ(1) = 1, Γ(½) = √π.
+fn ln_gamma_half(m: usize) -> f64 {
+    let (mut x, mut acc) = if m % 2 == 0 {
+        (1.0, 0.0)
+    } else {
+        (0.5, 0.5 * std::f64::consts::PI.ln())
+    };
+    while 2.0 * x < m as f64 {
+        acc += x.ln();
+        x += 1.0;
+    }
+    acc
+}
+
+impl Move for ClusteredGlobalMove {
+    fn name(&self) -> &str {
+        "clustered_global"
+    }
+
+    fn propose(
+        &self,
+        rng: &mut dyn RandomSource,
+        active: &Tensor,
+        complement: &Tensor,
+    ) -> Result<Proposal> {
+        let n = active.dim(0)?;
+        self.check()?;
+        let mix = self.fit(complement)?;
+        let y = self.sample(&mix, rng, n)?;
         let x = active.to_dtype(DType::F64)?;
         let log_factor = (self.log_density(&mix, &x)? - self.log_density(&mix, &y)?)?;
         Ok(Proposal {

@@ -47,6 +47,17 @@ pub struct SmcConfig {
     /// each with its own schedule and resampling; their draws are pooled. Two or more give
     /// [`SmcDiagnostics::island_rhat`], the SMC analogue of R̂ across independent runs.
     pub islands: usize,
+    /// Independent draws of the final importance stage ([`crate::importance`]): a mixture of
+    /// t fitted to the final particles proposes them, the posterior weighs them, and they
+    /// replace the particles (0 = off).
+    pub importance_draws: usize,
+    /// Most components of that mixture (k-means clusters of the final particles).
+    pub importance_components: usize,
+    /// Scale of each component's covariance relative to its cluster's (> 0; above 1 widens
+    /// the proposal past the particles, which sit tighter than the posterior).
+    pub importance_scale: f64,
+    /// Least importance ESS for the draws to be used; below it a galaxy keeps its particles.
+    pub importance_min_ess: f64,
 }
 
 impl Default for SmcConfig {
@@ -61,6 +72,10 @@ impl Default for SmcConfig {
             final_sweeps: 4,
             grid_gibbs: 0,
             islands: 1,
+            importance_draws: 0,
+            importance_components: 8,
+            importance_scale: 1.5,
+            importance_min_ess: 100.0,
         }
     }
 }
@@ -128,6 +143,23 @@ impl SmcConfig {
         if self.final_sweeps == 0 {
             return bad("final_sweeps", "must be ≥ 1".into());
         }
+        if self.importance_draws > 0 {
+            if self.importance_components == 0 {
+                return bad("importance_components", "must be ≥ 1".into());
+            }
+            if !(self.importance_scale.is_finite() && self.importance_scale > 0.0) {
+                return bad(
+                    "importance_scale",
+                    format!("must be finite and > 0, got {}", self.importance_scale),
+                );
+            }
+            if !(self.importance_min_ess >= 0.0 && self.importance_min_ess.is_finite()) {
+                return bad(
+                    "importance_min_ess",
+                    format!("must be finite and ≥ 0, got {}", self.importance_min_ess),
+                );
+            }
+        }
         Ok(())
     }
 }
@@ -182,6 +214,10 @@ pub struct SmcDiagnostics {
     /// when the independent populations agree, above ~1.1 when the answer depends on the
     /// random seed (a mode's weight, most often). NaN with one island.
     pub island_rhat: f64,
+    /// ESS of the final importance stage's (truncated) weights over all its draws; NaN when
+    /// the stage is off. Where it reaches `importance_min_ess` the draws replace the
+    /// particles and ln Z is the importance estimate.
+    pub importance_ess: f64,
     /// How the run ended.
     pub status: SmcStatus,
 }
@@ -200,6 +236,7 @@ impl SmcDiagnostics {
             grid_acceptance: f64::NAN,
             grid_updates: 0,
             island_rhat: f64::NAN,
+            importance_ess: f64::NAN,
             status: SmcStatus::Converged,
         }
     }
@@ -439,6 +476,24 @@ impl Smc {
         rng: &mut dyn RandomSource,
     ) -> Result<(Chain, Vec<SmcDiagnostics>)> {
         let k = self.config.islands.max(1);
+        let (chain, mut diag) = self.run_islands(k, reference, target, rng)?;
+        if self.config.importance_draws == 0 {
+            return Ok((chain, diag));
+        }
+        let device = reference.position.device();
+        let chain =
+            crate::importance::refine(chain, &mut diag, k, target, &self.config, device, rng)?;
+        Ok((chain, diag))
+    }
+
+    /// [`Smc::run`] before the importance stage.
+    fn run_islands(
+        &self,
+        k: usize,
+        reference: &Reference<'_>,
+        target: &dyn TemperedTarget,
+        rng: &mut dyn RandomSource,
+    ) -> Result<(Chain, Vec<SmcDiagnostics>)> {
         if k == 1 {
             return self.run_population(self.config.particles, reference, target, rng);
         }
@@ -1029,6 +1084,7 @@ fn pool_islands(
                 grid_acceptance: mean(|x| x.grid_acceptance),
                 grid_updates: parts.iter().map(|x| x.grid_updates).sum(),
                 island_rhat: island_rhat(&pooled, a, k),
+                importance_ess: f64::NAN,
                 status,
             }
         })
