@@ -252,7 +252,7 @@ fn log_norm(nu: u32, d: usize) -> f64 {
 
 /// ln Γ(m/2) for a positive integer m, exactly by the recurrence from Γ(1) = 1, Γ(½) = √π.
 fn ln_gamma_half(m: usize) -> f64 {
-    let (mut x, mut acc) = if m % 2 == 0 {
+    let (mut x, mut acc) = if m.is_multiple_of(2) {
         (1.0, 0.0)
     } else {
         (0.5, 0.5 * std::f64::consts::PI.ln())
