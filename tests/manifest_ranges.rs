@@ -37,6 +37,10 @@ const KEYS: &[(&str, &str)] = &[
     ("sampler.max_stages", "V"),
     ("sampler.final_sweeps", "V"),
     ("sampler.islands", "V"),
+    ("sampler.importance_draws", "V"),
+    ("sampler.importance_components", "V"),
+    ("sampler.importance_scale", "V"),
+    ("sampler.importance_min_ess", "V"),
     ("sampler.moves[0].a", "[{kind: stretch, a: V}]"),
     ("sampler.moves[0].weight", "[{kind: stretch, weight: V}]"),
     (
@@ -86,6 +90,11 @@ const ACCEPTED: &[(&str, &[&str])] = &[
     ("sampler.prune_deficit", &["1e300", "1000000000000"]),
     ("sampler.moves[0].weight", &["1e300", "1000000000000"]),
     ("sampler.moves[0].nu", &["0"]),
+    ("sampler.importance_draws", &["0"]),
+    (
+        "sampler.importance_min_ess",
+        &["0", "1e300", "1000000000000"],
+    ),
     ("init.adam_steps", &["0"]),
     ("diagnostics.min_ess_bulk", &["0"]),
     ("diagnostics.min_acceptance", &["0"]),

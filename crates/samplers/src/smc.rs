@@ -143,22 +143,21 @@ impl SmcConfig {
         if self.final_sweeps == 0 {
             return bad("final_sweeps", "must be ≥ 1".into());
         }
-        if self.importance_draws > 0 {
-            if self.importance_components == 0 {
-                return bad("importance_components", "must be ≥ 1".into());
-            }
-            if !(self.importance_scale.is_finite() && self.importance_scale > 0.0) {
-                return bad(
-                    "importance_scale",
-                    format!("must be finite and > 0, got {}", self.importance_scale),
-                );
-            }
-            if !(self.importance_min_ess >= 0.0 && self.importance_min_ess.is_finite()) {
-                return bad(
-                    "importance_min_ess",
-                    format!("must be finite and ≥ 0, got {}", self.importance_min_ess),
-                );
-            }
+        // Checked whether or not the stage is on, so turning it on never meets a bad value.
+        if self.importance_components == 0 {
+            return bad("importance_components", "must be ≥ 1".into());
+        }
+        if !(self.importance_scale > 0.0 && self.importance_scale <= 100.0) {
+            return bad(
+                "importance_scale",
+                format!("must lie in (0, 100], got {}", self.importance_scale),
+            );
+        }
+        if !(self.importance_min_ess >= 0.0 && self.importance_min_ess.is_finite()) {
+            return bad(
+                "importance_min_ess",
+                format!("must be finite and ≥ 0, got {}", self.importance_min_ess),
+            );
         }
         Ok(())
     }
