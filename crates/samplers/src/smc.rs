@@ -362,6 +362,12 @@ pub fn systematic_resample(weights: &[f64], n: usize, u: f64) -> Vec<u32> {
 /// error of the run, mode weights included, the way R̂ across independent MCMC runs does.
 /// Its price is fewer particles per population.
 ///
+/// **Importance stage** (`importance_draws` > 0, off by default): after β = 1, independent
+/// draws from a mixture of t fitted to the final particles, weighed by the posterior,
+/// replace the particles where their ESS is high enough (see the `importance` module). It
+/// corrects mode weights on targets a few t components describe; real galaxies' thin curved
+/// ridges give it too low an ESS.
+///
 /// The evidence error is the usual first-order estimate Σ_t (1/ESS_t − 1/n_t) for the
 /// variance of ln Ẑ, which assumes the moves decorrelate the particles between stages.
 ///
