@@ -66,7 +66,7 @@ pub(crate) fn refine(
         scale: config.importance_scale,
     };
     let cloud =
-        Tensor::from_vec(chain.samples.clone(), (kept * w, g, d), device)?.to_dtype(DType::F64)?;
+        Tensor::from_slice(&chain.samples, (kept * w, g, d), device)?.to_dtype(DType::F64)?;
     let mixture = proposal.fit_shrunk(&cloud, true)?;
     let per_block = config.importance_draws.div_ceil(blocks);
     let total = per_block * blocks;

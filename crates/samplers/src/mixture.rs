@@ -129,7 +129,8 @@ impl ClusteredGlobalMove {
             .broadcast_div(&(&n_c + prior_n)?)?;
             let cov = if own_diagonal {
                 let eye = Tensor::eye(d, DType::F64, device)?.unsqueeze(0)?;
-                let own = (scatter.broadcast_mul(&eye)?)
+                let own = scatter
+                    .broadcast_mul(&eye)?
                     .broadcast_div(&n_c.clamp(1.0, f64::INFINITY)?)?;
                 let towards_own =
                     (&scatter + (own * prior_n)?)?.broadcast_div(&(&n_c + prior_n)?)?;
@@ -245,23 +246,9 @@ fn log_norm(nu: u32, d: usize) -> f64 {
         return -half_d * (2.0 * std::f64::consts::PI).ln();
     }
     let nu_f = nu as f64;
-    ln_gamma_half(nu as usize + d)
-        - ln_gamma_half(nu as usize)
+    libm::lgamma((nu_f + d as f64) / 2.0)
+        - libm::lgamma(nu_f / 2.0)
         - half_d * (nu_f * std::f64::consts::PI).ln()
-}
-
-/// ln Γ(m/2) for a positive integer m, exactly by the recurrence from Γ(1) = 1, Γ(½) = √π.
-fn ln_gamma_half(m: usize) -> f64 {
-    let (mut x, mut acc) = if m.is_multiple_of(2) {
-        (1.0, 0.0)
-    } else {
-        (0.5, 0.5 * std::f64::consts::PI.ln())
-    };
-    while 2.0 * x < m as f64 {
-        acc += x.ln();
-        x += 1.0;
-    }
-    acc
 }
 
 impl Move for ClusteredGlobalMove {
