@@ -53,6 +53,7 @@ const KEYS: &[(&str, &str)] = &[
         "sampler.moves[0].components",
         "[{kind: clustered, components: V}]",
     ),
+    ("sampler.moves[0].degree", "[{kind: ridge, degree: V}]"),
     ("init.library_size", "V"),
     ("init.top_k", "V"),
     ("init.jitter", "V"),

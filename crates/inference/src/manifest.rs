@@ -258,6 +258,22 @@ pub enum MoveSpec {
         #[serde(default = "one")]
         weight: f64,
     },
+    /// Differential evolution along the redshift ridge: the DE step is taken in coordinates
+    /// where every other parameter has had a polynomial in z, fitted to the complementary
+    /// half, subtracted, so a jump in z carries the SED parameters along the curved
+    /// degeneracy (docs/validation.md, "Ridge move").
+    Ridge {
+        /// Degree of the fitted curve, 2 to 5 (default 3).
+        #[serde(default = "default_ridge_degree")]
+        degree: usize,
+        /// Relative probability of choosing this move (default 1).
+        #[serde(default = "one")]
+        weight: f64,
+    },
+}
+
+fn default_ridge_degree() -> usize {
+    3
 }
 
 fn default_components() -> usize {
@@ -919,7 +935,9 @@ impl Manifest {
                         None
                     },
                 ),
-                MoveSpec::DifferentialEvolution { weight, .. } => (*weight, None),
+                MoveSpec::DifferentialEvolution { weight, .. } | MoveSpec::Ridge { weight, .. } => {
+                    (*weight, None)
+                }
                 MoveSpec::Global { scale, weight, .. }
                 | MoveSpec::Clustered { scale, weight, .. } => (
                     *weight,
@@ -1073,6 +1091,14 @@ impl Manifest {
                 } => {
                     real_range(&key("scale"), *scale, Open(0.0), Closed(100.0))?;
                     int_range(&key("components"), *components, 1, MAX_COMPONENTS)?;
+                }
+                MoveSpec::Ridge { degree, .. } => {
+                    int_range(
+                        &key("degree"),
+                        *degree,
+                        2,
+                        popcosmos_samplers::RidgeMove::MAX_DEGREE,
+                    )?;
                 }
             }
         }

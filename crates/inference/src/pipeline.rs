@@ -683,6 +683,13 @@ fn sampler_move(spec: &MoveSpec) -> (MoveKind, f64) {
             (MoveKind::DifferentialEvolution { gamma }, weight)
         }
         MoveSpec::Global { nu, scale, weight } => (MoveKind::Global { nu, scale }, weight),
+        MoveSpec::Ridge { degree, weight } => (
+            MoveKind::Ridge {
+                axis: popcosmos_api::params::IDX_Z,
+                degree,
+            },
+            weight,
+        ),
         MoveSpec::Clustered {
             components,
             nu,

@@ -26,6 +26,9 @@
 //! * [`ClusteredGlobalMove`] `{ components, nu, scale }`: independence proposals from
 //!   a mixture of t components fitted by k-means to the complementary half (one per mode of a
 //!   multimodal posterior).
+//! * [`RidgeMove`] `{ axis, degree, de }`: differential evolution in coordinates where every
+//!   other coordinate has a polynomial in the `axis` coordinate, fitted to the complementary
+//!   half, subtracted (unit Jacobian), so jumps follow a curved ridge.
 //! * [`Hmc`]: Hamiltonian Monte Carlo with candle-autograd gradients
 //!   ([`LogDensity::grad_log_density`]), per-galaxy (or per-chain) step sizes, unit or
 //!   diagonal mass matrix, fixed leapfrog count and per-galaxy dual-averaging step-size
@@ -95,6 +98,7 @@ mod hmc;
 mod importance;
 mod mixture;
 mod prune;
+mod ridge;
 mod run;
 mod smc;
 mod tempering;
@@ -114,6 +118,7 @@ pub use grid_gibbs::{GridChart, GridState, PiecewiseExponential, grid_gibbs_upda
 pub use hmc::{DualAveraging, Hmc, HmcInfo, HmcState};
 pub use mixture::ClusteredGlobalMove;
 pub use prune::prune_stuck_walkers;
+pub use ridge::RidgeMove;
 pub use run::{Chain, OnStep, RunConfig, run_from_state, sample};
 pub use smc::{
     Reference, Reweighting, Smc, SmcConfig, SmcDiagnostics, SmcStatus, TemperedTarget,

@@ -20,6 +20,7 @@ use crate::global::{FittedProposal, GlobalMove};
 use crate::hmc::Hmc;
 use crate::mixture::ClusteredGlobalMove;
 use crate::prune::prune_stuck_walkers;
+use crate::ridge::RidgeMove;
 use crate::run::{Chain, RunConfig, run_from_state, sample};
 use crate::tempering::TemperedEnsemble;
 
@@ -48,6 +49,14 @@ pub enum MoveKind {
     },
     /// [`ClusteredGlobalMove`]: a mixture of t components fitted to the complementary half.
     Clustered(ClusteredGlobalMove),
+    /// [`RidgeMove`]: DE in coordinates straightened along `axis` by a polynomial of
+    /// `degree` fitted to the complementary half; its σ is [`WarmupConfig::de_sigma`].
+    Ridge {
+        /// Coordinate the ridge is parametrised by.
+        axis: usize,
+        /// Degree of the fitted curve (2 to [`RidgeMove::MAX_DEGREE`]).
+        degree: usize,
+    },
 }
 
 /// Warm-up settings. The defaults are those of a manifest's `sampler:` section, except
@@ -101,7 +110,7 @@ impl WarmupConfig {
         let moves = self
             .moves
             .iter()
-            .map(|(mv, weight)| -> (Box<dyn Move>, f64) {
+            .map(|(mv, weight)| -> Result<(Box<dyn Move>, f64)> {
                 let mv: Box<dyn Move> = match *mv {
                     MoveKind::Stretch { a } => Box::new(StretchMove { a }),
                     MoveKind::DifferentialEvolution { gamma } => {
@@ -116,10 +125,15 @@ impl WarmupConfig {
                         fit: fit.cloned(),
                     }),
                     MoveKind::Clustered(clustered) => Box::new(clustered),
+                    MoveKind::Ridge { axis, degree } => {
+                        let mut ridge = RidgeMove::new(axis, degree)?;
+                        ridge.de.sigma = self.de_sigma;
+                        Box::new(ridge)
+                    }
                 };
-                (mv, *weight)
+                Ok((mv, *weight))
             })
-            .collect();
+            .collect::<Result<_>>()?;
         EnsembleSampler::new(moves)
     }
 
