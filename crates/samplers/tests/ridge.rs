@@ -51,8 +51,8 @@ fn exact_draws(rng: &mut HostRng) -> Tensor {
     for row in z.chunks(DIM) {
         let x0 = row[0];
         v.push(x0 as f32);
-        for i in 1..DIM {
-            v.push((bend(i) * (x0 * x0 - 1.0) + WIDTH * row[i]) as f32);
+        for (i, noise) in row.iter().enumerate().skip(1) {
+            v.push((bend(i) * (x0 * x0 - 1.0) + WIDTH * noise) as f32);
         }
     }
     Tensor::from_vec(v, (WALKERS, GALAXIES, DIM), &Device::Cpu).unwrap()
