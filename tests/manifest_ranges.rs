@@ -20,6 +20,7 @@ const KEYS: &[(&str, &str)] = &[
     ("seed", "V"),
     ("galaxies_per_batch", "V"),
     ("sps.max_rows", "V"),
+    ("sps.igm_scatter", "V"),
     ("sampler.walkers", "V"),
     ("sampler.steps", "V"),
     ("sampler.burn_in", "V"),

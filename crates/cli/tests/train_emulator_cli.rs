@@ -213,6 +213,7 @@ fn bundled_kids9() -> popcosmos_sps::Photulator {
         weights: "builtin:photulator_kids9".into(),
         emission_lines: false,
         max_rows: None,
+        igm_scatter: 0.0,
     }
     .build(
         &kids,

@@ -82,7 +82,16 @@ pub enum SpsSpec {
         /// `[26, rows, 128]` activations are 3.5 GB).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         max_rows: Option<usize>,
+        /// Model-side scatter of the flux blueward of rest-frame Lyα, as a share of the far-UV
+        /// continuum (the IGM's sightline-to-sightline variation; [`popcosmos_sps::IgmScatter`]);
+        /// 0 = none (default), up to 10.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        igm_scatter: f64,
     },
+}
+
+fn is_zero(v: &f64) -> bool {
+    *v == 0.0
 }
 
 /// `sps:` without `kind` is the photulator, the only SPS kind today, so manifests written
@@ -141,7 +150,11 @@ impl SpsSpec {
         hub: &HubConfig,
         device: &Device,
     ) -> Result<PhotulatorSps> {
-        let Self::Photulator { emission_lines, .. } = self;
+        let Self::Photulator {
+            emission_lines,
+            igm_scatter,
+            ..
+        } = self;
         let r = self.weight_ref()?;
         let model = load_model("sps.weights", &r, "photulator", "photulator", hub)?;
         let config = PhotulatorConfig {
@@ -156,7 +169,7 @@ impl SpsSpec {
                 ln_scatters: given.iter().map(|l| l.ln_scatter).collect(),
             },
         });
-        PhotulatorSps::for_survey(
+        let sps = PhotulatorSps::for_survey(
             &set,
             config,
             &survey.band_names(),
@@ -167,7 +180,27 @@ impl SpsSpec {
         .map_err(|e| match e {
             Error::Invalid(m) => Error::Invalid(format!("sps.weights: {m}")),
             other => other,
-        })
+        })?;
+        if *igm_scatter == 0.0 {
+            return Ok(sps);
+        }
+        if survey.filters.len() != survey.band_names().len() {
+            return Err(Error::config(
+                "sps.igm_scatter",
+                format!(
+                    "needs a filter curve per band; the survey has {} curves for {} bands",
+                    survey.filters.len(),
+                    survey.band_names().len()
+                ),
+            ));
+        }
+        let igm = popcosmos_sps::IgmScatter::new(
+            &survey.filters,
+            *igm_scatter,
+            popcosmos_api::params::UPPER[popcosmos_api::params::IDX_Z],
+            device,
+        )?;
+        sps.with_igm_scatter(igm)
     }
 }
 
@@ -177,6 +210,7 @@ impl Default for SpsSpec {
             weights: default_photulator_weights(),
             emission_lines: true,
             max_rows: None,
+            igm_scatter: 0.0,
         }
     }
 }
@@ -1039,6 +1073,8 @@ impl Manifest {
         {
             int_range("sps.max_rows", rows, 1, MAX_SPS_ROWS)?;
         }
+        let SpsSpec::Photulator { igm_scatter, .. } = self.sps;
+        real_range("sps.igm_scatter", igm_scatter, Closed(0.0), Closed(10.0))?;
         int_range("sampler.walkers", s.walkers, 4, MAX_WALKERS)?;
         int_range("sampler.steps", s.steps, 1, MAX_STEPS)?;
         int_range("sampler.temperatures", s.temperatures, 1, MAX_TEMPERATURES)?;

@@ -71,6 +71,7 @@ mod derived;
 pub mod emlines;
 mod fastmath;
 mod fused_cpu;
+mod igm_scatter;
 mod model;
 // Namespace: `BUILTIN_WEIGHTS`, `N_INPUTS`, θ/flux conversions (`photulator::theta_to_power`).
 pub mod photulator;
@@ -87,6 +88,7 @@ pub use derived::{
     n_from_log10_mass,
 };
 pub use emlines::EmLineEmulator;
+pub use igm_scatter::{IgmScatter, forest_share};
 pub use model::{LineCalibration, PhotulatorSps};
 pub use photulator::Photulator;
 pub use spectrum::{

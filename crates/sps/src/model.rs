@@ -8,11 +8,14 @@ use candle_core::{D, DType, Device, Tensor};
 use serde::Deserialize;
 
 use crate::emlines::{self, EmLineEmulator};
+use crate::igm_scatter::IgmScatter;
 use crate::photulator::{
     Photulator, PhotulatorConfig, mag_to_flux_nmgy, theta_to_photulator_input, theta_to_power,
 };
 use crate::weights::WeightFile;
-use popcosmos_api::{Error, FilterCurve, ModelPhotometry, N_PARAMS, Result, SpsModel};
+use popcosmos_api::{
+    Error, FilterCurve, ModelPhotometry, N_PARAMS, Result, SpsModel, params::IDX_Z,
+};
 
 /// Per-band scalars stacked over bands in a photulator file (first axis = band).
 const PHOTULATOR_STACKED: [&str; 3] = ["output_shift", "output_scale", "f_b"];
@@ -61,6 +64,7 @@ impl LineCalibration {
 pub struct PhotulatorSps {
     photulator: Photulator,
     lines: Option<LineModel>,
+    igm: Option<IgmScatter>,
     device: Device,
 }
 
@@ -119,6 +123,7 @@ impl PhotulatorSps {
         Ok(Self {
             photulator,
             lines,
+            igm: None,
             device,
         })
     }
@@ -208,6 +213,19 @@ impl PhotulatorSps {
         self
     }
 
+    /// Add the IGM scatter of the flux blueward of Lyα ([`IgmScatter`]) to the model-side
+    /// error `line_sigma_nmgy`, in quadrature with the lines' scatter.
+    pub fn with_igm_scatter(mut self, igm: IgmScatter) -> Result<Self> {
+        let (w, nb) = (igm.bands(), self.photulator.n_bands());
+        if w != nb {
+            return Err(Error::Invalid(format!(
+                "IGM scatter tabulated for {w} bands, the model has {nb}"
+            )));
+        }
+        self.igm = Some(igm);
+        Ok(self)
+    }
+
     /// Whether the model has the emission-line component.
     pub fn has_emission_lines(&self) -> bool {
         self.lines.is_some()
@@ -273,21 +291,34 @@ impl SpsModel for PhotulatorSps {
         let (flat, lead) = Self::flatten(theta)?;
         let nb = self.photulator.n_bands();
         let continuum = self.continuum_flat(&flat)?;
-        let Some(lines) = &self.lines else {
-            return Ok(ModelPhotometry {
-                flux_nmgy: Self::unflatten(continuum, &lead, nb)?,
-                line_sigma_nmgy: None,
-            });
+        let (flux, line_sigma) = match &self.lines {
+            None => (continuum, None),
+            Some(lines) => {
+                // [n, bands, 2]: Σ_l α_l F_bl and Σ_l e^{γ_l}(1+α_l) F_bl.
+                let sums = lines
+                    .emulator
+                    .contract(&theta_to_power(&flat)?, &lines.weights)?;
+                let flux = (continuum + sums.narrow(2, 0, 1)?.squeeze(2)?)?;
+                (flux, Some(sums.narrow(2, 1, 1)?.squeeze(2)?))
+            }
         };
-        // [n, bands, 2]: Σ_l α_l F_bl and Σ_l e^{γ_l}(1+α_l) F_bl.
-        let sums = lines
-            .emulator
-            .contract(&theta_to_power(&flat)?, &lines.weights)?;
-        let flux = (continuum + sums.narrow(2, 0, 1)?.squeeze(2)?)?;
-        let sigma = sums.narrow(2, 1, 1)?.squeeze(2)?;
+        let sigma = match (&self.igm, line_sigma) {
+            (None, s) => s,
+            (Some(igm), s) => {
+                let z = flat.narrow(1, IDX_Z, 1)?.squeeze(1)?;
+                let v = igm.sigma_nmgy(&z, &flux)?.sqr()?;
+                let v = match s {
+                    Some(s) => (v + s.sqr()?)?,
+                    None => v,
+                };
+                Some(v.sqrt()?)
+            }
+        };
         Ok(ModelPhotometry {
             flux_nmgy: Self::unflatten(flux, &lead, nb)?,
-            line_sigma_nmgy: Some(Self::unflatten(sigma.contiguous()?, &lead, nb)?),
+            line_sigma_nmgy: sigma
+                .map(|s| Self::unflatten(s.contiguous()?, &lead, nb))
+                .transpose()?,
         })
     }
 }
@@ -348,6 +379,66 @@ mod tests {
             let y = y.flatten_all().unwrap().to_vec1::<f32>().unwrap();
             for (p, q) in x.iter().zip(&y) {
                 assert!((p - q).abs() <= 1e-5 * p.abs().max(1e-6), "{p} vs {q}");
+            }
+        }
+    }
+
+    /// The IGM term adds in quadrature to the lines' scatter, exactly σ = s · w · f_ref, in
+    /// the bands the forest covers, and leaves the fluxes and the other bands alone.
+    #[test]
+    fn igm_scatter_adds_in_quadrature_blueward_of_lyman_alpha() {
+        let dev = Device::Cpu;
+        let (set, config) = cosmos_set();
+        let bands: Vec<String> = config.bands[..3].to_vec(); // u, g, r
+        let lines = LineCalibration::leistedt23();
+        let plain =
+            PhotulatorSps::for_survey(&set, config, &bands, &[], Some(&lines), &dev).unwrap();
+        // Top-hat stand-ins for u, g, r: at z = 3 Lyα (4863 Å) covers u, part of g, not r.
+        let hat = |name: &str, lo: f64, hi: f64| FilterCurve {
+            name: name.into(),
+            wavelength_aa: (0..=100)
+                .map(|i| lo + (hi - lo) * i as f64 / 100.0)
+                .collect(),
+            transmission: vec![1.0; 101],
+        };
+        let filters = [
+            hat("u", 3300.0, 4000.0),
+            hat("g", 4000.0, 5500.0),
+            hat("r", 5500.0, 7000.0),
+        ];
+        let s = 0.4;
+        let igm = IgmScatter::new(&filters, s, 8.0, &dev).unwrap();
+        let with = plain.clone().with_igm_scatter(igm).unwrap();
+        let phi = HostRng::seed_from_u64(5)
+            .normal(&(8, N_PARAMS).into(), &dev)
+            .unwrap();
+        let mut theta = phi_to_theta(&phi).unwrap().to_vec2::<f32>().unwrap();
+        for (i, row) in theta.iter_mut().enumerate() {
+            row[IDX_Z] = if i < 4 { 3.0 } else { 0.5 };
+        }
+        let theta = Tensor::new(theta, &dev).unwrap();
+        let a = plain.photometry(&theta).unwrap();
+        let b = with.photometry(&theta).unwrap();
+        assert_eq!(
+            a.flux_nmgy.to_vec2::<f32>().unwrap(),
+            b.flux_nmgy.to_vec2::<f32>().unwrap()
+        );
+        let flux = a.flux_nmgy.to_vec2::<f32>().unwrap();
+        let (sa, sb) = (
+            a.line_sigma_nmgy.unwrap().to_vec2::<f32>().unwrap(),
+            b.line_sigma_nmgy.unwrap().to_vec2::<f32>().unwrap(),
+        );
+        let w_g = crate::igm_scatter::forest_share(&filters[1], 1215.67 * 4.0);
+        for i in 0..8 {
+            let w = if i < 4 { [1.0, w_g, 0.0] } else { [0.0; 3] };
+            for b in 0..3 {
+                let igm = s * w[b] * flux[i][2] as f64;
+                let want = ((sa[i][b] as f64).powi(2) + igm * igm).sqrt();
+                let got = sb[i][b] as f64;
+                assert!(
+                    (got - want).abs() <= 2e-3 * want.max(1e-9),
+                    "row {i} band {b}: {got} vs {want}"
+                );
             }
         }
     }
