@@ -311,7 +311,10 @@ impl SpsModel for PhotulatorSps {
                     Some(s) => (v + s.sqr()?)?,
                     None => v,
                 };
-                Some(v.sqrt()?)
+                // A floor far below any flux keeps d√v finite where both terms vanish (bands
+                // clear of the forest and of every line), so autograd (the population fit)
+                // never meets 0 · ∞.
+                Some((v + 1e-30)?.sqrt()?)
             }
         };
         Ok(ModelPhotometry {
@@ -441,6 +444,41 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Autograd through the model error stays finite where the IGM and line terms both vanish
+    /// (a bare √ would give 0 · ∞ = NaN there and stall a population fit).
+    #[test]
+    fn igm_scatter_gradient_is_finite_where_the_terms_vanish() {
+        let dev = Device::Cpu;
+        let (set, config) = cosmos_set();
+        let bands: Vec<String> = config.bands[..2].to_vec();
+        let hat = |name: &str, lo: f64, hi: f64| FilterCurve {
+            name: name.into(),
+            wavelength_aa: vec![lo, hi],
+            transmission: vec![1.0, 1.0],
+        };
+        let filters = [hat("u", 3300.0, 4000.0), hat("g", 4000.0, 5500.0)];
+        let sps = PhotulatorSps::for_survey(&set, config, &bands, &[], None, &dev)
+            .unwrap()
+            .with_igm_scatter(IgmScatter::new(&filters, 0.5, 8.0, &dev).unwrap())
+            .unwrap();
+        let phi = HostRng::seed_from_u64(7)
+            .normal(&(4, N_PARAMS).into(), &dev)
+            .unwrap();
+        // Two rows at z = 0.5, where neither band reaches the forest (σ = 0), two at z = 3.
+        let mut rows = phi_to_theta(&phi).unwrap().to_vec2::<f32>().unwrap();
+        for (i, row) in rows.iter_mut().enumerate() {
+            row[IDX_Z] = if i < 2 { 0.5 } else { 3.0 };
+        }
+        let theta = candle_core::Var::from_tensor(&Tensor::new(rows, &dev).unwrap()).unwrap();
+        let m = sps.photometry(theta.as_tensor()).unwrap();
+        let sigma = m.line_sigma_nmgy.unwrap();
+        let loss = (sigma.sum_all().unwrap() + m.flux_nmgy.sum_all().unwrap()).unwrap();
+        let grads = loss.backward().unwrap();
+        let g = grads.get(theta.as_tensor()).unwrap();
+        let v = g.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!(v.iter().all(|x| x.is_finite()), "{v:?}");
     }
 
     #[test]
