@@ -109,6 +109,7 @@ const ACCEPTED: &[(&str, &[&str])] = &[
     ),
     ("catalogue.missing_values", &VALUES),
     ("survey.error_floors[0]", &["0"]),
+    ("sps.igm_scatter", &["0"]),
 ];
 
 fn manifest(catalogue: &Path, out: &Path, (key, template): (&str, &str), value: &str) -> String {
