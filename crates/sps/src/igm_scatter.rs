@@ -127,20 +127,22 @@ impl IgmScatter {
     }
 }
 
+/// A flat filter from `lo` to `hi` Å, for tests.
+#[cfg(test)]
+pub(crate) fn top_hat(name: &str, lo: f64, hi: f64) -> FilterCurve {
+    let wavelength_aa: Vec<f64> = (0..=200)
+        .map(|i| lo + (hi - lo) * i as f64 / 200.0)
+        .collect();
+    FilterCurve {
+        name: name.into(),
+        transmission: vec![1.0; wavelength_aa.len()],
+        wavelength_aa,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn top_hat(name: &str, lo: f64, hi: f64) -> FilterCurve {
-        let wavelength_aa: Vec<f64> = (0..=200)
-            .map(|i| lo + (hi - lo) * i as f64 / 200.0)
-            .collect();
-        FilterCurve {
-            name: name.into(),
-            transmission: vec![1.0; wavelength_aa.len()],
-            wavelength_aa,
-        }
-    }
 
     #[test]
     fn forest_share_of_a_top_hat_is_its_photon_weighted_fraction() {

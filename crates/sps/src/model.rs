@@ -329,6 +329,7 @@ impl SpsModel for PhotulatorSps {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::igm_scatter::top_hat;
     use popcosmos_api::{HostRng, RandomSource, params::phi_to_theta};
 
     fn cosmos_set() -> (WeightFile, PhotulatorConfig) {
@@ -386,6 +387,18 @@ mod tests {
         }
     }
 
+    /// Prior draws θ with their redshifts replaced by `z`, one row each.
+    fn theta_at_z(seed: u64, z: &[f32]) -> Tensor {
+        let phi = HostRng::seed_from_u64(seed)
+            .normal(&(z.len(), N_PARAMS).into(), &Device::Cpu)
+            .unwrap();
+        let mut rows = phi_to_theta(&phi).unwrap().to_vec2::<f32>().unwrap();
+        for (row, &zi) in rows.iter_mut().zip(z) {
+            row[IDX_Z] = zi;
+        }
+        Tensor::new(rows, &Device::Cpu).unwrap()
+    }
+
     /// The IGM term adds in quadrature to the lines' scatter, exactly σ = s · w · f_ref, in
     /// the bands the forest covers, and leaves the fluxes and the other bands alone.
     #[test]
@@ -397,29 +410,15 @@ mod tests {
         let plain =
             PhotulatorSps::for_survey(&set, config, &bands, &[], Some(&lines), &dev).unwrap();
         // Top-hat stand-ins for u, g, r: at z = 3 Lyα (4863 Å) covers u, part of g, not r.
-        let hat = |name: &str, lo: f64, hi: f64| FilterCurve {
-            name: name.into(),
-            wavelength_aa: (0..=100)
-                .map(|i| lo + (hi - lo) * i as f64 / 100.0)
-                .collect(),
-            transmission: vec![1.0; 101],
-        };
         let filters = [
-            hat("u", 3300.0, 4000.0),
-            hat("g", 4000.0, 5500.0),
-            hat("r", 5500.0, 7000.0),
+            top_hat("u", 3300.0, 4000.0),
+            top_hat("g", 4000.0, 5500.0),
+            top_hat("r", 5500.0, 7000.0),
         ];
         let s = 0.4;
         let igm = IgmScatter::new(&filters, s, 8.0, &dev).unwrap();
         let with = plain.clone().with_igm_scatter(igm).unwrap();
-        let phi = HostRng::seed_from_u64(5)
-            .normal(&(8, N_PARAMS).into(), &dev)
-            .unwrap();
-        let mut theta = phi_to_theta(&phi).unwrap().to_vec2::<f32>().unwrap();
-        for (i, row) in theta.iter_mut().enumerate() {
-            row[IDX_Z] = if i < 4 { 3.0 } else { 0.5 };
-        }
-        let theta = Tensor::new(theta, &dev).unwrap();
+        let theta = theta_at_z(5, &[3.0, 3.0, 3.0, 3.0, 0.5, 0.5, 0.5, 0.5]);
         let a = plain.photometry(&theta).unwrap();
         let b = with.photometry(&theta).unwrap();
         assert_eq!(
@@ -453,25 +452,13 @@ mod tests {
         let dev = Device::Cpu;
         let (set, config) = cosmos_set();
         let bands: Vec<String> = config.bands[..2].to_vec();
-        let hat = |name: &str, lo: f64, hi: f64| FilterCurve {
-            name: name.into(),
-            wavelength_aa: vec![lo, hi],
-            transmission: vec![1.0, 1.0],
-        };
-        let filters = [hat("u", 3300.0, 4000.0), hat("g", 4000.0, 5500.0)];
+        let filters = [top_hat("u", 3300.0, 4000.0), top_hat("g", 4000.0, 5500.0)];
         let sps = PhotulatorSps::for_survey(&set, config, &bands, &[], None, &dev)
             .unwrap()
             .with_igm_scatter(IgmScatter::new(&filters, 0.5, 8.0, &dev).unwrap())
             .unwrap();
-        let phi = HostRng::seed_from_u64(7)
-            .normal(&(4, N_PARAMS).into(), &dev)
-            .unwrap();
         // Two rows at z = 0.5, where neither band reaches the forest (σ = 0), two at z = 3.
-        let mut rows = phi_to_theta(&phi).unwrap().to_vec2::<f32>().unwrap();
-        for (i, row) in rows.iter_mut().enumerate() {
-            row[IDX_Z] = if i < 2 { 0.5 } else { 3.0 };
-        }
-        let theta = candle_core::Var::from_tensor(&Tensor::new(rows, &dev).unwrap()).unwrap();
+        let theta = candle_core::Var::from_tensor(&theta_at_z(7, &[0.5, 0.5, 3.0, 3.0])).unwrap();
         let m = sps.photometry(theta.as_tensor()).unwrap();
         let sigma = m.line_sigma_nmgy.unwrap();
         let loss = (sigma.sum_all().unwrap() + m.flux_nmgy.sum_all().unwrap()).unwrap();
