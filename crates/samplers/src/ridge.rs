@@ -68,7 +68,7 @@ impl RidgeMove {
 }
 
 impl Curve {
-    /// Least-squares fit to `points` `[m, g, d]` (f64 on the host for the small solves).
+    /// Least-squares fit to `points` `[m, g, d]`, in f64 and batched over galaxies.
     fn fit(points: &Tensor, axis: usize, degree: usize) -> Result<Self> {
         let (_, g, d) = points.dims3()?;
         let x = points.to_dtype(DType::F64)?;
