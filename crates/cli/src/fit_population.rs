@@ -36,8 +36,8 @@ pub struct FitPopulationArgs {
     /// Simulated and observed galaxies per step.
     #[arg(long, default_value_t = FitOptions::default().batch_size)]
     pub batch_size: usize,
-    /// Distance between catalogues: `sliced-wasserstein` or `sinkhorn`.
-    #[arg(long, default_value = "sliced-wasserstein")]
+    /// Distance between catalogues: `sliced-wasserstein`, `sinkhorn` or `mmd`.
+    #[arg(long, default_value = "mmd")]
     pub distance: String,
     #[arg(long, default_value_t = FitOptions::default().flow_learning_rate)]
     pub flow_lr: f64,
@@ -46,6 +46,13 @@ pub struct FitPopulationArgs {
     /// Weight of KL(fitted ‖ starting population) added to the distance (0 = none).
     #[arg(long, default_value_t = FitOptions::default().prior_weight)]
     pub prior_weight: f64,
+    /// Keep the population where the emulators were trained: penalise draws whose density
+    /// under the starting population falls below its own α quantile (0 = off)
+    #[arg(long, default_value_t = FitOptions::default().support_quantile)]
+    pub support_quantile: f64,
+    /// Weight of that penalty (per nat below the threshold)
+    #[arg(long, default_value_t = FitOptions::default().support_weight)]
+    pub support_weight: f64,
     /// Keep the manifest's zero points fixed.
     #[arg(long)]
     pub fixed_zero_points: bool,
@@ -155,12 +162,13 @@ pub fn fit_population(args: &FitPopulationArgs) -> Result<()> {
         }
     }
     let distance = match args.distance.as_str() {
-        "sliced-wasserstein" => Distance::default(),
+        "sliced-wasserstein" => Distance::sliced_wasserstein(),
         "sinkhorn" => Distance::Sinkhorn {
             blur: 0.05,
             scaling: 0.7,
         },
-        other => bail!("--distance: '{other}' is not one of sliced-wasserstein, sinkhorn"),
+        "mmd" => Distance::default(),
+        other => bail!("--distance: '{other}' is not one of sliced-wasserstein, sinkhorn, mmd"),
     };
     let t0 = std::time::Instant::now();
     let loaded = load(&args.manifest)?;
@@ -175,6 +183,8 @@ pub fn fit_population(args: &FitPopulationArgs) -> Result<()> {
         fit_error_floors: !args.fixed_error_floors,
         min_galaxies: args.min_galaxies,
         prior_weight: args.prior_weight,
+        support_quantile: args.support_quantile,
+        support_weight: args.support_weight,
         seed: args.seed.unwrap_or(pipeline.manifest.seed),
         ..Default::default()
     };

@@ -60,6 +60,15 @@ pub struct FitOptions {
     /// faint low-z dwarfs vs distant massive galaxies of the same colours); the penalty keeps
     /// those where the starting population puts them. 0 = none.
     pub prior_weight: f64,
+    /// Support constraint: the quantile α of the starting population's own ln q₀ below which
+    /// a fitted draw is penalised (0 = off). The emulators were trained on draws of the
+    /// starting (Prospector-α-like) population; far outside it (SFH ratios of 3–5 dex, the
+    /// edge of the gas ionisation range) their fluxes are extrapolations, and a free fit uses
+    /// them to make low-z dwarfs that mimic distant massive galaxies. Unlike the KL penalty,
+    /// this leaves the population free wherever q₀ itself puts galaxies.
+    pub support_quantile: f64,
+    /// Weight of the support penalty: weight × mean(max(0, τ_α − ln q₀(φ))), nats.
+    pub support_weight: f64,
     /// Gradient-norm clip of the flow's weights (0 = none).
     pub max_grad_norm: f64,
     /// Seed of the run; step `k` draws from a generator seeded by (seed, k).
@@ -81,6 +90,8 @@ impl Default for FitOptions {
             error_neighbours: 50,
             min_galaxies: 500,
             prior_weight: 0.0,
+            support_quantile: 0.01,
+            support_weight: 1.0,
             max_grad_norm: 1.0,
             seed: 1,
         }
@@ -118,6 +129,18 @@ impl FitOptions {
                 format!("must be finite and >= 0, got {}", self.prior_weight),
             );
         }
+        if !(0.0..0.5).contains(&self.support_quantile) {
+            return bad(
+                "support_quantile",
+                format!("must be in [0, 0.5), got {}", self.support_quantile),
+            );
+        }
+        if !(self.support_weight.is_finite() && self.support_weight >= 0.0) {
+            return bad(
+                "support_weight",
+                format!("must be finite and >= 0, got {}", self.support_weight),
+            );
+        }
         if !(self.max_grad_norm.is_finite() && self.max_grad_norm >= 0.0) {
             return bad("max_grad_norm", "must be finite and >= 0".into());
         }
@@ -146,6 +169,9 @@ pub struct StepRecord {
     /// Monte Carlo estimate of KL(q ‖ q₀) on the step's draws (nats; NaN when not computed).
     #[serde(default)]
     pub kl_to_start: f64,
+    /// Share of the step's draws outside the support (ln q₀ below τ_α; 0 when off).
+    #[serde(default)]
+    pub outside_support: f64,
 }
 
 /// What a finished (or interrupted) fit reports.
@@ -173,6 +199,10 @@ pub struct FitReport {
     pub loss_curve: Vec<(usize, f64)>,
     /// Per-band KS statistic of drawn vs catalogue flux errors, on a fresh simulation.
     pub error_model_ks: Vec<f64>,
+    /// Share of draws outside the support (ln q₀ < τ_α), averaged over the last 50 steps
+    /// (0 when the support penalty is off).
+    #[serde(default)]
+    pub outside_support: f64,
     /// Wall-clock seconds, as measured by the caller of [`PopulationFit::report`].
     pub seconds: f64,
 }
@@ -184,8 +214,10 @@ pub struct PopulationFit<'a> {
     set: &'a ObservedSet,
     flow_vars: VarMap,
     flow: FlowModel,
-    /// The starting population q₀ (fixed), for the KL penalty.
+    /// The starting population q₀ (fixed), for the KL and support penalties.
     start: FlowModel,
+    /// τ_α: the support quantile of ln q₀ under q₀'s own draws (None = off).
+    support_threshold: Option<f64>,
     ln_zero_points: Var,
     ln_error_floors: Var,
     start_ln_zero_points: Vec<f64>,
@@ -201,6 +233,26 @@ fn sorted_vars(varmap: &VarMap) -> Vec<Var> {
     let mut named: Vec<(&String, &Var)> = vars.iter().collect();
     named.sort_by(|a, b| a.0.cmp(b.0));
     named.into_iter().map(|(_, v)| v.clone()).collect()
+}
+
+/// The α quantile of ln q₀ over 20 000 of q₀'s own draws (seeded; non-finite values are
+/// left out): the edge of the region the starting population, and the emulators trained on
+/// it, cover.
+fn support_threshold(start: &FlowModel, alpha: f64, seed: u64, device: &Device) -> Result<f64> {
+    let mut rng = HostRng::seed_from_u64(seed ^ 0x5u64.rotate_left(40));
+    let mut ln_q = Vec::new();
+    for _ in 0..5 {
+        let z = rng.normal(&Shape::from((4000, N_PARAMS)), device)?;
+        let (_, lq) = start.sample_with_log_prob(&z)?;
+        ln_q.extend(host_vec(&lq)?.into_iter().filter(|v| v.is_finite()));
+    }
+    if ln_q.is_empty() {
+        return Err(Error::Invalid(
+            "support threshold: the starting population's ln q₀ is not finite on any draw".into(),
+        ));
+    }
+    ln_q.sort_by(f64::total_cmp);
+    Ok(ln_q[((ln_q.len() - 1) as f64 * alpha).round() as usize])
 }
 
 fn host_vec(t: &Tensor) -> Result<Vec<f64>> {
@@ -293,6 +345,16 @@ impl<'a> PopulationFit<'a> {
                 },
             )?)
         };
+        let support_threshold = if options.support_quantile > 0.0 {
+            Some(support_threshold(
+                initial,
+                options.support_quantile,
+                options.seed,
+                &device,
+            )?)
+        } else {
+            None
+        };
         Ok(Self {
             options,
             forward,
@@ -300,6 +362,7 @@ impl<'a> PopulationFit<'a> {
             flow_vars,
             flow,
             start: initial.clone(),
+            support_threshold,
             ln_zero_points,
             ln_error_floors,
             start_ln_zero_points,
@@ -381,17 +444,18 @@ impl<'a> PopulationFit<'a> {
         &self,
         n: usize,
         rng: &mut dyn RandomSource,
-    ) -> Result<(crate::forward::Simulated, Tensor)> {
+    ) -> Result<(crate::forward::Simulated, Tensor, Tensor)> {
         let z = rng.normal(&Shape::from((n, N_PARAMS)), &self.device)?;
         let (phi, ln_q) = self.flow.sample_with_log_prob(&z)?;
-        let ln_ratio = (ln_q - self.start.log_prob(&phi)?)?;
+        let ln_start = self.start.log_prob(&phi)?;
+        let ln_ratio = (ln_q - &ln_start)?;
         let sim = self.forward.simulate(
             &phi,
             self.ln_zero_points.as_tensor(),
             &self.ln_error_floors.as_tensor().exp()?,
             rng,
         )?;
-        Ok((sim, ln_ratio))
+        Ok((sim, ln_ratio, ln_start))
     }
 
     /// One optimiser step; returns its record. A non-finite loss stops the fit with an error
@@ -399,7 +463,7 @@ impl<'a> PopulationFit<'a> {
     pub fn step(&mut self) -> Result<StepRecord> {
         let mut rng = self.step_rng(self.step);
         let n = self.options.batch_size;
-        let (mut sim, ln_ratio) = self.simulate_with_kl(n, &mut rng)?;
+        let (mut sim, ln_ratio, ln_start) = self.simulate_with_kl(n, &mut rng)?;
         // Rows whose simulation is not finite (e.g. an emulator overflow far outside its
         // training box) are dropped and counted; a sort needs a total order.
         let feats: Vec<Vec<f32>> = sim.features.detach().to_vec2()?;
@@ -459,6 +523,31 @@ impl<'a> PopulationFit<'a> {
             }
             value
         };
+        let mut outside_support = 0.0;
+        if let Some(tau) = self.support_threshold {
+            // Hinge below τ_α; non-finite ln q₀ (draws far in a tail) count as outside but
+            // carry no gradient.
+            let lq: Vec<f32> = ln_start.detach().to_dtype(DType::F32)?.to_vec1()?;
+            let finite: Vec<u32> = (0..lq.len() as u32)
+                .filter(|&i| lq[i as usize].is_finite())
+                .collect();
+            outside_support = lq
+                .iter()
+                .filter(|v| !v.is_finite() || (**v as f64) < tau)
+                .count() as f64
+                / lq.len().max(1) as f64;
+            if !finite.is_empty() && self.options.support_weight > 0.0 {
+                let idx = Tensor::from_vec(finite.clone(), finite.len(), &self.device)?;
+                let hinge = ln_start
+                    .index_select(&idx, 0)?
+                    .to_dtype(DType::F32)?
+                    .affine(-1.0, tau)?
+                    .relu()?
+                    .mean_all()?
+                    .affine(self.options.support_weight, 0.0)?;
+                loss = (loss + hinge)?;
+            }
+        }
         if self.options.fit_zero_points && self.options.zero_point_prior_weight > 0.0 {
             let start = f32_tensor(&self.start_ln_zero_points, &self.device)?;
             let penalty = (self.ln_zero_points.as_tensor() - start)?
@@ -497,6 +586,7 @@ impl<'a> PopulationFit<'a> {
             non_finite,
             non_finite_gradients,
             kl_to_start,
+            outside_support,
         };
         self.history.push(record);
         self.step += 1;
@@ -638,6 +728,10 @@ impl<'a> PopulationFit<'a> {
             error_floors: self.error_floors()?,
             loss_curve: self.loss_curve(50),
             error_model_ks,
+            outside_support: {
+                let tail = &self.history[self.history.len().saturating_sub(50)..];
+                tail.iter().map(|r| r.outside_support).sum::<f64>() / tail.len().max(1) as f64
+            },
             seconds,
         })
     }
