@@ -53,6 +53,10 @@ pub struct FitPopulationArgs {
     /// Weight of that penalty (per nat below the threshold)
     #[arg(long, default_value_t = FitOptions::default().support_weight)]
     pub support_weight: f64,
+    /// Hold each coordinate inside the central 1 − α of the start's marginal, instead of
+    /// the joint density above its α quantile
+    #[arg(long)]
+    pub support_box: bool,
     /// Keep the manifest's zero points fixed.
     #[arg(long)]
     pub fixed_zero_points: bool,
@@ -185,6 +189,7 @@ pub fn fit_population(args: &FitPopulationArgs) -> Result<()> {
         prior_weight: args.prior_weight,
         support_quantile: args.support_quantile,
         support_weight: args.support_weight,
+        support_box: args.support_box,
         seed: args.seed.unwrap_or(pipeline.manifest.seed),
         ..Default::default()
     };

@@ -69,6 +69,12 @@ pub struct FitOptions {
     pub support_quantile: f64,
     /// Weight of the support penalty: weight × mean(max(0, τ_α − ln q₀(φ))), nats.
     pub support_weight: f64,
+    /// Hold each coordinate of φ inside the central 1 − α of the start's marginal instead
+    /// of the joint density above τ_α. The joint hinge can be met by narrowing coordinates
+    /// the photometry ignores (which raises ln q₀) while another leaves the support; a box
+    /// per coordinate cannot.
+    #[serde(default)]
+    pub support_box: bool,
     /// Gradient-norm clip of the flow's weights (0 = none).
     pub max_grad_norm: f64,
     /// Seed of the run; step `k` draws from a generator seeded by (seed, k).
@@ -92,6 +98,7 @@ impl Default for FitOptions {
             prior_weight: 0.0,
             support_quantile: 0.01,
             support_weight: 1.0,
+            support_box: false,
             max_grad_norm: 1.0,
             seed: 1,
         }
@@ -216,8 +223,8 @@ pub struct PopulationFit<'a> {
     flow: FlowModel,
     /// The starting population q₀ (fixed), for the KL and support penalties.
     start: FlowModel,
-    /// τ_α: the support quantile of ln q₀ under q₀'s own draws (None = off).
-    support_threshold: Option<f64>,
+    /// Where the starting population has galaxies (None = no support penalty).
+    support: Option<Support>,
     ln_zero_points: Var,
     ln_error_floors: Var,
     start_ln_zero_points: Vec<f64>,
@@ -235,24 +242,99 @@ fn sorted_vars(varmap: &VarMap) -> Vec<Var> {
     named.into_iter().map(|(_, v)| v.clone()).collect()
 }
 
-/// The α quantile of ln q₀ over 20 000 of q₀'s own draws (seeded; non-finite values are
-/// left out): the edge of the region the starting population, and the emulators trained on
-/// it, cover.
-fn support_threshold(start: &FlowModel, alpha: f64, seed: u64, device: &Device) -> Result<f64> {
+/// The region the starting population, and the emulators trained on it, cover.
+struct Support {
+    /// τ_α: the α quantile of ln q₀ under q₀'s own draws.
+    threshold: f64,
+    /// Per-coordinate α/2 and 1 − α/2 quantiles of φ under q₀, `[N_PARAMS]` each.
+    low: Tensor,
+    high: Tensor,
+}
+
+impl Support {
+    /// mean(max(0, τ − ln q₀)) over the finite draws, and the share outside (non-finite
+    /// ln q₀, far in a tail, counts as outside but carries no gradient).
+    fn density_hinge(&self, ln_start: &Tensor, device: &Device) -> Result<(Option<Tensor>, f64)> {
+        let lq: Vec<f32> = ln_start.detach().to_dtype(DType::F32)?.to_vec1()?;
+        let finite: Vec<u32> = (0..lq.len() as u32)
+            .filter(|&i| lq[i as usize].is_finite())
+            .collect();
+        let outside = lq
+            .iter()
+            .filter(|v| !v.is_finite() || (**v as f64) < self.threshold)
+            .count() as f64
+            / lq.len().max(1) as f64;
+        if finite.is_empty() {
+            return Ok((None, outside));
+        }
+        let idx = Tensor::from_vec(finite.clone(), finite.len(), device)?;
+        let hinge = ln_start
+            .index_select(&idx, 0)?
+            .to_dtype(DType::F32)?
+            .affine(-1.0, self.threshold)?
+            .relu()?
+            .mean_all()?;
+        Ok((Some(hinge), outside))
+    }
+
+    /// mean over draws of Σ_k distance of φ_k outside [low_k, high_k], and the share of
+    /// draws with any coordinate outside.
+    fn box_hinge(&self, phi: &Tensor) -> Result<(Option<Tensor>, f64)> {
+        let phi = phi.to_dtype(DType::F32)?;
+        let below = self.low.unsqueeze(0)?.broadcast_sub(&phi)?.relu()?;
+        let above = phi.broadcast_sub(&self.high.unsqueeze(0)?)?.relu()?;
+        let excess = (below + above)?.sum(1)?;
+        let e: Vec<f32> = excess.detach().to_vec1()?;
+        let outside = e.iter().filter(|v| !(**v <= 0.0)).count() as f64 / e.len().max(1) as f64;
+        let finite: Vec<u32> = (0..e.len() as u32)
+            .filter(|&i| e[i as usize].is_finite())
+            .collect();
+        if finite.is_empty() {
+            return Ok((None, outside));
+        }
+        let idx = Tensor::from_vec(finite.clone(), finite.len(), phi.device())?;
+        Ok((Some(excess.index_select(&idx, 0)?.mean_all()?), outside))
+    }
+}
+
+/// From 20 000 of q₀'s own draws (seeded; non-finite values left out).
+fn support_of(start: &FlowModel, alpha: f64, seed: u64, device: &Device) -> Result<Support> {
     let mut rng = HostRng::seed_from_u64(seed ^ 0x5u64.rotate_left(40));
     let mut ln_q = Vec::new();
+    let mut coords: Vec<Vec<f64>> = vec![Vec::new(); N_PARAMS];
     for _ in 0..5 {
         let z = rng.normal(&Shape::from((4000, N_PARAMS)), device)?;
-        let (_, lq) = start.sample_with_log_prob(&z)?;
+        let (phi, lq) = start.sample_with_log_prob(&z)?;
         ln_q.extend(host_vec(&lq)?.into_iter().filter(|v| v.is_finite()));
+        for (k, v) in host_vec(&phi)?.into_iter().enumerate() {
+            if v.is_finite() {
+                coords[k % N_PARAMS].push(v);
+            }
+        }
     }
-    if ln_q.is_empty() {
+    if ln_q.is_empty() || coords.iter().any(|c| c.is_empty()) {
         return Err(Error::Invalid(
-            "support threshold: the starting population's ln q₀ is not finite on any draw".into(),
+            "support: the starting population's draws are not finite".into(),
         ));
     }
-    ln_q.sort_by(f64::total_cmp);
-    Ok(ln_q[((ln_q.len() - 1) as f64 * alpha).round() as usize])
+    let quantile = |v: &mut Vec<f64>, q: f64| {
+        v.sort_by(f64::total_cmp);
+        v[((v.len() - 1) as f64 * q).round() as usize]
+    };
+    let threshold = quantile(&mut ln_q, alpha);
+    let low: Vec<f64> = coords
+        .iter_mut()
+        .map(|c| quantile(c, alpha / 2.0))
+        .collect();
+    let high: Vec<f64> = coords
+        .iter_mut()
+        .map(|c| quantile(c, 1.0 - alpha / 2.0))
+        .collect();
+    Ok(Support {
+        threshold,
+        low: f32_tensor(&low, device)?,
+        high: f32_tensor(&high, device)?,
+    })
 }
 
 fn host_vec(t: &Tensor) -> Result<Vec<f64>> {
@@ -345,8 +427,8 @@ impl<'a> PopulationFit<'a> {
                 },
             )?)
         };
-        let support_threshold = if options.support_quantile > 0.0 {
-            Some(support_threshold(
+        let support = if options.support_quantile > 0.0 {
+            Some(support_of(
                 initial,
                 options.support_quantile,
                 options.seed,
@@ -362,7 +444,7 @@ impl<'a> PopulationFit<'a> {
             flow_vars,
             flow,
             start: initial.clone(),
-            support_threshold,
+            support,
             ln_zero_points,
             ln_error_floors,
             start_ln_zero_points,
@@ -444,7 +526,7 @@ impl<'a> PopulationFit<'a> {
         &self,
         n: usize,
         rng: &mut dyn RandomSource,
-    ) -> Result<(crate::forward::Simulated, Tensor, Tensor)> {
+    ) -> Result<(crate::forward::Simulated, Tensor, Tensor, Tensor)> {
         let z = rng.normal(&Shape::from((n, N_PARAMS)), &self.device)?;
         let (phi, ln_q) = self.flow.sample_with_log_prob(&z)?;
         let ln_start = self.start.log_prob(&phi)?;
@@ -455,7 +537,7 @@ impl<'a> PopulationFit<'a> {
             &self.ln_error_floors.as_tensor().exp()?,
             rng,
         )?;
-        Ok((sim, ln_ratio, ln_start))
+        Ok((sim, ln_ratio, ln_start, phi))
     }
 
     /// One optimiser step; returns its record. A non-finite loss stops the fit with an error
@@ -463,7 +545,7 @@ impl<'a> PopulationFit<'a> {
     pub fn step(&mut self) -> Result<StepRecord> {
         let mut rng = self.step_rng(self.step);
         let n = self.options.batch_size;
-        let (mut sim, ln_ratio, ln_start) = self.simulate_with_kl(n, &mut rng)?;
+        let (mut sim, ln_ratio, ln_start, phi) = self.simulate_with_kl(n, &mut rng)?;
         // Rows whose simulation is not finite (e.g. an emulator overflow far outside its
         // training box) are dropped and counted; a sort needs a total order.
         let feats: Vec<Vec<f32>> = sim.features.detach().to_vec2()?;
@@ -524,28 +606,17 @@ impl<'a> PopulationFit<'a> {
             value
         };
         let mut outside_support = 0.0;
-        if let Some(tau) = self.support_threshold {
-            // Hinge below τ_α; non-finite ln q₀ (draws far in a tail) count as outside but
-            // carry no gradient.
-            let lq: Vec<f32> = ln_start.detach().to_dtype(DType::F32)?.to_vec1()?;
-            let finite: Vec<u32> = (0..lq.len() as u32)
-                .filter(|&i| lq[i as usize].is_finite())
-                .collect();
-            outside_support = lq
-                .iter()
-                .filter(|v| !v.is_finite() || (**v as f64) < tau)
-                .count() as f64
-                / lq.len().max(1) as f64;
-            if !finite.is_empty() && self.options.support_weight > 0.0 {
-                let idx = Tensor::from_vec(finite.clone(), finite.len(), &self.device)?;
-                let hinge = ln_start
-                    .index_select(&idx, 0)?
-                    .to_dtype(DType::F32)?
-                    .affine(-1.0, tau)?
-                    .relu()?
-                    .mean_all()?
-                    .affine(self.options.support_weight, 0.0)?;
-                loss = (loss + hinge)?;
+        if let Some(support) = &self.support {
+            let (hinge, outside) = if self.options.support_box {
+                support.box_hinge(&phi)?
+            } else {
+                support.density_hinge(&ln_start, &self.device)?
+            };
+            outside_support = outside;
+            if let Some(h) = hinge
+                && self.options.support_weight > 0.0
+            {
+                loss = (loss + h.affine(self.options.support_weight, 0.0)?)?;
             }
         }
         if self.options.fit_zero_points && self.options.zero_point_prior_weight > 0.0 {

@@ -266,12 +266,25 @@ fn the_support_penalty_keeps_the_population_where_the_start_has_galaxies() {
         "{}",
         history[0].outside_support
     );
+    let held_options = held.clone();
     let (flow, history) = run_options(&start, held);
     let (m_held, out_held) = (n_moments(&flow).0, outside(&history));
     eprintln!("free: mean N {m_free}, outside {out_free}; held: {m_held}, {out_held}");
     assert!(m_free > 0.7, "unpenalised mean N {m_free} (truth 1)");
     assert!(out_free > 0.3, "unpenalised share outside {out_free}");
     assert!(out_held < 0.05, "penalised share outside {out_held}");
+    // The per-coordinate box cannot be met that way: N stays inside the start's central
+    // 99 % (|N| ≤ 2.58 × 0.3 = 0.77), so its mean is held well below the truth's.
+    // (Weight 20: at weight 1 this toy's distance outweighs the box, mean N 0.83.)
+    let boxed = FitOptions {
+        support_box: true,
+        support_weight: 20.0,
+        ..held_options
+    };
+    let (flow, history) = run_options(&start, boxed);
+    let (m_box, out_box) = (n_moments(&flow).0, outside(&history));
+    eprintln!("box: mean N {m_box}, outside {out_box}");
+    assert!(m_box < 0.7 && m_box < m_free - 0.15, "boxed mean N {m_box}");
 }
 
 #[test]
