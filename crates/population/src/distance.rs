@@ -344,6 +344,18 @@ mod tests {
             .unwrap()
     }
 
+    /// The gradient of `loss` with respect to the simulated points, averaged over points.
+    fn mean_gradient(x: &Tensor, loss: impl Fn(&Tensor) -> Result<Tensor>) -> Vec<f32> {
+        let v = Var::from_tensor(x).unwrap();
+        let g = loss(v.as_tensor()).unwrap().backward().unwrap();
+        g.get(v.as_tensor())
+            .unwrap()
+            .mean(0)
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    }
+
     #[test]
     fn sliced_wasserstein_of_a_shift_is_the_projected_shift_squared() {
         // y = x + δ·1: every projection v shifts by δ Σv, so SW² = δ² mean_v (Σ v)².
@@ -405,18 +417,7 @@ mod tests {
             .unwrap();
         assert!(s0.abs() < 1e-4, "{s0}");
         // And the gradient points the simulated cloud toward the data.
-        let v = Var::from_tensor(&x).unwrap();
-        let g = sinkhorn_divergence(v.as_tensor(), &y, 0.05, 0.7)
-            .unwrap()
-            .backward()
-            .unwrap();
-        let mean_grad: Vec<f32> = g
-            .get(v.as_tensor())
-            .unwrap()
-            .mean(0)
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let mean_grad = mean_gradient(&x, |v| sinkhorn_divergence(v, &y, 0.05, 0.7));
         // ∇ of |δ|²/2 w.r.t. the mean of x is −δ/n per point; summed over n: −δ.
         for m in mean_grad {
             assert!((m * 400.0 + 0.5).abs() < 0.05, "{m}");
@@ -474,19 +475,8 @@ mod tests {
             with.is_finite() && (with - base).abs() < 6.0 / 400.0,
             "{base} → {with}"
         );
-        let v = Var::from_tensor(&normal(300, 2, 0.0, 1.0, 72)).unwrap();
         let target = normal(300, 2, 1.0, 1.0, 73);
-        let g = mmd(v.as_tensor(), &target, 1.0, 3.0)
-            .unwrap()
-            .backward()
-            .unwrap();
-        let mean_grad: Vec<f32> = g
-            .get(v.as_tensor())
-            .unwrap()
-            .mean(0)
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let mean_grad = mean_gradient(&normal(300, 2, 0.0, 1.0, 72), |v| mmd(v, &target, 1.0, 3.0));
         assert!(mean_grad.iter().all(|m| *m < 0.0), "{mean_grad:?}");
         assert!(
             Distance::Mmd {
