@@ -176,7 +176,8 @@ pub struct StepRecord {
     /// Monte Carlo estimate of KL(q ‖ q₀) on the step's draws (nats; NaN when not computed).
     #[serde(default)]
     pub kl_to_start: f64,
-    /// Share of the step's draws outside the support (ln q₀ below τ_α; 0 when off).
+    /// Share of the step's draws outside the support (ln q₀ below τ_α, or with the box a
+    /// coordinate outside it; 0 when off).
     #[serde(default)]
     pub outside_support: f64,
 }
@@ -206,7 +207,7 @@ pub struct FitReport {
     pub loss_curve: Vec<(usize, f64)>,
     /// Per-band KS statistic of drawn vs catalogue flux errors, on a fresh simulation.
     pub error_model_ks: Vec<f64>,
-    /// Share of draws outside the support (ln q₀ < τ_α), averaged over the last 50 steps
+    /// Share of draws outside the support (as in [`StepRecord`]), averaged over the last 50 steps
     /// (0 when the support penalty is off).
     #[serde(default)]
     pub outside_support: f64,
@@ -242,6 +243,20 @@ fn sorted_vars(varmap: &VarMap) -> Vec<Var> {
     named.into_iter().map(|(_, v)| v.clone()).collect()
 }
 
+/// Mean over the finite entries of a per-draw vector `[n]` (None if none is finite), and
+/// its host values. Non-finite entries (draws far in a tail) carry no usable gradient.
+fn finite_mean(values: &Tensor) -> Result<(Option<Tensor>, Vec<f32>)> {
+    let host: Vec<f32> = values.detach().to_dtype(DType::F32)?.to_vec1()?;
+    let finite: Vec<u32> = (0..host.len() as u32)
+        .filter(|&i| host[i as usize].is_finite())
+        .collect();
+    if finite.is_empty() {
+        return Ok((None, host));
+    }
+    let idx = Tensor::from_vec(finite.clone(), finite.len(), values.device())?;
+    Ok((Some(values.index_select(&idx, 0)?.mean_all()?), host))
+}
+
 /// The region the starting population, and the emulators trained on it, cover.
 struct Support {
     /// τ_α: the α quantile of ln q₀ under q₀'s own draws.
@@ -254,27 +269,19 @@ struct Support {
 impl Support {
     /// mean(max(0, τ − ln q₀)) over the finite draws, and the share outside (non-finite
     /// ln q₀, far in a tail, counts as outside but carries no gradient).
-    fn density_hinge(&self, ln_start: &Tensor, device: &Device) -> Result<(Option<Tensor>, f64)> {
+    fn density_hinge(&self, ln_start: &Tensor) -> Result<(Option<Tensor>, f64)> {
+        let hinge = ln_start
+            .to_dtype(DType::F32)?
+            .affine(-1.0, self.threshold)?
+            .relu()?;
+        let (mean, _) = finite_mean(&hinge)?;
         let lq: Vec<f32> = ln_start.detach().to_dtype(DType::F32)?.to_vec1()?;
-        let finite: Vec<u32> = (0..lq.len() as u32)
-            .filter(|&i| lq[i as usize].is_finite())
-            .collect();
         let outside = lq
             .iter()
             .filter(|v| !v.is_finite() || (**v as f64) < self.threshold)
             .count() as f64
             / lq.len().max(1) as f64;
-        if finite.is_empty() {
-            return Ok((None, outside));
-        }
-        let idx = Tensor::from_vec(finite.clone(), finite.len(), device)?;
-        let hinge = ln_start
-            .index_select(&idx, 0)?
-            .to_dtype(DType::F32)?
-            .affine(-1.0, self.threshold)?
-            .relu()?
-            .mean_all()?;
-        Ok((Some(hinge), outside))
+        Ok((mean, outside))
     }
 
     /// mean over draws of Σ_k distance of φ_k outside [low_k, high_k], and the share of
@@ -284,16 +291,9 @@ impl Support {
         let below = self.low.unsqueeze(0)?.broadcast_sub(&phi)?.relu()?;
         let above = phi.broadcast_sub(&self.high.unsqueeze(0)?)?.relu()?;
         let excess = (below + above)?.sum(1)?;
-        let e: Vec<f32> = excess.detach().to_vec1()?;
+        let (mean, e) = finite_mean(&excess)?;
         let outside = e.iter().filter(|v| !(**v <= 0.0)).count() as f64 / e.len().max(1) as f64;
-        let finite: Vec<u32> = (0..e.len() as u32)
-            .filter(|&i| e[i as usize].is_finite())
-            .collect();
-        if finite.is_empty() {
-            return Ok((None, outside));
-        }
-        let idx = Tensor::from_vec(finite.clone(), finite.len(), phi.device())?;
-        Ok((Some(excess.index_select(&idx, 0)?.mean_all()?), outside))
+        Ok((mean, outside))
     }
 }
 
@@ -589,28 +589,22 @@ impl<'a> PopulationFit<'a> {
             )));
         }
         let mut loss = distance;
-        // Non-finite ratios (draws far in a tail) carry no usable gradient: average the rest.
-        let ratio: Vec<f32> = ln_ratio.detach().to_dtype(DType::F32)?.to_vec1()?;
-        let ok: Vec<u32> = (0..ratio.len() as u32)
-            .filter(|&i| ratio[i as usize].is_finite())
-            .collect();
-        let kl_to_start = if ok.is_empty() {
-            f64::NAN
-        } else {
-            let idx = Tensor::from_vec(ok.clone(), ok.len(), &self.device)?;
-            let kl = ln_ratio.index_select(&idx, 0)?.mean_all()?;
-            let value = kl.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-            if self.options.prior_weight > 0.0 {
-                loss = (loss + kl.affine(self.options.prior_weight, 0.0)?)?;
+        let kl_to_start = match finite_mean(&ln_ratio)?.0 {
+            None => f64::NAN,
+            Some(kl) => {
+                let value = kl.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+                if self.options.prior_weight > 0.0 {
+                    loss = (loss + kl.affine(self.options.prior_weight, 0.0)?)?;
+                }
+                value
             }
-            value
         };
         let mut outside_support = 0.0;
         if let Some(support) = &self.support {
             let (hinge, outside) = if self.options.support_box {
                 support.box_hinge(&phi)?
             } else {
-                support.density_hinge(&ln_start, &self.device)?
+                support.density_hinge(&ln_start)?
             };
             outside_support = outside;
             if let Some(h) = hinge
