@@ -46,6 +46,10 @@ pub struct FitPopulationArgs {
     /// Weight of KL(fitted ‖ starting population) added to the distance (0 = none).
     #[arg(long, default_value_t = FitOptions::default().prior_weight)]
     pub prior_weight: f64,
+    /// Weight of an entropy bonus −λ H(fitted population), which keeps the parameters the
+    /// photometry ignores broad without pulling the population back to the start (0 = none)
+    #[arg(long, default_value_t = FitOptions::default().entropy_weight)]
+    pub entropy_weight: f64,
     /// Keep the population where the emulators were trained: penalise draws whose density
     /// under the starting population falls below its own α quantile (0 = off)
     #[arg(long, default_value_t = FitOptions::default().support_quantile)]
@@ -187,6 +191,7 @@ pub fn fit_population(args: &FitPopulationArgs) -> Result<()> {
         fit_error_floors: !args.fixed_error_floors,
         min_galaxies: args.min_galaxies,
         prior_weight: args.prior_weight,
+        entropy_weight: args.entropy_weight,
         support_quantile: args.support_quantile,
         support_weight: args.support_weight,
         support_box: args.support_box,
@@ -566,7 +571,8 @@ fn parse_tilt(s: &str) -> std::result::Result<(f64, f64), String> {
     }
 }
 
-/// Draw `n` latent rows from `prior`, tilted by exp(a z + b log10 M) when asked.
+/// Draw `n` latent rows from `prior`, tilted by exp(a z + b log10 M) when asked
+/// (`popcosmos_priors::tilted`, the same population as `prior: {kind: tilted}`).
 pub fn tilted_draws(
     prior: &dyn Prior,
     n: usize,
@@ -574,39 +580,10 @@ pub fn tilted_draws(
     rng: &mut dyn RandomSource,
     device: &candle_core::Device,
 ) -> Result<candle_core::Tensor> {
-    let Some((a, b)) = tilt else {
-        return Ok(prior.sample(n, rng, device)?);
-    };
-    let pool = 10 * n;
-    let phi = prior.sample(pool, rng, device)?;
-    let theta: Vec<Vec<f64>> = popcosmos_api::params::phi_to_theta(&phi)?
-        .to_dtype(candle_core::DType::F64)?
-        .to_vec2()?;
-    let logw: Vec<f64> = theta
-        .iter()
-        .map(|t| {
-            let z = t[popcosmos_api::params::IDX_Z];
-            let logm = popcosmos_sps::log10_mass_formed(t[popcosmos_api::params::IDX_N], z);
-            a * z + b * logm
-        })
-        .collect();
-    let max = logw.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-    let w: Vec<f64> = logw.iter().map(|l| (l - max).exp()).collect();
-    let total: f64 = w.iter().sum();
-    let mut cum = Vec::with_capacity(pool);
-    let mut c = 0.0;
-    for x in &w {
-        c += x / total;
-        cum.push(c);
-    }
-    let idx: Vec<u32> = (0..n)
-        .map(|_| {
-            let u = rng.next_f64();
-            cum.partition_point(|&x| x < u).min(pool - 1) as u32
-        })
-        .collect();
-    let idx = candle_core::Tensor::from_vec(idx, n, device)?;
-    Ok(phi.index_select(&idx, 0)?)
+    Ok(match tilt {
+        None => prior.sample(n, rng, device)?,
+        Some((a, b)) => popcosmos_priors::tilted::sample_tilted(prior, n, a, b, rng, device)?,
+    })
 }
 
 pub fn simulate_population(args: &SimulatePopulationArgs) -> Result<()> {

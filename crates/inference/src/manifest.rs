@@ -847,14 +847,15 @@ impl Manifest {
         };
         let SpsSpec::Photulator { weights, .. } = &mut self.sps;
         fix_weights(weights);
-        if let PriorSpec::Diffusion { weights, .. } | PriorSpec::Flow { weights } = &mut self.prior
+        if let PriorSpec::Diffusion { weights, .. } | PriorSpec::Flow { weights } =
+            self.prior.innermost_mut()
         {
             fix_weights(weights);
         }
         if let PriorSpec::Diffusion {
             fast_sampler: Some(fast),
             ..
-        } = &mut self.prior
+        } = self.prior.innermost_mut()
         {
             fix_weights(&mut fast.weights);
         }
@@ -862,7 +863,7 @@ impl Manifest {
         if let Some(p) = &mut self.survey.plugin {
             fix(p);
         }
-        if let PriorSpec::Plugin { path, .. } = &mut self.prior {
+        if let PriorSpec::Plugin { path, .. } = self.prior.innermost_mut() {
             fix(path);
         }
     }
@@ -871,7 +872,8 @@ impl Manifest {
     pub fn validate(&self) -> Result<()> {
         let bad = |key: &str, msg: String| Err(Error::config(key, msg));
         self.prior.validate()?;
-        if let PriorSpec::Diffusion { weights, .. } | PriorSpec::Flow { weights } = &self.prior
+        if let PriorSpec::Diffusion { weights, .. } | PriorSpec::Flow { weights } =
+            self.prior.innermost()
             && let Err(e) = weights.parse::<WeightRef>()
         {
             return bad("prior.weights", e.to_string());
@@ -879,7 +881,7 @@ impl Manifest {
         if let PriorSpec::Diffusion {
             fast_sampler: Some(fast),
             ..
-        } = &self.prior
+        } = self.prior.innermost()
             && let Err(e) = fast.weights.parse::<WeightRef>()
         {
             return bad("prior.fast_sampler.weights", e.to_string());
@@ -900,7 +902,8 @@ impl Manifest {
                 ),
             );
         }
-        if s.kind == SamplerKind::Hmc && matches!(self.prior, PriorSpec::Plugin { .. }) {
+        if s.kind == SamplerKind::Hmc && matches!(self.prior.innermost(), PriorSpec::Plugin { .. })
+        {
             return bad(
                 "sampler.kind",
                 "hmc needs the prior's gradient, and a plugin prior (prior.kind: plugin) has \

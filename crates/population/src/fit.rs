@@ -60,6 +60,14 @@ pub struct FitOptions {
     /// faint low-z dwarfs vs distant massive galaxies of the same colours); the penalty keeps
     /// those where the starting population puts them. 0 = none.
     pub prior_weight: f64,
+    /// Weight λ_H of an entropy bonus, −λ_H H(q) with H = −E_q ln q, added to the distance
+    /// (0 = none). The joint support penalty can be met by narrowing the parameters the
+    /// photometry ignores (it raises ln q₀), and the distance has no pressure to keep them
+    /// broad. KL(q ‖ q₀) keeps them, but also pulls z and mass back to the start; the
+    /// entropy term keeps the spread without preferring any place inside the support (the
+    /// maximum-entropy population that reproduces the photometry).
+    #[serde(default)]
+    pub entropy_weight: f64,
     /// Support constraint: the quantile α of the starting population's own ln q₀ below which
     /// a fitted draw is penalised (0 = off). The emulators were trained on draws of the
     /// starting (Prospector-α-like) population; far outside it (SFH ratios of 3–5 dex, the
@@ -96,6 +104,7 @@ impl Default for FitOptions {
             error_neighbours: 50,
             min_galaxies: 500,
             prior_weight: 0.0,
+            entropy_weight: 0.0,
             support_quantile: 0.01,
             support_weight: 1.0,
             support_box: false,
@@ -129,6 +138,12 @@ impl FitOptions {
         }
         if !(self.zero_point_prior_weight.is_finite() && self.zero_point_prior_weight >= 0.0) {
             return bad("zero_point_prior_weight", "must be finite and >= 0".into());
+        }
+        if !(self.entropy_weight.is_finite() && self.entropy_weight >= 0.0) {
+            return bad(
+                "entropy_weight",
+                format!("must be finite and >= 0, got {}", self.entropy_weight),
+            );
         }
         if !(self.prior_weight.is_finite() && self.prior_weight >= 0.0) {
             return bad(
@@ -599,6 +614,12 @@ impl<'a> PopulationFit<'a> {
                 value
             }
         };
+        if self.options.entropy_weight > 0.0 {
+            let ln_q = (&ln_ratio + &ln_start)?;
+            if let Some(neg_entropy) = finite_mean(&ln_q)?.0 {
+                loss = (loss + neg_entropy.affine(self.options.entropy_weight, 0.0)?)?;
+            }
+        }
         let mut outside_support = 0.0;
         if let Some(support) = &self.support {
             let (hinge, outside) = if self.options.support_box {

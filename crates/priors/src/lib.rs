@@ -30,6 +30,8 @@
 //!   2023) — 1-, 2- and 4-step samplers of the teacher's PF-ODE distribution
 //!   ([`consistency::Trainer`], [`consistency::ConsistencyModel`]) and their evaluation
 //!   against the teacher ([`consistency::compare_to_teacher`]: KS, classifier AUC, time).
+//! * [`tilted`] (`kind: tilted`): a base prior reweighted by exp(a z + b log10 M_formed),
+//!   the known truth population of the population-fit mock tests.
 //! * `kind: plugin`: a prior from a plugin shared library (C ABI, `popcosmos-plugin-host`;
 //!   see docs/plugins.md).
 //! * [`PriorSpec`]: the manifest enum (`#[serde(tag = "kind")]`, kebab-case) with
@@ -52,6 +54,7 @@ pub mod diffusion;
 pub mod flow;
 // Namespace: the Prospector-α terms as host f64 functions (`prospector::log_prob_row`, …).
 pub mod prospector;
+pub mod tilted;
 mod uniform;
 mod weights_io;
 
@@ -95,6 +98,18 @@ pub enum PriorSpec {
         /// default the flow distilled from the bundled diffusion prior.
         #[serde(default = "default_flow_weights")]
         weights: String,
+    },
+    /// [`tilted::TiltedPrior`]: `base` reweighted by exp(`z` · z + `log10_mass` · log10 M_formed),
+    /// e.g. `prior: {kind: tilted, base: {kind: prospector-alpha}, z: 0.4, log10_mass: 1.0}`.
+    Tilted {
+        /// The prior that is tilted.
+        base: Box<PriorSpec>,
+        /// Slope a of the tilt in z.
+        #[serde(default)]
+        z: f64,
+        /// Slope b of the tilt in log10 M_formed.
+        #[serde(default)]
+        log10_mass: f64,
     },
     /// A prior from a plugin shared library (`popcosmos-plugin-host`, docs/plugins.md):
     /// `prior: {kind: plugin, path: libmy_prior.so, config: "…"}`.
@@ -189,6 +204,15 @@ impl PriorSpec {
                 let model = flow::FlowModel::from_bytes(&bytes, &source, device)?;
                 Box::new(flow::FlowPrior::new(model, &source)?)
             }
+            PriorSpec::Tilted {
+                base,
+                z,
+                log10_mass,
+            } => Box::new(tilted::TiltedPrior::new(
+                base.build_with(device, load)?,
+                *z,
+                *log10_mass,
+            )?),
             PriorSpec::Plugin { path, config } => Box::new(
                 popcosmos_plugin_host::load_prior(path, config)
                     .map_err(|e| popcosmos_api::Error::config("prior.path", e.to_string()))?,
@@ -196,8 +220,38 @@ impl PriorSpec {
         })
     }
 
+    /// The prior beneath any tilts (the one whose weights and paths a manifest names).
+    pub fn innermost(&self) -> &PriorSpec {
+        match self {
+            PriorSpec::Tilted { base, .. } => base.innermost(),
+            other => other,
+        }
+    }
+
+    /// Mutable [`Self::innermost`] (to resolve its paths against the manifest's folder).
+    pub fn innermost_mut(&mut self) -> &mut PriorSpec {
+        match self {
+            PriorSpec::Tilted { base, .. } => base.innermost_mut(),
+            other => other,
+        }
+    }
+
     /// Check settings that need no file access (names the manifest key).
     pub fn validate(&self) -> Result<()> {
+        if let PriorSpec::Tilted {
+            base,
+            z,
+            log10_mass,
+        } = self
+        {
+            if !(z.is_finite() && log10_mass.is_finite()) {
+                return Err(popcosmos_api::Error::config(
+                    "prior.z / prior.log10_mass",
+                    format!("the tilt must be finite, got {z}, {log10_mass}"),
+                ));
+            }
+            return base.validate();
+        }
         if let PriorSpec::Diffusion {
             log_prob,
             sample_solver,

@@ -133,6 +133,46 @@ fn prior_spec_round_trips_and_builds() {
     let _ = UniformPrior::new();
 }
 
+/// `{kind: tilted}` parses, builds, and its density is the base's plus a z + b log10 M up to
+/// one constant (exact maths on the host f64 twin of the base density).
+#[test]
+fn tilted_spec_builds_and_adds_the_tilt() {
+    let s: PriorSpec = serde_json::from_str(
+        r#"{"kind":"tilted","base":{"kind":"prospector-alpha"},"z":0.4,"log10_mass":1.0}"#,
+    )
+    .unwrap();
+    assert!(matches!(s.innermost(), PriorSpec::ProspectorAlpha {}));
+    let prior = s.build().unwrap();
+    assert!(prior.name().starts_with("tilted(prospector-alpha"));
+    let base = ProspectorAlphaPrior::new();
+    let phi = base
+        .sample(64, &mut HostRng::seed_from_u64(2), &Device::Cpu)
+        .unwrap();
+    let lp: Vec<f32> = prior.log_prob(&phi).unwrap().to_vec1().unwrap();
+    let rows: Vec<Vec<f32>> = phi.to_vec2().unwrap();
+    let offsets: Vec<f64> = rows
+        .iter()
+        .zip(&lp)
+        .map(|(r, &l)| {
+            let row: [f64; N_PARAMS] = std::array::from_fn(|i| r[i] as f64);
+            let z =
+                LOWER[15] + (UPPER[15] - LOWER[15]) * popcosmos_api::params::normal_cdf(row[15]);
+            let log10m = -0.4 * (row[0] - pade::distmod(z));
+            l as f64 - (log_prob_row(&row) + 0.4 * z + log10m)
+        })
+        .collect();
+    // The constant is −ln C; f32 evaluation limits agreement to ~1e-3 nats.
+    let spread = offsets.iter().cloned().fold(f64::NEG_INFINITY, f64::max)
+        - offsets.iter().cloned().fold(f64::INFINITY, f64::min);
+    assert!(spread < 2e-3, "offsets {offsets:?}");
+    // Tilting toward high z and mass makes C large: E[e^(0.4 z + log10 M)] ≫ 1.
+    assert!(offsets[0] < -5.0, "−ln C = {}", offsets[0]);
+    assert!(
+        serde_json::from_str::<PriorSpec>(r#"{"kind":"tilted","z":0.4}"#).is_err(),
+        "a tilt needs a base"
+    );
+}
+
 /// Draws through the public path (φ f32 → θ via the f32 probit map), as MCMC would see them.
 fn draws(n: usize, seed: u64) -> (Vec<[f64; N_PARAMS]>, Vec<f64>) {
     let prior = ProspectorAlphaPrior::new();
