@@ -50,6 +50,10 @@ pub struct FitPopulationArgs {
     /// photometry ignores broad without pulling the population back to the start (0 = none)
     #[arg(long, default_value_t = FitOptions::default().entropy_weight)]
     pub entropy_weight: f64,
+    /// Under --select-band, draws simulated per batch row to find the ones that pass the
+    /// cut (only those are simulated with gradients)
+    #[arg(long, default_value_t = FitOptions::default().selection_oversample)]
+    pub selection_oversample: usize,
     /// Keep the population where the emulators were trained: penalise draws whose density
     /// under the starting population falls below its own α quantile (0 = off)
     #[arg(long, default_value_t = FitOptions::default().support_quantile)]
@@ -192,6 +196,7 @@ pub fn fit_population(args: &FitPopulationArgs) -> Result<()> {
         min_galaxies: args.min_galaxies,
         prior_weight: args.prior_weight,
         entropy_weight: args.entropy_weight,
+        selection_oversample: args.selection_oversample,
         support_quantile: args.support_quantile,
         support_weight: args.support_weight,
         support_box: args.support_box,

@@ -28,6 +28,36 @@ pub struct Simulated {
     pub kept: Vec<u32>,
 }
 
+/// The random draws of one simulation: measurement errors `[n × bands]` nmgy, unit-scale
+/// noise `[n, bands]` and the catalogue rows whose missing-band patterns are used.
+#[derive(Debug, Clone)]
+pub struct Draws {
+    sigma_nm: Vec<f32>,
+    noise: Tensor,
+    rows: Vec<u32>,
+}
+
+impl Draws {
+    /// The draws of rows `kept` (in that order).
+    pub fn select(&self, kept: &[u32]) -> Result<Self> {
+        let nb = self.noise.dim(1)?;
+        let idx = Tensor::from_vec(kept.to_vec(), kept.len(), self.noise.device())?;
+        Ok(Self {
+            sigma_nm: kept
+                .iter()
+                .flat_map(|&i| self.sigma_nm[i as usize * nb..(i as usize + 1) * nb].to_vec())
+                .collect(),
+            noise: self.noise.index_select(&idx, 0)?,
+            rows: kept.iter().map(|&i| self.rows[i as usize]).collect(),
+        })
+    }
+}
+
+enum Source<'a> {
+    Draw(&'a mut dyn RandomSource),
+    Given(&'a Draws),
+}
+
 /// φ → simulated catalogue rows.
 pub struct ForwardModel<'a> {
     sps: &'a dyn SpsModel,
@@ -100,6 +130,56 @@ impl<'a> ForwardModel<'a> {
         error_floors: &Tensor,
         rng: &mut dyn RandomSource,
     ) -> Result<Simulated> {
+        Ok(self
+            .simulate_inner(phi, ln_zero_points, error_floors, Source::Draw(rng), true)?
+            .0)
+    }
+
+    /// [`Self::simulate`], also returning the random draws, so that the rows that pass the
+    /// selection can be simulated again with gradients and the same noise
+    /// ([`Self::resimulate`]).
+    pub fn simulate_with_draws(
+        &self,
+        phi: &Tensor,
+        ln_zero_points: &Tensor,
+        error_floors: &Tensor,
+        rng: &mut dyn RandomSource,
+    ) -> Result<(Simulated, Draws)> {
+        self.simulate_inner(phi, ln_zero_points, error_floors, Source::Draw(rng), true)
+    }
+
+    /// Simulate `phi` with given draws (one row each; no selection is applied).
+    pub fn resimulate(
+        &self,
+        phi: &Tensor,
+        ln_zero_points: &Tensor,
+        error_floors: &Tensor,
+        draws: &Draws,
+    ) -> Result<Simulated> {
+        Ok(self
+            .simulate_inner(
+                phi,
+                ln_zero_points,
+                error_floors,
+                Source::Given(draws),
+                false,
+            )?
+            .0)
+    }
+
+    /// Whether the observed set carries an explicit selection.
+    pub fn has_selection(&self) -> bool {
+        self.set.selection.is_some()
+    }
+
+    fn simulate_inner(
+        &self,
+        phi: &Tensor,
+        ln_zero_points: &Tensor,
+        error_floors: &Tensor,
+        source: Source,
+        select: bool,
+    ) -> Result<(Simulated, Draws)> {
         let n = phi.dim(0)?;
         let nb = self.set.n_bands;
         let theta = phi_to_theta(phi)?;
@@ -107,20 +187,32 @@ impl<'a> ForwardModel<'a> {
         let zp = ln_zero_points.exp()?;
         let f = model.flux_nmgy;
         let zf = f.broadcast_mul(&zp)?;
-        let host: Vec<f32> = zf.detach().to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-        let sigma_nm = self.errors.sample(&host, rng);
+        let draws = match source {
+            Source::Given(d) => d.clone(),
+            Source::Draw(rng) => {
+                let host: Vec<f32> = zf.detach().to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+                let sigma_nm = self.errors.sample(&host, rng);
+                let noise = self.noise(n, nb, rng)?;
+                let rows = rng.indices(n, self.set.len());
+                Draws {
+                    sigma_nm,
+                    noise,
+                    rows,
+                }
+            }
+        };
+        let sigma_nm = draws.sigma_nm.clone();
         let sigma_nm_t = Tensor::from_vec(sigma_nm.clone(), (n, nb), &self.device)?;
         let mut model_var = f.broadcast_mul(error_floors)?.sqr()?;
         if let Some(em) = &model.line_sigma_nmgy {
             model_var = (model_var + em.sqr()?)?;
         }
         let var = (model_var.broadcast_mul(&zp.sqr()?)? + sigma_nm_t.sqr()?)?;
-        let noise = self.noise(n, nb, rng)?;
-        let observed = (zf + (var.sqrt()? * noise)?)?;
-        let rows = rng.indices(n, self.set.len());
-        let mask = self.set.masks(&rows, &self.device)?;
+        let observed = (zf + (var.sqrt()? * &draws.noise)?)?;
+        let mask = self.set.masks(&draws.rows, &self.device)?;
         let features = self.features(&observed, &mask)?;
-        let (kept, features, observed, mask, sigma_nm) = match self.set.selection {
+        let selection = if select { self.set.selection } else { None };
+        let (kept, features, observed, mask, sigma_nm) = match selection {
             None => ((0..n as u32).collect(), features, observed, mask, sigma_nm),
             Some((b, max_mag)) => {
                 let mags: Vec<f32> = flux_to_asinh_mag(&observed.detach(), &self.softening)?
@@ -144,13 +236,16 @@ impl<'a> ForwardModel<'a> {
                 )
             }
         };
-        Ok(Simulated {
-            features,
-            flux_nmgy: observed.detach(),
-            sigma_nmgy: sigma_nm,
-            mask,
-            kept,
-        })
+        Ok((
+            Simulated {
+                features,
+                flux_nmgy: observed.detach(),
+                sigma_nmgy: sigma_nm,
+                mask,
+                kept,
+            },
+            draws,
+        ))
     }
 
     /// Unit-scale noise `[n, bands]`: Student-t(ν) = 𝒩 / √(χ²_ν/ν), χ²_ν from ν squared
