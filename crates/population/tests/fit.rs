@@ -146,17 +146,20 @@ fn options(steps: usize) -> FitOptions {
     }
 }
 
-fn n_moments(flow: &FlowModel) -> (f64, f64) {
-    let mut rng = HostRng::seed_from_u64(9);
-    let n: Vec<f32> = flow
-        .sample(4000, &mut rng)
+/// `count` draws of N (φ₀) from `flow` (seed 9).
+fn n_draws(flow: &FlowModel, count: usize) -> Vec<f32> {
+    flow.sample(count, &mut HostRng::seed_from_u64(9))
         .unwrap()
         .narrow(1, 0, 1)
         .unwrap()
         .flatten_all()
         .unwrap()
         .to_vec1()
-        .unwrap();
+        .unwrap()
+}
+
+fn n_moments(flow: &FlowModel) -> (f64, f64) {
+    let n = n_draws(flow, 4000);
     let m = n.iter().map(|v| *v as f64).sum::<f64>() / n.len() as f64;
     let v = n.iter().map(|x| (*x as f64 - m).powi(2)).sum::<f64>() / n.len() as f64;
     (m, v.sqrt())
@@ -377,15 +380,7 @@ fn a_non_finite_simulation_stops_the_fit_with_a_clear_error() {
 #[test]
 fn an_oversampled_selection_keeps_the_batch_full_as_the_population_turns_faint() {
     let conditional_mean = |flow: &FlowModel| -> f64 {
-        let n: Vec<f32> = flow
-            .sample(40_000, &mut HostRng::seed_from_u64(9))
-            .unwrap()
-            .narrow(1, 0, 1)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let n = n_draws(flow, 40_000);
         let bright: Vec<f64> = n.iter().filter(|&&v| v < 0.0).map(|&v| v as f64).collect();
         bright.iter().sum::<f64>() / bright.len() as f64
     };

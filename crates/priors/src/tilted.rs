@@ -145,6 +145,15 @@ mod tests {
     use super::*;
     use crate::ProspectorAlphaPrior;
 
+    fn host(t: &Tensor) -> Vec<f64> {
+        t.to_dtype(DType::F64).unwrap().to_vec1().unwrap()
+    }
+
+    fn redshifts(phi: &Tensor) -> Vec<f64> {
+        let theta = params::phi_to_theta(phi).unwrap();
+        host(&theta.narrow(1, IDX_Z, 1).unwrap().squeeze(1).unwrap())
+    }
+
     /// The tilt's effect on the z marginal is exact maths: E_tilted[z] = E_base[z e^t]/E_base[e^t].
     /// SIR draws must reproduce it, and the density must integrate to one under the base
     /// (E_base[p_tilted/p_base] = 1).
@@ -155,22 +164,8 @@ mod tests {
         let mut rng = HostRng::seed_from_u64(5);
         let (a, b) = (0.4, 1.0);
         let ref_phi = base.sample(200_000, &mut rng, &dev).unwrap();
-        let t: Vec<f64> = ln_tilt(&ref_phi, a, b)
-            .unwrap()
-            .to_dtype(DType::F64)
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        let z: Vec<f64> = params::phi_to_theta(&ref_phi)
-            .unwrap()
-            .narrow(1, IDX_Z, 1)
-            .unwrap()
-            .squeeze(1)
-            .unwrap()
-            .to_dtype(DType::F64)
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let t = host(&ln_tilt(&ref_phi, a, b).unwrap());
+        let z = redshifts(&ref_phi);
         let max = t.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
         let w: Vec<f64> = t.iter().map(|x| (x - max).exp()).collect();
         let wsum: f64 = w.iter().sum();
@@ -179,16 +174,7 @@ mod tests {
 
         let tilted = TiltedPrior::new(Box::new(ProspectorAlphaPrior::new()), a, b).unwrap();
         let draws = tilted.sample(20_000, &mut rng, &dev).unwrap();
-        let dz: Vec<f64> = params::phi_to_theta(&draws)
-            .unwrap()
-            .narrow(1, IDX_Z, 1)
-            .unwrap()
-            .squeeze(1)
-            .unwrap()
-            .to_dtype(DType::F64)
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let dz = redshifts(&draws);
         let mean = dz.iter().sum::<f64>() / dz.len() as f64;
         let sd = (dz.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / dz.len() as f64).sqrt();
         assert!(
@@ -203,20 +189,8 @@ mod tests {
         );
 
         // E_base[exp(ln p_tilted − ln p_base)] = 1.
-        let lp_t: Vec<f64> = tilted
-            .log_prob(&ref_phi)
-            .unwrap()
-            .to_dtype(DType::F64)
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        let lp_b: Vec<f64> = base
-            .log_prob(&ref_phi)
-            .unwrap()
-            .to_dtype(DType::F64)
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let lp_t = host(&tilted.log_prob(&ref_phi).unwrap());
+        let lp_b = host(&base.log_prob(&ref_phi).unwrap());
         let ratios: Vec<f64> = lp_t.iter().zip(&lp_b).map(|(t, b)| (t - b).exp()).collect();
         let m = ratios.iter().sum::<f64>() / ratios.len() as f64;
         let se = (ratios.iter().map(|r| (r - m).powi(2)).sum::<f64>()
