@@ -37,6 +37,8 @@ pub static BUILTIN: &[BuiltinModel] = &[
     bundled!("popcosmos_prior_diffusion"),
     bundled!("popcosmos_prior_consistency"),
     bundled!("popcosmos_prior_flow"),
+    bundled!("population_kids_kv450"),
+    bundled!("population_cosmos2020_zgt2p5"),
 ];
 
 /// The bundled model called `name`.
