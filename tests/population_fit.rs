@@ -230,8 +230,9 @@ fn bad_catalogues_are_refused_by_count_band_and_row() {
     );
 }
 
-/// Median and share above `cut` of z over `n` draws of a bundled population.
-fn bundled_redshifts(name: &str, n: usize, cut: f64) -> (f64, f64) {
+/// Medians of z and log10 M_formed over `n` draws of a bundled population.
+fn bundled_medians(name: &str, n: usize) -> (f64, f64) {
+    use popcosmos_api::params::{IDX_N, IDX_Z, phi_to_theta};
     use popcosmos_api::{HostRng, Prior};
     let m = popcosmos_models::builtin(name).unwrap();
     let model =
@@ -241,33 +242,37 @@ fn bundled_redshifts(name: &str, n: usize, cut: f64) -> (f64, f64) {
     let phi = prior
         .sample(n, &mut HostRng::seed_from_u64(4), &candle_core::Device::Cpu)
         .unwrap();
-    let mut z: Vec<f32> = popcosmos_api::params::phi_to_theta(&phi)
-        .unwrap()
-        .narrow(1, popcosmos_api::params::IDX_Z, 1)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    z.sort_by(f32::total_cmp);
-    let above = z.iter().filter(|&&v| v as f64 > cut).count() as f64 / n as f64;
-    (z[n / 2] as f64, above)
+    let theta: Vec<Vec<f32>> = phi_to_theta(&phi).unwrap().to_vec2().unwrap();
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let z = theta.iter().map(|t| t[IDX_Z] as f64).collect();
+    let log_m = theta
+        .iter()
+        .map(|t| popcosmos_sps::log10_mass_formed(t[IDX_N] as f64, t[IDX_Z] as f64))
+        .collect();
+    (median(z), median(log_m))
 }
 
 /// The shipped populations are the fitted ones (docs/population.md), not the start, and run
-/// manifests accept them with their calibration files. The start (Prospector-α-like flow)
-/// puts the median z at ≈ 2.3 and 44 % of its draws above z = 2.5.
+/// manifests accept them with their calibration files. The start (the Prospector-α-like
+/// flow) has median z 2.31 and median log10 M_formed 7.61.
 #[test]
 fn shipped_populations_are_the_fitted_ones_and_load_with_their_calibration() {
-    // KiDS: fitted n(z) quartiles 0.18 / 0.29 / 0.48 (spec-z of the same rows 0.16 / 0.27 / 0.41).
-    let (median, _) = bundled_redshifts("population_kids_kv450", 20_000, 2.5);
-    assert!((0.2..0.4).contains(&median), "KiDS median z {median}");
-    // COSMOS z > 2.5: 43 % of the fitted draws above 2.5, plus a low-z mode.
-    let (_, above) = bundled_redshifts("population_cosmos2020_zgt2p5", 20_000, 2.5);
+    let (z, log_m) = bundled_medians("popcosmos_prior_flow", 20_000);
     assert!(
-        (0.33..0.53).contains(&above),
-        "COSMOS share above z 2.5: {above}"
+        (z - 2.31).abs() < 0.1 && (log_m - 7.61).abs() < 0.1,
+        "start {z} {log_m}"
     );
+    // KiDS: fitted n(z) quartiles 0.18 / 0.29 / 0.48 (spec-z of the same rows 0.16 / 0.27 /
+    // 0.41), median log M 11.1.
+    let (z, log_m) = bundled_medians("population_kids_kv450", 20_000);
+    assert!((0.2..0.4).contains(&z), "KiDS median z {z}");
+    assert!((10.6..11.6).contains(&log_m), "KiDS median log M {log_m}");
+    // COSMOS z > 2.5: 43 % of the draws above z = 2.5 and a low-z mode; median log M 9.6.
+    let (_, log_m) = bundled_medians("population_cosmos2020_zgt2p5", 20_000);
+    assert!((9.1..10.1).contains(&log_m), "COSMOS median log M {log_m}");
 
     let dir = tempdir("shipped-populations");
     let kids = repo().join("examples/data/kids_demo.csv");
