@@ -140,8 +140,10 @@ fn options(steps: usize) -> FitOptions {
         fit_zero_points: false,
         fit_error_floors: false,
         min_galaxies: 500,
-        // The toy start is the identity flow; the tests that need the support penalty set it.
+        // The toy start is the identity flow; the tests that need the support penalty or
+        // the KL term set them.
         support_quantile: 0.0,
+        prior_weight: 0.0,
         ..Default::default()
     }
 }
