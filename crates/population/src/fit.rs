@@ -93,6 +93,9 @@ pub struct FitOptions {
     pub seed: u64,
 }
 
+/// Rows of the oversampled pool simulated at once under a selection.
+const POOL_CHUNK: usize = 16_384;
+
 fn default_selection_oversample() -> usize {
     32
 }
@@ -568,28 +571,53 @@ impl<'a> PopulationFit<'a> {
         let ln_zp = self.ln_zero_points.as_tensor();
         let floors = self.ln_error_floors.as_tensor().exp()?;
         if self.forward.has_selection() && self.options.selection_oversample > 1 {
+            // The pool is drawn in chunks, so that a large diagnostic simulation does not
+            // hold the flow's graph over n × oversample rows at once.
             let pool = n * self.options.selection_oversample;
-            let z_pool = rng.normal(&Shape::from((pool, N_PARAMS)), &self.device)?;
-            let phi_pool = self.flow.sample_from_base(&z_pool)?.detach();
-            let (trial, draws) = self.forward.simulate_with_draws(
-                &phi_pool,
-                &ln_zp.detach(),
-                &floors.detach(),
-                rng,
-            )?;
-            let mut kept = trial.kept;
-            kept.truncate(n);
-            let idx = Tensor::from_vec(kept.clone(), kept.len(), &self.device)?;
-            let phi_kept = self.flow.sample_from_base(&z_pool.index_select(&idx, 0)?)?;
-            let mut sim =
-                self.forward
-                    .resimulate(&phi_kept, ln_zp, &floors, &draws.select(&kept)?)?;
-            sim.kept = kept;
+            let chunk = pool.min(POOL_CHUNK.max(n.min(pool)));
+            let (ln_zp_fixed, floors_fixed) = (ln_zp.detach(), floors.detach());
+            let mut z_kept = vec![];
+            let mut draws_kept = vec![];
+            let mut first = None;
+            let (mut drawn, mut n_kept) = (0, 0);
+            while drawn < pool && n_kept < n {
+                let m = chunk.min(pool - drawn);
+                let z = rng.normal(&Shape::from((m, N_PARAMS)), &self.device)?;
+                let phi = self.flow.sample_from_base(&z)?.detach();
+                let (trial, draws) =
+                    self.forward
+                        .simulate_with_draws(&phi, &ln_zp_fixed, &floors_fixed, rng)?;
+                let take = trial.kept.len().min(n - n_kept);
+                let kept = &trial.kept[..take];
+                if take > 0 {
+                    let idx = Tensor::from_vec(kept.to_vec(), take, &self.device)?;
+                    z_kept.push(z.index_select(&idx, 0)?);
+                    draws_kept.push(draws.select(kept)?);
+                }
+                if first.is_none() {
+                    first = Some(z.narrow(0, 0, n.min(m))?);
+                }
+                n_kept += take;
+                drawn += m;
+            }
+            let first = first.expect("the pool has at least one chunk");
             // The penalties are expectations over the whole population, not its bright
-            // part: they use the first n draws of the pool, selected or not.
-            let (phi, ln_q) = self.flow.sample_with_log_prob(&z_pool.narrow(0, 0, n)?)?;
+            // part: they use the first draws of the pool, selected or not.
+            let (phi, ln_q) = self.flow.sample_with_log_prob(&first)?;
             let ln_start = self.start.log_prob(&phi)?;
             let ln_ratio = (ln_q - &ln_start)?;
+            if z_kept.is_empty() {
+                return Err(Error::Invalid(format!(
+                    "step {}: none of {pool} simulated galaxies passes the selection; the \
+                     population makes no galaxies this bright. Raise selection_oversample, \
+                     loosen the selection, or fit without one (the catalogue as given)",
+                    self.step
+                )));
+            }
+            let phi_kept = self.flow.sample_from_base(&Tensor::cat(&z_kept, 0)?)?;
+            let draws = crate::forward::Draws::concat(&draws_kept)?;
+            let mut sim = self.forward.resimulate(&phi_kept, ln_zp, &floors, &draws)?;
+            sim.kept = (0..n_kept as u32).collect();
             return Ok((sim, ln_ratio, ln_start, phi));
         }
         let z = rng.normal(&Shape::from((n, N_PARAMS)), &self.device)?;

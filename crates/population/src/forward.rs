@@ -38,6 +38,16 @@ pub struct Draws {
 }
 
 impl Draws {
+    /// The rows of `parts`, in order.
+    pub fn concat(parts: &[Draws]) -> Result<Self> {
+        let noise: Vec<&Tensor> = parts.iter().map(|d| &d.noise).collect();
+        Ok(Self {
+            sigma_nm: parts.iter().flat_map(|d| d.sigma_nm.clone()).collect(),
+            noise: Tensor::cat(&noise, 0)?,
+            rows: parts.iter().flat_map(|d| d.rows.clone()).collect(),
+        })
+    }
+
     /// The draws of rows `kept` (in that order).
     pub fn select(&self, kept: &[u32]) -> Result<Self> {
         let nb = self.noise.dim(1)?;
