@@ -574,7 +574,7 @@ impl<'a> PopulationFit<'a> {
             // The pool is drawn in chunks, so that a large diagnostic simulation does not
             // hold the flow's graph over n × oversample rows at once.
             let pool = n * self.options.selection_oversample;
-            let chunk = pool.min(POOL_CHUNK.max(n.min(pool)));
+            let chunk = pool.min(POOL_CHUNK.max(n));
             let (ln_zp_fixed, floors_fixed) = (ln_zp.detach(), floors.detach());
             let mut z_kept = vec![];
             let mut draws_kept = vec![];
@@ -616,8 +616,7 @@ impl<'a> PopulationFit<'a> {
             }
             let phi_kept = self.flow.sample_from_base(&Tensor::cat(&z_kept, 0)?)?;
             let draws = crate::forward::Draws::concat(&draws_kept)?;
-            let mut sim = self.forward.resimulate(&phi_kept, ln_zp, &floors, &draws)?;
-            sim.kept = (0..n_kept as u32).collect();
+            let sim = self.forward.resimulate(&phi_kept, ln_zp, &floors, &draws)?;
             return Ok((sim, ln_ratio, ln_start, phi));
         }
         let z = rng.normal(&Shape::from((n, N_PARAMS)), &self.device)?;
@@ -661,7 +660,7 @@ impl<'a> PopulationFit<'a> {
                  selection_oversample, loosen the selection, or fit without one (the \
                  catalogue as given)",
                 self.step,
-                n * self.options.selection_oversample.max(1)
+                n * self.options.selection_oversample
             )));
         }
         let rows = rng.indices(kept, self.set.len());

@@ -53,14 +53,22 @@ impl Draws {
         let nb = self.noise.dim(1)?;
         let idx = Tensor::from_vec(kept.to_vec(), kept.len(), self.noise.device())?;
         Ok(Self {
-            sigma_nm: kept
-                .iter()
-                .flat_map(|&i| self.sigma_nm[i as usize * nb..(i as usize + 1) * nb].to_vec())
-                .collect(),
+            sigma_nm: select_rows(&self.sigma_nm, kept, nb),
             noise: self.noise.index_select(&idx, 0)?,
             rows: kept.iter().map(|&i| self.rows[i as usize]).collect(),
         })
     }
+}
+
+/// Rows `kept` (in that order) of a row-major `[n × nb]` host buffer.
+fn select_rows(values: &[f32], kept: &[u32], nb: usize) -> Vec<f32> {
+    kept.iter()
+        .flat_map(|&i| {
+            values[i as usize * nb..(i as usize + 1) * nb]
+                .iter()
+                .copied()
+        })
+        .collect()
 }
 
 enum Source<'a> {
@@ -211,8 +219,7 @@ impl<'a> ForwardModel<'a> {
                 }
             }
         };
-        let sigma_nm = draws.sigma_nm.clone();
-        let sigma_nm_t = Tensor::from_vec(sigma_nm.clone(), (n, nb), &self.device)?;
+        let sigma_nm_t = Tensor::from_vec(draws.sigma_nm.clone(), (n, nb), &self.device)?;
         let mut model_var = f.broadcast_mul(error_floors)?.sqr()?;
         if let Some(em) = &model.line_sigma_nmgy {
             model_var = (model_var + em.sqr()?)?;
@@ -223,7 +230,13 @@ impl<'a> ForwardModel<'a> {
         let features = self.features(&observed, &mask)?;
         let selection = if select { self.set.selection } else { None };
         let (kept, features, observed, mask, sigma_nm) = match selection {
-            None => ((0..n as u32).collect(), features, observed, mask, sigma_nm),
+            None => (
+                (0..n as u32).collect(),
+                features,
+                observed,
+                mask,
+                draws.sigma_nm.clone(),
+            ),
             Some((b, max_mag)) => {
                 let mags: Vec<f32> = flux_to_asinh_mag(&observed.detach(), &self.softening)?
                     .narrow(1, b, 1)?
@@ -233,10 +246,7 @@ impl<'a> ForwardModel<'a> {
                     .filter(|&i| (mags[i as usize] as f64) <= max_mag)
                     .collect();
                 let idx = Tensor::from_vec(kept.clone(), kept.len(), &self.device)?;
-                let sigma = kept
-                    .iter()
-                    .flat_map(|&i| sigma_nm[i as usize * nb..(i as usize + 1) * nb].to_vec())
-                    .collect();
+                let sigma = select_rows(&draws.sigma_nm, &kept, nb);
                 (
                     kept,
                     features.index_select(&idx, 0)?,

@@ -244,12 +244,7 @@ impl PriorSpec {
             log10_mass,
         } = self
         {
-            if !(z.is_finite() && log10_mass.is_finite()) {
-                return Err(popcosmos_api::Error::config(
-                    "prior.z / prior.log10_mass",
-                    format!("the tilt must be finite, got {z}, {log10_mass}"),
-                ));
-            }
+            tilted::check_slopes(*z, *log10_mass)?;
             return base.validate();
         }
         if let PriorSpec::Diffusion {

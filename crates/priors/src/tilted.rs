@@ -82,16 +82,22 @@ pub fn sample_tilted(
     Ok(phi.index_select(&idx, 0)?)
 }
 
+/// Refuse a non-finite tilt (names the manifest keys).
+pub fn check_slopes(z_slope: f64, log10_mass_slope: f64) -> Result<()> {
+    if z_slope.is_finite() && log10_mass_slope.is_finite() {
+        return Ok(());
+    }
+    Err(Error::config(
+        "prior.z / prior.log10_mass",
+        format!("the tilt must be finite, got {z_slope}, {log10_mass_slope}"),
+    ))
+}
+
 impl TiltedPrior {
     /// Tilt `base` by exp(`z_slope` z + `log10_mass_slope` log10 M_formed); estimates the
     /// normalising constant from [`NORMALISER_DRAWS`] base draws.
     pub fn new(base: Box<dyn Prior>, z_slope: f64, log10_mass_slope: f64) -> Result<Self> {
-        if !(z_slope.is_finite() && log10_mass_slope.is_finite()) {
-            return Err(Error::config(
-                "prior.z / prior.log10_mass",
-                format!("the tilt must be finite, got {z_slope}, {log10_mass_slope}"),
-            ));
-        }
+        check_slopes(z_slope, log10_mass_slope)?;
         let mut rng = HostRng::seed_from_u64(0x7117);
         let phi = base.sample(NORMALISER_DRAWS, &mut rng, &Device::Cpu)?;
         let t: Vec<f64> = ln_tilt(&phi, z_slope, log10_mass_slope)?
