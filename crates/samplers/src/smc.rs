@@ -189,7 +189,8 @@ pub enum SmcStatus {
 pub struct SmcDiagnostics {
     /// ln Z = ln ∫ p L.
     pub log_evidence: f64,
-    /// Standard error of ln Z (first order, Σ 1/ESS − 1/n over stages).
+    /// Standard error of ln Z: first order (Σ 1/ESS − 1/n over stages) for one population;
+    /// with islands, the larger of that and the islands' scatter sd(ln Ẑ_i)/√k.
     pub log_evidence_err: f64,
     /// Tempering stages (the reference stage included).
     pub stages: usize,
@@ -1073,13 +1074,17 @@ fn pool_islands(
                 .unwrap_or(SmcStatus::Converged);
             SmcDiagnostics {
                 log_evidence,
-                // The mean of k independent estimates (first order, equal weights).
-                log_evidence_err: (parts
+                // The mean of k independent estimates: the larger of the first-order error
+                // and the islands' own scatter. The first-order error assumes the moves
+                // decorrelate the particles; on real galaxies they do not, and the islands'
+                // ln Ẑ scatter by nats (docs/validation.md, "How far off is ln Z").
+                log_evidence_err: ((parts
                     .iter()
                     .map(|x| x.log_evidence_err.powi(2))
                     .sum::<f64>())
                 .sqrt()
-                    / k as f64,
+                    / k as f64)
+                    .max(island_log_evidence_err(&log_z)),
                 stages: parts.iter().map(|x| x.stages).max().unwrap_or(0),
                 beta: parts.iter().map(|x| x.beta).fold(f64::INFINITY, f64::min),
                 final_ess: parts.iter().map(|x| x.final_ess).sum(),
@@ -1095,6 +1100,21 @@ fn pool_islands(
         })
         .collect();
     (pooled, combined)
+}
+
+/// Standard error of ln Ẑ from the scatter of k independent islands' ln Ẑ_i: sd(ln Ẑ_i)/√k
+/// over the finite ones (0 with fewer than 2). On the log scale, so that an island that found
+/// e⁵ more mass than the others counts for what it is (the scatter of the Ẑ_i themselves is
+/// bounded by √k times their mean).
+fn island_log_evidence_err(log_z: &[f64]) -> f64 {
+    let finite: Vec<f64> = log_z.iter().copied().filter(|l| l.is_finite()).collect();
+    let k = finite.len();
+    if k < 2 {
+        return 0.0;
+    }
+    let mean = finite.iter().sum::<f64>() / k as f64;
+    let var = finite.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (k as f64 - 1.0);
+    (var / k as f64).sqrt()
 }
 
 /// Gelman–Rubin R̂ (Gelman & Rubin 1992) of galaxy `a`'s pooled draws with the k islands as
@@ -1218,8 +1238,15 @@ mod tests {
         assert!((pooled.acceptance[1] - 0.3).abs() < 1e-12);
         let want = ((1.0 + (-2f64).exp()) / 2.0).ln();
         assert!((combined[0].log_evidence - want).abs() < 1e-12);
-        assert!((combined[0].log_evidence_err - 0.3 / 2f64.sqrt()).abs() < 1e-12);
+        // Islands' ln Z 0 and −2: sd √2, standard error √2/√2 = 1, above the first-order
+        // 0.3/√2.
+        assert!((combined[0].log_evidence_err - 1.0).abs() < 1e-12);
         assert_eq!(combined[0].sweeps, 20);
+        // Islands that agree keep the first-order error.
+        let mut close = diag.clone();
+        close[2].log_evidence = -0.1;
+        let (_, combined) = pool_islands(island_chain().0, &close, 2, 2);
+        assert!((combined[0].log_evidence_err - 0.3 / 2f64.sqrt()).abs() < 1e-12);
     }
 
     #[test]
