@@ -522,55 +522,31 @@ impl Smc {
         rng: &mut dyn RandomSource,
     ) -> Result<(Chain, Vec<SmcDiagnostics>)> {
         if k == 1 {
-            return self.run_population(self.config.particles, reference, target, rng);
+            return self.run_population_in_blocks(self.config.particles, 1, reference, target, rng);
         }
-        // Island i sees only its own block of the reference rows (−∞ elsewhere), so the
-        // islands share no draw and their disagreement measures the whole Monte Carlo error.
-        let (m, g) = reference.log_like.dims2()?;
-        let device = reference.log_like.device();
-        let own: Vec<u8> = (0..m)
-            .flat_map(|r| (0..k).map(move |i| u8::from(r * k / m == i)))
-            .collect();
-        let own = Tensor::from_vec(own, (m, k, 1), device)?.broadcast_as((m, k, g))?;
-        let repeated = reference
-            .log_like
-            .unsqueeze(1)?
-            .broadcast_as((m, k, g))?
-            .contiguous()?;
-        let log_like = own
-            .where_cond(
-                &repeated,
-                &repeated.ones_like()?.affine(0.0, f64::NEG_INFINITY)?,
-            )?
-            .reshape((m, k * g))?;
+        // Island i sees only its own block of the reference rows, so the islands share no
+        // draw and their disagreement measures the whole Monte Carlo error.
+        let g = reference.log_like.dim(1)?;
         let islands = Islands::new(target, g);
-        let (chain, mut diag) = self.run_population(
-            self.config.particles / k,
-            &Reference {
-                position: reference.position,
-                log_prior: reference.log_prior,
-                log_like: &log_like,
-            },
-            &islands,
-            rng,
-        )?;
-        // Stage 1 averaged L^Δβ over all m rows, of which an island owns m/k.
-        for d in diag.iter_mut().filter(|d| d.log_evidence.is_finite()) {
-            d.log_evidence += (k as f64).ln();
-        }
+        let (chain, diag) =
+            self.run_population_in_blocks(self.config.particles / k, k, reference, &islands, rng)?;
         Ok(pool_islands(chain, &diag, k, g))
     }
 
-    /// [`Smc::run`] with `n` particles per column and no islands.
-    fn run_population(
+    /// [`Smc::run`] with `n` particles per column. With `blocks` = k > 1 the reference rows
+    /// are split into k contiguous blocks and the columns are k × the reference's galaxies:
+    /// column i·g + a is galaxy a started from block i alone (an island).
+    fn run_population_in_blocks(
         &self,
         n: usize,
+        blocks: usize,
         reference: &Reference<'_>,
         target: &dyn TemperedTarget,
         rng: &mut dyn RandomSource,
     ) -> Result<(Chain, Vec<SmcDiagnostics>)> {
         let c = &self.config;
-        let (m, g) = reference.log_like.dims2()?;
+        let (m, g_ref) = reference.log_like.dims2()?;
+        let g = g_ref * blocks;
         let (_, d) = reference.position.dims2()?;
         let device = reference.position.device().clone();
         if m == 0 {
@@ -581,31 +557,38 @@ impl Smc {
         let mut diag = vec![SmcDiagnostics::new(); g];
         let mut accepted_sum = vec![0.0f64; g];
 
-        // Stage 1: from the shared reference sample.
-        let ref_ll = host_rows(&sanitize_log_prob(reference.log_like)?)?; // [g][m]
+        // Stage 1: from the shared reference sample; block i is rows ⌈i·m/k⌉ … ⌈(i+1)·m/k⌉ − 1.
+        let block = |i: usize| (i * m).div_ceil(blocks)..((i + 1) * m).div_ceil(blocks);
+        let ref_ll = host_rows(&sanitize_log_prob(reference.log_like)?)?; // [g_ref][m]
         let uniforms: Vec<f64> = (0..g).map(|_| rng.next_f64()).collect();
         let target_ess = c.ess_target * n as f64;
-        let stage1: Vec<Option<(Reweighting, Vec<u32>)>> = ref_ll
-            .par_iter()
-            .zip(&uniforms)
-            .map(|(ll, &u)| {
-                next_temperature(ll, 1.0, target_ess).map(|r| {
-                    let idx = systematic_resample(&r.weights, n, u);
-                    (r, idx)
+        let stage1: Vec<Option<(Reweighting, Vec<u32>)>> = (0..g)
+            .into_par_iter()
+            .map(|col| {
+                let rows = block(col / g_ref);
+                let start = rows.start as u32;
+                next_temperature(&ref_ll[col % g_ref][rows], 1.0, target_ess).map(|r| {
+                    let idx = systematic_resample(&r.weights, n, uniforms[col]);
+                    (r, idx.into_iter().map(|j| j + start).collect())
                 })
             })
             .collect();
         let mut index = Vec::with_capacity(g);
         for (gal, s) in stage1.iter().enumerate() {
+            let rows = block(gal / g_ref);
             match s {
                 Some((r, idx)) => {
-                    record_stage(&mut diag[gal], r, m);
+                    record_stage(&mut diag[gal], r, rows.len());
                     index.push(idx.clone());
                 }
                 None => {
                     diag[gal].status = SmcStatus::NoFiniteLikelihood;
                     diag[gal].log_evidence = f64::NEG_INFINITY;
-                    index.push((0..n).map(|i| (i % m) as u32).collect());
+                    index.push(
+                        (0..n)
+                            .map(|i| (rows.start + i % rows.len().max(1)).min(m - 1) as u32)
+                            .collect(),
+                    );
                 }
             }
         }
@@ -616,7 +599,7 @@ impl Smc {
         let ll_flat: Vec<u32> = flat
             .iter()
             .enumerate()
-            .map(|(k, &j)| j * g as u32 + (k % g) as u32)
+            .map(|(k, &j)| j * g_ref as u32 + ((k % g) % g_ref) as u32)
             .collect();
         let mut all = Particles {
             position: reference
