@@ -1293,6 +1293,43 @@ mod tests {
         assert_eq!(r.delta_beta, 1e-6);
     }
 
+    /// The bisection that skips rows of exactly zero weight picks the same step, bit for
+    /// bit, as one that sums every row (a library spread over 10⁵ nats, with −∞ rows).
+    #[test]
+    fn bisection_skipping_weightless_rows_is_exact() {
+        let brute = |ll: &[f64], target: f64| -> f64 {
+            let (mut lo, mut hi) = (0.0, 1.0);
+            for _ in 0..60 {
+                let mid = 0.5 * (lo + hi);
+                if incremental_weights(ll, mid).unwrap().2 >= target {
+                    lo = mid;
+                } else {
+                    hi = mid;
+                }
+            }
+            if lo > 0.0 { lo } else { hi }
+        };
+        let ll: Vec<f64> = (0..20_000u64)
+            .map(|i| {
+                if i % 7 == 3 {
+                    f64::NEG_INFINITY
+                } else {
+                    // Deterministic spread from −1e5 to 0 with a dense top.
+                    let u = ((i * 2_654_435_761) % 1_000_003) as f64 / 1_000_003.0;
+                    -1e5 * u.powi(6)
+                }
+            })
+            .collect();
+        for target in [2.0, 64.0, 1000.0] {
+            let r = next_temperature(&ll, 1.0, target).unwrap();
+            assert_eq!(
+                r.delta_beta.to_bits(),
+                brute(&ll, target).to_bits(),
+                "{target}"
+            );
+        }
+    }
+
     #[test]
     fn systematic_resampling_counts_are_within_one_of_n_w() {
         let w = [0.1, 0.25, 0.05, 0.6];
