@@ -13,6 +13,10 @@ use popcosmos_api::{
 use crate::posterior::Posterior;
 use crate::reparam::SamplingSpace;
 
+/// Largest draws × galaxies × bands of one chunk of [`InitLibrary::log_like`] (2²⁴: a few
+/// hundred MB of f32 intermediates).
+pub const LIKE_CHUNK_ELEMENTS: usize = 1 << 24;
+
 /// Fewest prior draws the sampling-space map is fitted to.
 pub const MIN_WHITENING_DRAWS: usize = 1000;
 
@@ -87,13 +91,28 @@ impl InitLibrary {
     }
 
     /// ln L of every draw for every galaxy, `[draws, galaxies]` (one broadcast evaluation).
+    ///
+    /// In chunks of draws of at most [`LIKE_CHUNK_ELEMENTS`] draw × galaxy × band entries, so
+    /// that a 10⁶-draw library against 50 galaxies in 26 bands does not build 10⁹-entry
+    /// intermediates (it ran out of 24 GB that way).
     pub fn log_like(&self, likelihood: &dyn Likelihood, obs: &Observations) -> Result<Tensor> {
-        let unsq = |t: &Tensor| t.unsqueeze(1);
-        let model = ModelPhotometry {
-            flux_nmgy: unsq(&self.model.flux_nmgy)?,
-            line_sigma_nmgy: self.model.line_sigma_nmgy.as_ref().map(unsq).transpose()?,
-        };
-        likelihood.log_like(&model, obs)
+        let (galaxies, bands) = obs.flux_nmgy.dims2()?;
+        let m = self.len();
+        let chunk = (LIKE_CHUNK_ELEMENTS / (galaxies * bands).max(1)).clamp(1, m.max(1));
+        let mut parts = Vec::with_capacity(m.div_ceil(chunk));
+        for start in (0..m).step_by(chunk) {
+            let len = chunk.min(m - start);
+            let rows = |t: &Tensor| t.narrow(0, start, len)?.unsqueeze(1);
+            let model = ModelPhotometry {
+                flux_nmgy: rows(&self.model.flux_nmgy)?,
+                line_sigma_nmgy: self.model.line_sigma_nmgy.as_ref().map(rows).transpose()?,
+            };
+            parts.push(likelihood.log_like(&model, obs)?);
+        }
+        if parts.len() == 1 {
+            return Ok(parts.remove(0));
+        }
+        Ok(Tensor::cat(&parts, 0)?)
     }
 
     /// Indices `[galaxies, k]` of the `k` library draws with the highest posterior density.
