@@ -279,9 +279,10 @@ pub fn incremental_weights(log_like: &[f64], delta: f64) -> Option<(Vec<f64>, f6
 /// ESS of the weights exp(δ·d) of the log-likelihoods' offsets d = ℓ − max, summed in order
 /// as [`incremental_weights`] sums them.
 fn ess_of_shifted(shifted: &[f64], delta: f64) -> f64 {
-    let w: Vec<f64> = shifted.iter().map(|&d| (delta * d).exp()).collect();
-    let sum: f64 = w.iter().sum();
-    let sum_sq: f64 = w.iter().map(|v| v * v).sum();
+    let (sum, sum_sq) = shifted.iter().fold((0.0, 0.0), |(s, s2), &d| {
+        let w = (delta * d).exp();
+        (s + w, s2 + w * w)
+    });
     sum * sum / sum_sq
 }
 
@@ -599,7 +600,7 @@ impl Smc {
         let ll_flat: Vec<u32> = flat
             .iter()
             .enumerate()
-            .map(|(k, &j)| j * g_ref as u32 + ((k % g) % g_ref) as u32)
+            .map(|(k, &j)| j * g_ref as u32 + (k % g_ref) as u32)
             .collect();
         let mut all = Particles {
             position: reference
