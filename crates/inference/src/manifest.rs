@@ -636,6 +636,20 @@ pub struct InitSpec {
     /// Adam learning rate, a step size in latent φ (default 0.01).
     #[serde(default = "default_lr")]
     pub adam_learning_rate: f64,
+    /// SMC and library samplers: draw a share `proposal_fraction` of the start library from
+    /// this density instead of the prior (any `prior:` spec, e.g. a population fitted to the
+    /// survey's photometry), weighted back to the run's prior, so the posterior is unchanged
+    /// but the library is denser where galaxies are ([`crate::InitLibrary::build_with_proposal`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proposal: Option<PriorSpec>,
+    /// Share of the start library drawn from `proposal`, in (0, 1) (default 0.5; the importance
+    /// weights are at most 1/(1 − share)).
+    #[serde(default = "default_proposal_fraction")]
+    pub proposal_fraction: f64,
+}
+
+fn default_proposal_fraction() -> f64 {
+    0.5
 }
 
 fn default_library() -> usize {
@@ -659,6 +673,8 @@ impl Default for InitSpec {
             jitter: default_jitter(),
             adam_steps: 0,
             adam_learning_rate: default_lr(),
+            proposal: None,
+            proposal_fraction: default_proposal_fraction(),
         }
     }
 }
@@ -865,6 +881,15 @@ impl Manifest {
         }
         if let PriorSpec::Plugin { path, .. } = self.prior.innermost_mut() {
             fix(path);
+        }
+        if let Some(proposal) = &mut self.init.proposal {
+            match proposal.innermost_mut() {
+                PriorSpec::Diffusion { weights, .. } | PriorSpec::Flow { weights } => {
+                    fix_weights(weights)
+                }
+                PriorSpec::Plugin { path, .. } => fix(path),
+                _ => {}
+            }
         }
     }
 
@@ -1157,6 +1182,33 @@ impl Manifest {
             Open(0.0),
             Closed(1.0),
         )?;
+        if let Some(proposal) = &init.proposal {
+            if !self.sampler.kind.is_smc() {
+                return Err(Error::config(
+                    "init.proposal",
+                    format!(
+                        "applies to sampler kinds smc and library (their start library is \
+                         weighted back to the prior), not {:?}",
+                        self.sampler.kind
+                    ),
+                ));
+            }
+            proposal
+                .validate()
+                .map_err(|e| Error::config("init.proposal", e.to_string()))?;
+            if let PriorSpec::Diffusion { weights, .. } | PriorSpec::Flow { weights } =
+                proposal.innermost()
+                && let Err(e) = weights.parse::<WeightRef>()
+            {
+                return Err(Error::config("init.proposal.weights", e.to_string()));
+            }
+            real_range(
+                "init.proposal_fraction",
+                init.proposal_fraction,
+                Open(0.0),
+                Open(1.0),
+            )?;
+        }
         let d = &self.diagnostics;
         real_range("diagnostics.max_rhat", d.max_rhat, Closed(1.0), Closed(1e6))?;
         real_range(
@@ -1377,13 +1429,21 @@ pub fn build_prior(
     device: &Device,
     hub: &HubConfig,
 ) -> Result<Box<dyn popcosmos_api::Prior>> {
-    spec.build_with(device, &|w: &str, kind: &str| {
-        load_weights("prior.weights", w, kind, hub)
-    })
-    .map_err(|e| match e {
-        Error::Invalid(m) => Error::config("prior.weights", m),
-        other => other,
-    })
+    build_prior_at("prior.weights", spec, device, hub)
+}
+
+/// [`build_prior`] for the prior spec at manifest key `key` (its errors name it).
+pub fn build_prior_at(
+    key: &str,
+    spec: &PriorSpec,
+    device: &Device,
+    hub: &HubConfig,
+) -> Result<Box<dyn popcosmos_api::Prior>> {
+    spec.build_with(device, &|w: &str, kind: &str| load_weights(key, w, kind, hub))
+        .map_err(|e| match e {
+            Error::Invalid(m) => Error::config(key, m),
+            other => other,
+        })
 }
 
 /// Resolve and verify a weights reference whose model card must be of `kind`; errors start
@@ -1457,6 +1517,18 @@ mod tests {
                 "sampler.moves[0].weight",
             ),
             ("init: {library_size: 5}\n", "init.library_size"),
+            (
+                "init: {proposal: {kind: uniform}}\n",
+                "init.proposal",
+            ),
+            (
+                "sampler: {kind: smc}\ninit: {proposal: {kind: uniform}, proposal_fraction: 1.0}\n",
+                "init.proposal_fraction",
+            ),
+            (
+                "sampler: {kind: smc}\ninit: {proposal: {kind: flow, weights: 'hf://org'}}\n",
+                "init.proposal.weights",
+            ),
             ("likelihood: {kind: student-t, nu: -1}\n", "likelihood.nu"),
             ("output: {dir: out, pz_step: 0.0001}\n", "output.pz_step"),
             ("sps: {weights: 'hf://org'}\n", "sps.weights"),

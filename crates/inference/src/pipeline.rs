@@ -82,6 +82,8 @@ pub struct Pipeline {
     pub stellar_mass: StellarMassEmulator,
     /// The population prior over φ.
     pub prior: Box<dyn Prior>,
+    /// The start library's proposal (`init.proposal`), if any.
+    pub proposal: Option<Box<dyn Prior>>,
     /// The photometric likelihood with the survey's calibration.
     pub likelihood: PhotometricLikelihood,
 }
@@ -203,6 +205,14 @@ impl Pipeline {
         let sps = manifest.sps.build(&survey, hub, &device)?;
         let stellar_mass = StellarMassEmulator::builtin(&device)?;
         let prior = crate::manifest::build_prior(&manifest.prior, &device, hub)?;
+        let proposal = manifest
+            .init
+            .proposal
+            .as_ref()
+            .map(|spec| {
+                crate::manifest::build_prior_at("init.proposal.weights", spec, &device, hub)
+            })
+            .transpose()?;
         let likelihood =
             PhotometricLikelihood::new(manifest.likelihood, survey.calibration(), &device)?;
         Ok(Self {
@@ -212,6 +222,7 @@ impl Pipeline {
             sps,
             stellar_mass,
             prior,
+            proposal,
             likelihood,
         })
     }
@@ -375,6 +386,17 @@ impl Pipeline {
     pub(crate) fn init_library(&self) -> Result<InitLibrary> {
         let m = &self.manifest;
         let mut rng = HostRng::seed_from_u64(batch_seed(m.seed, u64::MAX));
+        if let Some(proposal) = &self.proposal {
+            return InitLibrary::build_with_proposal(
+                self.prior.as_ref(),
+                proposal.as_ref(),
+                m.init.proposal_fraction,
+                &self.sps,
+                m.init.library_size,
+                m.sps.rows_per_call(&self.device),
+                &mut rng,
+            );
+        }
         InitLibrary::build(
             self.prior.as_ref(),
             // SMC starts from prior draws only.

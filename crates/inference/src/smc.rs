@@ -20,7 +20,7 @@ use popcosmos_api::{
 use popcosmos_catalog::{ObservedChunk, ResultTable};
 use popcosmos_samplers::{
     Chain, GridChart, Reference, RunConfig, Smc, SmcDiagnostics, SmcStatus, TemperedTarget,
-    next_temperature, systematic_resample,
+    next_temperature, next_temperature_weighted, systematic_resample,
 };
 
 use crate::init::InitLibrary;
@@ -220,7 +220,13 @@ impl Pipeline {
             .map_err(|e| Error::Invalid(e.clone()))?;
         let log_like = library.log_like(posterior.likelihood, posterior.obs)?;
         let (chain_psi, diag) = match s.kind {
-            SamplerKind::Library => library_posterior(in_psi, &log_like, s.particles, rng)?,
+            SamplerKind::Library => library_posterior(
+                in_psi,
+                &log_like,
+                library.log_weight.as_ref(),
+                s.particles,
+                rng,
+            )?,
             SamplerKind::Smc => {
                 let smc = Smc::new(s.smc_config(), self.ensemble_moves(None)?, N_PARAMS)?;
                 let target = TemperedPosterior {
@@ -237,6 +243,7 @@ impl Pipeline {
                         position: &in_psi.psi,
                         log_prior: &in_psi.log_prior,
                         log_like: &log_like,
+                        log_weight: library.log_weight.as_ref(),
                     },
                     &target,
                     rng,
@@ -323,6 +330,7 @@ impl Pipeline {
 fn library_posterior(
     library: &LibraryInPsi,
     log_like: &Tensor,
+    log_weight: Option<&Tensor>,
     draws: usize,
     rng: &mut HostRng,
 ) -> Result<(Chain, Vec<SmcDiagnostics>)> {
@@ -335,6 +343,13 @@ fn library_posterior(
         .to_dtype(DType::F64)?
         .to_device(&popcosmos_api::Device::Cpu)?
         .to_vec2::<f64>()?;
+    let log_weight = log_weight
+        .map(|w| -> Result<Vec<f64>> {
+            Ok(w.to_dtype(DType::F64)?
+                .to_device(&popcosmos_api::Device::Cpu)?
+                .to_vec1::<f64>()?)
+        })
+        .transpose()?;
     let mut index = vec![0u32; draws * g];
     let mut diag = Vec::with_capacity(g);
     for (gal, row) in ll.iter().enumerate() {
@@ -355,7 +370,11 @@ fn library_posterior(
             status: SmcStatus::NoFiniteLikelihood,
         };
         // Target ESS 0: the whole step to β = 1.
-        if let Some(r) = next_temperature(row, 1.0, 0.0) {
+        let step = match &log_weight {
+            Some(b) => next_temperature_weighted(row, b, 1.0, 0.0),
+            None => next_temperature(row, 1.0, 0.0),
+        };
+        if let Some(r) = step {
             let idx = systematic_resample(&r.weights, draws, u);
             let mut unique = idx.clone();
             unique.sort_unstable();

@@ -122,7 +122,7 @@ pub use ridge::RidgeMove;
 pub use run::{Chain, OnStep, RunConfig, run_from_state, sample};
 pub use smc::{
     Reference, Reweighting, Smc, SmcConfig, SmcDiagnostics, SmcStatus, TemperedTarget,
-    next_temperature, systematic_resample,
+    next_temperature, next_temperature_weighted, systematic_resample,
 };
 pub use tempering::{TemperedEnsemble, TemperedInfo};
 pub use warmup::{MoveKind, WarmupConfig};

@@ -171,6 +171,10 @@ pub struct Reference<'a> {
     pub log_prior: &'a Tensor,
     /// ln L of each draw for each galaxy `[m, galaxies]` (NaN read as −∞).
     pub log_like: &'a Tensor,
+    /// ln of each draw's importance weight against the prior, `[m]`, when the draws come from
+    /// another density q (ln p − ln q up to a constant; −∞ for a draw outside the prior).
+    /// `None`: the draws are the prior's own.
+    pub log_weight: Option<&'a Tensor>,
 }
 
 /// How a galaxy's SMC run ended.
@@ -276,6 +280,39 @@ pub fn incremental_weights(log_like: &[f64], delta: f64) -> Option<(Vec<f64>, f6
     Some((w, log_mean, sum * sum / sum_sq))
 }
 
+/// [`incremental_weights`] of draws that carry importance weights e^b against the prior:
+/// weights ∝ e^{b + δ·ℓ}, and the ln of their e^b-weighted mean of L^δ (self-normalised, so b
+/// may be off by a constant). A draw with a non-finite ℓ or b gets weight 0.
+fn incremental_weights_weighted(
+    log_like: &[f64],
+    log_weight: &[f64],
+    delta: f64,
+) -> Option<(Vec<f64>, f64, f64)> {
+    let ok = |j: usize| log_like[j].is_finite() && log_weight[j].is_finite();
+    let idx = (0..log_like.len()).filter(|&j| ok(j));
+    let max = idx.clone().map(|j| log_like[j]).reduce(f64::max)?;
+    let b_max = idx.map(|j| log_weight[j]).reduce(f64::max)?;
+    let mut w: Vec<f64> = (0..log_like.len())
+        .map(|j| {
+            if ok(j) {
+                (log_weight[j] - b_max + delta * (log_like[j] - max)).exp()
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    let base: f64 = log_weight
+        .iter()
+        .filter(|b| b.is_finite())
+        .map(|b| (b - b_max).exp())
+        .sum();
+    let sum: f64 = w.iter().sum();
+    let sum_sq: f64 = w.iter().map(|v| v * v).sum();
+    let log_mean = delta * max + (sum / base).ln();
+    w.iter_mut().for_each(|v| *v /= sum);
+    Some((w, log_mean, sum * sum / sum_sq))
+}
+
 /// ESS of the weights exp(δ·d) of the log-likelihoods' offsets d = ℓ − max, summed in order
 /// as [`incremental_weights`] sums them.
 fn ess_of_shifted(shifted: &[f64], delta: f64) -> f64 {
@@ -324,6 +361,59 @@ pub fn next_temperature(log_like: &[f64], max_delta: f64, target_ess: f64) -> Op
         delta_beta,
         log_mean_weight,
         ess,
+        weights,
+    })
+}
+
+/// [`next_temperature`] for draws with importance weights e^b against the prior (a start
+/// library drawn from another density): the ESS is that of e^{b + Δβ·ℓ}, and the evidence
+/// factor the e^b-weighted mean of L^{Δβ}.
+pub fn next_temperature_weighted(
+    log_like: &[f64],
+    log_weight: &[f64],
+    max_delta: f64,
+    target_ess: f64,
+) -> Option<Reweighting> {
+    let ess = |delta: f64| incremental_weights_weighted(log_like, log_weight, delta);
+    let full = ess(max_delta)?;
+    let (weights, log_mean_weight, ess_value, delta_beta) = if full.2 >= target_ess {
+        (full.0, full.1, full.2, max_delta)
+    } else {
+        // Pairs (ℓ − max, b − b_max) of the rows that can carry weight; as in
+        // [`next_temperature`], a row with δ·(ℓ − max) < −750 weighs exactly 0 (b − b_max ≤ 0).
+        let ok = |j: &usize| log_like[*j].is_finite() && log_weight[*j].is_finite();
+        let rows: Vec<usize> = (0..log_like.len()).filter(ok).collect();
+        let max = rows.iter().map(|&j| log_like[j]).fold(f64::NEG_INFINITY, f64::max);
+        let b_max = rows.iter().map(|&j| log_weight[j]).fold(f64::NEG_INFINITY, f64::max);
+        let mut shifted: Vec<(f64, f64)> = rows
+            .iter()
+            .map(|&j| (log_like[j] - max, log_weight[j] - b_max))
+            .collect();
+        let ess_at = |shifted: &[(f64, f64)], delta: f64| {
+            let (s, s2) = shifted.iter().fold((0.0, 0.0), |(s, s2), &(d, b)| {
+                let w = (b + delta * d).exp();
+                (s + w, s2 + w * w)
+            });
+            s * s / s2
+        };
+        let (mut lo, mut hi) = (0.0, max_delta);
+        for _ in 0..60 {
+            let mid = 0.5 * (lo + hi);
+            if ess_at(&shifted, mid) >= target_ess {
+                lo = mid;
+                shifted.retain(|&(d, _)| lo * d >= -750.0);
+            } else {
+                hi = mid;
+            }
+        }
+        let delta = if lo > 0.0 { lo } else { hi };
+        let (w, m, e) = ess(delta)?;
+        (w, m, e, delta)
+    };
+    Some(Reweighting {
+        delta_beta,
+        log_mean_weight,
+        ess: ess_value,
         weights,
     })
 }
@@ -561,6 +651,15 @@ impl Smc {
         // Stage 1: from the shared reference sample; block i is rows ⌈i·m/k⌉ … ⌈(i+1)·m/k⌉ − 1.
         let block = |i: usize| (i * m).div_ceil(blocks)..((i + 1) * m).div_ceil(blocks);
         let ref_ll = host_rows(&sanitize_log_prob(reference.log_like)?)?; // [g_ref][m]
+        let ref_weight: Option<Vec<f64>> = reference
+            .log_weight
+            .map(|w| -> Result<Vec<f64>> {
+                Ok(sanitize_log_prob(w)?
+                    .to_dtype(DType::F64)?
+                    .to_device(&popcosmos_api::Device::Cpu)?
+                    .to_vec1::<f64>()?)
+            })
+            .transpose()?;
         let uniforms: Vec<f64> = (0..g).map(|_| rng.next_f64()).collect();
         let target_ess = c.ess_target * n as f64;
         let stage1: Vec<Option<(Reweighting, Vec<u32>)>> = (0..g)
@@ -568,7 +667,12 @@ impl Smc {
             .map(|col| {
                 let rows = block(col / g_ref);
                 let start = rows.start as u32;
-                next_temperature(&ref_ll[col % g_ref][rows], 1.0, target_ess).map(|r| {
+                let ll = &ref_ll[col % g_ref][rows.clone()];
+                match &ref_weight {
+                    Some(b) => next_temperature_weighted(ll, &b[rows], 1.0, target_ess),
+                    None => next_temperature(ll, 1.0, target_ess),
+                }
+                .map(|r| {
                     let idx = systematic_resample(&r.weights, n, uniforms[col]);
                     (r, idx.into_iter().map(|j| j + start).collect())
                 })
@@ -1329,6 +1433,44 @@ mod tests {
                 "{target}"
             );
         }
+    }
+
+    /// Draws from q = 𝒩(0, 2²) with weights p/q, p = 𝒩(0, 1), L = 𝒩(1; x, 0.5²): the β = 1
+    /// evidence factor is ln ∫ p L = ln 𝒩(1; 0, 1.25) and the weighted mean of x is the
+    /// posterior's, 0.8. Constant weights reproduce the unweighted step.
+    #[test]
+    fn importance_weighted_reference_gives_the_prior_evidence() {
+        use popcosmos_api::{HostRng, RandomSource};
+        let mut rng = HostRng::seed_from_u64(5);
+        let m = 400_000;
+        let x: Vec<f64> = rng
+            .normal(&popcosmos_api::Shape::from(m), &popcosmos_api::Device::Cpu)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .into_iter()
+            .map(|v| 2.0 * v as f64)
+            .collect();
+        let ln_norm = |x: f64, var: f64| -0.5 * ((2.0 * std::f64::consts::PI * var).ln() + x * x / var);
+        let ll: Vec<f64> = x.iter().map(|&v| ln_norm(1.0 - v, 0.25)).collect();
+        // Off by a constant on purpose: the factor is self-normalised.
+        let b: Vec<f64> = x.iter().map(|&v| ln_norm(v, 1.0) - ln_norm(v, 4.0) + 3.0).collect();
+        let r = next_temperature_weighted(&ll, &b, 1.0, 0.0).unwrap();
+        assert_eq!(r.delta_beta, 1.0);
+        let truth = ln_norm(1.0, 1.25);
+        assert!((r.log_mean_weight - truth).abs() < 0.01, "{} vs {truth}", r.log_mean_weight);
+        let mean: f64 = r.weights.iter().zip(&x).map(|(w, v)| w * v).sum();
+        assert!((mean - 0.8).abs() < 0.01, "{mean}");
+        // An ESS target forces a step below 1, and the same ESS as the unweighted bisection
+        // on draws whose weights are all equal.
+        let flat = vec![-2.0; m];
+        let a = next_temperature_weighted(&ll, &flat, 1.0, 300_000.0).unwrap();
+        let u = next_temperature(&ll, 1.0, 300_000.0).unwrap();
+        assert!((a.delta_beta - u.delta_beta).abs() < 1e-9 * u.delta_beta);
+        assert!((a.log_mean_weight - u.log_mean_weight).abs() < 1e-9);
+        assert!((a.ess - 300_000.0).abs() < 1.0, "{}", a.ess);
+        let w = next_temperature_weighted(&ll, &b, 1.0, 200_000.0).unwrap();
+        assert!(w.delta_beta < 1.0 && (w.ess - 200_000.0).abs() < 1.0, "{} {}", w.delta_beta, w.ess);
     }
 
     #[test]
