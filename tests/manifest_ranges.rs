@@ -60,6 +60,7 @@ const KEYS: &[(&str, &str)] = &[
     ("init.jitter", "V"),
     ("init.adam_steps", "V"),
     ("init.adam_learning_rate", "V"),
+    ("init.proposal_fraction", "V"),
     ("diagnostics.max_rhat", "V"),
     ("diagnostics.min_ess_bulk", "V"),
     ("diagnostics.min_acceptance", "V"),

@@ -1202,13 +1202,13 @@ impl Manifest {
             {
                 return Err(Error::config("init.proposal.weights", e.to_string()));
             }
-            real_range(
-                "init.proposal_fraction",
-                init.proposal_fraction,
-                Open(0.0),
-                Open(1.0),
-            )?;
         }
+        real_range(
+            "init.proposal_fraction",
+            init.proposal_fraction,
+            Open(0.0),
+            Open(1.0),
+        )?;
         let d = &self.diagnostics;
         real_range("diagnostics.max_rhat", d.max_rhat, Closed(1.0), Closed(1e6))?;
         real_range(
