@@ -254,8 +254,16 @@ impl InitLibrary {
 
 /// ln[(1 − f) p + f q] from ln p and ln q (a non-finite term contributes nothing).
 fn ln_mixture(ln_p: f64, ln_q: f64, f: f64) -> f64 {
-    let a = if ln_p.is_finite() { (1.0 - f).ln() + ln_p } else { f64::NEG_INFINITY };
-    let b = if ln_q.is_finite() { f.ln() + ln_q } else { f64::NEG_INFINITY };
+    let a = if ln_p.is_finite() {
+        (1.0 - f).ln() + ln_p
+    } else {
+        f64::NEG_INFINITY
+    };
+    let b = if ln_q.is_finite() {
+        f.ln() + ln_q
+    } else {
+        f64::NEG_INFINITY
+    };
     let m = a.max(b);
     if m == f64::NEG_INFINITY {
         return m;
@@ -346,7 +354,11 @@ mod tests {
             .enumerate()
             .map(|(i, &v)| {
                 let from_q = ((i + 1) as f64 * f).floor() > (i as f64 * f).floor();
-                if from_q { 1.0 + 1.5 * v as f64 } else { v as f64 }
+                if from_q {
+                    1.0 + 1.5 * v as f64
+                } else {
+                    v as f64
+                }
             })
             .collect();
         let ln_n = |x: f64, mu: f64, s: f64| {

@@ -1439,11 +1439,13 @@ pub fn build_prior_at(
     device: &Device,
     hub: &HubConfig,
 ) -> Result<Box<dyn popcosmos_api::Prior>> {
-    spec.build_with(device, &|w: &str, kind: &str| load_weights(key, w, kind, hub))
-        .map_err(|e| match e {
-            Error::Invalid(m) => Error::config(key, m),
-            other => other,
-        })
+    spec.build_with(device, &|w: &str, kind: &str| {
+        load_weights(key, w, kind, hub)
+    })
+    .map_err(|e| match e {
+        Error::Invalid(m) => Error::config(key, m),
+        other => other,
+    })
 }
 
 /// Resolve and verify a weights reference whose model card must be of `kind`; errors start
@@ -1517,10 +1519,7 @@ mod tests {
                 "sampler.moves[0].weight",
             ),
             ("init: {library_size: 5}\n", "init.library_size"),
-            (
-                "init: {proposal: {kind: uniform}}\n",
-                "init.proposal",
-            ),
+            ("init: {proposal: {kind: uniform}}\n", "init.proposal"),
             (
                 "sampler: {kind: smc}\ninit: {proposal: {kind: uniform}, proposal_fraction: 1.0}\n",
                 "init.proposal_fraction",

@@ -383,8 +383,14 @@ pub fn next_temperature_weighted(
         // [`next_temperature`], a row with δ·(ℓ − max) < −750 weighs exactly 0 (b − b_max ≤ 0).
         let ok = |j: &usize| log_like[*j].is_finite() && log_weight[*j].is_finite();
         let rows: Vec<usize> = (0..log_like.len()).filter(ok).collect();
-        let max = rows.iter().map(|&j| log_like[j]).fold(f64::NEG_INFINITY, f64::max);
-        let b_max = rows.iter().map(|&j| log_weight[j]).fold(f64::NEG_INFINITY, f64::max);
+        let max = rows
+            .iter()
+            .map(|&j| log_like[j])
+            .fold(f64::NEG_INFINITY, f64::max);
+        let b_max = rows
+            .iter()
+            .map(|&j| log_weight[j])
+            .fold(f64::NEG_INFINITY, f64::max);
         let mut shifted: Vec<(f64, f64)> = rows
             .iter()
             .map(|&j| (log_like[j] - max, log_weight[j] - b_max))
@@ -1451,14 +1457,22 @@ mod tests {
             .into_iter()
             .map(|v| 2.0 * v as f64)
             .collect();
-        let ln_norm = |x: f64, var: f64| -0.5 * ((2.0 * std::f64::consts::PI * var).ln() + x * x / var);
+        let ln_norm =
+            |x: f64, var: f64| -0.5 * ((2.0 * std::f64::consts::PI * var).ln() + x * x / var);
         let ll: Vec<f64> = x.iter().map(|&v| ln_norm(1.0 - v, 0.25)).collect();
         // Off by a constant on purpose: the factor is self-normalised.
-        let b: Vec<f64> = x.iter().map(|&v| ln_norm(v, 1.0) - ln_norm(v, 4.0) + 3.0).collect();
+        let b: Vec<f64> = x
+            .iter()
+            .map(|&v| ln_norm(v, 1.0) - ln_norm(v, 4.0) + 3.0)
+            .collect();
         let r = next_temperature_weighted(&ll, &b, 1.0, 0.0).unwrap();
         assert_eq!(r.delta_beta, 1.0);
         let truth = ln_norm(1.0, 1.25);
-        assert!((r.log_mean_weight - truth).abs() < 0.01, "{} vs {truth}", r.log_mean_weight);
+        assert!(
+            (r.log_mean_weight - truth).abs() < 0.01,
+            "{} vs {truth}",
+            r.log_mean_weight
+        );
         let mean: f64 = r.weights.iter().zip(&x).map(|(w, v)| w * v).sum();
         assert!((mean - 0.8).abs() < 0.01, "{mean}");
         // An ESS target forces a step below 1, and the same ESS as the unweighted bisection
@@ -1470,7 +1484,12 @@ mod tests {
         assert!((a.log_mean_weight - u.log_mean_weight).abs() < 1e-9);
         assert!((a.ess - 300_000.0).abs() < 1.0, "{}", a.ess);
         let w = next_temperature_weighted(&ll, &b, 1.0, 200_000.0).unwrap();
-        assert!(w.delta_beta < 1.0 && (w.ess - 200_000.0).abs() < 1.0, "{} {}", w.delta_beta, w.ess);
+        assert!(
+            w.delta_beta < 1.0 && (w.ess - 200_000.0).abs() < 1.0,
+            "{} {}",
+            w.delta_beta,
+            w.ess
+        );
     }
 
     #[test]

@@ -734,7 +734,13 @@ fn a_weighted_reference_from_a_proposal_keeps_the_prior_posterior() {
         .map(|(r, v)| {
             v.iter()
                 .zip(&mu)
-                .map(|(&x, &c)| if r % 2 == 1 { c + q_sd * x as f64 } else { x as f64 })
+                .map(|(&x, &c)| {
+                    if r % 2 == 1 {
+                        c + q_sd * x as f64
+                    } else {
+                        x as f64
+                    }
+                })
                 .collect()
         })
         .collect();
@@ -784,7 +790,10 @@ fn a_weighted_reference_from_a_proposal_keeps_the_prior_posterior() {
     let post_var = sigma * sigma / (1.0 + sigma * sigma);
     let (k, w, d) = (chain.kept, chain.walkers, chain.dim);
     for (gal, dg) in diag.iter().enumerate() {
-        println!("galaxy {gal}: ln Z {} ± {} (truth {want}), stages {}", dg.log_evidence, dg.log_evidence_err, dg.stages);
+        println!(
+            "galaxy {gal}: ln Z {} ± {} (truth {want}), stages {}",
+            dg.log_evidence, dg.log_evidence_err, dg.stages
+        );
         assert_eq!(dg.status, SmcStatus::Converged);
         assert!(
             (dg.log_evidence - want).abs() < 3.0 * dg.log_evidence_err,
@@ -798,17 +807,35 @@ fn a_weighted_reference_from_a_proposal_keeps_the_prior_posterior() {
                 .collect();
             let (mean, sd) = mean_sd(&v);
             let post_mean = c / (1.0 + sigma * sigma);
-            assert!((mean - post_mean).abs() < 0.005, "axis {axis}: mean {mean} vs {post_mean}");
-            assert!((sd * sd / post_var - 1.0).abs() < 0.25, "axis {axis}: var {} vs {post_var}", sd * sd);
+            assert!(
+                (mean - post_mean).abs() < 0.005,
+                "axis {axis}: mean {mean} vs {post_mean}"
+            );
+            assert!(
+                (sd * sd / post_var - 1.0).abs() < 0.25,
+                "axis {axis}: var {} vs {post_var}",
+                sd * sd
+            );
         }
     }
     let mean_ln_z = diag.iter().map(|d| d.log_evidence).sum::<f64>() / g as f64;
-    assert!((mean_ln_z - want).abs() < 0.1, "mean ln Z {mean_ln_z} vs {want}");
+    assert!(
+        (mean_ln_z - want).abs() < 0.1,
+        "mean ln Z {mean_ln_z} vs {want}"
+    );
     // The same rows read as prior draws (no weights) are a different, wrong reference; with
     // the weights, stage 1 alone reaches a far higher β than prior draws of the same size.
     let prior_only = run_smc(&target, dim, g, m, config.clone(), 22, &normal_draws(dim)).1;
     for (a, b) in diag.iter().zip(&prior_only) {
-        println!("prior draws only: ln Z {} ± {}, stages {}", b.log_evidence, b.log_evidence_err, b.stages);
-        assert!(a.stages < b.stages, "stages {} with the proposal vs {} without", a.stages, b.stages);
+        println!(
+            "prior draws only: ln Z {} ± {}, stages {}",
+            b.log_evidence, b.log_evidence_err, b.stages
+        );
+        assert!(
+            a.stages < b.stages,
+            "stages {} with the proposal vs {} without",
+            a.stages,
+            b.stages
+        );
     }
 }
