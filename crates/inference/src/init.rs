@@ -98,8 +98,8 @@ impl InitLibrary {
     /// puts more draws there; the importance weights p/m, with m = (1 − f) p + f q the
     /// mixture the draws come from (the "defensive" mixture of Hesterberg 1995, so p/m ≤
     /// 1/(1 − f)), keep the posterior and the evidence those of the run's prior. p's
-    /// normalising constant, which the mixture needs, is the fixed point of Geyer's (1994)
-    /// reverse-logistic estimator over the same draws ([`prior_normaliser`]).
+    /// normalising constant, which the mixture needs, solves Geyer's (1994) reverse-logistic
+    /// equation over the same draws ([`prior_normaliser`]).
     pub fn build_with_proposal(
         prior: &dyn Prior,
         proposal: &dyn Prior,

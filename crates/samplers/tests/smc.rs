@@ -128,6 +128,25 @@ impl TemperedTarget for Mixture {
     }
 }
 
+/// ln p `[m]` and ln L `[m, g]` of reference draws `[m, dim]` for `g` replicate galaxies.
+fn reference_densities(
+    target: &dyn TemperedTarget,
+    reference: &Tensor,
+    g: usize,
+) -> (Tensor, Tensor) {
+    let (m, dim) = reference.dims2().unwrap();
+    let all = Tensor::arange(0u32, g as u32, &Device::Cpu).unwrap();
+    let rep = reference
+        .unsqueeze(1)
+        .unwrap()
+        .broadcast_as((m, g, dim))
+        .unwrap()
+        .contiguous()
+        .unwrap();
+    let (lp, ll) = target.log_prior_and_like(&rep, &all).unwrap();
+    (lp.narrow(1, 0, 1).unwrap().squeeze(1).unwrap(), ll)
+}
+
 /// Run SMC on `g` replicate galaxies of `target` from `m` prior draws 𝒩(0, I).
 fn run_smc(
     target: &dyn TemperedTarget,
@@ -143,16 +162,7 @@ fn run_smc(
 ) {
     let mut rng = HostRng::seed_from_u64(seed);
     let reference = prior_draws(&mut rng, m);
-    let all = Tensor::arange(0u32, g as u32, &Device::Cpu).unwrap();
-    let rep = reference
-        .unsqueeze(1)
-        .unwrap()
-        .broadcast_as((m, g, dim))
-        .unwrap()
-        .contiguous()
-        .unwrap();
-    let (lp, ll) = target.log_prior_and_like(&rep, &all).unwrap();
-    let lp = lp.narrow(1, 0, 1).unwrap().squeeze(1).unwrap();
+    let (lp, ll) = reference_densities(target, &reference, g);
     let smc = Smc::new(config, default_moves(), dim).unwrap();
     smc.run(
         &Reference {
@@ -756,16 +766,7 @@ fn a_weighted_reference_from_a_proposal_keeps_the_prior_posterior() {
     let flat: Vec<f32> = rows.iter().flatten().map(|&v| v as f32).collect();
     let reference = Tensor::from_vec(flat, (m, dim), &Device::Cpu).unwrap();
     let log_weight = Tensor::from_vec(log_weight, m, &Device::Cpu).unwrap();
-    let rep = reference
-        .unsqueeze(1)
-        .unwrap()
-        .broadcast_as((m, g, dim))
-        .unwrap()
-        .contiguous()
-        .unwrap();
-    let all = Tensor::arange(0u32, g as u32, &Device::Cpu).unwrap();
-    let (lp, ll) = target.log_prior_and_like(&rep, &all).unwrap();
-    let lp = lp.narrow(1, 0, 1).unwrap().squeeze(1).unwrap();
+    let (lp, ll) = reference_densities(&target, &reference, g);
     let config = SmcConfig {
         particles: 256,
         islands: 2,
