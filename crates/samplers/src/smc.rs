@@ -261,51 +261,47 @@ pub struct Reweighting {
 
 /// Normalised weights ∝ exp(δ·ℓ), their ln-mean over all n entries and their ESS; non-finite
 /// ℓ get weight 0. `None` when no ℓ is finite.
-pub fn incremental_weights(log_like: &[f64], delta: f64) -> Option<(Vec<f64>, f64, f64)> {
-    let max = crate::finite_max(log_like)?;
-    let mut w: Vec<f64> = log_like
-        .iter()
-        .map(|&l| {
-            if l.is_finite() {
-                (delta * (l - max)).exp()
-            } else {
-                0.0
-            }
-        })
-        .collect();
-    let sum: f64 = w.iter().sum();
-    let sum_sq: f64 = w.iter().map(|v| v * v).sum();
-    let log_mean = delta * max + (sum / log_like.len() as f64).ln();
-    w.iter_mut().for_each(|v| *v /= sum);
-    Some((w, log_mean, sum * sum / sum_sq))
+#[cfg(test)]
+fn incremental_weights(log_like: &[f64], delta: f64) -> Option<(Vec<f64>, f64, f64)> {
+    weights_of(log_like, None, delta)
 }
 
-/// [`incremental_weights`] of draws that carry importance weights e^b against the prior:
+/// ln b of row j (0 without importance weights).
+fn base_of(log_weight: Option<&[f64]>, j: usize) -> f64 {
+    log_weight.map_or(0.0, |b| b[j])
+}
+
+/// [`incremental_weights`] of draws that may carry importance weights e^b against the prior:
 /// weights ∝ e^{b + δ·ℓ}, and the ln of their e^b-weighted mean of L^δ (self-normalised, so b
-/// may be off by a constant). A draw with a non-finite ℓ or b gets weight 0.
-fn incremental_weights_weighted(
+/// may be off by a constant; without weights, the plain mean over all n rows). A row with a
+/// non-finite ℓ or b gets weight 0. Without weights every operation is the unweighted one
+/// (b − b_max = 0 exactly), so the results are bit-identical to it.
+fn weights_of(
     log_like: &[f64],
-    log_weight: &[f64],
+    log_weight: Option<&[f64]>,
     delta: f64,
 ) -> Option<(Vec<f64>, f64, f64)> {
-    let ok = |j: usize| log_like[j].is_finite() && log_weight[j].is_finite();
-    let idx = (0..log_like.len()).filter(|&j| ok(j));
-    let max = idx.clone().map(|j| log_like[j]).reduce(f64::max)?;
-    let b_max = idx.map(|j| log_weight[j]).reduce(f64::max)?;
+    let ok = |j: usize| log_like[j].is_finite() && base_of(log_weight, j).is_finite();
+    let rows = (0..log_like.len()).filter(|&j| ok(j));
+    let max = rows.clone().map(|j| log_like[j]).reduce(f64::max)?;
+    let b_max = rows.map(|j| base_of(log_weight, j)).reduce(f64::max)?;
     let mut w: Vec<f64> = (0..log_like.len())
         .map(|j| {
             if ok(j) {
-                (log_weight[j] - b_max + delta * (log_like[j] - max)).exp()
+                (base_of(log_weight, j) - b_max + delta * (log_like[j] - max)).exp()
             } else {
                 0.0
             }
         })
         .collect();
-    let base: f64 = log_weight
-        .iter()
-        .filter(|b| b.is_finite())
-        .map(|b| (b - b_max).exp())
-        .sum();
+    let base = match log_weight {
+        None => log_like.len() as f64,
+        Some(b) => b
+            .iter()
+            .filter(|b| b.is_finite())
+            .map(|b| (b - b_max).exp())
+            .sum(),
+    };
     let sum: f64 = w.iter().sum();
     let sum_sq: f64 = w.iter().map(|v| v * v).sum();
     let log_mean = delta * max + (sum / base).ln();
@@ -313,56 +309,10 @@ fn incremental_weights_weighted(
     Some((w, log_mean, sum * sum / sum_sq))
 }
 
-/// ESS of the weights exp(δ·d) of the log-likelihoods' offsets d = ℓ − max, summed in order
-/// as [`incremental_weights`] sums them.
-fn ess_of_shifted(shifted: &[f64], delta: f64) -> f64 {
-    let (sum, sum_sq) = shifted.iter().fold((0.0, 0.0), |(s, s2), &d| {
-        let w = (delta * d).exp();
-        (s + w, s2 + w * w)
-    });
-    sum * sum / sum_sq
-}
-
 /// The largest Δβ ≤ `max_delta` whose incremental weights keep ESS ≥ `target_ess` (bisection
 /// on the ESS, which falls as Δβ grows), with its weights. `None` when no ℓ is finite.
 pub fn next_temperature(log_like: &[f64], max_delta: f64, target_ess: f64) -> Option<Reweighting> {
-    let full = incremental_weights(log_like, max_delta)?;
-    let (weights, log_mean_weight, ess, delta_beta) = if full.2 >= target_ess {
-        (full.0, full.1, full.2, max_delta)
-    } else {
-        // The bisection needs only the ESS, over the rows that can carry weight: ℓ − max of
-        // the finite ones, less those whose weight is exactly 0.0 in f64 for every step ≥ lo
-        // (δ·(ℓ − max) < −750). Zeros add nothing to either sum, so the ESS, and the step
-        // chosen, are bit-identical to summing every row; a stage-1 library of 10⁶ draws
-        // (a quarter of them per island) costs a few passes instead of 60.
-        let max = crate::finite_max(log_like)?;
-        let mut shifted: Vec<f64> = log_like
-            .iter()
-            .filter(|l| l.is_finite())
-            .map(|&l| l - max)
-            .collect();
-        let (mut lo, mut hi) = (0.0, max_delta);
-        for _ in 0..60 {
-            let mid = 0.5 * (lo + hi);
-            if ess_of_shifted(&shifted, mid) >= target_ess {
-                lo = mid;
-                shifted.retain(|&d| lo * d >= -750.0);
-            } else {
-                hi = mid;
-            }
-        }
-        // Always advance: a stage that cannot keep the target ESS even for a tiny step
-        // (a few particles dominate) takes the smallest bracketing step.
-        let delta = if lo > 0.0 { lo } else { hi };
-        let (w, m, e) = incremental_weights(log_like, delta)?;
-        (w, m, e, delta)
-    };
-    Some(Reweighting {
-        delta_beta,
-        log_mean_weight,
-        ess,
-        weights,
-    })
+    temperature_step(log_like, None, max_delta, target_ess)
 }
 
 /// [`next_temperature`] for draws with importance weights e^b against the prior (a start
@@ -374,54 +324,68 @@ pub fn next_temperature_weighted(
     max_delta: f64,
     target_ess: f64,
 ) -> Option<Reweighting> {
-    let ess = |delta: f64| incremental_weights_weighted(log_like, log_weight, delta);
-    let full = ess(max_delta)?;
-    let (weights, log_mean_weight, ess_value, delta_beta) = if full.2 >= target_ess {
+    temperature_step(log_like, Some(log_weight), max_delta, target_ess)
+}
+
+fn temperature_step(
+    log_like: &[f64],
+    log_weight: Option<&[f64]>,
+    max_delta: f64,
+    target_ess: f64,
+) -> Option<Reweighting> {
+    let full = weights_of(log_like, log_weight, max_delta)?;
+    let (weights, log_mean_weight, ess, delta_beta) = if full.2 >= target_ess {
         (full.0, full.1, full.2, max_delta)
     } else {
-        // Pairs (ℓ − max, b − b_max) of the rows that can carry weight; as in
-        // [`next_temperature`], a row with δ·(ℓ − max) < −750 weighs exactly 0 (b − b_max ≤ 0).
-        let ok = |j: &usize| log_like[*j].is_finite() && log_weight[*j].is_finite();
+        // The bisection needs only the ESS, over the rows that can carry weight: the pairs
+        // (ℓ − max, b − b_max) of the finite ones, less those whose weight is exactly 0.0 in
+        // f64 for every step ≥ lo (δ·(ℓ − max) < −750, as b − b_max ≤ 0). Zeros add nothing
+        // to either sum, so the ESS, and the step chosen, are bit-identical to summing every
+        // row; a stage-1 library of 10⁶ draws (a quarter of them per island) costs a few
+        // passes instead of 60.
+        let ok = |j: &usize| log_like[*j].is_finite() && base_of(log_weight, *j).is_finite();
         let rows: Vec<usize> = (0..log_like.len()).filter(ok).collect();
-        let max = rows
-            .iter()
-            .map(|&j| log_like[j])
-            .fold(f64::NEG_INFINITY, f64::max);
+        let max = rows.iter().map(|&j| log_like[j]).reduce(f64::max)?;
         let b_max = rows
             .iter()
-            .map(|&j| log_weight[j])
-            .fold(f64::NEG_INFINITY, f64::max);
+            .map(|&j| base_of(log_weight, j))
+            .reduce(f64::max)?;
         let mut shifted: Vec<(f64, f64)> = rows
             .iter()
-            .map(|&j| (log_like[j] - max, log_weight[j] - b_max))
+            .map(|&j| (log_like[j] - max, base_of(log_weight, j) - b_max))
             .collect();
-        let ess_at = |shifted: &[(f64, f64)], delta: f64| {
-            let (s, s2) = shifted.iter().fold((0.0, 0.0), |(s, s2), &(d, b)| {
-                let w = (b + delta * d).exp();
-                (s + w, s2 + w * w)
-            });
-            s * s / s2
-        };
         let (mut lo, mut hi) = (0.0, max_delta);
         for _ in 0..60 {
             let mid = 0.5 * (lo + hi);
-            if ess_at(&shifted, mid) >= target_ess {
+            if ess_of_shifted(&shifted, mid) >= target_ess {
                 lo = mid;
                 shifted.retain(|&(d, _)| lo * d >= -750.0);
             } else {
                 hi = mid;
             }
         }
+        // Always advance: a stage that cannot keep the target ESS even for a tiny step
+        // (a few particles dominate) takes the smallest bracketing step.
         let delta = if lo > 0.0 { lo } else { hi };
-        let (w, m, e) = ess(delta)?;
+        let (w, m, e) = weights_of(log_like, log_weight, delta)?;
         (w, m, e, delta)
     };
     Some(Reweighting {
         delta_beta,
         log_mean_weight,
-        ess: ess_value,
+        ess,
         weights,
     })
+}
+
+/// ESS of the weights e^{b + δ·d} of the rows' offsets (d, b) = (ℓ − max, b − b_max), summed
+/// in order as [`weights_of`] sums them.
+fn ess_of_shifted(shifted: &[(f64, f64)], delta: f64) -> f64 {
+    let (sum, sum_sq) = shifted.iter().fold((0.0, 0.0), |(s, s2), &(d, b)| {
+        let w = (b + delta * d).exp();
+        (s + w, s2 + w * w)
+    });
+    sum * sum / sum_sq
 }
 
 /// Systematic resampling: `n` indices into `weights` (normalised) from one uniform `u` ∈ [0, 1).
