@@ -118,13 +118,7 @@ impl InitLibrary {
         let n_p = n - n_q;
         let phi_p = prior.sample(n_p, rng, &device)?;
         // In chunks: one 10⁵-row pass of a flow spends most of its time allocating.
-        let phi_q = Tensor::cat(
-            &(0..n_q)
-                .step_by(PROPOSAL_CHUNK)
-                .map(|s| proposal.sample(PROPOSAL_CHUNK.min(n_q - s), rng, &device))
-                .collect::<Result<Vec<_>>>()?,
-            0,
-        )?;
+        let phi_q = in_row_chunks(n_q, |_, len| proposal.sample(len, rng, &device))?;
         let (mut next_p, mut next_q) = (0u32, n_p as u32);
         let order: Vec<u32> = from_q
             .iter()
@@ -142,13 +136,7 @@ impl InitLibrary {
                 .to_device(&popcosmos_api::Device::Cpu)?
                 .to_vec1::<f64>()?)
         };
-        let log_q = Tensor::cat(
-            &(0..n)
-                .step_by(PROPOSAL_CHUNK)
-                .map(|s| proposal.log_prob(&phi.narrow(0, s, PROPOSAL_CHUNK.min(n - s))?))
-                .collect::<Result<Vec<_>>>()?,
-            0,
-        )?;
+        let log_q = in_row_chunks(n, |s, len| proposal.log_prob(&phi.narrow(0, s, len)?))?;
         let (lp, lq) = (host(&log_prior)?, host(&log_q)?);
         let share_q = n_q as f64 / n as f64;
         let ln_c = prior_normaliser(&lp, &lq, share_q);
@@ -250,6 +238,19 @@ impl InitLibrary {
         let ok = ok.unsqueeze(2)?.broadcast_as(start.shape())?.contiguous()?;
         Ok(ok.where_cond(&jittered, &start)?)
     }
+}
+
+/// `f(start, len)` over rows 0..n in chunks of [`PROPOSAL_CHUNK`], concatenated (one call
+/// with len 0 when n = 0, so an empty share still gives an empty tensor).
+fn in_row_chunks(n: usize, mut f: impl FnMut(usize, usize) -> Result<Tensor>) -> Result<Tensor> {
+    if n == 0 {
+        return f(0, 0);
+    }
+    let parts = (0..n)
+        .step_by(PROPOSAL_CHUNK)
+        .map(|s| f(s, PROPOSAL_CHUNK.min(n - s)))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Tensor::cat(&parts, 0)?)
 }
 
 /// ln[(1 − f) p + f q] from ln p and ln q (a non-finite term contributes nothing).
