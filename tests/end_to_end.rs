@@ -381,3 +381,75 @@ fn reweight_swaps_the_prior_on_a_runs_chains() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("chains"), "{}", stderr(&o));
 }
+
+#[test]
+fn compare_reports_seed_agreement_ln_z_and_the_pz_split() {
+    let dir = tempdir("compare");
+    let first = dir.join("first.csv");
+    let second = dir.join("second.csv");
+    let head = "id,z_p50,log_evidence,pz_0.100,pz_0.300,pz_0.500\n";
+    // d's p(z) is flat over the three bins: its ODDS (mass within 0.15 (1 + z_50) of z_50)
+    // is 1/3, so it is the one broad galaxy; x and y are in one run only.
+    std::fs::write(
+        &first,
+        format!(
+            "{head}a,0.30,-10.0,0.0,1.0,0.0\nb,0.50,-12.0,0.0,0.0,1.0\nc,0.10,-11.0,1.0,0.0,0.0\n\
+             d,0.30,-9.0,1.0,1.0,1.0\nx,0.20,-9.0,1.0,1.0,1.0\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        &second,
+        format!(
+            "{head}y,0.20,-9.0,1.0,1.0,1.0\nd,0.60,-9.4,2.0,2.0,2.0\nc,0.10,-11.2,1.0,0.0,0.0\n\
+             b,0.52,-12.0,0.0,0.0,3.0\na,0.303,-10.5,0.0,1.0,0.0\n"
+        ),
+    )
+    .unwrap();
+    let json = dir.join("compare.json");
+    let o = ok(&[
+        "compare",
+        first.to_str().unwrap(),
+        second.to_str().unwrap(),
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("| all: median z within 0.01 (1+z) | 50.0% |")
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let f = |p: &str| v.pointer(p).and_then(|x| x.as_f64()).unwrap();
+    assert_eq!(v["matched"], 4);
+    assert_eq!(v["only_first"], 1);
+    assert_eq!(v["only_second"], 1);
+    // |Δz|/(1 + z̄): a 0.003/1.3015, b 0.02/1.51, c 0, d 0.3/1.45.
+    assert_eq!(f("/median_z/within_tolerance"), 0.5);
+    assert_eq!(f("/median_z/beyond_outlier"), 0.25);
+    let want = 0.5 * (0.003 / 1.3015 + 0.02 / 1.51);
+    assert!((f("/median_z/median_abs_dz") - want).abs() < 1e-12);
+    // |Δ ln Z| = 0.5, 0, 0.2, 0.4: median 0.3, 90th percentile 0.4 + 0.7 × 0.1.
+    assert!((f("/abs_dlog_evidence/0") - 0.3).abs() < 1e-12);
+    assert!((f("/abs_dlog_evidence/1") - 0.47).abs() < 1e-12);
+    // Normalised p(z) are equal pair by pair.
+    assert_eq!(f("/pz/total_variation/0"), 0.0);
+    assert_eq!(v["pz"]["peaked"]["n"], 3);
+    assert!((f("/pz/peaked/within_tolerance") - 2.0 / 3.0).abs() < 1e-12);
+    assert_eq!(v["pz"]["broad"]["n"], 1);
+    assert_eq!(f("/pz/broad/beyond_outlier"), 1.0);
+
+    // Bad input names the path, and runs over different galaxies are refused.
+    let missing = dir.join("no-such-run");
+    let o = run(&[
+        "compare",
+        first.to_str().unwrap(),
+        missing.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("no-such-run") && stderr(&o).contains("no such results"));
+    let other = dir.join("other.csv");
+    std::fs::write(&other, format!("{head}q,0.20,-9.0,1.0,1.0,1.0\n")).unwrap();
+    let o = run(&["compare", first.to_str().unwrap(), other.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("no galaxy id"), "{}", stderr(&o));
+}

@@ -89,7 +89,8 @@ pub use commit::{
 pub use error::{CatalogError, Result};
 pub use memory::MemoryTable;
 pub use metrics::{
-    OUTLIER_THRESHOLD, PhotozMetrics, coverage, match_by_id, median, photoz_metrics,
+    AGREEMENT_TOLERANCE, Agreement, OUTLIER_THRESHOLD, PhotozMetrics, coverage, match_by_id,
+    median, median_agreement, photoz_metrics, pz_odds, scaled_differences, total_variation,
 };
 pub use reader::{ABSURD_FLUX_NMGY, CatalogueReader, ObservedChunk};
 pub use results::{

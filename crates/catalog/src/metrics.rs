@@ -105,6 +105,100 @@ pub fn coverage(lo: &[f64], hi: &[f64], truth: &[f64]) -> f64 {
     }
 }
 
+/// Two runs' median redshifts agree when |Δz|/(1 + z̄) is below this (the reproducibility
+/// goal of a photo-z run: seed noise well inside a typical photo-z error).
+pub const AGREEMENT_TOLERANCE: f64 = 0.01;
+
+/// How far apart the median redshifts of two runs over the same galaxies are (two seeds,
+/// two library sizes, …), serialised with these field names.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Agreement {
+    /// Pairs used (both medians finite).
+    pub n: usize,
+    /// Fraction with |Δz|/(1 + z̄) < [`AGREEMENT_TOLERANCE`], z̄ the pair's mean.
+    pub within_tolerance: f64,
+    /// Fraction with |Δz|/(1 + z̄) > [`OUTLIER_THRESHOLD`]: one run would call the other's
+    /// photo-z a catastrophic outlier.
+    pub beyond_outlier: f64,
+    /// Median |Δz|/(1 + z̄).
+    pub median_abs_dz: f64,
+    /// 90th percentile of |Δz|/(1 + z̄).
+    pub p90_abs_dz: f64,
+}
+
+/// |a − b|/(1 + (a + b)/2) of every pair whose values are both finite, in order.
+pub fn scaled_differences(a: &[f64], b: &[f64]) -> Vec<f64> {
+    assert_eq!(a.len(), b.len(), "scaled_differences: lengths differ");
+    a.iter()
+        .zip(b)
+        .filter(|(x, y)| x.is_finite() && y.is_finite())
+        .map(|(x, y)| (x - y).abs() / (1.0 + 0.5 * (x + y)))
+        .collect()
+}
+
+/// Agreement of two runs' median redshifts, paired by position; non-finite pairs are
+/// skipped (all-NaN with `n = 0` if nothing is left).
+pub fn median_agreement(z_a: &[f64], z_b: &[f64]) -> Agreement {
+    let d = scaled_differences(z_a, z_b);
+    let n = d.len();
+    let share = |f: &dyn Fn(f64) -> bool| {
+        if n == 0 {
+            f64::NAN
+        } else {
+            d.iter().filter(|&&x| f(x)).count() as f64 / n as f64
+        }
+    };
+    Agreement {
+        n,
+        within_tolerance: share(&|x| x < AGREEMENT_TOLERANCE),
+        beyond_outlier: share(&|x| x > OUTLIER_THRESHOLD),
+        median_abs_dz: median(&d),
+        p90_abs_dz: popcosmos_api::stats::quantiles(&d, [0.9])[0],
+    }
+}
+
+/// Share of a p(z) tabulated at bin centres `grid` (any normalisation) within `half_width`
+/// of `centre`, bounds included: BPZ's ODDS (Benítez 2000) about a chosen point. NaN for a
+/// p(z) without positive finite mass.
+pub fn pz_odds(pz: &[f64], grid: &[f64], centre: f64, half_width: f64) -> f64 {
+    assert_eq!(
+        pz.len(),
+        grid.len(),
+        "pz_odds: p(z) and grid differ in length"
+    );
+    let (mut inside, mut total) = (0.0, 0.0);
+    for (p, z) in pz.iter().zip(grid) {
+        if p.is_finite() && *p > 0.0 {
+            total += p;
+            if (z - centre).abs() <= half_width {
+                inside += p;
+            }
+        }
+    }
+    if total > 0.0 {
+        inside / total
+    } else {
+        f64::NAN
+    }
+}
+
+/// Total-variation distance ½ Σ |p − q| between two p(z) on the same grid, each normalised
+/// to unit sum first; in [0, 1], NaN if either has no positive finite mass.
+pub fn total_variation(p: &[f64], q: &[f64]) -> f64 {
+    assert_eq!(p.len(), q.len(), "total_variation: lengths differ");
+    let mass = |v: &[f64]| -> f64 { v.iter().filter(|x| x.is_finite() && **x > 0.0).sum() };
+    let (sp, sq) = (mass(p), mass(q));
+    if !(sp > 0.0 && sq > 0.0) {
+        return f64::NAN;
+    }
+    let clean = |x: f64| if x.is_finite() && x > 0.0 { x } else { 0.0 };
+    0.5 * p
+        .iter()
+        .zip(q)
+        .map(|(a, b)| (clean(*a) / sp - clean(*b) / sq).abs())
+        .sum::<f64>()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,5 +253,43 @@ mod tests {
             &[0.5, 1.0, 2.0, 0.5],
         );
         assert!((c - 2.0 / 3.0).abs() < 1e-15);
+    }
+
+    #[test]
+    fn agreement_by_hand() {
+        // Pairs: (0.5, 0.5) → 0; (1.0, 1.03) → 0.03/2.015; (0.2, 0.205) → 0.005/1.2025;
+        // (2.0, 3.0) → 1/3.5; a NaN pair is skipped.
+        let a = [0.5, 1.0, 0.2, 2.0, f64::NAN];
+        let b = [0.5, 1.03, 0.205, 3.0, 1.0];
+        let d = scaled_differences(&a, &b);
+        assert_eq!(d.len(), 4);
+        assert!((d[1] - 0.03 / 2.015).abs() < 1e-15);
+        let m = median_agreement(&a, &b);
+        assert_eq!(m.n, 4);
+        assert_eq!(m.within_tolerance, 0.5); // 0 and 0.00416
+        assert_eq!(m.beyond_outlier, 0.25); // 0.2857
+        // sorted: 0, 0.004158, 0.014888, 0.285714 → median (0.004158 + 0.014888)/2
+        let want = 0.5 * (0.005 / 1.2025 + 0.03 / 2.015);
+        assert!((m.median_abs_dz - want).abs() < 1e-15);
+        // h = 0.9 × 3 = 2.7 → v2 + 0.7 (v3 − v2)
+        let want90 = 0.03 / 2.015 + 0.7 * (1.0 / 3.5 - 0.03 / 2.015);
+        assert!((m.p90_abs_dz - want90).abs() < 1e-15);
+        assert!(median_agreement(&[], &[]).within_tolerance.is_nan());
+    }
+
+    #[test]
+    fn odds_and_total_variation_by_hand() {
+        let grid = [0.1, 0.3, 0.5, 0.7, 0.9];
+        let pz = [1.0, 2.0, 4.0, 2.0, 1.0]; // total 10
+        // Within 0.2 of 0.5: bins 0.3, 0.5, 0.7 (bounds included) → 8/10.
+        assert!((pz_odds(&pz, &grid, 0.5, 0.2 + 1e-12) - 0.8).abs() < 1e-15);
+        assert!((pz_odds(&pz, &grid, 0.1, 0.05) - 0.1).abs() < 1e-15);
+        assert!(pz_odds(&[0.0; 5], &grid, 0.5, 1.0).is_nan());
+        // Normalised: p = [.1,.2,.4,.2,.1], q = [0,0,.5,.5,0] → ½(.1+.2+.1+.3+.1) = 0.4.
+        let q = [0.0, 0.0, 3.0, 3.0, f64::NAN];
+        assert!((total_variation(&pz, &q) - 0.4).abs() < 1e-15);
+        assert_eq!(total_variation(&pz, &pz), 0.0);
+        assert!((total_variation(&[1.0, 0.0], &[0.0, 2.0]) - 1.0).abs() < 1e-15);
+        assert!(total_variation(&pz, &[0.0; 5]).is_nan());
     }
 }

@@ -3,6 +3,7 @@
 mod bench;
 mod bench_gpu;
 mod calibrate;
+mod compare;
 mod demo;
 mod evaluate;
 mod fit_population;
@@ -74,6 +75,9 @@ enum Command {
     Predict(predict::PredictArgs),
     /// Photo-z metrics of a results table against spectroscopic redshifts.
     Evaluate(evaluate::EvaluateArgs),
+    /// Reproducibility: how far two runs over the same galaxies (two seeds, two library
+    /// sizes, two samplers) differ in median z, ln Z and p(z).
+    Compare(compare::CompareArgs),
     /// Benchmarks that print a table.
     Bench {
         #[command(subcommand)]
@@ -135,6 +139,7 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Validate(args) => run::validate(&args),
         Command::Predict(args) => predict::run(&args),
         Command::Evaluate(args) => evaluate::evaluate(&args),
+        Command::Compare(args) => compare::compare(&args),
         Command::Bench { what } => bench::run(what),
         Command::Models { what } => models::run(what),
         Command::Plugins { what } => plugins_cmd::run(what),
