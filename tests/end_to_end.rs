@@ -128,7 +128,7 @@ fn evaluate_reports_metrics_as_json() {
     let (_, out) = run_tiny(&dir, |m| m);
     let json = dir.join("metrics.json");
     let truth = format!("{}:zspec", cat.display());
-    ok(&[
+    let o = ok(&[
         "evaluate",
         out.to_str().unwrap(),
         "--truth",
@@ -157,6 +157,20 @@ fn evaluate_reports_metrics_as_json() {
     assert!((v["bias"].as_f64().unwrap() - median).abs() < 1e-12);
     let outliers = dz.iter().filter(|d| d.abs() > 0.15).count() as f64 / 6.0;
     assert!((v["outlier_fraction"].as_f64().unwrap() - outliers).abs() < 1e-12);
+    // The clean-sample row counts the galaxies with z_odds ≥ 0.95.
+    let clean = res
+        .column("z_odds")
+        .unwrap()
+        .iter()
+        .filter(|o| **o >= 0.95)
+        .count();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains(&format!(
+            "| z_odds ≥ 0.95: galaxies / σ_NMAD / outliers | {clean} of 6 /"
+        )),
+        "{text}"
+    );
 }
 
 #[test]

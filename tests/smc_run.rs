@@ -81,6 +81,36 @@ fn smc_writes_evidence_pz_and_flags_a_galaxy_without_bands() {
             mode >= lo - step && mode <= hi + step,
             "mode {mode} outside [{lo}, {hi}]"
         );
+        // z_odds is the draws' share within 0.15 (1 + z_50) of z_50: at least 95 % when the
+        // 95 % interval lies inside that window, at most 95 % when it reaches past it on both
+        // sides (beyond the 2.5 % tails each), and so it agrees with the p(z) table.
+        let odds = t.column("z_odds").unwrap()[gal];
+        let half = 0.15 * (1.0 + z);
+        assert!((0.0..=1.0).contains(&odds), "{id}: z_odds {odds}");
+        if lo >= z - half && hi <= z + half {
+            assert!(
+                odds >= 0.95 - 1e-9,
+                "{id}: z_odds {odds} with [{lo}, {hi}] inside"
+            );
+        }
+        if lo < z - half && hi > z + half {
+            assert!(
+                odds <= 0.95 + 1e-9,
+                "{id}: z_odds {odds} with [{lo}, {hi}] outside"
+            );
+        }
+        let table_odds = popcosmos_catalog::pz_odds(
+            &pz.iter().map(|c| c[gal]).collect::<Vec<_>>(),
+            &(0..pz.len())
+                .map(|k| (k as f64 + 0.5) * step)
+                .collect::<Vec<_>>(),
+            z,
+            half,
+        );
+        assert!(
+            (odds - table_odds).abs() < 0.2,
+            "{id}: {odds} vs p(z) {table_odds}"
+        );
         let stages = t.column("smc_stages").unwrap()[gal];
         let unique = t.column("smc_unique_fraction").unwrap()[gal];
         assert!(stages >= 1.0 && unique > 0.0 && unique <= 1.0);

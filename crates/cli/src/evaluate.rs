@@ -34,6 +34,9 @@ pub struct EvaluateArgs {
     pub galaxy: Option<String>,
 }
 
+/// `z_odds` at or above which `evaluate` also reports the galaxies as a clean sample.
+const CLEAN_ODDS: f64 = 0.95;
+
 /// `writeln!` into a `String` (cannot fail).
 macro_rules! outln {
     ($out:expr, $($arg:tt)*) => {{
@@ -121,6 +124,18 @@ pub fn evaluate(a: &EvaluateArgs) -> Result<()> {
         );
     }
     let m = photoz_metrics(&zp, &zs);
+    // The clean sample that `z_odds` selects (posterior probability of a catastrophic
+    // outlier below 5 %), when the run wrote it.
+    let clean = results.column("z_odds").map(|odds| {
+        let (mut p, mut s) = (Vec::new(), Vec::new());
+        for &(r, t) in &pairs {
+            if z_true[t].is_finite() && p50[r].is_finite() && odds[r] >= CLEAN_ODDS {
+                p.push(p50[r]);
+                s.push(z_true[t]);
+            }
+        }
+        photoz_metrics(&p, &s)
+    });
     let flagged = results
         .strings
         .get("flags")
@@ -152,6 +167,16 @@ pub fn evaluate(a: &EvaluateArgs) -> Result<()> {
         "| galaxies flagged by diagnostics | {flagged} of {} |",
         results.len()
     );
+    if let Some(c) = clean {
+        outln!(
+            out,
+            "| z_odds ≥ {CLEAN_ODDS}: galaxies / σ_NMAD / outliers | {} of {} / {:.4} / {:.1}% |",
+            c.n,
+            m.n,
+            c.sigma_nmad,
+            100.0 * c.outlier_fraction
+        );
+    }
     // Sampler health across galaxies: medians of the per-galaxy diagnostics.
     for (name, label) in [
         ("rhat_max", "median of per-galaxy max R̂"),

@@ -181,6 +181,7 @@ const MCMC_COLUMNS: [&str; 5] = [
 
 fn result_columns_with(sampler_columns: impl Iterator<Item = String>) -> Vec<String> {
     let mut cols = percentile_columns();
+    cols.push("z_odds".into());
     for n in PARAM_NAMES {
         cols.push(format!("map_{n}"));
     }
@@ -598,6 +599,7 @@ impl Pipeline {
             for (s, b) in buf.iter_mut().enumerate() {
                 *b = theta[row(s) * N_PARAMS + popcosmos_api::params::IDX_Z];
             }
+            let odds = z_odds(&buf, None);
             push_quantity(&mut buf, &mut out);
             for get in DERIVED_GETTERS {
                 for (s, b) in buf.iter_mut().enumerate() {
@@ -611,6 +613,8 @@ impl Pipeline {
                 }
                 push_quantity(&mut buf, &mut out);
             }
+            out[col].push(odds);
+            col += 1;
             // MAP: the stored draw with the highest log posterior.
             let (best, best_lp) = (0..n_samples)
                 .map(|s| (s, chain.log_prob[row(s)] as f64))
@@ -728,6 +732,36 @@ fn sampler_move(spec: &MoveSpec) -> (MoveKind, f64) {
     }
 }
 
+/// `z_odds`: the share of the posterior within 0.15 (1 + z_50) of its median z_50, BPZ's
+/// ODDS (Benítez 2000) at the catastrophic-outlier width, so 1 − z_odds is the posterior
+/// probability that z_50 is a catastrophic outlier. A low value says the median sits in a
+/// broad or multi-peaked p(z), where it is neither safe nor reproducible
+/// (docs/validation.md, "Which galaxies' medians move"). `weights` (normalised or not)
+/// default to equal; NaN draws are ignored; NaN without a finite draw.
+pub fn z_odds(z: &[f64], weights: Option<&[f64]>) -> f64 {
+    let weight = |i: usize| weights.map_or(1.0, |w| w[i]);
+    let finite: Vec<usize> = (0..z.len())
+        .filter(|&i| z[i].is_finite() && weight(i) > 0.0)
+        .collect();
+    if finite.is_empty() {
+        return f64::NAN;
+    }
+    let values: Vec<f64> = finite.iter().map(|&i| z[i]).collect();
+    let w: Vec<f64> = finite.iter().map(|&i| weight(i)).collect();
+    let z50 = match weights {
+        None => popcosmos_api::stats::median(&values),
+        Some(_) => crate::reweight::weighted_percentiles(&values, &w)[2],
+    };
+    let half = popcosmos_catalog::OUTLIER_THRESHOLD * (1.0 + z50);
+    let inside: f64 = values
+        .iter()
+        .zip(&w)
+        .filter(|(v, _)| (*v - z50).abs() <= half)
+        .map(|(_, w)| w)
+        .sum();
+    inside / w.iter().sum::<f64>()
+}
+
 /// Linear-interpolated percentiles [`PERCENTILES`] (numpy's default); NaNs are ignored.
 pub fn percentiles(values: &[f64]) -> [f64; 5] {
     popcosmos_api::stats::quantiles(values, PERCENTILES.map(|(p, _)| p / 100.0))
@@ -742,6 +776,22 @@ mod tests {
         assert_eq!(batch_seed(1, 3), batch_seed(1, 3));
         assert_ne!(batch_seed(1, 3), batch_seed(1, 4));
         assert_ne!(batch_seed(1, 3), batch_seed(2, 3));
+    }
+
+    #[test]
+    fn z_odds_by_hand() {
+        // The 6 finite draws have median (1.0 + 1.2)/2 = 1.1, window ±0.315: 0.8, 1.0, 1.2
+        // and 1.3 are inside, 0.1 and 3.0 outside; the NaN draw is ignored.
+        let z = [0.1, 0.8, 1.0, 1.2, 1.3, 3.0, f64::NAN];
+        assert!((z_odds(&z, None) - 4.0 / 6.0).abs() < 1e-15);
+        // Weighted: CDF midpoints 0.05, 0.3, 0.7, 0.95 put the median at 1.025, window
+        // ±0.30375: the two middle draws (weight 0.8) are inside.
+        let w = [0.1, 0.4, 0.4, 0.1];
+        let o = z_odds(&[0.1, 1.0, 1.05, 3.0], Some(&w));
+        assert!((o - 0.8).abs() < 1e-15, "{o}");
+        // Zero-weight draws do not count; no finite draw gives NaN.
+        assert_eq!(z_odds(&[1.0, 5.0], Some(&[1.0, 0.0])), 1.0);
+        assert!(z_odds(&[f64::NAN], None).is_nan());
     }
 
     #[test]

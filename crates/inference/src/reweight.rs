@@ -17,7 +17,7 @@ use popcosmos_api::{Error, Prior, Result};
 use popcosmos_catalog::ResultTable;
 use popcosmos_sps::{StellarMassEmulator, derived_from_tensor};
 
-use crate::pipeline::{DERIVED_GETTERS, PERCENTILES, percentile_columns};
+use crate::pipeline::{DERIVED_GETTERS, PERCENTILES, percentile_columns, z_odds};
 
 /// Galaxies whose weights have a smaller Kish ESS are flagged: a handful of draws carry
 /// the reweighted posterior, so its percentiles are not to be trusted.
@@ -184,7 +184,7 @@ pub fn reweight_chains(
 /// `flags` string column (set when the ESS is below [`MIN_IMPORTANCE_ESS`]).
 pub fn summary_columns() -> Vec<String> {
     let mut cols = percentile_columns();
-    cols.extend(["n_draws", "importance_ess", "max_weight"].map(String::from));
+    cols.extend(["z_odds", "n_draws", "importance_ess", "max_weight"].map(String::from));
     cols
 }
 
@@ -217,10 +217,9 @@ pub fn summarise(
                 col += 1;
             }
         };
-        push(
-            (0..n).map(|r| g.theta[r * N_PARAMS + IDX_Z]).collect(),
-            &mut out,
-        );
+        let z: Vec<f64> = (0..n).map(|r| g.theta[r * N_PARAMS + IDX_Z]).collect();
+        let odds = z_odds(&z, Some(&weights));
+        push(z, &mut out);
         for get in DERIVED_GETTERS {
             push(derived.iter().map(get).collect(), &mut out);
         }
@@ -232,7 +231,7 @@ pub fn summarise(
         }
         let max_weight = weights.iter().copied().fold(0.0, f64::max);
         let ess = kish_ess(&weights);
-        for v in [n as f64, ess, max_weight] {
+        for v in [odds, n as f64, ess, max_weight] {
             out[col].push(v);
             col += 1;
         }
