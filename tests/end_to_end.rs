@@ -404,22 +404,21 @@ fn compare_reports_seed_agreement_ln_z_and_the_pz_split() {
     let head = "id,z_p50,log_evidence,pz_0.100,pz_0.300,pz_0.500\n";
     // d's p(z) is flat over the three bins: its ODDS (mass within 0.15 (1 + z_50) of z_50)
     // is 1/3, so it is the one broad galaxy; x and y are in one run only.
-    std::fs::write(
-        &first,
-        format!(
-            "{head}a,0.30,-10.0,0.0,1.0,0.0\nb,0.50,-12.0,0.0,0.0,1.0\nc,0.10,-11.0,1.0,0.0,0.0\n\
-             d,0.30,-9.0,1.0,1.0,1.0\nx,0.20,-9.0,1.0,1.0,1.0\n"
+    let rows = [
+        (
+            &first,
+            "a,0.30,-10.0,0.0,1.0,0.0\nb,0.50,-12.0,0.0,0.0,1.0\nc,0.10,-11.0,1.0,0.0,0.0\n\
+                  d,0.30,-9.0,1.0,1.0,1.0\nx,0.20,-9.0,1.0,1.0,1.0\n",
         ),
-    )
-    .unwrap();
-    std::fs::write(
-        &second,
-        format!(
-            "{head}y,0.20,-9.0,1.0,1.0,1.0\nd,0.60,-9.4,2.0,2.0,2.0\nc,0.10,-11.2,1.0,0.0,0.0\n\
-             b,0.52,-12.0,0.0,0.0,3.0\na,0.303,-10.5,0.0,1.0,0.0\n"
+        (
+            &second,
+            "y,0.20,-9.0,1.0,1.0,1.0\nd,0.60,-9.4,2.0,2.0,2.0\nc,0.10,-11.2,1.0,0.0,0.0\n\
+                   b,0.52,-12.0,0.0,0.0,3.0\na,0.303,-10.5,0.0,1.0,0.0\n",
         ),
-    )
-    .unwrap();
+    ];
+    for (path, body) in rows {
+        std::fs::write(path, format!("{head}{body}")).unwrap();
+    }
     let json = dir.join("compare.json");
     let o = ok(&[
         "compare",
