@@ -302,6 +302,30 @@ impl ResultsWriter {
                 ),
             ));
         }
+        // Parts written with other columns (another popcosmos version) must not be mixed
+        // with this run's.
+        if let Some(first) = parts.first() {
+            let have = part_column_names(first)?;
+            let want: Vec<String> = schema
+                .arrow_schema()
+                .fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .collect();
+            let missing: Vec<&String> = want.iter().filter(|c| !have.contains(c)).collect();
+            let extra: Vec<&String> = have.iter().filter(|c| !want.contains(c)).collect();
+            if !missing.is_empty() || !extra.is_empty() {
+                return Err(CatalogError::format(
+                    first,
+                    format!(
+                        "holds results with other columns than this run writes (missing \
+                         {missing:?}, extra {extra:?}; written by another popcosmos version?): \
+                         resuming would mix the two; resume with the version that wrote them, \
+                         or run into a new output.dir"
+                    ),
+                ));
+            }
+        }
         let next_part = Self::next_part_index(&dir)?;
         Ok(Self {
             dir,
@@ -459,6 +483,24 @@ fn write_csv(file: &mut File, batch: &RecordBatch, path: &Path) -> Result<()> {
 
 /// Read one part (or any single results file) as record batches; `ids_only` projects
 /// the `id` column (Parquet).
+/// Column names of a result part, from its Parquet schema or CSV header.
+fn part_column_names(path: &Path) -> Result<Vec<String>> {
+    let schema = match TableFormat::from_path(path) {
+        Some(TableFormat::Parquet) => {
+            let file = File::open(path).map_err(|e| CatalogError::io(path, e))?;
+            ParquetRecordBatchReaderBuilder::try_new(file)
+                .map_err(|e| CatalogError::format(path, e))?
+                .schema()
+                .clone()
+        }
+        _ => read_part(path, false)?
+            .first()
+            .map(|b| b.schema())
+            .unwrap_or_else(|| Arc::new(Schema::empty())),
+    };
+    Ok(schema.fields().iter().map(|f| f.name().clone()).collect())
+}
+
 fn read_part(path: &Path, ids_only: bool) -> Result<Vec<RecordBatch>> {
     match TableFormat::from_path(path) {
         Some(TableFormat::Parquet) => {

@@ -148,3 +148,36 @@ fn metrics_on_results() {
     assert!((m.sigma_nmad - 1.4826 * 0.05).abs() < 1e-15);
     assert_eq!(m.outlier_fraction, 0.0);
 }
+
+#[test]
+fn resume_refuses_parts_written_with_other_columns() {
+    for format in [TableFormat::Parquet, TableFormat::Csv] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("results");
+        let mut w = ResultsWriter::create(&out, schema(), format, false).unwrap();
+        let part = w
+            .write_chunk(&table(&["a"], &[0.5], &[""]))
+            .unwrap()
+            .unwrap();
+        let before = fs::read(&part).unwrap();
+        // A newer version writes one more column: resuming would mix the two layouts.
+        let wider = ResultSchema::new(vec!["z_med".into(), "log_mass".into(), "z_odds".into()]);
+        let err = ResultsWriter::create(&out, wider, format, true)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("other columns") && err.contains("missing [\"z_odds\"]"),
+            "{err}"
+        );
+        assert!(err.contains("part-00000"), "names the part: {err}");
+        let narrower = ResultSchema::new(vec!["z_med".into()]);
+        let err = ResultsWriter::create(&out, narrower, format, true)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("extra [\"log_mass\"]"), "{err}");
+        // Nothing was touched, and the same columns still resume.
+        assert_eq!(fs::read(&part).unwrap(), before);
+        let w = ResultsWriter::create(&out, schema(), format, true).unwrap();
+        assert_eq!(w.next_part(), 1);
+    }
+}
