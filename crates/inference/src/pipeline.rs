@@ -736,7 +736,7 @@ fn sampler_move(spec: &MoveSpec) -> (MoveKind, f64) {
 /// ODDS (Benítez 2000) at the catastrophic-outlier width, so 1 − z_odds is the posterior
 /// probability that z_50 is a catastrophic outlier. A low value says the median sits in a
 /// broad or multi-peaked p(z), where it is neither safe nor reproducible
-/// (docs/validation.md, "Which galaxies' medians move"). `weights` (normalised or not)
+/// (docs/validation.md, "Which medians move"). `weights` (normalised or not)
 /// default to equal; NaN draws are ignored; NaN without a finite draw.
 pub fn z_odds(z: &[f64], weights: Option<&[f64]>) -> f64 {
     let weight = |i: usize| weights.map_or(1.0, |w| w[i]);
