@@ -110,6 +110,16 @@ fn a_short_fit_writes_a_usable_population_card_calibration_and_plots() {
         serde_json::from_str(&std::fs::read_to_string(dir.join("pop.fit.json")).unwrap()).unwrap();
     assert_eq!(report["steps_done"], 4);
     assert_eq!(report["rows_used"], 600);
+    // KiDS is not one of the noise model's surveys: `auto` learns the errors from the rows.
+    assert!(
+        report["error_model"]
+            .as_str()
+            .unwrap()
+            .starts_with("empirical")
+            && card.contains("Flux errors: empirical"),
+        "{}",
+        report["error_model"]
+    );
     let zp = report["zero_points"].as_array().unwrap();
     assert_eq!(zp.len(), 9);
     // The geometric mean of the zero points is held at the start (1).
@@ -176,6 +186,26 @@ fn bad_catalogues_are_refused_by_count_band_and_row() {
     };
     // 41 real galaxies: fewer than the default 500 usable rows.
     let real = repo().join("examples/data/kids_demo.csv");
+    // The COSMOS noise model is refused for KiDS's bands, naming the survey and its bands.
+    let m = manifest(&dir, &real, "");
+    let o = run(&[
+        "fit-population",
+        m.to_str().unwrap(),
+        "-o",
+        dir.join("nm.safetensors").to_str().unwrap(),
+        "--error-model",
+        "noise-model",
+        "--min-galaxies",
+        "10",
+    ]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(
+        e.contains("--error-model noise-model")
+            && e.contains("survey 'kids' has 9 bands")
+            && !dir.join("nm.safetensors").exists(),
+        "{e}"
+    );
     let o = fit(&real, "500");
     assert!(!o.status.success());
     let e = stderr(&o);

@@ -188,6 +188,13 @@ impl NoiseModel {
         })
     }
 
+    /// The same model solved with `solver` (e.g. a fixed-step one where speed matters more
+    /// than the last per cent in σ).
+    pub fn with_solver(mut self, solver: popcosmos_priors::diffusion::OdeSolver) -> Self {
+        self.solver = solver;
+        self
+    }
+
     /// Number of bands.
     pub fn n_bands(&self) -> usize {
         self.model.config().dim
@@ -213,6 +220,92 @@ impl NoiseModel {
             .clamp(self.log_error_min, self.log_error_max)?
             .affine(1.0, 9.0 * std::f64::consts::LN_10)?
             .exp()?)
+    }
+
+    /// One draw of σ^nm (nmgy) for zero-point-corrected noiseless fluxes `[n, bands]`.
+    /// Galaxies with non-finite model fluxes cannot be conditioned on; they get σ from a
+    /// neutral 25th-magnitude input (callers drop them).
+    pub fn draw_sigma_nmgy(
+        &self,
+        flux_zp_nmgy: &Tensor,
+        rng: &mut dyn RandomSource,
+    ) -> Result<Tensor> {
+        let cond = self.conditioning(flux_zp_nmgy)?;
+        let finite = cond.abs()?.lt(1e3)?;
+        let cond = finite.where_cond(&cond, &cond.ones_like()?.affine(25.0, 0.0)?)?;
+        let base = rng.normal(cond.shape(), cond.device())?;
+        self.sigma_nmgy(&self.ln_sigma_maggies(&cond, &base)?)
+    }
+}
+
+/// Median per-band KS of [`noise_model_ks`] up to which the noise model is taken to describe
+/// a catalogue's errors. On its own mocks the check gives 0.06–0.19 (median 0.11 for 300
+/// galaxies: it conditions on noisy fluxes, the model on noiseless ones); on COSMOS2020
+/// Classic photometry 0.72.
+pub const NOISE_MODEL_MAX_KS: f64 = 0.2;
+
+/// Per-band two-sample KS statistic between σ^nm drawn for a catalogue's own observed
+/// fluxes and its measured errors (at most `max_rows` rows, evenly spaced): whether the
+/// noise model describes that catalogue's errors. It was trained on COSMOS2020 *Farmer*
+/// photometry (Thorp et al. 2025); other photometry of the same fields (the Classic
+/// apertures, say) has other errors.
+pub fn noise_model_ks(
+    noise: &NoiseModel,
+    set: &popcosmos_population::ObservedSet,
+    max_rows: usize,
+    rng: &mut dyn RandomSource,
+) -> Result<Vec<f64>> {
+    use popcosmos_population::ErrorModel;
+    let nb = set.n_bands;
+    let rows = set.len();
+    let pick: Vec<usize> = (0..rows.min(max_rows.max(1)))
+        .map(|k| k * rows / rows.min(max_rows.max(1)))
+        .collect();
+    let take = |v: &[f32]| -> Vec<f32> {
+        pick.iter()
+            .flat_map(|&r| v[r * nb..(r + 1) * nb].iter().copied())
+            .collect()
+    };
+    let (flux, err, mask) = (
+        take(&set.flux_nmgy),
+        take(&set.flux_err_nmgy),
+        take(&set.mask),
+    );
+    let drawn = noise.sample(&flux, rng)?;
+    let measured = popcosmos_population::ObservedSet {
+        flux_nmgy: flux,
+        flux_err_nmgy: err,
+        mask: mask.clone(),
+        ..set.clone()
+    };
+    Ok(popcosmos_population::error_ks(&measured, &drawn, &mask))
+}
+
+/// The fit-population error model for COSMOS: σ^nm conditioned on all 26 magnitudes at once,
+/// so the errors keep the correlations between bands that depth and blending give them.
+impl popcosmos_population::ErrorModel for NoiseModel {
+    fn n_bands(&self) -> usize {
+        self.model.config().dim
+    }
+
+    fn describe(&self) -> String {
+        "builtin:noise_model, the COSMOS2020 uncertainty model of Alsing et al. (2024), \
+         conditioned on each galaxy's 26 asinh magnitudes"
+            .into()
+    }
+
+    fn sample(&self, flux_nmgy: &[f32], rng: &mut dyn RandomSource) -> Result<Vec<f32>> {
+        let nb = self.model.config().dim;
+        let flux = Tensor::from_vec(
+            flux_nmgy.to_vec(),
+            (flux_nmgy.len() / nb, nb),
+            self.softening_nmgy.device(),
+        )?;
+        Ok(self
+            .draw_sigma_nmgy(&flux, rng)?
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1()?)
     }
 }
 
@@ -340,14 +433,8 @@ pub fn simulate_noise_model(
         nb,
         &device,
     )?;
-    let cond = noise.conditioning(&m.flux_nmgy.broadcast_mul(&zp)?)?;
-    // Galaxies with non-finite model fluxes cannot be conditioned on; they get σ from a
-    // neutral 25th-magnitude input and are dropped below.
-    let finite = cond.abs()?.lt(1e3)?;
-    let cond = finite.where_cond(&cond, &cond.ones_like()?.affine(25.0, 0.0)?)?;
-    let base = rng.normal(&Shape::from((n, nb)), &device)?;
     let sigma_nm = noise
-        .sigma_nmgy(&noise.ln_sigma_maggies(&cond, &base)?)?
+        .draw_sigma_nmgy(&m.flux_nmgy.broadcast_mul(&zp)?, rng)?
         .to_dtype(DType::F64)?
         .to_vec2::<f64>()?;
     let f = m.flux_nmgy.to_dtype(DType::F64)?.to_vec2::<f64>()?;

@@ -5,11 +5,50 @@
 //! rank. This reproduces σ(f) with its scatter (sky-limited at the faint end, Poisson and
 //! aperture effects at the bright end) without assuming a functional form. Fluxes outside
 //! the measured range take the errors of the extreme galaxies. COSMOS2020 has its own learned
-//! conditional model (Alsing et al. 2024); this one serves any catalogue.
+//! conditional model (Alsing et al. 2024; `builtin:noise_model`), which the inference crate
+//! plugs in through [`ErrorModel`]; this one serves any catalogue.
 
-use popcosmos_api::{RandomSource, stats::ks_two_sample};
+use popcosmos_api::{RandomSource, Result, stats::ks_two_sample};
 
 use crate::data::ObservedSet;
+
+/// Where a simulated galaxy's measurement errors come from: σ^nm given its noiseless,
+/// zero-point-corrected fluxes. The draw is not differentiated: as for real photometry, the
+/// errors are a property of the measurement, not of the galaxy's parameters.
+pub trait ErrorModel: Send + Sync {
+    /// Number of bands.
+    fn n_bands(&self) -> usize;
+    /// σ^nm (nmgy) for noiseless fluxes `[n × bands]` (row-major, nmgy).
+    fn sample(&self, flux_nmgy: &[f32], rng: &mut dyn RandomSource) -> Result<Vec<f32>>;
+    /// What the errors are drawn from, for fit reports and model cards.
+    fn describe(&self) -> String;
+}
+
+/// Per-band two-sample KS statistic between the catalogue's measured errors (`set`) and
+/// errors drawn for simulated galaxies (`[n × bands]`, counted only where `mask` is 1).
+pub fn error_ks(set: &ObservedSet, drawn_sigma: &[f32], mask: &[f32]) -> Vec<f64> {
+    let nb = set.n_bands;
+    let column = |values: &[f32], mask: &[f32], b: usize| -> Vec<f64> {
+        values
+            .iter()
+            .zip(mask)
+            .skip(b)
+            .step_by(nb)
+            .filter(|(s, m)| **m > 0.0 && s.is_finite() && **s > 0.0)
+            .map(|(s, _)| *s as f64)
+            .collect()
+    };
+    (0..nb)
+        .map(|b| {
+            let sim = column(drawn_sigma, mask, b);
+            let obs = column(&set.flux_err_nmgy, &set.mask, b);
+            if sim.is_empty() || obs.is_empty() {
+                return f64::NAN;
+            }
+            ks_two_sample(&sim, &obs).0
+        })
+        .collect()
+}
 
 /// Conditional σ_b(f) by nearest neighbours in flux rank.
 #[derive(Debug, Clone)]
@@ -39,14 +78,21 @@ impl EmpiricalErrorModel {
             neighbours: neighbours.max(1),
         }
     }
+}
 
-    /// Number of bands.
-    pub fn n_bands(&self) -> usize {
+impl ErrorModel for EmpiricalErrorModel {
+    fn n_bands(&self) -> usize {
         self.bands.len()
     }
 
-    /// σ for noiseless fluxes `[n × bands]` (row-major, nmgy).
-    pub fn sample(&self, flux_nmgy: &[f32], rng: &mut dyn RandomSource) -> Vec<f32> {
+    fn describe(&self) -> String {
+        format!(
+            "empirical: per band, the error of one of the {} catalogue galaxies nearest in flux",
+            self.neighbours
+        )
+    }
+
+    fn sample(&self, flux_nmgy: &[f32], rng: &mut dyn RandomSource) -> Result<Vec<f32>> {
         let nb = self.bands.len();
         let mut out = Vec::with_capacity(flux_nmgy.len());
         for (k, &f) in flux_nmgy.iter().enumerate() {
@@ -65,30 +111,7 @@ impl EmpiricalErrorModel {
             let j = lo + ((rng.next_f64() * width as f64) as usize).min(width - 1);
             out.push(errors[j]);
         }
-        out
-    }
-
-    /// Per-band two-sample KS statistic between the measured errors and the errors drawn for
-    /// `flux_nmgy` (`[n × bands]`, measured entries only where `mask` is 1).
-    pub fn ks_against(&self, drawn_sigma: &[f32], mask: &[f32]) -> Vec<f64> {
-        let nb = self.bands.len();
-        (0..nb)
-            .map(|b| {
-                let sim: Vec<f64> = drawn_sigma
-                    .iter()
-                    .zip(mask)
-                    .skip(b)
-                    .step_by(nb)
-                    .filter(|(_, m)| **m > 0.0)
-                    .map(|(s, _)| *s as f64)
-                    .collect();
-                let obs: Vec<f64> = self.bands[b].1.iter().map(|&s| s as f64).collect();
-                if sim.is_empty() || obs.is_empty() {
-                    return f64::NAN;
-                }
-                ks_two_sample(&sim, &obs).0
-            })
-            .collect()
+        Ok(out)
     }
 }
 
@@ -133,7 +156,7 @@ mod tests {
         let fresh: Vec<f32> = (0..n)
             .map(|_| 10f64.powf(4.0 * rng.next_f64() - 1.0) as f32)
             .collect();
-        let drawn = model.sample(&fresh, &mut rng);
+        let drawn = model.sample(&fresh, &mut rng).unwrap();
         let truth: Vec<f64> = fresh
             .iter()
             .map(|&f| law(f as f64, normal(&mut rng)))
@@ -141,7 +164,7 @@ mod tests {
         let d: Vec<f64> = drawn.iter().map(|&s| s as f64).collect();
         let (ks, _) = ks_two_sample(&d, &truth);
         assert!(ks < 0.03, "KS {ks}");
-        let bright = model.sample(&vec![1000.0; 4000], &mut rng);
+        let bright = model.sample(&vec![1000.0; 4000], &mut rng).unwrap();
         let med =
             popcosmos_api::stats::median(&bright.iter().map(|&s| s as f64).collect::<Vec<_>>());
         assert!((med / law(1000.0, 0.0) - 1.0).abs() < 0.03, "{med}");
@@ -149,10 +172,11 @@ mod tests {
         assert!(
             model
                 .sample(&[1e9, -1e9], &mut rng)
+                .unwrap()
                 .iter()
                 .all(|s| s.is_finite())
         );
         let mask = vec![1.0; n];
-        assert!(model.ks_against(&drawn, &mask)[0] < 0.03);
+        assert!(error_ks(&set, &drawn, &mask)[0] < 0.03);
     }
 }

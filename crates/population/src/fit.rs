@@ -240,6 +240,9 @@ pub struct FitReport {
     pub error_floors: Vec<f64>,
     /// Distance averaged over blocks of steps: (last step of the block, mean).
     pub loss_curve: Vec<(usize, f64)>,
+    /// Where the simulated flux errors came from ([`crate::ErrorModel::describe`]).
+    #[serde(default)]
+    pub error_model: String,
     /// Per-band KS statistic of drawn vs catalogue flux errors, on a fresh simulation.
     pub error_model_ks: Vec<f64>,
     /// Share of draws outside the support (as in [`StepRecord`]), averaged over the last 50 steps
@@ -782,15 +785,11 @@ impl<'a> PopulationFit<'a> {
     }
 
     /// Per-band KS of drawn vs catalogue flux errors on `n` fresh simulated galaxies.
-    pub fn error_model_ks(
-        &self,
-        errors: &crate::EmpiricalErrorModel,
-        n: usize,
-    ) -> Result<Vec<f64>> {
+    pub fn error_model_ks(&self, n: usize) -> Result<Vec<f64>> {
         let mut rng = self.step_rng(usize::MAX);
         let sim = self.simulate(n, &mut rng)?;
         let mask: Vec<f32> = sim.mask.flatten_all()?.to_vec1()?;
-        Ok(errors.ks_against(&sim.sigma_nmgy, &mask))
+        Ok(crate::errors::error_ks(self.set, &sim.sigma_nmgy, &mask))
     }
 
     /// Write a checkpoint: the flow (loadable as a prior) plus, under `fit.*`, the zero
@@ -887,6 +886,7 @@ impl<'a> PopulationFit<'a> {
             zero_points: self.zero_points()?,
             error_floors: self.error_floors()?,
             loss_curve: self.loss_curve(50),
+            error_model: self.forward.error_model().describe(),
             error_model_ks,
             outside_support: {
                 let tail = &self.history[self.history.len().saturating_sub(50)..];

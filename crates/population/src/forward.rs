@@ -12,7 +12,7 @@ use popcosmos_api::{Error, RandomSource, Result, Shape, SpsModel, params::phi_to
 use popcosmos_sps::photulator::flux_to_asinh_mag;
 
 use crate::data::ObservedSet;
-use crate::errors::EmpiricalErrorModel;
+use crate::errors::ErrorModel;
 
 /// A simulated minibatch.
 pub struct Simulated {
@@ -80,7 +80,7 @@ enum Source<'a> {
 pub struct ForwardModel<'a> {
     sps: &'a dyn SpsModel,
     set: &'a ObservedSet,
-    errors: &'a EmpiricalErrorModel,
+    errors: &'a dyn ErrorModel,
     /// Student-t degrees of freedom (integer 1–4), `None` = Gaussian noise.
     nu: Option<usize>,
     softening: Tensor,
@@ -95,7 +95,7 @@ impl<'a> ForwardModel<'a> {
     pub fn new(
         sps: &'a dyn SpsModel,
         set: &'a ObservedSet,
-        errors: &'a EmpiricalErrorModel,
+        errors: &'a dyn ErrorModel,
         student_t_nu: Option<f64>,
     ) -> Result<Self> {
         let nb = set.n_bands;
@@ -124,6 +124,11 @@ impl<'a> ForwardModel<'a> {
             scale: vec(&set.feature_scale)?,
             device,
         })
+    }
+
+    /// Where the simulated flux errors come from.
+    pub fn error_model(&self) -> &dyn ErrorModel {
+        self.errors
     }
 
     /// The device the forward model runs on.
@@ -209,7 +214,7 @@ impl<'a> ForwardModel<'a> {
             Source::Given(d) => d.clone(),
             Source::Draw(rng) => {
                 let host: Vec<f32> = zf.detach().to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-                let sigma_nm = self.errors.sample(&host, rng);
+                let sigma_nm = self.errors.sample(&host, rng)?;
                 let noise = self.noise(n, nb, rng)?;
                 let rows = rng.indices(n, self.set.len());
                 Draws {

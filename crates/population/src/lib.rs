@@ -10,8 +10,9 @@
 //!
 //! * [`ObservedSet`]: the catalogue as standardised asinh magnitudes, with the checks
 //!   a fit needs (enough usable rows, every band measured somewhere, all-missing rows dropped).
-//! * [`EmpiricalErrorModel`]: per band, σ(f) drawn from the catalogue's own (flux,
-//!   error) pairs nearest in flux.
+//! * [`ErrorModel`]: where simulated flux errors come from; [`EmpiricalErrorModel`] draws
+//!   σ(f) per band from the catalogue's own (flux, error) pairs nearest in flux, and
+//!   [`error_ks`] compares drawn errors with the catalogue's.
 //! * [`Distance`]: the sliced Wasserstein distance and the debiased Sinkhorn divergence.
 //! * [`ForwardModel`]: φ → simulated observed photometry, differentiable in the
 //!   flow's weights, the zero points and the floors.
@@ -28,6 +29,6 @@ mod forward;
 
 pub use data::{ObservedSet, Selection};
 pub use distance::Distance;
-pub use errors::EmpiricalErrorModel;
+pub use errors::{EmpiricalErrorModel, ErrorModel, error_ks};
 pub use fit::{FitOptions, FitReport, PopulationFit, StepRecord};
 pub use forward::{ForwardModel, Simulated};
