@@ -25,11 +25,12 @@ pub const DEFAULT_INITIAL: &str = "builtin:popcosmos_prior_flow";
 /// `--error-model`: where the simulated galaxies' flux errors come from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum ErrorModelKind {
-    /// `noise-model` for the 26 COSMOS2020 bands, `empirical` for any other survey.
+    /// `noise-model` for the 26 COSMOS2020 bands where it reproduces the catalogue's errors
+    /// (median per-band KS ≤ `NOISE_MODEL_MAX_KS`), `empirical` otherwise.
     Auto,
     /// Per band, σ(f) from the catalogue's own (flux, error) pairs nearest in flux.
     Empirical,
-    /// The bundled COSMOS2020 uncertainty model (`builtin:noise_model`, Alsing et al. 2024),
+    /// The bundled COSMOS2020 uncertainty model (`builtin:noise_model`, Thorp et al. 2025),
     /// conditioned on all 26 magnitudes; COSMOS bands only.
     NoiseModel,
 }
@@ -166,7 +167,8 @@ pub struct FitPopulationArgs {
     #[arg(long)]
     pub support_box: bool,
     /// Where simulated flux errors come from: `auto` (the bundled COSMOS2020 noise model for
-    /// the 26 COSMOS bands, the catalogue's own errors otherwise), `empirical`, `noise-model`
+    /// the 26 COSMOS bands if it reproduces the catalogue's errors, the catalogue's own errors
+    /// otherwise), `empirical`, `noise-model`
     #[arg(long, value_enum, default_value = "auto")]
     pub error_model: ErrorModelKind,
     /// Keep the manifest's zero points fixed.

@@ -258,9 +258,8 @@ pub fn noise_model_ks(
     use popcosmos_population::ErrorModel;
     let nb = set.n_bands;
     let rows = set.len();
-    let pick: Vec<usize> = (0..rows.min(max_rows.max(1)))
-        .map(|k| k * rows / rows.min(max_rows.max(1)))
-        .collect();
+    let kept = rows.min(max_rows.max(1));
+    let pick: Vec<usize> = (0..kept).map(|k| k * rows / kept).collect();
     let take = |v: &[f32]| -> Vec<f32> {
         pick.iter()
             .flat_map(|&r| v[r * nb..(r + 1) * nb].iter().copied())
@@ -289,7 +288,7 @@ impl popcosmos_population::ErrorModel for NoiseModel {
     }
 
     fn describe(&self) -> String {
-        "builtin:noise_model, the COSMOS2020 uncertainty model of Alsing et al. (2024), \
+        "builtin:noise_model, the COSMOS2020 uncertainty model of Thorp et al. (2025), \
          conditioned on each galaxy's 26 asinh magnitudes"
             .into()
     }

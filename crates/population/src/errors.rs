@@ -5,7 +5,7 @@
 //! rank. This reproduces σ(f) with its scatter (sky-limited at the faint end, Poisson and
 //! aperture effects at the bright end) without assuming a functional form. Fluxes outside
 //! the measured range take the errors of the extreme galaxies. COSMOS2020 has its own learned
-//! conditional model (Alsing et al. 2024; `builtin:noise_model`), which the inference crate
+//! conditional model (Thorp et al. 2025; `builtin:noise_model`), which the inference crate
 //! plugs in through [`ErrorModel`]; this one serves any catalogue.
 
 use popcosmos_api::{RandomSource, Result, stats::ks_two_sample};
