@@ -35,20 +35,12 @@ pub enum ErrorModelKind {
     NoiseModel,
 }
 
-/// The noise model solved for fitting: dopri5 at 10⁻⁴ is 9× faster than the mock's 10⁻⁶ and
-/// off by 0.2 % in σ at the median (2.6 % at the 99th percentile, 100 COSMOS galaxies), far
-/// below the Student-t noise drawn on top.
+/// The noise model at a population fit's tolerance ([`NoiseModel::for_fitting`]): its σ errors
+/// lie far below the Student-t noise drawn on top.
+///
+/// [`NoiseModel::for_fitting`]: popcosmos_inference::mock::NoiseModel::for_fitting
 fn fit_noise_model(device: &candle_core::Device) -> Result<popcosmos_inference::mock::NoiseModel> {
-    Ok(
-        popcosmos_inference::mock::NoiseModel::builtin(device)?.with_solver(
-            popcosmos_priors::diffusion::OdeSolver::Dopri5 {
-                atol: 1e-4,
-                rtol: 1e-4,
-                min_step: 1e-6,
-                max_steps: 100_000,
-            },
-        ),
-    )
+    Ok(popcosmos_inference::mock::NoiseModel::builtin(device)?.for_fitting())
 }
 
 /// The error model `kind` asks for, for `set` under the manifest's survey, and a line saying

@@ -154,15 +154,6 @@ fn selected_mock_obeys_the_cut_and_its_noise_law() {
     }
 }
 
-fn fast(nm: NoiseModel) -> NoiseModel {
-    nm.with_solver(popcosmos_priors::diffusion::OdeSolver::Dopri5 {
-        atol: 1e-4,
-        rtol: 1e-4,
-        min_step: 1e-6,
-        max_steps: 100_000,
-    })
-}
-
 /// `fit-population --error-model auto` takes the noise model only where it reproduces the
 /// catalogue's errors (`noise_model_ks`). On photometry it made itself (a Ch1 < 26 mock, as
 /// its training set) the per-band KS is small; on the bundled COSMOS2020 *Classic* demo
@@ -172,7 +163,7 @@ fn fast(nm: NoiseModel) -> NoiseModel {
 fn noise_model_check_passes_its_own_mocks_and_fails_classic_photometry() {
     use popcosmos_population::{ErrorModel, ObservedSet};
     let survey = popcosmos_surveys::Cosmos::new(popcosmos_surveys::CalibrationChoice::Leistedt23);
-    let nm = fast(NoiseModel::builtin(&Device::Cpu).unwrap());
+    let nm = NoiseModel::builtin(&Device::Cpu).unwrap().for_fitting();
     assert_eq!(ErrorModel::n_bands(&nm), 26);
     // Its own mock: Prospector-α draws with Ch1 < 26, σ from the noise model.
     let sps = PhotulatorSps::builtin(&LineCalibration::leistedt23(), &Device::Cpu).unwrap();
