@@ -300,6 +300,16 @@ fn shipped_populations_are_the_fitted_ones_and_load_with_their_calibration() {
     let (z, log_m) = bundled_medians("population_kids_kv450", 20_000);
     assert!((0.2..0.4).contains(&z), "KiDS median z {z}");
     assert!((10.6..11.6).contains(&log_m), "KiDS median log M {log_m}");
+    // KiDS under the spec-z calibration: median z 0.32, median log M 10.9.
+    let (z, log_m) = bundled_medians("population_kids_kv450_specz", 20_000);
+    assert!(
+        (0.25..0.4).contains(&z),
+        "KiDS (spec-z calibration) median z {z}"
+    );
+    assert!(
+        (10.6..11.2).contains(&log_m),
+        "KiDS (spec-z calibration) median log M {log_m}"
+    );
     // COSMOS z > 2.5: 43 % of the draws above z = 2.5 and a low-z mode; median log M 9.6.
     let (_, log_m) = bundled_medians("population_cosmos2020_zgt2p5", 20_000);
     assert!((9.1..10.1).contains(&log_m), "COSMOS median log M {log_m}");
@@ -322,7 +332,18 @@ fn shipped_populations_are_the_fitted_ones_and_load_with_their_calibration() {
                     .display()
             ),
         );
-    std::fs::write(&m, text).unwrap();
+    std::fs::write(&m, &text).unwrap();
+    let o = run(&["validate", m.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // The spec-z-calibrated population with its own calibration file (the example's opt-in).
+    let specz = text
+        .replace("population_kids_kv450\"", "population_kids_kv450_specz\"")
+        .replace(
+            "examples/populations/kids_kv450.calibration.yaml",
+            "examples/calibrations/kids_kv450_specz_population.calibration.yaml",
+        );
+    assert_ne!(specz, text);
+    std::fs::write(&m, specz).unwrap();
     let o = run(&["validate", m.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
     let cosmos = dir.join("cosmos.yaml");

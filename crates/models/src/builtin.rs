@@ -38,6 +38,7 @@ pub static BUILTIN: &[BuiltinModel] = &[
     bundled!("popcosmos_prior_consistency"),
     bundled!("popcosmos_prior_flow"),
     bundled!("population_kids_kv450"),
+    bundled!("population_kids_kv450_specz"),
     bundled!("population_cosmos2020_zgt2p5"),
 ];
 
