@@ -109,33 +109,42 @@ fn noise_model_reproduces_reference_uncertainties() {
     }
 }
 
-#[test]
-fn selected_mock_obeys_the_cut_and_its_noise_law() {
+/// `n` Prospector-α galaxies through the COSMOS photulators (Leistedt+23 calibration) with
+/// errors from `nm` and Student-t (ν = 2) noise, kept when the noisy IRAC Ch1 is brighter than
+/// `max_mag`, drawing from `rng`; returns the catalogue, the draws it took, and Ch1's band index.
+fn ch1_selected_mock(
+    nm: &NoiseModel,
+    n: usize,
+    max_mag: f64,
+    rng: &mut HostRng,
+) -> (popcosmos_inference::mock::MockCatalogue, usize, usize) {
     let survey = popcosmos_surveys::Cosmos::new(popcosmos_surveys::CalibrationChoice::Leistedt23);
     let sps = PhotulatorSps::builtin(&LineCalibration::leistedt23(), &Device::Cpu).unwrap();
     let prior = popcosmos_priors::ProspectorAlphaPrior::new();
-    let nm = NoiseModel::builtin(&Device::Cpu).unwrap();
     let ch1 = survey
         .band_names()
         .iter()
         .position(|b| b == "irac1_cosmos")
         .unwrap();
-    let sel = Selection {
-        band: ch1,
-        max_mag: 25.0,
-    };
-    let mut rng = HostRng::seed_from_u64(5);
     let (cat, drawn) = simulate_selected(
         &prior,
         &sps,
         survey.calibration(),
-        MockErrors::NoiseModel(&nm),
-        24,
+        MockErrors::NoiseModel(nm),
+        n,
         Some(2.0),
-        Some(sel),
-        &mut rng,
+        Some(Selection { band: ch1, max_mag }),
+        rng,
     )
     .unwrap();
+    (cat, drawn, ch1)
+}
+
+#[test]
+fn selected_mock_obeys_the_cut_and_its_noise_law() {
+    let nm = NoiseModel::builtin(&Device::Cpu).unwrap();
+    let mut rng = HostRng::seed_from_u64(5);
+    let (cat, drawn, ch1) = ch1_selected_mock(&nm, 24, 25.0, &mut rng);
     assert_eq!(cat.theta.len(), 24);
     assert!(drawn > 24);
     let nb = cat.n_bands;
@@ -166,28 +175,8 @@ fn noise_model_check_passes_its_own_mocks_and_fails_classic_photometry() {
     let nm = NoiseModel::builtin(&Device::Cpu).unwrap().for_fitting();
     assert_eq!(ErrorModel::n_bands(&nm), 26);
     // Its own mock: Prospector-α draws with Ch1 < 26, σ from the noise model.
-    let sps = PhotulatorSps::builtin(&LineCalibration::leistedt23(), &Device::Cpu).unwrap();
-    let prior = popcosmos_priors::ProspectorAlphaPrior::new();
-    let ch1 = survey
-        .band_names()
-        .iter()
-        .position(|b| b == "irac1_cosmos")
-        .unwrap();
     let mut rng = HostRng::seed_from_u64(8);
-    let (cat, _) = simulate_selected(
-        &prior,
-        &sps,
-        survey.calibration(),
-        MockErrors::NoiseModel(&nm),
-        300,
-        Some(2.0),
-        Some(Selection {
-            band: ch1,
-            max_mag: 26.0,
-        }),
-        &mut rng,
-    )
-    .unwrap();
+    let (cat, _, _) = ch1_selected_mock(&nm, 300, 26.0, &mut rng);
     let chunk = popcosmos_catalog::ObservedChunk {
         ids: (0..300).map(|i| i.to_string()).collect(),
         n_bands: 26,
