@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use popcosmos_api::{Calibration, HostRng, N_PARAMS, PARAM_NAMES, Prior, RandomSource, Survey};
 use popcosmos_inference::LikelihoodSpec;
-use popcosmos_inference::mock::NOISE_MODEL_MAX_KS;
+use popcosmos_inference::mock::{NOISE_MODEL_MAX_KS, NoiseModel};
 use popcosmos_inference::{Manifest, Pipeline};
 use popcosmos_models::HubConfig;
 use popcosmos_population::{
@@ -33,14 +33,6 @@ pub enum ErrorModelKind {
     /// The bundled COSMOS2020 uncertainty model (`builtin:noise_model`, Thorp et al. 2025),
     /// conditioned on all 26 magnitudes; COSMOS bands only.
     NoiseModel,
-}
-
-/// The noise model at a population fit's tolerance ([`NoiseModel::for_fitting`]): its σ errors
-/// lie far below the Student-t noise drawn on top.
-///
-/// [`NoiseModel::for_fitting`]: popcosmos_inference::mock::NoiseModel::for_fitting
-fn fit_noise_model(device: &candle_core::Device) -> Result<popcosmos_inference::mock::NoiseModel> {
-    Ok(popcosmos_inference::mock::NoiseModel::builtin(device)?.for_fitting())
 }
 
 /// The error model `kind` asks for, for `set` under the manifest's survey, and a line saying
@@ -72,11 +64,12 @@ fn error_model(
             bands.len(),
             bands.join(",")
         ),
-        (ErrorModelKind::NoiseModel, true) => {
-            Ok((Box::new(fit_noise_model(&pipeline.device)?), None))
-        }
+        (ErrorModelKind::NoiseModel, true) => Ok((
+            Box::new(NoiseModel::builtin(&pipeline.device)?.for_fitting()),
+            None,
+        )),
         (ErrorModelKind::Auto, true) => {
-            let noise = fit_noise_model(&pipeline.device)?;
+            let noise = NoiseModel::builtin(&pipeline.device)?.for_fitting();
             let mut rng = HostRng::seed_from_u64(pipeline.manifest.seed ^ 0x0e55);
             let ks = popcosmos_inference::mock::noise_model_ks(&noise, set, 2000, &mut rng)?;
             let mut sorted: Vec<f64> = ks.iter().copied().filter(|k| k.is_finite()).collect();

@@ -296,7 +296,7 @@ pub fn noise_model_ks(
 /// so the errors keep the correlations between bands that depth and blending give them.
 impl popcosmos_population::ErrorModel for NoiseModel {
     fn n_bands(&self) -> usize {
-        self.model.config().dim
+        NoiseModel::n_bands(self)
     }
 
     fn describe(&self) -> String {
@@ -306,7 +306,7 @@ impl popcosmos_population::ErrorModel for NoiseModel {
     }
 
     fn sample(&self, flux_nmgy: &[f32], rng: &mut dyn RandomSource) -> Result<Vec<f32>> {
-        let nb = self.model.config().dim;
+        let nb = NoiseModel::n_bands(self);
         let flux = Tensor::from_vec(
             flux_nmgy.to_vec(),
             (flux_nmgy.len() / nb, nb),
