@@ -310,6 +310,13 @@ fn shipped_populations_are_the_fitted_ones_and_load_with_their_calibration() {
         (10.6..11.2).contains(&log_m),
         "KiDS (spec-z calibration) median log M {log_m}"
     );
+    // Its second round (the KiDS example's prior): median z 0.31, median log M 10.9.
+    let (z, log_m) = bundled_medians("population_kids_kv450_specz_r2", 20_000);
+    assert!((0.25..0.4).contains(&z), "KiDS (second round) median z {z}");
+    assert!(
+        (10.6..11.2).contains(&log_m),
+        "KiDS (second round) median log M {log_m}"
+    );
     // COSMOS z > 2.5: 43 % of the draws above z = 2.5 and a low-z mode; median log M 9.6.
     let (_, log_m) = bundled_medians("population_cosmos2020_zgt2p5", 20_000);
     assert!((9.1..10.1).contains(&log_m), "COSMOS median log M {log_m}");
@@ -343,7 +350,18 @@ fn shipped_populations_are_the_fitted_ones_and_load_with_their_calibration() {
             "examples/calibrations/kids_kv450_specz_population.calibration.yaml",
         );
     assert_ne!(specz, text);
-    std::fs::write(&m, specz).unwrap();
+    std::fs::write(&m, &specz).unwrap();
+    let o = run(&["validate", m.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // Its second round with its calibration file (the KiDS example's pair).
+    let second = specz
+        .replace("population_kids_kv450_specz\"", "population_kids_kv450_specz_r2\"")
+        .replace(
+            "kids_kv450_specz_population.calibration.yaml",
+            "kids_kv450_specz_population_r2.calibration.yaml",
+        );
+    assert_ne!(second, specz);
+    std::fs::write(&m, second).unwrap();
     let o = run(&["validate", m.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
     let cosmos = dir.join("cosmos.yaml");

@@ -39,6 +39,7 @@ pub static BUILTIN: &[BuiltinModel] = &[
     bundled!("popcosmos_prior_flow"),
     bundled!("population_kids_kv450"),
     bundled!("population_kids_kv450_specz"),
+    bundled!("population_kids_kv450_specz_r2"),
     bundled!("population_cosmos2020_zgt2p5"),
 ];
 
