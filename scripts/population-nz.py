@@ -3,8 +3,8 @@ docs/figures/population_nz.png).
 
 Usage: python scripts/population-nz.py SHARED_DATA_DIR DRAWS_DIR OUT.png
 DRAWS_DIR holds `popcosmos-cli sample-prior --prior '{kind: flow, weights: builtin:W}' -n 20000
---seed 3` tables: kids_draws.csv (W = population_kids_kv450), kids_specz_draws.csv
-(population_kids_kv450_specz), cosmos_draws.csv (population_cosmos2020_zgt2p5) and
+--seed 3` tables: kids_draws.csv (W = population_kids_kv450), kids_specz_r2_draws.csv
+(population_kids_kv450_specz_r2, the KiDS example's prior), cosmos_draws.csv (population_cosmos2020_zgt2p5) and
 init_draws.csv (popcosmos_prior_flow, the start). The spec-z enter the plot only, for
 evaluation. Needs pandas and matplotlib."""
 import sys, pandas as pd, matplotlib
@@ -14,7 +14,7 @@ data, draws, out = sys.argv[1:4]
 ks = pd.read_csv(f'{data}/kids_kv450_steppz/kids_kv450_steppz.csv').zspec
 cs = pd.read_csv(f'{data}/cosmos2020_specz_zgt2p5/cosmos2020_specz_zgt2p5.csv').zspec
 fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
-panels = [('KiDS+VIKING', ks, (0, 1.5), [('kids_specz_draws.csv', 'population_kids_kv450_specz'),
+panels = [('KiDS+VIKING', ks, (0, 1.5), [('kids_specz_r2_draws.csv', 'population_kids_kv450_specz_r2'),
                                          ('kids_draws.csv', 'population_kids_kv450')]),
           ('COSMOS2020 z > 2.5', cs, (0, 6), [('cosmos_draws.csv', 'population_cosmos2020_zgt2p5')])]
 for a, (title, spec, rng, fits) in zip(ax, panels):
