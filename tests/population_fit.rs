@@ -324,46 +324,43 @@ fn shipped_populations_are_the_fitted_ones_and_load_with_their_calibration() {
     let dir = tempdir("shipped-populations");
     let kids = repo().join("examples/data/kids_demo.csv");
     let m = manifest(&dir, &kids, "");
-    let text = std::fs::read_to_string(&m)
-        .unwrap()
-        .replace(
-            "prior: {kind: prospector-alpha}",
-            "prior: {kind: flow, weights: \"builtin:population_kids_kv450\"}",
-        )
-        .replace(
-            "survey: {name: kids}",
-            &format!(
-                "survey: {{name: kids, calibration_file: {}}}",
-                repo()
-                    .join("examples/populations/kids_kv450.calibration.yaml")
-                    .display()
-            ),
+    let template = std::fs::read_to_string(&m).unwrap();
+    // Each KiDS population with its calibration file: the zero-points-at-1 fit, the
+    // spec-z-calibrated one and its second round (the KiDS example's pair).
+    for (weights, calibration) in [
+        (
+            "population_kids_kv450",
+            "populations/kids_kv450.calibration.yaml",
+        ),
+        (
+            "population_kids_kv450_specz",
+            "calibrations/kids_kv450_specz_population.calibration.yaml",
+        ),
+        (
+            "population_kids_kv450_specz_r2",
+            "calibrations/kids_kv450_specz_population_r2.calibration.yaml",
+        ),
+    ] {
+        let text = template
+            .replace(
+                "prior: {kind: prospector-alpha}",
+                &format!("prior: {{kind: flow, weights: \"builtin:{weights}\"}}"),
+            )
+            .replace(
+                "survey: {name: kids}",
+                &format!(
+                    "survey: {{name: kids, calibration_file: {}}}",
+                    repo().join("examples").join(calibration).display()
+                ),
+            );
+        assert!(
+            text.contains(weights) && text.contains(calibration),
+            "{text}"
         );
-    std::fs::write(&m, &text).unwrap();
-    let o = run(&["validate", m.to_str().unwrap()]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    // The spec-z-calibrated population with its own calibration file (the example's opt-in).
-    let specz = text
-        .replace("population_kids_kv450\"", "population_kids_kv450_specz\"")
-        .replace(
-            "examples/populations/kids_kv450.calibration.yaml",
-            "examples/calibrations/kids_kv450_specz_population.calibration.yaml",
-        );
-    assert_ne!(specz, text);
-    std::fs::write(&m, &specz).unwrap();
-    let o = run(&["validate", m.to_str().unwrap()]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    // Its second round with its calibration file (the KiDS example's pair).
-    let second = specz
-        .replace("population_kids_kv450_specz\"", "population_kids_kv450_specz_r2\"")
-        .replace(
-            "kids_kv450_specz_population.calibration.yaml",
-            "kids_kv450_specz_population_r2.calibration.yaml",
-        );
-    assert_ne!(second, specz);
-    std::fs::write(&m, second).unwrap();
-    let o = run(&["validate", m.to_str().unwrap()]);
-    assert!(o.status.success(), "{}", stderr(&o));
+        std::fs::write(&m, &text).unwrap();
+        let o = run(&["validate", m.to_str().unwrap()]);
+        assert!(o.status.success(), "{weights}: {}", stderr(&o));
+    }
     let cosmos = dir.join("cosmos.yaml");
     std::fs::write(
         &cosmos,

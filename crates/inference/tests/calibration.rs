@@ -238,14 +238,16 @@ fn kids_example_uses_its_shipped_calibration() {
     let manifest = Manifest::load(&examples.join("kids-viking.yaml")).unwrap();
     let pipeline = Pipeline::new(manifest, &HubConfig::from_env()).unwrap();
     assert!(
-        pipeline.prior.name().contains("population_kids_kv450_specz_r2"),
+        pipeline
+            .prior
+            .name()
+            .contains("population_kids_kv450_specz_r2"),
         "{}",
         pipeline.prior.name()
     );
     let used = pipeline.survey.calibration();
     let load = |name: &str| {
-        popcosmos_surveys::CalibrationFile::load(&examples.join("calibrations").join(name))
-            .unwrap()
+        popcosmos_surveys::CalibrationFile::load(&examples.join("calibrations").join(name)).unwrap()
     };
     let file = load("kids_kv450_specz_population_r2.calibration.yaml");
     assert_eq!(file.bands.len(), 9);
