@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use popcosmos_inference::{CalibrationOptions, calibrate, subset};
+use popcosmos_api::stats::{median, nmad};
+use popcosmos_inference::{BandResidual, CalibrationOptions, calibrate, subset};
 use popcosmos_inference::{Manifest, Pipeline};
 use popcosmos_models::HubConfig;
 use popcosmos_surveys::{BandCalibration, CalibrationFile};
@@ -37,12 +38,32 @@ pub struct CalibrateArgs {
     /// Use at most this many galaxies (the first ones with a valid truth).
     #[arg(long)]
     pub max_galaxies: Option<usize>,
+    /// Also write every measured band of every galaxy against its model at the spec-z
+    /// (CSV with the rest-frame wavelength), and print the median observed / model flux
+    /// in rest-frame wavelength bins.
+    #[arg(long)]
+    pub residuals: Option<PathBuf>,
     /// No per-iteration progress lines.
     #[arg(long)]
     pub quiet: bool,
 }
 
+/// Rest-frame wavelength bin edges (Å) of the printed residual summary: the far-UV, the
+/// near-UV, either side of the 4000 Å break, the optical and the near-IR.
+const REST_EDGES_AA: [f64; 10] = [
+    912.0, 1500.0, 2500.0, 3500.0, 4500.0, 6000.0, 8000.0, 12000.0, 20000.0, 50000.0,
+];
+
 pub fn run(args: &CalibrateArgs) -> Result<()> {
+    // Refuse before the sampling, not after: nothing already written is replaced.
+    for path in std::iter::once(&args.output).chain(args.residuals.as_ref()) {
+        if path.exists() {
+            bail!(
+                "{} exists; calibrate does not overwrite files (choose another path or remove it)",
+                path.display()
+            );
+        }
+    }
     let mut m = Manifest::load(&args.manifest)?;
     if !m.catalogue.truth_columns.contains(&args.truth) {
         m.catalogue.truth_columns.push(args.truth.clone());
@@ -167,6 +188,20 @@ pub fn run(args: &CalibrateArgs) -> Result<()> {
         bands: file_bands,
         provenance,
     };
+    if let Some(path) = &args.residuals {
+        let pivots = band_pivots(&pipeline)?;
+        let floors = outcome
+            .error_floors
+            .clone()
+            .unwrap_or_else(|| survey.calibration().error_floors.clone());
+        write_residuals(path, &outcome.residuals, survey.bands(), &pivots, &floors)?;
+        print_rest_frame_summary(&outcome.residuals, &pivots, &floors);
+        eprintln!(
+            "wrote {} ({} band measurements)",
+            path.display(),
+            outcome.residuals.len()
+        );
+    }
     file.save(&args.output)?;
     eprintln!(
         "wrote {} ({} galaxies, {} iterations, {:.0} s)",
@@ -178,6 +213,208 @@ pub fn run(args: &CalibrateArgs) -> Result<()> {
     Ok(())
 }
 
+/// Pivot wavelength of every band (Å), from the survey's filter curves.
+fn band_pivots(pipeline: &Pipeline) -> Result<Vec<f64>> {
+    let defined = pipeline.manifest.survey.build_defined()?;
+    let nb = pipeline.survey.bands().len();
+    if defined.filters.len() != nb {
+        bail!(
+            "--residuals needs a filter curve per band to place them in the rest frame; the \
+             survey has {} curves for {nb} bands",
+            defined.filters.len()
+        );
+    }
+    Ok(defined
+        .filters
+        .iter()
+        .map(|f| f.pivot_wavelength_aa())
+        .collect())
+}
+
+/// One row per measured band: the galaxy, its spec-z, the band, the rest-frame pivot
+/// wavelength, the fluxes and the residuals.
+fn write_residuals(
+    path: &std::path::Path,
+    residuals: &[BandResidual],
+    bands: &[popcosmos_api::Band],
+    pivots: &[f64],
+    floors: &[f64],
+) -> Result<()> {
+    use std::fmt::Write as _;
+    let mut csv = String::from(
+        "id,z_spec,band,label,pivot_aa,rest_aa,flux_nmgy,fluxerr_nmgy,model_nmgy,\
+         model_sigma_nmgy,ratio,normalised\n",
+    );
+    for r in residuals {
+        let b = &bands[r.band];
+        writeln!(
+            csv,
+            "{},{},{},{},{:.1},{:.1},{:e},{:e},{:e},{:e},{:.6},{:.4}",
+            r.id,
+            r.z,
+            b.name,
+            b.label,
+            pivots[r.band],
+            pivots[r.band] / (1.0 + r.z),
+            r.flux_nmgy,
+            r.flux_err_nmgy,
+            r.model_nmgy,
+            r.model_sigma_nmgy,
+            r.ratio(),
+            r.normalised(floors[r.band])
+        )?;
+    }
+    let tmp = path.with_extension("csv.tmp");
+    std::fs::write(&tmp, csv).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Per rest-frame bin: measurements, median observed / model, NMAD of the normalised
+/// residuals (1 where the errors and floors describe the scatter).
+#[derive(Debug, Clone, PartialEq)]
+struct RestFrameBin {
+    lo_aa: f64,
+    hi_aa: f64,
+    n: usize,
+    median_ratio: f64,
+    nmad_normalised: f64,
+}
+
+fn rest_frame_bins(
+    residuals: &[BandResidual],
+    pivots: &[f64],
+    floors: &[f64],
+) -> Vec<RestFrameBin> {
+    REST_EDGES_AA
+        .windows(2)
+        .map(|e| {
+            let inside: Vec<&BandResidual> = residuals
+                .iter()
+                .filter(|r| {
+                    let rest = pivots[r.band] / (1.0 + r.z);
+                    rest >= e[0] && rest < e[1]
+                })
+                .collect();
+            let ratios: Vec<f64> = inside.iter().map(|r| r.ratio()).collect();
+            let norm: Vec<f64> = inside
+                .iter()
+                .map(|r| r.normalised(floors[r.band]))
+                .collect();
+            RestFrameBin {
+                lo_aa: e[0],
+                hi_aa: e[1],
+                n: inside.len(),
+                median_ratio: if inside.is_empty() {
+                    f64::NAN
+                } else {
+                    median(&ratios)
+                },
+                nmad_normalised: if inside.is_empty() {
+                    f64::NAN
+                } else {
+                    nmad(&norm)
+                },
+            }
+        })
+        .collect()
+}
+
+fn print_rest_frame_summary(residuals: &[BandResidual], pivots: &[f64], floors: &[f64]) {
+    println!(
+        "\n{:>14} {:>6} {:>14} {:>18}",
+        "rest frame, Å", "n", "obs / model", "NMAD normalised"
+    );
+    for b in rest_frame_bins(residuals, pivots, floors) {
+        if b.n == 0 {
+            continue;
+        }
+        println!(
+            "{:>6.0}–{:<7.0} {:>6} {:>14.3} {:>18.2}",
+            b.lo_aa, b.hi_aa, b.n, b.median_ratio, b.nmad_normalised
+        );
+    }
+}
+
 fn round6(x: f64) -> f64 {
     (x * 1e6).round() / 1e6
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn residual(z: f64, band: usize, flux: f64, model: f64) -> BandResidual {
+        BandResidual {
+            id: format!("g{band}"),
+            z,
+            band,
+            flux_nmgy: flux,
+            flux_err_nmgy: 0.1,
+            model_nmgy: model,
+            model_sigma_nmgy: 0.0,
+        }
+    }
+
+    #[test]
+    fn residuals_land_in_their_rest_frame_bins() {
+        // Pivots 4000 and 8000 Å. At z = 1 they sit at 2000 and 4000 Å rest; at z = 0 at
+        // 4000 and 8000 Å.
+        let pivots = [4000.0, 8000.0];
+        let floors = [0.0, 0.0];
+        let r = vec![
+            residual(1.0, 0, 1.0, 2.0), // 2000 Å: ratio 0.5
+            residual(1.0, 1, 3.0, 2.0), // 4000 Å: ratio 1.5
+            residual(0.0, 0, 2.0, 2.0), // 4000 Å: ratio 1.0
+            residual(0.0, 1, 4.0, 2.0), // 8000 Å: the 8000–12000 bin (lower edge inclusive)
+        ];
+        let bins = rest_frame_bins(&r, &pivots, &floors);
+        let find = |lo: f64| bins.iter().find(|b| b.lo_aa == lo).unwrap();
+        assert_eq!(find(1500.0).n, 1);
+        assert_eq!(find(1500.0).median_ratio, 0.5);
+        assert_eq!(find(3500.0).n, 2);
+        assert!((find(3500.0).median_ratio - 1.25).abs() < 1e-12);
+        assert_eq!(find(8000.0).n, 1);
+        assert_eq!(find(8000.0).median_ratio, 2.0);
+        assert_eq!(bins.iter().map(|b| b.n).sum::<usize>(), 4);
+        assert!(find(912.0).median_ratio.is_nan());
+    }
+
+    #[test]
+    fn normalised_residual_adds_the_floor_in_quadrature() {
+        let r = BandResidual {
+            model_sigma_nmgy: 0.3,
+            ..residual(0.5, 0, 10.0, 9.0)
+        };
+        // σ² = 0.1² + 0.3² + (0.1 × 9)² = 0.01 + 0.09 + 0.81 = 0.91.
+        assert!((r.normalised(0.1) - 1.0 / 0.91f64.sqrt()).abs() < 1e-12);
+        assert!((r.normalised(0.0) - 1.0 / 0.1f64.sqrt()).abs() < 1e-12);
+    }
+
+    #[test]
+    fn the_residual_csv_has_the_rest_frame_wavelength() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("res.csv");
+        let bands = vec![popcosmos_api::Band {
+            name: "kids_r".into(),
+            label: "r".into(),
+            flux_softening_nmgy: 0.1,
+        }];
+        write_residuals(
+            &path,
+            &[residual(1.0, 0, 3.0, 2.0)],
+            &bands,
+            &[6000.0],
+            &[0.0],
+        )
+        .unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut lines = text.lines();
+        let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+        let row: Vec<&str> = lines.next().unwrap().split(',').collect();
+        let col = |k: &str| row[header.iter().position(|h| *h == k).unwrap()];
+        assert_eq!(col("rest_aa").parse::<f64>().unwrap(), 3000.0);
+        assert_eq!(col("ratio").parse::<f64>().unwrap(), 1.5);
+        assert_eq!(col("label"), "r");
+        assert!(!path.with_extension("csv.tmp").exists());
+    }
 }

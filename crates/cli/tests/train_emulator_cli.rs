@@ -100,9 +100,24 @@ fn tiny_run_writes_a_loadable_verified_photulator_set() {
             "8,8",
             "--eval-every",
             "10",
+            "--teacher-age-z",
+            "0,3.5",
         ],
     );
     assert!(o.status.success(), "{}", stderr(&o));
+    // The teacher's age range is recorded in the sidecar and the card.
+    let sidecar: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.with_extension("json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        sidecar["training"]["teacher_age_z_range"],
+        serde_json::json!([0.0, 3.5])
+    );
+    assert!(
+        std::fs::read_to_string(out.with_extension("card.yaml"))
+            .unwrap()
+            .contains("age-setting z clamped to [0, 3.5]")
+    );
     // The step-10 checkpoint is removed once the final set is written.
     assert!(!out.with_extension("checkpoint.safetensors").exists());
     assert!(!out.with_extension("checkpoint.json").exists());
@@ -352,4 +367,20 @@ fn training_a_subset_of_bands_keeps_the_others_bit_for_bit() {
         "{}",
         stderr(&o)
     );
+}
+
+#[test]
+fn a_bad_teacher_age_range_is_refused_before_any_work() {
+    let (dir, filters) = kids_j_and_r();
+    let out = dir.path().join("x.safetensors");
+    for bad in ["2.5,0.5", "0.5", "-1,2", "0,1,2"] {
+        let o = train(&filters, &out, &[&format!("--teacher-age-z={bad}")]);
+        assert!(!o.status.success(), "{bad}");
+        assert!(
+            stderr(&o).contains("--teacher-age-z"),
+            "{bad}: {}",
+            stderr(&o)
+        );
+        assert!(!out.exists());
+    }
 }

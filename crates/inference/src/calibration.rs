@@ -25,7 +25,7 @@ use candle_core::{D, Device, Tensor};
 use popcosmos_api::{
     HostRng, LogDensity, N_PARAMS, Result, Shape,
     params::{IDX_Z, LOWER, UPPER, normal_quantile, phi_to_theta},
-    stats::median,
+    stats::{median, nmad},
 };
 use popcosmos_catalog::ObservedChunk;
 use popcosmos_samplers::RunConfig;
@@ -81,6 +81,47 @@ pub struct CalibrationOutcome {
     pub n_galaxies: usize,
     /// Zero points after each iteration (`history[0]` = start).
     pub history: Vec<Vec<f64>>,
+    /// Every measured band of every calibration galaxy against its model at the spec-z,
+    /// from the last iteration's chains.
+    pub residuals: Vec<BandResidual>,
+}
+
+/// One measured band of one calibration galaxy against the posterior-median model at its
+/// spectroscopic redshift, with the fitted zero point applied. Binned by rest-frame
+/// wavelength these show where the SPS model misses the data, as EAZY's template-error
+/// check does (Brammer, van Dokkum & Coppi 2008): a zero point corrects a band at every
+/// redshift, a rest-frame trend it cannot.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BandResidual {
+    /// Catalogue id of the galaxy.
+    pub id: String,
+    /// Its spectroscopic redshift.
+    pub z: f64,
+    /// Band index (survey order).
+    pub band: usize,
+    /// Observed flux (nmgy).
+    pub flux_nmgy: f64,
+    /// Its 1σ error (nmgy).
+    pub flux_err_nmgy: f64,
+    /// Posterior-median model flux × fitted zero point (nmgy).
+    pub model_nmgy: f64,
+    /// Model-side σ (emission lines, IGM) × fitted zero point (nmgy).
+    pub model_sigma_nmgy: f64,
+}
+
+impl BandResidual {
+    /// Observed over model flux.
+    pub fn ratio(&self) -> f64 {
+        self.flux_nmgy / self.model_nmgy
+    }
+
+    /// (observed − model) / σ, with σ² = error² + model σ² + (floor × model)².
+    pub fn normalised(&self, floor: f64) -> f64 {
+        let var = self.flux_err_nmgy.powi(2)
+            + self.model_sigma_nmgy.powi(2)
+            + (floor * self.model_nmgy).powi(2);
+        (self.flux_nmgy - self.model_nmgy) / var.sqrt()
+    }
 }
 
 /// The posterior with the redshift coordinate pinned per galaxy.
@@ -145,13 +186,6 @@ impl LogDensity for PinnedRedshift<'_> {
 pub fn phi_of_z(z: f64) -> f64 {
     let u = ((z - LOWER[IDX_Z]) / (UPPER[IDX_Z] - LOWER[IDX_Z])).clamp(1e-12, 1.0 - 1e-12);
     normal_quantile(u)
-}
-
-/// 1.4826 × median |x − median x|.
-pub fn nmad(v: &[f64]) -> f64 {
-    let m = median(v);
-    let d: Vec<f64> = v.iter().map(|x| (x - m).abs()).collect();
-    1.4826 * median(&d)
 }
 
 /// Per galaxy and band: observed flux, error, mask and posterior-median model terms.
@@ -316,13 +350,45 @@ pub fn calibrate(
     } else {
         None
     };
+    let residuals = band_residuals(&last_fit, &calibration.zero_points, galaxies, &rows, truth);
     Ok(CalibrationOutcome {
         zero_points: calibration.zero_points,
         error_floors,
         n_used,
         n_galaxies: rows.len(),
         history,
+        residuals,
     })
+}
+
+/// The measured bands of `fit` (galaxies in `rows` order) with the zero points `zp` applied.
+fn band_residuals(
+    fit: &Fitted,
+    zp: &[f64],
+    galaxies: &ObservedChunk,
+    rows: &[usize],
+    truth: &[f64],
+) -> Vec<BandResidual> {
+    let nb = zp.len();
+    let mut out = Vec::new();
+    for (g, &row) in rows.iter().enumerate() {
+        for (b, z) in zp.iter().enumerate() {
+            let k = g * nb + b;
+            if k >= fit.mask.len() || fit.mask[k] <= 0.0 || !(fit.model[k] > 0.0) {
+                continue;
+            }
+            out.push(BandResidual {
+                id: galaxies.ids[row].clone(),
+                z: truth[row],
+                band: b,
+                flux_nmgy: fit.obs[k],
+                flux_err_nmgy: fit.err[k],
+                model_nmgy: z * fit.model[k],
+                model_sigma_nmgy: z * fit.line_sigma[k],
+            });
+        }
+    }
+    out
 }
 
 /// Smallest ε per band with NMAD of the normalised residuals ≤ 1 (bisection on [0, 1]).

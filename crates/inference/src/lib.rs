@@ -41,7 +41,7 @@ mod shard;
 mod smc;
 
 pub use adam::refine_walkers;
-pub use calibration::{CalibrationOptions, CalibrationOutcome, calibrate, subset};
+pub use calibration::{BandResidual, CalibrationOptions, CalibrationOutcome, calibrate, subset};
 pub use init::{InitLibrary, MIN_WHITENING_DRAWS};
 pub use likelihood::{LikelihoodSpec, PhotometricLikelihood};
 pub use manifest::{

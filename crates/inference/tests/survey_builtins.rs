@@ -172,3 +172,123 @@ const KIDS9_P95: [f64; 9] = [
 ];
 /// The same for `builtin:photulator_lsst6`, u … y.
 const LSST6_P95: [f64; 6] = [0.0412, 0.0337, 0.0219, 0.0205, 0.0151, 0.0126];
+
+/// The spectrum emulator that taught the KiDS and LSST sets was trained on 0.5 ≤ z ≤ 2.5,
+/// and its age-setting z input is clamped there (docs/emulators.md), so below z = 0.5 its
+/// galaxies are no older than t_univ(0.5) ≈ 8.6 Gyr. The COSMOS photulators (Alsing et al.
+/// 2024) were trained on FSPS over the whole range. On bands both model through the same
+/// curves (HSC g, r, i and UltraVISTA J, Ks), the teacher minus the COSMOS networks should
+/// then be flat in z where the teacher was trained, and drift in colour below z = 0.5 for
+/// the galaxies whose old stars the clamp removes. Printed per z bin (median over draws);
+/// the assertion is the trained range's agreement. Run with `--ignored --nocapture`.
+#[test]
+#[ignore = "diagnostic: prints the teacher's colour offset against the COSMOS networks by z"]
+fn the_teacher_against_the_cosmos_networks_by_redshift() {
+    use popcosmos_api::FilterCurve;
+    use popcosmos_api::params::IDX_Z;
+    use popcosmos_api::stats::median;
+    use popcosmos_priors::ProspectorAlphaPrior;
+    use popcosmos_sps::photulator::theta_to_photulator_input;
+    use popcosmos_sps::{PhotometryOptions, Photulator, SpectrumEmulator, SpectrumPhotometry};
+    const ASSETS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../assets");
+    let dev = Device::Cpu;
+    let bands = [
+        "hsc_g",
+        "hsc_r",
+        "hsc_i",
+        "uvista_j_cosmos",
+        "uvista_ks_cosmos",
+    ];
+    let filters: Vec<FilterCurve> = bands
+        .iter()
+        .map(|b| {
+            FilterCurve::from_path(std::path::Path::new(&format!(
+                "{ASSETS}/filters/cosmos/{b}.txt"
+            )))
+            .unwrap()
+        })
+        .collect();
+    let cosmos = Photulator::load(
+        format!("{ASSETS}/models/photulator_cosmos26.safetensors"),
+        &dev,
+    )
+    .unwrap();
+    let idx: Vec<usize> = bands
+        .iter()
+        .map(|b| cosmos.band_names().iter().position(|n| n == b).unwrap())
+        .collect();
+    let clamped = SpectrumPhotometry::builtin(&filters, &dev).unwrap();
+    let free = SpectrumPhotometry::new(
+        SpectrumEmulator::builtin(&dev).unwrap(),
+        &filters,
+        PhotometryOptions {
+            age_z_range: None,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let edges = [0.03, 0.1, 0.2, 0.35, 0.5, 1.0, 2.0, 2.5, 3.5, 5.0];
+    let per_bin = 300;
+    let mut rows = ProspectorAlphaPrior::new().sample_theta(per_bin * (edges.len() - 1), 71);
+    for (k, r) in rows.iter_mut().enumerate() {
+        let bin = k / per_bin;
+        let u = (k % per_bin) as f64 / per_bin as f64;
+        r[IDX_Z] = edges[bin] + (edges[bin + 1] - edges[bin]) * u;
+    }
+    let n = rows.len();
+    let flat: Vec<f32> = rows.iter().flatten().map(|&v| v as f32).collect();
+    let theta = Tensor::from_vec(flat, (n, 16), &dev).unwrap();
+    let net = cosmos
+        .absolute_magnitudes(&theta_to_photulator_input(&theta).unwrap())
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
+    let teach = clamped
+        .absolute_magnitudes(&theta)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
+    let teach_free = free
+        .absolute_magnitudes(&theta)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
+    // Colours g − Ks and r − J: teacher minus networks.
+    let colour = |m: &[f32], a: usize, b: usize| (m[a] - m[b]) as f64;
+    eprintln!("z bin | Δ(g − Ks) clamped / free | Δ(r − J) clamped / free | Δ Ks clamped / free");
+    for bin in 0..edges.len() - 1 {
+        let rs = bin * per_bin..(bin + 1) * per_bin;
+        let d = |t: &Vec<Vec<f32>>, a: usize, b: usize| {
+            let v: Vec<f64> = rs
+                .clone()
+                .map(|r| colour(&t[r], a, b) - colour(&net[r], idx[a], idx[b]))
+                .collect();
+            median(&v)
+        };
+        let ks: Vec<f64> = rs
+            .clone()
+            .map(|r| (teach[r][4] - net[r][idx[4]]) as f64)
+            .collect();
+        let ks_free: Vec<f64> = rs
+            .clone()
+            .map(|r| (teach_free[r][4] - net[r][idx[4]]) as f64)
+            .collect();
+        eprintln!(
+            "{:.2}–{:.2} | {:+.3} / {:+.3} | {:+.3} / {:+.3} | {:+.3} / {:+.3}",
+            edges[bin],
+            edges[bin + 1],
+            d(&teach, 0, 4),
+            d(&teach_free, 0, 4),
+            d(&teach, 1, 3),
+            d(&teach_free, 1, 3),
+            median(&ks),
+            median(&ks_free)
+        );
+        if edges[bin] >= 0.5 && edges[bin + 1] <= 2.0 {
+            assert!(
+                d(&teach, 0, 4).abs() < 0.1,
+                "bin {bin}: teacher off where trained"
+            );
+        }
+    }
+}

@@ -39,6 +39,13 @@ pub fn median(values: &[f64]) -> f64 {
     }
 }
 
+/// Normalised median absolute deviation, 1.4826 × median |x − median x| (σ for a Gaussian).
+pub fn nmad(values: &[f64]) -> f64 {
+    let m = median(values);
+    let d: Vec<f64> = values.iter().map(|x| (x - m).abs()).collect();
+    1.4826 * median(&d)
+}
+
 /// Two-sample Kolmogorov–Smirnov statistic sup |F_a − F_b| and its asymptotic p-value
 /// (effective n = n_a n_b / (n_a + n_b)).
 pub fn ks_two_sample(a: &[f64], b: &[f64]) -> (f64, f64) {
