@@ -30,6 +30,7 @@ macro_rules! bundled {
 pub static BUILTIN: &[BuiltinModel] = &[
     bundled!("photulator_cosmos26"),
     bundled!("photulator_kids9"),
+    bundled!("photulator_kids9_v2"),
     bundled!("photulator_lsst6"),
     bundled!("emline_emulator"),
     bundled!("stellar_mass_emulator"),
