@@ -242,12 +242,13 @@ fn kids_survey_on_the_cosmos_set_names_the_missing_band() {
     );
 }
 
-/// `examples/kids-viking.yaml` runs on the fitted population and the calibration shipped
-/// beside it: the pipeline's zero points and floors are the file's, band by band. Both
-/// calibration files were fitted on KV450 rows disjoint from the example's and from the
-/// evaluation half (docs/population.md, docs/validation.md "With SMC: the spec-z
-/// calibration"). Under Prospector-α the u zero point carries the OmegaCAM-u colour term
-/// (0.92); under the population every band is within 8 % of 1.
+/// `examples/kids-viking.yaml` runs on the fitted population, the retrained KiDS emulators
+/// and the calibration shipped beside them: the pipeline's zero points and floors are the
+/// file's, band by band. The calibration files were fitted on KV450 rows disjoint from the
+/// example's and from the evaluation half (docs/population.md, docs/emulators.md, docs/
+/// validation.md "With SMC: the spec-z calibration"). Under Prospector-α (earlier emulators)
+/// the u zero point carries the OmegaCAM-u colour term (0.92); under the population every
+/// band is within 10 % of 1 (u and Ks 1.07–1.09 with the retrained set).
 #[test]
 fn kids_example_uses_its_shipped_calibration() {
     let examples = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples");
@@ -261,11 +262,13 @@ fn kids_example_uses_its_shipped_calibration() {
         "{}",
         pipeline.prior.name()
     );
+    let popcosmos_inference::SpsSpec::Photulator { weights, .. } = &pipeline.manifest.sps;
+    assert_eq!(weights, "builtin:photulator_kids9_v2");
     let used = pipeline.survey.calibration();
     let load = |name: &str| {
         popcosmos_surveys::CalibrationFile::load(&examples.join("calibrations").join(name)).unwrap()
     };
-    let file = load("kids_kv450_specz_population_r2.calibration.yaml");
+    let file = load("kids_kv450_specz_population_r2_kids9v2.calibration.yaml");
     assert_eq!(file.bands.len(), 9);
     for (b, band) in file.bands.iter().enumerate() {
         assert_eq!(used.zero_points[b], band.zero_point, "{}", band.band);
@@ -275,7 +278,7 @@ fn kids_example_uses_its_shipped_calibration() {
             "{}",
             band.band
         );
-        assert!((band.zero_point - 1.0).abs() < 0.08, "{}", band.band);
+        assert!((band.zero_point - 1.0).abs() < 0.10, "{}", band.band);
     }
     for band in &load("kids_kv450_specz.calibration.yaml").bands {
         if band.label.as_deref() == Some("u") {
