@@ -74,7 +74,6 @@ fn bundled_emulator_sets_reproduce_their_teacher() {
     use popcosmos_api::params::{IDX_DUST2, IDX_N, IDX_Z};
     use popcosmos_priors::ProspectorAlphaPrior;
     use popcosmos_sps::Photulator;
-    use popcosmos_sps::SpectrumPhotometry;
     use popcosmos_sps::photulator::theta_to_photulator_input;
     const ASSETS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../assets");
     let dev = Device::Cpu;
@@ -122,19 +121,7 @@ fn bundled_emulator_sets_reproduce_their_teacher() {
                 .unwrap()
             })
             .collect();
-        let teacher = SpectrumPhotometry::new(
-            popcosmos_sps::SpectrumEmulator::builtin(&dev).unwrap(),
-            &filters,
-            popcosmos_sps::PhotometryOptions {
-                age_z_range: Some(age),
-                ..Default::default()
-            },
-        )
-        .unwrap()
-        .absolute_magnitudes(&theta)
-        .unwrap()
-        .to_vec2::<f32>()
-        .unwrap();
+        let teacher = teacher_magnitudes(&filters, Some(age), &theta);
         let pred = phot
             .absolute_magnitudes(&input)
             .unwrap()
@@ -184,6 +171,30 @@ fn bundled_emulator_sets_reproduce_their_teacher() {
 const KIDS9_P95: [f64; 9] = [
     0.0842, 0.0428, 0.0229, 0.0181, 0.0158, 0.0110, 0.0089, 0.0056, 0.0058,
 ];
+/// Absolute magnitudes `[n, bands]` of the spectrum emulator through `filters`, its
+/// age-setting z clamped to `age` (`None`: passed through).
+fn teacher_magnitudes(
+    filters: &[popcosmos_api::FilterCurve],
+    age: Option<(f64, f64)>,
+    theta: &Tensor,
+) -> Vec<Vec<f32>> {
+    use popcosmos_sps::{PhotometryOptions, SpectrumEmulator, SpectrumPhotometry};
+    let options = PhotometryOptions {
+        age_z_range: age,
+        ..Default::default()
+    };
+    SpectrumPhotometry::new(
+        SpectrumEmulator::builtin(theta.device()).unwrap(),
+        filters,
+        options,
+    )
+    .unwrap()
+    .absolute_magnitudes(theta)
+    .unwrap()
+    .to_vec2::<f32>()
+    .unwrap()
+}
+
 /// The same for `builtin:photulator_kids9_v2` (its 5 000 held-out draws, teacher age passed
 /// through below z = 3.5), u … Ks.
 const KIDS9_V2_P95: [f64; 9] = [
@@ -209,7 +220,7 @@ fn the_teacher_against_the_cosmos_networks_by_redshift() {
     use popcosmos_api::stats::median;
     use popcosmos_priors::ProspectorAlphaPrior;
     use popcosmos_sps::photulator::theta_to_photulator_input;
-    use popcosmos_sps::{PhotometryOptions, Photulator, SpectrumEmulator, SpectrumPhotometry};
+    use popcosmos_sps::Photulator;
     const ASSETS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../assets");
     let dev = Device::Cpu;
     let bands = [
@@ -237,16 +248,6 @@ fn the_teacher_against_the_cosmos_networks_by_redshift() {
         .iter()
         .map(|b| cosmos.band_names().iter().position(|n| n == b).unwrap())
         .collect();
-    let clamped = SpectrumPhotometry::builtin(&filters, &dev).unwrap();
-    let free = SpectrumPhotometry::new(
-        SpectrumEmulator::builtin(&dev).unwrap(),
-        &filters,
-        PhotometryOptions {
-            age_z_range: None,
-            ..Default::default()
-        },
-    )
-    .unwrap();
     let edges = [0.03, 0.1, 0.2, 0.35, 0.5, 1.0, 2.0, 2.5, 3.5, 5.0];
     let per_bin = 300;
     let mut rows = ProspectorAlphaPrior::new().sample_theta(per_bin * (edges.len() - 1), 71);
@@ -263,16 +264,8 @@ fn the_teacher_against_the_cosmos_networks_by_redshift() {
         .unwrap()
         .to_vec2::<f32>()
         .unwrap();
-    let teach = clamped
-        .absolute_magnitudes(&theta)
-        .unwrap()
-        .to_vec2::<f32>()
-        .unwrap();
-    let teach_free = free
-        .absolute_magnitudes(&theta)
-        .unwrap()
-        .to_vec2::<f32>()
-        .unwrap();
+    let teach = teacher_magnitudes(&filters, Some((0.5, 2.5)), &theta);
+    let teach_free = teacher_magnitudes(&filters, None, &theta);
     // Colours g − Ks and r − J: teacher minus networks.
     let colour = |m: &[f32], a: usize, b: usize| (m[a] - m[b]) as f64;
     eprintln!("z bin | Δ(g − Ks) clamped / free | Δ(r − J) clamped / free | Δ Ks clamped / free");
