@@ -219,8 +219,8 @@ fn the_teacher_against_the_cosmos_networks_by_redshift() {
     use popcosmos_api::params::IDX_Z;
     use popcosmos_api::stats::median;
     use popcosmos_priors::ProspectorAlphaPrior;
-    use popcosmos_sps::photulator::theta_to_photulator_input;
     use popcosmos_sps::Photulator;
+    use popcosmos_sps::photulator::theta_to_photulator_input;
     const ASSETS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../assets");
     let dev = Device::Cpu;
     let bands = [
