@@ -270,7 +270,7 @@ fn write_residuals(
 }
 
 /// Per rest-frame bin: measurements, median observed / model, NMAD of the normalised
-/// residuals (1 where the errors and floors describe the scatter).
+/// residuals (1 where the errors and floors describe the scatter); NaN for an empty bin.
 #[derive(Debug, Clone, PartialEq)]
 struct RestFrameBin {
     lo_aa: f64,
@@ -304,16 +304,8 @@ fn rest_frame_bins(
                 lo_aa: e[0],
                 hi_aa: e[1],
                 n: inside.len(),
-                median_ratio: if inside.is_empty() {
-                    f64::NAN
-                } else {
-                    median(&ratios)
-                },
-                nmad_normalised: if inside.is_empty() {
-                    f64::NAN
-                } else {
-                    nmad(&norm)
-                },
+                median_ratio: median(&ratios),
+                nmad_normalised: nmad(&norm),
             }
         })
         .collect()

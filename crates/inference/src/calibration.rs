@@ -374,7 +374,7 @@ fn band_residuals(
     for (g, &row) in rows.iter().enumerate() {
         for (b, z) in zp.iter().enumerate() {
             let k = g * nb + b;
-            if k >= fit.mask.len() || fit.mask[k] <= 0.0 || !(fit.model[k] > 0.0) {
+            if fit.mask[k] <= 0.0 || !(fit.model[k] > 0.0) {
                 continue;
             }
             out.push(BandResidual {
