@@ -7,10 +7,10 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use popcosmos_api::stats::{median, nmad};
-use popcosmos_inference::{BandResidual, CalibrationOptions, calibrate, subset};
-use popcosmos_inference::{Manifest, Pipeline};
+use popcosmos_inference::{BandResidual, CalibrationOptions, LINE_GROUPS, calibrate, subset};
+use popcosmos_inference::{Manifest, Pipeline, line_name};
 use popcosmos_models::HubConfig;
-use popcosmos_surveys::{BandCalibration, CalibrationFile};
+use popcosmos_surveys::{BandCalibration, CalibrationFile, LineOffset};
 
 #[derive(clap::Args)]
 pub struct CalibrateArgs {
@@ -31,6 +31,11 @@ pub struct CalibrateArgs {
     /// Also fit fractional error floors (normalised-residual NMAD = 1).
     #[arg(long)]
     pub error_floors: bool,
+    /// Also fit the flux scale of these groups of emission lines (comma-separated: halpha
+    /// = Hα + [N II], hbeta-oiii = Hβ + [O III], oii = [O II] 3727, 3730), written as the
+    /// lines' offsets in the calibration file.
+    #[arg(long, value_delimiter = ',')]
+    pub line_offsets: Vec<String>,
     /// Band (name or label) whose zero point is held fixed (default: hold the geometric
     /// mean of all zero points).
     #[arg(long)]
@@ -46,6 +51,18 @@ pub struct CalibrateArgs {
     /// No per-iteration progress lines.
     #[arg(long)]
     pub quiet: bool,
+}
+
+/// Calibration-file entries of (rest λ Å, α) line offsets, named where the line is known.
+pub fn line_offset_entries(offsets: &[(f64, f64)]) -> Vec<LineOffset> {
+    offsets
+        .iter()
+        .map(|&(lambda_aa, offset)| LineOffset {
+            line: line_name(lambda_aa).map(str::to_string),
+            lambda_aa,
+            offset: round6(offset),
+        })
+        .collect()
 }
 
 /// Rest-frame wavelength bin edges (Å) of the printed residual summary: the far-UV, the
@@ -64,11 +81,24 @@ pub fn run(args: &CalibrateArgs) -> Result<()> {
             );
         }
     }
+    if let Some(bad) = args
+        .line_offsets
+        .iter()
+        .find(|g| !LINE_GROUPS.iter().any(|(k, _)| k == g))
+    {
+        let known: Vec<&str> = LINE_GROUPS.iter().map(|(k, _)| *k).collect();
+        bail!(
+            "--line-offsets: unknown line group '{bad}' (groups: {})",
+            known.join(", ")
+        );
+    }
     let mut m = Manifest::load(&args.manifest)?;
     if !m.catalogue.truth_columns.contains(&args.truth) {
         m.catalogue.truth_columns.push(args.truth.clone());
     }
     let catalogue = m.catalogue.path.clone();
+    // Offsets the manifest's calibration file already sets, carried into the new file.
+    let mut line_offsets = m.survey.build_defined()?.line_offsets;
     let mut pipeline = Pipeline::new(m, &HubConfig::from_env())?;
     let bands = pipeline.survey.band_names();
     let mut reader = popcosmos_catalog::CatalogueReader::open(&pipeline.manifest.catalogue, &bands)
@@ -93,6 +123,7 @@ pub fn run(args: &CalibrateArgs) -> Result<()> {
         min_snr: args.min_snr,
         fit_error_floors: args.error_floors,
         reference_band: args.reference_band.clone(),
+        line_groups: args.line_offsets.clone(),
         ..Default::default()
     };
     let t0 = std::time::Instant::now();
@@ -183,9 +214,44 @@ pub fn run(args: &CalibrateArgs) -> Result<()> {
     ] {
         provenance.insert(k.to_string(), v);
     }
+    for g in &outcome.line_groups {
+        println!(
+            "line group {:<11} flux × {:.3} ± {:.3} (per iteration: {})",
+            g.name,
+            g.scale,
+            g.error,
+            g.history
+                .iter()
+                .map(|s| format!("{s:.3}"))
+                .collect::<Vec<_>>()
+                .join(" → ")
+        );
+        for (_, lambda, alpha) in &g.offsets {
+            line_offsets.retain(|(l, _)| (l - lambda).abs() > 1.5);
+            line_offsets.push((*lambda, *alpha));
+        }
+    }
+    if !outcome.line_groups.is_empty() {
+        provenance.insert(
+            "line_groups".into(),
+            serde_json::json!(
+                outcome
+                    .line_groups
+                    .iter()
+                    .map(|g| serde_json::json!({
+                        "group": g.name,
+                        "scale": round6(g.scale),
+                        "error": round6(g.error),
+                        "history": g.history.iter().map(|s| round6(*s)).collect::<Vec<_>>(),
+                    }))
+                    .collect::<Vec<_>>()
+            ),
+        );
+    }
     let file = CalibrationFile {
         survey: survey.name().to_string(),
         bands: file_bands,
+        emission_lines: line_offset_entries(&line_offsets),
         provenance,
     };
     if let Some(path) = &args.residuals {
@@ -408,5 +474,36 @@ mod tests {
         assert_eq!(col("ratio").parse::<f64>().unwrap(), 1.5);
         assert_eq!(col("label"), "r");
         assert!(!path.with_extension("csv.tmp").exists());
+    }
+
+    #[test]
+    fn line_offset_entries_name_the_known_lines() {
+        let e = line_offset_entries(&[(6564.6, 0.123_456_789), (9071.1, -1.0)]);
+        assert_eq!(e[0].line.as_deref(), Some("H-alpha"));
+        assert_eq!(e[0].offset, 0.123457);
+        assert_eq!((e[1].line.as_deref(), e[1].lambda_aa), (None, 9071.1));
+    }
+
+    #[test]
+    fn an_unknown_line_group_is_refused_before_any_work() {
+        let dir = tempfile::tempdir().unwrap();
+        let args = CalibrateArgs {
+            manifest: dir.path().join("missing.yaml"),
+            truth: "zspec".into(),
+            output: dir.path().join("cal.yaml"),
+            iterations: 1,
+            min_snr: 5.0,
+            error_floors: false,
+            line_offsets: vec!["halpha".into(), "lyman".into()],
+            reference_band: None,
+            max_galaxies: None,
+            residuals: None,
+            quiet: true,
+        };
+        let e = run(&args).err().unwrap().to_string();
+        assert!(
+            e.contains("--line-offsets") && e.contains("'lyman'") && e.contains("hbeta-oiii"),
+            "{e}"
+        );
     }
 }

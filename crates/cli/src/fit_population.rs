@@ -569,9 +569,12 @@ fn write_outputs(
         serde_json::json!(args.output.display().to_string()),
     );
     provenance.insert("seed".into(), serde_json::json!(report.options.seed));
+    // Line offsets the manifest's calibration file set: the population was fitted under them.
+    let lines = pipeline.manifest.survey.build_defined()?.line_offsets;
     CalibrationFile {
         survey: survey.name().to_string(),
         bands,
+        emission_lines: crate::calibrate::line_offset_entries(&lines),
         provenance,
     }
     .save(&sibling(&args.output, ".calibration.yaml"))?;

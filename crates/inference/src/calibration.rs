@@ -20,6 +20,14 @@
 //! Optional error floors: per band, the smallest ε ≥ 0 for which the normalised residuals
 //! (f̂ − Z f̃)/√(σ̂² + Z²(σ_em² + ε² f̃²)) have a normalised median absolute deviation
 //! (1.4826·MAD) of at most 1, the Gaussian-core value.
+//!
+//! Optional emission-line scales ([`LINE_GROUPS`]): after each zero-point update, the model
+//! flux of each group of blended lines is scaled by s_G, fitted by robust weighted least
+//! squares of f̂/Z − f̃ on the groups' posterior-median band fluxes L_G (the model is linear
+//! in s_G: f̃ + Σ_G (s_G − 1) L_G). A line falls in a given band only over a narrow range of
+//! redshift, so a spec-z sample separates it from the zero point, which acts at every z.
+//! The line offsets of the SPS model (Leistedt et al. 2023, fitted on COSMOS) become
+//! 1 + α_l ← s_G (1 + α_l).
 
 use candle_core::{D, Device, Tensor};
 use popcosmos_api::{
@@ -52,6 +60,54 @@ pub struct CalibrationOptions {
     pub z_window: f64,
     /// Kept steps per walker used for the posterior-median model flux (the last ones).
     pub median_steps: usize,
+    /// Groups of emission lines whose flux scale is fitted (names of [`LINE_GROUPS`]).
+    pub line_groups: Vec<String>,
+}
+
+/// Groups of lines that broad-band photometry cannot separate, each fitted with one scale
+/// (`calibrate --line-offsets`): name, then (line, rest vacuum wavelength Å) per member.
+pub const LINE_GROUPS: &[(&str, &[(&str, f64)])] = &[
+    (
+        "halpha",
+        &[
+            ("H-alpha", 6564.6),
+            ("[N II] 6585", 6585.3),
+            ("[N II] 6550", 6549.9),
+        ],
+    ),
+    (
+        "hbeta-oiii",
+        &[
+            ("H-beta", 4862.7),
+            ("[O III] 4960", 4960.3),
+            ("[O III] 5008", 5008.2),
+        ],
+    ),
+    ("oii", &[("[O II] 3727", 3727.1), ("[O II] 3730", 3729.9)]),
+];
+
+/// The name a line of [`LINE_GROUPS`] goes by, from its rest wavelength (within 1.5 Å).
+pub fn line_name(lambda_aa: f64) -> Option<&'static str> {
+    LINE_GROUPS
+        .iter()
+        .flat_map(|(_, lines)| lines.iter())
+        .find(|(_, l)| (l - lambda_aa).abs() <= 1.5)
+        .map(|(n, _)| *n)
+}
+
+/// A fitted group of emission lines.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LineGroupFit {
+    /// Group name ([`LINE_GROUPS`]).
+    pub name: String,
+    /// Total scale of the group's line flux against the starting offsets.
+    pub scale: f64,
+    /// 1σ error of the last iteration's scale update (weighted least squares).
+    pub error: f64,
+    /// Scale after each iteration (`history[0]` = 1).
+    pub history: Vec<f64>,
+    /// (line, rest λ Å, fitted offset α) of each member.
+    pub offsets: Vec<(String, f64, f64)>,
 }
 
 impl Default for CalibrationOptions {
@@ -64,6 +120,7 @@ impl Default for CalibrationOptions {
             reference_band: None,
             z_window: 0.05,
             median_steps: 10,
+            line_groups: Vec::new(),
         }
     }
 }
@@ -84,6 +141,8 @@ pub struct CalibrationOutcome {
     /// Every measured band of every calibration galaxy against its model at the spec-z,
     /// from the last iteration's chains.
     pub residuals: Vec<BandResidual>,
+    /// Fitted emission-line groups (empty unless asked for).
+    pub line_groups: Vec<LineGroupFit>,
 }
 
 /// One measured band of one calibration galaxy against the posterior-median model at its
@@ -196,6 +255,8 @@ struct Fitted {
     mask: Vec<f64>,
     model: Vec<f64>,
     line_sigma: Vec<f64>,
+    /// Posterior-median band flux of each line group, `[rows, bands, groups]`.
+    groups: Vec<f64>,
 }
 
 /// Calibrate the zero points of `pipeline`'s survey on `galaxies` (all rows of the
@@ -279,6 +340,43 @@ pub fn calibrate(
         .to_dtype(candle_core::DType::F64)?
         .to_vec1::<f64>()?;
 
+    // Line groups: names → line indices of the SPS model.
+    let mut groups: Vec<LineGroupFit> = Vec::new();
+    let mut group_idx: Vec<Vec<usize>> = Vec::new();
+    for name in &options.line_groups {
+        let Some((key, lines)) = LINE_GROUPS.iter().find(|(k, _)| k == name) else {
+            let known: Vec<&str> = LINE_GROUPS.iter().map(|(k, _)| *k).collect();
+            return Err(bad(
+                "--line-offsets",
+                format!("unknown line group '{name}' (groups: {})", known.join(", ")),
+            ));
+        };
+        let lambdas: Vec<f64> = lines.iter().map(|l| l.1).collect();
+        let idx = pipeline
+            .sps
+            .line_indices_at(&lambdas)
+            .map_err(|e| bad("--line-offsets", e.to_string()))?;
+        let alpha = &pipeline
+            .sps
+            .line_calibration()
+            .expect("indices found")
+            .offsets;
+        groups.push(LineGroupFit {
+            name: key.to_string(),
+            scale: 1.0,
+            error: f64::NAN,
+            history: vec![1.0],
+            offsets: lines
+                .iter()
+                .zip(&idx)
+                .map(|((n, l), &i)| (n.to_string(), *l, alpha[i]))
+                .collect(),
+        });
+        group_idx.push(idx);
+    }
+
+    // (ln s, ln m) of the previous iteration per line group, for the secant step.
+    let mut group_previous: Vec<Option<(f64, f64)>> = vec![None; groups.len()];
     let mut history = vec![calibration.zero_points.clone()];
     // (ln Z, ln m) of the previous iteration per band, for the secant step.
     let mut previous: Option<(Vec<f64>, Vec<f64>)> = None;
@@ -294,6 +392,7 @@ pub fn calibrate(
             &library,
             &lib_z,
             options,
+            &group_idx,
             &mut rng,
             &mut |d| progress(it + 1, d, rows.len()),
         )?;
@@ -338,6 +437,40 @@ pub fn calibrate(
         }
         calibration.zero_points = next.iter().map(|x| x.exp()).collect();
         history.push(calibration.zero_points.clone());
+        if !groups.is_empty() {
+            let (scales, errors) = fit_line_scales(
+                &fit,
+                &calibration.zero_points,
+                &calibration.error_floors,
+                options.min_snr,
+                groups.len(),
+            );
+            let mut pairs = Vec::new();
+            for (k, group) in groups.iter_mut().enumerate() {
+                // As for the zero points: the posteriors absorb a share h of a line-flux
+                // error (through the gas parameters), so the measured scale m = s·ŝ moves
+                // only by (1 − h) of the way; the secant through the last two (ln s, ln m)
+                // pairs steps to the fixed point.
+                let (ln_s, ln_m) = (group.scale.ln(), (group.scale * scales[k]).ln());
+                let next = match group_previous[k] {
+                    Some((ps, pm)) if (ln_s - ps).abs() > 1e-2 => {
+                        let h = ((ln_m - pm) / (ln_s - ps)).clamp(0.0, 0.8);
+                        (ln_m - h * ln_s) / (1.0 - h)
+                    }
+                    _ => ln_m,
+                };
+                group_previous[k] = Some((ln_s, ln_m));
+                let step = (next - ln_s).exp().clamp(0.2, 5.0);
+                group.scale *= step;
+                group.error = errors[k];
+                group.history.push(group.scale);
+                for member in &mut group.offsets {
+                    member.2 = step * (1.0 + member.2) - 1.0;
+                    pairs.push((member.1, member.2));
+                }
+            }
+            pipeline.sps = pipeline.sps.clone().with_line_offsets(&pairs)?;
+        }
         last_fit = fit;
     }
     let error_floors = if options.fit_error_floors {
@@ -358,7 +491,106 @@ pub fn calibrate(
         n_galaxies: rows.len(),
         history,
         residuals,
+        line_groups: groups,
     })
+}
+
+/// Scales s_G of the line groups (and their 1σ errors) from one iteration's fits: y = f̂/Z
+/// − f̃ regressed on the group fluxes L_G over every band with S/N > `min_snr`, each weighted
+/// by 1/σ² (σ² = (σ̂/Z)² + σ_em² + (ε f̃)²) and by Student-t (ν = 3) weights of its
+/// residual, re-solved 10 times, so outliers and galaxies the SPS model misses do not pull
+/// the lines. A weak 𝒩(0, 1) prior on s_G − 1 keeps a group no band constrains at 1.
+fn fit_line_scales(
+    fit: &Fitted,
+    zp: &[f64],
+    floors: &[f64],
+    min_snr: f64,
+    k: usize,
+) -> (Vec<f64>, Vec<f64>) {
+    let nb = zp.len();
+    // (y, x, σ²) of every usable band measurement.
+    let mut points: Vec<(f64, Vec<f64>, f64)> = Vec::new();
+    for (idx, &mask) in fit.mask.iter().enumerate() {
+        let b = idx % nb;
+        let (o, e, f) = (fit.obs[idx], fit.err[idx], fit.model[idx]);
+        if mask <= 0.0 || !(o / e > min_snr) || !(f > 0.0) {
+            continue;
+        }
+        let x: Vec<f64> = fit.groups[idx * k..(idx + 1) * k].to_vec();
+        if x.iter().any(|v| !v.is_finite()) {
+            continue;
+        }
+        let var = (e / zp[b]).powi(2) + fit.line_sigma[idx].powi(2) + (floors[b] * f).powi(2);
+        points.push((o / zp[b] - f, x, var));
+    }
+    let nu = 3.0;
+    let mut delta = vec![0.0; k];
+    let mut cov = vec![vec![f64::NAN; k]; k];
+    for _ in 0..10 {
+        let mut a = vec![vec![0.0; k]; k];
+        let mut rhs = vec![0.0; k];
+        for i in 0..k {
+            a[i][i] = 1.0; // the 𝒩(0, 1) prior
+        }
+        for (y, x, var) in &points {
+            let r = y - x.iter().zip(&delta).map(|(x, d)| x * d).sum::<f64>();
+            let w = (nu + 1.0) / (nu + r * r / var) / var;
+            for i in 0..k {
+                rhs[i] += w * x[i] * y;
+                for j in 0..k {
+                    a[i][j] += w * x[i] * x[j];
+                }
+            }
+        }
+        match invert(&a) {
+            Some(inv) => {
+                delta = (0..k)
+                    .map(|i| (0..k).map(|j| inv[i][j] * rhs[j]).sum())
+                    .collect();
+                cov = inv;
+            }
+            None => break,
+        }
+    }
+    // A group's flux cannot turn negative, nor grow without bound.
+    let scales = delta.iter().map(|d| (1.0 + d).clamp(0.05, 5.0)).collect();
+    let errors = (0..k).map(|i| cov[i][i].sqrt()).collect();
+    (scales, errors)
+}
+
+/// Inverse of a small symmetric positive-definite matrix (Gauss–Jordan); `None` if singular.
+fn invert(a: &[Vec<f64>]) -> Option<Vec<Vec<f64>>> {
+    let n = a.len();
+    let mut m: Vec<Vec<f64>> = a
+        .iter()
+        .enumerate()
+        .map(|(i, row)| {
+            let mut r = row.clone();
+            r.extend((0..n).map(|j| if i == j { 1.0 } else { 0.0 }));
+            r
+        })
+        .collect();
+    for c in 0..n {
+        let p = (c..n).max_by(|&x, &y| m[x][c].abs().total_cmp(&m[y][c].abs()))?;
+        if !(m[p][c].abs() > 1e-300) {
+            return None;
+        }
+        m.swap(c, p);
+        let pivot = m[c][c];
+        for v in &mut m[c] {
+            *v /= pivot;
+        }
+        for r in 0..n {
+            if r != c {
+                let f = m[r][c];
+                let src = m[c].clone();
+                for (v, s) in m[r].iter_mut().zip(&src) {
+                    *v -= f * s;
+                }
+            }
+        }
+    }
+    Some(m.into_iter().map(|r| r[n..].to_vec()).collect())
 }
 
 /// The measured bands of `fit` (galaxies in `rows` order) with the zero points `zp` applied.
@@ -446,6 +678,7 @@ fn fit_all(
     library: &InitLibrary,
     lib_z: &[f64],
     options: &CalibrationOptions,
+    groups: &[Vec<usize>],
     rng: &mut HostRng,
     progress: &mut dyn FnMut(usize),
 ) -> Result<Fitted> {
@@ -496,6 +729,32 @@ fn fit_all(
         match &model.line_sigma_nmgy {
             Some(s) => out.line_sigma.extend(med(s)?),
             None => out.line_sigma.extend(std::iter::repeat_n(0.0, g * nb)),
+        }
+        if !groups.is_empty() {
+            // [draws·g, bands, k] in row chunks, then per (g, band, group) medians.
+            let k = groups.len();
+            let rows_per_call = m.sps.rows_per_call(&pipeline.device);
+            let n = theta.dim(0)?;
+            let parts = (0..n)
+                .step_by(rows_per_call)
+                .map(|s| {
+                    let len = rows_per_call.min(n - s);
+                    pipeline
+                        .sps
+                        .line_group_flux_nmgy(&theta.narrow(0, s, len)?, groups)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let lines = Tensor::cat(&parts, 0)?.reshape((keep * w, g * nb * k))?;
+            let v = lines
+                .t()?
+                .contiguous()?
+                .to_dtype(candle_core::DType::F64)?
+                .flatten_all()?
+                .to_vec1::<f64>()?;
+            out.groups.extend(v.chunks(keep * w).map(|c| {
+                let c: Vec<f64> = c.iter().copied().filter(|x| x.is_finite()).collect();
+                median(&c)
+            }));
         }
         out.obs.extend(chunk.flux_nmgy.iter().map(|v| *v as f64));
         out.err

@@ -41,7 +41,10 @@ mod shard;
 mod smc;
 
 pub use adam::refine_walkers;
-pub use calibration::{BandResidual, CalibrationOptions, CalibrationOutcome, calibrate, subset};
+pub use calibration::{
+    BandResidual, CalibrationOptions, CalibrationOutcome, LINE_GROUPS, LineGroupFit, calibrate,
+    line_name, subset,
+};
 pub use init::{InitLibrary, MIN_WHITENING_DRAWS};
 pub use likelihood::{LikelihoodSpec, PhotometricLikelihood};
 pub use manifest::{

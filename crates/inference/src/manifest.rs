@@ -181,6 +181,17 @@ impl SpsSpec {
             Error::Invalid(m) => Error::Invalid(format!("sps.weights: {m}")),
             other => other,
         })?;
+        let sps = if survey.line_offsets.is_empty() {
+            sps
+        } else if !emission_lines {
+            return Err(Error::config(
+                "survey.calibration_file",
+                "its emission_lines offsets need the line model, but sps.emission_lines is false",
+            ));
+        } else {
+            sps.with_line_offsets(&survey.line_offsets)
+                .map_err(|e| Error::config("survey.calibration_file", e.to_string()))?
+        };
         if *igm_scatter == 0.0 {
             return Ok(sps);
         }

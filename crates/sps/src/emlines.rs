@@ -349,6 +349,15 @@ impl EmLineEmulator {
         &self.line_idx
     }
 
+    /// Rest-frame (vacuum) wavelengths of the selected lines, Å, in line order.
+    pub fn line_wavelengths_aa(&self) -> Result<Vec<f64>> {
+        Ok(self
+            .line_lambdas
+            .to_dtype(DType::F64)?
+            .flatten_all()?
+            .to_vec1::<f64>()?)
+    }
+
     /// Standardised PCA coefficients → PCA coefficients, `[n, 32]`.
     fn pca_coefficients(&self, theta16t: &Tensor) -> Result<Tensor> {
         match theta16t.dims() {

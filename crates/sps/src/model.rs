@@ -71,9 +71,42 @@ pub struct PhotulatorSps {
 #[derive(Debug, Clone)]
 struct LineModel {
     emulator: EmLineEmulator,
+    calibration: LineCalibration,
     /// `[44, 2]`: column 0 = α_l, column 1 = e^{γ_l}(1 + α_l).
     weights: Tensor,
 }
+
+impl LineModel {
+    fn new(
+        emulator: EmLineEmulator,
+        calibration: &LineCalibration,
+        device: &Device,
+    ) -> Result<Self> {
+        let nl = emulator.n_lines();
+        let (a, g) = (&calibration.offsets, &calibration.ln_scatters);
+        if a.len() != nl || g.len() != nl {
+            return Err(Error::Invalid(format!(
+                "line calibration has {} emission-line offsets and {} ln scatters; the \
+                 line emulator has {nl} lines",
+                a.len(),
+                g.len()
+            )));
+        }
+        let w: Vec<f32> = a
+            .iter()
+            .zip(g)
+            .flat_map(|(&a, &g)| [a as f32, (g.exp() * (1.0 + a)) as f32])
+            .collect();
+        Ok(Self {
+            emulator,
+            calibration: calibration.clone(),
+            weights: Tensor::from_vec(w, (nl, 2), device)?,
+        })
+    }
+}
+
+/// Largest distance (Å) between a requested rest wavelength and the line it names.
+const LINE_MATCH_AA: f64 = 1.5;
 
 impl PhotulatorSps {
     /// The bundled COSMOS photulators and emission-line emulator.
@@ -101,23 +134,7 @@ impl PhotulatorSps {
                         photulator.n_bands()
                     )));
                 }
-                let nl = emulator.n_lines();
-                let (a, g) = (&calibration.offsets, &calibration.ln_scatters);
-                if a.len() != nl || g.len() != nl {
-                    return Err(Error::Invalid(format!(
-                        "line calibration has {} emission-line offsets and {} ln scatters; the \
-                         line emulator has {nl} lines",
-                        a.len(),
-                        g.len()
-                    )));
-                }
-                let w: Vec<f32> = a
-                    .iter()
-                    .zip(g)
-                    .flat_map(|(&a, &g)| [a as f32, (g.exp() * (1.0 + a)) as f32])
-                    .collect();
-                let weights = Tensor::from_vec(w, (nl, 2), &device)?;
-                Some(LineModel { emulator, weights })
+                Some(LineModel::new(emulator, calibration, &device)?)
             }
         };
         Ok(Self {
@@ -224,6 +241,83 @@ impl PhotulatorSps {
         }
         self.igm = Some(igm);
         Ok(self)
+    }
+
+    /// The emission-line offsets and scatters in use (`None` without the line component).
+    pub fn line_calibration(&self) -> Option<&LineCalibration> {
+        self.lines.as_ref().map(|l| &l.calibration)
+    }
+
+    /// Indices of the lines at the rest wavelengths `lambdas_aa` (each within 1.5 Å of
+    /// exactly one line). Errors name the wavelength that matches no line.
+    pub fn line_indices_at(&self, lambdas_aa: &[f64]) -> Result<Vec<usize>> {
+        let Some(lines) = &self.lines else {
+            return Err(Error::Invalid(
+                "emission-line offsets were given, but the model has no emission lines".into(),
+            ));
+        };
+        let have = lines.emulator.line_wavelengths_aa()?;
+        lambdas_aa
+            .iter()
+            .map(|&want| {
+                let near: Vec<usize> = (0..have.len())
+                    .filter(|&l| (have[l] - want).abs() <= LINE_MATCH_AA)
+                    .collect();
+                match near.as_slice() {
+                    [l] => Ok(*l),
+                    _ => Err(Error::Invalid(format!(
+                        "no single emission line at {want} Å (rest, vacuum) among the line \
+                         emulator's {} lines",
+                        have.len()
+                    ))),
+                }
+            })
+            .collect()
+    }
+
+    /// The same model with the offsets α_l of the lines at rest wavelengths λ replaced,
+    /// `offsets` = [(λ Å, α)]; α > −1 (α = −1 removes a line). The scatters are kept.
+    pub fn with_line_offsets(mut self, offsets: &[(f64, f64)]) -> Result<Self> {
+        let lambdas: Vec<f64> = offsets.iter().map(|o| o.0).collect();
+        let idx = self.line_indices_at(&lambdas)?;
+        let lines = self.lines.take().expect("line_indices_at checked");
+        let mut calibration = lines.calibration.clone();
+        for (&l, &(lambda, alpha)) in idx.iter().zip(offsets) {
+            if !(alpha.is_finite() && alpha >= -1.0) {
+                return Err(Error::Invalid(format!(
+                    "the offset of the line at {lambda} Å must be finite and ≥ −1, got {alpha}"
+                )));
+            }
+            calibration.offsets[l] = alpha;
+        }
+        self.lines = Some(LineModel::new(lines.emulator, &calibration, &self.device)?);
+        Ok(self)
+    }
+
+    /// Band fluxes of groups of lines with their current offsets, Σ_{l∈G} (1 + α_l) F_bl,
+    /// θ `[..., 16]` → `[..., bands, groups]` nmgy (`groups` are line indices). A group
+    /// scaled by s changes the model flux by (s − 1) times this.
+    pub fn line_group_flux_nmgy(&self, theta: &Tensor, groups: &[Vec<usize>]) -> Result<Tensor> {
+        let Some(lines) = &self.lines else {
+            return Err(Error::Invalid("the model has no emission lines".into()));
+        };
+        let nl = lines.emulator.n_lines();
+        let k = groups.len();
+        let mut w = vec![0f32; nl * k];
+        for (j, group) in groups.iter().enumerate() {
+            for &l in group {
+                if l >= nl {
+                    return Err(Error::Invalid(format!("line index {l} ≥ {nl}")));
+                }
+                w[l * k + j] = (1.0 + lines.calibration.offsets[l]) as f32;
+            }
+        }
+        let w = Tensor::from_vec(w, (nl, k), &self.device)?;
+        let (flat, lead) = Self::flatten(theta)?;
+        let sums = lines.emulator.contract(&theta_to_power(&flat)?, &w)?;
+        let mut shape = lead;
+        shape.extend([self.photulator.n_bands(), k]);
+        Ok(sums.reshape(shape)?)
     }
 
     /// Whether the model has the emission-line component.
@@ -466,6 +560,94 @@ mod tests {
         let g = grads.get(theta.as_tensor()).unwrap();
         let v = g.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         assert!(v.iter().all(|x| x.is_finite()), "{v:?}");
+    }
+
+    /// Replacing a line's offset changes the band fluxes by exactly Δα · F_bl (the line's
+    /// contribution at α = 0), and the group flux is Σ (1 + α_l) F_bl.
+    #[test]
+    fn line_offsets_change_the_flux_by_the_line_contribution() {
+        let dev = Device::Cpu;
+        let (set, config) = cosmos_set();
+        let all = config.bands.clone();
+        let lines = LineCalibration::leistedt23();
+        let base = PhotulatorSps::for_survey(&set, config, &all, &[], Some(&lines), &dev).unwrap();
+        // Hα (6564.6 Å) and [N II] 6585 Å.
+        let idx = base.line_indices_at(&[6564.6, 6585.3]).unwrap();
+        assert_eq!(idx, vec![42, 25]);
+        let theta = theta_at_z(3, &[0.3, 0.6, 1.1]);
+        let moved = base
+            .clone()
+            .with_line_offsets(&[(6564.6, 0.5), (6585.3, 0.0)])
+            .unwrap();
+        let group = |s: &PhotulatorSps| {
+            s.line_group_flux_nmgy(&theta, &[vec![42], vec![25]])
+                .unwrap()
+                .to_dtype(DType::F64)
+                .unwrap()
+                .to_vec3::<f64>()
+                .unwrap()
+        };
+        let (g0, g1) = (group(&base), group(&moved));
+        let f0 = base.photometry(&theta).unwrap().flux_nmgy;
+        let f1 = moved.photometry(&theta).unwrap().flux_nmgy;
+        let f0v = f0.to_dtype(DType::F64).unwrap().to_vec2::<f64>().unwrap();
+        let d = (f1 - f0)
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap()
+            .to_vec2::<f64>()
+            .unwrap();
+        let (a_ha, a_n2) = (lines.offsets[42], lines.offsets[25]);
+        let mut biggest = 0f64;
+        for (n, row) in d.iter().enumerate() {
+            for (b, dv) in row.iter().enumerate() {
+                // F_bl from the group flux at the old offsets, then Δα · F_bl.
+                let (f_ha, f_n2) = (g0[n][b][0] / (1.0 + a_ha), g0[n][b][1] / (1.0 + a_n2));
+                let want = (0.5 - a_ha) * f_ha + (0.0 - a_n2) * f_n2;
+                // f32 fluxes: the difference carries the rounding of f itself.
+                let tol = 1e-4 * want.abs() + 1e-6 * f0v[n][b].abs() + 1e-9;
+                assert!((dv - want).abs() <= tol, "{n} {b}: {dv} vs {want}");
+                // The new group flux is (1 + α_new) F_bl.
+                assert!((g1[n][b][0] - 1.5 * f_ha).abs() <= 1e-5 * f_ha.abs() + 1e-12);
+                biggest = biggest.max(want.abs() / tol);
+            }
+        }
+        // The check discriminates: somewhere the line term is far above the f32 rounding.
+        assert!(biggest > 100.0, "Hα must land in some band: {biggest}");
+        assert_eq!(moved.line_calibration().unwrap().offsets[42], 0.5);
+        assert_eq!(
+            moved.line_calibration().unwrap().ln_scatters,
+            lines.ln_scatters
+        );
+    }
+
+    #[test]
+    fn a_wavelength_that_names_no_line_is_refused() {
+        let (set, config) = cosmos_set();
+        let all = config.bands.clone();
+        let lines = LineCalibration::leistedt23();
+        let sps =
+            PhotulatorSps::for_survey(&set, config, &all, &[], Some(&lines), &Device::Cpu).unwrap();
+        let e = sps
+            .with_line_offsets(&[(6000.0, 0.1)])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("6000"), "{e}");
+        let e = PhotulatorSps::for_survey(
+            &cosmos_set().0,
+            cosmos_set().1,
+            &all,
+            &[],
+            None,
+            &Device::Cpu,
+        )
+        .unwrap()
+        .with_line_offsets(&[(6564.6, 0.1)])
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(e.contains("no emission lines"), "{e}");
     }
 
     #[test]

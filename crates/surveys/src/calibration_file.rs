@@ -15,6 +15,15 @@
 //!
 //! Every survey band must appear exactly once (by emulator name or label); `error_floor` is
 //! optional (absent = keep the survey's floor).
+//!
+//! An optional `emission_lines:` list replaces the offsets α_l (line flux × (1 + α_l)) of
+//! the lines at the given rest-frame vacuum wavelengths, e.g. as fitted by `calibrate
+//! --line-offsets`:
+//!
+//! ```yaml
+//! emission_lines:
+//!   - {line: "H-alpha", lambda_aa: 6564.6, offset: 0.12}
+//! ```
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -41,6 +50,19 @@ pub struct BandCalibration {
     pub n_galaxies: Option<usize>,
 }
 
+/// One emission line's offset in a calibration file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LineOffset {
+    /// The line's name, for the reader (not used to match lines).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line: Option<String>,
+    /// Rest-frame vacuum wavelength (Å) naming the line (within 1.5 Å).
+    pub lambda_aa: f64,
+    /// Offset α: the model's line flux is multiplied by 1 + α (finite, ≥ −1).
+    pub offset: f64,
+}
+
 /// A calibration file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -49,6 +71,9 @@ pub struct CalibrationFile {
     pub survey: String,
     /// One entry per survey band (any order; written in survey order).
     pub bands: Vec<BandCalibration>,
+    /// Emission-line offsets replacing the SPS model's (absent = keep them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub emission_lines: Vec<LineOffset>,
     /// Free-form record of how the file was made.
     #[serde(default)]
     pub provenance: BTreeMap<String, serde_json::Value>,
@@ -86,6 +111,16 @@ impl CalibrationFile {
             }
             out += "}\n";
         }
+        if !self.emission_lines.is_empty() {
+            out += "emission_lines:\n";
+            for l in &self.emission_lines {
+                out += "  - {";
+                if let Some(name) = &l.line {
+                    out += &format!("line: {}, ", q(name));
+                }
+                out += &format!("lambda_aa: {}, offset: {}}}\n", l.lambda_aa, l.offset);
+            }
+        }
         if !self.provenance.is_empty() {
             out += "provenance:\n";
             for (k, v) in &self.provenance {
@@ -101,6 +136,35 @@ impl CalibrationFile {
         let tmp = path.with_extension("yaml.tmp");
         std::fs::write(&tmp, self.to_yaml()).map_err(|e| Error::io(&tmp, e))?;
         std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    }
+
+    /// The checked emission-line offsets as (rest λ Å, α); `source` names the file in errors.
+    pub fn line_offsets(&self, source: &str) -> Result<Vec<(f64, f64)>> {
+        self.emission_lines
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                let bad = |key: &str, msg: String| {
+                    Error::config(
+                        "survey.calibration_file",
+                        format!("{source}: emission_lines[{i}].{key}: {msg}"),
+                    )
+                };
+                if !(l.lambda_aa.is_finite() && l.lambda_aa > 0.0) {
+                    return Err(bad(
+                        "lambda_aa",
+                        format!("must be a positive wavelength in Å, got {}", l.lambda_aa),
+                    ));
+                }
+                if !(l.offset.is_finite() && l.offset >= -1.0) {
+                    return Err(bad(
+                        "offset",
+                        format!("must be finite and ≥ −1, got {}", l.offset),
+                    ));
+                }
+                Ok((l.lambda_aa, l.offset))
+            })
+            .collect()
     }
 
     /// Overwrite `calibration`'s zero points (and given floors) for `bands`; `source` names
@@ -217,10 +281,26 @@ mod tests {
                     n_galaxies: None,
                 },
             ],
+            emission_lines: vec![
+                LineOffset {
+                    line: Some("H-alpha".into()),
+                    lambda_aa: 6564.6,
+                    offset: 0.125,
+                },
+                LineOffset {
+                    line: None,
+                    lambda_aa: 6585.3,
+                    offset: -1.0,
+                },
+            ],
             provenance: prov,
         };
         let back: CalibrationFile = serde_saphyr::from_str(&f.to_yaml()).unwrap();
         assert_eq!(back, f);
+        assert_eq!(
+            f.line_offsets("c.yaml").unwrap(),
+            vec![(6564.6, 0.125), (6585.3, -1.0)]
+        );
         let mut c = cal();
         f.apply("t", &bands(), &mut c, "c.yaml").unwrap();
         assert_eq!(c.zero_points, vec![1.125, 0.91]);
@@ -239,6 +319,7 @@ mod tests {
         let file = |b: Vec<BandCalibration>| CalibrationFile {
             survey: "t".into(),
             bands: b,
+            emission_lines: Vec::new(),
             provenance: Default::default(),
         };
         let cases = [
@@ -270,5 +351,34 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(e.contains("'other'"), "{e}");
+    }
+
+    #[test]
+    fn line_offset_errors_name_the_entry() {
+        let file = |lambda_aa: f64, offset: f64| CalibrationFile {
+            survey: "t".into(),
+            bands: Vec::new(),
+            emission_lines: vec![
+                LineOffset {
+                    line: None,
+                    lambda_aa: 4862.7,
+                    offset: 0.0,
+                },
+                LineOffset {
+                    line: None,
+                    lambda_aa,
+                    offset,
+                },
+            ],
+            provenance: Default::default(),
+        };
+        for (f, want) in [
+            (file(6564.6, -1.5), "emission_lines[1].offset"),
+            (file(6564.6, f64::NAN), "emission_lines[1].offset"),
+            (file(-3.0, 0.1), "emission_lines[1].lambda_aa"),
+        ] {
+            let e = f.line_offsets("c.yaml").err().unwrap().to_string();
+            assert!(e.contains("c.yaml") && e.contains(want), "{want}: {e}");
+        }
     }
 }

@@ -78,6 +78,7 @@ impl Cosmos {
             calibration: self.calibration,
             columns: None,
             emission_lines: Vec::new(),
+            line_offsets: Vec::new(),
         })
     }
 }

@@ -62,6 +62,9 @@ pub struct DefinedSurvey {
     /// Emission-line terms a survey plugin gives, replacing the SPS model's own (Leistedt+23);
     /// empty for every other survey.
     pub emission_lines: Vec<popcosmos_plugin_host::LineValues>,
+    /// Offsets α of single lines, (rest λ Å, α), from `survey.calibration_file`'s
+    /// `emission_lines:`; applied to the SPS model over the emission-line terms above.
+    pub line_offsets: Vec<(f64, f64)>,
 }
 
 impl Survey for DefinedSurvey {
@@ -316,6 +319,7 @@ impl SurveyDefinition {
             },
             columns,
             emission_lines: Vec::new(),
+            line_offsets: Vec::new(),
         })
     }
 }

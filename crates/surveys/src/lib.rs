@@ -24,7 +24,7 @@ mod cosmos;
 mod definition;
 mod filters;
 
-pub use calibration_file::{BandCalibration, CalibrationFile};
+pub use calibration_file::{BandCalibration, CalibrationFile, LineOffset};
 pub use cosmos::Cosmos;
 pub use definition::{
     BandColumnNames, BandDefinition, ColumnPatterns, DefinedSurvey, SurveyDefinition,
@@ -145,6 +145,7 @@ impl SurveySpec {
             calibration,
             columns: None,
             emission_lines,
+            line_offsets: Vec::new(),
         })
     }
 
@@ -215,12 +216,9 @@ impl SurveySpec {
             let file = CalibrationFile::load(path)
                 .map_err(|e| Error::config("survey.calibration_file", e.to_string()))?;
             let name = survey.name.clone();
-            file.apply(
-                &name,
-                &survey.bands,
-                &mut survey.calibration,
-                &path.display().to_string(),
-            )?;
+            let source = path.display().to_string();
+            file.apply(&name, &survey.bands, &mut survey.calibration, &source)?;
+            survey.line_offsets = file.line_offsets(&source)?;
         }
         if let Some(zp) = &self.zero_points {
             check_len("survey.zero_points", zp, n)?;
