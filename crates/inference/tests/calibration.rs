@@ -109,13 +109,8 @@ fn write_mock_with(dir: &Path, pipeline: &Pipeline, n: usize, seed: u64, zp: &[f
     p
 }
 
-fn run(n: usize, walkers: usize, steps: usize, library: usize) -> CalibrationOutcome {
-    let dir = tempfile::tempdir().unwrap();
-    // A first pipeline (same survey and SPS) makes the mock.
-    std::fs::write(dir.path().join("mock.csv"), "id,zspec\n").unwrap();
-    let m = manifest(dir.path(), "mock.csv", walkers, steps, library);
-    let maker = Pipeline::new(m.clone(), &HubConfig::from_env()).unwrap();
-    write_mock(dir.path(), &maker, n, 11);
+/// `calibrate` on the whole catalogue of `m` (the 6-band mock survey); the pipeline after it.
+fn calibrate_mock(m: Manifest, options: &CalibrationOptions) -> (CalibrationOutcome, Pipeline) {
     let mut pipeline = Pipeline::new(m, &HubConfig::from_env()).unwrap();
     assert_eq!(pipeline.survey.band_names().len(), 6);
     let all = popcosmos_catalog::CatalogueReader::open(
@@ -125,12 +120,23 @@ fn run(n: usize, walkers: usize, steps: usize, library: usize) -> CalibrationOut
     .unwrap()
     .read_all()
     .unwrap();
+    let out = calibrate(&mut pipeline, &all, options, &mut |_, _, _| {}).unwrap();
+    (out, pipeline)
+}
+
+fn run(n: usize, walkers: usize, steps: usize, library: usize) -> CalibrationOutcome {
+    let dir = tempfile::tempdir().unwrap();
+    // A first pipeline (same survey and SPS) makes the mock.
+    std::fs::write(dir.path().join("mock.csv"), "id,zspec\n").unwrap();
+    let m = manifest(dir.path(), "mock.csv", walkers, steps, library);
+    let maker = Pipeline::new(m.clone(), &HubConfig::from_env()).unwrap();
+    write_mock(dir.path(), &maker, n, 11);
     let options = CalibrationOptions {
         iterations: 3,
         reference_band: Some("i".into()),
         ..Default::default()
     };
-    let out = calibrate(&mut pipeline, &all, &options, &mut |_, _, _| {}).unwrap();
+    let (out, _) = calibrate_mock(m, &options);
     assert_eq!(out.n_galaxies, n);
     assert_eq!(out.history.len(), 4);
     assert_eq!(out.zero_points[3], 1.0, "reference band held fixed");
@@ -208,21 +214,13 @@ fn mock_calibration_recovers_a_scaled_line_group() {
     }
     let n = 40;
     write_mock_with(dir.path(), &maker, n, 13, &[1.0; 6]);
-    let mut pipeline = Pipeline::new(m, &HubConfig::from_env()).unwrap();
-    let all = popcosmos_catalog::CatalogueReader::open(
-        &pipeline.manifest.catalogue,
-        &pipeline.survey.band_names(),
-    )
-    .unwrap()
-    .read_all()
-    .unwrap();
     let options = CalibrationOptions {
         iterations: 5,
         reference_band: Some("i".into()),
         line_groups: vec!["halpha".into()],
         ..Default::default()
     };
-    let out = calibrate(&mut pipeline, &all, &options, &mut |_, _, _| {}).unwrap();
+    let (out, pipeline) = calibrate_mock(m, &options);
     let g = &out.line_groups[0];
     eprintln!("halpha {g:?}; zero points {:?}", out.zero_points);
     assert_eq!(g.history.len(), 6);
