@@ -354,6 +354,39 @@ fn kids_survey_on_the_cosmos_set_names_the_missing_band() {
     );
 }
 
+/// The opt-in KiDS calibration with emission-line offsets loads through the example
+/// manifest: its offsets reach the SPS model, the other lines keep Leistedt+23's, and its
+/// fitted Hα + [N II] scale is the ratio of the file's to Leistedt+23's 1 + α.
+#[test]
+fn kids_line_offset_calibration_reaches_the_sps_model() {
+    let examples = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    let mut manifest = Manifest::load(&examples.join("kids-viking.yaml")).unwrap();
+    let file =
+        examples.join("calibrations/kids_kv450_specz_population_r2_kids9v2_lines.calibration.yaml");
+    manifest.survey.calibration_file = Some(file.clone());
+    let pipeline = Pipeline::new(manifest, &HubConfig::from_env()).unwrap();
+    let lines = popcosmos_surveys::CalibrationFile::load(&file)
+        .unwrap()
+        .line_offsets("f")
+        .unwrap();
+    assert_eq!(lines.len(), 8);
+    let base = popcosmos_sps::LineCalibration::leistedt23().offsets;
+    let used = &pipeline.sps.line_calibration().unwrap().offsets;
+    let idx = pipeline
+        .sps
+        .line_indices_at(&lines.iter().map(|l| l.0).collect::<Vec<_>>())
+        .unwrap();
+    for (&i, (_, alpha)) in idx.iter().zip(&lines) {
+        assert_eq!(used[i], *alpha);
+    }
+    // Hα (42) and [N II] 6585 (25) carry the same group scale, about 2.
+    let scale = |i: usize| (1.0 + used[i]) / (1.0 + base[i]);
+    assert!((scale(42) - scale(25)).abs() < 1e-5 && (1.8..2.4).contains(&scale(42)));
+    for i in (0..44).filter(|i| !idx.contains(i)) {
+        assert_eq!(used[i], base[i], "line {i}");
+    }
+}
+
 /// `examples/kids-viking.yaml` runs on the fitted population, the retrained KiDS emulators
 /// and the calibration shipped beside them: the pipeline's zero points and floors are the
 /// file's, band by band. The calibration files were fitted on KV450 rows disjoint from the
