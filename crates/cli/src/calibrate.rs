@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use popcosmos_api::stats::{median, nmad};
-use popcosmos_inference::{BandResidual, CalibrationOptions, LINE_GROUPS, calibrate, subset};
+use popcosmos_inference::{BandResidual, CalibrationOptions, calibrate, line_group, subset};
 use popcosmos_inference::{Manifest, Pipeline, line_name};
 use popcosmos_models::HubConfig;
 use popcosmos_surveys::{BandCalibration, CalibrationFile, LineOffset};
@@ -81,16 +81,8 @@ pub fn run(args: &CalibrateArgs) -> Result<()> {
             );
         }
     }
-    if let Some(bad) = args
-        .line_offsets
-        .iter()
-        .find(|g| !LINE_GROUPS.iter().any(|(k, _)| k == g))
-    {
-        let known: Vec<&str> = LINE_GROUPS.iter().map(|(k, _)| *k).collect();
-        bail!(
-            "--line-offsets: unknown line group '{bad}' (groups: {})",
-            known.join(", ")
-        );
+    for group in &args.line_offsets {
+        line_group(group)?;
     }
     let mut m = Manifest::load(&args.manifest)?;
     if !m.catalogue.truth_columns.contains(&args.truth) {

@@ -86,6 +86,17 @@ pub const LINE_GROUPS: &[(&str, &[(&str, f64)])] = &[
     ("oii", &[("[O II] 3727", 3727.1), ("[O II] 3730", 3729.9)]),
 ];
 
+/// The [`LINE_GROUPS`] entry called `name`; the error (key `--line-offsets`) lists them.
+pub fn line_group(name: &str) -> Result<&'static (&'static str, &'static [(&'static str, f64)])> {
+    LINE_GROUPS.iter().find(|(k, _)| *k == name).ok_or_else(|| {
+        let known: Vec<&str> = LINE_GROUPS.iter().map(|(k, _)| *k).collect();
+        popcosmos_api::Error::config(
+            "--line-offsets",
+            format!("unknown line group '{name}' (groups: {})", known.join(", ")),
+        )
+    })
+}
+
 /// The name a line of [`LINE_GROUPS`] goes by, from its rest wavelength (within 1.5 Å).
 pub fn line_name(lambda_aa: f64) -> Option<&'static str> {
     LINE_GROUPS
@@ -325,32 +336,11 @@ pub fn calibrate(
     let start = calibration.zero_points.clone();
     let start_log_mean = start.iter().map(|z| z.ln()).sum::<f64>() / nb as f64;
 
-    let mut rng = HostRng::seed_from_u64(m.seed ^ 0xCA11_B8A7E);
-    let library = InitLibrary::build(
-        pipeline.prior.as_ref(),
-        Some(&popcosmos_priors::UniformPrior::new()),
-        &pipeline.sps,
-        m.init.library_size,
-        m.sps.rows_per_call(&pipeline.device),
-        &mut rng,
-    )?;
-    let lib_z: Vec<f64> = phi_to_theta(&library.phi)?
-        .narrow(1, IDX_Z, 1)?
-        .flatten_all()?
-        .to_dtype(candle_core::DType::F64)?
-        .to_vec1::<f64>()?;
-
-    // Line groups: names → line indices of the SPS model.
+    // Line groups: names → line indices of the SPS model (checked before any sampling).
     let mut groups: Vec<LineGroupFit> = Vec::new();
     let mut group_idx: Vec<Vec<usize>> = Vec::new();
     for name in &options.line_groups {
-        let Some((key, lines)) = LINE_GROUPS.iter().find(|(k, _)| k == name) else {
-            let known: Vec<&str> = LINE_GROUPS.iter().map(|(k, _)| *k).collect();
-            return Err(bad(
-                "--line-offsets",
-                format!("unknown line group '{name}' (groups: {})", known.join(", ")),
-            ));
-        };
+        let (key, lines) = line_group(name)?;
         let lambdas: Vec<f64> = lines.iter().map(|l| l.1).collect();
         let idx = pipeline
             .sps
@@ -374,6 +364,21 @@ pub fn calibrate(
         });
         group_idx.push(idx);
     }
+
+    let mut rng = HostRng::seed_from_u64(m.seed ^ 0xCA11_B8A7E);
+    let library = InitLibrary::build(
+        pipeline.prior.as_ref(),
+        Some(&popcosmos_priors::UniformPrior::new()),
+        &pipeline.sps,
+        m.init.library_size,
+        m.sps.rows_per_call(&pipeline.device),
+        &mut rng,
+    )?;
+    let lib_z: Vec<f64> = phi_to_theta(&library.phi)?
+        .narrow(1, IDX_Z, 1)?
+        .flatten_all()?
+        .to_dtype(candle_core::DType::F64)?
+        .to_vec1::<f64>()?;
 
     let mut history = vec![calibration.zero_points.clone()];
     // (ln Z, ln m) of the previous iteration per band, for the secant step.
@@ -568,11 +573,11 @@ fn invert(a: &[Vec<f64>]) -> Option<Vec<Vec<f64>>> {
         for v in &mut m[c] {
             *v /= pivot;
         }
-        for r in 0..n {
+        let src = m[c].clone();
+        for (r, row) in m.iter_mut().enumerate() {
             if r != c {
-                let f = m[r][c];
-                let src = m[c].clone();
-                for (v, s) in m[r].iter_mut().zip(&src) {
+                let f = row[c];
+                for (v, s) in row.iter_mut().zip(&src) {
                     *v -= f * s;
                 }
             }
@@ -697,11 +702,10 @@ fn fit_all(
         let model =
             photometry_in_chunks(&pipeline.sps, &theta, m.sps.rows_per_call(&pipeline.device))?;
         let med = |t: &Tensor| -> Result<Vec<f64>> {
-            // [draws, g, bands] → per (g, band) median over draws.
+            // [draws·g, …] (draw-major) → per (g, …) median over draws, row-major.
             let v = t
-                .reshape((keep * w, g, nb))?
-                .transpose(0, 2)?
-                .transpose(0, 1)?
+                .reshape((keep * w, ()))?
+                .t()?
                 .contiguous()?
                 .to_dtype(candle_core::DType::F64)?
                 .flatten_all()?
@@ -719,8 +723,7 @@ fn fit_all(
             None => out.line_sigma.extend(std::iter::repeat_n(0.0, g * nb)),
         }
         if !groups.is_empty() {
-            // [draws·g, bands, k] in row chunks, then per (g, band, group) medians.
-            let k = groups.len();
+            // [draws·g, bands, groups] in row chunks, then per (g, band, group) medians.
             let rows_per_call = m.sps.rows_per_call(&pipeline.device);
             let n = theta.dim(0)?;
             let parts = (0..n)
@@ -732,17 +735,7 @@ fn fit_all(
                         .line_group_flux_nmgy(&theta.narrow(0, s, len)?, groups)
                 })
                 .collect::<Result<Vec<_>>>()?;
-            let lines = Tensor::cat(&parts, 0)?.reshape((keep * w, g * nb * k))?;
-            let v = lines
-                .t()?
-                .contiguous()?
-                .to_dtype(candle_core::DType::F64)?
-                .flatten_all()?
-                .to_vec1::<f64>()?;
-            out.groups.extend(v.chunks(keep * w).map(|c| {
-                let c: Vec<f64> = c.iter().copied().filter(|x| x.is_finite()).collect();
-                median(&c)
-            }));
+            out.groups.extend(med(&Tensor::cat(&parts, 0)?)?);
         }
         out.obs.extend(chunk.flux_nmgy.iter().map(|v| *v as f64));
         out.err
