@@ -13,8 +13,8 @@ use popcosmos_inference::mock::{NOISE_MODEL_MAX_KS, NoiseModel};
 use popcosmos_inference::{Manifest, Pipeline};
 use popcosmos_models::HubConfig;
 use popcosmos_population::{
-    Distance, EmpiricalErrorModel, ErrorModel, FitOptions, ForwardModel, ObservedSet,
-    PopulationFit, Selection,
+    DataModelParams, Distance, EmpiricalErrorModel, ErrorModel, FitOptions, ForwardModel,
+    ObservedSet, PopulationFit, Selection,
 };
 use popcosmos_priors::flow::FlowModel;
 use popcosmos_surveys::{BandCalibration, CalibrationFile};
@@ -162,6 +162,11 @@ pub struct FitPopulationArgs {
     /// Keep the manifest's error floors fixed.
     #[arg(long)]
     pub fixed_error_floors: bool,
+    /// Also fit one flux scale per group of emission lines (`halpha`, `hbeta-oiii`, `oii`;
+    /// comma-separated), from the photometry alone; the calibration file then carries the
+    /// groups' offsets (`emission_lines:`)
+    #[arg(long, value_delimiter = ',')]
+    pub line_offsets: Vec<String>,
     /// Starting population (a flow over φ: `builtin:`, a path with a card, `hf://`).
     #[arg(long, default_value = DEFAULT_INITIAL)]
     pub initial: String,
@@ -232,17 +237,95 @@ fn load(manifest: &Path) -> Result<Loaded> {
     })
 }
 
-/// The forward model of `set` under the manifest's SPS emulator and likelihood.
+/// The forward model of `set` under the manifest's SPS emulator and likelihood, scaling the
+/// emission-line groups `line_groups` (their SPS line indices, [`resolve_line_groups`]).
 fn forward_model<'a>(
     pipeline: &'a Pipeline,
     set: &'a ObservedSet,
     errors: &'a dyn ErrorModel,
+    line_groups: Vec<Vec<usize>>,
 ) -> Result<ForwardModel<'a>> {
     let nu = match pipeline.manifest.likelihood {
         LikelihoodSpec::StudentT { nu } => Some(nu),
         LikelihoodSpec::Gaussian {} => None,
     };
-    Ok(ForwardModel::new(&pipeline.sps, set, errors, nu)?)
+    let k = line_groups.len();
+    let sps = &pipeline.sps;
+    Ok(ForwardModel::new(sps, set, errors, nu)?.with_line_groups(
+        k,
+        Box::new(move |theta| sps.line_group_flux_nmgy(theta, &line_groups)),
+    ))
+}
+
+/// The SPS model's line indices of each named group (`--line-offsets`), with the groups'
+/// canonical names; an unknown group or a model without lines is refused.
+fn resolve_line_groups(
+    names: &[String],
+    pipeline: &Pipeline,
+) -> Result<(Vec<String>, Vec<Vec<usize>>)> {
+    let mut keys = Vec::new();
+    let mut idx = Vec::new();
+    for name in names {
+        let (key, lines) = popcosmos_inference::line_group(name)?;
+        let lambdas: Vec<f64> = lines.iter().map(|l| l.1).collect();
+        idx.push(
+            pipeline
+                .sps
+                .line_indices_at(&lambdas)
+                .map_err(|e| anyhow::anyhow!("--line-offsets {key}: {e}"))?,
+        );
+        keys.push(key.to_string());
+    }
+    Ok((keys, idx))
+}
+
+/// The line offsets to write: the manifest's (the population was fitted under them), with
+/// each fitted group's lines at 1 + α ← s (1 + α).
+fn fitted_line_offsets(
+    pipeline: &Pipeline,
+    groups: &[Vec<usize>],
+    scales: &[f64],
+) -> Result<Vec<(f64, f64)>> {
+    let lines = pipeline.manifest.survey.build_defined()?.line_offsets;
+    if groups.is_empty() {
+        return Ok(lines);
+    }
+    let cal = pipeline
+        .sps
+        .line_calibration()
+        .context("line groups were fitted, but the model has no emission lines")?;
+    let lambdas = pipeline
+        .sps
+        .emission_lines()
+        .context("the model has no emission lines")?
+        .line_wavelengths_aa()?;
+    Ok(scaled_line_offsets(
+        lines,
+        groups,
+        scales,
+        &lambdas,
+        &cal.offsets,
+    ))
+}
+
+/// `lines` [(λ Å, α)] with each line l of group g replaced by (λ_l, s_g (1 + α_l) − 1), the
+/// model's offsets α (line indices into `lambdas` and `offsets`).
+fn scaled_line_offsets(
+    mut lines: Vec<(f64, f64)>,
+    groups: &[Vec<usize>],
+    scales: &[f64],
+    lambdas: &[f64],
+    offsets: &[f64],
+) -> Vec<(f64, f64)> {
+    for (group, s) in groups.iter().zip(scales) {
+        for &l in group {
+            // The emulator stores λ in f32; 0.01 Å is far inside the 1.5 Å match.
+            let lambda = (lambdas[l] * 100.0).round() / 100.0;
+            lines.retain(|(x, _)| (x - lambda).abs() > 1.5);
+            lines.push((lambda, s * (1.0 + offsets[l]) - 1.0));
+        }
+    }
+    lines
 }
 
 fn initial_flow(reference: &str, pipeline: &Pipeline) -> Result<FlowModel> {
@@ -274,8 +357,13 @@ pub fn fit_population(args: &FitPopulationArgs) -> Result<()> {
         other => bail!("--distance: '{other}' is not one of sliced-wasserstein, sinkhorn, mmd"),
     };
     let t0 = std::time::Instant::now();
+    // An unknown group is refused before the catalogue is read.
+    for g in &args.line_offsets {
+        popcosmos_inference::line_group(g)?;
+    }
     let loaded = load(&args.manifest)?;
     let pipeline = &loaded.pipeline;
+    let (group_names, group_lines) = resolve_line_groups(&args.line_offsets, pipeline)?;
     let options = FitOptions {
         steps: args.steps,
         batch_size: args.batch_size,
@@ -291,6 +379,7 @@ pub fn fit_population(args: &FitPopulationArgs) -> Result<()> {
         support_quantile: args.support_quantile,
         support_weight: args.support_weight,
         support_box: args.support_box,
+        line_groups: group_names,
         seed: args.seed.unwrap_or(pipeline.manifest.seed),
         ..Default::default()
     };
@@ -323,7 +412,7 @@ pub fn fit_population(args: &FitPopulationArgs) -> Result<()> {
         }
         eprintln!("flux errors: {}", errors.describe());
     }
-    let forward = forward_model(pipeline, &set, errors.as_ref())?;
+    let forward = forward_model(pipeline, &set, errors.as_ref(), group_lines.clone())?;
     let init = initial_flow(&args.initial, pipeline)?;
     let calibration = pipeline.survey.calibration().clone();
     let mut fit = PopulationFit::new(&init, &calibration, forward, &set, options.clone())?;
@@ -367,8 +456,14 @@ pub fn fit_population(args: &FitPopulationArgs) -> Result<()> {
         if recent.len() > 50 {
             recent.pop_front();
         }
+        let scales: String = options
+            .line_groups
+            .iter()
+            .zip(fit.line_scales()?)
+            .map(|(g, s)| format!(" {g} ×{s:.2}"))
+            .collect();
         bar.set_message(format!(
-            "distance {:.4}{}",
+            "distance {:.4}{scales}{}",
             recent.iter().sum::<f64>() / recent.len() as f64,
             if record.non_finite + record.non_finite_gradients > 0 {
                 format!(
@@ -388,7 +483,8 @@ pub fn fit_population(args: &FitPopulationArgs) -> Result<()> {
     bar.finish();
     let ks = fit.error_model_ks(8192)?;
     let report = fit.report(ks, t0.elapsed().as_secs_f64())?;
-    write_outputs(args, &loaded, &fit, &report, selection.as_ref())?;
+    let lines = fitted_line_offsets(pipeline, &group_lines, &report.line_scales)?;
+    write_outputs(args, &loaded, &fit, &report, selection.as_ref(), &lines)?;
     if let Some(dir) = &args.plots {
         plot(dir, &fit, &set, &init)?;
     }
@@ -478,6 +574,9 @@ fn print_summary(report: &popcosmos_population::FitReport, survey: &dyn Survey) 
             band.label, report.zero_points[b], report.error_floors[b], report.error_model_ks[b]
         );
     }
+    for (g, s) in report.options.line_groups.iter().zip(&report.line_scales) {
+        println!("line group {g:<11} flux × {s:.3}");
+    }
 }
 
 fn round6(x: f64) -> f64 {
@@ -490,6 +589,7 @@ fn write_outputs(
     fit: &PopulationFit,
     report: &popcosmos_population::FitReport,
     selection: Option<&Selection>,
+    line_offsets: &[(f64, f64)],
 ) -> Result<()> {
     let pipeline = &loaded.pipeline;
     let survey = pipeline.survey.as_ref();
@@ -524,7 +624,7 @@ fn write_outputs(
     let notes = format!(
         "popcosmos-cli fit-population {} --steps {} --seed {} (distance {:?}, batch {}). \
          Learned on {learned_on}. Survey {}; bands {}. Flux errors: {}. Fitted zero points: \
-         {}. Loss curve (step:distance): {}. Started from {}.",
+         {}.{} Loss curve (step:distance): {}. Started from {}.",
         args.manifest.display(),
         report.options.steps,
         report.options.seed,
@@ -539,6 +639,13 @@ fn write_outputs(
             .join(","),
         report.error_model,
         zps.join(", "),
+        report
+            .options
+            .line_groups
+            .iter()
+            .zip(&report.line_scales)
+            .map(|(g, s)| format!(" Fitted emission-line group {g}: flux × {s:.3}."))
+            .collect::<String>(),
         curve.join(" "),
         args.initial
     );
@@ -569,12 +676,26 @@ fn write_outputs(
         serde_json::json!(args.output.display().to_string()),
     );
     provenance.insert("seed".into(), serde_json::json!(report.options.seed));
-    // Line offsets the manifest's calibration file set: the population was fitted under them.
-    let lines = pipeline.manifest.survey.build_defined()?.line_offsets;
+    if !report.line_scales.is_empty() {
+        provenance.insert(
+            "line_groups".into(),
+            serde_json::json!(
+                report
+                    .options
+                    .line_groups
+                    .iter()
+                    .zip(&report.line_scales)
+                    .map(|(g, s)| serde_json::json!({"group": g, "scale": round6(*s)}))
+                    .collect::<Vec<_>>()
+            ),
+        );
+    }
+    // The manifest's line offsets (the population was fitted under them), with the fitted
+    // groups' applied.
     CalibrationFile {
         survey: survey.name().to_string(),
         bands,
-        emission_lines: crate::calibrate::line_offset_entries(&lines),
+        emission_lines: crate::calibrate::line_offset_entries(line_offsets),
         provenance,
     }
     .save(&sibling(&args.output, ".calibration.yaml"))?;
@@ -710,7 +831,7 @@ pub fn simulate_population(args: &SimulatePopulationArgs) -> Result<()> {
     if let Some(why) = why {
         eprintln!("{why}");
     }
-    let forward = forward_model(pipeline, &set, errors.as_ref())?;
+    let forward = forward_model(pipeline, &set, errors.as_ref(), Vec::new())?;
     let mut calibration: Calibration = pipeline.survey.calibration().clone();
     for spec in &args.zero_point_offsets {
         let (label, factor) = spec
@@ -768,7 +889,12 @@ pub fn simulate_population(args: &SimulatePopulationArgs) -> Result<()> {
     for start in (0..args.n).step_by(4096) {
         let len = 4096.min(args.n - start);
         let part = phi.narrow(0, start, len)?;
-        let sim = forward.simulate(&part, &ln_zp, &floors, &mut rng)?;
+        let params = DataModelParams {
+            ln_zero_points: &ln_zp,
+            error_floors: &floors,
+            ln_line_scales: None,
+        };
+        let sim = forward.simulate(&part, params, &mut rng)?;
         let flux: Vec<f32> = sim.flux_nmgy.flatten_all()?.to_vec1()?;
         let mask: Vec<f32> = sim.mask.flatten_all()?.to_vec1()?;
         let theta: Vec<Vec<f64>> = popcosmos_api::params::phi_to_theta(&part)?
@@ -801,4 +927,55 @@ pub fn simulate_population(args: &SimulatePopulationArgs) -> Result<()> {
         args.n
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: FitPopulationArgs,
+    }
+
+    #[test]
+    fn group_scales_multiply_the_lines_offsets_and_keep_the_others() {
+        // Lines 0 (6564.6 Å, α −0.341) and 1 (6585.3 Å, α −0.6) form a group scaled by 2;
+        // the manifest already set 6564.6 Å and 3727.1 Å.
+        let lines = scaled_line_offsets(
+            vec![(6564.6, -0.5), (3727.1, 0.2)],
+            &[vec![0, 1]],
+            &[2.0],
+            &[6564.6, 6585.3, 4862.7],
+            &[-0.341, -0.6, 0.0],
+        );
+        assert_eq!(lines.len(), 3);
+        assert_eq!(lines[0], (3727.1, 0.2));
+        assert_eq!(lines[1].0, 6564.6);
+        assert!((lines[1].1 - (2.0 * 0.659 - 1.0)).abs() < 1e-12);
+        assert!((lines[2].1 - (2.0 * 0.4 - 1.0)).abs() < 1e-12);
+    }
+
+    #[test]
+    fn an_unknown_line_group_is_refused_before_the_catalogue_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("p.safetensors");
+        let cli = Cli::parse_from([
+            "fit-population",
+            dir.path().join("missing.yaml").to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--line-offsets",
+            "halpha,lyman",
+        ]);
+        assert_eq!(cli.args.line_offsets, ["halpha", "lyman"]);
+        let e = fit_population(&cli.args).err().unwrap().to_string();
+        assert!(
+            e.contains("--line-offsets") && e.contains("'lyman'") && !e.contains("missing.yaml"),
+            "{e}"
+        );
+        assert!(!out.exists());
+    }
 }

@@ -8,6 +8,10 @@
 //!   common scale is degenerate with the galaxies' N (mass), so after each step the geometric
 //!   mean is reset to its starting value, as `calibrate` does.
 //! * Error floors: ln ε_b, kept in [`FLOOR_RANGE`].
+//! * Emission-line groups (optional, [`FitOptions::line_groups`]): one flux scale ln s_g per
+//!   group of lines that broad bands cannot separate, with a weak Gaussian prior around 0
+//!   and kept in [`LINE_SCALE_RANGE`]. The population's gas parameters can trade against
+//!   them, as in `calibrate` on a spec-z sample.
 //! * Every step draws its randomness from a generator seeded by (seed, step), so a run is
 //!   deterministic for a seed and a resumed run draws the same minibatches; the Adam moments
 //!   restart on resume (a short transient), as in the flow trainer.
@@ -23,10 +27,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::ObservedSet;
 use crate::distance::Distance;
-use crate::forward::ForwardModel;
+use crate::forward::{DataModelParams, ForwardModel};
 
 /// Fractional error floors are kept in this range.
 pub const FLOOR_RANGE: (f64, f64) = (0.005, 0.3);
+
+/// Flux scales of emission-line groups are kept in this range.
+pub const LINE_SCALE_RANGE: (f64, f64) = (0.1, 10.0);
 
 /// Settings of a population fit.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -87,6 +94,12 @@ pub struct FitOptions {
     /// find the rows that pass; 1 = simulate the batch and keep what passes.
     #[serde(default = "default_selection_oversample")]
     pub selection_oversample: usize,
+    /// Names of the emission-line groups whose flux scales are fitted (the forward model
+    /// supplies their fluxes, [`ForwardModel::with_line_groups`]; empty = none).
+    pub line_groups: Vec<String>,
+    /// Width of the weak prior on each group's ln s around 0 (its penalty has the weight
+    /// `zero_point_prior_weight`).
+    pub line_scale_prior_sigma: f64,
     /// Gradient-norm clip of the flow's weights (0 = none).
     pub max_grad_norm: f64,
     /// Seed of the run; step `k` draws from a generator seeded by (seed, k).
@@ -122,6 +135,8 @@ impl Default for FitOptions {
             support_weight: 1.0,
             support_box: false,
             selection_oversample: default_selection_oversample(),
+            line_groups: Vec::new(),
+            line_scale_prior_sigma: 1.0,
             max_grad_norm: 1.0,
             seed: 1,
         }
@@ -145,6 +160,7 @@ impl FitOptions {
             ("flow_learning_rate", self.flow_learning_rate),
             ("calibration_learning_rate", self.calibration_learning_rate),
             ("zero_point_prior_sigma", self.zero_point_prior_sigma),
+            ("line_scale_prior_sigma", self.line_scale_prior_sigma),
         ] {
             if !(v.is_finite() && v > 0.0) {
                 return bad(k, format!("must be finite and > 0, got {v}"));
@@ -238,6 +254,9 @@ pub struct FitReport {
     pub zero_points: Vec<f64>,
     /// Fitted fractional error floors ε_b, per band.
     pub error_floors: Vec<f64>,
+    /// Fitted flux scales s_g of [`FitOptions::line_groups`], in that order.
+    #[serde(default)]
+    pub line_scales: Vec<f64>,
     /// Distance averaged over blocks of steps: (last step of the block, mean).
     pub loss_curve: Vec<(usize, f64)>,
     /// Where the simulated flux errors came from ([`crate::ErrorModel::describe`]).
@@ -266,6 +285,8 @@ pub struct PopulationFit<'a> {
     support: Option<Support>,
     ln_zero_points: Var,
     ln_error_floors: Var,
+    /// ln s_g of the fitted line groups (None without any).
+    ln_line_scales: Option<Var>,
     start_ln_zero_points: Vec<f64>,
     flow_optimizer: candle_nn::AdamW,
     calibration_optimizer: Option<candle_nn::AdamW>,
@@ -413,6 +434,15 @@ impl<'a> PopulationFit<'a> {
                 calibration.error_floors.len()
             )));
         }
+        let groups = options.line_groups.len();
+        if forward.n_line_groups() != groups {
+            return Err(Error::Invalid(format!(
+                "line groups: the fit names {groups} ({}), the forward model supplies the \
+                 fluxes of {}",
+                options.line_groups.join(", "),
+                forward.n_line_groups()
+            )));
+        }
         let device = forward.device().clone();
         let flow_vars = VarMap::new();
         {
@@ -453,6 +483,16 @@ impl<'a> PopulationFit<'a> {
         if options.fit_error_floors {
             cal_vars.push(ln_error_floors.clone());
         }
+        let ln_line_scales = if groups > 0 {
+            Some(Var::from_tensor(&Tensor::zeros(
+                groups,
+                DType::F32,
+                &device,
+            )?)?)
+        } else {
+            None
+        };
+        cal_vars.extend(ln_line_scales.clone());
         let calibration_optimizer = if cal_vars.is_empty() {
             None
         } else {
@@ -485,6 +525,7 @@ impl<'a> PopulationFit<'a> {
             support,
             ln_zero_points,
             ln_error_floors,
+            ln_line_scales,
             start_ln_zero_points,
             flow_optimizer,
             calibration_optimizer,
@@ -535,6 +576,14 @@ impl<'a> PopulationFit<'a> {
             .collect())
     }
 
+    /// The current flux scales s_g of [`FitOptions::line_groups`] (empty without any).
+    pub fn line_scales(&self) -> Result<Vec<f64>> {
+        match &self.ln_line_scales {
+            None => Ok(Vec::new()),
+            Some(v) => Ok(host_vec(v.as_tensor())?.into_iter().map(f64::exp).collect()),
+        }
+    }
+
     fn learning_rate_factor(&self) -> f64 {
         let frac = (self.step as f64 / self.options.steps.max(1) as f64).min(1.0);
         0.1 + 0.9 * 0.5 * (1.0 + (std::f64::consts::PI * frac).cos())
@@ -573,12 +622,24 @@ impl<'a> PopulationFit<'a> {
     ) -> Result<(crate::forward::Simulated, Tensor, Tensor, Tensor)> {
         let ln_zp = self.ln_zero_points.as_tensor();
         let floors = self.ln_error_floors.as_tensor().exp()?;
+        let ln_s = self.ln_line_scales.as_ref().map(|v| v.as_tensor());
+        let params = DataModelParams {
+            ln_zero_points: ln_zp,
+            error_floors: &floors,
+            ln_line_scales: ln_s,
+        };
         if self.forward.has_selection() && self.options.selection_oversample > 1 {
             // The pool is drawn in chunks, so that a large diagnostic simulation does not
             // hold the flow's graph over n × oversample rows at once.
             let pool = n * self.options.selection_oversample;
             let chunk = pool.min(POOL_CHUNK.max(n));
             let (ln_zp_fixed, floors_fixed) = (ln_zp.detach(), floors.detach());
+            let ln_s_fixed = ln_s.map(|t| t.detach());
+            let fixed = DataModelParams {
+                ln_zero_points: &ln_zp_fixed,
+                error_floors: &floors_fixed,
+                ln_line_scales: ln_s_fixed.as_ref(),
+            };
             let mut z_kept = vec![];
             let mut draws_kept = vec![];
             let mut first = None;
@@ -587,9 +648,7 @@ impl<'a> PopulationFit<'a> {
                 let m = chunk.min(pool - drawn);
                 let z = rng.normal(&Shape::from((m, N_PARAMS)), &self.device)?;
                 let phi = self.flow.sample_from_base(&z)?.detach();
-                let (trial, draws) =
-                    self.forward
-                        .simulate_with_draws(&phi, &ln_zp_fixed, &floors_fixed, rng)?;
+                let (trial, draws) = self.forward.simulate_with_draws(&phi, fixed, rng)?;
                 let take = trial.kept.len().min(n - n_kept);
                 let kept = &trial.kept[..take];
                 if take > 0 {
@@ -619,14 +678,14 @@ impl<'a> PopulationFit<'a> {
             }
             let phi_kept = self.flow.sample_from_base(&Tensor::cat(&z_kept, 0)?)?;
             let draws = crate::forward::Draws::concat(&draws_kept)?;
-            let sim = self.forward.resimulate(&phi_kept, ln_zp, &floors, &draws)?;
+            let sim = self.forward.resimulate(&phi_kept, params, &draws)?;
             return Ok((sim, ln_ratio, ln_start, phi));
         }
         let z = rng.normal(&Shape::from((n, N_PARAMS)), &self.device)?;
         let (phi, ln_q) = self.flow.sample_with_log_prob(&z)?;
         let ln_start = self.start.log_prob(&phi)?;
         let ln_ratio = (ln_q - &ln_start)?;
-        let sim = self.forward.simulate(&phi, ln_zp, &floors, rng)?;
+        let sim = self.forward.simulate(&phi, params, rng)?;
         Ok((sim, ln_ratio, ln_start, phi))
     }
 
@@ -720,11 +779,25 @@ impl<'a> PopulationFit<'a> {
                 .affine(self.options.zero_point_prior_weight, 0.0)?;
             loss = (loss + penalty)?;
         }
+        if let Some(ln_s) = &self.ln_line_scales
+            && self.options.zero_point_prior_weight > 0.0
+        {
+            let penalty = ln_s
+                .as_tensor()
+                .affine(1.0 / self.options.line_scale_prior_sigma, 0.0)?
+                .sqr()?
+                .mean_all()?
+                .affine(self.options.zero_point_prior_weight, 0.0)?;
+            loss = (loss + penalty)?;
+        }
         let mut grads = loss.backward()?;
         let non_finite_gradients = sanitise(&mut grads, &sorted_vars(&self.flow_vars))?
             + sanitise(
                 &mut grads,
-                &[self.ln_zero_points.clone(), self.ln_error_floors.clone()],
+                &[self.ln_zero_points.clone(), self.ln_error_floors.clone()]
+                    .into_iter()
+                    .chain(self.ln_line_scales.clone())
+                    .collect::<Vec<_>>(),
             )?;
         if self.options.max_grad_norm > 0.0 {
             clip(
@@ -756,7 +829,7 @@ impl<'a> PopulationFit<'a> {
         Ok(record)
     }
 
-    /// Hold the geometric mean of Z at its start and the floors in range.
+    /// Hold the geometric mean of Z at its start, and the floors and line scales in range.
     fn project_calibration(&mut self) -> Result<()> {
         let mut z = host_vec(self.ln_zero_points.as_tensor())?;
         let shift = self.start_ln_zero_points.iter().sum::<f64>() / z.len() as f64
@@ -768,6 +841,13 @@ impl<'a> PopulationFit<'a> {
             .map(|v| v.clamp(FLOOR_RANGE.0.ln(), FLOOR_RANGE.1.ln()))
             .collect();
         self.ln_error_floors.set(&f32_tensor(&e, &self.device)?)?;
+        if let Some(v) = &self.ln_line_scales {
+            let s: Vec<f64> = host_vec(v.as_tensor())?
+                .into_iter()
+                .map(|x| x.clamp(LINE_SCALE_RANGE.0.ln(), LINE_SCALE_RANGE.1.ln()))
+                .collect();
+            v.set(&f32_tensor(&s, &self.device)?)?;
+        }
         Ok(())
     }
 
@@ -805,6 +885,9 @@ impl<'a> PopulationFit<'a> {
             "fit.ln_error_floors".into(),
             self.ln_error_floors.as_tensor().detach().copy()?,
         );
+        if let Some(v) = &self.ln_line_scales {
+            tensors.insert("fit.ln_line_scales".into(), v.as_tensor().detach().copy()?);
+        }
         let mut meta = HashMap::new();
         meta.insert("fit_step".into(), self.step.to_string());
         meta.insert(
@@ -858,6 +941,9 @@ impl<'a> PopulationFit<'a> {
         }
         self.ln_zero_points.set(t("fit.ln_zero_points")?)?;
         self.ln_error_floors.set(t("fit.ln_error_floors")?)?;
+        if let Some(v) = &self.ln_line_scales {
+            v.set(t("fit.ln_line_scales")?)?;
+        }
         self.step = step;
         self.history = history;
         Ok(())
@@ -885,6 +971,7 @@ impl<'a> PopulationFit<'a> {
                 .collect(),
             zero_points: self.zero_points()?,
             error_floors: self.error_floors()?,
+            line_scales: self.line_scales()?,
             loss_curve: self.loss_curve(50),
             error_model: self.forward.error_model().describe(),
             error_model_ks,

@@ -1,8 +1,8 @@
 //! The forward model of a catalogue: latent φ → observed asinh magnitudes, differentiable in
 //! φ, the zero points and the error floors (Alsing et al. 2024, section 3).
 //!
-//! φ → θ → SPS emulators + emission lines (noiseless model flux f and line scatter σ_em) →
-//! zero points (Z f) → measurement error σ^nm from the catalogue's error model given Z f →
+//! φ → θ → SPS emulators + emission lines (noiseless model flux f and line scatter σ_em;
+//! optionally groups of lines scaled by fitted s_g) → zero points (Z f) → measurement error σ^nm from the catalogue's error model given Z f →
 //! total σ² = σ^nm² + Z²(σ_em² + (ε f)²), the likelihood's error model → reparameterised
 //! Student-t noise → a missing-band pattern taken from a random catalogue row → asinh
 //! magnitudes standardised as the observed ones (0 where a band is missing).
@@ -71,6 +71,22 @@ fn select_rows(values: &[f32], kept: &[u32], nb: usize) -> Vec<f32> {
         .collect()
 }
 
+/// Band fluxes of groups of emission lines, θ `[n, 16]` → `[n, bands, groups]` nmgy, under
+/// the SPS model's current line offsets. A group scaled by s adds (s − 1) times its flux.
+pub type LineGroupFlux<'a> = Box<dyn Fn(&Tensor) -> Result<Tensor> + 'a>;
+
+/// The data-model parameters of a simulation; each may be a tracked variable.
+#[derive(Clone, Copy)]
+pub struct DataModelParams<'t> {
+    /// ln Z_b, `[bands]`.
+    pub ln_zero_points: &'t Tensor,
+    /// Fractional error floors ε_b, `[bands]`.
+    pub error_floors: &'t Tensor,
+    /// ln s_g of the line groups of [`ForwardModel::with_line_groups`], `[groups]`
+    /// (`None`: every s = 1).
+    pub ln_line_scales: Option<&'t Tensor>,
+}
+
 enum Source<'a> {
     Draw(&'a mut dyn RandomSource),
     Given(&'a Draws),
@@ -87,6 +103,8 @@ pub struct ForwardModel<'a> {
     shift: Tensor,
     scale: Tensor,
     device: Device,
+    /// Line groups whose flux scales are fitted, and how many there are.
+    line_groups: Option<(LineGroupFlux<'a>, usize)>,
 }
 
 impl<'a> ForwardModel<'a> {
@@ -123,7 +141,20 @@ impl<'a> ForwardModel<'a> {
             shift: vec(&set.feature_shift)?,
             scale: vec(&set.feature_scale)?,
             device,
+            line_groups: None,
         })
+    }
+
+    /// Let the simulations scale `n_groups` groups of emission lines, whose band fluxes
+    /// `flux` gives ([`DataModelParams::ln_line_scales`]).
+    pub fn with_line_groups(mut self, n_groups: usize, flux: LineGroupFlux<'a>) -> Self {
+        self.line_groups = (n_groups > 0).then_some((flux, n_groups));
+        self
+    }
+
+    /// Groups of emission lines whose scales the simulations take (0 = none).
+    pub fn n_line_groups(&self) -> usize {
+        self.line_groups.as_ref().map_or(0, |g| g.1)
     }
 
     /// Where the simulated flux errors come from.
@@ -144,18 +175,14 @@ impl<'a> ForwardModel<'a> {
             .mul(mask)?)
     }
 
-    /// Simulate observed rows for latent `phi` `[n, 16]` with zero points Z = exp(`ln_zero_points`)
-    /// and fractional floors `error_floors` (both `[bands]`, may be tracked variables).
+    /// Simulate observed rows for latent `phi` `[n, 16]` under the data model `params`.
     pub fn simulate(
         &self,
         phi: &Tensor,
-        ln_zero_points: &Tensor,
-        error_floors: &Tensor,
+        params: DataModelParams,
         rng: &mut dyn RandomSource,
     ) -> Result<Simulated> {
-        Ok(self
-            .simulate_inner(phi, ln_zero_points, error_floors, Source::Draw(rng), true)?
-            .0)
+        Ok(self.simulate_inner(phi, params, Source::Draw(rng), true)?.0)
     }
 
     /// [`Self::simulate`], also returning the random draws, so that the rows that pass the
@@ -164,29 +191,21 @@ impl<'a> ForwardModel<'a> {
     pub fn simulate_with_draws(
         &self,
         phi: &Tensor,
-        ln_zero_points: &Tensor,
-        error_floors: &Tensor,
+        params: DataModelParams,
         rng: &mut dyn RandomSource,
     ) -> Result<(Simulated, Draws)> {
-        self.simulate_inner(phi, ln_zero_points, error_floors, Source::Draw(rng), true)
+        self.simulate_inner(phi, params, Source::Draw(rng), true)
     }
 
     /// Simulate `phi` with given draws (one row each; no selection is applied).
     pub fn resimulate(
         &self,
         phi: &Tensor,
-        ln_zero_points: &Tensor,
-        error_floors: &Tensor,
+        params: DataModelParams,
         draws: &Draws,
     ) -> Result<Simulated> {
         Ok(self
-            .simulate_inner(
-                phi,
-                ln_zero_points,
-                error_floors,
-                Source::Given(draws),
-                false,
-            )?
+            .simulate_inner(phi, params, Source::Given(draws), false)?
             .0)
     }
 
@@ -198,17 +217,25 @@ impl<'a> ForwardModel<'a> {
     fn simulate_inner(
         &self,
         phi: &Tensor,
-        ln_zero_points: &Tensor,
-        error_floors: &Tensor,
+        params: DataModelParams,
         source: Source,
         select: bool,
     ) -> Result<(Simulated, Draws)> {
         let n = phi.dim(0)?;
         let nb = self.set.n_bands;
+        let error_floors = params.error_floors;
         let theta = phi_to_theta(phi)?;
         let model = self.sps.photometry(&theta)?;
-        let zp = ln_zero_points.exp()?;
-        let f = model.flux_nmgy;
+        let zp = params.ln_zero_points.exp()?;
+        let mut f = model.flux_nmgy;
+        if let (Some((flux, k)), Some(ln_s)) = (&self.line_groups, params.ln_line_scales) {
+            // f + Σ_g (s_g − 1) F_g: the line flux is linear in each group's scale.
+            let extra = flux(&theta)?
+                .to_dtype(f.dtype())?
+                .broadcast_mul(&(ln_s.exp()? - 1.0)?.reshape((1, 1, *k))?)?
+                .sum(2)?;
+            f = (f + extra)?;
+        }
         let zf = f.broadcast_mul(&zp)?;
         let draws = match source {
             Source::Given(d) => d.clone(),

@@ -6,7 +6,8 @@
 //! catalogue's own error model, Student-t noise, missing-band patterns drawn from the
 //! catalogue's rows — to asinh magnitudes, and trained so that this simulated catalogue
 //! matches the observed one in distribution. Per-band zero points and error floors are fitted
-//! jointly. No truth column is ever read: the whole fit sees fluxes and their errors only.
+//! jointly, and optionally the flux scales of groups of emission lines that broad bands
+//! cannot separate (Hα + [N II], …). No truth column is ever read: the whole fit sees fluxes and their errors only.
 //!
 //! * [`ObservedSet`]: the catalogue as standardised asinh magnitudes, with the checks
 //!   a fit needs (enough usable rows, every band measured somewhere, all-missing rows dropped).
@@ -15,7 +16,8 @@
 //!   [`error_ks`] compares drawn errors with the catalogue's.
 //! * [`Distance`]: the sliced Wasserstein distance and the debiased Sinkhorn divergence.
 //! * [`ForwardModel`]: φ → simulated observed photometry, differentiable in the
-//!   flow's weights, the zero points and the floors.
+//!   flow's weights, the zero points, the floors and (optionally) the flux scales of groups
+//!   of emission lines.
 //! * [`PopulationFit`]: the optimiser loop with checkpoints, resume and the outputs
 //!   (flow weights with a model card, a calibration file, a fit report).
 
@@ -31,4 +33,4 @@ pub use data::{ObservedSet, Selection};
 pub use distance::Distance;
 pub use errors::{EmpiricalErrorModel, ErrorModel, error_ks};
 pub use fit::{FitOptions, FitReport, PopulationFit, StepRecord};
-pub use forward::{ForwardModel, Simulated};
+pub use forward::{DataModelParams, ForwardModel, LineGroupFlux, Simulated};
