@@ -167,6 +167,9 @@ pub struct FitPopulationArgs {
     /// groups' offsets (`emission_lines:`)
     #[arg(long, value_delimiter = ',')]
     pub line_offsets: Vec<String>,
+    /// Width of the weak Gaussian prior on each line group's ln(scale) around 0
+    #[arg(long, default_value_t = FitOptions::default().line_scale_prior_sigma)]
+    pub line_scale_prior_sigma: f64,
     /// Starting population (a flow over φ: `builtin:`, a path with a card, `hf://`).
     #[arg(long, default_value = DEFAULT_INITIAL)]
     pub initial: String,
@@ -380,6 +383,7 @@ pub fn fit_population(args: &FitPopulationArgs) -> Result<()> {
         support_weight: args.support_weight,
         support_box: args.support_box,
         line_groups: group_names,
+        line_scale_prior_sigma: args.line_scale_prior_sigma,
         seed: args.seed.unwrap_or(pipeline.manifest.seed),
         ..Default::default()
     };
