@@ -524,19 +524,13 @@ fn a_fit_recovers_a_scaled_emission_line_group() {
     opts.flow_learning_rate = 1e-9;
     opts.calibration_learning_rate = 2e-2;
     opts.line_groups = vec!["toy".into()];
-    let forward = || {
-        ForwardModel::new(&sps, &set, &errors, None)
+    let new_fit = || {
+        let forward = ForwardModel::new(&sps, &set, &errors, None)
             .unwrap()
-            .with_line_groups(1, Box::new(toy_line_flux))
+            .with_line_groups(1, Box::new(toy_line_flux));
+        PopulationFit::new(&truth_n_flow(), &calibration(), forward, &set, opts.clone()).unwrap()
     };
-    let mut fit = PopulationFit::new(
-        &truth_n_flow(),
-        &calibration(),
-        forward(),
-        &set,
-        opts.clone(),
-    )
-    .unwrap();
+    let mut fit = new_fit();
     while fit.step_count() < 150 {
         fit.step().unwrap();
     }
@@ -547,14 +541,7 @@ fn a_fit_recovers_a_scaled_emission_line_group() {
     let dir = tempfile::tempdir().unwrap();
     let ckpt = dir.path().join("l.checkpoint.safetensors");
     fit.save_checkpoint(&ckpt).unwrap();
-    let mut resumed = PopulationFit::new(
-        &truth_n_flow(),
-        &calibration(),
-        forward(),
-        &set,
-        opts.clone(),
-    )
-    .unwrap();
+    let mut resumed = new_fit();
     assert_eq!(resumed.line_scales().unwrap(), vec![1.0]);
     resumed.resume(&ckpt).unwrap();
     assert_eq!(resumed.line_scales().unwrap(), s);
