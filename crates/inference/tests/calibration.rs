@@ -388,8 +388,8 @@ fn kids_line_offset_calibration_reaches_the_sps_model() {
 }
 
 /// `examples/kids-viking.yaml` runs on the fitted population, the retrained KiDS emulators
-/// and the calibration shipped beside them: the pipeline's zero points and floors are the
-/// file's, band by band. The calibration files were fitted on KV450 rows disjoint from the
+/// and the calibration shipped beside them: the pipeline's zero points, floors and
+/// emission-line offsets are the file's, band by band and line by line. The calibration files were fitted on KV450 rows disjoint from the
 /// example's and from the evaluation half (docs/population.md, docs/emulators.md, docs/
 /// validation.md "With SMC: the spec-z calibration"). Under Prospector-α (earlier emulators)
 /// the u zero point carries the OmegaCAM-u colour term (0.92); under the population every
@@ -413,8 +413,30 @@ fn kids_example_uses_its_shipped_calibration() {
     let load = |name: &str| {
         popcosmos_surveys::CalibrationFile::load(&examples.join("calibrations").join(name)).unwrap()
     };
-    let file = load("kids_kv450_specz_population_r2_kids9v2.calibration.yaml");
+    let file = load("kids_kv450_population_r2_kids9v2_photlines.calibration.yaml");
     assert_eq!(file.bands.len(), 9);
+    // Its zero points and floors are the spec-z calibration's; its line offsets, fitted
+    // from photometry alone, reach the SPS model, and every other line keeps Leistedt+23's.
+    assert_eq!(
+        file.bands,
+        load("kids_kv450_specz_population_r2_kids9v2.calibration.yaml").bands
+    );
+    let lines = file.line_offsets("f").unwrap();
+    assert_eq!(lines.len(), 8);
+    let idx = pipeline
+        .sps
+        .line_indices_at(&lines.iter().map(|l| l.0).collect::<Vec<_>>())
+        .unwrap();
+    let (used_lines, base) = (
+        &pipeline.sps.line_calibration().unwrap().offsets,
+        popcosmos_sps::LineCalibration::leistedt23().offsets,
+    );
+    for (&i, (_, alpha)) in idx.iter().zip(&lines) {
+        assert_eq!(used_lines[i], *alpha);
+    }
+    for i in (0..base.len()).filter(|i| !idx.contains(i)) {
+        assert_eq!(used_lines[i], base[i], "line {i}");
+    }
     for (b, band) in file.bands.iter().enumerate() {
         assert_eq!(used.zero_points[b], band.zero_point, "{}", band.band);
         assert_eq!(
