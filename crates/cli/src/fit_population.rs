@@ -962,6 +962,73 @@ mod tests {
         assert!((lines[2].1 - (2.0 * 0.4 - 1.0)).abs() < 1e-12);
     }
 
+    /// A group scaled by s in the forward model simulates exactly what the SPS model with the
+    /// offsets written to the calibration file simulates (same draws): the file carries what
+    /// the fit found.
+    #[test]
+    fn a_scaled_group_simulates_as_its_written_offsets() {
+        let manifest =
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/kids-viking.yaml");
+        let loaded = load(&manifest).unwrap();
+        let pipeline = &loaded.pipeline;
+        let set =
+            ObservedSet::new(&loaded.chunk, pipeline.survey.bands(), None, 1, "kids_demo").unwrap();
+        let errors = EmpiricalErrorModel::new(&set, 10);
+        let names = vec!["halpha".to_string(), "oii".to_string()];
+        let (_, groups) = resolve_line_groups(&names, pipeline).unwrap();
+        let scales = [2.0, 0.5];
+        let offsets = fitted_line_offsets(pipeline, &groups, &scales).unwrap();
+        // The example's file sets 8 lines; Hα's 3 and [O II]'s 2 of them are replaced.
+        assert_eq!(offsets.len(), 8);
+
+        let dev = &pipeline.device;
+        let nb = set.n_bands;
+        let ln_zp = candle_core::Tensor::zeros(nb, candle_core::DType::F32, dev).unwrap();
+        let floors = candle_core::Tensor::full(0.02f32, nb, dev).unwrap();
+        let ln_s = candle_core::Tensor::new(&[2f32.ln(), 0.5f32.ln()], dev).unwrap();
+        let mut rng = HostRng::seed_from_u64(4);
+        let phi = pipeline.prior.sample(64, &mut rng, dev).unwrap();
+        let scaled = forward_model(pipeline, &set, &errors, groups).unwrap();
+        let params = DataModelParams {
+            ln_zero_points: &ln_zp,
+            error_floors: &floors,
+            ln_line_scales: Some(&ln_s),
+        };
+        let (a, draws) = scaled.simulate_with_draws(&phi, params, &mut rng).unwrap();
+        let written = pipeline.sps.clone().with_line_offsets(&offsets).unwrap();
+        let plain = ForwardModel::new(&written, &set, &errors, Some(2.0)).unwrap();
+        let params = DataModelParams {
+            ln_line_scales: None,
+            ..params
+        };
+        let b = plain.resimulate(&phi, params, &draws).unwrap();
+        let (a, b): (Vec<f32>, Vec<f32>) = (
+            a.flux_nmgy.flatten_all().unwrap().to_vec1().unwrap(),
+            b.flux_nmgy.flatten_all().unwrap().to_vec1().unwrap(),
+        );
+        let worst = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| ((x - y).abs() / x.abs().max(y.abs()).max(1e-3)) as f64)
+            .fold(0.0, f64::max);
+        assert!(worst < 1e-4, "largest relative difference {worst}");
+        // And the scales did change the fluxes.
+        let base = ForwardModel::new(&pipeline.sps, &set, &errors, Some(2.0)).unwrap();
+        let c: Vec<f32> = base
+            .resimulate(&phi, params, &draws)
+            .unwrap()
+            .flux_nmgy
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert!(
+            a.iter()
+                .zip(&c)
+                .any(|(x, y)| (x - y).abs() > 1e-3 * x.abs())
+        );
+    }
+
     #[test]
     fn an_unknown_line_group_is_refused_before_the_catalogue_is_read() {
         let dir = tempfile::tempdir().unwrap();
