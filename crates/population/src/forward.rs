@@ -2,8 +2,8 @@
 //! φ, the zero points and the error floors (Alsing et al. 2024, section 3).
 //!
 //! φ → θ → SPS emulators + emission lines (noiseless model flux f and line scatter σ_em;
-//! optionally groups of lines scaled by fitted s_g) → zero points (Z f) → measurement error σ^nm from the catalogue's error model given Z f →
-//! total σ² = σ^nm² + Z²(σ_em² + (ε f)²), the likelihood's error model → reparameterised
+//! optionally groups of lines scaled by fitted s_g) → zero points (Z f) → measurement error
+//! σ^nm from the catalogue's error model given Z f → total σ² = σ^nm² + Z²(σ_em² + (ε f)²), the likelihood's error model → reparameterised
 //! Student-t noise → a missing-band pattern taken from a random catalogue row → asinh
 //! magnitudes standardised as the observed ones (0 where a band is missing).
 

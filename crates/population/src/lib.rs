@@ -7,7 +7,8 @@
 //! catalogue's rows — to asinh magnitudes, and trained so that this simulated catalogue
 //! matches the observed one in distribution. Per-band zero points and error floors are fitted
 //! jointly, and optionally the flux scales of groups of emission lines that broad bands
-//! cannot separate (Hα + [N II], …). No truth column is ever read: the whole fit sees fluxes and their errors only.
+//! cannot separate (Hα + [N II], …). No truth column is ever read: the whole fit sees
+//! fluxes and their errors only.
 //!
 //! * [`ObservedSet`]: the catalogue as standardised asinh magnitudes, with the checks
 //!   a fit needs (enough usable rows, every band measured somewhere, all-missing rows dropped).
