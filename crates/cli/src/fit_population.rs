@@ -269,15 +269,9 @@ fn resolve_line_groups(
     let mut keys = Vec::new();
     let mut idx = Vec::new();
     for name in names {
-        let (key, lines) = popcosmos_inference::line_group(name)?;
-        let lambdas: Vec<f64> = lines.iter().map(|l| l.1).collect();
-        idx.push(
-            pipeline
-                .sps
-                .line_indices_at(&lambdas)
-                .map_err(|e| anyhow::anyhow!("--line-offsets {key}: {e}"))?,
-        );
-        keys.push(key.to_string());
+        let (group, lines) = popcosmos_inference::line_group_indices(name, &pipeline.sps)?;
+        keys.push(group.0.to_string());
+        idx.push(lines);
     }
     Ok((keys, idx))
 }
@@ -890,14 +884,14 @@ pub fn simulate_population(args: &SimulatePopulationArgs) -> Result<()> {
     }
     rows += ",true_log10M_formed\n";
     let nb = set.n_bands;
+    let params = DataModelParams {
+        ln_zero_points: &ln_zp,
+        error_floors: &floors,
+        ln_line_scales: None,
+    };
     for start in (0..args.n).step_by(4096) {
         let len = 4096.min(args.n - start);
         let part = phi.narrow(0, start, len)?;
-        let params = DataModelParams {
-            ln_zero_points: &ln_zp,
-            error_floors: &floors,
-            ln_line_scales: None,
-        };
         let sim = forward.simulate(&part, params, &mut rng)?;
         let flux: Vec<f32> = sim.flux_nmgy.flatten_all()?.to_vec1()?;
         let mask: Vec<f32> = sim.mask.flatten_all()?.to_vec1()?;

@@ -66,7 +66,7 @@ pub struct CalibrationOptions {
 
 /// Groups of lines that broad-band photometry cannot separate, each fitted with one scale
 /// (`calibrate --line-offsets`): name, then (line, rest vacuum wavelength Å) per member.
-pub const LINE_GROUPS: &[(&str, &[(&str, f64)])] = &[
+pub const LINE_GROUPS: &[LineGroup] = &[
     (
         "halpha",
         &[
@@ -86,8 +86,11 @@ pub const LINE_GROUPS: &[(&str, &[(&str, f64)])] = &[
     ("oii", &[("[O II] 3727", 3727.1), ("[O II] 3730", 3729.9)]),
 ];
 
+/// A group of emission lines: its name and its lines' (name, rest vacuum wavelength Å).
+pub type LineGroup = (&'static str, &'static [(&'static str, f64)]);
+
 /// The [`LINE_GROUPS`] entry called `name`; the error (key `--line-offsets`) lists them.
-pub fn line_group(name: &str) -> Result<&'static (&'static str, &'static [(&'static str, f64)])> {
+pub fn line_group(name: &str) -> Result<&'static LineGroup> {
     LINE_GROUPS.iter().find(|(k, _)| *k == name).ok_or_else(|| {
         let known: Vec<&str> = LINE_GROUPS.iter().map(|(k, _)| *k).collect();
         popcosmos_api::Error::config(
@@ -95,6 +98,20 @@ pub fn line_group(name: &str) -> Result<&'static (&'static str, &'static [(&'sta
             format!("unknown line group '{name}' (groups: {})", known.join(", ")),
         )
     })
+}
+
+/// The [`LINE_GROUPS`] entry called `name` and its lines' indices in `sps`; errors are keyed
+/// `--line-offsets` (an unknown group, a model without those lines).
+pub fn line_group_indices(
+    name: &str,
+    sps: &popcosmos_sps::PhotulatorSps,
+) -> Result<(&'static LineGroup, Vec<usize>)> {
+    let group = line_group(name)?;
+    let lambdas: Vec<f64> = group.1.iter().map(|l| l.1).collect();
+    let idx = sps.line_indices_at(&lambdas).map_err(|e| {
+        popcosmos_api::Error::config("--line-offsets", format!("group '{}': {e}", group.0))
+    })?;
+    Ok((group, idx))
 }
 
 /// The name a line of [`LINE_GROUPS`] goes by, from its rest wavelength (within 1.5 Å).
@@ -340,12 +357,7 @@ pub fn calibrate(
     let mut groups: Vec<LineGroupFit> = Vec::new();
     let mut group_idx: Vec<Vec<usize>> = Vec::new();
     for name in &options.line_groups {
-        let (key, lines) = line_group(name)?;
-        let lambdas: Vec<f64> = lines.iter().map(|l| l.1).collect();
-        let idx = pipeline
-            .sps
-            .line_indices_at(&lambdas)
-            .map_err(|e| bad("--line-offsets", e.to_string()))?;
+        let (&(key, lines), idx) = line_group_indices(name, &pipeline.sps)?;
         let alpha = &pipeline
             .sps
             .line_calibration()

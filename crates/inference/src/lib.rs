@@ -43,7 +43,7 @@ mod smc;
 pub use adam::refine_walkers;
 pub use calibration::{
     BandResidual, CalibrationOptions, CalibrationOutcome, LINE_GROUPS, LineGroupFit, calibrate,
-    line_group, line_name, subset,
+    line_group, line_group_indices, line_name, subset,
 };
 pub use init::{InitLibrary, MIN_WHITENING_DRAWS};
 pub use likelihood::{LikelihoodSpec, PhotometricLikelihood};

@@ -3,8 +3,8 @@
 //!
 //! φ → θ → SPS emulators + emission lines (noiseless model flux f and line scatter σ_em;
 //! optionally groups of lines scaled by fitted s_g) → zero points (Z f) → measurement error
-//! σ^nm from the catalogue's error model given Z f → total σ² = σ^nm² + Z²(σ_em² + (ε f)²), the likelihood's error model → reparameterised
-//! Student-t noise → a missing-band pattern taken from a random catalogue row → asinh
+//! σ^nm from the catalogue's error model given Z f → total σ² = σ^nm² + Z²(σ_em² +
+//! (ε f)²), the likelihood's error model → reparameterised Student-t noise → a missing-band pattern taken from a random catalogue row → asinh
 //! magnitudes standardised as the observed ones (0 where a band is missing).
 
 use candle_core::{DType, Device, Tensor};
