@@ -16,16 +16,20 @@ __all__ = ["catalogue", "manifest"]
 
 
 def manifest(directory: Optional[Union[str, "os.PathLike[str]"]] = None) -> Dict[str, Any]:
-    """The demo manifest as a dict. Its catalogue is written to ``directory`` (default: a new
-    temporary folder) so that ``catalogue.path`` names a real file, and ``output.dir`` is
-    ``directory/out``."""
-    text, csv = _rs.demo_files()
+    """The demo manifest as a dict. Its catalogue and calibration file are written to
+    ``directory`` (default: a new temporary folder) so that ``catalogue.path`` and
+    ``survey.calibration_file`` name real files, and ``output.dir`` is ``directory/out``."""
+    text, csv, calibration = _rs.demo_files()
     folder = Path(directory) if directory is not None else Path(tempfile.mkdtemp(prefix="popcosmos-demo-"))
-    data = folder / "data" / "cosmos2020_demo.csv"
+    m = json.loads(_rs.yaml_to_json(text))
+    data = folder / m["catalogue"]["path"]
     data.parent.mkdir(parents=True, exist_ok=True)
     data.write_text(csv)
-    m = json.loads(_rs.yaml_to_json(text))
+    cal = folder / m["survey"]["calibration_file"]
+    cal.parent.mkdir(parents=True, exist_ok=True)
+    cal.write_text(calibration)
     m["catalogue"]["path"] = str(data.resolve())
+    m["survey"]["calibration_file"] = str(cal.resolve())
     m["output"]["dir"] = str((folder / "out").resolve())
     return m
 

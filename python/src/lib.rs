@@ -30,6 +30,9 @@ create_exception!(
 /// The demo manifest and catalogue of `popcosmos-cli demo` (100 COSMOS2020 galaxies).
 const DEMO_MANIFEST_YAML: &str = include_str!("../../examples/cosmos-demo.yaml");
 const DEMO_CATALOGUE_CSV: &str = include_str!("../../examples/data/cosmos2020_demo.csv");
+/// The demo manifest's `survey.calibration_file`.
+const DEMO_CALIBRATION_YAML: &str =
+    include_str!("../../examples/calibrations/cosmos2020_zgt2p5_specz.calibration.yaml");
 
 // ------------------------------------------------------------------ errors
 
@@ -558,8 +561,8 @@ fn fetch_model(py: Python<'_>, reference: &str, refresh: bool) -> PyResult<PathB
 
 /// The demo manifest YAML and catalogue CSV text.
 #[pyfunction]
-fn demo_files() -> (&'static str, &'static str) {
-    (DEMO_MANIFEST_YAML, DEMO_CATALOGUE_CSV)
+fn demo_files() -> (&'static str, &'static str, &'static str) {
+    (DEMO_MANIFEST_YAML, DEMO_CATALOGUE_CSV, DEMO_CALIBRATION_YAML)
 }
 
 /// YAML text as JSON text (the demo manifest for Python dicts).

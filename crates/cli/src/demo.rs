@@ -126,10 +126,15 @@ fn count_lines(path: &Path) -> Result<usize> {
 pub const MANIFEST_YAML: &str = include_str!("../../../examples/cosmos-demo.yaml");
 /// The demo catalogue (`examples/data/cosmos2020_demo.csv`): 100 COSMOS2020 galaxies.
 pub const CATALOGUE_CSV: &[u8] = include_bytes!("../../../examples/data/cosmos2020_demo.csv");
+/// The demo's calibration file (`survey.calibration_file` of the manifest).
+pub const CALIBRATION_YAML: &str =
+    include_str!("../../../examples/calibrations/cosmos2020_zgt2p5_specz.calibration.yaml");
 /// File name of the written manifest inside a [`DemoInput`] folder.
 const MANIFEST_FILE: &str = "cosmos-demo.yaml";
 /// The catalogue's path relative to the manifest: the manifest's `catalogue.path`.
 const CATALOGUE_FILE: &str = "data/cosmos2020_demo.csv";
+/// The calibration file's path relative to the manifest: its `survey.calibration_file`.
+const CALIBRATION_FILE: &str = "calibrations/cosmos2020_zgt2p5_specz.calibration.yaml";
 /// The folder inside the demo output that holds the written manifest and catalogue.
 pub const INPUT_DIR: &str = "demo-input";
 
@@ -141,8 +146,8 @@ pub struct DemoInput {
 }
 
 impl DemoInput {
-    /// Write the manifest and the catalogue into `dir` (created if missing; the two files are
-    /// overwritten, nothing else is touched).
+    /// Write the manifest, the catalogue and the calibration file into `dir` (created if
+    /// missing; the three files are overwritten, nothing else is touched).
     pub fn write(dir: &Path) -> Result<Self> {
         write_files(dir)?;
         Ok(Self {
@@ -188,6 +193,7 @@ fn write_files(dir: &Path) -> Result<()> {
     for (name, bytes) in [
         (MANIFEST_FILE, MANIFEST_YAML.as_bytes()),
         (CATALOGUE_FILE, CATALOGUE_CSV),
+        (CALIBRATION_FILE, CALIBRATION_YAML.as_bytes()),
     ] {
         let path = dir.join(name);
         if let Some(parent) = path.parent() {
@@ -199,7 +205,7 @@ fn write_files(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Whether `path` is a [`DemoInput`] folder a demo wrote (holding only its two files), so a
+/// Whether `path` is a [`DemoInput`] folder a demo wrote (holding only its three files), so a
 /// demo that stopped before writing `run.json` can be run again in the same output folder.
 fn is_demo_input(path: &Path) -> bool {
     let only = |dir: &Path, allowed: &[&str]| {
@@ -209,10 +215,14 @@ fn is_demo_input(path: &Path) -> bool {
             })
         })
     };
-    let data = path.join("data");
+    let folder_holds = |name: &str, file: &str| {
+        let sub = path.join(name);
+        !sub.exists() || only(&sub, &[file])
+    };
     path.file_name().is_some_and(|n| n == INPUT_DIR)
-        && only(path, &[MANIFEST_FILE, "data"])
-        && (!data.exists() || only(&data, &["cosmos2020_demo.csv"]))
+        && only(path, &[MANIFEST_FILE, "data", "calibrations"])
+        && folder_holds("data", "cosmos2020_demo.csv")
+        && folder_holds("calibrations", "cosmos2020_zgt2p5_specz.calibration.yaml")
 }
 
 /// Whether `dir/run.json` is a popcosmos run record (of a run, a shard or a merge).
@@ -369,6 +379,13 @@ mod tests {
         let input = DemoInput::temporary().unwrap();
         let loaded = input.manifest().unwrap();
         assert_eq!(loaded.catalogue.path, input.catalogue());
+        // The calibration file resolves next to the written manifest, with the shipped text.
+        let cal = loaded
+            .survey
+            .calibration_file
+            .as_ref()
+            .expect("a calibration file");
+        assert_eq!(std::fs::read_to_string(cal).unwrap(), CALIBRATION_YAML);
         assert_eq!(std::fs::read(input.catalogue()).unwrap(), CATALOGUE_CSV);
         // A subset is the header and the first rows, byte for byte.
         input.keep_first(3).unwrap();

@@ -132,6 +132,13 @@ fn fetch_list_info_verify_and_offline_use() {
             ),
         )
         .replace(
+            "calibration_file: calibrations/",
+            &format!(
+                "calibration_file: {}/",
+                repo().join("examples/calibrations").display()
+            ),
+        )
+        .replace(
             "  emission_lines: true\n",
             &format!("  emission_lines: true\n  weights: {REF}\n"),
         );

@@ -315,6 +315,27 @@ pub enum MoveSpec {
         #[serde(default = "one")]
         weight: f64,
     },
+    /// Gaussian random walk with the covariance of the nearest particles of the
+    /// complementary half, for posteriors whose scale changes along them (a funnel's neck,
+    /// a thin curved ridge; docs/validation.md, "Local move").
+    Local {
+        /// Nearest neighbours whose covariance shapes the step (default 0: 2 × dim + 1).
+        #[serde(default)]
+        neighbours: usize,
+        /// Step length in units of 2.38/√dim (default 1).
+        #[serde(default = "one")]
+        scale: f64,
+        /// Weight of the whole half's covariance mixed into the neighbours' (default 0.05).
+        #[serde(default = "default_local_shrinkage")]
+        shrinkage: f64,
+        /// Relative probability of choosing this move (default 1).
+        #[serde(default = "one")]
+        weight: f64,
+    },
+}
+
+fn default_local_shrinkage() -> f64 {
+    popcosmos_samplers::LocalMove::default().shrinkage
 }
 
 fn default_ridge_degree() -> usize {
@@ -1012,7 +1033,8 @@ impl Manifest {
                     (*weight, None)
                 }
                 MoveSpec::Global { scale, weight, .. }
-                | MoveSpec::Clustered { scale, weight, .. } => (
+                | MoveSpec::Clustered { scale, weight, .. }
+                | MoveSpec::Local { scale, weight, .. } => (
                     *weight,
                     if !(scale.is_finite() && *scale > 0.0) {
                         Some(format!("scale must be finite and > 0, got {scale}"))
@@ -1035,7 +1057,9 @@ impl Manifest {
             }
             if let Some(msg) = extra {
                 let key = match m {
-                    MoveSpec::Global { .. } | MoveSpec::Clustered { .. } => "scale",
+                    MoveSpec::Global { .. }
+                    | MoveSpec::Clustered { .. }
+                    | MoveSpec::Local { .. } => "scale",
                     _ => "a",
                 };
                 return bad(&format!("sampler.moves[{i}].{key}"), msg);
@@ -1166,6 +1190,18 @@ impl Manifest {
                 } => {
                     real_range(&key("scale"), *scale, Open(0.0), Closed(100.0))?;
                     int_range(&key("components"), *components, 1, MAX_COMPONENTS)?;
+                }
+                MoveSpec::Local {
+                    neighbours,
+                    scale,
+                    shrinkage,
+                    ..
+                } => {
+                    real_range(&key("scale"), *scale, Open(0.0), Closed(100.0))?;
+                    real_range(&key("shrinkage"), *shrinkage, Closed(0.0), Open(1.0))?;
+                    if *neighbours != 0 {
+                        int_range(&key("neighbours"), *neighbours, 2, MAX_LOCAL_NEIGHBOURS)?;
+                    }
                 }
                 MoveSpec::Ridge { degree, .. } => {
                     int_range(
@@ -1383,6 +1419,8 @@ pub const MAX_Z_GRID: usize = 4096;
 pub const MAX_STAGES: usize = 100_000;
 /// Upper bound of a clustered move's `components`.
 pub const MAX_COMPONENTS: usize = 64;
+/// Most neighbours of a `local` move.
+pub const MAX_LOCAL_NEIGHBOURS: usize = 4096;
 /// Lower bound of `init.library_size`.
 pub const MIN_LIBRARY: usize = 100;
 /// Upper bound of `init.library_size`.

@@ -18,8 +18,8 @@ use popcosmos_api::{
 use popcosmos_catalog::{CatalogueReader, ObservedChunk, ResultSchema, ResultTable, TableFormat};
 use popcosmos_models::HubConfig;
 use popcosmos_samplers::{
-    Chain, ClusteredGlobalMove, EnsembleSampler, FittedProposal, MoveKind, RunConfig, Thresholds,
-    WarmupConfig, diagnose_chain,
+    Chain, ClusteredGlobalMove, EnsembleSampler, FittedProposal, LocalMove, MoveKind, RunConfig,
+    Thresholds, WarmupConfig, diagnose_chain,
 };
 use popcosmos_sps::{PhotulatorSps, StellarMassEmulator, derived_from_tensor};
 use serde::{Deserialize, Serialize};
@@ -714,6 +714,19 @@ fn sampler_move(spec: &MoveSpec) -> (MoveKind, f64) {
                 axis: popcosmos_api::params::IDX_Z,
                 degree,
             },
+            weight,
+        ),
+        MoveSpec::Local {
+            neighbours,
+            scale,
+            shrinkage,
+            weight,
+        } => (
+            MoveKind::Local(LocalMove {
+                neighbours,
+                scale,
+                shrinkage,
+            }),
             weight,
         ),
         MoveSpec::Clustered {

@@ -409,7 +409,6 @@ fn kids_example_uses_its_shipped_calibration() {
     );
     let popcosmos_inference::SpsSpec::Photulator { weights, .. } = &pipeline.manifest.sps;
     assert_eq!(weights, "builtin:photulator_kids9_v2");
-    let used = pipeline.survey.calibration();
     let load = |name: &str| {
         popcosmos_surveys::CalibrationFile::load(&examples.join("calibrations").join(name)).unwrap()
     };
@@ -421,8 +420,25 @@ fn kids_example_uses_its_shipped_calibration() {
         file.bands,
         load("kids_kv450_specz_population_r2_kids9v2.calibration.yaml").bands
     );
+    assert_eq!(file.line_offsets("f").unwrap().len(), 8);
+    file_reaches_the_pipeline(&pipeline, &file);
+    for band in &file.bands {
+        assert!((band.zero_point - 1.0).abs() < 0.10, "{}", band.band);
+    }
+    for band in &load("kids_kv450_specz.calibration.yaml").bands {
+        if band.label.as_deref() == Some("u") {
+            assert!((0.85..0.95).contains(&band.zero_point));
+        } else {
+            assert!((band.zero_point - 1.0).abs() < 0.07, "{}", band.band);
+        }
+    }
+}
+
+/// Every band's zero point and floor of `file` is the pipeline's, its line offsets reach the
+/// SPS model, and every other line keeps Leistedt+23's offset.
+fn file_reaches_the_pipeline(pipeline: &Pipeline, file: &popcosmos_surveys::CalibrationFile) {
+    let used = pipeline.survey.calibration();
     let lines = file.line_offsets("f").unwrap();
-    assert_eq!(lines.len(), 8);
     let idx = pipeline
         .sps
         .line_indices_at(&lines.iter().map(|l| l.0).collect::<Vec<_>>())
@@ -437,6 +453,7 @@ fn kids_example_uses_its_shipped_calibration() {
     for i in (0..base.len()).filter(|i| !idx.contains(i)) {
         assert_eq!(used_lines[i], base[i], "line {i}");
     }
+    assert_eq!(used.zero_points.len(), file.bands.len());
     for (b, band) in file.bands.iter().enumerate() {
         assert_eq!(used.zero_points[b], band.zero_point, "{}", band.band);
         assert_eq!(
@@ -445,13 +462,26 @@ fn kids_example_uses_its_shipped_calibration() {
             "{}",
             band.band
         );
-        assert!((band.zero_point - 1.0).abs() < 0.10, "{}", band.band);
     }
-    for band in &load("kids_kv450_specz.calibration.yaml").bands {
-        if band.label.as_deref() == Some("u") {
-            assert!((0.85..0.95).contains(&band.zero_point));
-        } else {
-            assert!((band.zero_point - 1.0).abs() < 0.07, "{}", band.band);
-        }
-    }
+}
+
+/// The COSMOS demo runs on the spec-z calibration fitted on z > 2.5 galaxies outside it
+/// (docs/validation.md, "COSMOS z > 2.5: a spec-z calibration"): its 26 zero points and
+/// floors and its Hβ + [O III] / [O II] offsets reach the pipeline, with the IGM scatter it
+/// was fitted under.
+#[test]
+fn cosmos_demo_uses_its_shipped_spec_z_calibration() {
+    let examples = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    let manifest = Manifest::load(&examples.join("cosmos-demo.yaml")).unwrap();
+    let popcosmos_inference::SpsSpec::Photulator { igm_scatter, .. } = &manifest.sps;
+    assert_eq!(*igm_scatter, 0.5);
+    let pipeline = Pipeline::new(manifest, &HubConfig::from_env()).unwrap();
+    let file = popcosmos_surveys::CalibrationFile::load(
+        &examples.join("calibrations/cosmos2020_zgt2p5_specz.calibration.yaml"),
+    )
+    .unwrap();
+    assert_eq!(file.bands.len(), 26);
+    // Hβ, [O III] 4960 / 5008, [O II] 3727 / 3730.
+    assert_eq!(file.line_offsets("f").unwrap().len(), 5);
+    file_reaches_the_pipeline(&pipeline, &file);
 }

@@ -26,6 +26,9 @@
 //! * [`ClusteredGlobalMove`] `{ components, nu, scale }`: independence proposals from
 //!   a mixture of t components fitted by k-means to the complementary half (one per mode of a
 //!   multimodal posterior).
+//! * [`LocalMove`] `{ neighbours, scale, shrinkage }`: a Gaussian random walk with the
+//!   covariance of the nearest complement particles, for posteriors whose scale changes
+//!   along them (a funnel's neck, a thin curved ridge).
 //! * [`RidgeMove`] `{ axis, degree, de }`: differential evolution in coordinates where every
 //!   other coordinate has a polynomial in the `axis` coordinate, fitted to the complementary
 //!   half, subtracted (unit Jacobian), so jumps follow a curved ridge.
@@ -96,6 +99,7 @@ mod global;
 mod grid_gibbs;
 mod hmc;
 mod importance;
+mod local;
 mod mixture;
 mod prune;
 mod ridge;
@@ -116,6 +120,7 @@ pub use ensemble::{
 pub use global::{FittedProposal, GlobalMove};
 pub use grid_gibbs::{GridChart, GridState, PiecewiseExponential, grid_gibbs_update, ridge_slopes};
 pub use hmc::{DualAveraging, Hmc, HmcInfo, HmcState};
+pub use local::LocalMove;
 pub use mixture::ClusteredGlobalMove;
 pub use prune::prune_stuck_walkers;
 pub use ridge::RidgeMove;

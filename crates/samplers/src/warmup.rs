@@ -18,6 +18,7 @@ use popcosmos_api::{LogDensity, RandomSource, Result, Sampler, Tensor};
 use crate::ensemble::{DifferentialEvolutionMove, EnsembleSampler, Move, StretchMove};
 use crate::global::{FittedProposal, GlobalMove};
 use crate::hmc::Hmc;
+use crate::local::LocalMove;
 use crate::mixture::ClusteredGlobalMove;
 use crate::prune::prune_stuck_walkers;
 use crate::ridge::RidgeMove;
@@ -49,6 +50,8 @@ pub enum MoveKind {
     },
     /// [`ClusteredGlobalMove`]: a mixture of t components fitted to the complementary half.
     Clustered(ClusteredGlobalMove),
+    /// [`LocalMove`]: a Gaussian step with the covariance of the nearest complement particles.
+    Local(LocalMove),
     /// [`RidgeMove`]: DE in coordinates straightened along `axis` by a polynomial of
     /// `degree` fitted to the complementary half; its σ is [`WarmupConfig::de_sigma`].
     Ridge {
@@ -125,6 +128,10 @@ impl WarmupConfig {
                         fit: fit.cloned(),
                     }),
                     MoveKind::Clustered(clustered) => Box::new(clustered),
+                    MoveKind::Local(local) => {
+                        local.check()?;
+                        Box::new(local)
+                    }
                     MoveKind::Ridge { axis, degree } => {
                         let mut ridge = RidgeMove::new(axis, degree)?;
                         ridge.de.sigma = self.de_sigma;
