@@ -1567,6 +1567,18 @@ mod tests {
                 "sampler: {moves: [{kind: stretch, weight: -1}]}\n",
                 "sampler.moves[0].weight",
             ),
+            (
+                "sampler: {kind: smc, moves: [{kind: stretch}, {kind: local, shrinkage: 1}]}\n",
+                "sampler.moves[1].shrinkage",
+            ),
+            (
+                "sampler: {kind: smc, moves: [{kind: local, neighbours: 1}]}\n",
+                "sampler.moves[0].neighbours",
+            ),
+            (
+                "sampler: {kind: smc, moves: [{kind: local, scale: 0}]}\n",
+                "sampler.moves[0].scale",
+            ),
             ("init: {library_size: 5}\n", "init.library_size"),
             ("init: {proposal: {kind: uniform}}\n", "init.proposal"),
             (
@@ -1592,6 +1604,27 @@ mod tests {
                 }
                 other => panic!("{extra}: expected Error::Config, got {other:?}"),
             }
+        }
+    }
+
+    /// `{kind: local}` with no other key takes the move's own defaults.
+    #[test]
+    fn a_local_move_takes_its_defaults() {
+        let m = parse("sampler: {kind: smc, moves: [{kind: local}]}\n").unwrap();
+        let d = popcosmos_samplers::LocalMove::default();
+        match m.sampler.moves()[0] {
+            MoveSpec::Local {
+                neighbours,
+                scale,
+                shrinkage,
+                weight,
+            } => {
+                assert_eq!(
+                    (neighbours, scale, shrinkage, weight),
+                    (d.neighbours, d.scale, d.shrinkage, 1.0)
+                );
+            }
+            ref other => panic!("{other:?}"),
         }
     }
 
