@@ -147,34 +147,9 @@ fn reference_densities(
     (lp.narrow(1, 0, 1).unwrap().squeeze(1).unwrap(), ll)
 }
 
-/// Run SMC on `g` replicate galaxies of `target` from `m` prior draws 𝒩(0, I).
-fn run_smc(
-    target: &dyn TemperedTarget,
-    dim: usize,
-    g: usize,
-    m: usize,
-    config: SmcConfig,
-    seed: u64,
-    prior_draws: &dyn Fn(&mut HostRng, usize) -> Tensor,
-) -> (
-    popcosmos_samplers::Chain,
-    Vec<popcosmos_samplers::SmcDiagnostics>,
-) {
-    run_smc_with(
-        target,
-        dim,
-        g,
-        m,
-        config,
-        seed,
-        prior_draws,
-        default_moves(),
-    )
-}
-
-/// [`run_smc`] with other moves.
+/// Run SMC with `moves` on `g` replicate galaxies of `target` from `m` prior draws.
 #[allow(clippy::too_many_arguments)]
-fn run_smc_with(
+fn run_smc(
     target: &dyn TemperedTarget,
     dim: usize,
     g: usize,
@@ -294,6 +269,7 @@ fn narrow_mixtures_get_their_mode_weights_and_evidence() {
             config,
             11 + c as u64,
             &normal_draws(dim),
+            default_moves(),
         );
         let truth = target.posterior_weights();
         let shares: Vec<Vec<f64>> = (0..g).map(|gal| mode_shares(&chain, target, gal)).collect();
@@ -435,7 +411,7 @@ fn check_funnel(moves: EnsembleSampler, ensemble: bool) {
         max_correlation: 0.1,
         ..SmcConfig::default()
     };
-    let (chain, diag) = run_smc_with(&Funnel, dim, g, 20_000, config, 5, &draws, moves);
+    let (chain, diag) = run_smc(&Funnel, dim, g, 20_000, config, 5, &draws, moves);
     if ensemble {
         let mut rng = HostRng::seed_from_u64(9);
         let init = draws(&mut rng, 64 * g).reshape((64, g, dim)).unwrap();
@@ -525,6 +501,7 @@ fn check_half_broken(
         },
         seed,
         &normal_draws(dim),
+        default_moves(),
     );
     println!("{diag:#?}");
     if importance_draws > 0 {
@@ -636,6 +613,7 @@ fn importance_stage_gets_modes_of_different_widths_and_the_evidence() {
             config,
             31 + c as u64,
             &normal_draws(dim),
+            default_moves(),
         );
         let truth = target.posterior_weights();
         let shares: Vec<Vec<f64>> = (0..g).map(|gal| mode_shares(&chain, target, gal)).collect();
@@ -878,7 +856,17 @@ fn a_weighted_reference_from_a_proposal_keeps_the_prior_posterior() {
     );
     // The same rows read as prior draws (no weights) are a different, wrong reference; with
     // the weights, stage 1 alone reaches a far higher β than prior draws of the same size.
-    let prior_only = run_smc(&target, dim, g, m, config.clone(), 22, &normal_draws(dim)).1;
+    let prior_only = run_smc(
+        &target,
+        dim,
+        g,
+        m,
+        config.clone(),
+        22,
+        &normal_draws(dim),
+        default_moves(),
+    )
+    .1;
     for (a, b) in diag.iter().zip(&prior_only) {
         println!(
             "prior draws only: ln Z {} ± {}, stages {}",
