@@ -135,10 +135,11 @@ const MANIFEST_FILE: &str = "cosmos-demo.yaml";
 const CATALOGUE_FILE: &str = "data/cosmos2020_demo.csv";
 /// The calibration file's path relative to the manifest: its `survey.calibration_file`.
 const CALIBRATION_FILE: &str = "calibrations/cosmos2020_zgt2p5_specz.calibration.yaml";
-/// The folder inside the demo output that holds the written manifest and catalogue.
+/// The folder inside the demo output that holds the written manifest, catalogue and
+/// calibration file.
 pub const INPUT_DIR: &str = "demo-input";
 
-/// The built-in demo manifest and catalogue written to a folder, so that the manifest's
+/// The built-in demo manifest, catalogue and calibration file written to a folder, so that the manifest's
 /// relative catalogue path resolves. A temporary folder is removed when this is dropped.
 pub struct DemoInput {
     dir: PathBuf,
