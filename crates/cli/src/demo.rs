@@ -139,8 +139,8 @@ const CALIBRATION_FILE: &str = "calibrations/cosmos2020_zgt2p5_specz.calibration
 /// calibration file.
 pub const INPUT_DIR: &str = "demo-input";
 
-/// The built-in demo manifest, catalogue and calibration file written to a folder, so that the manifest's
-/// relative catalogue path resolves. A temporary folder is removed when this is dropped.
+/// The built-in demo manifest, catalogue and calibration file written to a folder, so that
+/// the manifest's relative paths resolve. A temporary folder is removed when this is dropped.
 pub struct DemoInput {
     dir: PathBuf,
     _temporary: Option<tempfile::TempDir>,
