@@ -447,6 +447,12 @@ pub struct SamplerSpec {
     /// `diagnostics.max_z_spread` is flagged (its photo-z depends on the seed).
     #[serde(default = "default_islands")]
     pub islands: usize,
+    /// SMC: strata in redshift (1 = off). Each galaxy's particles are split into this many
+    /// independent populations, each on the posterior restricted to one z interval (equal
+    /// shares of the first stage's mass), and pooled by their evidences, so a narrow z mode
+    /// cannot be emptied by a broader one on the tempered path. Needs `islands: 1`.
+    #[serde(default = "default_strata")]
+    pub strata: usize,
     /// SMC: independent draws per galaxy of the final importance stage (0 = off): a mixture
     /// of t fitted to the final particles (`importance_components` k-means clusters, each
     /// widened by `importance_scale`) proposes them and the posterior weighs them. They
@@ -484,6 +490,10 @@ fn default_importance_min_ess() -> f64 {
 /// (docs/validation.md, "Islands"), and it gives the `smc_z_spread` check.
 fn default_islands() -> usize {
     4
+}
+
+fn default_strata() -> usize {
+    1
 }
 
 fn default_z_gibbs() -> usize {
@@ -540,6 +550,8 @@ impl SamplerSpec {
             final_sweeps: self.final_sweeps,
             grid_gibbs: self.z_gibbs,
             islands: self.islands,
+            strata: self.strata,
+            strata_axis: popcosmos_api::params::IDX_Z,
             importance_draws: self.importance_draws,
             importance_components: self.importance_components,
             importance_scale: self.importance_scale,
@@ -641,6 +653,7 @@ impl Default for SamplerSpec {
             z_gibbs: default_z_gibbs(),
             z_grid: default_z_grid(),
             islands: default_islands(),
+            strata: default_strata(),
             importance_draws: default_importance_draws(),
             importance_components: default_importance_components(),
             importance_scale: default_importance_scale(),
@@ -1158,6 +1171,7 @@ impl Manifest {
         int_range("sampler.z_gibbs", s.z_gibbs, 0, MAX_SWEEPS)?;
         int_range("sampler.z_grid", s.z_grid, 2, MAX_Z_GRID)?;
         int_range("sampler.islands", s.islands, 1, 16)?;
+        int_range("sampler.strata", s.strata, 1, 64)?;
         int_range(
             "sampler.importance_draws",
             s.importance_draws,
@@ -1579,6 +1593,12 @@ mod tests {
                 "sampler: {kind: smc, moves: [{kind: local, scale: 0}]}\n",
                 "sampler.moves[0].scale",
             ),
+            ("sampler: {kind: smc, strata: 0}\n", "sampler.strata"),
+            ("sampler: {kind: smc, strata: 4}\n", "sampler.strata"),
+            (
+                "sampler: {kind: smc, islands: 1, strata: 32}\n",
+                "sampler.particles",
+            ),
             ("init: {library_size: 5}\n", "init.library_size"),
             ("init: {proposal: {kind: uniform}}\n", "init.proposal"),
             (
@@ -1626,6 +1646,16 @@ mod tests {
             }
             ref other => panic!("{other:?}"),
         }
+    }
+
+    /// `strata` stratifies z (the sampler's coordinate of the redshift), with islands off.
+    #[test]
+    fn strata_stratify_the_redshift() {
+        let m = parse("sampler: {kind: smc, islands: 1, strata: 4}\n").unwrap();
+        let c = m.sampler.smc_config();
+        assert_eq!((c.strata, c.islands), (4, 1));
+        assert_eq!(c.strata_axis, popcosmos_api::params::IDX_Z);
+        assert_eq!(parse("").unwrap().sampler.smc_config().strata, 1);
     }
 
     #[test]

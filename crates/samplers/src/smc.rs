@@ -58,6 +58,12 @@ pub struct SmcConfig {
     pub importance_scale: f64,
     /// Least importance ESS for the draws to be used; below it a galaxy keeps its particles.
     pub importance_min_ess: f64,
+    /// Strata along coordinate `strata_axis` (1 = off): each galaxy's particles are split
+    /// into this many independent populations, each tempered on the posterior restricted to
+    /// one interval of that coordinate, and pooled by their evidences ([`Smc::run`]).
+    pub strata: usize,
+    /// The stratified coordinate (z for galaxies).
+    pub strata_axis: usize,
 }
 
 impl Default for SmcConfig {
@@ -76,6 +82,8 @@ impl Default for SmcConfig {
             importance_components: 8,
             importance_scale: 1.5,
             importance_min_ess: 100.0,
+            strata: 1,
+            strata_axis: 0,
         }
     }
 }
@@ -115,6 +123,51 @@ impl SmcConfig {
                     (2 * dim).max(4)
                 ),
             );
+        }
+        if self.strata == 0 {
+            return bad("strata", "must be ≥ 1 (1 = no strata)".into());
+        }
+        if self.strata > 1 {
+            if self.islands > 1 {
+                return bad(
+                    "strata",
+                    format!(
+                        "strata and islands cannot be combined yet; set sampler.islands: 1 \
+                         (got {})",
+                        self.islands
+                    ),
+                );
+            }
+            if self.grid_gibbs > 0 {
+                return bad(
+                    "strata",
+                    "the z Gibbs updates (sampler.z_gibbs) would leave a stratum; use one or \
+                     the other"
+                        .into(),
+                );
+            }
+            if self.strata_axis >= dim {
+                return bad(
+                    "strata_axis",
+                    format!(
+                        "must be below the dimension {dim}, got {}",
+                        self.strata_axis
+                    ),
+                );
+            }
+            let per = self.particles / self.strata;
+            if per < 2 * dim || per < 4 {
+                return bad(
+                    "particles",
+                    format!(
+                        "{} particles in {} strata leave {per} per stratum for a \
+                         {dim}-dimensional posterior; each needs at least {}",
+                        self.particles,
+                        self.strata,
+                        (2 * dim).max(4)
+                    ),
+                );
+            }
         }
         if !(self.ess_target > 0.0 && self.ess_target < 1.0) {
             return bad(
@@ -467,6 +520,14 @@ pub struct Smc {
 /// log-likelihood.
 type Particles = GridState;
 
+/// Where tempering left every column: its particles, β, diagnostics and summed acceptance.
+struct Tempered {
+    particles: Particles,
+    beta: Vec<f64>,
+    diag: Vec<SmcDiagnostics>,
+    accepted_sum: Vec<f64>,
+}
+
 impl Particles {
     fn columns(&self, cols: &Tensor) -> Result<Self> {
         Ok(Self {
@@ -564,7 +625,11 @@ impl Smc {
         rng: &mut dyn RandomSource,
     ) -> Result<(Chain, Vec<SmcDiagnostics>)> {
         let k = self.config.islands.max(1);
-        let (chain, mut diag) = self.run_islands(k, reference, target, rng)?;
+        let (chain, mut diag) = if self.config.strata > 1 {
+            self.run_strata(reference, target, rng)?
+        } else {
+            self.run_islands(k, reference, target, rng)?
+        };
         if self.config.importance_draws == 0 {
             return Ok((chain, diag));
         }
@@ -572,6 +637,210 @@ impl Smc {
         let chain =
             crate::importance::refine(chain, &mut diag, k, target, &self.config, device, rng)?;
         Ok((chain, diag))
+    }
+
+    /// [`Smc::run`] with strata along one coordinate.
+    ///
+    /// Why: on the tempered path a mode's share of π_β at small β scales with its volume
+    /// (h_k^β σ_k^d for a Gaussian mode of peak h_k and width σ_k), so a narrow mode that
+    /// holds 20 % of the posterior holds (σ_narrow/σ_wide)^16 as much of π_β in 16-D, a
+    /// handful of particles, and resampling loses it before β = 1 gives its weight back
+    /// (docs/validation.md). Strata cannot lose each other's mass: each is its own SMC run,
+    /// on π restricted to its interval S_s, with its own particles, and its evidence
+    /// Z_s = ∫_{S_s} p L is estimated without bias. The posterior is the mixture of the strata
+    /// with weights Z_s / Σ Z, exactly, whatever the intervals; only modes that share a stratum
+    /// still compete on the tempered path. For photo-z the axis is z, as EAZY's grid
+    /// marginalises over z by brute force (Brammer+08).
+    ///
+    /// The intervals are each galaxy's weighted quantiles of the axis under the first
+    /// stage's weights on the whole reference sample (equal mass of π_{β₁}), and each stratum
+    /// starts from the reference draws inside its interval, which carry the interval's prior
+    /// mass into Z_s. After β = 1 the strata are pooled by systematic resampling with weights
+    /// Z_s and the final sweeps run on the unrestricted posterior.
+    fn run_strata(
+        &self,
+        reference: &Reference<'_>,
+        target: &dyn TemperedTarget,
+        rng: &mut dyn RandomSource,
+    ) -> Result<(Chain, Vec<SmcDiagnostics>)> {
+        let c = &self.config;
+        let k = c.strata;
+        let (m, g) = reference.log_like.dims2()?;
+        let device = reference.position.device().clone();
+        let axis: Vec<f32> = reference
+            .position
+            .narrow(1, c.strata_axis, 1)?
+            .squeeze(1)?
+            .to_dtype(DType::F32)?
+            .to_device(&popcosmos_api::Device::Cpu)?
+            .to_vec1::<f32>()?;
+        let ref_ll = host_rows(&sanitize_log_prob(reference.log_like)?)?; // [g][m]
+        let ref_weight: Option<Vec<f64>> = reference
+            .log_weight
+            .map(|w| -> Result<Vec<f64>> {
+                Ok(sanitize_log_prob(w)?
+                    .to_dtype(DType::F64)?
+                    .to_device(&popcosmos_api::Device::Cpu)?
+                    .to_vec1::<f64>()?)
+            })
+            .transpose()?;
+        let mut order: Vec<usize> = (0..m).collect();
+        order.sort_by(|&i, &j| axis[i].total_cmp(&axis[j]));
+        let target_ess = c.ess_target * c.particles as f64;
+        // Per galaxy: the k − 1 interior edges, then each stratum's rows and ln prior mass.
+        let layout: Vec<(Vec<f32>, Vec<Vec<u32>>, Vec<f64>)> = (0..g)
+            .into_par_iter()
+            .map(|a| {
+                let r = match &ref_weight {
+                    Some(b) => next_temperature_weighted(&ref_ll[a], b, 1.0, target_ess),
+                    None => next_temperature(&ref_ll[a], 1.0, target_ess),
+                };
+                let weights = match r {
+                    Some(r) => r.weights,
+                    None => vec![1.0 / m as f64; m],
+                };
+                let edges = weighted_edges(&order, &axis, &weights, k);
+                let mut rows = vec![Vec::new(); k];
+                let mut mass = vec![0.0f64; k];
+                let b_max = ref_weight
+                    .as_ref()
+                    .and_then(|b| crate::finite_max(b))
+                    .unwrap_or(0.0);
+                for j in 0..m {
+                    let s = stratum_of(&edges, axis[j]);
+                    rows[s].push(j as u32);
+                    mass[s] += ref_weight.as_ref().map_or(1.0, |b| (b[j] - b_max).exp());
+                }
+                let total: f64 = mass.iter().sum();
+                let log_mass = mass.iter().map(|x| (x / total).ln()).collect();
+                (edges, rows, log_mass)
+            })
+            .collect();
+        let rows_of = |col: usize| layout[col % g].1[col / g].clone();
+        let mut lo = vec![f32::NEG_INFINITY; k * g];
+        let mut hi = vec![f32::INFINITY; k * g];
+        for (a, (edges, _, _)) in layout.iter().enumerate() {
+            for s in 0..k {
+                if s > 0 {
+                    lo[s * g + a] = edges[s - 1];
+                }
+                if s + 1 < k {
+                    hi[s * g + a] = edges[s];
+                }
+            }
+        }
+        let strata = Strata {
+            inner: target,
+            galaxies: g as u32,
+            axis: c.strata_axis,
+            lo: Tensor::from_vec(lo, k * g, &device)?,
+            hi: Tensor::from_vec(hi, k * g, &device)?,
+        };
+        let n = c.particles / k;
+        let t = self.temper(n, k, &rows_of, reference, &strata, rng)?;
+
+        // Pool: galaxy a's particles are resampled from its strata with weights Z_s.
+        let (_, _, d) = t.particles.position.dims3()?;
+        let mut diag = vec![SmcDiagnostics::new(); g];
+        let mut pick = Vec::with_capacity(c.particles * g);
+        let mut picks = Vec::with_capacity(g);
+        for (a, dg) in diag.iter_mut().enumerate() {
+            let parts: Vec<&SmcDiagnostics> = (0..k).map(|s| &t.diag[s * g + a]).collect();
+            let log_z: Vec<f64> = (0..k)
+                .map(|s| parts[s].log_evidence + layout[a].2[s])
+                .map(|z| if z.is_nan() { f64::NEG_INFINITY } else { z })
+                .collect();
+            let Some(top) = crate::finite_max(&log_z) else {
+                dg.status = SmcStatus::NoFiniteLikelihood;
+                dg.log_evidence = f64::NEG_INFINITY;
+                picks.push((0..c.particles).map(|i| (i % k, i / k)).collect::<Vec<_>>());
+                continue;
+            };
+            let z: Vec<f64> = log_z.iter().map(|l| (l - top).exp()).collect();
+            let total: f64 = z.iter().sum();
+            let w: Vec<f64> = z.iter().map(|x| x / total).collect();
+            dg.log_evidence = top + total.ln();
+            dg.log_evidence_err = w
+                .iter()
+                .zip(&parts)
+                .filter(|(w, _)| **w > 0.0)
+                .map(|(w, p)| (w * p.log_evidence_err).powi(2))
+                .sum::<f64>()
+                .sqrt();
+            let live: Vec<&&SmcDiagnostics> = parts
+                .iter()
+                .zip(&w)
+                .filter(|(_, w)| **w > 0.0)
+                .map(|(p, _)| p)
+                .collect();
+            dg.stages = live.iter().map(|p| p.stages).max().unwrap_or(0);
+            dg.beta = live.iter().map(|p| p.beta).fold(f64::INFINITY, f64::min);
+            // The pooled last-stage weights W_s·w_i: Σ (W_s w_i)² = Σ_s W_s² / ESS_s.
+            dg.final_ess = 1.0
+                / w.iter()
+                    .zip(&parts)
+                    .filter(|(w, _)| **w > 0.0)
+                    .map(|(w, p)| w * w / p.final_ess)
+                    .sum::<f64>();
+            dg.sweeps = live.iter().map(|p| p.sweeps).sum();
+            // A stratum that stopped early biases the mixture only as far as it weighs.
+            dg.status = parts
+                .iter()
+                .zip(&w)
+                .filter(|(p, w)| **w > 1e-3 && p.status == SmcStatus::MaxStages)
+                .map(|_| SmcStatus::MaxStages)
+                .next()
+                .unwrap_or(SmcStatus::Converged);
+            let per: Vec<f64> = w
+                .iter()
+                .flat_map(|x| std::iter::repeat_n(x / n as f64, n))
+                .collect();
+            let idx = systematic_resample(&per, c.particles, rng.next_f64());
+            picks.push(
+                idx.into_iter()
+                    .map(|i| (i as usize / n, i as usize % n))
+                    .collect(),
+            );
+        }
+        // Gather rows of the [n, k·g, d] particles into [particles, g, d].
+        for i in 0..c.particles {
+            for (a, p) in picks.iter().enumerate() {
+                let (s, j) = p[i];
+                pick.push((j * k * g + s * g + a) as u32);
+            }
+        }
+        let pick = Tensor::from_vec(pick, c.particles * g, &device)?;
+        let flat = |t: &Tensor, tail: &[usize]| -> Result<Tensor> {
+            let mut shape = vec![c.particles, g];
+            shape.extend_from_slice(tail);
+            let rows = t.dim(0)? * t.dim(1)?;
+            let mut flat_shape = vec![rows];
+            flat_shape.extend_from_slice(tail);
+            Ok(t.reshape(flat_shape)?
+                .index_select(&pick, 0)?
+                .reshape(shape)?)
+        };
+        let position = flat(&t.particles.position, &[d])?;
+        let all_cols = Tensor::arange(0u32, g as u32, &device)?;
+        // The strata's cached log-prior is the restricted one; pooled draws need π's own.
+        let (log_prior, log_like) = target.log_prior_and_like(&position, &all_cols)?;
+        let mut pooled = Tempered {
+            particles: Particles {
+                position,
+                log_prior: sanitize_log_prob(&log_prior)?,
+                log_like: sanitize_log_prob(&log_like)?,
+            },
+            beta: diag
+                .iter()
+                .map(|x| if x.beta.is_finite() { x.beta } else { 1.0 })
+                .collect(),
+            accepted_sum: (0..g)
+                .map(|a| (0..k).map(|s| t.accepted_sum[s * g + a]).sum())
+                .collect(),
+            diag,
+        };
+        let chain = self.finish(&mut pooled, target, rng)?;
+        Ok((chain, pooled.diag))
     }
 
     /// [`Smc::run`] before the importance stage.
@@ -583,28 +852,63 @@ impl Smc {
         rng: &mut dyn RandomSource,
     ) -> Result<(Chain, Vec<SmcDiagnostics>)> {
         if k == 1 {
-            return self.run_population_in_blocks(self.config.particles, 1, reference, target, rng);
+            let m = reference.log_like.dim(0)? as u32;
+            return self.run_population_in_blocks(
+                self.config.particles,
+                1,
+                &|_| (0..m).collect(),
+                reference,
+                target,
+                rng,
+            );
         }
         // Island i sees only its own block of the reference rows, so the islands share no
         // draw and their disagreement measures the whole Monte Carlo error.
-        let g = reference.log_like.dim(1)?;
+        let (m, g) = reference.log_like.dims2()?;
         let islands = Islands::new(target, g);
-        let (chain, diag) =
-            self.run_population_in_blocks(self.config.particles / k, k, reference, &islands, rng)?;
+        // Island i starts from rows ⌈i·m/k⌉ … ⌈(i+1)·m/k⌉ − 1.
+        let block = |col: usize| -> Vec<u32> {
+            let i = col / g;
+            ((i * m).div_ceil(k) as u32..((i + 1) * m).div_ceil(k) as u32).collect()
+        };
+        let (chain, diag) = self.run_population_in_blocks(
+            self.config.particles / k,
+            k,
+            &block,
+            reference,
+            &islands,
+            rng,
+        )?;
         Ok(pool_islands(chain, &diag, k, g))
     }
 
-    /// [`Smc::run`] with `n` particles per column. With `blocks` = k > 1 the reference rows
-    /// are split into k contiguous blocks and the columns are k × the reference's galaxies:
-    /// column i·g + a is galaxy a started from block i alone (an island).
+    /// [`Smc::run`] with `n` particles per column. The columns are `blocks` × the
+    /// reference's g galaxies: column i·g + a is galaxy a (of the target's columns), started
+    /// from the reference rows `rows_of(column)` alone (an island, or a stratum).
     fn run_population_in_blocks(
         &self,
         n: usize,
         blocks: usize,
+        rows_of: &(dyn Fn(usize) -> Vec<u32> + Sync),
         reference: &Reference<'_>,
         target: &dyn TemperedTarget,
         rng: &mut dyn RandomSource,
     ) -> Result<(Chain, Vec<SmcDiagnostics>)> {
+        let mut t = self.temper(n, blocks, rows_of, reference, target, rng)?;
+        let chain = self.finish(&mut t, target, rng)?;
+        Ok((chain, t.diag))
+    }
+
+    /// The tempering of [`Smc::run_population_in_blocks`], up to β = 1 (or a galaxy's stop).
+    fn temper(
+        &self,
+        n: usize,
+        blocks: usize,
+        rows_of: &(dyn Fn(usize) -> Vec<u32> + Sync),
+        reference: &Reference<'_>,
+        target: &dyn TemperedTarget,
+        rng: &mut dyn RandomSource,
+    ) -> Result<Tempered> {
         let c = &self.config;
         let (m, g_ref) = reference.log_like.dims2()?;
         let g = g_ref * blocks;
@@ -618,8 +922,7 @@ impl Smc {
         let mut diag = vec![SmcDiagnostics::new(); g];
         let mut accepted_sum = vec![0.0f64; g];
 
-        // Stage 1: from the shared reference sample; block i is rows ⌈i·m/k⌉ … ⌈(i+1)·m/k⌉ − 1.
-        let block = |i: usize| (i * m).div_ceil(blocks)..((i + 1) * m).div_ceil(blocks);
+        // Stage 1: from the shared reference sample, each column from its own rows.
         let ref_ll = host_rows(&sanitize_log_prob(reference.log_like)?)?; // [g_ref][m]
         let ref_weight: Option<Vec<f64>> = reference
             .log_weight
@@ -635,22 +938,25 @@ impl Smc {
         let stage1: Vec<Option<(Reweighting, Vec<u32>)>> = (0..g)
             .into_par_iter()
             .map(|col| {
-                let rows = block(col / g_ref);
-                let start = rows.start as u32;
-                let ll = &ref_ll[col % g_ref][rows.clone()];
+                let rows = rows_of(col);
+                let all_ll = &ref_ll[col % g_ref];
+                let ll: Vec<f64> = rows.iter().map(|&j| all_ll[j as usize]).collect();
                 match &ref_weight {
-                    Some(b) => next_temperature_weighted(ll, &b[rows], 1.0, target_ess),
-                    None => next_temperature(ll, 1.0, target_ess),
+                    Some(b) => {
+                        let b: Vec<f64> = rows.iter().map(|&j| b[j as usize]).collect();
+                        next_temperature_weighted(&ll, &b, 1.0, target_ess)
+                    }
+                    None => next_temperature(&ll, 1.0, target_ess),
                 }
                 .map(|r| {
                     let idx = systematic_resample(&r.weights, n, uniforms[col]);
-                    (r, idx.into_iter().map(|j| j + start).collect())
+                    (r, idx.into_iter().map(|i| rows[i as usize]).collect())
                 })
             })
             .collect();
         let mut index = Vec::with_capacity(g);
         for (gal, s) in stage1.iter().enumerate() {
-            let rows = block(gal / g_ref);
+            let rows = rows_of(gal);
             match s {
                 Some((r, idx)) => {
                     record_stage(&mut diag[gal], r, rows.len());
@@ -661,7 +967,7 @@ impl Smc {
                     diag[gal].log_evidence = f64::NEG_INFINITY;
                     index.push(
                         (0..n)
-                            .map(|i| (rows.start + i % rows.len().max(1)).min(m - 1) as u32)
+                            .map(|i| rows.get(i % rows.len().max(1)).copied().unwrap_or(0))
                             .collect(),
                     );
                 }
@@ -766,8 +1072,33 @@ impl Smc {
             let sub = sub.resample(&index)?;
             all = all.put_columns(&index_tensor(&active, &device)?, &sub)?;
         }
+        Ok(Tempered {
+            particles: all,
+            beta,
+            diag,
+            accepted_sum,
+        })
+    }
 
-        // Final sweeps at β = 1 (or the last β of a stopped galaxy); all states are kept.
+    /// Final sweeps at β = 1 (or the last β of a stopped galaxy), all states kept, as the
+    /// [`Chain`]; books acceptance and the unique fraction into `t.diag`.
+    fn finish(
+        &self,
+        t: &mut Tempered,
+        target: &dyn TemperedTarget,
+        rng: &mut dyn RandomSource,
+    ) -> Result<Chain> {
+        let c = &self.config;
+        let (n, g, d) = t.particles.position.dims3()?;
+        let device = t.particles.position.device().clone();
+        let diag = &mut t.diag;
+        let beta = &t.beta;
+        let accepted_sum = &mut t.accepted_sum;
+        let mut all = Particles {
+            position: t.particles.position.clone(),
+            log_prior: t.particles.log_prior.clone(),
+            log_like: t.particles.log_like.clone(),
+        };
         let movable: Vec<u32> = (0..g as u32)
             .filter(|&i| diag[i as usize].status != SmcStatus::NoFiniteLikelihood)
             .collect();
@@ -790,7 +1121,7 @@ impl Smc {
             let host_betas: Vec<f64> = movable.iter().map(|&i| beta[i as usize]).collect();
             for _ in 0..c.final_sweeps {
                 if c.grid_gibbs > 0 {
-                    sub = self.grid_update(sub, &movable, &host_betas, target, rng, &mut diag)?;
+                    sub = self.grid_update(sub, &movable, &host_betas, target, rng, diag)?;
                 }
                 let (next, acc) = self.sweep(sub, &cols, &betas, target, rng)?;
                 sub = next;
@@ -835,7 +1166,7 @@ impl Smc {
                 thin: 1,
             },
         };
-        Ok((chain, diag))
+        Ok(chain)
     }
 
     /// Sweeps at each active galaxy's β until its particles have decorrelated (see the
@@ -1030,6 +1361,61 @@ impl Smc {
             },
             Tensor::cat(&accepted, 0)?,
         ))
+    }
+}
+
+/// The k − 1 interior edges that cut the reference rows, sorted by `axis` (`order`), into k
+/// intervals of equal `weights`, each edge halfway between two neighbouring values.
+fn weighted_edges(order: &[usize], axis: &[f32], weights: &[f64], k: usize) -> Vec<f32> {
+    let total: f64 = weights.iter().sum();
+    let mut edges = Vec::with_capacity(k - 1);
+    let mut cumulative = 0.0;
+    let mut next = 1;
+    for (pos, &j) in order.iter().enumerate() {
+        cumulative += weights[j];
+        while next < k && cumulative >= total * next as f64 / k as f64 {
+            let after = order.get(pos + 1).map_or(axis[j], |&i| axis[i]);
+            edges.push(0.5 * (axis[j] + after));
+            next += 1;
+        }
+    }
+    while edges.len() < k - 1 {
+        edges.push(f32::INFINITY);
+    }
+    edges
+}
+
+/// The stratum of a value: the number of edges at or below it (intervals [e_{s−1}, e_s)).
+fn stratum_of(edges: &[f32], x: f32) -> usize {
+    edges.iter().filter(|&&e| e <= x).count()
+}
+
+/// A target whose batch columns are strata: column s·g + a is galaxy a of `inner`,
+/// restricted to lo[column] ≤ x[axis] < hi[column] (ln p = −∞ outside).
+struct Strata<'a> {
+    inner: &'a dyn TemperedTarget,
+    galaxies: u32,
+    axis: usize,
+    lo: Tensor,
+    hi: Tensor,
+}
+
+impl TemperedTarget for Strata<'_> {
+    fn log_prior_and_like(&self, position: &Tensor, cols: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (lp, ll) = self
+            .inner
+            .log_prior_and_like(position, &island_galaxies(cols, self.galaxies)?)?;
+        let x = position
+            .narrow(2, self.axis, 1)?
+            .squeeze(2)?
+            .to_dtype(DType::F32)?;
+        let lo = self.lo.index_select(cols, 0)?.unsqueeze(0)?;
+        let hi = self.hi.index_select(cols, 0)?.unsqueeze(0)?;
+        let inside = (x.broadcast_ge(&lo)?.to_dtype(DType::U8)?
+            * x.broadcast_lt(&hi)?.to_dtype(DType::U8)?)?;
+        let outside =
+            Tensor::full(f64::NEG_INFINITY, lp.shape(), lp.device())?.to_dtype(lp.dtype())?;
+        Ok((inside.where_cond(&lp, &outside)?, ll))
     }
 }
 
@@ -1454,6 +1840,26 @@ mod tests {
             w.delta_beta,
             w.ess
         );
+    }
+
+    /// Edges split the sorted values into equal weight, halfway between neighbours; a value
+    /// on an edge belongs to the stratum above it.
+    #[test]
+    fn strata_edges_hold_equal_weight() {
+        let axis: Vec<f32> = vec![5.0, 1.0, 3.0, 2.0, 4.0, 6.0];
+        let mut order: Vec<usize> = (0..6).collect();
+        order.sort_by(|&i, &j| axis[i].total_cmp(&axis[j]));
+        let even = weighted_edges(&order, &axis, &[1.0; 6], 3);
+        assert_eq!(even, vec![2.5, 4.5]);
+        // All the weight on 2 and 6: the first edge falls just above 2, the second on 6 (the
+        // last value), so 6 opens the last stratum and the middle one holds no weight.
+        let w = [0.0, 0.0, 0.0, 0.5, 0.0, 0.5];
+        let skew = weighted_edges(&order, &axis, &w, 3);
+        assert_eq!(skew, vec![2.5, 6.0]);
+        assert_eq!(stratum_of(&skew, 6.0), 2);
+        assert_eq!(stratum_of(&even, 2.5), 1);
+        assert_eq!(stratum_of(&even, 2.4), 0);
+        assert_eq!(stratum_of(&even, 9.0), 2);
     }
 
     #[test]
