@@ -254,7 +254,8 @@ pub struct SmcDiagnostics {
     /// Final inverse temperature (1 unless stopped).
     pub beta: f64,
     /// ESS of the last stage's incremental weights (particles, or library draws if the
-    /// reference stage reached β = 1).
+    /// reference stage reached β = 1). With strata: their last-stage ESS fractions weighted
+    /// by their evidences, times all the particles.
     pub final_ess: f64,
     /// Share of distinct particles after the final sweeps.
     pub unique_fraction: f64,
@@ -775,12 +776,13 @@ impl Smc {
                 .collect();
             dg.stages = live.iter().map(|p| p.stages).max().unwrap_or(0);
             dg.beta = live.iter().map(|p| p.beta).fold(f64::INFINITY, f64::min);
-            // The pooled last-stage weights W_s·w_i: Σ (W_s w_i)² = Σ_s W_s² / ESS_s.
-            dg.final_ess = 1.0
-                / w.iter()
+            // The strata's last-stage ESS fractions, weighted by W_s, in units of the whole
+            // population: comparable with one population's ESS at the same particle count.
+            dg.final_ess = c.particles as f64
+                * w.iter()
                     .zip(&parts)
                     .filter(|(w, _)| **w > 0.0)
-                    .map(|(w, p)| w * w / p.final_ess)
+                    .map(|(w, p)| w * p.final_ess / n as f64)
                     .sum::<f64>();
             dg.sweeps = live.iter().map(|p| p.sweeps).sum();
             // A stratum that stopped early biases the mixture only as far as it weighs.
