@@ -101,29 +101,28 @@ impl SmcConfig {
                 ),
             );
         }
-        let per_island = self.particles / self.islands;
-        if per_island < 2 * dim || per_island < 4 {
-            if self.islands > 1 {
-                return bad(
-                    "particles",
-                    format!(
-                        "{} particles in {} islands leave {per_island} per island for a \
-                         {dim}-dimensional posterior; each needs at least {}",
-                        self.particles,
-                        self.islands,
-                        (2 * dim).max(4)
-                    ),
-                );
+        // Each independent population (island or stratum) needs 2 × dim particles.
+        let too_few = |parts: usize, what: &str| {
+            let per = self.particles / parts;
+            let need = (2 * dim).max(4);
+            if per >= need {
+                return Ok(());
             }
-            return bad(
+            let split = if parts > 1 {
+                format!(" in {parts} {what}s leave {per} per {what}")
+            } else {
+                String::new()
+            };
+            bad(
                 "particles",
                 format!(
-                    "{} particles for a {dim}-dimensional posterior; SMC needs at least {}",
-                    self.particles,
-                    (2 * dim).max(4)
+                    "{} particles{split} for a {dim}-dimensional posterior; each population \
+                     needs at least {need}",
+                    self.particles
                 ),
-            );
-        }
+            )
+        };
+        too_few(self.islands, "island")?;
         if self.strata == 0 {
             return bad("strata", "must be ≥ 1 (1 = no strata)".into());
         }
@@ -155,19 +154,7 @@ impl SmcConfig {
                     ),
                 );
             }
-            let per = self.particles / self.strata;
-            if per < 2 * dim || per < 4 {
-                return bad(
-                    "particles",
-                    format!(
-                        "{} particles in {} strata leave {per} per stratum for a \
-                         {dim}-dimensional posterior; each needs at least {}",
-                        self.particles,
-                        self.strata,
-                        (2 * dim).max(4)
-                    ),
-                );
-            }
+            too_few(self.strata, "stratum")?;
         }
         if !(self.ess_target > 0.0 && self.ess_target < 1.0) {
             return bad(
@@ -228,6 +215,20 @@ pub struct Reference<'a> {
     /// another density q (ln p − ln q up to a constant; −∞ for a draw outside the prior).
     /// `None`: the draws are the prior's own.
     pub log_weight: Option<&'a Tensor>,
+}
+
+impl Reference<'_> {
+    /// The draws' importance log-weights on the host (f64), if any.
+    fn host_log_weight(&self) -> Result<Option<Vec<f64>>> {
+        self.log_weight
+            .map(|w| -> Result<Vec<f64>> {
+                Ok(sanitize_log_prob(w)?
+                    .to_dtype(DType::F64)?
+                    .to_device(&popcosmos_api::Device::Cpu)?
+                    .to_vec1::<f64>()?)
+            })
+            .transpose()
+    }
 }
 
 /// How a galaxy's SMC run ended.
@@ -676,15 +677,7 @@ impl Smc {
             .to_device(&popcosmos_api::Device::Cpu)?
             .to_vec1::<f32>()?;
         let ref_ll = host_rows(&sanitize_log_prob(reference.log_like)?)?; // [g][m]
-        let ref_weight: Option<Vec<f64>> = reference
-            .log_weight
-            .map(|w| -> Result<Vec<f64>> {
-                Ok(sanitize_log_prob(w)?
-                    .to_dtype(DType::F64)?
-                    .to_device(&popcosmos_api::Device::Cpu)?
-                    .to_vec1::<f64>()?)
-            })
-            .transpose()?;
+        let ref_weight = reference.host_log_weight()?;
         let mut order: Vec<usize> = (0..m).collect();
         order.sort_by(|&i, &j| axis[i].total_cmp(&axis[j]));
         let target_ess = c.ess_target * c.particles as f64;
@@ -926,15 +919,7 @@ impl Smc {
 
         // Stage 1: from the shared reference sample, each column from its own rows.
         let ref_ll = host_rows(&sanitize_log_prob(reference.log_like)?)?; // [g_ref][m]
-        let ref_weight: Option<Vec<f64>> = reference
-            .log_weight
-            .map(|w| -> Result<Vec<f64>> {
-                Ok(sanitize_log_prob(w)?
-                    .to_dtype(DType::F64)?
-                    .to_device(&popcosmos_api::Device::Cpu)?
-                    .to_vec1::<f64>()?)
-            })
-            .transpose()?;
+        let ref_weight = reference.host_log_weight()?;
         let uniforms: Vec<f64> = (0..g).map(|_| rng.next_f64()).collect();
         let target_ess = c.ess_target * n as f64;
         let stage1: Vec<Option<(Reweighting, Vec<u32>)>> = (0..g)

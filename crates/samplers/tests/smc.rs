@@ -226,6 +226,17 @@ fn mode_shares(chain: &popcosmos_samplers::Chain, target: &Mixture, galaxy: usiz
     counts.iter().map(|c| c / total).collect()
 }
 
+/// Three modes with posterior weights 0.2 / 0.3 / 0.5 and the given widths, at x₁ = 0.6,
+/// x₁ = −0.6 and x₂ = 0.6 (≥ 0.85 apart).
+fn three_modes(dim: usize, widths: [f64; 3]) -> Mixture {
+    Mixture::with_posterior_weights(
+        dim,
+        vec![axis(dim, 0, 0.6), axis(dim, 0, -0.6), axis(dim, 1, 0.6)],
+        widths.to_vec(),
+        &[0.2, 0.3, 0.5],
+    )
+}
+
 fn axis(dim: usize, i: usize, v: f64) -> Vec<f64> {
     let mut m = vec![0.0; dim];
     m[i] = v;
@@ -243,12 +254,7 @@ fn narrow_mixtures_get_their_mode_weights_and_evidence() {
     let dim = 16;
     let g = 6;
     let cases = [
-        Mixture::with_posterior_weights(
-            dim,
-            vec![axis(dim, 0, 0.6), axis(dim, 0, -0.6), axis(dim, 1, 0.6)],
-            vec![0.01, 0.01, 0.01],
-            &[0.2, 0.3, 0.5],
-        ),
+        three_modes(dim, [0.01, 0.01, 0.01]),
         Mixture::with_posterior_weights(
             dim,
             vec![axis(dim, 2, 0.5), axis(dim, 3, -0.5)],
@@ -626,39 +632,12 @@ fn importance_stage_gets_modes_of_different_widths_and_the_evidence() {
             &normal_draws(dim),
             default_moves(),
         );
-        let truth = target.posterior_weights();
-        let shares: Vec<Vec<f64>> = (0..g).map(|gal| mode_shares(&chain, target, gal)).collect();
         let ess: Vec<f64> = diag.iter().map(|d| d.importance_ess).collect();
         println!("case {c}: importance ESS {ess:.0?}");
         for e in &ess {
             assert!(*e >= config.importance_min_ess, "ESS {e}");
         }
-        for (k, want) in truth.iter().enumerate() {
-            let per: Vec<f64> = shares.iter().map(|s| s[k]).collect();
-            let (mean, sd) = mean_sd(&per);
-            let mean_ess = ess.iter().sum::<f64>() / g as f64;
-            let se =
-                (sd / (g as f64).sqrt()).max((want * (1.0 - want) / (g as f64 * mean_ess)).sqrt());
-            println!(
-                "case {c} mode {k}: {mean:.4} ± {se:.4} (truth {want:.4}), replicates {per:.3?}"
-            );
-            assert!(
-                (mean - want).abs() < 3.0 * se,
-                "case {c} mode {k}: {mean} vs {want} (σ {se})"
-            );
-        }
-        let want = target.log_evidence();
-        let (mean_ln_z, _) = mean_sd(&diag.iter().map(|d| d.log_evidence).collect::<Vec<_>>());
-        println!(
-            "case {c}: ln Z truth {want:.3}, replicates {:?}",
-            diag.iter()
-                .map(|d| format!("{:.3}±{:.3}", d.log_evidence, d.log_evidence_err))
-                .collect::<Vec<_>>()
-        );
-        assert!(
-            (mean_ln_z - want).abs() < 0.1,
-            "case {c}: mean ln Z {mean_ln_z} vs {want}"
-        );
+        check_importance_weights_and_evidence(c, target, &chain, &diag);
     }
 }
 
@@ -937,12 +916,7 @@ fn strata_get_modes_of_different_widths() {
     let dim = 16;
     let g = 6;
     let cases = [
-        Mixture::with_posterior_weights(
-            dim,
-            vec![axis(dim, 0, 0.6), axis(dim, 0, -0.6), axis(dim, 1, 0.6)],
-            vec![0.01, 0.012, 0.015],
-            &[0.2, 0.3, 0.5],
-        ),
+        three_modes(dim, [0.01, 0.012, 0.015]),
         Mixture::with_posterior_weights(
             dim,
             vec![axis(dim, 0, 0.5), axis(dim, 0, -0.5)],
@@ -968,37 +942,46 @@ fn strata_get_modes_of_different_widths() {
             &normal_draws(dim),
             default_moves(),
         );
-        let truth = target.posterior_weights();
-        let shares: Vec<Vec<f64>> = (0..g).map(|gal| mode_shares(&chain, target, gal)).collect();
-        let ess: Vec<f64> = diag.iter().map(|d| d.importance_ess).collect();
-        let mean_ess = ess.iter().sum::<f64>() / g as f64;
-        for (k, want) in truth.iter().enumerate() {
-            let per: Vec<f64> = shares.iter().map(|s| s[k]).collect();
-            let (mean, sd) = mean_sd(&per);
-            let se =
-                (sd / (g as f64).sqrt()).max((want * (1.0 - want) / (g as f64 * mean_ess)).sqrt());
-            println!(
-                "case {c} mode {k}: {mean:.4} ± {se:.4} (truth {want:.4}), replicates {per:.3?}"
-            );
-            assert!(
-                (mean - want).abs() < 3.0 * se,
-                "case {c} mode {k}: {mean} vs {want} (σ {se})"
-            );
-        }
-        let want = target.log_evidence();
-        let (mean_ln_z, _) = mean_sd(&diag.iter().map(|d| d.log_evidence).collect::<Vec<_>>());
-        println!(
-            "case {c}: ln Z truth {want:.3}, replicates {:?}, importance ESS {ess:.0?}",
-            diag.iter()
-                .map(|d| format!("{:.3}±{:.3}", d.log_evidence, d.log_evidence_err))
-                .collect::<Vec<_>>()
-        );
-        assert!(
-            (mean_ln_z - want).abs() < 0.1,
-            "case {c}: mean ln Z {mean_ln_z} vs {want}"
-        );
+        check_importance_weights_and_evidence(c, target, &chain, &diag);
         for d in &diag {
             assert_eq!(d.status, SmcStatus::Converged);
         }
     }
+}
+
+/// Replicate-mean mode weights of `target` after an importance stage within 3 Monte Carlo σ
+/// (the replicates' spread, floored at the binomial σ of the mean importance ESS), and the
+/// replicate-mean ln Z within 0.1 nats.
+fn check_importance_weights_and_evidence(
+    c: usize,
+    target: &Mixture,
+    chain: &popcosmos_samplers::Chain,
+    diag: &[popcosmos_samplers::SmcDiagnostics],
+) {
+    let g = diag.len();
+    let truth = target.posterior_weights();
+    let shares: Vec<Vec<f64>> = (0..g).map(|gal| mode_shares(chain, target, gal)).collect();
+    let mean_ess = diag.iter().map(|d| d.importance_ess).sum::<f64>() / g as f64;
+    for (k, want) in truth.iter().enumerate() {
+        let per: Vec<f64> = shares.iter().map(|s| s[k]).collect();
+        let (mean, sd) = mean_sd(&per);
+        let se = (sd / (g as f64).sqrt()).max((want * (1.0 - want) / (g as f64 * mean_ess)).sqrt());
+        println!("case {c} mode {k}: {mean:.4} ± {se:.4} (truth {want:.4}), replicates {per:.3?}");
+        assert!(
+            (mean - want).abs() < 3.0 * se,
+            "case {c} mode {k}: {mean} vs {want} (σ {se})"
+        );
+    }
+    let want = target.log_evidence();
+    let (mean_ln_z, _) = mean_sd(&diag.iter().map(|d| d.log_evidence).collect::<Vec<_>>());
+    println!(
+        "case {c}: ln Z truth {want:.3}, replicates {:?}",
+        diag.iter()
+            .map(|d| format!("{:.3}±{:.3}", d.log_evidence, d.log_evidence_err))
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        (mean_ln_z - want).abs() < 0.1,
+        "case {c}: mean ln Z {mean_ln_z} vs {want}"
+    );
 }
