@@ -56,7 +56,9 @@
 //!   best half (per galaxy, batched).
 //! * [`Smc`]: adaptive likelihood-tempered sequential Monte Carlo over `[particles, galaxies,
 //!   dim]` (per-galaxy temperature schedules, systematic resampling, ensemble-move
-//!   rejuvenation with an adaptive sweep count, log-evidence with its error):
+//!   rejuvenation with an adaptive sweep count, log-evidence with its error; optionally
+//!   islands, strata along one coordinate pooled by their evidences, a final importance
+//!   stage):
 //!   `Smc::new(SmcConfig, EnsembleSampler, dim)?.run(&Reference, &dyn TemperedTarget, rng)
 //!   -> (Chain, Vec<SmcDiagnostics>)`.
 //! * [`TemperedEnsemble`]: parallel tempering of the ensemble,
