@@ -805,17 +805,12 @@ impl Smc {
             }
         }
         let pick = Tensor::from_vec(pick, c.particles * g, &device)?;
-        let flat = |t: &Tensor, tail: &[usize]| -> Result<Tensor> {
-            let mut shape = vec![c.particles, g];
-            shape.extend_from_slice(tail);
-            let rows = t.dim(0)? * t.dim(1)?;
-            let mut flat_shape = vec![rows];
-            flat_shape.extend_from_slice(tail);
-            Ok(t.reshape(flat_shape)?
-                .index_select(&pick, 0)?
-                .reshape(shape)?)
-        };
-        let position = flat(&t.particles.position, &[d])?;
+        let position = t
+            .particles
+            .position
+            .reshape((n * k * g, d))?
+            .index_select(&pick, 0)?
+            .reshape((c.particles, g, d))?;
         let all_cols = Tensor::arange(0u32, g as u32, &device)?;
         // The strata's cached log-prior is the restricted one; pooled draws need π's own.
         let (log_prior, log_like) = target.log_prior_and_like(&position, &all_cols)?;
