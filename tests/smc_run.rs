@@ -165,6 +165,43 @@ fn importance_stage_writes_its_ess() {
     }
 }
 
+/// Rounds of islands: with a tolerance no run meets (10⁻⁹) every galaxy with bands gets
+/// both rounds, with one no run misses (10) none does; `smc_z_se` is the standard error
+/// they were judged by, finite with rounds on and NaN with them off, and the galaxy without
+/// bands gets none.
+#[test]
+fn rounds_write_their_count_and_the_median_error() {
+    let sampler = "sampler: {kind: smc, particles: 64, max_sweeps: 4, final_sweeps: 2, islands: 2";
+    let mut tables = Vec::new();
+    for extra in [
+        "}",
+        ", rounds: 2, round_tolerance: 1.0e-9}",
+        ", rounds: 2, round_tolerance: 10}",
+    ] {
+        let dir = tempdir("smc-rounds");
+        let m = smc_manifest(&dir, &format!("{sampler}{extra}"));
+        let o = run(&["run", m.to_str().unwrap(), "--quiet"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        tables.push(popcosmos_catalog::read_results(dir.join("out")).unwrap());
+    }
+    for (t, (want, se_on)) in tables.iter().zip([(1.0, false), (2.0, true), (1.0, true)]) {
+        for (gal, id) in t.ids.iter().enumerate() {
+            let rounds = t.column("smc_rounds").unwrap()[gal];
+            let se = t.column("smc_z_se").unwrap()[gal];
+            if id == "empty" {
+                assert!(rounds.is_nan() && se.is_nan(), "{id}: {rounds} {se}");
+                continue;
+            }
+            assert_eq!(rounds, want, "{id}");
+            if se_on {
+                assert!(se.is_finite() && se > 0.0, "{id}: se {se}");
+            } else {
+                assert!(se.is_nan(), "{id}: se {se} with rounds off");
+            }
+        }
+    }
+}
+
 #[test]
 fn library_mode_reports_its_ess() {
     let dir = tempdir("smc-library");

@@ -453,6 +453,18 @@ pub struct SamplerSpec {
     /// cannot be emptied by a broader one on the tempered path. Needs `islands: 1`.
     #[serde(default = "default_strata")]
     pub strata: usize,
+    /// SMC: most rounds of islands per galaxy (1 = off; 2, 4, 8 … dividing
+    /// `final_sweeps`). After the first round, a galaxy whose pooled median redshift has a
+    /// standard error above `round_tolerance` (from its islands' medians, in Δz/(1 + z);
+    /// column `smc_z_se`) runs as many independent islands again, doubling until it is below
+    /// or `rounds` is reached (column `smc_rounds`). Broad and multi-peaked p(z), whose
+    /// medians move with the mode weights, get the particles; single peaks do not.
+    #[serde(default = "default_rounds")]
+    pub rounds: usize,
+    /// SMC: standard error of the pooled median z, in Δz/(1 + z), above which a galaxy gets
+    /// more rounds (> 0).
+    #[serde(default = "default_round_tolerance")]
+    pub round_tolerance: f64,
     /// SMC: independent draws per galaxy of the final importance stage (0 = off): a mixture
     /// of t fitted to the final particles (`importance_components` k-means clusters, each
     /// widened by `importance_scale`) proposes them and the posterior weighs them. They
@@ -494,6 +506,14 @@ fn default_islands() -> usize {
 
 fn default_strata() -> usize {
     1
+}
+
+fn default_rounds() -> usize {
+    popcosmos_samplers::SmcConfig::default().rounds
+}
+
+fn default_round_tolerance() -> f64 {
+    popcosmos_samplers::SmcConfig::default().round_tolerance
 }
 
 fn default_z_gibbs() -> usize {
@@ -552,6 +572,8 @@ impl SamplerSpec {
             islands: self.islands,
             strata: self.strata,
             strata_axis: popcosmos_api::params::IDX_Z,
+            rounds: self.rounds,
+            round_tolerance: self.round_tolerance,
             importance_draws: self.importance_draws,
             importance_components: self.importance_components,
             importance_scale: self.importance_scale,
@@ -654,6 +676,8 @@ impl Default for SamplerSpec {
             z_grid: default_z_grid(),
             islands: default_islands(),
             strata: default_strata(),
+            rounds: default_rounds(),
+            round_tolerance: default_round_tolerance(),
             importance_draws: default_importance_draws(),
             importance_components: default_importance_components(),
             importance_scale: default_importance_scale(),
@@ -1172,6 +1196,7 @@ impl Manifest {
         int_range("sampler.z_grid", s.z_grid, 2, MAX_Z_GRID)?;
         int_range("sampler.islands", s.islands, 1, 16)?;
         int_range("sampler.strata", s.strata, 1, 64)?;
+        int_range("sampler.rounds", s.rounds, 1, 64)?;
         int_range(
             "sampler.importance_draws",
             s.importance_draws,
@@ -1599,6 +1624,20 @@ mod tests {
                 "sampler: {kind: smc, islands: 1, strata: 32}\n",
                 "sampler.particles",
             ),
+            ("sampler: {kind: smc, rounds: 3}\n", "sampler.rounds"),
+            ("sampler: {kind: smc, rounds: 0}\n", "sampler.rounds"),
+            (
+                "sampler: {kind: smc, islands: 1, rounds: 2}\n",
+                "sampler.rounds",
+            ),
+            (
+                "sampler: {kind: smc, rounds: 8, final_sweeps: 4}\n",
+                "sampler.rounds",
+            ),
+            (
+                "sampler: {kind: smc, rounds: 2, round_tolerance: -1}\n",
+                "sampler.round_tolerance",
+            ),
             ("init: {library_size: 5}\n", "init.library_size"),
             ("init: {proposal: {kind: uniform}}\n", "init.proposal"),
             (
@@ -1656,6 +1695,10 @@ mod tests {
         assert_eq!((c.strata, c.islands), (4, 1));
         assert_eq!(c.strata_axis, popcosmos_api::params::IDX_Z);
         assert_eq!(parse("").unwrap().sampler.smc_config().strata, 1);
+        let r = parse("sampler: {kind: smc, rounds: 4, round_tolerance: 0.002}\n").unwrap();
+        let c = r.sampler.smc_config();
+        assert_eq!((c.rounds, c.round_tolerance, c.islands), (4, 0.002, 4));
+        assert_eq!(parse("").unwrap().sampler.smc_config().rounds, 1);
     }
 
     #[test]

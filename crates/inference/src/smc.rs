@@ -30,7 +30,7 @@ use crate::posterior::Posterior;
 use crate::reparam::SamplingSpace;
 
 /// Sampler columns of SMC and library runs (after `map_log_prob`).
-pub const SMC_COLUMNS: [&str; 10] = [
+pub const SMC_COLUMNS: [&str; 12] = [
     "acceptance",
     "log_evidence",
     "log_evidence_err",
@@ -41,6 +41,8 @@ pub const SMC_COLUMNS: [&str; 10] = [
     "smc_island_rhat",
     "smc_z_spread",
     "smc_importance_ess",
+    "smc_rounds",
+    "smc_z_se",
 ];
 
 /// Fewest library draws that must carry a library-mode posterior (its ESS); below it the
@@ -148,6 +150,15 @@ impl TemperedTarget for TemperedPosterior<'_> {
 
     fn grid_chart(&self) -> Option<&dyn GridChart> {
         (!self.z_grid.is_empty()).then_some(self as &dyn GridChart)
+    }
+
+    /// ln(1 + z): `sampler.round_tolerance` then reads as Δz/(1 + z), the photo-z scale.
+    fn monitor(&self, psi: &Tensor) -> Result<Option<Tensor>> {
+        let (phi, _) = self.space.to_phi(psi)?;
+        let z = phi_to_theta(&phi)?
+            .narrow(phi.rank() - 1, IDX_Z, 1)?
+            .squeeze(phi.rank() - 1)?;
+        Ok(Some((z + 1.0)?.log()?))
     }
 }
 
@@ -367,6 +378,8 @@ fn library_posterior(
             grid_updates: 0,
             island_rhat: f64::NAN,
             importance_ess: f64::NAN,
+            rounds: 1,
+            median_se: f64::NAN,
             status: SmcStatus::NoFiniteLikelihood,
         };
         // Target ESS 0: the whole step to β = 1.
@@ -492,6 +505,8 @@ fn smc_report(
         diag.iter().map(|d| d.island_rhat).collect(),
         z_spread.to_vec(),
         diag.iter().map(|d| d.importance_ess).collect(),
+        diag.iter().map(|d| d.rounds as f64).collect(),
+        diag.iter().map(|d| d.median_se).collect(),
     ];
     let flags = diag
         .iter()

@@ -20,6 +20,14 @@ pub trait TemperedTarget {
     fn grid_chart(&self) -> Option<&dyn GridChart> {
         None
     }
+
+    /// The quantity whose pooled median [`SmcConfig::rounds`] makes reproducible, for
+    /// positions `[.., dim]` → `[..]` (f32), on the scale of [`SmcConfig::round_tolerance`]:
+    /// for galaxies ln(1 + z), so that the tolerance reads as Δz/(1 + z). `None`: the target
+    /// has none, and more rounds are refused.
+    fn monitor(&self, _position: &Tensor) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
 }
 
 /// Settings of the tempered SMC.
@@ -64,6 +72,15 @@ pub struct SmcConfig {
     pub strata: usize,
     /// The stratified coordinate (z for galaxies).
     pub strata_axis: usize,
+    /// Most rounds of islands per galaxy (1 = off; a power of two dividing `final_sweeps`,
+    /// with `islands` ≥ 2). After each round the islands' draws of the target's
+    /// [`TemperedTarget::monitor`] give the standard error of the pooled median; a galaxy
+    /// above `round_tolerance` gets as many rounds again, independent of the earlier ones.
+    /// The reference rows are cut into `islands × rounds` blocks, one per island and round.
+    pub rounds: usize,
+    /// Standard error of the pooled median, on the monitor's scale, above which a galaxy
+    /// gets more rounds (> 0).
+    pub round_tolerance: f64,
 }
 
 impl Default for SmcConfig {
@@ -84,6 +101,8 @@ impl Default for SmcConfig {
             importance_min_ess: 100.0,
             strata: 1,
             strata_axis: 0,
+            rounds: 1,
+            round_tolerance: 0.003,
         }
     }
 }
@@ -155,6 +174,43 @@ impl SmcConfig {
                 );
             }
             too_few(self.strata, "stratum")?;
+        }
+        if self.rounds == 0 {
+            return bad("rounds", "must be ≥ 1 (1 = one round of islands)".into());
+        }
+        if self.rounds > 1 {
+            if self.islands < 2 {
+                return bad(
+                    "rounds",
+                    format!(
+                        "more rounds measure the median's error from the islands; set \
+                         sampler.islands ≥ 2 (got {})",
+                        self.islands
+                    ),
+                );
+            }
+            if self.strata > 1 {
+                return bad(
+                    "rounds",
+                    "rounds and strata cannot be combined; set sampler.strata: 1".into(),
+                );
+            }
+            if !self.rounds.is_power_of_two() || !self.final_sweeps.is_multiple_of(self.rounds) {
+                return bad(
+                    "rounds",
+                    format!(
+                        "must be a power of two dividing sampler.final_sweeps ({}), so that \
+                         every round weighs the same; got {}",
+                        self.final_sweeps, self.rounds
+                    ),
+                );
+            }
+        }
+        if !(self.round_tolerance > 0.0 && self.round_tolerance.is_finite()) {
+            return bad(
+                "round_tolerance",
+                format!("must be finite and > 0, got {}", self.round_tolerance),
+            );
         }
         if !(self.ess_target > 0.0 && self.ess_target < 1.0) {
             return bad(
@@ -277,6 +333,12 @@ pub struct SmcDiagnostics {
     /// the stage is off. Where it reaches `importance_min_ess` the draws replace the
     /// particles and ln Z is the importance estimate.
     pub importance_ess: f64,
+    /// Rounds of islands run ([`SmcConfig::rounds`]; 1 without).
+    pub rounds: usize,
+    /// Standard error of the pooled median of the target's monitor (ln(1 + z) for
+    /// galaxies) from the islands' medians, sd/√islands, with [`SmcConfig::rounds`] > 1;
+    /// NaN otherwise.
+    pub median_se: f64,
     /// How the run ended.
     pub status: SmcStatus,
 }
@@ -296,6 +358,8 @@ impl SmcDiagnostics {
             grid_updates: 0,
             island_rhat: f64::NAN,
             importance_ess: f64::NAN,
+            rounds: 1,
+            median_se: f64::NAN,
             status: SmcStatus::Converged,
         }
     }
@@ -852,24 +916,138 @@ impl Smc {
                 rng,
             );
         }
-        // Island i sees only its own block of the reference rows, so the islands share no
-        // draw and their disagreement measures the whole Monte Carlo error.
-        let (m, g) = reference.log_like.dims2()?;
-        let islands = Islands::new(target, g);
-        // Island i starts from rows ⌈i·m/k⌉ … ⌈(i+1)·m/k⌉ − 1.
-        let block = |col: usize| -> Vec<u32> {
-            let i = col / g;
-            ((i * m).div_ceil(k) as u32..((i + 1) * m).div_ceil(k) as u32).collect()
-        };
-        let (chain, diag) = self.run_population_in_blocks(
-            self.config.particles / k,
-            k,
-            &block,
-            reference,
-            &islands,
-            rng,
-        )?;
+        let g = reference.log_like.dim(1)?;
+        let all: Vec<u32> = (0..g as u32).collect();
+        let blocks = k * self.config.rounds;
+        let (chain, diag) = self.island_set(&all, 0, k, blocks, reference, target, rng)?;
+        if self.config.rounds > 1 {
+            return self.run_rounds(chain, diag, reference, target, rng);
+        }
         Ok(pool_islands(chain, &diag, k, g))
+    }
+
+    /// `islands` independent populations of `particles / self.islands` for each of the
+    /// galaxies `gals`: column i·|gals| + j is island i of galaxy `gals[j]`, started from
+    /// block `first_block + i` of the reference rows cut into `blocks` equal blocks. Disjoint
+    /// blocks share no draw, so the islands' disagreement measures the whole Monte Carlo
+    /// error.
+    #[allow(clippy::too_many_arguments)]
+    fn island_set(
+        &self,
+        gals: &[u32],
+        first_block: usize,
+        islands: usize,
+        blocks: usize,
+        reference: &Reference<'_>,
+        target: &dyn TemperedTarget,
+        rng: &mut dyn RandomSource,
+    ) -> Result<(Chain, Vec<SmcDiagnostics>)> {
+        let (m, g) = reference.log_like.dims2()?;
+        let gs = gals.len();
+        let device = reference.position.device();
+        let sub_ll;
+        let reference = if gs == g && gals.iter().enumerate().all(|(j, &a)| a as usize == j) {
+            Reference { ..*reference }
+        } else {
+            sub_ll = reference
+                .log_like
+                .contiguous()?
+                .index_select(&index_tensor(gals, device)?, 1)?;
+            Reference {
+                log_like: &sub_ll,
+                ..*reference
+            }
+        };
+        let view = Islands::new(target, gals.to_vec());
+        let block = |col: usize| -> Vec<u32> {
+            let b = first_block + col / gs;
+            ((b * m).div_ceil(blocks) as u32..((b + 1) * m).div_ceil(blocks) as u32).collect()
+        };
+        self.run_population_in_blocks(
+            self.config.particles / self.config.islands,
+            islands,
+            &block,
+            &reference,
+            &view,
+            rng,
+        )
+    }
+
+    /// More rounds of islands for the galaxies whose pooled median is still uncertain
+    /// ([`SmcConfig::rounds`]), after the first round's `chain` and `diag` (columns
+    /// i·g + a). Why: the median of a broad or multi-peaked p(z) moves with the weights of
+    /// its modes, which carry the Monte Carlo error of a few hundred particles, while a
+    /// single peak is reproducible at once (docs/validation.md). The islands' spread tells
+    /// the two apart without the truth, so the extra particles go where the error is.
+    ///
+    /// Round r of a galaxy uses the islands' reference blocks r·k … (r+1)·k − 1 of
+    /// k·rounds, so no two rounds share a draw; rounds double (1, 2, 4, …) while the
+    /// standard error of the pooled median ([`median_se`] over all its islands so far)
+    /// exceeds `round_tolerance`. Every round weighs the same in the pooled chain: kept
+    /// state t comes from round t mod R.
+    fn run_rounds(
+        &self,
+        chain: Chain,
+        diag: Vec<SmcDiagnostics>,
+        reference: &Reference<'_>,
+        target: &dyn TemperedTarget,
+        rng: &mut dyn RandomSource,
+    ) -> Result<(Chain, Vec<SmcDiagnostics>)> {
+        let c = &self.config;
+        let k = c.islands;
+        let g = reference.log_like.dim(1)?;
+        let device = reference.position.device().clone();
+        let Some(first) = island_monitors(&chain, target, &device)? else {
+            return Err(Error::config(
+                "sampler.rounds",
+                "this target has no monitored quantity (TemperedTarget::monitor)".to_string(),
+            ));
+        };
+        // Galaxy a's islands as (run, column), in round order.
+        let mut members: Vec<Vec<(usize, usize)>> = (0..g)
+            .map(|a| (0..k).map(|i| (0, i * g + a)).collect())
+            .collect();
+        let mut draws: Vec<Vec<Vec<f64>>> = (0..g)
+            .map(|a| (0..k).map(|i| first[i * g + a].clone()).collect())
+            .collect();
+        let se = |d: &[Vec<f64>]| median_se(&d.iter().map(|x| x.as_slice()).collect::<Vec<_>>());
+        let mut runs = vec![(chain, diag)];
+        let mut have = vec![1usize; g];
+        let mut r = 1;
+        while r < c.rounds {
+            let need: Vec<u32> = (0..g)
+                .filter(|&a| {
+                    have[a] == r
+                        && runs[0].1[a].status != SmcStatus::NoFiniteLikelihood
+                        && !(se(&draws[a]) <= c.round_tolerance)
+                })
+                .map(|a| a as u32)
+                .collect();
+            if need.is_empty() {
+                break;
+            }
+            let (more, more_diag) =
+                self.island_set(&need, r * k, r * k, c.rounds * k, reference, target, rng)?;
+            let more_draws = island_monitors(&more, target, &device)?
+                .expect("the monitor answered for the first round");
+            let gs = need.len();
+            for (j, &a) in need.iter().enumerate() {
+                let a = a as usize;
+                for i in 0..r * k {
+                    members[a].push((runs.len(), i * gs + j));
+                    draws[a].push(more_draws[i * gs + j].clone());
+                }
+                have[a] = 2 * r;
+            }
+            runs.push((more, more_diag));
+            r *= 2;
+        }
+        let mut pooled = pool_rounds(&runs, &members, &have, k, g);
+        for (a, dg) in pooled.1.iter_mut().enumerate() {
+            dg.rounds = have[a];
+            dg.median_se = se(&draws[a]);
+        }
+        Ok(pooled)
     }
 
     /// [`Smc::run`] with `n` particles per column. The columns are `blocks` × the
@@ -1401,34 +1579,46 @@ impl TemperedTarget for Strata<'_> {
     }
 }
 
-/// A target whose batch columns are islands: column j is galaxy j mod g of `inner`.
+/// A target whose batch columns are islands: column j is galaxy `galaxy_of[j mod g]` of
+/// `inner`, g = `galaxy_of.len()`.
 struct Islands<'a> {
     inner: &'a dyn TemperedTarget,
     chart: Option<IslandChart<'a>>,
-    galaxies: u32,
+    galaxy_of: Vec<u32>,
 }
 
 /// The inner target's chart, seen through [`Islands`]' columns.
 struct IslandChart<'a> {
     inner: &'a dyn GridChart,
-    galaxies: u32,
+    galaxy_of: Vec<u32>,
 }
 
-/// Galaxy of each island column (`u32` on the device).
+/// Galaxy of each island column (`u32` on the device), for islands of all g galaxies.
 fn island_galaxies(cols: &Tensor, g: u32) -> Result<Tensor> {
     let host: Vec<u32> = cols.to_vec1::<u32>()?.into_iter().map(|c| c % g).collect();
     index_tensor(&host, cols.device())
 }
 
+/// Galaxy of each island column (`u32` on the device) through the map `galaxy_of`.
+fn mapped_galaxies(cols: &Tensor, galaxy_of: &[u32]) -> Result<Tensor> {
+    let g = galaxy_of.len();
+    let host: Vec<u32> = cols
+        .to_vec1::<u32>()?
+        .into_iter()
+        .map(|c| galaxy_of[c as usize % g])
+        .collect();
+    index_tensor(&host, cols.device())
+}
+
 impl<'a> Islands<'a> {
-    fn new(inner: &'a dyn TemperedTarget, galaxies: usize) -> Self {
-        let galaxies = galaxies as u32;
+    fn new(inner: &'a dyn TemperedTarget, galaxy_of: Vec<u32>) -> Self {
         Self {
             inner,
-            chart: inner
-                .grid_chart()
-                .map(|inner| IslandChart { inner, galaxies }),
-            galaxies,
+            chart: inner.grid_chart().map(|inner| IslandChart {
+                inner,
+                galaxy_of: galaxy_of.clone(),
+            }),
+            galaxy_of,
         }
     }
 }
@@ -1436,11 +1626,15 @@ impl<'a> Islands<'a> {
 impl TemperedTarget for Islands<'_> {
     fn log_prior_and_like(&self, position: &Tensor, cols: &Tensor) -> Result<(Tensor, Tensor)> {
         self.inner
-            .log_prior_and_like(position, &island_galaxies(cols, self.galaxies)?)
+            .log_prior_and_like(position, &mapped_galaxies(cols, &self.galaxy_of)?)
     }
 
     fn grid_chart(&self) -> Option<&dyn GridChart> {
         self.chart.as_ref().map(|c| c as &dyn GridChart)
+    }
+
+    fn monitor(&self, position: &Tensor) -> Result<Option<Tensor>> {
+        self.inner.monitor(position)
     }
 }
 
@@ -1453,7 +1647,7 @@ impl GridChart for IslandChart<'_> {
     }
     fn log_prior_and_like(&self, chi: &Tensor, cols: &Tensor) -> Result<(Tensor, Tensor)> {
         self.inner
-            .log_prior_and_like(chi, &island_galaxies(cols, self.galaxies)?)
+            .log_prior_and_like(chi, &mapped_galaxies(cols, &self.galaxy_of)?)
     }
     fn axis(&self) -> usize {
         self.inner.axis()
@@ -1474,14 +1668,36 @@ fn pool_islands(
     k: usize,
     g: usize,
 ) -> (Chain, Vec<SmcDiagnostics>) {
-    let (kept, n, d) = (chain.kept, chain.walkers, chain.dim);
-    let mut samples = vec![0f32; chain.samples.len()];
-    let mut log_prob = vec![0f32; chain.log_prob.len()];
+    let members: Vec<Vec<(usize, usize)>> = (0..g)
+        .map(|a| (0..k).map(|i| (0, i * g + a)).collect())
+        .collect();
+    pool_rounds(&[(chain, diag.to_vec())], &members, &vec![1; g], k, g)
+}
+
+/// Pool rounds of islands into one chain of k·n particles per galaxy: galaxy a's islands
+/// are `members[a]` = (run, column of that run's chain), k per round for `rounds[a]`
+/// rounds; kept state t of walker block i is island i of round t mod `rounds[a]`, so each
+/// round weighs the same. The diagnostics combine all of a galaxy's islands.
+fn pool_rounds(
+    runs: &[(Chain, Vec<SmcDiagnostics>)],
+    members: &[Vec<(usize, usize)>],
+    rounds: &[usize],
+    k: usize,
+    g: usize,
+) -> (Chain, Vec<SmcDiagnostics>) {
+    let first = &runs[0].0;
+    let (kept, n, d) = (first.kept, first.walkers, first.dim);
+    let mut samples = vec![0f32; kept * k * n * g * d];
+    let mut log_prob = vec![0f32; kept * k * n * g];
     for t in 0..kept {
-        for p in 0..n {
+        for a in 0..g {
+            let r = t % rounds[a];
             for i in 0..k {
-                for a in 0..g {
-                    let from = (t * n + p) * k * g + i * g + a;
+                let (run, col) = members[a][r * k + i];
+                let chain = &runs[run].0;
+                let cols = chain.galaxies;
+                for p in 0..n {
+                    let from = (t * n + p) * cols + col;
                     let to = (t * k * n + i * n + p) * g + a;
                     log_prob[to] = chain.log_prob[from];
                     samples[to * d..(to + 1) * d]
@@ -1497,20 +1713,30 @@ fn pool_islands(
         walkers: k * n,
         galaxies: g,
         dim: d,
-        acceptance: (0..g)
-            .map(|a| (0..k).map(|i| chain.acceptance[i * g + a]).sum::<f64>() / k as f64)
+        acceptance: members
+            .iter()
+            .map(|m| {
+                m.iter()
+                    .map(|&(run, col)| runs[run].0.acceptance[col])
+                    .sum::<f64>()
+                    / m.len() as f64
+            })
             .collect(),
-        config: chain.config,
+        config: first.config,
     };
     let combined = (0..g)
         .map(|a| {
-            let parts: Vec<&SmcDiagnostics> = (0..k).map(|i| &diag[i * g + a]).collect();
+            let parts: Vec<&SmcDiagnostics> = members[a]
+                .iter()
+                .map(|&(run, col)| &runs[run].1[col])
+                .collect();
+            let count = parts.len() as f64;
             let mean =
-                |f: fn(&SmcDiagnostics) -> f64| parts.iter().map(|x| f(x)).sum::<f64>() / k as f64;
+                |f: fn(&SmcDiagnostics) -> f64| parts.iter().map(|x| f(x)).sum::<f64>() / count;
             let log_z: Vec<f64> = parts.iter().map(|x| x.log_evidence).collect();
             let log_evidence = match crate::finite_max(&log_z) {
                 Some(top) => {
-                    top + (log_z.iter().map(|z| (z - top).exp()).sum::<f64>() / k as f64).ln()
+                    top + (log_z.iter().map(|z| (z - top).exp()).sum::<f64>() / count).ln()
                 }
                 None => f64::NEG_INFINITY,
             };
@@ -1530,7 +1756,7 @@ fn pool_islands(
                     .map(|x| x.log_evidence_err.powi(2))
                     .sum::<f64>())
                 .sqrt()
-                    / k as f64)
+                    / count)
                     .max(island_log_evidence_err(&log_z)),
                 stages: parts.iter().map(|x| x.stages).max().unwrap_or(0),
                 beta: parts.iter().map(|x| x.beta).fold(f64::INFINITY, f64::min),
@@ -1542,6 +1768,8 @@ fn pool_islands(
                 grid_updates: parts.iter().map(|x| x.grid_updates).sum(),
                 island_rhat: island_rhat(&pooled, a, k),
                 importance_ess: f64::NAN,
+                rounds: 1,
+                median_se: f64::NAN,
                 status,
             }
         })
@@ -1554,14 +1782,88 @@ fn pool_islands(
 /// e⁵ more mass than the others counts for what it is (the scatter of the Ẑ_i themselves is
 /// bounded by √k times their mean).
 fn island_log_evidence_err(log_z: &[f64]) -> f64 {
-    let finite: Vec<f64> = log_z.iter().copied().filter(|l| l.is_finite()).collect();
+    standard_error(log_z).unwrap_or(0.0)
+}
+
+/// sd/√k of the finite values among k (`None` below 2).
+fn standard_error(values: &[f64]) -> Option<f64> {
+    let finite: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
     let k = finite.len();
     if k < 2 {
-        return 0.0;
+        return None;
     }
     let mean = finite.iter().sum::<f64>() / k as f64;
     let var = finite.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (k as f64 - 1.0);
-    (var / k as f64).sqrt()
+    Some((var / k as f64).sqrt())
+}
+
+/// Each column's kept draws of the target's monitor, sorted (`None` when the target has
+/// no monitor).
+fn island_monitors(
+    chain: &Chain,
+    target: &dyn TemperedTarget,
+    device: &popcosmos_api::Device,
+) -> Result<Option<Vec<Vec<f64>>>> {
+    let (kept, n, cols) = (chain.kept, chain.walkers, chain.galaxies);
+    let Some(values) = target.monitor(&chain.samples_tensor(device)?)? else {
+        return Ok(None);
+    };
+    let values: Vec<f64> = values
+        .to_dtype(DType::F64)?
+        .to_device(&popcosmos_api::Device::Cpu)?
+        .flatten_all()?
+        .to_vec1::<f64>()?;
+    Ok(Some(
+        (0..cols)
+            .map(|col| {
+                let mut draws: Vec<f64> = (0..kept * n).map(|s| values[s * cols + col]).collect();
+                draws.sort_by(f64::total_cmp);
+                draws
+            })
+            .collect(),
+    ))
+}
+
+/// Standard error of the pooled median of k independent islands' draws (each sorted, equal
+/// counts), the larger of two estimates:
+/// - sd of the islands' medians / √k;
+/// - sd of the islands' CDFs at the pooled median m / √k, over the pooled density at m, the
+///   asymptotic error of a quantile (density from the spacing of the pooled 40th and 60th
+///   percentiles, Siddiqui 1960). It stays large when m falls between two modes, where
+///   the islands' medians can agree by chance while a small change of the mode weights
+///   moves m from one mode to the other.
+///
+/// NaN with fewer than 2 islands.
+fn median_se(islands: &[&[f64]]) -> f64 {
+    let k = islands.len();
+    if k < 2 {
+        return f64::NAN;
+    }
+    let medians: Vec<f64> = islands.iter().map(|x| quantile_sorted(x, 0.5)).collect();
+    let mut pooled: Vec<f64> = islands.iter().flat_map(|x| x.iter().copied()).collect();
+    pooled.sort_by(f64::total_cmp);
+    let m = quantile_sorted(&pooled, 0.5);
+    let cdf: Vec<f64> = islands
+        .iter()
+        .map(|x| x.partition_point(|v| *v <= m) as f64 / x.len() as f64)
+        .collect();
+    let spacing = quantile_sorted(&pooled, 0.6) - quantile_sorted(&pooled, 0.4);
+    let by_medians = standard_error(&medians).unwrap_or(f64::NAN);
+    let by_cdf = standard_error(&cdf).unwrap_or(f64::NAN) * spacing / 0.2;
+    by_medians.max(by_cdf)
+}
+
+/// Quantile q of sorted values (linear interpolation; NaN when empty).
+fn quantile_sorted(x: &[f64], q: f64) -> f64 {
+    match x.len() {
+        0 => f64::NAN,
+        1 => x[0],
+        n => {
+            let h = q * (n - 1) as f64;
+            let (lo, frac) = (h.floor() as usize, h - h.floor());
+            x[lo] + frac * (x[(lo + 1).min(n - 1)] - x[lo])
+        }
+    }
 }
 
 /// Gelman–Rubin R̂ (Gelman & Rubin 1992) of galaxy `a`'s pooled draws with the k islands as
@@ -1694,6 +1996,79 @@ mod tests {
         close[2].log_evidence = -0.1;
         let (_, combined) = pool_islands(island_chain().0, &close, 2, 2);
         assert!((combined[0].log_evidence_err - 0.3 / 2f64.sqrt()).abs() < 1e-12);
+    }
+
+    /// A run of `cols` columns, 2 kept states × 1 particle, d = 1: value 1000 run + 100 t + col.
+    fn run_of(run: usize, cols: usize) -> (Chain, Vec<SmcDiagnostics>) {
+        let samples: Vec<f32> = (0..2)
+            .flat_map(|t| (0..cols).map(move |c| (1000 * run + 100 * t + c) as f32))
+            .collect();
+        let mut diag = vec![SmcDiagnostics::new(); cols];
+        for (c, d) in diag.iter_mut().enumerate() {
+            d.log_evidence = -((run * 10 + c) as f64);
+        }
+        let chain = Chain {
+            log_prob: samples.clone(),
+            samples,
+            kept: 2,
+            walkers: 1,
+            galaxies: cols,
+            dim: 1,
+            acceptance: (0..cols).map(|c| (run * 10 + c) as f64).collect(),
+            config: RunConfig {
+                n_steps: 2,
+                burn_in: 0,
+                thin: 1,
+            },
+        };
+        (chain, diag)
+    }
+
+    /// Two galaxies, 2 islands per round: galaxy 0 stays at 1 round (run 0, columns 0 and
+    /// 2), galaxy 1 gets a second round from run 1 (its only galaxy, columns 0 and 1). Kept
+    /// state t of galaxy 1 comes from round t mod 2; galaxy 0's from its one round.
+    #[test]
+    fn rounds_pool_each_round_into_its_own_kept_states() {
+        let runs = [run_of(0, 4), run_of(1, 2)];
+        let members = vec![vec![(0, 0), (0, 2)], vec![(0, 1), (0, 3), (1, 0), (1, 1)]];
+        let (pooled, diag) = pool_rounds(&runs, &members, &[1, 2], 2, 2);
+        assert_eq!((pooled.kept, pooled.walkers, pooled.galaxies), (2, 2, 2));
+        // [t][walker][galaxy]
+        let at = |t: usize, w: usize, a: usize| pooled.samples[(t * 2 + w) * 2 + a];
+        assert_eq!([at(0, 0, 0), at(0, 1, 0)], [0.0, 2.0]);
+        assert_eq!([at(1, 0, 0), at(1, 1, 0)], [100.0, 102.0]);
+        assert_eq!([at(0, 0, 1), at(0, 1, 1)], [1.0, 3.0]);
+        assert_eq!([at(1, 0, 1), at(1, 1, 1)], [1100.0, 1101.0]);
+        // Galaxy 1 combines all 4 islands: acceptance mean of 1, 3, 10, 11; ln Z the
+        // log-mean of e^-1, e^-3, e^-10, e^-11.
+        assert!((pooled.acceptance[1] - 25.0 / 4.0).abs() < 1e-12);
+        let want = ([-1f64, -3.0, -10.0, -11.0]
+            .iter()
+            .map(|z| z.exp())
+            .sum::<f64>()
+            / 4.0)
+            .ln();
+        assert!((diag[1].log_evidence - want).abs() < 1e-12);
+        assert!((pooled.acceptance[0] - 1.0).abs() < 1e-12);
+    }
+
+    /// The median's standard error by hand. Two islands {0, 1, 2, 3} and {1, 2, 3, 4}:
+    /// medians 1.5 and 2.5 (sd √0.5, error 0.5); pooled median 2, CDFs there 0.75 and 0.5
+    /// (error 0.125), pooled 40th / 60th percentiles 1.8 / 2.2 (density 0.2/0.4): 0.25;
+    /// the larger is 0.5. Two modes: island c holds 3 of 5 draws at −1, island d 3 of 5 at
+    /// +1.1; medians −1 and 1.1 (error 1.05); the pooled median 0 lies between the modes,
+    /// CDFs 0.6 and 0.4 there (error 0.1), 40th / 60th percentiles −1 / 1: 0.1 × 2/0.2 = 1.
+    #[test]
+    fn median_error_by_hand() {
+        let a = [0.0, 1.0, 2.0, 3.0];
+        let b = [1.0, 2.0, 3.0, 4.0];
+        assert!((median_se(&[&a, &b]) - 0.5).abs() < 1e-12);
+        assert!(median_se(&[&a]).is_nan());
+        let c = [-1.0, -1.0, -1.0, 1.0, 1.0];
+        let d = [-1.1, -1.1, 1.1, 1.1, 1.1];
+        let se = median_se(&[&c, &d]);
+        assert!((se - 1.05).abs() < 1e-12, "{se}");
+        assert!((quantile_sorted(&[0.0, 1.0, 2.0, 3.0], 0.4) - 1.2).abs() < 1e-12);
     }
 
     #[test]
