@@ -57,8 +57,8 @@
 //! * [`Smc`]: adaptive likelihood-tempered sequential Monte Carlo over `[particles, galaxies,
 //!   dim]` (per-galaxy temperature schedules, systematic resampling, ensemble-move
 //!   rejuvenation with an adaptive sweep count, log-evidence with its error; optionally
-//!   islands, strata along one coordinate pooled by their evidences, a final importance
-//!   stage):
+//!   islands, rounds of more islands where the median is uncertain, strata along one
+//!   coordinate pooled by their evidences, a final importance stage):
 //!   `Smc::new(SmcConfig, EnsembleSampler, dim)?.run(&Reference, &dyn TemperedTarget, rng)
 //!   -> (Chain, Vec<SmcDiagnostics>)`.
 //! * [`TemperedEnsemble`]: parallel tempering of the ensemble,

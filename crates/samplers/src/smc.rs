@@ -564,6 +564,12 @@ pub fn systematic_resample(weights: &[f64], n: usize, u: f64) -> Vec<u32> {
 /// error of the run, mode weights included, the way R̂ across independent MCMC runs does.
 /// Its price is fewer particles per population.
 ///
+/// **Rounds** (`rounds` > 1, off by default): after the first round of islands, a galaxy
+/// whose pooled median of the target's monitor (ln(1 + z) for galaxies) has a standard
+/// error above `round_tolerance` runs as many independent islands again, doubling up to
+/// `rounds`. The particles go to the broad and multi-peaked posteriors whose medians move
+/// with the mode weights; a single peak stops after one round.
+///
 /// **Importance stage** (`importance_draws` > 0, off by default): after β = 1, independent
 /// draws from a mixture of t fitted to the final particles, weighed by the posterior,
 /// replace the particles where their ESS is high enough (see the `importance` module). It
