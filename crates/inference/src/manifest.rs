@@ -1039,13 +1039,16 @@ impl Manifest {
         }
         if s.kind.is_smc() {
             s.smc_config().validate(popcosmos_api::N_PARAMS)?;
-            if self.init.library_size < s.particles {
+            // Each island of each round starts from its own block of the library, which
+            // must hold at least the island's particles.
+            let need = s.particles * s.rounds;
+            if self.init.library_size < need {
                 return bad(
                     "init.library_size",
                     format!(
                         "SMC starts from the library's prior draws: needs at least \
-                         sampler.particles ({}) draws, got {}",
-                        s.particles, self.init.library_size
+                         sampler.particles × sampler.rounds ({need}) draws, got {}",
+                        self.init.library_size
                     ),
                 );
             }
@@ -1625,6 +1628,10 @@ mod tests {
                 "sampler.particles",
             ),
             ("sampler: {kind: smc, rounds: 3}\n", "sampler.rounds"),
+            (
+                "sampler: {kind: smc, rounds: 4}\ninit: {library_size: 2000}\n",
+                "init.library_size",
+            ),
             ("sampler: {kind: smc, rounds: 0}\n", "sampler.rounds"),
             (
                 "sampler: {kind: smc, islands: 1, rounds: 2}\n",

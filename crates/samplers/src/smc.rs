@@ -922,9 +922,16 @@ impl Smc {
                 rng,
             );
         }
-        let g = reference.log_like.dim(1)?;
+        let (m, g) = reference.log_like.dims2()?;
         let all: Vec<u32> = (0..g as u32).collect();
         let blocks = k * self.config.rounds;
+        if m < blocks {
+            return Err(Error::Invalid(format!(
+                "SMC: {m} reference draws cannot give each of {k} islands × {} rounds a \
+                 block of its own",
+                self.config.rounds
+            )));
+        }
         let (chain, diag) = self.island_set(&all, 0, k, blocks, reference, target, rng)?;
         if self.config.rounds > 1 {
             return self.run_rounds(chain, diag, reference, target, rng);
